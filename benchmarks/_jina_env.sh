@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# Create (once) a separate venv holding Jina 3.x for the comparison benchmark.
+#   MESHFLOW_BENCH_JINA_VENV  venv path           (default /tmp/meshflow-bench-jina)
+#   MESHFLOW_BENCH_JINA_SPEC  pip requirement     (default "jina>=3,<4")
+#   MESHFLOW_BENCH_PYTHON     python to build it  (default python3)
+# Prints the venv path on the last line of stdout; timing and versions go to stderr.
+# Jina is never imported here; run it only inside a loopback-only network
+# namespace (see run_jina_flow.sh).
+set -euo pipefail
+VENV="${MESHFLOW_BENCH_JINA_VENV:-/tmp/meshflow-bench-jina}"
+SPEC="${MESHFLOW_BENCH_JINA_SPEC:-jina>=3,<4}"
+PY="${MESHFLOW_BENCH_PYTHON:-python3}"
+has_jina() {
+    [ -x "$VENV/bin/python" ] &&
+        "$VENV/bin/python" -c "import importlib.util as u, sys; sys.exit(u.find_spec('jina') is None)" 2>/dev/null
+}
+quiet_pip() { "$VENV/bin/python" -m pip install -q "$@" 2>&1 | grep -v '^WARNING: Location' >&2 || true; }
+
+if has_jina; then
+    echo "jina venv already present at $VENV" >&2
+else
+    start=$(date +%s%N)
+    "$PY" -m venv "$VENV"
+    quiet_pip --upgrade pip
+    quiet_pip "$SPEC" psutil
+    has_jina || { echo "installing $SPEC into $VENV failed" >&2; exit 1; }
+    ms=$(( ($(date +%s%N) - start) / 1000000 ))
+    echo "created jina venv at $VENV in $((ms / 1000)).$(printf '%03d' $((ms % 1000))) s" >&2
+fi
+"$VENV/bin/python" - >&2 <<'PY'
+from importlib.metadata import version
+print("  " + ", ".join(f"{p} {version(p)}" for p in ("jina", "docarray", "grpcio", "protobuf", "psutil")))
+PY
+echo "$VENV"

@@ -1,0 +1,206 @@
+"""Jina 3.x comparison benchmark: gateway + 2 chained no-op Executors.
+
+Run it INSIDE the Jina venv and INSIDE a loopback-only network namespace (Jina
+looks up the public IP and sends telemetry otherwise); ``run_jina_flow.sh``
+does both::
+
+    bash benchmarks/run_jina_flow.sh [--duration 5 --warmup 1]
+
+What it measures:
+
+* start-up: ``Flow(protocol='grpc', port=P).add(uses=Noop).add(uses=Noop)``
+  constructed and started until ready (imports excluded), and the close time;
+* load, from a SEPARATE client process (``_load.py``, raw grpc.aio, bytes in /
+  bytes out on ``/jina.JinaSingleDataRequestRPC/process_single_data``, with the
+  request serialized once here by Jina's own ``DataRequest``): 1-doc requests
+  (short text) and 64-doc requests whose docs carry 512-d float32 embeddings,
+  each at concurrency 1 and 32 -> requests/s, docs/s, p50/p99 ms;
+* memory: summed peak RSS (VmHWM) of the Flow's child processes (gateway +
+  executors), plus their summed PSS (shared pages counted once).
+"""
+
+# No "from __future__ import annotations": Jina/pydantic read the Executor's
+# annotations at run time.
+import argparse
+import json
+import os
+import socket
+import sys
+import tempfile
+import time
+import uuid
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)
+
+import _load  # noqa: E402  (stdlib + grpc only)
+
+# Must be set before jina is imported.
+os.environ.setdefault("JINA_OPTOUT_TELEMETRY", "1")
+os.environ.setdefault("JINA_HIDE_SURVEY", "1")
+os.environ.setdefault("JINA_DEFAULT_HOST", "127.0.0.1")  # servers bind loopback only
+os.environ.setdefault("JINA_LOG_LEVEL", "WARNING")
+
+METHOD = "/jina.JinaSingleDataRequestRPC/process_single_data"
+CASES = [  # (name, docs per request, embedding dim or 0)
+    ("1-doc", 1, 0),
+    ("64-doc-512d", 64, 512),
+]
+CONCURRENCIES = [1, 32]
+
+
+def _only_loopback_netns() -> bool:
+    # /proc/self/net/dev follows this process's network namespace (/sys may not)
+    with open("/proc/self/net/dev") as fh:
+        ifaces = [line.split(":")[0].strip() for line in fh.readlines()[2:]]
+    return ifaces == ["lo"]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description="Jina gateway + 2 no-op executors benchmark")
+    p.add_argument("--duration", type=float, default=5.0)
+    p.add_argument("--warmup", type=float, default=1.0)
+    p.add_argument("--concurrency", type=int, nargs="+", default=CONCURRENCIES)
+    p.add_argument("--repeat", type=int, default=3, help="rounds; the table shows medians")
+    p.add_argument("--allow-network", action="store_true",
+                   help="run even if this network namespace has interfaces other than lo")
+    p.add_argument("--json-out", help="also write all result lines to this file")
+    args = p.parse_args()
+
+    if not _only_loopback_netns() and not args.allow_network:
+        sys.exit("refusing to start Jina outside a loopback-only network namespace; "
+                 "use benchmarks/run_jina_flow.sh (unshare -n)")
+
+    t_imp = time.perf_counter()
+    import numpy as np
+    from docarray import BaseDoc, DocList
+    from docarray.typing import NdArray
+    from jina import Executor, Flow, requests
+    from jina.proto import jina_pb2
+    from jina.types.request.data import DataRequest
+    import_s = time.perf_counter() - t_imp
+
+    class BenchDoc(BaseDoc):
+        text: str | None = None
+        embedding: NdArray | None = None
+
+    class Noop(Executor):
+        @requests
+        def noop(self, docs: DocList[BenchDoc], **kwargs) -> DocList[BenchDoc]:  # type: ignore[no-untyped-def]
+            for _ in docs:
+                pass
+            return docs
+
+    def build_request(n_docs: int, dim: int) -> bytes:
+        rng = np.random.default_rng(0)
+        docs = DocList[BenchDoc](
+            BenchDoc(text="hello world") if dim == 0
+            else BenchDoc(embedding=rng.random(dim, dtype=np.float32))
+            for _ in range(n_docs)
+        )
+        req = DataRequest()
+        req.header.exec_endpoint = "/"
+        req.header.request_id = uuid.uuid4().hex
+        req.document_array_cls = DocList[BenchDoc]
+        req.data.docs = docs
+        return req.proto.SerializeToString()
+
+    vers = _load.versions("jina", "docarray", "grpcio", "protobuf", "numpy")
+    port = _free_port()
+
+    # ---- start-up: construct + ready (imports excluded)
+    t0 = time.perf_counter()
+    f = Flow(protocol="grpc", port=port).add(uses=Noop).add(uses=Noop)
+    f.start()
+    startup_s = time.perf_counter() - t0
+    me = os.getpid()
+    flow_pids = _load.descendants(me)
+    listeners = _load.tcp_listeners()
+
+    results = []
+    tmpdir = tempfile.mkdtemp(prefix="meshflow-bench-jina-")
+    try:
+        import grpc
+
+        paths = {}
+        for name, n_docs, dim in CASES:
+            payload = build_request(n_docs, dim)
+            paths[name] = os.path.join(tmpdir, f"{name}.bin")
+            with open(paths[name], "wb") as fh:
+                fh.write(payload)
+            # validate once: response parses, status OK, same number of docs
+            with grpc.insecure_channel(f"127.0.0.1:{port}") as ch:
+                raw = ch.unary_unary(METHOD)(payload, timeout=30)
+            resp = jina_pb2.DataRequestProto()
+            resp.ParseFromString(raw)
+            if resp.header.status.code != jina_pb2.StatusProto.SUCCESS:
+                raise RuntimeError(f"Jina returned an error: {resp.header.status}")
+            back = DataRequest(resp)
+            back.document_array_cls = DocList[BenchDoc]
+            if len(back.docs) != n_docs:
+                raise RuntimeError(f"expected {n_docs} docs back, got {len(back.docs)}")
+        for rnd in range(args.repeat):  # rounds outside, so interference spreads out
+            for name, n_docs, _dim in CASES:
+                for conc in args.concurrency:
+                    row = _load.measure_case(
+                        bench="jina_flow", case=name, docs_per_req=n_docs,
+                        target=f"127.0.0.1:{port}", method=METHOD, payload_path=paths[name],
+                        concurrency=conc, duration=args.duration, warmup=args.warmup,
+                        server_pids=flow_pids,
+                        extra={"round": rnd + 1, "jina": vers["jina"], "grpcio": vers["grpcio"]})
+                    results.append(row)
+                    print(json.dumps(row), flush=True)
+        mem = _load.memory_report(flow_pids)
+        pss_sum_mb = mem["pss_sum_mb"]
+        main_hwm_mb = round(_load.vm_kb(me) / 1024, 1)
+    finally:
+        t1 = time.perf_counter()
+        f.close()
+        close_s = time.perf_counter() - t1
+        for fn in os.listdir(tmpdir):
+            os.unlink(os.path.join(tmpdir, fn))
+        os.rmdir(tmpdir)
+
+    agg = _load.aggregate(results)
+    for a in agg:
+        print(json.dumps(a), flush=True)
+    summary = {
+        "bench": "jina_flow", "summary": True, "date": time.strftime("%Y-%m-%d"),
+        "cpus": os.cpu_count(), "versions": vers,
+        "mp_start_method": __import__("multiprocessing").get_start_method(),
+        "import_s": round(import_s, 3), "startup_s": round(startup_s, 3),
+        "close_s": round(close_s, 3), "flow_processes": len(flow_pids),
+        "flow_peak_rss_sum_mb": mem["peak_rss_sum_mb"], "flow_pss_sum_mb": pss_sum_mb,
+        "orchestrator_peak_rss_mb": main_hwm_mb, "per_process": mem["processes"],
+        "listeners": listeners, "loadavg": os.getloadavg(),
+    }
+    print(json.dumps(summary), flush=True)
+    if args.json_out:
+        with open(args.json_out, "w") as fh:
+            for r in [*results, *agg, summary]:
+                fh.write(json.dumps(r) + "\n")
+
+    print()
+    print(f"Jina {vers['jina']} (docarray {vers['docarray']}), grpcio {vers['grpcio']}, "
+          f"protobuf {vers['protobuf']}, Python {vers['python']}, {os.cpu_count()} CPUs")
+    print(f"Flow gateway + 2 no-op executors: start-up {startup_s:.2f} s (import "
+          f"{import_s:.2f} s, close {close_s:.2f} s), {len(flow_pids)} processes, "
+          f"peak RSS sum {mem['peak_rss_sum_mb']} MB (PSS {pss_sum_mb} MB; orchestrator "
+          f"{main_hwm_mb} MB)")
+    print(f"listening: {', '.join(listeners)}")
+    print(f"median of {args.repeat} rounds of {args.duration:g} s (after {args.warmup:g} s "
+          f"warm-up); srv CPU = CPU of gateway + executors per request")
+    _load.print_table(agg, _load.TABLE_COLUMNS)
+    warn = _load.contamination_warning(results)
+    if warn:
+        print(warn)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,45 @@
+"""meshflow: multimodal AI services from Documents, Executors and Flows.
+
+Importing meshflow starts nothing, reads no environment variable and installs no signal
+handler.
+"""
+
+from meshflow.client import AsyncClient, Client, Response
+from meshflow.document import Document, DocumentArray
+from meshflow.errors import (
+    BadRequestError,
+    ConfigError,
+    DeadlineExceeded,
+    ExecutorError,
+    FlowStartError,
+    MeshflowError,
+    OverloadedError,
+    RequestError,
+    UnavailableError,
+)
+from meshflow.executor import Executor, RuntimeArgs, requests
+from meshflow.flow import Flow
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "AsyncClient",
+    "BadRequestError",
+    "Client",
+    "ConfigError",
+    "DeadlineExceeded",
+    "Document",
+    "DocumentArray",
+    "Executor",
+    "ExecutorError",
+    "Flow",
+    "FlowStartError",
+    "MeshflowError",
+    "OverloadedError",
+    "RequestError",
+    "Response",
+    "RuntimeArgs",
+    "UnavailableError",
+    "__version__",
+    "requests",
+]

@@ -1,0 +1,5 @@
+import sys
+
+from meshflow.cli import main
+
+sys.exit(main())

@@ -1,0 +1,226 @@
+"""The ``meshflow`` command: serve a Flow, an executor or a gateway; ping a server.
+
+Bad arguments get one line on stderr and exit status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import ctypes
+import json
+import logging
+import os
+import signal
+import sys
+from collections.abc import Sequence
+from typing import Any, NoReturn
+
+from meshflow.errors import ConfigError, MeshflowError
+
+log = logging.getLogger("meshflow.cli")
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="meshflow", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    flow = sub.add_parser("flow", help="serve a Flow from its YAML file until Ctrl-C")
+    flow.add_argument("config", help="path of the Flow YAML")
+    flow.add_argument("--port", type=int, help="override the gateway port")
+
+    ex = sub.add_parser("executor", help="serve one executor over gRPC")
+    uses = ex.add_mutually_exclusive_group(required=True)
+    uses.add_argument("--uses", help="'pkg.module:Class', 'file.py:Class' or 'executor.yml'")
+    uses.add_argument("--uses-pickle", help=argparse.SUPPRESS)
+    ex.add_argument("--name", help="deployment name (default: the class name)")
+    ex.add_argument("--uses-with", default="{}", help="constructor arguments as a JSON object")
+    where = ex.add_mutually_exclusive_group(required=True)
+    where.add_argument("--port", type=int, help="TCP port on --host")
+    where.add_argument("--address", help="'host:port' or 'unix:/path/to.sock'")
+    ex.add_argument("--host", default="127.0.0.1")
+    ex.add_argument("--replica-id", type=int, default=0)
+    ex.add_argument("--shard-id", type=int, default=0)
+    ex.add_argument("--replicas", type=int, default=1)
+    ex.add_argument("--shards", type=int, default=1)
+    ex.add_argument("--workspace", default="workspace")
+    ex.add_argument("--sync-workers", type=int, default=1)
+    ex.add_argument("--drain-timeout", type=float, default=10.0)
+    ex.add_argument("--ready-file", help=argparse.SUPPRESS)
+
+    gw = sub.add_parser("gateway", help="serve a Flow's gateway (started by the Flow)")
+    gw.add_argument("--topology", required=True, help="topology JSON written by the Flow")
+    gw.add_argument("--host", default="127.0.0.1")
+    gw.add_argument("--port", type=int, default=0)
+    gw.add_argument("--mesh", default="direct")
+    gw.add_argument("--max-in-flight", type=int, default=1024)
+    gw.add_argument("--max-request-bytes", type=int, default=64 * 1024 * 1024)
+    gw.add_argument("--drain-timeout", type=float, default=10.0)
+    gw.add_argument("--ready-file", help=argparse.SUPPRESS)
+
+    ping = sub.add_parser("ping", help="exit 0 when HOST:PORT serves gRPC health, 1 when not")
+    ping.add_argument("target", help="HOST:PORT")
+    ping.add_argument("--timeout", type=float, default=3.0)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=os.environ.get("MESHFLOW_LOG_LEVEL", "INFO").upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    try:
+        if args.command == "ping":
+            return _ping(args.target, args.timeout, parser)
+        if args.command == "flow":
+            return _flow(args)
+        _die_with_parent()
+        if args.command == "executor":
+            return _executor(args, parser)
+        return _gateway(args)
+    except ConfigError as exc:
+        _report(args, exc, "ConfigError")
+        print(f"meshflow: error: {exc}", file=sys.stderr)
+        return 2
+    except MeshflowError as exc:
+        _report(args, exc, type(exc).__name__)
+        print(f"meshflow: error: {exc}", file=sys.stderr)
+        return 1
+    except OSError as exc:
+        _report(args, exc, "OSError")
+        print(f"meshflow: error: {exc}", file=sys.stderr)
+        return 1
+
+
+def _report(args: argparse.Namespace, exc: BaseException, kind: str) -> None:
+    ready_file = getattr(args, "ready_file", None)
+    if ready_file:
+        from meshflow.serving import write_ready_file
+
+        write_ready_file(ready_file, {"error": str(exc), "kind": kind})
+
+
+def _die_with_parent() -> None:
+    """When started by a Flow, exit if the Flow's process dies (Linux PR_SET_PDEATHSIG)."""
+    parent = os.environ.get("MESHFLOW_PARENT_PID")
+    if not parent or not sys.platform.startswith("linux"):
+        return
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    if os.getppid() != int(parent):
+        sys.exit(1)
+
+
+def _ping(target: str, timeout: float, parser: argparse.ArgumentParser) -> int:
+    host, sep, port = target.rpartition(":")
+    if not sep or not host or not port.isdigit():
+        parser.error(f"ping takes HOST:PORT, got {target!r}")
+    import grpc
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    with grpc.insecure_channel(target) as channel:
+        stub = health_pb2_grpc.HealthStub(channel)
+        try:
+            answer = stub.Check(health_pb2.HealthCheckRequest(), timeout=timeout)
+        except grpc.RpcError as exc:
+            print(f"{target}: not serving ({exc.code().name})")
+            return 1
+    status = health_pb2.HealthCheckResponse.ServingStatus.Name(answer.status)
+    print(f"{target}: {status}")
+    return 0 if answer.status == health_pb2.HealthCheckResponse.SERVING else 1
+
+
+def _flow(args: argparse.Namespace) -> int:
+    from meshflow.flow.flow import Flow
+
+    flow = Flow.load_config(args.config, port=args.port)
+    with flow:
+        print(f"Flow {flow.name!r} serving gRPC on {flow.host}:{flow.port}", flush=True)
+        flow.block()
+    return 0
+
+
+def _executor(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    from meshflow.executor.executor import RuntimeArgs, instantiate
+    from meshflow.executor.loader import check_executor_class, load_class, read_executor_yaml
+    from meshflow.executor.runtime import serve_executor
+
+    try:
+        uses_with: Any = json.loads(args.uses_with)
+    except ValueError:
+        parser.error(f"--uses-with is not valid JSON: {args.uses_with!r}")
+    if not isinstance(uses_with, dict):
+        parser.error("--uses-with must be a JSON object")
+    if args.uses_pickle:
+        import cloudpickle
+
+        with open(args.uses_pickle, "rb") as fh:
+            cls = check_executor_class(cloudpickle.load(fh), args.uses_pickle)
+    else:
+        ref = args.uses
+        if ref.endswith((".yml", ".yaml")):
+            ref, from_yaml = read_executor_yaml(ref)
+            uses_with = {**from_yaml, **uses_with}
+        cls = load_class(ref)
+    name = args.name or cls.__name__
+    address = args.address or f"{args.host}:{args.port}"
+    runtime_args = RuntimeArgs(
+        name=name,
+        replica_id=args.replica_id,
+        shard_id=args.shard_id,
+        replicas=args.replicas,
+        shards=args.shards,
+        workspace_root=args.workspace,
+    )
+    try:
+        executor = instantiate(cls, uses_with, runtime_args)
+    except TypeError as exc:
+        raise ConfigError(f"executor {name!r} ({cls.__name__}) cannot be built: {exc}") from None
+    except Exception as exc:
+        log.exception("executor %r (%s) failed in __init__", name, cls.__name__)
+        raise _StartError(
+            f"executor {name!r} ({cls.__name__}) failed in __init__: {type(exc).__name__}: {exc}"
+        ) from None
+    asyncio.run(
+        serve_executor(
+            executor,
+            name=name,
+            address=address,
+            ready_file=args.ready_file,
+            drain_timeout=args.drain_timeout,
+            sync_workers=args.sync_workers,
+        )
+    )
+    return 0
+
+
+class _StartError(MeshflowError):
+    pass
+
+
+def _gateway(args: argparse.Namespace) -> int:
+    from meshflow.gateway.serve import serve_gateway
+    from meshflow.gateway.topology import Topology
+
+    with open(args.topology, encoding="utf-8") as fh:
+        topology = Topology.from_dict(json.load(fh))
+    asyncio.run(
+        serve_gateway(
+            topology,
+            address=f"{args.host}:{args.port}",
+            mesh=args.mesh,
+            ready_file=args.ready_file,
+            max_in_flight=args.max_in_flight,
+            max_request_bytes=args.max_request_bytes,
+            drain_timeout=args.drain_timeout,
+        )
+    )
+    return 0

@@ -1,0 +1,124 @@
+"""Building requests and reading answers: what every client protocol shares."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import grpc
+
+from meshflow.document import Document, DocumentArray
+from meshflow.document.proto import (
+    dict_to_struct,
+    documents_from_proto,
+    documents_to_proto,
+    struct_to_dict,
+)
+from meshflow.errors import (
+    BadRequestError,
+    DeadlineExceeded,
+    ExecutorError,
+    OverloadedError,
+    RequestError,
+    UnavailableError,
+)
+from meshflow.proto.v1 import data_request_pb2
+
+Inputs = DocumentArray | Iterable[Document] | Document | None
+
+
+@dataclass(frozen=True)
+class Response:
+    """The answer to one request: its documents and what executors returned as dicts."""
+
+    request_id: str
+    docs: DocumentArray
+    results: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+
+def batches(inputs: Inputs, request_size: int) -> Iterator[list[Document]]:
+    """Split ``inputs`` into lists of at most ``request_size`` documents (one empty list at
+    least, so that a request without documents still runs the endpoint)."""
+    if request_size < 1:
+        raise ValueError(f"request_size must be at least 1, got {request_size}")
+    if inputs is None:
+        yield []
+        return
+    if isinstance(inputs, Document):
+        yield [inputs]
+        return
+    batch: list[Document] = []
+    sent = False
+    for doc in inputs:
+        if not isinstance(doc, Document):
+            raise TypeError(f"inputs must be Documents, got {type(doc).__name__}")
+        batch.append(doc)
+        if len(batch) == request_size:
+            yield batch
+            sent = True
+            batch = []
+    if batch or not sent:
+        yield batch
+
+
+def build_request(
+    on: str,
+    docs: Iterable[Document],
+    *,
+    parameters: Mapping[str, Any] | None = None,
+    target_executor: str | None = None,
+    request_id: str | None = None,
+) -> tuple[str, bytes]:
+    """Serialize one DataRequest; returns its request id and bytes."""
+    request_id = request_id or uuid.uuid4().hex
+    request = data_request_pb2.DataRequest(
+        header=data_request_pb2.Header(
+            request_id=request_id, endpoint=on, target_executor=target_executor or ""
+        )
+    )
+    if parameters:
+        request.parameters.CopyFrom(dict_to_struct(dict(parameters)))
+    documents_to_proto(docs, request.docs)
+    return request_id, request.SerializeToString()
+
+
+def read_response(data: bytes) -> Response:
+    """Parse an answer; raise :class:`ExecutorError` when it carries an error status."""
+    answer = data_request_pb2.DataRequest.FromString(data)
+    status = answer.status
+    if status.code != data_request_pb2.Status.OK:
+        raise ExecutorError(
+            status.message,
+            executor=status.executor,
+            endpoint=status.endpoint,
+            exception_type=status.exception_type,
+        )
+    return Response(
+        request_id=answer.header.request_id,
+        docs=documents_from_proto(answer.docs),
+        results={k: struct_to_dict(v) for k, v in answer.results.items()},
+    )
+
+
+def request_id_of(data: bytes) -> str:
+    return data_request_pb2.DataRequestHead.FromString(data).header.request_id
+
+
+def rpc_error(exc: grpc.RpcError, target: str) -> RequestError:
+    """Map a failed call to the gateway onto meshflow's errors."""
+    code = exc.code() if hasattr(exc, "code") else None
+    details = (exc.details() if hasattr(exc, "details") else None) or str(exc)
+    if code == grpc.StatusCode.RESOURCE_EXHAUSTED:
+        if "larger than max" in details:
+            return BadRequestError(f"the request is larger than the gateway accepts: {details}")
+        return OverloadedError(f"the gateway at {target} is overloaded: {details}")
+    if code == grpc.StatusCode.INVALID_ARGUMENT:
+        return BadRequestError(details)
+    if code == grpc.StatusCode.DEADLINE_EXCEEDED:
+        return DeadlineExceeded(f"the request to {target} timed out: {details}")
+    if code == grpc.StatusCode.UNAVAILABLE:
+        return UnavailableError(f"the gateway at {target} is unreachable: {details}")
+    name = code.name if code is not None else "UNKNOWN"
+    return RequestError(f"the request to {target} failed with {name}: {details}")

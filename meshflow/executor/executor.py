@@ -1,0 +1,119 @@
+"""The Executor base class: product logic in ``@requests`` methods."""
+
+from __future__ import annotations
+
+import inspect
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+from meshflow.errors import ConfigError
+from meshflow.executor.decorators import ENDPOINTS_ATTR
+
+
+@dataclass(frozen=True)
+class RuntimeArgs:
+    """Where an Executor instance runs: its deployment name, replica and shard."""
+
+    name: str
+    replica_id: int = 0
+    shard_id: int = 0
+    replicas: int = 1
+    shards: int = 1
+    workspace_root: str = "workspace"
+
+
+@dataclass(frozen=True)
+class EndpointMethod:
+    """One endpoint of an Executor class: the method and how to call it."""
+
+    name: str
+    method: str
+    is_async: bool
+    accepts: frozenset[str] | None
+    """Keyword names the method takes; None when it takes ``**kwargs``."""
+
+
+class Executor:
+    """Base class of all Executors.
+
+    Subclass it and mark methods with :func:`~meshflow.requests`. Constructor arguments come
+    from ``uses_with``; ``self.workspace`` is a directory of this executor (and shard) that
+    survives restarts, and ``self.runtime_args`` tells the deployment name, replica and shard::
+
+        class Upper(Executor):
+            def __init__(self, suffix: str = '!', **kwargs):
+                super().__init__(**kwargs)
+                self.suffix = suffix
+
+            @requests
+            def upper(self, docs, **kwargs):
+                for d in docs:
+                    d.text = d.text.upper() + self.suffix
+    """
+
+    endpoints: ClassVar[dict[str, EndpointMethod]] = {}
+    _runtime_args: RuntimeArgs
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        found: dict[str, EndpointMethod] = {}
+        # Walk the MRO from the base up so that subclasses override their parents' bindings.
+        for klass in reversed(cls.__mro__):
+            for attr, value in vars(klass).items():
+                names = getattr(value, ENDPOINTS_ATTR, None)
+                if not names or not callable(value):
+                    continue
+                spec = _describe(value)
+                for endpoint in names:
+                    found[endpoint] = EndpointMethod(endpoint, attr, *spec)
+        cls.endpoints = found
+
+    def __init__(self, **kwargs: Any) -> None:
+        if kwargs:
+            raise TypeError(
+                f"{type(self).__name__} got unexpected uses_with argument(s) "
+                f"{', '.join(sorted(kwargs))}; declare them in its __init__"
+            )
+
+    @property
+    def runtime_args(self) -> RuntimeArgs:
+        """Deployment name, replica id and shard id of this instance."""
+        try:
+            return self._runtime_args
+        except AttributeError:
+            self._runtime_args = RuntimeArgs(name=type(self).__name__)
+            return self._runtime_args
+
+    @property
+    def workspace(self) -> str:
+        """A directory for this executor's state, created on first use.
+
+        ``<flow workspace>/<deployment>`` or, when sharded, ``.../<deployment>/shard-<i>``.
+        Replicas of one shard share it.
+        """
+        args = self.runtime_args
+        path = os.path.join(os.path.abspath(args.workspace_root), args.name)
+        if args.shards > 1:
+            path = os.path.join(path, f"shard-{args.shard_id}")
+        os.makedirs(path, exist_ok=True)
+        return path
+
+
+def _describe(fn: Callable[..., Any]) -> tuple[bool, frozenset[str] | None]:
+    is_async = inspect.iscoroutinefunction(fn)
+    params = inspect.signature(fn).parameters.values()
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params):
+        return is_async, None
+    return is_async, frozenset(p.name for p in params)
+
+
+def instantiate(cls: type[Executor], uses_with: dict[str, Any], args: RuntimeArgs) -> Executor:
+    """Create an Executor with its runtime arguments set before its ``__init__`` runs."""
+    if not (isinstance(cls, type) and issubclass(cls, Executor)):
+        raise ConfigError(f"{cls!r} is not an Executor subclass; derive it from meshflow.Executor")
+    obj = cls.__new__(cls)
+    obj._runtime_args = args
+    obj.__init__(**uses_with)  # type: ignore[misc]
+    return obj

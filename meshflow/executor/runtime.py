@@ -1,0 +1,192 @@
+"""Serve one Executor instance over grpc.aio, with gRPC health checking.
+
+The runtime parses a :class:`DataRequest`, runs the endpoint the header names and answers
+with the same request, its documents changed. Requests for an endpoint the executor does not
+serve, or aimed at another executor, go back untouched without being decoded.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import grpc
+from google.protobuf.message import DecodeError
+
+from meshflow.document import DocumentArray
+from meshflow.document.proto import (
+    dict_to_struct,
+    documents_from_proto,
+    documents_to_proto,
+    struct_to_dict,
+)
+from meshflow.executor.executor import EndpointMethod, Executor
+from meshflow.proto.v1 import data_request_pb2, services_pb2
+from meshflow.serving import serve_forever
+from meshflow.types import DEFAULT_ENDPOINT
+from meshflow.wire import EXECUTOR_ENDPOINTS, EXECUTOR_PROCESS
+
+log = logging.getLogger("meshflow.executor")
+
+_SERVICE = "meshflow.v1.ExecutorService"
+
+
+class ExecutorRuntime:
+    """Runs requests against one Executor instance.
+
+    Async endpoints run on the event loop; sync endpoints run in a thread pool of
+    ``sync_workers`` threads (one by default, so an Executor's state is never touched by two
+    threads at once), so that health checks keep answering while a sync model works.
+    """
+
+    def __init__(self, executor: Executor, *, name: str, sync_workers: int = 1) -> None:
+        self.executor = executor
+        self.name = name
+        self._pool = ThreadPoolExecutor(max_workers=sync_workers, thread_name_prefix=name)
+        self._endpoints = type(executor).endpoints
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=False, cancel_futures=True)
+
+    def endpoint_for(self, endpoint: str) -> EndpointMethod | None:
+        """The method serving ``endpoint``, the default endpoint's, or None to pass through."""
+        if not endpoint or endpoint == "/":
+            endpoint = DEFAULT_ENDPOINT
+        return self._endpoints.get(endpoint) or self._endpoints.get(DEFAULT_ENDPOINT)
+
+    async def process(self, data: bytes) -> bytes:
+        """Run one serialized DataRequest and return the serialized answer."""
+        head = data_request_pb2.DataRequestHead.FromString(data)
+        target = head.header.target_executor
+        if target and target != self.name:
+            return data
+        if head.status.code != data_request_pb2.Status.OK:
+            return data
+        spec = self.endpoint_for(head.header.endpoint)
+        if spec is None:
+            return data
+        request = data_request_pb2.DataRequest.FromString(data)
+        started = time.perf_counter()
+        docs = documents_from_proto(request.docs)
+        kwargs: dict[str, Any] = {
+            "docs": docs,
+            "parameters": struct_to_dict(request.parameters),
+            "endpoint": request.header.endpoint or "/",
+            "request_id": request.header.request_id,
+        }
+        if spec.accepts is not None:
+            kwargs = {k: v for k, v in kwargs.items() if k in spec.accepts}
+        method: Callable[..., Any] = getattr(self.executor, spec.method)
+        try:
+            if spec.is_async:
+                result = await method(**kwargs)
+            else:
+                loop = asyncio.get_running_loop()
+                result = await loop.run_in_executor(self._pool, lambda: method(**kwargs))
+            self._apply(request, docs, result, spec)
+        except Exception as exc:
+            log.exception(
+                "endpoint %s (%s.%s) of executor %r failed",
+                spec.name,
+                type(self.executor).__name__,
+                spec.method,
+                self.name,
+            )
+            status = request.status
+            status.code = data_request_pb2.Status.ERROR
+            status.message = str(exc) or repr(exc)
+            status.executor = self.name
+            status.endpoint = request.header.endpoint or "/"
+            status.exception_type = type(exc).__name__
+        log.debug(
+            "request %s %s: %d docs in %.2f ms",
+            request.header.request_id,
+            spec.name,
+            len(request.docs),
+            (time.perf_counter() - started) * 1e3,
+        )
+        return request.SerializeToString()
+
+    def _apply(
+        self,
+        request: data_request_pb2.DataRequest,
+        docs: DocumentArray,
+        result: Any,
+        spec: EndpointMethod,
+    ) -> None:
+        if isinstance(result, dict):
+            request.results[self.name].CopyFrom(dict_to_struct(result))
+        elif isinstance(result, DocumentArray):
+            docs = result
+        elif isinstance(result, list | tuple):
+            docs = DocumentArray(result)
+        elif result is not None:
+            raise TypeError(
+                f"endpoint {spec.name} ({spec.method}) returned {type(result).__name__}; "
+                "return None (docs changed in place), a DocumentArray or a dict"
+            )
+        del request.docs[:]
+        documents_to_proto(docs, request.docs)
+
+    def describe(self) -> services_pb2.EndpointsResponse:
+        """The endpoints this executor serves."""
+        return services_pb2.EndpointsResponse(
+            executor=self.name,
+            endpoints=[
+                services_pb2.Endpoint(name=e.name, method=e.method)
+                for e in sorted(self._endpoints.values(), key=lambda e: e.name)
+            ],
+        )
+
+
+def _handlers(runtime: ExecutorRuntime) -> grpc.GenericRpcHandler:
+    async def process(data: bytes, context: grpc.aio.ServicerContext[Any, Any]) -> bytes:
+        try:
+            return await runtime.process(data)
+        except DecodeError:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "malformed DataRequest")
+            raise  # unreachable: abort raises
+
+    async def endpoints(data: bytes, context: grpc.aio.ServicerContext[Any, Any]) -> bytes:
+        return bytes(runtime.describe().SerializeToString())
+
+    return grpc.method_handlers_generic_handler(
+        _SERVICE,
+        {
+            EXECUTOR_PROCESS.rsplit("/", 1)[1]: grpc.unary_unary_rpc_method_handler(process),
+            EXECUTOR_ENDPOINTS.rsplit("/", 1)[1]: grpc.unary_unary_rpc_method_handler(endpoints),
+        },
+    )
+
+
+async def serve_executor(
+    executor: Executor,
+    *,
+    name: str,
+    address: str,
+    ready_file: str | None = None,
+    drain_timeout: float = 10.0,
+    sync_workers: int = 1,
+) -> None:
+    """Serve ``executor`` on ``address`` (``host:port`` or ``unix:/path``) until stopped."""
+    runtime = ExecutorRuntime(executor, name=name, sync_workers=sync_workers)
+
+    def register(server: grpc.aio.Server) -> None:
+        server.add_generic_rpc_handlers((_handlers(runtime),))
+
+    async def closed() -> None:
+        runtime.close()
+
+    await serve_forever(
+        register,
+        address=address,
+        ready_file=ready_file,
+        drain_timeout=drain_timeout,
+        what=f"executor {name!r}",
+        on_stop=closed,
+        services=(_SERVICE,),
+    )

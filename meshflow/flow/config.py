@@ -1,0 +1,208 @@
+"""Flow YAML: load and save, with ``${{ ENV.VAR }}`` substitution and errors that point at
+the file, line and key.
+
+::
+
+    name: shop
+    with:                      # Flow(...) options
+      port: ${{ ENV.PORT }}
+    executors:
+      - name: encoder
+        uses: my_pkg.encoders:TextEncoder
+        uses_with: {model: small}
+      - name: indexer
+        uses: my_pkg.index:Indexer
+        shards: 2
+        polling: {/index: ANY, /search: ALL}
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from typing import TYPE_CHECKING, Any
+
+import yaml
+
+from meshflow.errors import ConfigError
+
+if TYPE_CHECKING:
+    from meshflow.flow.flow import Flow
+
+_ENV = re.compile(r"\$\{\{\s*ENV\.([A-Za-z_][A-Za-z0-9_]*)\s*\}\}")
+FLOW_KEYS = {"jtype", "version", "name", "with", "executors"}
+WITH_KEYS = {
+    "port",
+    "mesh",
+    "host",
+    "workspace",
+    "timeout_ready",
+    "max_in_flight",
+    "max_request_bytes",
+    "log_dir",
+}
+EXECUTOR_KEYS = {
+    "name",
+    "uses",
+    "uses_with",
+    "replicas",
+    "shards",
+    "needs",
+    "polling",
+    "timeout",
+    "env",
+}
+
+
+class _Located:
+    """Python values built from YAML nodes, remembering where each key was written."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self.lines: dict[str, int] = {}
+        self._loader = yaml.SafeLoader("")
+
+    def error(self, key: str, message: str) -> ConfigError:
+        line = self.lines.get(key)
+        where = f"{self.path}:{line}" if line else self.path
+        return ConfigError(f"{where}: {key}: {message}")
+
+    def build(self, node: yaml.Node, key: str) -> Any:
+        self.lines.setdefault(key, node.start_mark.line + 1)
+        if isinstance(node, yaml.MappingNode):
+            out: dict[Any, Any] = {}
+            for k_node, v_node in node.value:
+                k = self.build(k_node, key)
+                child = f"{key}.{k}" if key else str(k)
+                self.lines[child] = k_node.start_mark.line + 1
+                out[k] = self.build(v_node, child)
+            return out
+        if isinstance(node, yaml.SequenceNode):
+            return [self.build(item, f"{key}[{i}]") for i, item in enumerate(node.value)]
+        assert isinstance(node, yaml.ScalarNode)
+        value = self._loader.construct_object(node)
+        if isinstance(value, str) and "${{" in value:
+            return self._substitute(value, key)
+        return value
+
+    def _substitute(self, text: str, key: str) -> Any:
+        def repl(match: re.Match[str]) -> str:
+            name = match.group(1)
+            if name not in os.environ:
+                raise self.error(key, f"environment variable {name} is not set")
+            return os.environ[name]
+
+        whole = _ENV.fullmatch(text.strip())
+        replaced = _ENV.sub(repl, text)
+        if whole:
+            # A value that is only ${{ ENV.X }} takes the YAML type of what X holds.
+            return yaml.safe_load(replaced) if replaced.strip() else replaced
+        return replaced
+
+
+def load_flow(path: str, *, port: int | None = None) -> Flow:
+    """Read a Flow YAML file; ``port`` overrides the gateway port it sets."""
+    from meshflow.flow.flow import Flow
+
+    try:
+        with open(path, encoding="utf-8") as fh:
+            node = yaml.compose(fh, Loader=yaml.SafeLoader)
+    except OSError as exc:
+        raise ConfigError(f"cannot read Flow config {path!r}: {exc.strerror}") from None
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark
+        line = f":{mark.line + 1}" if mark is not None else ""
+        raise ConfigError(f"{path}{line}: invalid YAML: {exc.problem}") from None
+    loc = _Located(path)
+    data = loc.build(node, "") if node is not None else None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: a Flow config is a mapping with 'executors:' (and 'with:')")
+    for key in data:
+        if key not in FLOW_KEYS:
+            raise loc.error(str(key), f"unknown key; allowed: {', '.join(sorted(FLOW_KEYS))}")
+    if data.get("jtype", "Flow") != "Flow":
+        raise loc.error("jtype", "only 'Flow' is supported")
+    options = data.get("with") or {}
+    if not isinstance(options, dict):
+        raise loc.error("with", "must be a mapping of Flow options")
+    for key in options:
+        if key not in WITH_KEYS:
+            raise loc.error(
+                f"with.{key}", f"unknown option; allowed: {', '.join(sorted(WITH_KEYS))}"
+            )
+    if port is not None:
+        options["port"] = port
+    try:
+        flow = Flow(name=data.get("name"), **options)
+    except (ConfigError, TypeError) as exc:
+        raise loc.error("with", str(exc)) from None
+    executors = data.get("executors")
+    if not isinstance(executors, list) or not executors:
+        raise loc.error("executors", "must be a non-empty list of executors")
+    base = os.path.dirname(os.path.abspath(path))
+    for i, spec in enumerate(executors):
+        key = f"executors[{i}]"
+        if not isinstance(spec, dict):
+            raise loc.error(key, "must be a mapping with at least 'uses:'")
+        for k in spec:
+            if k not in EXECUTOR_KEYS:
+                raise loc.error(
+                    f"{key}.{k}", f"unknown key; allowed: {', '.join(sorted(EXECUTOR_KEYS))}"
+                )
+        if "uses" not in spec:
+            raise loc.error(key, "missing 'uses:'")
+        spec = dict(spec)
+        uses = spec.pop("uses")
+        if isinstance(uses, str):
+            uses = _relative(uses, base)
+        try:
+            flow.add(uses, **spec)
+        except ConfigError as exc:
+            raise loc.error(f"{key}.uses" if "uses" in str(exc) else key, str(exc)) from None
+        except TypeError as exc:
+            raise loc.error(key, str(exc)) from None
+    try:
+        flow.check()
+    except ConfigError as exc:
+        raise loc.error("executors", str(exc)) from None
+    return flow
+
+
+def _relative(uses: str, base: str) -> str:
+    """Paths in a Flow YAML (``file.py:Class``, ``executor.yml``) are relative to the file."""
+    if uses.endswith((".yml", ".yaml")):
+        candidate = uses
+    else:
+        module, sep, _ = uses.rpartition(":")
+        if not (sep and module.endswith(".py")):
+            return uses
+        candidate = module
+    if os.path.isabs(candidate):
+        return uses
+    return os.path.join(base, uses)
+
+
+def save_flow(flow: Flow, path: str) -> None:
+    """Write ``flow`` as YAML that :func:`load_flow` reads back."""
+    flow.check()
+    options: dict[str, Any] = {}
+    defaults = {
+        "port": None,
+        "mesh": "direct",
+        "host": "127.0.0.1",
+        "workspace": "workspace",
+        "timeout_ready": 60.0,
+        "max_in_flight": 1024,
+        "max_request_bytes": 64 * 1024 * 1024,
+        "log_dir": None,
+    }
+    for key, default in defaults.items():
+        value = flow.port if key == "port" else getattr(flow, key)
+        if value != default:
+            options[key] = value
+    data: dict[str, Any] = {"jtype": "Flow", "name": flow.name}
+    if options:
+        data["with"] = options
+    data["executors"] = [d.to_dict() for d in flow.deployments]
+    with open(path, "w", encoding="utf-8") as fh:
+        yaml.safe_dump(data, fh, sort_keys=False)

@@ -1,0 +1,130 @@
+"""One deployment of a Flow: an Executor with its replicas, shards, needs and polling."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from meshflow.errors import ConfigError
+from meshflow.executor.executor import Executor
+from meshflow.executor.loader import (
+    check_executor_class,
+    class_ref,
+    load_class,
+    read_executor_yaml,
+)
+from meshflow.gateway.topology import normalise_polling
+from meshflow.types import Polling
+
+_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_-]{0,62}$")
+
+
+@dataclass(frozen=True)
+class Deployment:
+    """What ``Flow.add(...)`` describes; validated when it is built."""
+
+    name: str
+    uses: str | type[Executor]
+    uses_with: Mapping[str, Any] = field(default_factory=dict)
+    replicas: int = 1
+    shards: int = 1
+    needs: tuple[str, ...] = ()
+    polling: Mapping[str, Polling] = field(default_factory=lambda: {"*": "ANY"})
+    timeout: float | None = None
+    env: Mapping[str, str] = field(default_factory=dict)
+
+    @property
+    def executor_class(self) -> type[Executor]:
+        """The Executor class (imported in this process to check it)."""
+        if isinstance(self.uses, str):
+            return load_class(self.uses)
+        return self.uses
+
+    @property
+    def ref(self) -> str | None:
+        """How a fresh interpreter imports the class, or None when it must be shipped pickled."""
+        if isinstance(self.uses, str):
+            return self.uses
+        return class_ref(self.uses)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The YAML form of this deployment."""
+        ref = self.ref
+        if ref is None:
+            raise ConfigError(
+                f"deployment {self.name!r} uses {self.uses!r}, a class defined in a script; "
+                "a Flow YAML can only name importable classes: move it into a module"
+            )
+        out: dict[str, Any] = {"name": self.name, "uses": ref}
+        if self.uses_with:
+            out["uses_with"] = dict(self.uses_with)
+        if self.replicas != 1:
+            out["replicas"] = self.replicas
+        if self.shards != 1:
+            out["shards"] = self.shards
+        out["needs"] = list(self.needs) if len(self.needs) > 1 else self.needs[0]
+        polling = dict(self.polling)
+        if polling != {"*": "ANY"}:
+            out["polling"] = polling if set(polling) != {"*"} else polling["*"]
+        if self.timeout is not None:
+            out["timeout"] = self.timeout
+        if self.env:
+            out["env"] = dict(self.env)
+        return out
+
+
+def make_deployment(
+    *,
+    uses: Any,
+    name: str,
+    uses_with: Mapping[str, Any] | None,
+    replicas: Any,
+    shards: Any,
+    needs: str | Sequence[str],
+    polling: str | Mapping[str, str],
+    timeout: Any,
+    env: Mapping[str, str] | None,
+) -> Deployment:
+    """Validate the arguments of ``Flow.add`` and build a :class:`Deployment`."""
+    if not isinstance(name, str) or not _NAME.match(name):
+        raise ConfigError(
+            f"deployment name {name!r} is invalid: use a letter, then letters, digits, '_' or '-'"
+        )
+    for label, value in (("replicas", replicas), ("shards", shards)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ConfigError(f"deployment {name!r}: {label} must be a whole number >= 1")
+    if timeout is not None and (
+        isinstance(timeout, bool) or not isinstance(timeout, int | float) or timeout <= 0
+    ):
+        raise ConfigError(f"deployment {name!r}: timeout must be a positive number of seconds")
+    if uses_with is not None and not isinstance(uses_with, Mapping):
+        raise ConfigError(f"deployment {name!r}: uses_with must be a mapping of arguments")
+    merged_with = dict(uses_with or {})
+    if isinstance(uses, str):
+        if uses.endswith((".yml", ".yaml")):
+            uses, from_yaml = read_executor_yaml(uses)
+            merged_with = {**from_yaml, **merged_with}
+        load_class(uses)  # fails early, with a clear message, for unknown modules or classes
+    elif isinstance(uses, type):
+        check_executor_class(uses, getattr(uses, "__qualname__", repr(uses)))
+    else:
+        raise ConfigError(
+            f"deployment {name!r}: uses must be an Executor class, 'pkg.module:Class', "
+            f"'path/file.py:Class' or 'executor.yml', got {uses!r}"
+        )
+    needs_tuple = (needs,) if isinstance(needs, str) else tuple(needs)
+    if not needs_tuple or not all(isinstance(n, str) for n in needs_tuple):
+        raise ConfigError(f"deployment {name!r}: needs must name deployments or 'gateway'")
+    return Deployment(
+        name=name,
+        uses=uses,
+        uses_with=merged_with,
+        replicas=replicas,
+        shards=shards,
+        needs=needs_tuple,
+        polling=normalise_polling(polling, deployment=name),
+        timeout=float(timeout) if timeout is not None else None,
+        env=dict(env or {}),
+    )

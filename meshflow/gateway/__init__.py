@@ -1,0 +1,1 @@
+"""The gateway: traversal engine over the Flow graph, and its gRPC door."""

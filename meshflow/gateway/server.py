@@ -1,0 +1,156 @@
+"""The gRPC door of the gateway: ``GatewayService`` (unary ``Post``, bidirectional ``Stream``).
+
+The gateway reads only the header of each request, hands the bytes to the traversal engine and
+answers with what the last executors sent back. It bounds the requests it holds: past
+``max_in_flight`` a ``Post`` is refused at once with ``RESOURCE_EXHAUSTED`` (a ``Stream``
+simply stops reading until a slot frees, which is backpressure on that stream).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import uuid
+from collections.abc import AsyncIterator
+from typing import Any, TypeAlias
+
+import grpc
+from google.protobuf.message import DecodeError
+
+from meshflow.errors import BadRequestError, RequestError
+from meshflow.gateway.traversal import Traversal
+from meshflow.proto.v1 import data_request_pb2
+from meshflow.wire import GATEWAY_POST, GATEWAY_STREAM
+
+log = logging.getLogger("meshflow.gateway")
+
+_SERVICE = "meshflow.v1.GatewayService"
+_Context: TypeAlias = "grpc.aio.ServicerContext[Any, Any]"
+
+
+class Gateway:
+    """Serves ``GatewayService`` over a :class:`Traversal`."""
+
+    def __init__(self, traversal: Traversal, *, max_in_flight: int = 1024) -> None:
+        if max_in_flight < 1:
+            raise ValueError("max_in_flight must be at least 1")
+        self.traversal = traversal
+        self.max_in_flight = max_in_flight
+        self.in_flight = 0
+        self._slots = asyncio.Semaphore(max_in_flight)
+
+    def handler(self) -> grpc.GenericRpcHandler:
+        return grpc.method_handlers_generic_handler(
+            _SERVICE,
+            {
+                GATEWAY_POST.rsplit("/", 1)[1]: grpc.unary_unary_rpc_method_handler(self.post),
+                GATEWAY_STREAM.rsplit("/", 1)[1]: grpc.stream_stream_rpc_method_handler(
+                    self.stream
+                ),
+            },
+        )
+
+    async def post(self, data: bytes, context: _Context) -> bytes:
+        if self._slots.locked():
+            await context.abort(
+                grpc.StatusCode.RESOURCE_EXHAUSTED,
+                f"the gateway has {self.max_in_flight} requests in flight, its limit; "
+                "retry later or raise max_in_flight",
+            )
+        async with self._slots:
+            self.in_flight += 1
+            try:
+                return await self._run(data, _deadline(context))
+            except RequestError as exc:
+                await context.abort(getattr(grpc.StatusCode, exc.grpc_code), str(exc))
+                raise  # unreachable: abort raises
+            finally:
+                self.in_flight -= 1
+
+    async def stream(
+        self, requests: AsyncIterator[bytes], context: _Context
+    ) -> AsyncIterator[bytes]:
+        answers: asyncio.Queue[bytes | None] = asyncio.Queue()
+        deadline = _deadline(context)
+        pending: set[asyncio.Task[None]] = set()
+
+        async def one(data: bytes) -> None:
+            try:
+                self.in_flight += 1
+                try:
+                    answer = await self._run(data, deadline)
+                except RequestError as exc:
+                    answer = _failure(data, exc)
+                await answers.put(answer)
+            finally:
+                self.in_flight -= 1
+                self._slots.release()
+
+        async def read() -> None:
+            try:
+                async for data in requests:
+                    await self._slots.acquire()
+                    task = asyncio.ensure_future(one(data))
+                    pending.add(task)
+                    task.add_done_callback(pending.discard)
+                if pending:
+                    await asyncio.wait(set(pending))
+            finally:
+                await answers.put(None)
+
+        reader = asyncio.ensure_future(read())
+        try:
+            while (answer := await answers.get()) is not None:
+                yield answer
+        finally:
+            reader.cancel()
+            for task in list(pending):
+                task.cancel()
+
+    async def _run(self, data: bytes, deadline: float | None) -> bytes:
+        try:
+            head = data_request_pb2.DataRequestHead.FromString(data)
+        except DecodeError:
+            raise BadRequestError("the request is not a valid meshflow.v1.DataRequest") from None
+        started = time.perf_counter()
+        request_id = head.header.request_id
+        if not request_id:
+            request_id = uuid.uuid4().hex
+            # Concatenated messages merge: this sets header.request_id, the rest stays as sent.
+            data += data_request_pb2.DataRequest(
+                header=data_request_pb2.Header(request_id=request_id)
+            ).SerializeToString()
+        answer = await self.traversal.run(data, head.header.endpoint, deadline)
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug(
+                "request %s %s done in %.2f ms",
+                request_id,
+                head.header.endpoint or "/",
+                (time.perf_counter() - started) * 1e3,
+            )
+        return answer
+
+
+def _deadline(context: _Context) -> float | None:
+    remaining = context.time_remaining()
+    return None if remaining is None else time.monotonic() + remaining
+
+
+def _failure(data: bytes, exc: RequestError) -> bytes:
+    """An answer on a stream for a request that failed at the gateway itself."""
+    try:
+        head = data_request_pb2.DataRequestHead.FromString(data)
+        header = head.header
+    except DecodeError:
+        header = data_request_pb2.Header()
+    return data_request_pb2.DataRequest(
+        header=header,
+        status=data_request_pb2.Status(
+            code=data_request_pb2.Status.ERROR,
+            message=str(exc),
+            executor="gateway",
+            endpoint=header.endpoint or "/",
+            exception_type=type(exc).__name__,
+        ),
+    ).SerializeToString()

@@ -1,0 +1,100 @@
+"""How the gateway reaches a deployment: the one interface every mesh implements.
+
+``DirectTransport`` (``mesh='direct'``) calls executor replicas itself: round-robin over the
+replicas of a shard, and a call that could not be delivered to a replica (nothing listens, the
+connection was refused) is tried on the next one. A call a replica took and then lost (the
+process died mid-request) is not retried: that request fails naming the executor, so a request
+that crashes executors cannot take down every replica in turn.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Iterator, Mapping, Sequence
+from typing import Protocol
+
+import grpc
+
+from meshflow.errors import BadRequestError, DeadlineExceeded, RequestError, UnavailableError
+from meshflow.wire import EXECUTOR_PROCESS, channel_options
+
+_NOT_DELIVERED = ("failed to connect", "connection refused", "no such file", "connect failed")
+
+
+def _not_delivered(exc: grpc.aio.AioRpcError) -> bool:
+    """True when the call never reached the replica, so trying another one is safe."""
+    if exc.code() != grpc.StatusCode.UNAVAILABLE:
+        return False
+    details = (exc.details() or "").lower()
+    return any(marker in details for marker in _NOT_DELIVERED)
+
+
+class Transport(Protocol):
+    """Sends one serialized DataRequest to one shard of a deployment."""
+
+    async def call(self, deployment: str, shard: int, data: bytes, timeout: float | None) -> bytes:
+        """Return the executor's serialized answer, or raise a :class:`RequestError`."""
+        ...
+
+    async def close(self) -> None:
+        """Close every connection."""
+        ...
+
+
+class _Replica:
+    __slots__ = ("address", "channel", "process")
+
+    def __init__(self, address: str) -> None:
+        self.address = address
+        self.channel = grpc.aio.insecure_channel(address, options=channel_options())
+        self.process = self.channel.unary_unary(EXECUTOR_PROCESS)
+
+
+class DirectTransport:
+    """Calls executor replicas straight from the gateway, with round-robin and fail-over."""
+
+    def __init__(self, shards: Mapping[str, Sequence[Sequence[str]]]) -> None:
+        """``shards`` maps each deployment to, per shard, the addresses of its replicas."""
+        self._replicas: dict[tuple[str, int], list[_Replica]] = {}
+        self._cursor: dict[tuple[str, int], Iterator[int]] = {}
+        for name, per_shard in shards.items():
+            for shard, addresses in enumerate(per_shard):
+                key = (name, shard)
+                self._replicas[key] = [_Replica(a) for a in addresses]
+                self._cursor[key] = itertools.cycle(range(len(addresses)))
+
+    async def call(self, deployment: str, shard: int, data: bytes, timeout: float | None) -> bytes:
+        key = (deployment, shard)
+        replicas = self._replicas[key]
+        first = next(self._cursor[key])
+        last_error: grpc.aio.AioRpcError | None = None
+        for attempt in range(len(replicas)):
+            replica = replicas[(first + attempt) % len(replicas)]
+            try:
+                answer: bytes = await replica.process(data, timeout=timeout)
+                return answer
+            except grpc.aio.AioRpcError as exc:
+                if not _not_delivered(exc):
+                    raise rpc_error_to_meshflow(exc, deployment) from None
+                last_error = exc
+        assert last_error is not None
+        raise rpc_error_to_meshflow(last_error, deployment) from None
+
+    async def close(self) -> None:
+        for replicas in self._replicas.values():
+            for replica in replicas:
+                await replica.channel.close()
+
+
+def rpc_error_to_meshflow(exc: grpc.aio.AioRpcError, deployment: str) -> RequestError:
+    """Map a failed call to an executor onto meshflow's errors."""
+    code = exc.code()
+    detail = exc.details() or code.name
+    where = f"executor {deployment!r}"
+    if code == grpc.StatusCode.DEADLINE_EXCEEDED:
+        return DeadlineExceeded(f"{where} did not answer before the request's deadline")
+    if code == grpc.StatusCode.INVALID_ARGUMENT:
+        return BadRequestError(f"{where} refused the request: {detail}")
+    if code == grpc.StatusCode.UNAVAILABLE:
+        return UnavailableError(f"{where} is unreachable: {detail}")
+    return RequestError(f"{where} failed with gRPC status {code.name}: {detail}")

@@ -1,0 +1,138 @@
+"""The traversal engine: walks one request through the Flow graph.
+
+Both doors of the gateway (gRPC today, GraphQL next) hand it serialized DataRequests. A
+deployment fires when all of its ``needs`` have answered; a chain forwards the bytes from hop
+to hop without decoding documents; joins and shards polled with ``ALL`` decode and merge (see
+:mod:`meshflow.gateway.merge`). The first failure stops the walk and its status, naming the
+executor, is the answer; other requests are unaffected.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import time
+from collections.abc import Iterator
+
+from meshflow.document.proto import struct_to_dict
+from meshflow.errors import BadRequestError, DeadlineExceeded, RequestError
+from meshflow.gateway.merge import merge_requests, reduce_shards
+from meshflow.gateway.topology import GATEWAY, Node, Topology
+from meshflow.gateway.transport import Transport
+from meshflow.proto.v1 import data_request_pb2
+
+_OK = data_request_pb2.Status.OK
+
+
+class Traversal:
+    """Runs DataRequests through a :class:`Topology` over a :class:`Transport`."""
+
+    def __init__(self, topology: Topology, transport: Transport) -> None:
+        self.topology = topology
+        self.transport = transport
+        self._chain = topology.is_chain
+        self._leaves = topology.leaves
+        self._shard_cursor: dict[str, Iterator[int]] = {
+            n.name: itertools.cycle(range(len(n.shards))) for n in topology.nodes
+        }
+
+    async def run(self, data: bytes, endpoint: str, deadline: float | None) -> bytes:
+        """Walk the graph with the serialized request ``data``; return the serialized answer.
+
+        ``deadline`` is a ``time.monotonic()`` instant or None. Raises
+        :class:`DeadlineExceeded` when it passes; other failures come back as an error status.
+        """
+        if self._chain:
+            for node in self.topology.nodes:
+                data = await self._call(node, data, endpoint, deadline)
+                if _failed(data):
+                    return data
+            return data
+        return await self._run_graph(data, endpoint, deadline)
+
+    async def _run_graph(self, data: bytes, endpoint: str, deadline: float | None) -> bytes:
+        tasks: dict[str, asyncio.Task[bytes]] = {}
+
+        async def fire(node: Node) -> bytes:
+            if node.needs == (GATEWAY,):
+                inputs = [data]
+            else:
+                inputs = list(await asyncio.gather(*(tasks[n] for n in node.needs)))
+            for item in inputs:
+                if _failed(item):
+                    return item
+            payload = inputs[0] if len(inputs) == 1 else _merge(inputs)
+            return await self._call(node, payload, endpoint, deadline)
+
+        for node in self.topology.nodes:
+            tasks[node.name] = asyncio.ensure_future(fire(node))
+        try:
+            outputs = list(await asyncio.gather(*(tasks[n] for n in self._leaves)))
+        finally:
+            for task in tasks.values():
+                task.cancel()
+        failed = [o for o in outputs if _failed(o)]
+        if failed:
+            return failed[0]
+        return outputs[0] if len(outputs) == 1 else _merge(outputs)
+
+    async def _call(self, node: Node, data: bytes, endpoint: str, deadline: float | None) -> bytes:
+        timeout = node.timeout
+        if deadline is not None:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise DeadlineExceeded(
+                    f"the request's deadline passed before executor {node.name!r} was called"
+                )
+            timeout = remaining if timeout is None else min(timeout, remaining)
+        try:
+            if len(node.shards) == 1:
+                return await self.transport.call(node.name, 0, data, timeout)
+            if node.polling_for(endpoint or "/") == "ANY":
+                shard = next(self._shard_cursor[node.name])
+                return await self.transport.call(node.name, shard, data, timeout)
+            answers = await asyncio.gather(
+                *(
+                    self.transport.call(node.name, shard, data, timeout)
+                    for shard in range(len(node.shards))
+                )
+            )
+        except DeadlineExceeded:
+            if deadline is not None and time.monotonic() >= deadline:
+                raise  # the caller's deadline: answered with DEADLINE_EXCEEDED
+            late = DeadlineExceeded(
+                f"executor {node.name!r} did not answer within its timeout of {timeout or 0:g} s"
+            )
+            return _error_answer(data, node.name, endpoint, late)
+        except BadRequestError:
+            raise  # the request itself is wrong: answered with INVALID_ARGUMENT
+        except RequestError as exc:
+            return _error_answer(data, node.name, endpoint, exc)
+        for answer in answers:
+            if _failed(answer):
+                return answer
+        decoded = [data_request_pb2.DataRequest.FromString(a) for a in answers]
+        reduced = reduce_shards(decoded, struct_to_dict(decoded[0].parameters))
+        return reduced.SerializeToString()
+
+
+def _failed(data: bytes) -> bool:
+    return data_request_pb2.DataRequestHead.FromString(data).status.code != _OK
+
+
+def _merge(outputs: list[bytes]) -> bytes:
+    decoded = [data_request_pb2.DataRequest.FromString(o) for o in outputs]
+    return merge_requests(decoded).SerializeToString()
+
+
+def _error_answer(data: bytes, executor: str, endpoint: str, exc: RequestError) -> bytes:
+    """The request ``data`` with an error status naming ``executor``; its docs untouched."""
+    status = data_request_pb2.Status(
+        code=data_request_pb2.Status.ERROR,
+        message=str(exc),
+        executor=executor,
+        endpoint=endpoint or "/",
+        exception_type=type(exc).__name__,
+    )
+    # Concatenated messages merge: appending a DataRequest with only a status sets it.
+    return data + data_request_pb2.DataRequest(status=status).SerializeToString()

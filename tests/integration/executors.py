@@ -1,0 +1,156 @@
+"""Executors used by the integration tests; imported by reference in executor processes."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import threading
+import time
+from typing import Any
+
+import numpy as np
+
+from meshflow import Document, DocumentArray, Executor, requests
+
+
+class Append(Executor):
+    def __init__(self, suffix: str = "x", **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.suffix = suffix
+
+    @requests
+    async def append(self, docs: DocumentArray, **kwargs: Any) -> None:
+        for d in docs:
+            d.text += self.suffix
+
+
+class Tag(Executor):
+    """Sets tags[<deployment name>] on every doc, and its embedding when asked."""
+
+    @requests
+    def tag(self, docs: DocumentArray, parameters: dict[str, Any], **kwargs: Any) -> None:
+        for d in docs:
+            d.tags[self.runtime_args.name] = True
+            if parameters.get("embed") == self.runtime_args.name:
+                d.embedding = np.arange(4, dtype=np.float32)
+
+
+class Failing(Executor):
+    @requests(on="/fail")
+    async def fail(self, docs: DocumentArray, **kwargs: Any) -> None:
+        raise ValueError("bad input for failing")
+
+    @requests(on="/ok")
+    async def ok(self, docs: DocumentArray, **kwargs: Any) -> None:
+        for d in docs:
+            d.text = "ok"
+
+
+class Crash(Executor):
+    @requests(on="/crash")
+    async def crash(self, docs: DocumentArray, **kwargs: Any) -> None:
+        os._exit(3)
+
+    @requests(on="/ok")
+    async def ok(self, docs: DocumentArray, **kwargs: Any) -> None:
+        for d in docs:
+            d.text = f"pid {os.getpid()}"
+
+
+class Slow(Executor):
+    """Sleeps ``parameters['seconds']``; /started reports how many sleeps began."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.started = 0
+        self.finished = 0
+
+    @requests(on="/sleep")
+    async def sleep(self, docs: DocumentArray, parameters: dict[str, Any], **kwargs: Any) -> None:
+        self.started += 1
+        await asyncio.sleep(float(parameters.get("seconds", 1.0)))
+        self.finished += 1
+
+    @requests(on="/stats")
+    async def stats(self, **kwargs: Any) -> dict[str, Any]:
+        return {"started": self.started, "finished": self.finished}
+
+
+class Who(Executor):
+    """Answers with its runtime arguments and process id."""
+
+    @requests
+    def who(self, docs: DocumentArray, **kwargs: Any) -> None:
+        args = self.runtime_args
+        for d in docs:
+            d.tags.update(
+                name=args.name,
+                replica=args.replica_id,
+                shard=args.shard_id,
+                pid=os.getpid(),
+                thread=threading.current_thread().name,
+            )
+
+
+class Results(Executor):
+    @requests(on="/count")
+    def count(
+        self, docs: DocumentArray, parameters: dict[str, Any], **kwargs: Any
+    ) -> dict[str, Any]:
+        return {"count": len(docs), "echo": parameters}
+
+
+class Replace(Executor):
+    @requests(on="/replace")
+    def replace(self, docs: DocumentArray, **kwargs: Any) -> DocumentArray:
+        return DocumentArray(Document(text=f"new {d.text}") for d in docs)
+
+
+class MemoryIndex(Executor):
+    """A tiny sharded vector index: /index stores, /search matches, /count counts."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.stored = DocumentArray()
+
+    @requests(on="/index")
+    def index(self, docs: DocumentArray, **kwargs: Any) -> None:
+        self.stored.extend(d.copy() for d in docs)
+
+    @requests(on="/search")
+    def search(self, docs: DocumentArray, parameters: dict[str, Any], **kwargs: Any) -> None:
+        if len(self.stored):
+            docs.match(self.stored, metric="euclidean", limit=int(parameters.get("k", 3)))
+        for d in docs:
+            for m in d.matches:
+                m.tags["shard"] = self.runtime_args.shard_id
+
+    @requests(on="/count")
+    def count(self, **kwargs: Any) -> dict[str, Any]:
+        return {f"shard{self.runtime_args.shard_id}": len(self.stored)}
+
+
+class Workspace(Executor):
+    @requests
+    def write(self, docs: DocumentArray, **kwargs: Any) -> None:
+        path = os.path.join(self.workspace, "hits.txt")
+        with open(path, "a", encoding="utf-8") as fh:
+            fh.write("hit\n")
+        for d in docs:
+            d.uri = path
+
+
+class BrokenInit(Executor):
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        raise RuntimeError("model file missing")
+
+
+class NotAnExecutor:
+    pass
+
+
+def busy(seconds: float) -> None:
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        pass

@@ -1,0 +1,164 @@
+"""Bad input and failures: each gets a clear error, and the Flow keeps serving."""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+from collections.abc import Callable
+
+import grpc
+import pytest
+
+from meshflow import (
+    BadRequestError,
+    ConfigError,
+    DeadlineExceeded,
+    DocumentArray,
+    ExecutorError,
+    Flow,
+    FlowStartError,
+    OverloadedError,
+)
+from meshflow.wire import GATEWAY_POST
+
+StartFlow = Callable[[Flow], Flow]
+
+
+def test_unknown_module_in_uses_is_a_config_error() -> None:
+    with pytest.raises(ConfigError, match="no module named 'no_such_module'"):
+        Flow().add(uses="no_such_module:Exec")
+
+
+def test_unknown_class_in_uses_is_a_config_error() -> None:
+    with pytest.raises(ConfigError, match="has no attribute 'Nope'"):
+        Flow().add(uses="executors:Nope")
+
+
+def test_class_that_is_not_an_executor_is_refused() -> None:
+    with pytest.raises(ConfigError, match="not an Executor subclass"):
+        Flow().add(uses="executors:NotAnExecutor")
+    with pytest.raises(ConfigError, match="not an Executor subclass"):
+        Flow().add(uses=dict)
+
+
+def test_unknown_name_in_needs_is_refused() -> None:
+    f = Flow().add(uses="executors:Append", name="a").add(uses="executors:Append", needs="zz")
+    with pytest.raises(ConfigError, match="needs unknown deployment 'zz'"):
+        f.start()
+
+
+def test_cycle_in_needs_is_refused() -> None:
+    f = (
+        Flow()
+        .add(uses="executors:Append", name="a", needs="b")
+        .add(uses="executors:Append", name="b", needs="a")
+    )
+    with pytest.raises(ConfigError, match=r"cycle: (a -> b -> a|b -> a -> b)"):
+        f.check()
+
+
+def test_port_in_use_is_refused_before_starting_anything() -> None:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        sock.listen()
+        port = sock.getsockname()[1]
+        f = Flow(port=port).add(uses="executors:Append")
+        with pytest.raises(ConfigError, match=f"port {port} on 127.0.0.1 is already in use"):
+            f.start()
+        assert f.pids == {}
+
+
+def test_executor_failing_in_init_names_it_with_its_log(workspace: str) -> None:
+    f = Flow(workspace=workspace).add(uses="executors:BrokenInit", name="model")
+    with pytest.raises(FlowStartError) as info:
+        f.start()
+    assert "executor 'model'" in str(info.value)
+    assert "model file missing" in str(info.value)
+    assert "RuntimeError" in info.value.log_tail
+    assert f.pids == {}
+
+
+def test_bad_uses_with_is_a_config_error_from_the_process(workspace: str) -> None:
+    f = Flow(workspace=workspace).add(uses="executors:Append", uses_with={"nope": 1})
+    with pytest.raises(ConfigError, match="unexpected uses_with argument"):
+        f.start()
+
+
+def test_executor_dying_mid_request_fails_that_request_only(start_flow: StartFlow) -> None:
+    f = start_flow(Flow().add(uses="executors:Crash", name="fragile", replicas=2))
+    assert len(f.post("/ok", DocumentArray.empty(1))) == 1
+    with pytest.raises(ExecutorError) as info:
+        f.post("/crash", DocumentArray.empty(1))
+    assert info.value.executor == "fragile"
+    # The surviving replica keeps serving, and so does the gateway.
+    for _ in range(5):
+        assert len(f.post("/ok", DocumentArray.empty(1))) == 1
+
+
+def test_timeout_becomes_deadline_and_stops_downstream_work(start_flow: StartFlow) -> None:
+    f = start_flow(Flow().add(uses="executors:Slow", name="slow"))
+    with pytest.raises(DeadlineExceeded):
+        f.post("/sleep", DocumentArray.empty(1), parameters={"seconds": 2}, timeout=0.3)
+    time.sleep(2.2)
+    [stats] = f.post("/stats", return_responses=True)
+    # The call was cancelled in the executor: the sleep started but never finished.
+    assert stats.results["slow"] == {"started": 1.0, "finished": 0.0}
+
+
+def test_deployment_timeout_bounds_each_hop(start_flow: StartFlow) -> None:
+    f = start_flow(Flow().add(uses="executors:Slow", name="slow", timeout=0.2))
+    with pytest.raises(ExecutorError, match="slow"):
+        f.post("/sleep", DocumentArray.empty(1), parameters={"seconds": 1})
+
+
+def test_gateway_sheds_load_beyond_max_in_flight(start_flow: StartFlow) -> None:
+    f = start_flow(Flow(max_in_flight=2).add(uses="executors:Slow"))
+    errors: list[BaseException] = []
+
+    def slow_call() -> None:
+        try:
+            f.client.post("/sleep", DocumentArray.empty(1), parameters={"seconds": 1.0})
+        except BaseException as exc:  # collected for the assertion below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=slow_call) for _ in range(2)]
+    for t in threads:
+        t.start()
+    time.sleep(0.3)
+    started = time.monotonic()
+    with pytest.raises(OverloadedError, match="limit"):
+        f.post("/sleep", DocumentArray.empty(1), parameters={"seconds": 0})
+    assert time.monotonic() - started < 0.5
+    for t in threads:
+        t.join(10)
+    assert errors == []
+    assert len(f.post("/sleep", DocumentArray.empty(1), parameters={"seconds": 0})) == 1
+
+
+def test_malformed_request_is_invalid_argument(start_flow: StartFlow) -> None:
+    f = start_flow(Flow().add(uses="executors:Append"))
+    with grpc.insecure_channel(f"127.0.0.1:{f.port}") as channel:
+        post = channel.unary_unary(GATEWAY_POST)
+        with pytest.raises(grpc.RpcError) as info:
+            post(b"\xff\xff\xff\xff garbage", timeout=5)
+        assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        # Valid framing, broken document inside: the executor refuses it.
+        with pytest.raises(grpc.RpcError) as info:
+            post(b"\x1a\x03\x0a\x05a", timeout=5)
+        assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert f.post("/", DocumentArray.empty(1)).texts == ["x"]
+
+
+def test_oversized_request_is_resource_exhausted(start_flow: StartFlow) -> None:
+    f = start_flow(Flow(max_request_bytes=64 * 1024).add(uses="executors:Append"))
+    from meshflow import Document
+
+    big = DocumentArray([Document(blob=b"x" * 100_000)])
+    with pytest.raises(BadRequestError, match="larger than"):
+        f.post("/", big)
+    with grpc.insecure_channel(f"127.0.0.1:{f.port}") as channel:
+        with pytest.raises(grpc.RpcError) as info:
+            channel.unary_unary(GATEWAY_POST)(b"\x00" * 100_000, timeout=5)
+        assert info.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert f.post("/", DocumentArray.empty(1)).texts == ["x"]

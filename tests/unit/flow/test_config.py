@@ -1,0 +1,145 @@
+"""Flow YAML: load, save, environment substitution and errors that point at file and line."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from meshflow import ConfigError, Flow
+
+
+def write(tmp_path: object, text: str, name: str = "flow.yml") -> str:
+    path = os.path.join(str(tmp_path), name)
+    with open(path, "w", encoding="utf-8") as fh:
+        fh.write(text)
+    return path
+
+
+def test_load_builds_deployments_with_all_options(tmp_path: object) -> None:
+    path = write(
+        tmp_path,
+        """
+name: shop
+with:
+  port: 23456
+executors:
+  - name: enc
+    uses: executors:Append
+    uses_with: {suffix: "!"}
+    replicas: 2
+  - name: index
+    uses: executors:MemoryIndex
+    shards: 3
+    polling: {/index: ANY, /search: ALL}
+    needs: [enc]
+    timeout: 2.5
+""",
+    )
+    f = Flow.load_config(path)
+    assert f.name == "shop" and f.port == 23456
+    enc, index = f.deployments
+    assert (enc.uses, dict(enc.uses_with), enc.replicas) == ("executors:Append", {"suffix": "!"}, 2)
+    assert index.shards == 3 and index.needs == ("enc",) and index.timeout == 2.5
+    assert dict(index.polling) == {"/index": "ANY", "/search": "ALL", "*": "ANY"}
+
+
+def test_save_then_load_round_trips(tmp_path: object) -> None:
+    f = (
+        Flow(name="rt", port=34567)
+        .add(uses="executors:Append", name="a", uses_with={"suffix": "s"})
+        .add(uses="executors:Tag", name="b", needs="gateway", polling="ALL", shards=2)
+        .add(uses="executors:Tag", name="c", needs=["a", "b"])
+    )
+    path = os.path.join(str(tmp_path), "out.yml")
+    f.save_config(path)
+    g = Flow.load_config(path)
+    assert [d.to_dict() for d in g.deployments] == [d.to_dict() for d in f.deployments]
+    assert (g.name, g.port) == ("rt", 34567)
+
+
+def test_env_substitution_keeps_yaml_types(
+    tmp_path: object, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("MF_PORT", "45678")
+    monkeypatch.setenv("MF_SUFFIX", "yes")
+    path = write(
+        tmp_path,
+        """
+with: {port: "${{ ENV.MF_PORT }}"}
+executors:
+  - uses: executors:Append
+    uses_with: {suffix: "say-${{ ENV.MF_SUFFIX }}"}
+""",
+    )
+    f = Flow.load_config(path)
+    assert f.port == 45678
+    assert f.deployments[0].uses_with == {"suffix": "say-yes"}
+
+
+def test_missing_env_variable_names_file_line_and_key(tmp_path: object) -> None:
+    path = write(
+        tmp_path, "executors:\n  - uses: executors:Append\n    name: ${{ ENV.MF_NOPE_X }}\n"
+    )
+    with pytest.raises(ConfigError) as info:
+        Flow.load_config(path)
+    assert str(info.value).startswith(f"{path}:3: executors[0].name:")
+    assert "MF_NOPE_X is not set" in str(info.value)
+
+
+def test_yaml_syntax_error_names_file_and_line(tmp_path: object) -> None:
+    path = write(tmp_path, "executors:\n  - uses: [unclosed\n")
+    with pytest.raises(ConfigError, match=rf"^{path}:\d+: invalid YAML"):
+        Flow.load_config(path)
+
+
+def test_unknown_key_names_its_line(tmp_path: object) -> None:
+    path = write(tmp_path, "executors:\n  - uses: executors:Append\n    replica: 2\n")
+    with pytest.raises(ConfigError, match=rf"^{path}:3: executors\[0\].replica: unknown key"):
+        Flow.load_config(path)
+
+
+def test_bad_value_names_the_executor(tmp_path: object) -> None:
+    path = write(tmp_path, "executors:\n  - uses: executors:Append\n    shards: 0\n")
+    with pytest.raises(ConfigError, match=r"executors\[0\]: .*shards must be"):
+        Flow.load_config(path)
+
+
+def test_cycle_in_yaml_is_refused(tmp_path: object) -> None:
+    path = write(
+        tmp_path,
+        """
+executors:
+  - {name: a, uses: executors:Append, needs: b}
+  - {name: b, uses: executors:Append, needs: a}
+""",
+    )
+    with pytest.raises(ConfigError, match="cycle"):
+        Flow.load_config(path)
+
+
+def test_executor_yaml_and_file_paths_are_relative_to_the_flow_file(tmp_path: object) -> None:
+    write(
+        tmp_path,
+        "from meshflow import Executor, requests\n\n"
+        "class Local(Executor):\n"
+        "    @requests\n"
+        "    def run(self, docs, **kwargs):\n"
+        "        pass\n",
+        name="local_exec.py",
+    )
+    write(tmp_path, "uses: local_exec.py:Local\nwith: {}\n", name="exec.yml")
+    path = write(tmp_path, "executors:\n  - uses: exec.yml\n  - uses: local_exec.py:Local\n")
+    f = Flow.load_config(path)
+    assert all(d.executor_class.__name__ == "Local" for d in f.deployments)
+
+
+def test_class_defined_in_a_script_cannot_be_saved(tmp_path: object) -> None:
+    from meshflow import Executor
+
+    class Inline(Executor):
+        pass
+
+    f = Flow().add(uses=Inline)
+    with pytest.raises(ConfigError, match="defined in a script"):
+        f.save_config(os.path.join(str(tmp_path), "x.yml"))
