@@ -11,7 +11,7 @@ $(VENV)/.installed: pyproject.toml
 	touch $@
 
 demo: $(VENV)/.installed
-	$(PY) services/quickstart/app.py
+	$(PY) -m services.quickstart
 
 lint: $(VENV)/.installed
 	$(VENV)/bin/ruff check meshflow tests services benchmarks proto

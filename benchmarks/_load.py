@@ -304,11 +304,33 @@ class CpuWatch:
         }
 
 
+def wait_quiet(max_wait: float, pids: Iterable[int] = (), threshold_pct: float = 5.0,
+               sample_s: float = 0.5) -> float:
+    """Wait (at most ``max_wait`` s) until other processes use < threshold of the CPUs.
+
+    Returns the seconds waited. ``pids`` are our own (idle) servers, not counted.
+    """
+    pids = list(pids)
+    t0 = time.perf_counter()
+    while time.perf_counter() - t0 < max_wait:
+        watch = CpuWatch(pids)
+        time.sleep(sample_s)
+        if watch.stop()["foreign_pct"] < threshold_pct:
+            break
+    return round(time.perf_counter() - t0, 1)
+
+
 def measure_case(*, bench: str, case: str, docs_per_req: int, target: str, method: str,
                  payload_path: str, concurrency: int, duration: float, warmup: float,
                  server_pids: Iterable[int], python: str | None = None,
+                 quiet_wait: float = 0.0,
                  extra: dict[str, Any] | None = None) -> dict[str, Any]:
-    """One load case from a separate client process, as one flat result row."""
+    """One load case from a separate client process, as one flat result row.
+
+    With ``quiet_wait`` > 0, first waits up to that long for the machine to be quiet.
+    """
+    server_pids = list(server_pids)
+    waited = wait_quiet(quiet_wait, server_pids) if quiet_wait > 0 else 0.0
     watch = CpuWatch(server_pids)
     stats = run_client_subprocess(target=target, method=method, payload_path=payload_path,
                                   concurrency=concurrency, duration=duration,
@@ -328,6 +350,7 @@ def measure_case(*, bench: str, case: str, docs_per_req: int, target: str, metho
             1000.0 * cpu["servers_cpu_s"]
             / max(stats["requests"] + stats["warmup_requests"], 1), 3),
         "foreign_pct": cpu["foreign_pct"], "steal_pct": cpu["steal_pct"], "cpu": cpu,
+        "quiet_waited_s": waited,
     }
     if extra:
         row.update(extra)

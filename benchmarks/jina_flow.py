@@ -68,6 +68,9 @@ def main() -> None:
     p.add_argument("--warmup", type=float, default=1.0)
     p.add_argument("--concurrency", type=int, nargs="+", default=CONCURRENCIES)
     p.add_argument("--repeat", type=int, default=3, help="rounds; the table shows medians")
+    p.add_argument("--quiet-wait", type=float, default=0.0, metavar="S",
+                   help="before each case wait up to S s for other processes to go idle "
+                        "(for shared machines; makes the run longer)")
     p.add_argument("--allow-network", action="store_true",
                    help="run even if this network namespace has interfaces other than lo")
     p.add_argument("--json-out", help="also write all result lines to this file")
@@ -152,7 +155,7 @@ def main() -> None:
                         bench="jina_flow", case=name, docs_per_req=n_docs,
                         target=f"127.0.0.1:{port}", method=METHOD, payload_path=paths[name],
                         concurrency=conc, duration=args.duration, warmup=args.warmup,
-                        server_pids=flow_pids,
+                        server_pids=flow_pids, quiet_wait=args.quiet_wait,
                         extra={"round": rnd + 1, "jina": vers["jina"], "grpcio": vers["grpcio"]})
                     results.append(row)
                     print(json.dumps(row), flush=True)

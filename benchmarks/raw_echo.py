@@ -105,6 +105,9 @@ def main() -> None:
     p.add_argument("--warmup", type=float, default=1.0)
     p.add_argument("--concurrency", type=int, nargs="+", default=CONCURRENCIES)
     p.add_argument("--repeat", type=int, default=3, help="rounds; the table shows medians")
+    p.add_argument("--quiet-wait", type=float, default=0.0, metavar="S",
+                   help="before each case wait up to S s for other processes to go idle "
+                        "(for shared machines; makes the run longer)")
     p.add_argument("--json-out", help="also write all result lines to this file")
     args = p.parse_args()
     if args.role:
@@ -146,6 +149,7 @@ def main() -> None:
                         bench="raw_echo", case=name, docs_per_req=n_docs, target=target,
                         method=METHOD, payload_path=paths[name], concurrency=conc,
                         duration=args.duration, warmup=args.warmup, server_pids=server_pids,
+                        quiet_wait=args.quiet_wait,
                         extra={"round": rnd + 1, "grpcio": vers["grpcio"]})
                     results.append(row)
                     print(json.dumps(row), flush=True)

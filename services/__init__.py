@@ -1,0 +1,1 @@
+"""Reusable Executors and the example apps built from meshflow's public API."""

@@ -1,0 +1,54 @@
+"""The public API is exported once, and importing meshflow has no side effects."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import meshflow
+
+
+def test_exported_names() -> None:
+    assert sorted(meshflow.__all__) == sorted(
+        [
+            "AsyncClient",
+            "BadRequestError",
+            "Client",
+            "ConfigError",
+            "DeadlineExceeded",
+            "Document",
+            "DocumentArray",
+            "Executor",
+            "ExecutorError",
+            "Flow",
+            "FlowStartError",
+            "MeshflowError",
+            "OverloadedError",
+            "RequestError",
+            "Response",
+            "RuntimeArgs",
+            "UnavailableError",
+            "__version__",
+            "requests",
+        ]
+    )
+    for name in meshflow.__all__:
+        assert getattr(meshflow, name) is not None
+
+
+def test_every_error_derives_from_meshflow_error() -> None:
+    errors = [getattr(meshflow, n) for n in meshflow.__all__ if n.endswith(("Error", "Exceeded"))]
+    assert all(issubclass(e, meshflow.MeshflowError) for e in errors)
+
+
+def test_import_starts_nothing_and_sets_no_signal_handler() -> None:
+    code = (
+        "import signal, threading, os\n"
+        "before = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}\n"
+        "import meshflow\n"
+        "after = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}\n"
+        "assert before == after, (before, after)\n"
+        "assert threading.active_count() == 1, threading.enumerate()\n"
+        "assert not os.path.exists('workspace')\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
