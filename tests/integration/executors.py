@@ -154,3 +154,25 @@ def busy(seconds: float) -> None:
     end = time.monotonic() + seconds
     while time.monotonic() < end:
         pass
+
+
+class Concurrency(Executor):
+    """Records the largest number of requests it held at once."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.now = 0
+        self.peak = 0
+
+    @requests(on="/work")
+    async def work(self, docs: DocumentArray, **kwargs: Any) -> None:
+        self.now += 1
+        self.peak = max(self.peak, self.now)
+        await asyncio.sleep(0.05)
+        self.now -= 1
+        for d in docs:
+            d.text += "done"
+
+    @requests(on="/peak")
+    async def report(self, **kwargs: Any) -> dict[str, Any]:
+        return {"peak": self.peak}
