@@ -22,13 +22,13 @@ else
     start=$(date +%s%N)
     "$PY" -m venv "$VENV"
     quiet_pip --upgrade pip
-    quiet_pip "$SPEC" psutil
+    quiet_pip "$SPEC"
     has_jina || { echo "installing $SPEC into $VENV failed" >&2; exit 1; }
     ms=$(( ($(date +%s%N) - start) / 1000000 ))
     echo "created jina venv at $VENV in $((ms / 1000)).$(printf '%03d' $((ms % 1000))) s" >&2
 fi
 "$VENV/bin/python" - >&2 <<'PY'
 from importlib.metadata import version
-print("  " + ", ".join(f"{p} {version(p)}" for p in ("jina", "docarray", "grpcio", "protobuf", "psutil")))
+print("  " + ", ".join(f"{p} {version(p)}" for p in ("jina", "docarray", "grpcio", "protobuf")))
 PY
 echo "$VENV"

@@ -210,7 +210,7 @@ def tcp_listeners() -> list[str]:
                 continue
             addr, port = parts[1].split(":")
             if v6:  # four little-endian 32-bit words
-                raw = b"".join(bytes.fromhex(addr[i:i + 8])[::-1] for i in range(0, 32, 8))
+                raw = b"".join(bytes.fromhex(addr[i : i + 8])[::-1] for i in range(0, 32, 8))
                 ip = "[" + socket.inet_ntop(socket.AF_INET6, raw) + "]"
             else:
                 ip = socket.inet_ntoa(bytes.fromhex(addr)[::-1])
@@ -227,8 +227,15 @@ def memory_report(pids: Iterable[int]) -> dict[str, Any]:
             continue
         hwm = int(st.get("VmHWM", "0 kB").split()[0])
         rss = int(st.get("VmRSS", "0 kB").split()[0])
-        per.append({"pid": pid, "name": st.get("Name", "?"), "hwm_mb": round(hwm / 1024, 1),
-                    "rss_mb": round(rss / 1024, 1), "pss_mb": round(pss_kb(pid) / 1024, 1)})
+        per.append(
+            {
+                "pid": pid,
+                "name": st.get("Name", "?"),
+                "hwm_mb": round(hwm / 1024, 1),
+                "rss_mb": round(rss / 1024, 1),
+                "pss_mb": round(pss_kb(pid) / 1024, 1),
+            }
+        )
     return {
         "peak_rss_sum_mb": round(sum(p["hwm_mb"] for p in per), 1),
         "rss_sum_mb": round(sum(p["rss_mb"] for p in per), 1),
@@ -304,8 +311,9 @@ class CpuWatch:
         }
 
 
-def wait_quiet(max_wait: float, pids: Iterable[int] = (), threshold_pct: float = 5.0,
-               sample_s: float = 0.5) -> float:
+def wait_quiet(
+    max_wait: float, pids: Iterable[int] = (), threshold_pct: float = 5.0, sample_s: float = 0.5
+) -> float:
     """Wait (at most ``max_wait`` s) until other processes use < threshold of the CPUs.
 
     Returns the seconds waited. ``pids`` are our own (idle) servers, not counted.
@@ -320,11 +328,22 @@ def wait_quiet(max_wait: float, pids: Iterable[int] = (), threshold_pct: float =
     return round(time.perf_counter() - t0, 1)
 
 
-def measure_case(*, bench: str, case: str, docs_per_req: int, target: str, method: str,
-                 payload_path: str, concurrency: int, duration: float, warmup: float,
-                 server_pids: Iterable[int], python: str | None = None,
-                 quiet_wait: float = 0.0,
-                 extra: dict[str, Any] | None = None) -> dict[str, Any]:
+def measure_case(
+    *,
+    bench: str,
+    case: str,
+    docs_per_req: int,
+    target: str,
+    method: str,
+    payload_path: str,
+    concurrency: int,
+    duration: float,
+    warmup: float,
+    server_pids: Iterable[int],
+    python: str | None = None,
+    quiet_wait: float = 0.0,
+    extra: dict[str, Any] | None = None,
+) -> dict[str, Any]:
     """One load case from a separate client process, as one flat result row.
 
     With ``quiet_wait`` > 0, first waits up to that long for the machine to be quiet.
@@ -332,24 +351,40 @@ def measure_case(*, bench: str, case: str, docs_per_req: int, target: str, metho
     server_pids = list(server_pids)
     waited = wait_quiet(quiet_wait, server_pids) if quiet_wait > 0 else 0.0
     watch = CpuWatch(server_pids)
-    stats = run_client_subprocess(target=target, method=method, payload_path=payload_path,
-                                  concurrency=concurrency, duration=duration,
-                                  warmup=warmup, python=python)
+    stats = run_client_subprocess(
+        target=target,
+        method=method,
+        payload_path=payload_path,
+        concurrency=concurrency,
+        duration=duration,
+        warmup=warmup,
+        python=python,
+    )
     cpu = watch.stop()
     row: dict[str, Any] = {
-        "bench": bench, "case": case, "docs_per_req": docs_per_req,
-        "concurrency": concurrency, "rps": stats["rps"],
+        "bench": bench,
+        "case": case,
+        "docs_per_req": docs_per_req,
+        "concurrency": concurrency,
+        "rps": stats["rps"],
         "docs_s": round(stats["rps"] * docs_per_req, 1),
-        "p50_ms": stats["p50_ms"], "p90_ms": stats["p90_ms"], "p99_ms": stats["p99_ms"],
-        "requests": stats["requests"], "errors": stats["errors"],
-        "first_error": stats["first_error"], "request_bytes": stats["request_bytes"],
-        "response_bytes": stats["response_bytes"], "duration_s": stats["duration_s"],
+        "p50_ms": stats["p50_ms"],
+        "p90_ms": stats["p90_ms"],
+        "p99_ms": stats["p99_ms"],
+        "requests": stats["requests"],
+        "errors": stats["errors"],
+        "first_error": stats["first_error"],
+        "request_bytes": stats["request_bytes"],
+        "response_bytes": stats["response_bytes"],
+        "duration_s": stats["duration_s"],
         "client_cpu_s": stats["client_cpu_s"],
         # server-side CPU (all server processes) per request, warm-up included
         "server_cpu_ms_per_req": round(
-            1000.0 * cpu["servers_cpu_s"]
-            / max(stats["requests"] + stats["warmup_requests"], 1), 3),
-        "foreign_pct": cpu["foreign_pct"], "steal_pct": cpu["steal_pct"], "cpu": cpu,
+            1000.0 * cpu["servers_cpu_s"] / max(stats["requests"] + stats["warmup_requests"], 1), 3
+        ),
+        "foreign_pct": cpu["foreign_pct"],
+        "steal_pct": cpu["steal_pct"],
+        "cpu": cpu,
         "quiet_waited_s": waited,
     }
     if extra:
@@ -367,8 +402,16 @@ def aggregate(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     out = []
     for rs in groups.values():
         m = dict(rs[0])
-        for k in ("rps", "docs_s", "p50_ms", "p90_ms", "p99_ms", "server_cpu_ms_per_req",
-                  "foreign_pct", "steal_pct"):
+        for k in (
+            "rps",
+            "docs_s",
+            "p50_ms",
+            "p90_ms",
+            "p99_ms",
+            "server_cpu_ms_per_req",
+            "foreign_pct",
+            "steal_pct",
+        ):
             digits = 3 if k.endswith("_ms") or k.endswith("_req") else 1
             m[k] = round(statistics.median(r[k] for r in rs), digits)
         m["errors"] = sum(r["errors"] for r in rs)
@@ -386,11 +429,19 @@ def aggregate(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 FOREIGN_WARN_PCT = 10.0
 
-TABLE_COLUMNS = [("case", "case"), ("concurrency", "conc"), ("request_bytes", "req B"),
-                 ("rps", "req/s"), ("docs_s", "docs/s"), ("p50_ms", "p50 ms"),
-                 ("p99_ms", "p99 ms"), ("server_cpu_ms_per_req", "srv CPU ms/req"),
-                 ("errors", "errors"), ("rps_runs", "req/s per run"),
-                 ("max_foreign_pct", "foreign CPU %")]
+TABLE_COLUMNS = [
+    ("case", "case"),
+    ("concurrency", "conc"),
+    ("request_bytes", "req B"),
+    ("rps", "req/s"),
+    ("docs_s", "docs/s"),
+    ("p50_ms", "p50 ms"),
+    ("p99_ms", "p99 ms"),
+    ("server_cpu_ms_per_req", "srv CPU ms/req"),
+    ("errors", "errors"),
+    ("rps_runs", "req/s per run"),
+    ("max_foreign_pct", "foreign CPU %"),
+]
 
 
 def contamination_warning(rows: list[dict[str, Any]]) -> str | None:
@@ -398,9 +449,11 @@ def contamination_warning(rows: list[dict[str, Any]]) -> str | None:
     if not bad:
         return None
     worst = max(r["foreign_pct"] for r in bad)
-    return (f"WARNING: {len(bad)} of {len(rows)} runs saw other processes use more than "
-            f"{FOREIGN_WARN_PCT:.0f}% of the machine's CPU (worst {worst}%); the machine "
-            f"was not quiet, figures are low and noisy")
+    return (
+        f"WARNING: {len(bad)} of {len(rows)} runs saw other processes use more than "
+        f"{FOREIGN_WARN_PCT:.0f}% of the machine's CPU (worst {worst}%); the machine "
+        f"was not quiet, figures are low and noisy"
+    )
 
 
 # --------------------------------------------------------------------------- reporting
@@ -418,8 +471,9 @@ def versions(*dists: str) -> dict[str, str]:
     return out
 
 
-def print_table(rows: list[dict[str, Any]], columns: list[tuple[str, str]],
-                file: Any = sys.stdout) -> None:
+def print_table(
+    rows: list[dict[str, Any]], columns: list[tuple[str, str]], file: Any = sys.stdout
+) -> None:
     """Plain aligned text table; ``columns`` is [(key, header), ...]."""
     cells = [[h for _, h in columns]]
     for r in rows:
@@ -462,8 +516,13 @@ async def _bytes_client(args: argparse.Namespace) -> LoadStats:
         def make() -> Awaitable[Any]:
             return call(payload, timeout=args.timeout)
 
-        stats = await run_load(make, concurrency=args.concurrency, duration=args.duration,
-                               warmup=args.warmup, max_requests=args.max_requests)
+        stats = await run_load(
+            make,
+            concurrency=args.concurrency,
+            duration=args.duration,
+            warmup=args.warmup,
+            max_requests=args.max_requests,
+        )
     stats.extra.update(request_bytes=len(payload), response_bytes=resp_size)
     return stats
 
@@ -488,17 +547,39 @@ def client_main(argv: list[str] | None = None) -> None:
     print(json.dumps(d), flush=True)
 
 
-def run_client_subprocess(*, target: str, method: str, payload_path: str, concurrency: int,
-                          duration: float, warmup: float, python: str | None = None,
-                          env: dict[str, str] | None = None) -> dict[str, Any]:
+def run_client_subprocess(
+    *,
+    target: str,
+    method: str,
+    payload_path: str,
+    concurrency: int,
+    duration: float,
+    warmup: float,
+    python: str | None = None,
+    env: dict[str, str] | None = None,
+) -> dict[str, Any]:
     """Run :func:`client_main` in a fresh process and return its JSON stats."""
     import subprocess
 
-    cmd = [python or sys.executable, os.path.abspath(__file__), "--target", target,
-           "--method", method, "--payload", payload_path, "--concurrency", str(concurrency),
-           "--duration", str(duration), "--warmup", str(warmup)]
-    res = subprocess.run(cmd, capture_output=True, text=True, env=env,
-                         timeout=duration + warmup + 120)
+    cmd = [
+        python or sys.executable,
+        os.path.abspath(__file__),
+        "--target",
+        target,
+        "--method",
+        method,
+        "--payload",
+        payload_path,
+        "--concurrency",
+        str(concurrency),
+        "--duration",
+        str(duration),
+        "--warmup",
+        str(warmup),
+    ]
+    res = subprocess.run(
+        cmd, capture_output=True, text=True, env=env, timeout=duration + warmup + 120
+    )
     if res.returncode != 0:
         raise RuntimeError(f"client failed ({res.returncode}): {res.stderr[-2000:]}")
     return json.loads(res.stdout.strip().splitlines()[-1])

@@ -68,17 +68,27 @@ def main() -> None:
     p.add_argument("--warmup", type=float, default=1.0)
     p.add_argument("--concurrency", type=int, nargs="+", default=CONCURRENCIES)
     p.add_argument("--repeat", type=int, default=3, help="rounds; the table shows medians")
-    p.add_argument("--quiet-wait", type=float, default=0.0, metavar="S",
-                   help="before each case wait up to S s for other processes to go idle "
-                        "(for shared machines; makes the run longer)")
-    p.add_argument("--allow-network", action="store_true",
-                   help="run even if this network namespace has interfaces other than lo")
+    p.add_argument(
+        "--quiet-wait",
+        type=float,
+        default=0.0,
+        metavar="S",
+        help="before each case wait up to S s for other processes to go idle "
+        "(for shared machines; makes the run longer)",
+    )
+    p.add_argument(
+        "--allow-network",
+        action="store_true",
+        help="run even if this network namespace has interfaces other than lo",
+    )
     p.add_argument("--json-out", help="also write all result lines to this file")
     args = p.parse_args()
 
     if not _only_loopback_netns() and not args.allow_network:
-        sys.exit("refusing to start Jina outside a loopback-only network namespace; "
-                 "use benchmarks/run_jina_flow.sh (unshare -n)")
+        sys.exit(
+            "refusing to start Jina outside a loopback-only network namespace; "
+            "use benchmarks/run_jina_flow.sh (unshare -n)"
+        )
 
     t_imp = time.perf_counter()
     import numpy as np
@@ -87,6 +97,7 @@ def main() -> None:
     from jina import Executor, Flow, requests
     from jina.proto import jina_pb2
     from jina.types.request.data import DataRequest
+
     import_s = time.perf_counter() - t_imp
 
     class BenchDoc(BaseDoc):
@@ -103,7 +114,8 @@ def main() -> None:
     def build_request(n_docs: int, dim: int) -> bytes:
         rng = np.random.default_rng(0)
         docs = DocList[BenchDoc](
-            BenchDoc(text="hello world") if dim == 0
+            BenchDoc(text="hello world")
+            if dim == 0
             else BenchDoc(embedding=rng.random(dim, dtype=np.float32))
             for _ in range(n_docs)
         )
@@ -152,11 +164,19 @@ def main() -> None:
             for name, n_docs, _dim in CASES:
                 for conc in args.concurrency:
                     row = _load.measure_case(
-                        bench="jina_flow", case=name, docs_per_req=n_docs,
-                        target=f"127.0.0.1:{port}", method=METHOD, payload_path=paths[name],
-                        concurrency=conc, duration=args.duration, warmup=args.warmup,
-                        server_pids=flow_pids, quiet_wait=args.quiet_wait,
-                        extra={"round": rnd + 1, "jina": vers["jina"], "grpcio": vers["grpcio"]})
+                        bench="jina_flow",
+                        case=name,
+                        docs_per_req=n_docs,
+                        target=f"127.0.0.1:{port}",
+                        method=METHOD,
+                        payload_path=paths[name],
+                        concurrency=conc,
+                        duration=args.duration,
+                        warmup=args.warmup,
+                        server_pids=flow_pids,
+                        quiet_wait=args.quiet_wait,
+                        extra={"round": rnd + 1, "jina": vers["jina"], "grpcio": vers["grpcio"]},
+                    )
                     results.append(row)
                     print(json.dumps(row), flush=True)
         mem = _load.memory_report(flow_pids)
@@ -174,14 +194,22 @@ def main() -> None:
     for a in agg:
         print(json.dumps(a), flush=True)
     summary = {
-        "bench": "jina_flow", "summary": True, "date": time.strftime("%Y-%m-%d"),
-        "cpus": os.cpu_count(), "versions": vers,
+        "bench": "jina_flow",
+        "summary": True,
+        "date": time.strftime("%Y-%m-%d"),
+        "cpus": os.cpu_count(),
+        "versions": vers,
         "mp_start_method": __import__("multiprocessing").get_start_method(),
-        "import_s": round(import_s, 3), "startup_s": round(startup_s, 3),
-        "close_s": round(close_s, 3), "flow_processes": len(flow_pids),
-        "flow_peak_rss_sum_mb": mem["peak_rss_sum_mb"], "flow_pss_sum_mb": pss_sum_mb,
-        "orchestrator_peak_rss_mb": main_hwm_mb, "per_process": mem["processes"],
-        "listeners": listeners, "loadavg": os.getloadavg(),
+        "import_s": round(import_s, 3),
+        "startup_s": round(startup_s, 3),
+        "close_s": round(close_s, 3),
+        "flow_processes": len(flow_pids),
+        "flow_peak_rss_sum_mb": mem["peak_rss_sum_mb"],
+        "flow_pss_sum_mb": pss_sum_mb,
+        "orchestrator_peak_rss_mb": main_hwm_mb,
+        "per_process": mem["processes"],
+        "listeners": listeners,
+        "loadavg": os.getloadavg(),
     }
     print(json.dumps(summary), flush=True)
     if args.json_out:
@@ -190,15 +218,21 @@ def main() -> None:
                 fh.write(json.dumps(r) + "\n")
 
     print()
-    print(f"Jina {vers['jina']} (docarray {vers['docarray']}), grpcio {vers['grpcio']}, "
-          f"protobuf {vers['protobuf']}, Python {vers['python']}, {os.cpu_count()} CPUs")
-    print(f"Flow gateway + 2 no-op executors: start-up {startup_s:.2f} s (import "
-          f"{import_s:.2f} s, close {close_s:.2f} s), {len(flow_pids)} processes, "
-          f"peak RSS sum {mem['peak_rss_sum_mb']} MB (PSS {pss_sum_mb} MB; orchestrator "
-          f"{main_hwm_mb} MB)")
+    print(
+        f"Jina {vers['jina']} (docarray {vers['docarray']}), grpcio {vers['grpcio']}, "
+        f"protobuf {vers['protobuf']}, Python {vers['python']}, {os.cpu_count()} CPUs"
+    )
+    print(
+        f"Flow gateway + 2 no-op executors: start-up {startup_s:.2f} s (import "
+        f"{import_s:.2f} s, close {close_s:.2f} s), {len(flow_pids)} processes, "
+        f"peak RSS sum {mem['peak_rss_sum_mb']} MB (PSS {pss_sum_mb} MB; orchestrator "
+        f"{main_hwm_mb} MB)"
+    )
     print(f"listening: {', '.join(listeners)}")
-    print(f"median of {args.repeat} rounds of {args.duration:g} s (after {args.warmup:g} s "
-          f"warm-up); srv CPU = CPU of gateway + executors per request")
+    print(
+        f"median of {args.repeat} rounds of {args.duration:g} s (after {args.warmup:g} s "
+        f"warm-up); srv CPU = CPU of gateway + executors per request"
+    )
     _load.print_table(agg, _load.TABLE_COLUMNS)
     warn = _load.contamination_warning(results)
     if warn:

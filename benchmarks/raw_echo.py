@@ -52,6 +52,7 @@ async def _serve(role: str, upstreams: list[str]) -> None:
 
     channels = []
     if role == "exec":
+
         async def handle(request: bytes, context: object) -> bytes:
             return request
     else:
@@ -65,8 +66,13 @@ async def _serve(role: str, upstreams: list[str]) -> None:
             return data
 
     server = grpc.aio.server(options=GRPC_OPTS)
-    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(
-        "bench.Echo", {"Call": grpc.unary_unary_rpc_method_handler(handle)}),))
+    server.add_generic_rpc_handlers(
+        (
+            grpc.method_handlers_generic_handler(
+                "bench.Echo", {"Call": grpc.unary_unary_rpc_method_handler(handle)}
+            ),
+        )
+    )
     port = server.add_insecure_port("127.0.0.1:0")
     await server.start()
     for ch in channels:
@@ -81,8 +87,12 @@ async def _serve(role: str, upstreams: list[str]) -> None:
 
 
 def _start(args: list[str]) -> subprocess.Popen[str]:
-    return subprocess.Popen([sys.executable, os.path.abspath(__file__), *args],
-                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    return subprocess.Popen(
+        [sys.executable, os.path.abspath(__file__), *args],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
 
 
 def _wait_ready(proc: subprocess.Popen[str]) -> int:
@@ -105,9 +115,14 @@ def main() -> None:
     p.add_argument("--warmup", type=float, default=1.0)
     p.add_argument("--concurrency", type=int, nargs="+", default=CONCURRENCIES)
     p.add_argument("--repeat", type=int, default=3, help="rounds; the table shows medians")
-    p.add_argument("--quiet-wait", type=float, default=0.0, metavar="S",
-                   help="before each case wait up to S s for other processes to go idle "
-                        "(for shared machines; makes the run longer)")
+    p.add_argument(
+        "--quiet-wait",
+        type=float,
+        default=0.0,
+        metavar="S",
+        help="before each case wait up to S s for other processes to go idle "
+        "(for shared machines; makes the run longer)",
+    )
     p.add_argument("--json-out", help="also write all result lines to this file")
     args = p.parse_args()
     if args.role:
@@ -124,8 +139,18 @@ def main() -> None:
         t0 = time.perf_counter()
         procs += [_start(["--role", "exec"]), _start(["--role", "exec"])]  # in parallel
         p1, p2 = (_wait_ready(pr) for pr in procs)
-        procs.append(_start(["--role", "gateway", "--upstream", f"127.0.0.1:{p1}",
-                             "--upstream", f"127.0.0.1:{p2}"]))
+        procs.append(
+            _start(
+                [
+                    "--role",
+                    "gateway",
+                    "--upstream",
+                    f"127.0.0.1:{p1}",
+                    "--upstream",
+                    f"127.0.0.1:{p2}",
+                ]
+            )
+        )
         pg = _wait_ready(procs[2])
         with grpc.insecure_channel(f"127.0.0.1:{pg}") as ch:  # first call through the chain
             assert ch.unary_unary(METHOD)(b"ping", timeout=30) == b"ping"
@@ -146,11 +171,19 @@ def main() -> None:
             for name, n_docs, _size in CASES:
                 for conc in args.concurrency:
                     row = _load.measure_case(
-                        bench="raw_echo", case=name, docs_per_req=n_docs, target=target,
-                        method=METHOD, payload_path=paths[name], concurrency=conc,
-                        duration=args.duration, warmup=args.warmup, server_pids=server_pids,
+                        bench="raw_echo",
+                        case=name,
+                        docs_per_req=n_docs,
+                        target=target,
+                        method=METHOD,
+                        payload_path=paths[name],
+                        concurrency=conc,
+                        duration=args.duration,
+                        warmup=args.warmup,
+                        server_pids=server_pids,
                         quiet_wait=args.quiet_wait,
-                        extra={"round": rnd + 1, "grpcio": vers["grpcio"]})
+                        extra={"round": rnd + 1, "grpcio": vers["grpcio"]},
+                    )
                     results.append(row)
                     print(json.dumps(row), flush=True)
         mem = _load.memory_report(pr.pid for pr in procs)
@@ -175,11 +208,18 @@ def main() -> None:
     for a in agg:
         print(json.dumps(a), flush=True)
     summary = {
-        "bench": "raw_echo", "summary": True, "date": time.strftime("%Y-%m-%d"),
-        "cpus": os.cpu_count(), "versions": vers, "startup_s": round(startup_s, 3),
-        "processes": len(procs), "peak_rss_sum_mb": mem["peak_rss_sum_mb"],
-        "pss_sum_mb": mem["pss_sum_mb"], "per_process": mem["processes"],
-        "listeners": listeners, "loadavg": os.getloadavg(),
+        "bench": "raw_echo",
+        "summary": True,
+        "date": time.strftime("%Y-%m-%d"),
+        "cpus": os.cpu_count(),
+        "versions": vers,
+        "startup_s": round(startup_s, 3),
+        "processes": len(procs),
+        "peak_rss_sum_mb": mem["peak_rss_sum_mb"],
+        "pss_sum_mb": mem["pss_sum_mb"],
+        "per_process": mem["processes"],
+        "listeners": listeners,
+        "loadavg": os.getloadavg(),
     }
     print(json.dumps(summary), flush=True)
     if args.json_out:
@@ -188,14 +228,20 @@ def main() -> None:
                 fh.write(json.dumps(r) + "\n")
 
     print()
-    print(f"raw grpc.aio echo, grpcio {vers['grpcio']}, Python {vers['python']}, "
-          f"{os.cpu_count()} CPUs")
-    print(f"gateway + 2 echo executors: start-up {startup_s:.2f} s (spawn of fresh "
-          f"interpreters: 2 executors in parallel, then the gateway),"
-          f" peak RSS sum {mem['peak_rss_sum_mb']} MB "
-          f"(PSS {mem['pss_sum_mb']} MB)")
-    print(f"median of {args.repeat} rounds of {args.duration:g} s (after {args.warmup:g} s "
-          f"warm-up); srv CPU = CPU of all server processes per request")
+    print(
+        f"raw grpc.aio echo, grpcio {vers['grpcio']}, Python {vers['python']}, "
+        f"{os.cpu_count()} CPUs"
+    )
+    print(
+        f"gateway + 2 echo executors: start-up {startup_s:.2f} s (spawn of fresh "
+        f"interpreters: 2 executors in parallel, then the gateway),"
+        f" peak RSS sum {mem['peak_rss_sum_mb']} MB "
+        f"(PSS {mem['pss_sum_mb']} MB)"
+    )
+    print(
+        f"median of {args.repeat} rounds of {args.duration:g} s (after {args.warmup:g} s "
+        f"warm-up); srv CPU = CPU of all server processes per request"
+    )
     _load.print_table(agg, _load.TABLE_COLUMNS)
     warn = _load.contamination_warning(results)
     if warn:

@@ -7,7 +7,7 @@ import warnings
 from meshflow.proto.v1 import data_request_pb2 as meshflow_dot_v1_dot_data__request__pb2
 from meshflow.proto.v1 import services_pb2 as meshflow_dot_v1_dot_services__pb2
 
-GRPC_GENERATED_VERSION = '1.85.1'
+GRPC_GENERATED_VERSION = '1.78.2'
 GRPC_VERSION = grpc.__version__
 _version_not_supported = False
 
@@ -27,7 +27,7 @@ if _version_not_supported:
     )
 
 
-class ExecutorServiceStub:
+class ExecutorServiceStub(object):
     """Served by every executor replica.
     """
 
@@ -49,7 +49,7 @@ class ExecutorServiceStub:
                 _registered_method=True)
 
 
-class ExecutorServiceServicer:
+class ExecutorServiceServicer(object):
     """Served by every executor replica.
     """
 
@@ -88,7 +88,7 @@ def add_ExecutorServiceServicer_to_server(servicer, server):
 
 
  # This class is part of an EXPERIMENTAL API.
-class ExecutorService:
+class ExecutorService(object):
     """Served by every executor replica.
     """
 
@@ -147,7 +147,7 @@ class ExecutorService:
             _registered_method=True)
 
 
-class GatewayServiceStub:
+class GatewayServiceStub(object):
     """Served by the gateway of a Flow.
     """
 
@@ -169,7 +169,7 @@ class GatewayServiceStub:
                 _registered_method=True)
 
 
-class GatewayServiceServicer:
+class GatewayServiceServicer(object):
     """Served by the gateway of a Flow.
     """
 
@@ -209,7 +209,7 @@ def add_GatewayServiceServicer_to_server(servicer, server):
 
 
  # This class is part of an EXPERIMENTAL API.
-class GatewayService:
+class GatewayService(object):
     """Served by the gateway of a Flow.
     """
 
