@@ -9,6 +9,7 @@ import sys
 import time
 
 import pytest
+from procs import flow_children
 
 from meshflow import Client, Document
 
@@ -123,6 +124,98 @@ def test_flow_command_serves_a_yaml_flow(tmp_path: object, free_port: int) -> No
             assert client.post("/", Document(text="hi")).texts == ["hi!"]
         proc.send_signal(signal.SIGINT)
         assert proc.wait(timeout=20) == 0
+    finally:
+        proc.kill()
+        proc.wait()
+        if proc.stdout is not None:
+            proc.stdout.close()
+
+
+def test_sigterm_lets_the_request_in_flight_finish(free_port: int) -> None:
+    import grpc
+
+    from meshflow.client.messages import build_request, read_response
+    from meshflow.wire import EXECUTOR_PROCESS
+
+    env = {**os.environ, "PYTHONPATH": TESTS}
+    cmd = [sys.executable, "-m", "meshflow", "executor", "--uses", "executors:Slow"]
+    proc = subprocess.Popen(
+        [*cmd, "--port", str(free_port), "--name", "slow"],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 20
+        while meshflow("ping", f"127.0.0.1:{free_port}", "--timeout", "0.5").returncode != 0:
+            assert time.monotonic() < deadline, "executor never became healthy"
+            time.sleep(0.1)
+        _, data = build_request("/sleep", [Document()], parameters={"seconds": 1.0})
+        with grpc.insecure_channel(f"127.0.0.1:{free_port}") as channel:
+            future = channel.unary_unary(EXECUTOR_PROCESS).future(data, timeout=10)
+            time.sleep(0.3)
+            proc.send_signal(signal.SIGTERM)
+            answer = read_response(future.result())
+        assert len(answer.docs) == 1
+        assert proc.wait(timeout=15) == 0
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+def test_ctrl_c_on_a_flow_script_leaves_no_process_behind(tmp_path: object) -> None:
+    script = os.path.join(str(tmp_path), "serve.py")
+    with open(script, "w", encoding="utf-8") as fh:
+        fh.write(
+            "from meshflow import Flow\n"
+            "f = Flow().add(uses='executors:Append', replicas=2).add(uses='executors:Who')\n"
+            "with f:\n"
+            "    print('ready', flush=True)\n"
+            "    f.block()\n"
+        )
+    env = {**os.environ, "PYTHONPATH": TESTS}
+    proc = subprocess.Popen(
+        [sys.executable, script], env=env, cwd=str(tmp_path), stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert proc.stdout is not None
+        assert proc.stdout.readline().strip() == "ready"
+        children = flow_children(proc.pid)
+        assert len(children) == 4
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(timeout=20) == 0
+        assert flow_children(proc.pid) == []
+    finally:
+        proc.kill()
+        proc.wait()
+        if proc.stdout is not None:
+            proc.stdout.close()
+
+
+def test_children_exit_when_the_flow_process_is_killed(tmp_path: object) -> None:
+    script = os.path.join(str(tmp_path), "serve.py")
+    with open(script, "w", encoding="utf-8") as fh:
+        fh.write(
+            "from meshflow import Flow\n"
+            "f = Flow().add(uses='executors:Append')\n"
+            "with f:\n"
+            "    print('ready', flush=True)\n"
+            "    f.block()\n"
+        )
+    env = {**os.environ, "PYTHONPATH": TESTS}
+    proc = subprocess.Popen(
+        [sys.executable, script], env=env, cwd=str(tmp_path), stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert proc.stdout is not None
+        assert proc.stdout.readline().strip() == "ready"
+        assert len(flow_children(proc.pid)) == 2
+        proc.kill()
+        proc.wait()
+        deadline = time.monotonic() + 10
+        while flow_children(proc.pid) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert flow_children(proc.pid) == []
     finally:
         proc.kill()
         proc.wait()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import socket
 import threading
 import time
@@ -9,6 +10,7 @@ from collections.abc import Callable
 
 import grpc
 import pytest
+from procs import flow_children
 
 from meshflow import (
     BadRequestError,
@@ -77,6 +79,7 @@ def test_executor_failing_in_init_names_it_with_its_log(workspace: str) -> None:
     assert "model file missing" in str(info.value)
     assert "RuntimeError" in info.value.log_tail
     assert f.pids == {}
+    assert flow_children(os.getpid()) == []
 
 
 def test_bad_uses_with_is_a_config_error_from_the_process(workspace: str) -> None:
