@@ -7,13 +7,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
-import ctypes
 import json
 import logging
 import os
 import signal
 import sys
+import threading
+import time
 from collections.abc import Sequence
 from typing import Any, NoReturn
 
@@ -109,14 +109,24 @@ def _report(args: argparse.Namespace, exc: BaseException, kind: str) -> None:
 
 
 def _die_with_parent() -> None:
-    """When started by a Flow, exit if the Flow's process dies (Linux PR_SET_PDEATHSIG)."""
+    """When started by a Flow, stop (drain, then exit) once the Flow's process is gone.
+
+    A daemon thread polls the parent pid: unlike PR_SET_PDEATHSIG this does not fire when the
+    thread that started the Flow ends while the Flow's process lives on.
+    """
     parent = os.environ.get("MESHFLOW_PARENT_PID")
-    if not parent or not sys.platform.startswith("linux"):
+    if not parent or not parent.isdigit():
         return
-    with contextlib.suppress(OSError, AttributeError):
-        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
     if os.getppid() != int(parent):
         sys.exit(1)
+
+    def watch() -> None:
+        while os.getppid() == int(parent):
+            time.sleep(0.5)
+        log.warning("the Flow's process %s is gone; stopping", parent)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    threading.Thread(target=watch, name="parent-watch", daemon=True).start()
 
 
 def _ping(target: str, timeout: float, parser: argparse.ArgumentParser) -> int:

@@ -182,6 +182,7 @@ def test_ctrl_c_on_a_flow_script_leaves_no_process_behind(tmp_path: object) -> N
         assert proc.stdout.readline().strip() == "ready"
         children = flow_children(proc.pid)
         assert len(children) == 4
+        time.sleep(0.5)  # let the script enter f.block()
         proc.send_signal(signal.SIGINT)
         assert proc.wait(timeout=20) == 0
         assert flow_children(proc.pid) == []
