@@ -29,7 +29,7 @@ proto: $(VENV)/.installed
 	$(PY) proto/generate.py
 
 bench: $(VENV)/.installed
-	$(PY) benchmarks/flow_bench.py
+	$(PY) benchmarks/compare.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

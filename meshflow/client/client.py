@@ -57,44 +57,18 @@ class _Reorder:
         return ready
 
 
-class Client:
-    """A blocking client of a Flow's gateway.
+def _target(host: str, port: int, who: str) -> str:
+    if isinstance(port, bool) or not isinstance(port, int) or not 0 < port < 65536:
+        raise ConfigError(f"{who} needs the gateway's port (1-65535), got {port!r}")
+    return f"{host}:{port}"
 
-    ::
 
-        client = Client(port=12345)
-        docs = client.post('/search', DocumentArray(...), parameters={'limit': 5})
+class Posting:
+    """The blocking ``post`` of :class:`Client`, shared by everything that hands out one
+    (a running :class:`~meshflow.Flow` posts through its own client)."""
 
-    ``timeout`` (seconds) becomes the gRPC deadline of the call and of every hop behind it.
-    """
-
-    def __init__(
-        self,
-        host: str = "127.0.0.1",
-        port: int = 0,
-        *,
-        protocol: str = "grpc",
-        timeout: float | None = None,
-        max_in_flight: int = 16,
-    ) -> None:
-        _check_protocol(protocol)
-        if not 0 < port < 65536:
-            raise ConfigError(f"Client needs the gateway's port (1-65535), got {port!r}")
-        self.target = f"{host}:{port}"
-        self.timeout = timeout
-        self.max_in_flight = max_in_flight
-        self._channel = grpc.insecure_channel(self.target, options=channel_options())
-        self._post = self._channel.unary_unary(GATEWAY_POST)
-        self._stream = self._channel.stream_stream(GATEWAY_STREAM)
-
-    def close(self) -> None:
-        self._channel.close()
-
-    def __enter__(self) -> Client:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
+    def _blocking_client(self) -> Client:
+        raise NotImplementedError
 
     @overload
     def post(
@@ -136,9 +110,72 @@ class Client:
         """Send ``inputs`` to endpoint ``on`` in requests of ``request_size`` documents.
 
         Returns the documents of all answers, in request order (or the answers themselves
-        with ``return_responses=True``). Raises :class:`~meshflow.errors.RequestError`
+        with ``return_responses=True``). ``timeout`` (seconds) is the deadline of the whole
+        request, every hop included. Raises :class:`~meshflow.errors.RequestError`
         subclasses: :class:`~meshflow.errors.ExecutorError` names the executor that failed.
         """
+        responses = self._blocking_client().send(
+            on,
+            inputs,
+            parameters=parameters,
+            target_executor=target_executor,
+            request_size=request_size,
+            timeout=timeout,
+        )
+        return responses if return_responses else _merge(responses)
+
+
+class Client(Posting):
+    """A blocking client of a Flow's gateway.
+
+    ::
+
+        client = Client(port=12345)
+        docs = client.post('/search', DocumentArray(...), parameters={'limit': 5})
+
+    ``timeout`` (seconds) becomes the gRPC deadline of the call and of every hop behind it.
+    """
+
+    def __init__(
+        self,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        *,
+        protocol: str = "grpc",
+        timeout: float | None = None,
+        max_in_flight: int = 16,
+    ) -> None:
+        _check_protocol(protocol)
+        self.target = _target(host, port, "Client")
+        self.timeout = timeout
+        self.max_in_flight = max_in_flight
+        self._channel = grpc.insecure_channel(self.target, options=channel_options())
+        self._post = self._channel.unary_unary(GATEWAY_POST)
+        self._stream = self._channel.stream_stream(GATEWAY_STREAM)
+
+    def close(self) -> None:
+        self._channel.close()
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _blocking_client(self) -> Client:
+        return self
+
+    def send(
+        self,
+        on: str,
+        inputs: Inputs = None,
+        *,
+        parameters: Mapping[str, Any] | None = None,
+        target_executor: str | None = None,
+        request_size: int = 100,
+        timeout: float | None = None,
+    ) -> list[Response]:
+        """Send ``inputs`` and return every answer, in request order."""
         requests = [
             build_request(on, batch, parameters=parameters, target_executor=target_executor)
             for batch in batches(inputs, request_size)
@@ -152,7 +189,7 @@ class Client:
             responses = [read_response(raw)]
         else:
             responses = [read_response(raw) for raw in self.stream_raw(requests, timeout=timeout)]
-        return responses if return_responses else _merge(responses)
+        return responses
 
     def stream_raw(
         self, requests: Iterable[tuple[str, bytes]], *, timeout: float | None = None
@@ -208,9 +245,7 @@ class AsyncClient:
         max_in_flight: int = 16,
     ) -> None:
         _check_protocol(protocol)
-        if not 0 < port < 65536:
-            raise ConfigError(f"AsyncClient needs the gateway's port (1-65535), got {port!r}")
-        self.target = f"{host}:{port}"
+        self.target = _target(host, port, "AsyncClient")
         self.timeout = timeout
         self.max_in_flight = max_in_flight
         self._channel = grpc.aio.insecure_channel(self.target, options=channel_options())

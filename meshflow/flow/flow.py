@@ -12,13 +12,11 @@ import tempfile
 import threading
 from collections.abc import Mapping, Sequence
 from types import FrameType, TracebackType
-from typing import Any, Literal, overload
+from typing import Any
 
 import cloudpickle
 
-from meshflow.client.client import Client
-from meshflow.client.messages import Inputs, Response
-from meshflow.document import DocumentArray
+from meshflow.client.client import Client, Posting
 from meshflow.errors import ConfigError
 from meshflow.flow.deployment import Deployment, make_deployment
 from meshflow.flow.processes import ManagedProcess, stop_all, wait_all_ready
@@ -29,7 +27,7 @@ log = logging.getLogger("meshflow.flow")
 MESHES = ("direct",)
 
 
-class Flow:
+class Flow(Posting):
     """A graph of Executors served behind one gateway.
 
     ::
@@ -345,6 +343,9 @@ class Flow:
 
     # -- requests -----------------------------------------------------------------------
 
+    def _blocking_client(self) -> Client:
+        return self.client
+
     @property
     def client(self) -> Client:
         """A :class:`Client` connected to this Flow's gateway."""
@@ -353,58 +354,6 @@ class Flow:
         if self._client is None:
             self._client = Client(self.host, self._port)
         return self._client
-
-    @overload
-    def post(
-        self,
-        on: str,
-        inputs: Inputs = None,
-        parameters: Mapping[str, Any] | None = None,
-        target_executor: str | None = None,
-        request_size: int = 100,
-        *,
-        timeout: float | None = None,
-        return_responses: Literal[False] = False,
-    ) -> DocumentArray: ...
-
-    @overload
-    def post(
-        self,
-        on: str,
-        inputs: Inputs = None,
-        parameters: Mapping[str, Any] | None = None,
-        target_executor: str | None = None,
-        request_size: int = 100,
-        *,
-        timeout: float | None = None,
-        return_responses: Literal[True],
-    ) -> list[Response]: ...
-
-    def post(
-        self,
-        on: str,
-        inputs: Inputs = None,
-        parameters: Mapping[str, Any] | None = None,
-        target_executor: str | None = None,
-        request_size: int = 100,
-        *,
-        timeout: float | None = None,
-        return_responses: bool = False,
-    ) -> DocumentArray | list[Response]:
-        """Send ``inputs`` to endpoint ``on``; see :meth:`meshflow.Client.post`."""
-        if return_responses:
-            return self.client.post(
-                on,
-                inputs,
-                parameters,
-                target_executor,
-                request_size,
-                timeout=timeout,
-                return_responses=True,
-            )
-        return self.client.post(
-            on, inputs, parameters, target_executor, request_size, timeout=timeout
-        )
 
     # -- configuration files --------------------------------------------------------------
 

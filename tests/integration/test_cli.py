@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 
 import pytest
 from procs import flow_children
@@ -163,12 +165,14 @@ def test_sigterm_lets_the_request_in_flight_finish(free_port: int) -> None:
         proc.wait()
 
 
-def test_ctrl_c_on_a_flow_script_leaves_no_process_behind(tmp_path: object) -> None:
+@contextlib.contextmanager
+def flow_script(tmp_path: object, flow: str) -> Iterator[subprocess.Popen[str]]:
+    """Run a script that serves ``flow`` with f.block(); yields once it printed 'ready'."""
     script = os.path.join(str(tmp_path), "serve.py")
     with open(script, "w", encoding="utf-8") as fh:
         fh.write(
             "from meshflow import Flow\n"
-            "f = Flow().add(uses='executors:Append', replicas=2).add(uses='executors:Who')\n"
+            f"f = {flow}\n"
             "with f:\n"
             "    print('ready', flush=True)\n"
             "    f.block()\n"
@@ -180,12 +184,7 @@ def test_ctrl_c_on_a_flow_script_leaves_no_process_behind(tmp_path: object) -> N
     try:
         assert proc.stdout is not None
         assert proc.stdout.readline().strip() == "ready"
-        children = flow_children(proc.pid)
-        assert len(children) == 4
-        time.sleep(0.5)  # let the script enter f.block()
-        proc.send_signal(signal.SIGINT)
-        assert proc.wait(timeout=20) == 0
-        assert flow_children(proc.pid) == []
+        yield proc
     finally:
         proc.kill()
         proc.wait()
@@ -193,23 +192,18 @@ def test_ctrl_c_on_a_flow_script_leaves_no_process_behind(tmp_path: object) -> N
             proc.stdout.close()
 
 
+def test_ctrl_c_on_a_flow_script_leaves_no_process_behind(tmp_path: object) -> None:
+    flow = "Flow().add(uses='executors:Append', replicas=2).add(uses='executors:Who')"
+    with flow_script(tmp_path, flow) as proc:
+        assert len(flow_children(proc.pid)) == 4
+        time.sleep(0.5)  # let the script enter f.block()
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(timeout=20) == 0
+        assert flow_children(proc.pid) == []
+
+
 def test_children_exit_when_the_flow_process_is_killed(tmp_path: object) -> None:
-    script = os.path.join(str(tmp_path), "serve.py")
-    with open(script, "w", encoding="utf-8") as fh:
-        fh.write(
-            "from meshflow import Flow\n"
-            "f = Flow().add(uses='executors:Append')\n"
-            "with f:\n"
-            "    print('ready', flush=True)\n"
-            "    f.block()\n"
-        )
-    env = {**os.environ, "PYTHONPATH": TESTS}
-    proc = subprocess.Popen(
-        [sys.executable, script], env=env, cwd=str(tmp_path), stdout=subprocess.PIPE, text=True
-    )
-    try:
-        assert proc.stdout is not None
-        assert proc.stdout.readline().strip() == "ready"
+    with flow_script(tmp_path, "Flow().add(uses='executors:Append')") as proc:
         assert len(flow_children(proc.pid)) == 2
         proc.kill()
         proc.wait()
@@ -217,8 +211,3 @@ def test_children_exit_when_the_flow_process_is_killed(tmp_path: object) -> None
         while flow_children(proc.pid) and time.monotonic() < deadline:
             time.sleep(0.1)
         assert flow_children(proc.pid) == []
-    finally:
-        proc.kill()
-        proc.wait()
-        if proc.stdout is not None:
-            proc.stdout.close()
