@@ -1,0 +1,331 @@
+"""Envoy configuration of a Flow's sidecars: the one place it is generated.
+
+- The **gateway sidecar** (egress) listens on a unix socket for the gateway. Each cluster is
+  one deployment shard, named ``<deployment>.shard<i>``; the gateway picks it with the gRPC
+  ``:authority``. Endpoints come from one EDS file per cluster, swapped atomically when
+  replicas change, so scaling never restarts Envoy. Clusters speak HTTP/2 with mTLS to the
+  replica sidecars and carry the deployment's load balancing, retries (on another host),
+  timeouts, active gRPC health checks, outlier detection and circuit breakers.
+- Each **replica sidecar** (ingress) listens on loopback TCP, requires a client certificate
+  of the Flow's CA whose SPIFFE id is the gateway's, and forwards to its executor's unix
+  socket.
+
+Admin interfaces bind loopback only, on a port the Envoy chooses and writes to a file.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import yaml
+
+from meshflow.mesh.certs import Identity
+from meshflow.mesh.policy import (
+    CircuitBreaker,
+    HealthCheck,
+    LoadBalancing,
+    OutlierDetection,
+    RetryPolicy,
+)
+
+_HCM = (
+    "type.googleapis.com/"
+    "envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager"
+)
+_ROUTER = "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"
+_HTTP_OPTIONS = "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
+_UPSTREAM_TLS = "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext"
+_DOWNSTREAM_TLS = (
+    "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext"
+)
+_PREVIOUS_HOSTS = (
+    "type.googleapis.com/envoy.extensions.retry.host.previous_hosts.v3.PreviousHostsPredicate"
+)
+_ASSIGNMENT = "type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment"
+_LB = {"least_request": "LEAST_REQUEST", "round_robin": "ROUND_ROBIN", "random": "RANDOM"}
+
+
+def cluster_name(deployment: str, shard: int) -> str:
+    """The Envoy cluster (and gRPC authority) of one shard of a deployment."""
+    return f"{deployment}.shard{shard}"
+
+
+@dataclass(frozen=True)
+class ClusterSpec:
+    """One shard of a deployment as the gateway sidecar sees it."""
+
+    name: str
+    peer_id: str
+    """SPIFFE id the replicas' certificates must carry."""
+    eds_path: str
+    lb: LoadBalancing
+    retries: RetryPolicy
+    health_check: HealthCheck
+    outlier_detection: OutlierDetection
+    circuit_breaker: CircuitBreaker
+    timeout: float | None
+
+
+def _seconds(value: float) -> str:
+    return f"{value:.3f}s"
+
+
+def _tls_context(identity: Identity, peers: Sequence[str]) -> dict[str, Any]:
+    return {
+        "tls_certificates": [
+            {
+                "certificate_chain": {"filename": identity.cert},
+                "private_key": {"filename": identity.key},
+            }
+        ],
+        "validation_context": {
+            "trusted_ca": {"filename": identity.ca},
+            "match_typed_subject_alt_names": [
+                {"san_type": "URI", "matcher": {"exact": peer}} for peer in peers
+            ],
+        },
+        "alpn_protocols": ["h2"],
+    }
+
+
+def _http2_options() -> dict[str, Any]:
+    return {
+        "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
+            "@type": _HTTP_OPTIONS,
+            "explicit_http_config": {"http2_protocol_options": {}},
+        }
+    }
+
+
+def _hcm(stat_prefix: str, virtual_hosts: list[dict[str, Any]]) -> dict[str, Any]:
+    return {
+        "name": "envoy.filters.network.http_connection_manager",
+        "typed_config": {
+            "@type": _HCM,
+            "stat_prefix": stat_prefix,
+            "codec_type": "HTTP2",
+            "http2_protocol_options": {},
+            # Requests may take as long as their gRPC deadline says.
+            "stream_idle_timeout": "0s",
+            "route_config": {"name": stat_prefix, "virtual_hosts": virtual_hosts},
+            "http_filters": [
+                {"name": "envoy.filters.http.router", "typed_config": {"@type": _ROUTER}}
+            ],
+        },
+    }
+
+
+def _admin() -> dict[str, Any]:
+    return {"address": {"socket_address": {"address": "127.0.0.1", "port_value": 0}}}
+
+
+def _route(spec: ClusterSpec) -> dict[str, Any]:
+    retries = spec.retries
+    route: dict[str, Any] = {
+        "cluster": spec.name,
+        # 0s: no Envoy timeout of its own beyond the deployment's and the caller's deadline.
+        "timeout": _seconds(spec.timeout) if spec.timeout else "0s",
+        "max_stream_duration": {"grpc_timeout_header_max": "0s"},
+    }
+    if retries.attempts > 1:
+        policy: dict[str, Any] = {
+            "retry_on": ",".join(retries.retry_on),
+            "num_retries": retries.attempts - 1,
+            "retry_host_predicate": [
+                {
+                    "name": "envoy.retry_host_predicates.previous_hosts",
+                    "typed_config": {"@type": _PREVIOUS_HOSTS},
+                }
+            ],
+            "host_selection_retry_max_attempts": 5,
+            "retry_back_off": {"base_interval": "0.01s", "max_interval": "0.25s"},
+        }
+        if retries.per_try_timeout:
+            policy["per_try_timeout"] = _seconds(retries.per_try_timeout)
+        route["retry_policy"] = policy
+    return {"match": {"prefix": "/"}, "route": route}
+
+
+def _cluster(spec: ClusterSpec, identity: Identity) -> dict[str, Any]:
+    hc, od, cb = spec.health_check, spec.outlier_detection, spec.circuit_breaker
+    return {
+        "name": spec.name,
+        "type": "EDS",
+        "eds_cluster_config": {
+            "eds_config": {
+                "path_config_source": {"path": spec.eds_path},
+                "resource_api_version": "V3",
+            }
+        },
+        "connect_timeout": "1s",
+        "lb_policy": _LB[spec.lb],
+        "typed_extension_protocol_options": _http2_options(),
+        "health_checks": [
+            {
+                "timeout": _seconds(hc.timeout),
+                "interval": _seconds(hc.interval),
+                "no_traffic_interval": _seconds(hc.no_traffic_interval),
+                "unhealthy_threshold": hc.unhealthy_threshold,
+                "healthy_threshold": hc.healthy_threshold,
+                "grpc_health_check": {},
+            }
+        ],
+        "outlier_detection": {
+            "consecutive_5xx": od.consecutive_failures,
+            "consecutive_gateway_failure": od.consecutive_failures,
+            "enforcing_consecutive_gateway_failure": 100,
+            "interval": _seconds(od.interval),
+            "base_ejection_time": _seconds(od.base_ejection_time),
+            "max_ejection_percent": od.max_ejection_percent,
+        },
+        "circuit_breakers": {
+            "thresholds": [
+                {
+                    "max_connections": cb.max_connections,
+                    "max_pending_requests": cb.max_pending_requests,
+                    "max_requests": cb.max_requests,
+                    "max_retries": cb.max_retries,
+                }
+            ]
+        },
+        "transport_socket": {
+            "name": "envoy.transport_sockets.tls",
+            "typed_config": {
+                "@type": _UPSTREAM_TLS,
+                "common_tls_context": _tls_context(identity, [spec.peer_id]),
+            },
+        },
+    }
+
+
+def gateway_sidecar(
+    *, node: str, listen_socket: str, identity: Identity, clusters: Sequence[ClusterSpec]
+) -> dict[str, Any]:
+    """Bootstrap of the gateway's egress sidecar."""
+    virtual_hosts = [
+        {"name": spec.name, "domains": [spec.name, f"{spec.name}:*"], "routes": [_route(spec)]}
+        for spec in clusters
+    ]
+    return {
+        "node": {"id": node, "cluster": "meshflow"},
+        "admin": _admin(),
+        "static_resources": {
+            "listeners": [
+                {
+                    "name": "egress",
+                    "address": {"pipe": {"path": listen_socket, "mode": 0o600}},
+                    "filter_chains": [{"filters": [_hcm("egress", virtual_hosts)]}],
+                }
+            ],
+            "clusters": [_cluster(spec, identity) for spec in clusters],
+        },
+    }
+
+
+def replica_sidecar(
+    *,
+    node: str,
+    listen_port: int,
+    executor_socket: str,
+    identity: Identity,
+    allowed_peers: Sequence[str],
+) -> dict[str, Any]:
+    """Bootstrap of one replica's ingress sidecar."""
+    route = {
+        "match": {"prefix": "/"},
+        "route": {
+            "cluster": "executor",
+            "timeout": "0s",
+            "max_stream_duration": {"grpc_timeout_header_max": "0s"},
+        },
+    }
+    return {
+        "node": {"id": node, "cluster": "meshflow"},
+        "admin": _admin(),
+        "static_resources": {
+            "listeners": [
+                {
+                    "name": "ingress",
+                    "address": {
+                        "socket_address": {"address": "127.0.0.1", "port_value": listen_port}
+                    },
+                    "filter_chains": [
+                        {
+                            "filters": [
+                                _hcm(
+                                    "ingress",
+                                    [{"name": "executor", "domains": ["*"], "routes": [route]}],
+                                )
+                            ],
+                            "transport_socket": {
+                                "name": "envoy.transport_sockets.tls",
+                                "typed_config": {
+                                    "@type": _DOWNSTREAM_TLS,
+                                    "require_client_certificate": True,
+                                    "common_tls_context": _tls_context(identity, allowed_peers),
+                                },
+                            },
+                        }
+                    ],
+                }
+            ],
+            "clusters": [
+                {
+                    "name": "executor",
+                    "type": "STATIC",
+                    "connect_timeout": "1s",
+                    "typed_extension_protocol_options": _http2_options(),
+                    "load_assignment": {
+                        "cluster_name": "executor",
+                        "endpoints": [
+                            {
+                                "lb_endpoints": [
+                                    {"endpoint": {"address": {"pipe": {"path": executor_socket}}}}
+                                ]
+                            }
+                        ],
+                    },
+                }
+            ],
+        },
+    }
+
+
+def endpoints(cluster: str, addresses: Sequence[tuple[str, int]], version: int) -> dict[str, Any]:
+    """An EDS file: the replicas (their sidecars' listeners) of one cluster."""
+    return {
+        "version_info": str(version),
+        "resources": [
+            {
+                "@type": _ASSIGNMENT,
+                "cluster_name": cluster,
+                "endpoints": [
+                    {
+                        "lb_endpoints": [
+                            {
+                                "endpoint": {
+                                    "address": {
+                                        "socket_address": {"address": host, "port_value": port}
+                                    }
+                                }
+                            }
+                            for host, port in addresses
+                        ]
+                    }
+                ],
+            }
+        ],
+    }
+
+
+def write_yaml(path: str, document: Mapping[str, Any]) -> None:
+    """Write ``document`` so that a watcher sees the old file or the new one, never half."""
+    directory = os.path.dirname(path)
+    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=".yaml")
+    with os.fdopen(fd, "w", encoding="utf-8") as fh:
+        yaml.safe_dump(dict(document), fh, sort_keys=False)
+    os.replace(tmp, path)
