@@ -58,7 +58,8 @@ def _parser() -> argparse.ArgumentParser:
     gw.add_argument("--topology", required=True, help="topology JSON written by the Flow")
     gw.add_argument("--host", default="127.0.0.1")
     gw.add_argument("--port", type=int, default=0)
-    gw.add_argument("--mesh", default="direct")
+    gw.add_argument("--mesh", default="direct", choices=["direct", "envoy"])
+    gw.add_argument("--egress", help="address of the gateway's Envoy sidecar (mesh envoy)")
     gw.add_argument("--max-in-flight", type=int, default=1024)
     gw.add_argument("--max-request-bytes", type=int, default=64 * 1024 * 1024)
     gw.add_argument("--drain-timeout", type=float, default=10.0)
@@ -227,6 +228,7 @@ def _gateway(args: argparse.Namespace) -> int:
             topology,
             address=f"{args.host}:{args.port}",
             mesh=args.mesh,
+            egress=args.egress,
             ready_file=args.ready_file,
             max_in_flight=args.max_in_flight,
             max_request_bytes=args.max_request_bytes,

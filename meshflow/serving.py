@@ -7,6 +7,7 @@ file (the port they bound, their pid) that the Flow waits for.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import os
@@ -50,6 +51,10 @@ async def serve_forever(
     server = grpc.aio.server(options=options)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    if address.startswith("unix:"):
+        # A socket file left by a previous run of this process (after a crash) blocks bind.
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(address[len("unix:") :])
     maybe = register(server)
     if maybe is not None:
         await maybe

@@ -51,6 +51,11 @@ EXECUTOR_KEYS = {
     "polling",
     "timeout",
     "env",
+    "lb",
+    "retries",
+    "health_check",
+    "outlier_detection",
+    "circuit_breaker",
 }
 
 
@@ -188,7 +193,7 @@ def save_flow(flow: Flow, path: str) -> None:
     options: dict[str, Any] = {}
     defaults = {
         "port": None,
-        "mesh": "direct",
+        "mesh": "envoy",
         "host": "127.0.0.1",
         "workspace": "workspace",
         "timeout_ready": 60.0,

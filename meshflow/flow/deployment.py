@@ -16,8 +16,17 @@ from meshflow.executor.loader import (
     read_executor_yaml,
 )
 from meshflow.gateway.topology import normalise_polling
+from meshflow.mesh.policy import (
+    CircuitBreaker,
+    HealthCheck,
+    LoadBalancing,
+    OutlierDetection,
+    RetryPolicy,
+    check_lb,
+)
 from meshflow.types import Polling
 
+POLICIES = ("retries", "health_check", "outlier_detection", "circuit_breaker")
 _NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_-]{0,62}$")
 
 
@@ -34,6 +43,11 @@ class Deployment:
     polling: Mapping[str, Polling] = field(default_factory=lambda: {"*": "ANY"})
     timeout: float | None = None
     env: Mapping[str, str] = field(default_factory=dict)
+    lb: LoadBalancing = "least_request"
+    retries: RetryPolicy = field(default_factory=RetryPolicy)
+    health_check: HealthCheck = field(default_factory=HealthCheck)
+    outlier_detection: OutlierDetection = field(default_factory=OutlierDetection)
+    circuit_breaker: CircuitBreaker = field(default_factory=CircuitBreaker)
 
     @property
     def executor_class(self) -> type[Executor]:
@@ -72,6 +86,12 @@ class Deployment:
             out["timeout"] = self.timeout
         if self.env:
             out["env"] = dict(self.env)
+        if self.lb != "least_request":
+            out["lb"] = self.lb
+        for key in POLICIES:
+            policy = getattr(self, key)
+            if policy != type(policy)():
+                out[key] = policy.to_dict()
         return out
 
 
@@ -86,6 +106,11 @@ def make_deployment(
     polling: str | Mapping[str, str],
     timeout: Any,
     env: Mapping[str, str] | None,
+    lb: Any = "least_request",
+    retries: Any = None,
+    health_check: Any = None,
+    outlier_detection: Any = None,
+    circuit_breaker: Any = None,
 ) -> Deployment:
     """Validate the arguments of ``Flow.add`` and build a :class:`Deployment`."""
     if not isinstance(name, str) or not _NAME.match(name):
@@ -127,4 +152,13 @@ def make_deployment(
         polling=normalise_polling(polling, deployment=name),
         timeout=float(timeout) if timeout is not None else None,
         env=dict(env or {}),
+        lb=check_lb(lb, deployment=name),
+        retries=RetryPolicy.from_value(retries, deployment=name, option="retries"),
+        health_check=HealthCheck.from_value(health_check, deployment=name, option="health_check"),
+        outlier_detection=OutlierDetection.from_value(
+            outlier_detection, deployment=name, option="outlier_detection"
+        ),
+        circuit_breaker=CircuitBreaker.from_value(
+            circuit_breaker, deployment=name, option="circuit_breaker"
+        ),
     )

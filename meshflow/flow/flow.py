@@ -2,29 +2,25 @@
 
 from __future__ import annotations
 
-import json
+import dataclasses
 import logging
-import os
-import shutil
 import signal
 import socket
-import tempfile
 import threading
 from collections.abc import Mapping, Sequence
 from types import FrameType, TracebackType
 from typing import Any
 
-import cloudpickle
-
 from meshflow.client.client import Client, Posting
 from meshflow.errors import ConfigError
 from meshflow.flow.deployment import Deployment, make_deployment
-from meshflow.flow.processes import ManagedProcess, stop_all, wait_all_ready
-from meshflow.gateway.topology import GATEWAY, Node, Topology, check_graph
+from meshflow.flow.local import LocalRuntime
+from meshflow.gateway.topology import GATEWAY, Node, check_graph
+from meshflow.mesh.policy import CircuitBreaker, HealthCheck, OutlierDetection, RetryPolicy
 
 log = logging.getLogger("meshflow.flow")
 
-MESHES = ("direct",)
+MESHES = ("envoy", "direct")
 
 
 class Flow(Posting):
@@ -43,7 +39,8 @@ class Flow(Posting):
     Args:
         port: the gateway's gRPC port; None picks a free one (``f.port`` after start).
         name: the Flow's name (workspace folder, identities).
-        mesh: ``'direct'``: the gateway calls executors itself.
+        mesh: ``'envoy'``: every replica behind an Envoy sidecar (mTLS, retries, health
+            checks, load balancing); ``'direct'``: the gateway calls executors itself.
         host: the interface the gateway binds; loopback by default.
         workspace: root folder of the executors' workspaces.
         timeout_ready: seconds to wait for every process to serve.
@@ -57,7 +54,7 @@ class Flow(Posting):
         *,
         port: int | None = None,
         name: str | None = None,
-        mesh: str = "direct",
+        mesh: str = "envoy",
         host: str = "127.0.0.1",
         workspace: str = "workspace",
         timeout_ready: float = 60.0,
@@ -83,10 +80,8 @@ class Flow(Posting):
         self.log_dir = log_dir
         self._port = port
         self._deployments: dict[str, Deployment] = {}
-        self._processes: list[ManagedProcess] = []
-        self._run_dir: str | None = None
+        self._runtime: LocalRuntime | None = None
         self._client: Client | None = None
-        self._topology: Topology | None = None
 
     # -- building -----------------------------------------------------------------------
 
@@ -102,6 +97,11 @@ class Flow(Posting):
         polling: str | Mapping[str, str] = "ANY",
         timeout: float | None = None,
         env: Mapping[str, str] | None = None,
+        lb: str = "least_request",
+        retries: RetryPolicy | Mapping[str, Any] | None = None,
+        health_check: HealthCheck | Mapping[str, Any] | None = None,
+        outlier_detection: OutlierDetection | Mapping[str, Any] | None = None,
+        circuit_breaker: CircuitBreaker | Mapping[str, Any] | None = None,
     ) -> Flow:
         """Add a deployment of the Executor ``uses`` and return the Flow, to chain calls.
 
@@ -118,8 +118,15 @@ class Flow(Posting):
                 reduced by score) or per endpoint, e.g. ``{'/search': 'ALL', '*': 'ANY'}``.
             timeout: default deadline in seconds of each call to this deployment.
             env: extra environment variables of its processes.
+            lb: how the mesh spreads calls over replicas: ``'least_request'`` (default),
+                ``'round_robin'`` or ``'random'``.
+            retries: :class:`~meshflow.RetryPolicy` (default: 3 attempts on connection
+                failures, resets and UNAVAILABLE, each on another replica).
+            health_check: :class:`~meshflow.HealthCheck` (active gRPC health checks).
+            outlier_detection: :class:`~meshflow.OutlierDetection` (eject failing replicas).
+            circuit_breaker: :class:`~meshflow.CircuitBreaker` (limits on calls in flight).
         """
-        if self._processes:
+        if self._runtime is not None:
             raise ConfigError("cannot add deployments to a running Flow; stop it first")
         name = name if name is not None else f"executor{len(self._deployments)}"
         if name in self._deployments:
@@ -136,6 +143,11 @@ class Flow(Posting):
             polling=polling,
             timeout=timeout,
             env=env,
+            lb=lb,
+            retries=retries,
+            health_check=health_check,
+            outlier_detection=outlier_detection,
+            circuit_breaker=circuit_breaker,
         )
         return self
 
@@ -159,140 +171,35 @@ class Flow(Posting):
 
     # -- running ------------------------------------------------------------------------
 
+    def deployment(self, name: str) -> Deployment:
+        """The deployment called ``name``."""
+        try:
+            return self._deployments[name]
+        except KeyError:
+            known = ", ".join(self._deployments) or "none"
+            raise ConfigError(f"no deployment named {name!r} (known: {known})") from None
+
     def start(self) -> Flow:
         """Start every process in parallel and return when all serve."""
-        if self._processes:
+        if self._runtime is not None:
             raise ConfigError("the Flow is already running")
         self.check()
         if self._port is not None:
             _check_port_free(self.host, self._port)
-        self._run_dir = tempfile.mkdtemp(prefix="meshflow-")
-        try:
-            self._launch()
-            wait_all_ready(self._processes, self.timeout_ready)
-        except BaseException:
-            self.close()
-            raise
-        gateway = self._processes[-1]
-        assert gateway.info is not None
-        self._port = int(gateway.info["port"])
+        runtime = LocalRuntime(self)
+        self._port = runtime.start()
+        self._runtime = runtime
         log.info("Flow %r ready: gateway on %s:%d", self.name, self.host, self._port)
         return self
-
-    def _launch(self) -> None:
-        assert self._run_dir is not None
-        run = self._run_dir
-        logs = self.log_dir or run
-        os.makedirs(logs, exist_ok=True)
-        nodes = []
-        for dep in self._deployments.values():
-            uses_args = self._uses_args(dep, run)
-            per_shard = []
-            for shard in range(dep.shards):
-                addresses = []
-                for replica in range(dep.replicas):
-                    label = (
-                        f"{dep.name}-s{shard}-r{replica}"
-                        if dep.shards > 1
-                        else (f"{dep.name}-r{replica}")
-                    )
-                    address = f"unix:{os.path.join(run, label + '.sock')}"
-                    addresses.append(address)
-                    argv = [
-                        "executor",
-                        *uses_args,
-                        "--name",
-                        dep.name,
-                        "--address",
-                        address,
-                        "--uses-with",
-                        json.dumps(dict(dep.uses_with)),
-                        "--replica-id",
-                        str(replica),
-                        "--shard-id",
-                        str(shard),
-                        "--replicas",
-                        str(dep.replicas),
-                        "--shards",
-                        str(dep.shards),
-                        "--workspace",
-                        os.path.abspath(self.workspace),
-                        "--ready-file",
-                        os.path.join(run, label + ".ready"),
-                    ]
-                    self._processes.append(
-                        ManagedProcess(
-                            name=f"executor {dep.name!r} (shard {shard}, replica {replica})",
-                            argv=argv,
-                            log_path=os.path.join(logs, label + ".log"),
-                            ready_file=os.path.join(run, label + ".ready"),
-                            env=dict(dep.env),
-                        )
-                    )
-                per_shard.append(tuple(addresses))
-            nodes.append(
-                Node(
-                    name=dep.name,
-                    needs=dep.needs,
-                    shards=tuple(per_shard),
-                    polling=dep.polling,
-                    timeout=dep.timeout,
-                )
-            )
-        self._topology = Topology(tuple(nodes))
-        topology_file = os.path.join(run, "topology.json")
-        with open(topology_file, "w", encoding="utf-8") as fh:
-            json.dump(self._topology.to_dict(), fh)
-        self._processes.append(
-            ManagedProcess(
-                name="gateway",
-                argv=[
-                    "gateway",
-                    "--topology",
-                    topology_file,
-                    "--host",
-                    self.host,
-                    "--port",
-                    str(self._port or 0),
-                    "--mesh",
-                    self.mesh,
-                    "--max-in-flight",
-                    str(self.max_in_flight),
-                    "--max-request-bytes",
-                    str(self.max_request_bytes),
-                    "--ready-file",
-                    os.path.join(run, "gateway.ready"),
-                ],
-                log_path=os.path.join(logs, "gateway.log"),
-                ready_file=os.path.join(run, "gateway.ready"),
-            )
-        )
-        for proc in self._processes:
-            proc.start()
-
-    def _uses_args(self, dep: Deployment, run: str) -> list[str]:
-        ref = dep.ref
-        if ref is not None:
-            return ["--uses", ref]
-        # A class defined in a script (or a function body): ship it by value.
-        path = os.path.join(run, f"{dep.name}.pickle")
-        with open(path, "wb") as fh:
-            cloudpickle.dump(dep.uses, fh)
-        return ["--uses-pickle", path]
 
     def close(self) -> None:
         """Stop every process of the Flow and remove its temporary files."""
         if self._client is not None:
             self._client.close()
             self._client = None
-        if self._processes:
-            # The gateway first, so that it stops taking requests before executors go.
-            stop_all(self._processes[-1:], timeout=10.0)
-            stop_all(self._processes[:-1], timeout=10.0)
-            self._processes = []
-        if self._run_dir is not None:
-            shutil.rmtree(self._run_dir, ignore_errors=True)
-            self._run_dir = None
+        if self._runtime is not None:
+            self._runtime.stop()
+            self._runtime = None
 
     def __enter__(self) -> Flow:
         return self.start()
@@ -306,25 +213,43 @@ class Flow(Posting):
         self.close()
 
     def __del__(self) -> None:
-        if getattr(self, "_processes", None):
+        if getattr(self, "_runtime", None) is not None:
             self.close()
+
+    def _running(self) -> LocalRuntime:
+        if self._runtime is None:
+            raise ConfigError("the Flow is not running; use `with f:` or f.start() first")
+        return self._runtime
 
     @property
     def pids(self) -> dict[str, int]:
         """Process ids of the running processes, by process name."""
-        return {p.name: p.pid for p in self._processes if p.popen is not None}
+        if self._runtime is None:
+            return {}
+        return {p.name: p.pid for p in self._runtime.processes() if p.popen is not None}
 
     def log_tail(self, process: str, lines: int = 25) -> str:
-        """The last lines of a running process's log (``'gateway'`` or an executor's)."""
-        for proc in self._processes:
+        """The last lines of a running process's log (``'gateway'`` or a deployment's)."""
+        for proc in self._running().processes():
             if proc.name == process or proc.name.startswith(f"executor {process!r}"):
                 return proc.log_tail(lines)
         raise KeyError(process)
 
+    def scale(self, name: str, *, replicas: int) -> None:
+        """Run ``replicas`` replicas (per shard) of deployment ``name`` from now on.
+
+        New replicas take traffic once they pass health checks; removed ones stop taking new
+        requests first, finish those they hold, then exit. Needs ``mesh='envoy'``.
+        """
+        if isinstance(replicas, bool) or not isinstance(replicas, int) or replicas < 1:
+            raise ConfigError(f"replicas must be a whole number >= 1, got {replicas!r}")
+        runtime = self._running()
+        runtime.scale(name, replicas)
+        self._deployments[name] = dataclasses.replace(self._deployments[name], replicas=replicas)
+
     def block(self) -> None:
         """Serve until SIGINT (Ctrl-C) or SIGTERM."""
-        if not self._processes:
-            raise ConfigError("the Flow is not running; use `with f:` or f.start() first")
+        self._running()
         stop = threading.Event()
 
         def on_signal(signum: int, frame: FrameType | None) -> None:
@@ -333,9 +258,7 @@ class Flow(Posting):
         previous = signal.signal(signal.SIGTERM, on_signal)
         try:
             while not stop.wait(0.5):
-                dead = [p.name for p in self._processes if not p.alive()]
-                if dead:
-                    log.warning("process(es) exited: %s", ", ".join(dead))
+                pass
         except KeyboardInterrupt:
             pass
         finally:
@@ -349,8 +272,8 @@ class Flow(Posting):
     @property
     def client(self) -> Client:
         """A :class:`Client` connected to this Flow's gateway."""
-        if not self._processes or self._port is None:
-            raise ConfigError("the Flow is not running; use `with f:` or f.start() first")
+        self._running()
+        assert self._port is not None
         if self._client is None:
             self._client = Client(self.host, self._port)
         return self._client
@@ -372,7 +295,7 @@ class Flow(Posting):
         save_flow(self, path)
 
     def __repr__(self) -> str:
-        state = f"running on port {self._port}" if self._processes else "stopped"
+        state = f"running on port {self._port}" if self._runtime else "stopped"
         return f"<Flow {self.name!r} ({len(self._deployments)} deployments, {state})>"
 
 

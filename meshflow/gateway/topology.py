@@ -16,6 +16,14 @@ GATEWAY = "gateway"
 POLLINGS = ("ANY", "ALL")
 
 
+def cluster_name(deployment: str, shard: int) -> str:
+    """The mesh's name of one shard of a deployment (its Envoy cluster and gRPC authority).
+
+    Deployment names cannot hold a dot, so these never collide with one another.
+    """
+    return f"{deployment}.shard{shard}"
+
+
 def normalise_polling(polling: str | Mapping[str, str], *, deployment: str) -> dict[str, Polling]:
     """Turn ``'ANY'`` or ``{'/index': 'ANY', '/search': 'ALL', '*': 'ANY'}`` into a mapping."""
     raw: Mapping[str, str] = {"*": polling} if isinstance(polling, str) else polling

@@ -86,6 +86,35 @@ class DirectTransport:
                 await replica.channel.close()
 
 
+class EnvoyTransport:
+    """Calls deployments through the gateway's Envoy sidecar (``mesh='envoy'``).
+
+    One channel per shard, all to the sidecar's unix socket; the gRPC authority names the
+    Envoy cluster. Load balancing, retries on another replica, health checks and outlier
+    detection are Envoy's.
+    """
+
+    def __init__(self, egress: str, clusters: Mapping[tuple[str, int], str]) -> None:
+        self._calls: dict[tuple[str, int], grpc.aio.UnaryUnaryMultiCallable[bytes, bytes]] = {}
+        self._channels: list[grpc.aio.Channel] = []
+        for key, authority in clusters.items():
+            options = [*channel_options(), ("grpc.default_authority", authority)]
+            channel = grpc.aio.insecure_channel(egress, options=options)
+            self._channels.append(channel)
+            self._calls[key] = channel.unary_unary(EXECUTOR_PROCESS)
+
+    async def call(self, deployment: str, shard: int, data: bytes, timeout: float | None) -> bytes:
+        try:
+            answer: bytes = await self._calls[(deployment, shard)](data, timeout=timeout)
+        except grpc.aio.AioRpcError as exc:
+            raise rpc_error_to_meshflow(exc, deployment) from None
+        return answer
+
+    async def close(self) -> None:
+        for channel in self._channels:
+            await channel.close()
+
+
 def rpc_error_to_meshflow(exc: grpc.aio.AioRpcError, deployment: str) -> RequestError:
     """Map a failed call to an executor onto meshflow's errors."""
     code = exc.code()

@@ -78,13 +78,15 @@ class Traversal:
 
     async def _call(self, node: Node, data: bytes, endpoint: str, deadline: float | None) -> bytes:
         timeout = node.timeout
+        callers = False  # is the hop bounded by the caller's deadline, not the deployment's?
         if deadline is not None:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 raise DeadlineExceeded(
                     f"the request's deadline passed before executor {node.name!r} was called"
                 )
-            timeout = remaining if timeout is None else min(timeout, remaining)
+            callers = timeout is None or remaining <= timeout
+            timeout = remaining if callers else timeout
         try:
             if len(node.shards) == 1:
                 return await self.transport.call(node.name, 0, data, timeout)
@@ -98,7 +100,7 @@ class Traversal:
                 )
             )
         except DeadlineExceeded:
-            if deadline is not None and time.monotonic() >= deadline:
+            if callers:
                 raise  # the caller's deadline: answered with DEADLINE_EXCEEDED
             late = DeadlineExceeded(
                 f"executor {node.name!r} did not answer within its timeout of {timeout or 0:g} s"

@@ -49,11 +49,6 @@ _ASSIGNMENT = "type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignmen
 _LB = {"least_request": "LEAST_REQUEST", "round_robin": "ROUND_ROBIN", "random": "RANDOM"}
 
 
-def cluster_name(deployment: str, shard: int) -> str:
-    """The Envoy cluster (and gRPC authority) of one shard of a deployment."""
-    return f"{deployment}.shard{shard}"
-
-
 @dataclass(frozen=True)
 class ClusterSpec:
     """One shard of a deployment as the gateway sidecar sees it."""
@@ -169,6 +164,7 @@ def _cluster(spec: ClusterSpec, identity: Identity) -> dict[str, Any]:
                 "timeout": _seconds(hc.timeout),
                 "interval": _seconds(hc.interval),
                 "no_traffic_interval": _seconds(hc.no_traffic_interval),
+                "no_traffic_healthy_interval": _seconds(hc.no_traffic_healthy_interval),
                 "unhealthy_threshold": hc.unhealthy_threshold,
                 "healthy_threshold": hc.healthy_threshold,
                 "grpc_health_check": {},

@@ -96,19 +96,26 @@ class RetryPolicy(_Policy):
 class HealthCheck(_Policy):
     """Active gRPC health checks of every replica, from the gateway's sidecar.
 
-    ``no_traffic_interval`` is also the check interval while a deployment gets no traffic,
-    so a replica that starts late is taken in within that time.
+    While a deployment gets no traffic, replicas not (yet) healthy are checked every
+    ``no_traffic_interval`` seconds, so one that starts late is taken in quickly, and healthy
+    ones every ``no_traffic_healthy_interval``; with traffic, every ``interval``.
     """
 
     interval: float = 1.0
     timeout: float = 1.0
-    no_traffic_interval: float = 2.0
+    no_traffic_interval: float = 0.25
+    no_traffic_healthy_interval: float = 2.0
     unhealthy_threshold: int = 2
     healthy_threshold: int = 1
 
     def __post_init__(self) -> None:
         self._positive(
-            "interval", "timeout", "no_traffic_interval", "unhealthy_threshold", "healthy_threshold"
+            "interval",
+            "timeout",
+            "no_traffic_interval",
+            "no_traffic_healthy_interval",
+            "unhealthy_threshold",
+            "healthy_threshold",
         )
 
 

@@ -195,7 +195,8 @@ def flow_script(tmp_path: object, flow: str) -> Iterator[subprocess.Popen[str]]:
 def test_ctrl_c_on_a_flow_script_leaves_no_process_behind(tmp_path: object) -> None:
     flow = "Flow().add(uses='executors:Append', replicas=2).add(uses='executors:Who')"
     with flow_script(tmp_path, flow) as proc:
-        assert len(flow_children(proc.pid)) == 4
+        # 3 executors, the gateway, and an Envoy sidecar for each of them
+        assert len(flow_children(proc.pid)) == 8
         time.sleep(0.5)  # let the script enter f.block()
         proc.send_signal(signal.SIGINT)
         assert proc.wait(timeout=20) == 0
@@ -204,7 +205,7 @@ def test_ctrl_c_on_a_flow_script_leaves_no_process_behind(tmp_path: object) -> N
 
 def test_children_exit_when_the_flow_process_is_killed(tmp_path: object) -> None:
     with flow_script(tmp_path, "Flow().add(uses='executors:Append')") as proc:
-        assert len(flow_children(proc.pid)) == 2
+        assert len(flow_children(proc.pid)) == 4  # executor, gateway and their sidecars
         proc.kill()
         proc.wait()
         deadline = time.monotonic() + 10

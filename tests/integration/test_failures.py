@@ -88,6 +88,7 @@ def test_bad_uses_with_is_a_config_error_from_the_process(workspace: str) -> Non
         f.start()
 
 
+@pytest.mark.mesh("direct")
 def test_executor_dying_mid_request_fails_that_request_only(start_flow: StartFlow) -> None:
     f = start_flow(Flow().add(uses="executors:Crash", name="fragile", replicas=2))
     assert len(f.post("/ok", DocumentArray.empty(1))) == 1

@@ -193,7 +193,7 @@ def test_exit_leaves_no_process_behind(workspace: str) -> None:
     f = Flow(workspace=workspace).add(uses="executors:Append", replicas=2).add(uses="executors:Who")
     with f:
         pids = list(f.pids.values())
-        assert len(pids) == 4
+        assert len(pids) == 8  # 3 executors and the gateway, each with its Envoy sidecar
     for pid in pids:
         assert not _alive(pid)
 

@@ -41,7 +41,7 @@ def test_every_error_derives_from_meshflow_error() -> None:
     assert all(issubclass(e, meshflow.MeshflowError) for e in errors)
 
 
-def test_import_starts_nothing_and_sets_no_signal_handler() -> None:
+def test_import_starts_nothing_and_sets_no_signal_handler(tmp_path: object) -> None:
     code = (
         "import signal, threading, os\n"
         "before = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}\n"
@@ -51,4 +51,4 @@ def test_import_starts_nothing_and_sets_no_signal_handler() -> None:
         "assert threading.active_count() == 1, threading.enumerate()\n"
         "assert not os.path.exists('workspace')\n"
     )
-    subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=60, cwd=str(tmp_path))

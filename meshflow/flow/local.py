@@ -1,0 +1,428 @@
+"""Running a Flow as local processes: executors, their sidecars, the gateway and its sidecar.
+
+Everything starts at once. Executors listen on unix sockets in a private temporary
+directory. With ``mesh='envoy'`` each replica gets an ingress Envoy (mTLS, loopback TCP) in
+front of its socket and the gateway reaches them only through its own egress Envoy; with
+``mesh='direct'`` the gateway calls the sockets itself. The Flow is ready when every process
+is, and (with Envoy) when the gateway's sidecar sees every replica healthy. A
+:class:`~meshflow.processes.Supervisor` restarts whatever exits on its own.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import socket
+import tempfile
+import time
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import cloudpickle
+
+from meshflow.errors import ConfigError
+from meshflow.flow.deployment import Deployment
+from meshflow.gateway.topology import Node, Topology, cluster_name
+from meshflow.processes import (
+    ManagedProcess,
+    Supervisor,
+    meshflow_command,
+    stop_all,
+    wait_all_ready,
+)
+
+if TYPE_CHECKING:
+    from meshflow.flow.flow import Flow
+    from meshflow.mesh.certs import FlowCA
+    from meshflow.mesh.sidecar import EnvoyProcess
+
+log = logging.getLogger("meshflow.flow")
+
+
+@dataclass
+class Replica:
+    """One replica of one shard: its executor process and, with Envoy, its sidecar."""
+
+    deployment: str
+    shard: int
+    replica: int
+    socket: str
+    executor: ManagedProcess
+    sidecar: EnvoyProcess | None = None
+    ingress_port: int | None = None
+
+    @property
+    def processes(self) -> list[ManagedProcess]:
+        return [self.executor] + ([self.sidecar] if self.sidecar is not None else [])
+
+
+@dataclass
+class _Gateway:
+    process: ManagedProcess
+    sidecar: EnvoyProcess | None = None
+    egress: str | None = None
+    topology_file: str = ""
+
+
+@dataclass
+class LocalRuntime:
+    """The processes of one running Flow."""
+
+    flow: Flow
+    run_dir: str = field(default_factory=lambda: tempfile.mkdtemp(prefix="meshflow-"))
+    replicas: list[Replica] = field(default_factory=list)
+    gateway: _Gateway | None = None
+    port: int | None = None
+    _ca: FlowCA | None = None
+    _eds_version: int = 0
+    _supervisor: Supervisor | None = None
+
+    # -- start and stop ---------------------------------------------------------------------
+
+    @property
+    def envoy(self) -> bool:
+        return self.flow.mesh == "envoy"
+
+    @property
+    def log_dir(self) -> str:
+        path = self.flow.log_dir or self.run_dir
+        os.makedirs(path, exist_ok=True)
+        return path
+
+    def processes(self) -> list[ManagedProcess]:
+        procs = [p for r in self.replicas for p in r.processes]
+        if self.gateway is not None:
+            procs.append(self.gateway.process)
+            if self.gateway.sidecar is not None:
+                procs.append(self.gateway.sidecar)
+        return procs
+
+    def start(self) -> int:
+        """Start every process, wait until the Flow serves, return the gateway's port."""
+        try:
+            if self.envoy:
+                self._prepare_mesh()
+            for dep in self.flow.deployments:
+                for shard in range(dep.shards):
+                    for replica in range(dep.replicas):
+                        self.replicas.append(self._make_replica(dep, shard, replica))
+            if self.envoy:
+                self._write_endpoints()
+            self.gateway = self._make_gateway()
+            for proc in self.processes():
+                proc.start()
+            wait_all_ready(
+                self.processes(),
+                self.flow.timeout_ready,
+                also=self._mesh_ready if self.envoy else None,
+                what="the gateway's sidecar (waiting for every replica to pass health checks)",
+            )
+        except BaseException:
+            self.stop()
+            raise
+        assert self.gateway.process.info is not None
+        self.port = int(self.gateway.process.info["port"])
+        # A restarted gateway must come back on the same port.
+        command = self.gateway.process.command
+        command[command.index("--port") + 1] = str(self.port)
+        self._supervisor = Supervisor(self.processes)
+        self._supervisor.start()
+        return self.port
+
+    def stop(self) -> None:
+        if self._supervisor is not None:
+            self._supervisor.stop()
+            self._supervisor = None
+        if self.gateway is not None:
+            # The gateway first, so that it stops taking requests before executors go.
+            stop_all([self.gateway.process], timeout=10.0)
+            if self.gateway.sidecar is not None:
+                stop_all([self.gateway.sidecar], timeout=5.0)
+        stop_all([r.executor for r in self.replicas], timeout=10.0)
+        stop_all([r.sidecar for r in self.replicas if r.sidecar is not None], timeout=5.0)
+        shutil.rmtree(self.run_dir, ignore_errors=True)
+
+    # -- building ---------------------------------------------------------------------------
+
+    def _label(self, dep: Deployment, shard: int, replica: int) -> str:
+        return f"{dep.name}-s{shard}-r{replica}"
+
+    def _uses_args(self, dep: Deployment) -> list[str]:
+        ref = dep.ref
+        if ref is not None:
+            return ["--uses", ref]
+        # A class defined in a script (or a function body): ship it by value.
+        path = os.path.join(self.run_dir, f"{dep.name}.pickle")
+        if not os.path.exists(path):
+            with open(path, "wb") as fh:
+                cloudpickle.dump(dep.uses, fh)
+        return ["--uses-pickle", path]
+
+    def _make_replica(self, dep: Deployment, shard: int, replica: int) -> Replica:
+        label = self._label(dep, shard, replica)
+        sock = os.path.join(self.run_dir, f"{label}.sock")
+        ready = os.path.join(self.run_dir, f"{label}.ready")
+        command = meshflow_command(
+            "executor",
+            *self._uses_args(dep),
+            "--name",
+            dep.name,
+            "--address",
+            f"unix:{sock}",
+            "--uses-with",
+            json.dumps(dict(dep.uses_with)),
+            "--replica-id",
+            str(replica),
+            "--shard-id",
+            str(shard),
+            "--replicas",
+            str(dep.replicas),
+            "--shards",
+            str(dep.shards),
+            "--workspace",
+            os.path.abspath(self.flow.workspace),
+            "--ready-file",
+            ready,
+        )
+        executor = ManagedProcess(
+            name=f"executor {dep.name!r} (shard {shard}, replica {replica})",
+            command=command,
+            log_path=os.path.join(self.log_dir, f"{label}.log"),
+            ready_file=ready,
+            env=dict(dep.env),
+            cleanup=[sock],
+        )
+        out = Replica(dep.name, shard, replica, sock, executor)
+        if self.envoy:
+            out.ingress_port = _free_port()
+            out.sidecar = self._make_replica_sidecar(dep, label, sock, out.ingress_port)
+        return out
+
+    def _prepare_mesh(self) -> None:
+        from meshflow.mesh.certs import FlowCA
+
+        os.makedirs(os.path.join(self.run_dir, "eds"), exist_ok=True)
+        pki = os.path.join(os.path.abspath(self.flow.workspace), ".meshflow", "pki", self.flow.name)
+        self._ca = FlowCA(pki, self.flow.name)
+
+    def _make_replica_sidecar(
+        self, dep: Deployment, label: str, sock: str, port: int
+    ) -> EnvoyProcess:
+        from meshflow.mesh.config import replica_sidecar, write_yaml
+        from meshflow.mesh.sidecar import EnvoyProcess
+
+        assert self._ca is not None
+        identity = self._ca.identity(dep.name)
+        gateway_id = self._ca.identity("gateway").spiffe_id
+        config_path = os.path.join(self.run_dir, f"{label}.envoy.yaml")
+        write_yaml(
+            config_path,
+            replica_sidecar(
+                node=label,
+                listen_port=port,
+                executor_socket=sock,
+                identity=identity,
+                allowed_peers=[gateway_id],
+            ),
+        )
+        return EnvoyProcess(
+            name=f"sidecar of {dep.name!r} (shard {label.split('-s')[-1].split('-r')[0]}, "
+            f"replica {label.rsplit('-r', 1)[-1]})",
+            config_path=config_path,
+            log_path=os.path.join(self.log_dir, f"{label}.envoy.log"),
+            run_dir=self.run_dir,
+            label=label,
+        )
+
+    def _eds_path(self, cluster: str) -> str:
+        return os.path.join(self.run_dir, "eds", f"{cluster}.yaml")
+
+    def _write_endpoints(self) -> None:
+        """(Re)write every cluster's endpoint file from the replicas the Flow has now."""
+        from meshflow.mesh.config import endpoints, write_yaml
+
+        self._eds_version += 1
+        for dep in self.flow.deployments:
+            for shard in range(dep.shards):
+                cluster = cluster_name(dep.name, shard)
+                members = [
+                    ("127.0.0.1", r.ingress_port)
+                    for r in self.replicas
+                    if r.deployment == dep.name and r.shard == shard and r.ingress_port
+                ]
+                write_yaml(self._eds_path(cluster), endpoints(cluster, members, self._eds_version))
+
+    def _make_gateway(self) -> _Gateway:
+        nodes = []
+        for dep in self.flow.deployments:
+            shards = tuple(
+                tuple(
+                    f"unix:{r.socket}"
+                    for r in self.replicas
+                    if r.deployment == dep.name and r.shard == shard
+                )
+                for shard in range(dep.shards)
+            )
+            nodes.append(
+                Node(
+                    name=dep.name,
+                    needs=dep.needs,
+                    shards=shards,
+                    polling=dep.polling,
+                    timeout=dep.timeout,
+                )
+            )
+        topology_file = os.path.join(self.run_dir, "topology.json")
+        with open(topology_file, "w", encoding="utf-8") as fh:
+            json.dump(Topology(tuple(nodes)).to_dict(), fh)
+        ready = os.path.join(self.run_dir, "gateway.ready")
+        args = [
+            "gateway",
+            "--topology",
+            topology_file,
+            "--host",
+            self.flow.host,
+            "--port",
+            str(self.flow.port or 0),
+            "--mesh",
+            self.flow.mesh,
+            "--max-in-flight",
+            str(self.flow.max_in_flight),
+            "--max-request-bytes",
+            str(self.flow.max_request_bytes),
+            "--ready-file",
+            ready,
+        ]
+        sidecar = None
+        egress = None
+        if self.envoy:
+            egress_sock = os.path.join(self.run_dir, "gateway-egress.sock")
+            egress = f"unix:{egress_sock}"
+            args += ["--egress", egress]
+            sidecar = self._make_gateway_sidecar(egress_sock)
+        process = ManagedProcess(
+            name="gateway",
+            command=meshflow_command(*args),
+            log_path=os.path.join(self.log_dir, "gateway.log"),
+            ready_file=ready,
+        )
+        return _Gateway(process, sidecar, egress, topology_file)
+
+    def _make_gateway_sidecar(self, egress_sock: str) -> EnvoyProcess:
+        from meshflow.mesh.config import ClusterSpec, gateway_sidecar, write_yaml
+        from meshflow.mesh.sidecar import EnvoyProcess
+
+        assert self._ca is not None
+        specs = [
+            ClusterSpec(
+                name=cluster_name(dep.name, shard),
+                peer_id=self._ca.identity(dep.name).spiffe_id,
+                eds_path=self._eds_path(cluster_name(dep.name, shard)),
+                lb=dep.lb,
+                retries=dep.retries,
+                health_check=dep.health_check,
+                outlier_detection=dep.outlier_detection,
+                circuit_breaker=dep.circuit_breaker,
+                timeout=dep.timeout,
+            )
+            for dep in self.flow.deployments
+            for shard in range(dep.shards)
+        ]
+        config_path = os.path.join(self.run_dir, "gateway.envoy.yaml")
+        write_yaml(
+            config_path,
+            gateway_sidecar(
+                node="gateway",
+                listen_socket=egress_sock,
+                identity=self._ca.identity("gateway"),
+                clusters=specs,
+            ),
+        )
+        return EnvoyProcess(
+            name="sidecar of the gateway",
+            config_path=config_path,
+            log_path=os.path.join(self.log_dir, "gateway.envoy.log"),
+            run_dir=self.run_dir,
+            label="gateway",
+        )
+
+    def _mesh_ready(self, replicas: list[Replica] | None = None) -> bool:
+        """True when the gateway's sidecar sends traffic to every replica (of ``replicas``)."""
+        from meshflow.mesh.sidecar import healthy_hosts
+
+        assert self.gateway is not None and self.gateway.sidecar is not None
+        address = self.gateway.sidecar.admin_address
+        if address is None:
+            return False
+        hosts = healthy_hosts(address)
+        for r in self.replicas if replicas is None else replicas:
+            cluster = cluster_name(r.deployment, r.shard)
+            if f"127.0.0.1:{r.ingress_port}" not in hosts.get(cluster, []):
+                return False
+        return True
+
+    # -- scaling ----------------------------------------------------------------------------
+
+    def scale(self, name: str, replicas: int) -> None:
+        """Start or stop replicas of ``name``; the gateway's sidecar follows without restart."""
+        if not self.envoy:
+            raise ConfigError("f.scale() needs mesh='envoy' (the gateway's sidecar balances)")
+        dep = self.flow.deployment(name)
+        current = [r for r in self.replicas if r.deployment == name]
+        have = max((r.replica for r in current), default=-1) + 1
+        assert self._supervisor is not None
+        if replicas > have:
+            added = [
+                self._make_replica(dep, shard, index)
+                for index in range(have, replicas)
+                for shard in range(dep.shards)
+            ]
+            new_procs = [p for r in added for p in r.processes]
+            for proc in new_procs:
+                proc.start()
+            try:
+                wait_all_ready(new_procs, self.flow.timeout_ready)
+            except BaseException:
+                stop_all(new_procs, timeout=5.0)
+                raise
+            with self._supervisor.lock:
+                self.replicas.extend(added)
+            self._write_endpoints()
+            self._wait(lambda: self._mesh_ready(added), "new replicas to pass health checks")
+        elif replicas < have:
+            leaving = [r for r in current if r.replica >= replicas]
+            with self._supervisor.lock:
+                self.replicas = [r for r in self.replicas if r not in leaving]
+                for r in leaving:
+                    for proc in r.processes:
+                        proc.stopping = True
+            self._write_endpoints()
+            self._wait(lambda: self._gone(leaving), "the gateway's sidecar to drop old replicas")
+            # Let calls already routed to them finish: executors drain, then their sidecars go.
+            stop_all([r.executor for r in leaving], timeout=10.0)
+            stop_all([r.sidecar for r in leaving if r.sidecar is not None], timeout=5.0)
+
+    def _gone(self, leaving: list[Replica]) -> bool:
+        from meshflow.mesh.sidecar import admin_get
+
+        assert self.gateway is not None and self.gateway.sidecar is not None
+        address = self.gateway.sidecar.admin_address
+        assert address is not None
+        _, body = admin_get(address, "/clusters")
+        return not any(f"127.0.0.1:{r.ingress_port}::" in body for r in leaving)
+
+    def _wait(self, condition: Any, what: str) -> None:
+        deadline = time.monotonic() + self.flow.timeout_ready
+        while not condition():
+            if time.monotonic() > deadline:
+                raise ConfigError(f"timed out waiting for {what}")
+            time.sleep(0.05)
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port

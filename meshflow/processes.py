@@ -1,0 +1,255 @@
+"""Local processes of a Flow: start them in parallel, wait until ready, keep them running,
+stop them all.
+
+A meshflow child (``python -m meshflow executor|gateway``) says it is ready by writing a small
+JSON file (the port it bound and its pid), or says why it could not start
+(``{"error": ..., "kind": "ConfigError"}``) before exiting with status 2. Other children
+(Envoy sidecars) define their own readiness. The :class:`Supervisor` restarts a child that
+exits on its own, with exponential backoff, as Kubernetes would.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from meshflow.errors import ConfigError, FlowStartError
+
+log = logging.getLogger("meshflow.flow")
+
+LOG_TAIL_LINES = 25
+BACKOFF_START = 0.2
+BACKOFF_MAX = 10.0
+STABLE_AFTER = 30.0
+
+
+def meshflow_command(*args: str) -> list[str]:
+    """The command line of a meshflow child process."""
+    return [sys.executable, "-m", "meshflow", *args]
+
+
+class ManagedProcess:
+    """One child process of a Flow, restartable."""
+
+    def __init__(
+        self,
+        *,
+        name: str,
+        command: list[str],
+        log_path: str,
+        ready_file: str,
+        env: dict[str, str] | None = None,
+        cleanup: Sequence[str] = (),
+    ) -> None:
+        self.name = name
+        self.command = command
+        self.log_path = log_path
+        self.ready_file = ready_file
+        self.env = env or {}
+        self.cleanup = list(cleanup)
+        """Files removed before each (re)start: stale sockets and ready files."""
+        self.popen: subprocess.Popen[bytes] | None = None
+        self.info: dict[str, Any] | None = None
+        self.restarts = 0
+        self.started_at = 0.0
+        self.stopping = False
+
+    def start(self) -> None:
+        for path in [self.ready_file, *self.cleanup]:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(path)
+        self.info = None
+        env = {**os.environ, **self.env}
+        env["PYTHONPATH"] = os.pathsep.join(p or os.getcwd() for p in sys.path)
+        env["MESHFLOW_PARENT_PID"] = str(os.getpid())
+        with open(self.log_path, "ab") as log_file:
+            self.popen = subprocess.Popen(
+                self.command,
+                stdin=subprocess.DEVNULL,
+                stdout=log_file,
+                stderr=subprocess.STDOUT,
+                env=env,
+                close_fds=True,
+            )
+        self.started_at = time.monotonic()
+
+    @property
+    def pid(self) -> int:
+        assert self.popen is not None
+        return self.popen.pid
+
+    def alive(self) -> bool:
+        return self.popen is not None and self.popen.poll() is None
+
+    def check_ready(self) -> dict[str, Any] | None:
+        """What the child reported once ready, or None while it is not (yet)."""
+        info = _read_json(self.ready_file)
+        return info if info is not None and "error" not in info else None
+
+    def poll_ready(self) -> bool:
+        """True once the child is ready; raises if it died first."""
+        if self.info is not None:
+            return True
+        info = self.check_ready()
+        if info is not None:
+            self.info = info
+            return True
+        if self.alive():
+            return False
+        raise self.start_error()
+
+    def start_error(self) -> Exception:
+        assert self.popen is not None
+        info = _read_json(self.ready_file)
+        if info is not None and info.get("kind") == "ConfigError":
+            return ConfigError(str(info["error"]))
+        code = self.popen.returncode
+        reason = info["error"] if info is not None else f"exited with status {code}"
+        return FlowStartError(
+            f"{self.name} failed to start: {reason}", process=self.name, log_tail=self.log_tail()
+        )
+
+    def log_tail(self, lines: int = LOG_TAIL_LINES) -> str:
+        try:
+            with open(self.log_path, "rb") as fh:
+                fh.seek(0, os.SEEK_END)
+                fh.seek(max(0, fh.tell() - 64 * 1024))
+                text = fh.read().decode("utf-8", "replace")
+        except OSError:
+            return ""
+        return "\n".join(text.splitlines()[-lines:])
+
+    def terminate(self) -> None:
+        self.stopping = True
+        if self.alive():
+            assert self.popen is not None
+            self.popen.send_signal(signal.SIGTERM)
+
+    def wait(self, timeout: float) -> None:
+        """Wait for the child to exit; kill it when it outlives ``timeout``."""
+        if self.popen is None:
+            return
+        try:
+            self.popen.wait(timeout=max(timeout, 0.0))
+        except subprocess.TimeoutExpired:
+            self.popen.kill()
+            self.popen.wait()
+
+
+def _read_json(path: str) -> dict[str, Any] | None:
+    try:
+        with open(path, encoding="utf-8") as fh:
+            data = json.load(fh)
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def wait_all_ready(
+    processes: Sequence[ManagedProcess],
+    timeout: float,
+    *,
+    also: Callable[[], bool] | None = None,
+    what: str = "the mesh",
+) -> None:
+    """Block until every process is ready (and ``also()`` is true); raise the first failure."""
+    deadline = time.monotonic() + timeout
+    pending = list(processes)
+    delay = 0.002
+    while True:
+        pending = [p for p in pending if not p.poll_ready()]
+        if not pending and (also is None or also()):
+            return
+        if time.monotonic() > deadline:
+            if not pending:
+                raise FlowStartError(
+                    f"{what} was not ready after {timeout:.0f} s", process=what, log_tail=""
+                )
+            slow = pending[0]
+            raise FlowStartError(
+                f"{slow.name} was not ready after {timeout:.0f} s "
+                "(raise Flow(timeout_ready=...) if it loads a big model)",
+                process=slow.name,
+                log_tail=slow.log_tail(),
+            )
+        time.sleep(delay)
+        delay = min(delay * 1.5, 0.05)
+
+
+def stop_all(processes: Sequence[ManagedProcess], timeout: float) -> None:
+    """SIGTERM every process, wait up to ``timeout`` for them to drain, then SIGKILL."""
+    for proc in processes:
+        proc.terminate()
+    deadline = time.monotonic() + timeout
+    for proc in processes:
+        proc.wait(deadline - time.monotonic())
+
+
+class Supervisor:
+    """Restarts children that exit on their own, with exponential backoff per child."""
+
+    def __init__(self, processes: Callable[[], Sequence[ManagedProcess]]) -> None:
+        self._processes = processes
+        self._stop = threading.Event()
+        self._next_try: dict[int, float] = {}
+        self._backoff: dict[int, float] = {}
+        self._lock = threading.Lock()
+        self._thread = threading.Thread(target=self._run, name="meshflow-supervisor", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join(5)
+
+    @property
+    def lock(self) -> threading.Lock:
+        """Held while restarting; hold it to change the set of processes safely."""
+        return self._lock
+
+    def _run(self) -> None:
+        while not self._stop.wait(0.1):
+            with self._lock:
+                for proc in list(self._processes()):
+                    self._check(proc)
+
+    def _check(self, proc: ManagedProcess) -> None:
+        if proc.stopping or proc.popen is None:
+            return
+        key = id(proc)
+        now = time.monotonic()
+        if proc.popen.poll() is None:
+            if now - proc.started_at > STABLE_AFTER:
+                self._backoff.pop(key, None)
+            return
+        due = self._next_try.get(key)
+        if due is None:
+            delay = self._backoff.get(key, BACKOFF_START)
+            self._backoff[key] = min(delay * 2, BACKOFF_MAX)
+            self._next_try[key] = now + delay
+            log.warning(
+                "%s exited with status %s; restarting in %.1f s",
+                proc.name,
+                proc.popen.returncode,
+                delay,
+            )
+            return
+        if now < due:
+            return
+        del self._next_try[key]
+        proc.restarts += 1
+        try:
+            proc.start()
+        except OSError as exc:
+            log.error("cannot restart %s: %s", proc.name, exc)
