@@ -19,12 +19,14 @@ from meshflow.errors import (
 )
 from meshflow.executor import Executor, RuntimeArgs, requests
 from meshflow.flow import Flow
+from meshflow.mesh.policy import CircuitBreaker, HealthCheck, OutlierDetection, RetryPolicy
 
 __version__ = "0.1.0"
 
 __all__ = [
     "AsyncClient",
     "BadRequestError",
+    "CircuitBreaker",
     "Client",
     "ConfigError",
     "DeadlineExceeded",
@@ -34,10 +36,13 @@ __all__ = [
     "ExecutorError",
     "Flow",
     "FlowStartError",
+    "HealthCheck",
     "MeshflowError",
+    "OutlierDetection",
     "OverloadedError",
     "RequestError",
     "Response",
+    "RetryPolicy",
     "RuntimeArgs",
     "UnavailableError",
     "__version__",

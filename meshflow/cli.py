@@ -65,6 +65,12 @@ def _parser() -> argparse.ArgumentParser:
     gw.add_argument("--drain-timeout", type=float, default=10.0)
     gw.add_argument("--ready-file", help=argparse.SUPPRESS)
 
+    status = sub.add_parser("status", help="show the processes of a running Flow and their health")
+    status.add_argument("config", nargs="?", help="the Flow YAML it was started from")
+    status.add_argument("--name", help="the Flow's name (instead of a YAML)")
+    status.add_argument("--workspace", default="workspace", help="the Flow's workspace")
+    status.add_argument("--json", action="store_true", help="print JSON")
+
     ping = sub.add_parser("ping", help="exit 0 when HOST:PORT serves gRPC health, 1 when not")
     ping.add_argument("target", help="HOST:PORT")
     ping.add_argument("--timeout", type=float, default=3.0)
@@ -83,6 +89,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _ping(args.target, args.timeout, parser)
         if args.command == "flow":
             return _flow(args)
+        if args.command == "status":
+            return _status(args, parser)
         _die_with_parent()
         if args.command == "executor":
             return _executor(args, parser)
@@ -156,6 +164,23 @@ def _flow(args: argparse.Namespace) -> int:
     with flow:
         print(f"Flow {flow.name!r} serving gRPC on {flow.host}:{flow.port}", flush=True)
         flow.block()
+    return 0
+
+
+def _status(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    from meshflow.flow.status import format_status, read_state, state_file, with_health
+
+    if args.config:
+        from meshflow.flow.flow import Flow
+
+        flow = Flow.load_config(args.config)
+        name, workspace = flow.name, flow.workspace
+    elif args.name:
+        name, workspace = args.name, args.workspace
+    else:
+        parser.error("status needs the Flow's YAML or --name")
+    data = with_health(read_state(state_file(workspace, name)))
+    print(json.dumps(data, indent=1) if args.json else format_status(data))
     return 0
 
 

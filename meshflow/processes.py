@@ -197,8 +197,13 @@ def stop_all(processes: Sequence[ManagedProcess], timeout: float) -> None:
 class Supervisor:
     """Restarts children that exit on their own, with exponential backoff per child."""
 
-    def __init__(self, processes: Callable[[], Sequence[ManagedProcess]]) -> None:
+    def __init__(
+        self,
+        processes: Callable[[], Sequence[ManagedProcess]],
+        on_restart: Callable[[ManagedProcess], None] | None = None,
+    ) -> None:
         self._processes = processes
+        self._on_restart = on_restart
         self._stop = threading.Event()
         self._next_try: dict[int, float] = {}
         self._backoff: dict[int, float] = {}
@@ -253,3 +258,6 @@ class Supervisor:
             proc.start()
         except OSError as exc:
             log.error("cannot restart %s: %s", proc.name, exc)
+            return
+        if self._on_restart is not None:
+            self._on_restart(proc)

@@ -15,6 +15,7 @@ from meshflow.client.client import Client, Posting
 from meshflow.errors import ConfigError
 from meshflow.flow.deployment import Deployment, make_deployment
 from meshflow.flow.local import LocalRuntime
+from meshflow.flow.status import snapshot, with_health
 from meshflow.gateway.topology import GATEWAY, Node, check_graph
 from meshflow.mesh.policy import CircuitBreaker, HealthCheck, OutlierDetection, RetryPolicy
 
@@ -246,6 +247,16 @@ class Flow(Posting):
         runtime = self._running()
         runtime.scale(name, replicas)
         self._deployments[name] = dataclasses.replace(self._deployments[name], replicas=replicas)
+
+    def describe(self) -> dict[str, Any]:
+        """Every process of the running Flow and its health, as a JSON-like dict.
+
+        ``gateway``: address, pid, sidecar (pid, listener, admin address, config file);
+        ``deployments[].replicas[]``: shard, replica, executor (pid, address, alive, serving),
+        sidecar (pid, listener, admin, ready) and ``healthy``: whether traffic reaches it.
+        ``meshflow status`` prints the same for a Flow running in another process.
+        """
+        return with_health(snapshot(self._running()))
 
     def block(self) -> None:
         """Serve until SIGINT (Ctrl-C) or SIGTERM."""

@@ -10,6 +10,7 @@ is, and (with Envoy) when the gateway's sidecar sees every replica healthy. A
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -24,6 +25,7 @@ import cloudpickle
 
 from meshflow.errors import ConfigError
 from meshflow.flow.deployment import Deployment
+from meshflow.flow.status import snapshot, state_file, write_state
 from meshflow.gateway.topology import Node, Topology, cluster_name
 from meshflow.processes import (
     ManagedProcess,
@@ -127,11 +129,23 @@ class LocalRuntime:
         # A restarted gateway must come back on the same port.
         command = self.gateway.process.command
         command[command.index("--port") + 1] = str(self.port)
-        self._supervisor = Supervisor(self.processes)
+        self._supervisor = Supervisor(self.processes, on_restart=lambda _: self.save_state())
         self._supervisor.start()
+        self.save_state()
         return self.port
 
+    @property
+    def state_path(self) -> str:
+        return state_file(self.flow.workspace, self.flow.name)
+
+    def save_state(self) -> None:
+        """Keep :func:`~meshflow.flow.status.snapshot` where ``meshflow status`` finds it."""
+        write_state(self.state_path, snapshot(self))
+
     def stop(self) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            if self.port is not None:
+                os.unlink(self.state_path)
         if self._supervisor is not None:
             self._supervisor.stop()
             self._supervisor = None
@@ -391,6 +405,7 @@ class LocalRuntime:
                 self.replicas.extend(added)
             self._write_endpoints()
             self._wait(lambda: self._mesh_ready(added), "new replicas to pass health checks")
+            self.save_state()
         elif replicas < have:
             leaving = [r for r in current if r.replica >= replicas]
             with self._supervisor.lock:
@@ -403,6 +418,7 @@ class LocalRuntime:
             # Let calls already routed to them finish: executors drain, then their sidecars go.
             stop_all([r.executor for r in leaving], timeout=10.0)
             stop_all([r.sidecar for r in leaving if r.sidecar is not None], timeout=5.0)
+            self.save_state()
 
     def _gone(self, leaving: list[Replica]) -> bool:
         from meshflow.mesh.sidecar import admin_get

@@ -158,6 +158,9 @@ def _cluster(spec: ClusterSpec, identity: Identity) -> dict[str, Any]:
         },
         "connect_timeout": "1s",
         "lb_policy": _LB[spec.lb],
+        # A replica taken out of the endpoint file (scale down) stops getting calls at once,
+        # healthy or not; calls it already holds finish.
+        "ignore_health_on_host_removal": True,
         "typed_extension_protocol_options": _http2_options(),
         "health_checks": [
             {

@@ -9,14 +9,11 @@ from meshflow import Flow
 MESHES = ("direct", "envoy")
 
 
-@pytest.fixture(params=MESHES)
-def mesh(request: pytest.FixtureRequest) -> str:
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     """Each Flow test runs under both meshes, unless marked ``@pytest.mark.mesh('...')``."""
-    marker = request.node.get_closest_marker("mesh")
-    if marker is not None and request.param not in marker.args:
-        pytest.skip(f"only under mesh {', '.join(marker.args)}")
-    name: str = request.param
-    return name
+    if "mesh" in metafunc.fixturenames:
+        marker = metafunc.definition.get_closest_marker("mesh")
+        metafunc.parametrize("mesh", marker.args if marker else MESHES)
 
 
 @pytest.fixture

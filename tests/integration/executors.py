@@ -176,3 +176,13 @@ class Concurrency(Executor):
     @requests(on="/peak")
     async def report(self, **kwargs: Any) -> dict[str, Any]:
         return {"peak": self.peak}
+
+
+class Work(Executor):
+    """Takes ``parameters['seconds']`` per request, then tags docs with its pid and replica."""
+
+    @requests
+    async def work(self, docs: DocumentArray, parameters: dict[str, Any], **kwargs: Any) -> None:
+        await asyncio.sleep(float(parameters.get("seconds", 0.0)))
+        for d in docs:
+            d.tags.update(pid=os.getpid(), replica=self.runtime_args.replica_id)

@@ -1,0 +1,193 @@
+"""What a running Flow is made of, and whether each part is healthy.
+
+:func:`snapshot` describes the processes (pids, addresses, sidecar listeners and admin
+addresses, config files); the Flow keeps it in ``<workspace>/.meshflow/run/<flow>.json``
+while it runs, so that ``meshflow status`` in another shell can read it. :func:`with_health`
+adds what is true right now: is each process alive, does each executor answer its gRPC health
+check, does the gateway's sidecar send traffic to each replica.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import TYPE_CHECKING, Any
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from meshflow.errors import ConfigError
+from meshflow.gateway.topology import cluster_name
+
+if TYPE_CHECKING:
+    from meshflow.flow.local import LocalRuntime
+    from meshflow.processes import ManagedProcess
+
+
+def state_file(workspace: str, flow: str) -> str:
+    """Where a running Flow keeps its :func:`snapshot`."""
+    return os.path.join(os.path.abspath(workspace), ".meshflow", "run", f"{flow}.json")
+
+
+def _process(proc: ManagedProcess) -> dict[str, Any]:
+    return {"pid": proc.pid if proc.popen else None, "restarts": proc.restarts}
+
+
+def snapshot(runtime: LocalRuntime) -> dict[str, Any]:
+    """The static description of a running Flow."""
+    flow = runtime.flow
+    gateway = runtime.gateway
+    assert gateway is not None
+    gw: dict[str, Any] = {
+        **_process(gateway.process),
+        "address": f"{flow.host}:{runtime.port}",
+        "sidecar": None,
+    }
+    if gateway.sidecar is not None:
+        gw["sidecar"] = {
+            **_process(gateway.sidecar),
+            "listener": gateway.egress,
+            "admin": gateway.sidecar.admin_address,
+            "config": gateway.sidecar.config_path,
+        }
+    deployments = []
+    for dep in flow.deployments:
+        replicas = []
+        for r in runtime.replicas:
+            if r.deployment != dep.name:
+                continue
+            entry: dict[str, Any] = {
+                "shard": r.shard,
+                "replica": r.replica,
+                "cluster": cluster_name(dep.name, r.shard),
+                "executor": {**_process(r.executor), "address": f"unix:{r.socket}"},
+                "sidecar": None,
+            }
+            if r.sidecar is not None:
+                entry["sidecar"] = {
+                    **_process(r.sidecar),
+                    "listener": f"127.0.0.1:{r.ingress_port}",
+                    "admin": r.sidecar.admin_address,
+                    "config": r.sidecar.config_path,
+                }
+            replicas.append(entry)
+        deployments.append({"name": dep.name, "shards": dep.shards, "replicas": replicas})
+    return {
+        "name": flow.name,
+        "mesh": flow.mesh,
+        "pid": os.getpid(),
+        "gateway": gw,
+        "deployments": deployments,
+    }
+
+
+def write_state(path: str, data: dict[str, Any]) -> None:
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    tmp = f"{path}.{os.getpid()}.tmp"
+    with open(tmp, "w", encoding="utf-8") as fh:
+        json.dump(data, fh, indent=1)
+    os.replace(tmp, path)
+
+
+def read_state(path: str) -> dict[str, Any]:
+    try:
+        with open(path, encoding="utf-8") as fh:
+            data: dict[str, Any] = json.load(fh)
+    except FileNotFoundError:
+        raise ConfigError(f"no running Flow found ({path} does not exist)") from None
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"cannot read {path}: {exc}") from None
+    if not _alive(data.get("pid")):
+        raise ConfigError(f"the Flow that wrote {path} (pid {data.get('pid')}) is not running")
+    return data
+
+
+def _alive(pid: Any) -> bool:
+    if not isinstance(pid, int):
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:
+        with open(f"/proc/{pid}/stat", encoding="utf-8") as fh:
+            return fh.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return True
+
+
+def _serving(address: str) -> bool:
+    with grpc.insecure_channel(address) as channel:
+        try:
+            answer = health_pb2_grpc.HealthStub(channel).Check(
+                health_pb2.HealthCheckRequest(), timeout=0.5
+            )
+        except grpc.RpcError:
+            return False
+    return bool(answer.status == health_pb2.HealthCheckResponse.SERVING)
+
+
+def with_health(data: dict[str, Any]) -> dict[str, Any]:
+    """``data`` (a :func:`snapshot`) with live ``alive``, ``serving`` and ``healthy`` fields."""
+    from meshflow.mesh.sidecar import admin_get, healthy_hosts
+
+    out: dict[str, Any] = json.loads(json.dumps(data))
+    gw = out["gateway"]
+    gw["alive"] = _alive(gw["pid"])
+    gw["serving"] = gw["alive"] and _serving(gw["address"])
+    hosts: dict[str, list[str]] | None = None
+    sidecar = gw.get("sidecar")
+    if sidecar:
+        sidecar["alive"] = _alive(sidecar["pid"])
+        sidecar["ready"] = (
+            bool(sidecar["admin"]) and admin_get(sidecar["admin"], "/ready")[0] == 200
+        )
+        hosts = healthy_hosts(sidecar["admin"]) if sidecar["ready"] else {}
+    for dep in out["deployments"]:
+        for r in dep["replicas"]:
+            ex = r["executor"]
+            ex["alive"] = _alive(ex["pid"])
+            ex["serving"] = ex["alive"] and _serving(ex["address"])
+            side = r.get("sidecar")
+            if side:
+                side["alive"] = _alive(side["pid"])
+                side["ready"] = bool(side["admin"]) and admin_get(side["admin"], "/ready")[0] == 200
+                r["healthy"] = hosts is not None and side["listener"] in hosts.get(r["cluster"], [])
+            else:
+                r["healthy"] = ex["serving"]
+    return out
+
+
+def format_status(data: dict[str, Any]) -> str:
+    """A table of :func:`with_health` for people."""
+    gw = data["gateway"]
+    lines = [
+        f"Flow {data['name']!r} (mesh {data['mesh']}), gateway {gw['address']} pid {gw['pid']} "
+        f"{'serving' if gw.get('serving') else 'NOT SERVING'}"
+    ]
+    if gw.get("sidecar"):
+        s = gw["sidecar"]
+        lines.append(
+            f"  gateway sidecar pid {s['pid']} listener {s['listener']} admin {s['admin']} "
+            f"{'ready' if s.get('ready') else 'NOT READY'}"
+        )
+    lines.append(
+        f"  {'deployment':<16} {'shard':>5} {'replica':>7} {'executor pid':>12} "
+        f"{'sidecar pid':>11}  {'listener':<21} {'admin':<21} health"
+    )
+    for dep in data["deployments"]:
+        for r in dep["replicas"]:
+            side = r.get("sidecar") or {}
+            health = "healthy" if r.get("healthy") else "UNHEALTHY"
+            restarts = r["executor"]["restarts"] + side.get("restarts", 0)
+            if restarts:
+                health += f" ({restarts} restarts)"
+            lines.append(
+                f"  {dep['name']:<16} {r['shard']:>5} {r['replica']:>7} "
+                f"{r['executor']['pid']!s:>12} "
+                f"{side.get('pid', '-')!s:>11}  {side.get('listener', '-')!s:<21} "
+                f"{side.get('admin', '-')!s:<21} {health}"
+            )
+    return "\n".join(lines)

@@ -1,0 +1,290 @@
+"""The Envoy mesh: generated configs, mTLS, fail-over, restarts, scaling, introspection."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import ssl
+import stat
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+
+import pytest
+
+from meshflow import (
+    CircuitBreaker,
+    ConfigError,
+    DocumentArray,
+    Flow,
+    FlowStartError,
+    HealthCheck,
+    OutlierDetection,
+    RetryPolicy,
+)
+from meshflow.mesh.certs import FlowCA
+from meshflow.mesh.sidecar import admin_get, envoy_binary, validate
+
+StartFlow = Callable[[Flow], Flow]
+pytestmark = pytest.mark.mesh("envoy")
+
+
+def stat_value(admin: str, name: str) -> int:
+    _, body = admin_get(admin, f"/stats?filter={name}")
+    return sum(int(line.rsplit(":", 1)[1]) for line in body.splitlines() if ":" in line)
+
+
+def test_every_generated_envoy_config_passes_envoy_validate(start_flow: StartFlow) -> None:
+    f = start_flow(
+        Flow()
+        .add(
+            uses="executors:Append",
+            name="a",
+            replicas=2,
+            lb="round_robin",
+            retries=RetryPolicy(attempts=2, per_try_timeout=1.5),
+            health_check=HealthCheck(interval=0.5),
+            outlier_detection=OutlierDetection(consecutive_failures=2),
+            circuit_breaker=CircuitBreaker(max_requests=64),
+            timeout=5,
+        )
+        .add(uses="executors:MemoryIndex", name="b", shards=2, polling="ALL")
+    )
+    status = f.describe()
+    configs = [status["gateway"]["sidecar"]["config"]] + [
+        r["sidecar"]["config"] for d in status["deployments"] for r in d["replicas"]
+    ]
+    assert len(configs) == 5
+    for path in configs:
+        validate(path)
+    with open(configs[0], encoding="utf-8") as fh:
+        gateway = fh.read()
+    for expected in ("ROUND_ROBIN", "previous_hosts", "no_traffic_interval", "max_requests: 64"):
+        assert expected in gateway
+
+
+def test_describe_lists_every_process_and_its_health(start_flow: StartFlow) -> None:
+    f = start_flow(Flow().add(uses="executors:Append", name="a", replicas=2, shards=2))
+    status = f.describe()
+    assert status["mesh"] == "envoy" and status["gateway"]["serving"]
+    assert status["gateway"]["sidecar"]["ready"]
+    [dep] = status["deployments"]
+    assert [(r["shard"], r["replica"]) for r in dep["replicas"]] == [(0, 0), (0, 1), (1, 0), (1, 1)]
+    for r in dep["replicas"]:
+        assert r["healthy"] and r["executor"]["serving"] and r["sidecar"]["ready"]
+        assert r["sidecar"]["listener"].startswith("127.0.0.1:")
+        assert r["sidecar"]["admin"].startswith("127.0.0.1:")
+        assert r["executor"]["address"].startswith("unix:")
+
+
+def test_status_command_prints_a_running_flow(start_flow: StartFlow, workspace: str) -> None:
+    f = start_flow(Flow(name="shown").add(uses="executors:Append", name="appender"))
+    out = subprocess.run(
+        [sys.executable, "-m", "meshflow", "status", "--name", "shown", "--workspace", workspace],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert out.returncode == 0, out.stderr
+    assert f"gateway 127.0.0.1:{f.port}" in out.stdout
+    assert "appender" in out.stdout and "healthy" in out.stdout
+
+
+def test_status_command_without_a_running_flow_exits_2(workspace: str) -> None:
+    out = subprocess.run(
+        [sys.executable, "-m", "meshflow", "status", "--name", "nope", "--workspace", workspace],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert out.returncode == 2
+    assert "no running Flow" in out.stderr
+
+
+def test_executor_is_reachable_only_through_its_sidecar(start_flow: StartFlow) -> None:
+    f = start_flow(Flow().add(uses="executors:Append", name="a"))
+    [replica] = f.describe()["deployments"][0]["replicas"]
+    path = replica["executor"]["address"].removeprefix("unix:")
+    assert stat.S_ISSOCK(os.stat(path).st_mode)
+    assert stat.S_IMODE(os.stat(os.path.dirname(path)).st_mode) == 0o700
+
+
+# -- mTLS ----------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def guarded(start_flow: StartFlow, workspace: str, tmp_path: object) -> Iterator[dict[str, str]]:
+    f = start_flow(Flow(name="guarded").add(uses="executors:Append", name="a"))
+    [replica] = f.describe()["deployments"][0]["replicas"]
+    ca = FlowCA(os.path.join(workspace, ".meshflow", "pki", "guarded"), "guarded")
+    other = FlowCA(os.path.join(str(tmp_path), "other-ca"), "guarded")
+    yield {
+        "listener": replica["sidecar"]["listener"],
+        "admin": replica["sidecar"]["admin"],
+        "gateway_cert": ca.identity("gateway").cert,
+        "gateway_key": ca.identity("gateway").key,
+        "intruder_cert": ca.identity("intruder").cert,
+        "intruder_key": ca.identity("intruder").key,
+        "foreign_cert": other.identity("gateway").cert,
+        "foreign_key": other.identity("gateway").key,
+    }
+
+
+def h2_exchange(listener: str, cert: str | None, key: str | None) -> bytes:
+    """TLS to the sidecar (not checking its certificate: the server's side is under test),
+    then the HTTP/2 preface; returns what the server sends back (b'' if it hangs up)."""
+    host, port = listener.rsplit(":", 1)
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    context.set_alpn_protocols(["h2"])
+    if cert and key:
+        context.load_cert_chain(cert, key)
+    with socket.create_connection((host, int(port)), timeout=5) as raw:
+        try:
+            with context.wrap_socket(raw) as tls:
+                tls.sendall(
+                    b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + b"\x00\x00\x00\x04\x00\x00\x00\x00\x00"
+                )
+                return tls.recv(1024)
+        except (ssl.SSLError, ConnectionResetError, BrokenPipeError):
+            return b""
+
+
+def test_sidecar_accepts_the_gateway_identity(guarded: dict[str, str]) -> None:
+    answer = h2_exchange(guarded["listener"], guarded["gateway_cert"], guarded["gateway_key"])
+    assert answer[3:4] == b"\x04"  # the server's SETTINGS frame
+
+
+def test_sidecar_refuses_a_client_without_certificate(guarded: dict[str, str]) -> None:
+    assert h2_exchange(guarded["listener"], None, None) == b""
+    assert stat_value(guarded["admin"], "ssl.fail_verify_no_cert") >= 1
+
+
+def test_sidecar_refuses_a_certificate_of_another_ca(guarded: dict[str, str]) -> None:
+    assert h2_exchange(guarded["listener"], guarded["foreign_cert"], guarded["foreign_key"]) == b""
+    assert stat_value(guarded["admin"], "ssl.fail_verify_error") >= 1
+
+
+def test_sidecar_refuses_the_wrong_identity(guarded: dict[str, str]) -> None:
+    assert (
+        h2_exchange(guarded["listener"], guarded["intruder_cert"], guarded["intruder_key"]) == b""
+    )
+    assert stat_value(guarded["admin"], "ssl.fail_verify_san") >= 1
+
+
+# -- fail-over, restarts, scaling ------------------------------------------------------------
+
+
+class Traffic:
+    """Sends 1-doc requests from a thread until stopped; records answers and failures."""
+
+    def __init__(self, flow: Flow, seconds: float = 0.02) -> None:
+        self.flow = flow
+        self.seconds = seconds
+        self.pids: list[int] = []
+        self.errors: list[BaseException] = []
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self.run)
+
+    def run(self) -> None:
+        while not self.stop.is_set():
+            try:
+                [doc] = self.flow.client.post(
+                    "/", DocumentArray.empty(1), parameters={"seconds": self.seconds}, timeout=20
+                )
+                self.pids.append(int(doc.tags["pid"]))
+            except BaseException as exc:  # collected for the test to assert on
+                self.errors.append(exc)
+
+    def __enter__(self) -> Traffic:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop.set()
+        self.thread.join(30)
+
+
+def replica_pids(f: Flow) -> list[int]:
+    return [r["executor"]["pid"] for r in f.describe()["deployments"][0]["replicas"]]
+
+
+def wait_for(condition: Callable[[], bool], seconds: float = 20) -> None:
+    deadline = time.monotonic() + seconds
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.05)
+
+
+def test_replica_killed_mid_stream_loses_no_request_and_comes_back(start_flow: StartFlow) -> None:
+    f = start_flow(Flow().add(uses="executors:Work", name="w", replicas=3))
+    victim = replica_pids(f)[1]
+    with Traffic(f) as traffic:
+        wait_for(lambda: len(traffic.pids) > 30)
+        os.kill(victim, signal.SIGKILL)
+        served_before_kill = len(traffic.pids)
+        # The dead replica is ejected and, once restarted and healthy, serves again.
+        wait_for(
+            lambda: (
+                victim not in replica_pids(f)
+                and all(r["healthy"] for r in f.describe()["deployments"][0]["replicas"])
+            )
+        )
+        reborn = replica_pids(f)[1]
+        wait_for(lambda: reborn in traffic.pids[served_before_kill:])
+    assert traffic.errors == []
+    assert len(set(traffic.pids)) == 4  # three replicas, one of them twice
+    admin = f.describe()["gateway"]["sidecar"]["admin"]
+    assert stat_value(
+        admin, "cluster.w.shard0.outlier_detection.ejections_enforced_total"
+    ) >= 1 or (stat_value(admin, "cluster.w.shard0.health_check.failure") >= 1)
+    [(restarted,)] = [
+        (r["executor"]["restarts"],)
+        for r in f.describe()["deployments"][0]["replicas"]
+        if r["replica"] == 1
+    ]
+    assert restarted == 1
+
+
+def test_scaling_up_and_down_fails_no_request(start_flow: StartFlow) -> None:
+    f = start_flow(Flow().add(uses="executors:Work", name="w"))
+    with Traffic(f) as traffic:
+        wait_for(lambda: len(traffic.pids) > 10)
+        f.scale("w", replicas=3)
+        assert len(replica_pids(f)) == 3
+        wait_for(lambda: set(replica_pids(f)) <= set(traffic.pids))
+        f.scale("w", replicas=1)
+        remaining = replica_pids(f)
+        count = len(traffic.pids)
+        wait_for(lambda: len(traffic.pids) > count + 20)
+        assert set(traffic.pids[count:]) == set(remaining)
+    assert traffic.errors == []
+    assert f.deployment("w").replicas == 1
+
+
+def test_scale_needs_the_envoy_mesh(workspace: str) -> None:
+    f = Flow(mesh="direct", workspace=workspace).add(uses="executors:Work", name="w")
+    with f, pytest.raises(ConfigError, match="mesh='envoy'"):
+        f.scale("w", replicas=2)
+
+
+def test_envoy_failing_to_start_shows_config_and_log(workspace: str, tmp_path: object) -> None:
+    wrapper = os.path.join(str(tmp_path), "envoy-with-bad-flag")
+    with open(wrapper, "w", encoding="utf-8") as fh:
+        fh.write(f'#!/bin/sh\nexec {envoy_binary()} "$@" --component-log-level nosuch:debug\n')
+    os.chmod(wrapper, 0o755)
+    f = Flow(workspace=workspace).add(uses="executors:Append")
+    os.environ["MESHFLOW_ENVOY_BIN"] = wrapper
+    try:
+        with pytest.raises(FlowStartError) as info:
+            f.start()
+    finally:
+        del os.environ["MESHFLOW_ENVOY_BIN"]
+    message = str(info.value)
+    assert "sidecar" in message and ".envoy.yaml" in message
+    assert "nosuch" in info.value.log_tail
+    assert f.pids == {}
