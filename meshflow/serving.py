@@ -65,6 +65,9 @@ async def serve_forever(
     if port == 0:
         raise OSError(f"{what} cannot listen on {address}: address in use or not allowed")
     await server.start()
+    if address.startswith("unix:"):
+        # Only this user may connect; in the mesh only the executor's own sidecar does.
+        os.chmod(address[len("unix:") :], 0o600)
     await health_servicer.set("", health_pb2.HealthCheckResponse.SERVING)
     for service in services:
         await health_servicer.set(service, health_pb2.HealthCheckResponse.SERVING)

@@ -79,6 +79,7 @@ class LocalRuntime:
     port: int | None = None
     _ca: FlowCA | None = None
     _eds_version: int = 0
+    _published: bool = False
     _supervisor: Supervisor | None = None
 
     # -- start and stop ---------------------------------------------------------------------
@@ -111,7 +112,10 @@ class LocalRuntime:
                     for replica in range(dep.replicas):
                         self.replicas.append(self._make_replica(dep, shard, replica))
             if self.envoy:
-                self._write_endpoints()
+                # Empty at first: a replica joins once it serves, so that the first health
+                # check of the gateway's sidecar finds it up (a host that fails that check
+                # reaches the sidecar's worker threads only a check interval later).
+                self._write_endpoints(published=[])
             self.gateway = self._make_gateway()
             for proc in self.processes():
                 proc.start()
@@ -253,17 +257,18 @@ class LocalRuntime:
     def _eds_path(self, cluster: str) -> str:
         return os.path.join(self.run_dir, "eds", f"{cluster}.yaml")
 
-    def _write_endpoints(self) -> None:
-        """(Re)write every cluster's endpoint file from the replicas the Flow has now."""
+    def _write_endpoints(self, published: list[Replica] | None = None) -> None:
+        """(Re)write every cluster's endpoint file: the Flow's replicas, or ``published``."""
         from meshflow.mesh.config import endpoints, write_yaml
 
+        members_of = self.replicas if published is None else published
         self._eds_version += 1
         for dep in self.flow.deployments:
             for shard in range(dep.shards):
                 cluster = cluster_name(dep.name, shard)
                 members = [
                     ("127.0.0.1", r.ingress_port)
-                    for r in self.replicas
+                    for r in members_of
                     if r.deployment == dep.name and r.shard == shard and r.ingress_port
                 ]
                 write_yaml(self._eds_path(cluster), endpoints(cluster, members, self._eds_version))
@@ -370,6 +375,11 @@ class LocalRuntime:
         address = self.gateway.sidecar.admin_address
         if address is None:
             return False
+        if replicas is None and not self._published:
+            if not all(p.info is not None for r in self.replicas for p in r.processes):
+                return False
+            self._write_endpoints()
+            self._published = True
         hosts = healthy_hosts(address)
         for r in self.replicas if replicas is None else replicas:
             cluster = cluster_name(r.deployment, r.shard)

@@ -174,6 +174,12 @@ def _cluster(spec: ClusterSpec, identity: Identity) -> dict[str, Any]:
             }
         ],
         "outlier_detection": {
+            # A replica that cannot even be connected to is ejected at its first failure, so
+            # that the retry of that very call goes elsewhere (least-request would otherwise
+            # keep choosing the replica that fails fastest).
+            "split_external_local_origin_errors": True,
+            "consecutive_local_origin_failure": 1,
+            "enforcing_consecutive_local_origin_failure": 100,
             "consecutive_5xx": od.consecutive_failures,
             "consecutive_gateway_failure": od.consecutive_failures,
             "enforcing_consecutive_gateway_failure": 100,

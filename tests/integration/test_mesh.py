@@ -109,6 +109,7 @@ def test_executor_is_reachable_only_through_its_sidecar(start_flow: StartFlow) -
     [replica] = f.describe()["deployments"][0]["replicas"]
     path = replica["executor"]["address"].removeprefix("unix:")
     assert stat.S_ISSOCK(os.stat(path).st_mode)
+    assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
     assert stat.S_IMODE(os.stat(os.path.dirname(path)).st_mode) == 0o700
 
 
@@ -250,8 +251,27 @@ def test_replica_killed_mid_stream_loses_no_request_and_comes_back(start_flow: S
     assert restarted == 1
 
 
+def test_replica_sidecar_killed_is_restarted_and_no_request_fails(start_flow: StartFlow) -> None:
+    f = start_flow(Flow().add(uses="executors:Work", name="w", replicas=2))
+    victim = f.describe()["deployments"][0]["replicas"][0]["sidecar"]["pid"]
+    with Traffic(f) as traffic:
+        wait_for(lambda: len(traffic.pids) > 20)
+        os.kill(victim, signal.SIGKILL)
+        wait_for(
+            lambda: all(
+                r["healthy"] and r["sidecar"]["pid"] != victim
+                for r in f.describe()["deployments"][0]["replicas"]
+            )
+        )
+        count = len(traffic.pids)
+        wait_for(lambda: set(traffic.pids[count:]) == set(replica_pids(f)))
+    assert traffic.errors == []
+    assert f.describe()["deployments"][0]["replicas"][0]["sidecar"]["restarts"] == 1
+
+
 def test_scaling_up_and_down_fails_no_request(start_flow: StartFlow) -> None:
     f = start_flow(Flow().add(uses="executors:Work", name="w"))
+    gateway_sidecar = f.describe()["gateway"]["sidecar"]["pid"]
     with Traffic(f) as traffic:
         wait_for(lambda: len(traffic.pids) > 10)
         f.scale("w", replicas=3)
@@ -264,6 +284,7 @@ def test_scaling_up_and_down_fails_no_request(start_flow: StartFlow) -> None:
         assert set(traffic.pids[count:]) == set(remaining)
     assert traffic.errors == []
     assert f.deployment("w").replicas == 1
+    assert f.describe()["gateway"]["sidecar"]["pid"] == gateway_sidecar  # never restarted
 
 
 def test_scale_needs_the_envoy_mesh(workspace: str) -> None:

@@ -58,6 +58,55 @@ def test_save_then_load_round_trips(tmp_path: object) -> None:
     assert (g.name, g.port) == ("rt", 34567)
 
 
+def test_mesh_policies_load_from_yaml_and_round_trip(tmp_path: object) -> None:
+    from meshflow import CircuitBreaker, HealthCheck, OutlierDetection, RetryPolicy
+
+    path = write(
+        tmp_path,
+        """
+with: {mesh: envoy}
+executors:
+  - uses: executors:Append
+    name: enc
+    lb: round_robin
+    retries: {attempts: 2, per_try_timeout: 1.5, retry_on: [reset, unavailable]}
+    health_check: {interval: 0.5}
+    outlier_detection: {consecutive_failures: 5}
+    circuit_breaker: {max_requests: 10}
+""",
+    )
+    f = Flow.load_config(path)
+    [dep] = f.deployments
+    assert dep.lb == "round_robin"
+    assert dep.retries == RetryPolicy(
+        attempts=2, per_try_timeout=1.5, retry_on=("reset", "unavailable")
+    )
+    assert dep.health_check == HealthCheck(interval=0.5)
+    assert dep.outlier_detection == OutlierDetection(consecutive_failures=5)
+    assert dep.circuit_breaker == CircuitBreaker(max_requests=10)
+    out = os.path.join(str(tmp_path), "again.yml")
+    f.save_config(out)
+    assert Flow.load_config(out).deployments == f.deployments
+
+
+@pytest.mark.parametrize(
+    ("option", "value", "message"),
+    [
+        ("retries", "{attempts: 0}", "attempts must be 1 to 10"),
+        ("retries", "{retry_on: [sometimes]}", "retry_on must name"),
+        ("health_check", "{interval: -1}", "interval must be a positive number"),
+        ("circuit_breaker", "{max_request: 3}", "unknown field"),
+        ("lb", "fastest", "lb must be one of"),
+    ],
+)
+def test_bad_mesh_policy_is_a_clear_error(
+    tmp_path: object, option: str, value: str, message: str
+) -> None:
+    path = write(tmp_path, f"executors:\n  - uses: executors:Append\n    {option}: {value}\n")
+    with pytest.raises(ConfigError, match=message):
+        Flow.load_config(path)
+
+
 def test_env_substitution_keeps_yaml_types(
     tmp_path: object, monkeypatch: pytest.MonkeyPatch
 ) -> None:
