@@ -59,13 +59,14 @@ def main() -> None:
     pythons = [sys.executable, *args.also_python]
     for i, python in enumerate(pythons):
         tag = "" if i == 0 else f" [{python}]"
-        results.append(
-            run(
-                "meshflow" + tag,
-                [python, os.path.join(HERE, "flow_bench.py"), *common],
-                os.path.join(tmp, f"meshflow{i}.jsonl"),
+        for mesh in ("direct", "envoy"):
+            results.append(
+                run(
+                    f"meshflow {mesh}" + tag,
+                    [python, os.path.join(HERE, "flow_bench.py"), "--mesh", mesh, *common],
+                    os.path.join(tmp, f"meshflow-{mesh}{i}.jsonl"),
+                )
             )
-        )
         results.append(
             run(
                 "raw echo" + tag,
@@ -106,22 +107,33 @@ def main() -> None:
     if jina is None:
         return
     print("\ntargets (meshflow, first interpreter, against Jina in this run):")
-    mesh = results[0]
+    direct, envoy = results[0], results[1]
     checks = [
-        ("1-doc c=32 req/s >= 1.5x Jina", "rps", ("1-doc", 32), 1.5, True),
-        ("64-doc c=32 docs/s >= 3x Jina", "docs_s", ("64-doc-512d", 32), 3.0, True),
-        ("1-doc c=1 p50 <= 0.6x Jina", "p50_ms", ("1-doc", 1), 0.6, False),
+        (direct, "direct: 1-doc c=32 req/s >= 1.5x Jina", "rps", ("1-doc", 32), 1.5, True),
+        (direct, "direct: 64-doc c=32 docs/s >= 3x Jina", "docs_s", ("64-doc-512d", 32), 3.0, True),
+        (direct, "direct: 1-doc c=1 p50 <= 0.6x Jina", "p50_ms", ("1-doc", 1), 0.6, False),
+        (envoy, "envoy: 1-doc c=32 req/s >= 1.2x Jina", "rps", ("1-doc", 32), 1.2, True),
+        (envoy, "envoy: 64-doc c=32 docs/s >= 2.5x Jina", "docs_s", ("64-doc-512d", 32), 2.5, True),
     ]
-    for label, key, case, factor, higher in checks:
-        ratio = mesh["medians"][case][key] / jina["medians"][case][key]
+    for res, label, key, case, factor, higher in checks:
+        ratio = res["medians"][case][key] / jina["medians"][case][key]
         ok = ratio >= factor if higher else ratio <= factor
-        print(f"  {label:36} {ratio:5.2f}x  {'met' if ok else 'MISSED'}")
-    ms, js = mesh["summary"], jina["summary"]
-    for label, mine, theirs in (
-        ("start-up <= Jina", ms["startup_s"], js["startup_s"]),
-        ("summed peak RSS <= Jina", ms["peak_rss_sum_mb"], js["flow_peak_rss_sum_mb"]),
-    ):
-        print(f"  {label:36} {mine / theirs:5.2f}x  {'met' if mine <= theirs else 'MISSED'}")
+        print(f"  {label:40} {ratio:5.2f}x  {'met' if ok else 'MISSED'}")
+    js = jina["summary"]
+    for res in (direct, envoy):
+        ms = res["summary"]
+        for label, mine, theirs in (
+            ("start-up <= Jina", ms["startup_s"], js["startup_s"]),
+            ("summed peak RSS <= Jina", ms["peak_rss_sum_mb"], js["flow_peak_rss_sum_mb"]),
+        ):
+            verdict = "met" if mine <= theirs else "MISSED"
+            print(f"  {ms['mesh']}: {label:32} {mine / theirs:5.2f}x  {verdict}")
+    print(f"  envoy: start-up < 1.5 s{'':17} {envoy['summary']['startup_s']:.2f} s")
+    print("\nsidecar cost (envoy vs direct, server CPU ms per request):")
+    for case in CASES:
+        d = direct["medians"][case]["server_cpu_ms_per_req"]
+        e = envoy["medians"][case]["server_cpu_ms_per_req"]
+        print(f"  {case[0]} c={case[1]:<3} direct {d:.3f}  envoy {e:.3f}  (+{e - d:.3f})")
 
 
 if __name__ == "__main__":

@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import sys
 import tempfile
 import time
@@ -62,6 +63,12 @@ def main() -> None:
     p.add_argument("--repeat", type=int, default=3, help="rounds; the table shows medians")
     p.add_argument("--quiet-wait", type=float, default=0.0, metavar="S")
     p.add_argument("--json-out", help="also write all result lines to this file")
+    p.add_argument(
+        "--mesh",
+        choices=["direct", "envoy"],
+        default="direct",
+        help="'envoy': every executor and the gateway behind Envoy sidecars with mTLS",
+    )
     args = p.parse_args()
 
     import grpc
@@ -70,7 +77,7 @@ def main() -> None:
     results = []
     tmpdir = tempfile.mkdtemp(prefix="meshflow-bench-")
     started = time.perf_counter()
-    flow = Flow(workspace=tmpdir).add(uses=Noop).add(uses=Noop)
+    flow = Flow(workspace=tmpdir, mesh=args.mesh).add(uses=Noop).add(uses=Noop)
     with flow:
         startup_s = time.perf_counter() - started
         target = f"127.0.0.1:{flow.port}"
@@ -88,7 +95,7 @@ def main() -> None:
             for name, n_docs, _dim in CASES:
                 for conc in args.concurrency:
                     row = _load.measure_case(
-                        bench="meshflow",
+                        bench=f"meshflow-{args.mesh}",
                         case=name,
                         docs_per_req=n_docs,
                         target=target,
@@ -104,15 +111,14 @@ def main() -> None:
                     results.append(row)
                     print(json.dumps(row), flush=True)
         mem = _load.memory_report(server_pids)
-    for fn in os.listdir(tmpdir):
-        os.unlink(os.path.join(tmpdir, fn))
-    os.rmdir(tmpdir)
+    shutil.rmtree(tmpdir)
 
     agg = _load.aggregate(results)
     for a in agg:
         print(json.dumps(a), flush=True)
     summary = {
-        "bench": "meshflow",
+        "bench": f"meshflow-{args.mesh}",
+        "mesh": args.mesh,
         "summary": True,
         "date": time.strftime("%Y-%m-%d"),
         "cpus": os.cpu_count(),
@@ -134,7 +140,7 @@ def main() -> None:
         f"Python {vers['python']}, {os.cpu_count()} CPUs"
     )
     print(
-        f"Flow gateway + 2 no-op executors (mesh='direct'): start-up {startup_s:.2f} s, "
+        f"Flow gateway + 2 no-op executors (mesh={args.mesh!r}): start-up {startup_s:.2f} s, "
         f"{len(server_pids)} processes, peak RSS sum {mem['peak_rss_sum_mb']} MB "
         f"(PSS {mem['pss_sum_mb']} MB)"
     )

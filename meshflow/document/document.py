@@ -49,6 +49,7 @@ class Document:
         "_embedding",
         "_matches",
         "_tensor",
+        "_wire",
         "blob",
         "id",
         "mime_type",
@@ -72,6 +73,8 @@ class Document:
     _chunks: DocumentArray | None
     _tensor: npt.NDArray[Any] | None
     _embedding: npt.NDArray[Any] | None
+    # Set by meshflow.document.proto when decoded from a request: what it was on the wire.
+    _wire: tuple[Any, ...] | None
 
     def __init__(
         self,
@@ -101,6 +104,7 @@ class Document:
         self._embedding = None if embedding is None else np.asarray(embedding)
         self._matches = None if matches is None else _as_array(matches)
         self._chunks = None if chunks is None else _as_array(chunks)
+        self._wire = None
 
     @property
     def tensor(self) -> npt.NDArray[Any] | None:
@@ -168,6 +172,7 @@ class Document:
         new._embedding = self._embedding
         new._chunks = self._chunks[:] if self._chunks else None
         new._matches = self._matches[:] if with_matches and self._matches else None
+        new._wire = None
         return new
 
     def __eq__(self, other: object) -> bool:

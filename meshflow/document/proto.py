@@ -2,8 +2,14 @@
 
 This runs on every request, so it avoids anything per element: an array travels as its raw
 C-order bytes, its dtype string with byte order (``arr.dtype.str``, e.g. ``"<f4"``) and its
-shape, and is read back with ``numpy.frombuffer``. Arrays read back are writable copies that
-own their memory.
+shape, and is read back with ``numpy.frombuffer``: arrays read back are **read-only** views
+of the received bytes (no copy). To change one, assign a new array
+(``doc.embedding = doc.embedding / norm``); an in-place change raises numpy's "assignment
+destination is read-only".
+
+Because of that, :func:`unchanged_on_wire` can tell cheaply that the documents of a request
+are still exactly what was received, so an executor that only reads them answers with the
+request's own bytes instead of encoding it again.
 
 ``tags`` travel as a ``google.protobuf.Struct``, which stores every number as a double: ints
 come back as floats (``{"n": 1}`` reads back as ``{"n": 1.0}``, which still compares equal),
@@ -33,6 +39,7 @@ __all__ = [
     "documents_from_proto",
     "documents_to_proto",
     "struct_to_dict",
+    "unchanged_on_wire",
 ]
 
 DocumentProtos = RepeatedCompositeFieldContainer[document_pb2.Document]
@@ -74,7 +81,7 @@ def document_to_proto(doc: Document, pb: document_pb2.Document) -> None:
         documents_to_proto(doc._chunks, pb.chunks)
 
 
-def document_from_proto(pb: document_pb2.Document) -> Document:
+def document_from_proto(pb: document_pb2.Document, index: int = -1) -> Document:
     """Build a Document from ``pb``; a message without id gets a fresh one.
 
     Raises:
@@ -96,7 +103,38 @@ def document_from_proto(pb: document_pb2.Document) -> Document:
     )
     doc._matches = documents_from_proto(pb.matches) if pb.matches else None
     doc._chunks = documents_from_proto(pb.chunks) if pb.chunks else None
+    plain = pb.id and not (doc.tags or doc.scores or doc._matches or doc._chunks)
+    wire = (index, doc.id, doc.parent_id, doc.text, doc.blob, doc.uri, doc.mime_type)
+    doc._wire = (*wire, doc._tensor, doc._embedding) if plain and index >= 0 else None
     return doc
+
+
+def unchanged_on_wire(docs: DocumentArray) -> bool:
+    """True when ``docs`` are, in order, exactly the documents decoded from a request.
+
+    Only documents without tags, scores, matches and chunks are tracked; every field must
+    still hold the very object decoded (arrays are read-only, so they cannot have changed).
+    """
+    for i, doc in enumerate(docs):
+        wire = doc._wire
+        if (
+            wire is None
+            or wire[0] != i
+            or doc.id is not wire[1]
+            or doc.parent_id is not wire[2]
+            or doc.text is not wire[3]
+            or doc.blob is not wire[4]
+            or doc.uri is not wire[5]
+            or doc.mime_type is not wire[6]
+            or doc._tensor is not wire[7]
+            or doc._embedding is not wire[8]
+            or doc.tags
+            or doc.scores
+            or doc._matches
+            or doc._chunks
+        ):
+            return False
+    return True
 
 
 def documents_to_proto(docs: Iterable[Document], repeated_field: DocumentProtos) -> None:
@@ -107,7 +145,7 @@ def documents_to_proto(docs: Iterable[Document], repeated_field: DocumentProtos)
 
 def documents_from_proto(repeated_field: DocumentProtos) -> DocumentArray:
     """Build a DocumentArray from a repeated ``Document`` field (e.g. ``request.docs``)."""
-    return DocumentArray._wrap([document_from_proto(pb) for pb in repeated_field])
+    return DocumentArray._wrap([document_from_proto(pb, i) for i, pb in enumerate(repeated_field)])
 
 
 # -- arrays ---------------------------------------------------------------------------------
@@ -135,8 +173,8 @@ def _array_from_proto(pb: document_pb2.NdArray, doc_id: str, field: str) -> npt.
         array = np.frombuffer(pb.buffer, dtype=dtype)
         if len(shape) != 1 or shape[0] != array.shape[0]:
             array = array.reshape(shape)
-        # bytes are immutable, so frombuffer gives a read-only view; copy to a writable array.
-        return array.copy()
+        # A read-only view of the received bytes: no copy (see the module docstring).
+        return array
     except (TypeError, ValueError) as exc:
         raise ValueError(
             f"cannot read the {field} of Document {doc_id!r} (dtype {pb.dtype!r}, "

@@ -23,6 +23,7 @@ from meshflow.document.proto import (
     documents_from_proto,
     documents_to_proto,
     struct_to_dict,
+    unchanged_on_wire,
 )
 from meshflow.executor.executor import EndpointMethod, Executor
 from meshflow.proto.v1 import data_request_pb2, services_pb2
@@ -84,10 +85,11 @@ class ExecutorRuntime:
         try:
             if spec.is_async:
                 result = await method(**kwargs)
+                answer = self._answer(data, request, docs, result, spec)
             else:
                 loop = asyncio.get_running_loop()
                 result = await loop.run_in_executor(self._pool, lambda: method(**kwargs))
-            self._apply(request, docs, result, spec)
+            answer = self._answer(data, request, docs, result, spec)
         except Exception as exc:
             log.exception(
                 "endpoint %s (%s.%s) of executor %r failed",
@@ -102,6 +104,7 @@ class ExecutorRuntime:
             status.executor = self.name
             status.endpoint = request.header.endpoint or "/"
             status.exception_type = type(exc).__name__
+            answer = request.SerializeToString()
         log.debug(
             "request %s %s: %d docs in %.2f ms",
             request.header.request_id,
@@ -109,17 +112,22 @@ class ExecutorRuntime:
             len(request.docs),
             (time.perf_counter() - started) * 1e3,
         )
-        return request.SerializeToString()
+        return answer
 
-    def _apply(
+    def _answer(
         self,
+        data: bytes,
         request: data_request_pb2.DataRequest,
         docs: DocumentArray,
         result: Any,
         spec: EndpointMethod,
-    ) -> None:
+    ) -> bytes:
+        """The serialized answer: the request with the endpoint's documents and results."""
+        results = b""
         if isinstance(result, dict):
-            request.results[self.name].CopyFrom(dict_to_struct(result))
+            results = data_request_pb2.DataRequest(
+                results={self.name: dict_to_struct(result)}
+            ).SerializeToString()
         elif isinstance(result, DocumentArray):
             docs = result
         elif isinstance(result, list | tuple):
@@ -129,8 +137,13 @@ class ExecutorRuntime:
                 f"endpoint {spec.name} ({spec.method}) returned {type(result).__name__}; "
                 "return None (docs changed in place), a DocumentArray or a dict"
             )
+        if len(docs) == len(request.docs) and unchanged_on_wire(docs):
+            # The documents are what came in: answer with the request's own bytes. Appending
+            # a serialized message merges it, which adds the results.
+            return data + results
         del request.docs[:]
         documents_to_proto(docs, request.docs)
+        return request.SerializeToString() + results
 
     def describe(self) -> services_pb2.EndpointsResponse:
         """The endpoints this executor serves."""

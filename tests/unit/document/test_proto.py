@@ -92,11 +92,42 @@ def test_non_contiguous_arrays_are_written_in_c_order() -> None:
     np.testing.assert_array_equal(back.tensor, array)
 
 
-def test_arrays_read_back_are_writable() -> None:
+def test_arrays_read_back_are_read_only_views() -> None:
     back = round_trip(Document(embedding=np.zeros(3, dtype=np.float32)))
     assert back.embedding is not None
-    back.embedding += 1
+    with pytest.raises(ValueError, match="read-only"):
+        back.embedding += 1
+    back.embedding = back.embedding + 1
     assert back.embedding.tolist() == [1, 1, 1]
+
+
+def test_documents_read_and_left_alone_are_unchanged_on_wire() -> None:
+    from meshflow.document.proto import unchanged_on_wire
+    from meshflow.proto.v1 import data_request_pb2
+
+    request = data_request_pb2.DataRequest()
+    documents_to_proto(
+        [Document(id=str(i), text="t", embedding=np.ones(2)) for i in range(3)], request.docs
+    )
+    docs = documents_from_proto(request.docs)
+    assert [d.text for d in docs] == ["t"] * 3 and unchanged_on_wire(docs)
+    docs[1].text = "t"  # equal, but a new assignment: encoded again, to be safe
+    assert not unchanged_on_wire(docs)
+    for change in (
+        lambda d: setattr(d, "embedding", d.embedding * 2),
+        lambda d: d.tags.update(a=1),
+        lambda d: d.matches.append(Document()),
+        lambda d: d.scores.update(s=1.0),
+    ):
+        docs = documents_from_proto(request.docs)
+        change(docs[0])
+        assert not unchanged_on_wire(docs)
+    docs = documents_from_proto(request.docs)
+    del docs[0]
+    assert not unchanged_on_wire(docs)
+    docs = documents_from_proto(request.docs)
+    docs.append(Document())
+    assert not unchanged_on_wire(docs)
 
 
 def test_str_and_datetime_arrays_round_trip() -> None:
