@@ -106,9 +106,14 @@ def _hcm(stat_prefix: str, virtual_hosts: list[dict[str, Any]]) -> dict[str, Any
             "http2_protocol_options": {},
             # Requests may take as long as their gRPC deadline says.
             "stream_idle_timeout": "0s",
+            # Nothing downstream reads it; tracing propagates W3C headers instead.
+            "generate_request_id": False,
             "route_config": {"name": stat_prefix, "virtual_hosts": virtual_hosts},
             "http_filters": [
-                {"name": "envoy.filters.http.router", "typed_config": {"@type": _ROUTER}}
+                {
+                    "name": "envoy.filters.http.router",
+                    "typed_config": {"@type": _ROUTER, "suppress_envoy_headers": True},
+                }
             ],
         },
     }
