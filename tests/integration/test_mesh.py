@@ -240,9 +240,8 @@ def test_replica_killed_mid_stream_loses_no_request_and_comes_back(start_flow: S
     assert traffic.errors == []
     assert len(set(traffic.pids)) == 4  # three replicas, one of them twice
     admin = f.describe()["gateway"]["sidecar"]["admin"]
-    assert stat_value(
-        admin, "cluster.w.shard0.outlier_detection.ejections_enforced_total"
-    ) >= 1 or (stat_value(admin, "cluster.w.shard0.health_check.failure") >= 1)
+    # Outlier detection ejected the dead replica (its sidecar answered 503s for it).
+    assert stat_value(admin, "cluster.w.shard0.outlier_detection.ejections_enforced_total") >= 1
     [(restarted,)] = [
         (r["executor"]["restarts"],)
         for r in f.describe()["deployments"][0]["replicas"]
