@@ -54,7 +54,12 @@ def main() -> None:
         "--quiet-wait",
         str(args.quiet_wait),
     ]
-    tmp = tempfile.mkdtemp(prefix="meshflow-compare-")
+    with tempfile.TemporaryDirectory(prefix="meshflow-compare-") as tmp:
+        results = collect(args, common, tmp)
+    report(args, results)
+
+
+def collect(args: argparse.Namespace, common: list[str], tmp: str) -> list[dict[str, Any]]:
     results = []
     pythons = [sys.executable, *args.also_python]
     for i, python in enumerate(pythons):
@@ -74,14 +79,19 @@ def main() -> None:
                 os.path.join(tmp, f"raw{i}.jsonl"),
             )
         )
-    jina = None
     if not args.skip_jina:
-        jina = run(
-            "jina",
-            ["bash", os.path.join(HERE, "run_jina_flow.sh"), *common],
-            os.path.join(tmp, "jina.jsonl"),
+        results.append(
+            run(
+                "jina",
+                ["bash", os.path.join(HERE, "run_jina_flow.sh"), *common],
+                os.path.join(tmp, "jina.jsonl"),
+            )
         )
-        results.append(jina)
+    return results
+
+
+def report(args: argparse.Namespace, results: list[dict[str, Any]]) -> None:
+    jina = next((r for r in results if r["label"] == "jina"), None)
 
     print()
     print(f"median of {args.repeat} rounds of {args.duration:g} s, 2 cores = {os.cpu_count()}")

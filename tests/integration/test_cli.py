@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
 
@@ -171,25 +173,32 @@ def flow_script(tmp_path: object, flow: str) -> Iterator[subprocess.Popen[str]]:
     script = os.path.join(str(tmp_path), "serve.py")
     with open(script, "w", encoding="utf-8") as fh:
         fh.write(
+            "import os\n"
             "from meshflow import Flow\n"
             f"f = {flow}\n"
             "with f:\n"
-            "    print('ready', flush=True)\n"
+            "    address = f.describe()['deployments'][0]['replicas'][0]['executor']['address']\n"
+            "    print('ready', os.path.dirname(address[5:]), flush=True)\n"
             "    f.block()\n"
         )
     env = {**os.environ, "PYTHONPATH": TESTS}
     proc = subprocess.Popen(
         [sys.executable, script], env=env, cwd=str(tmp_path), stdout=subprocess.PIPE, text=True
     )
+    run_dir = ""
     try:
         assert proc.stdout is not None
-        assert proc.stdout.readline().strip() == "ready"
+        word, run_dir = proc.stdout.readline().split()
+        assert word == "ready"
         yield proc
     finally:
         proc.kill()
         proc.wait()
         if proc.stdout is not None:
             proc.stdout.close()
+        if run_dir.startswith(tempfile.gettempdir()):
+            # A Flow killed with SIGKILL cannot remove its run directory itself.
+            shutil.rmtree(run_dir, ignore_errors=True)
 
 
 def test_ctrl_c_on_a_flow_script_leaves_no_process_behind(tmp_path: object) -> None:
