@@ -63,6 +63,8 @@ def _parser() -> argparse.ArgumentParser:
     gw.add_argument("--max-in-flight", type=int, default=1024)
     gw.add_argument("--max-request-bytes", type=int, default=64 * 1024 * 1024)
     gw.add_argument("--drain-timeout", type=float, default=10.0)
+    gw.add_argument("--graphql-port", type=int, help="serve GraphQL over HTTP on this port")
+    gw.add_argument("--graphql-limits", default="{}", help="GraphQLLimits fields as JSON")
     gw.add_argument("--ready-file", help=argparse.SUPPRESS)
 
     status = sub.add_parser("status", help="show the processes of a running Flow and their health")
@@ -243,6 +245,7 @@ class _StartError(MeshflowError):
 
 
 def _gateway(args: argparse.Namespace) -> int:
+    from meshflow.gateway.http import GraphQLLimits
     from meshflow.gateway.serve import serve_gateway
     from meshflow.gateway.topology import Topology
 
@@ -258,6 +261,8 @@ def _gateway(args: argparse.Namespace) -> int:
             max_in_flight=args.max_in_flight,
             max_request_bytes=args.max_request_bytes,
             drain_timeout=args.drain_timeout,
+            graphql=None if args.graphql_port is None else (args.host, args.graphql_port),
+            limits=GraphQLLimits(**json.loads(args.graphql_limits)),
         )
     )
     return 0

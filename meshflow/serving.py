@@ -41,6 +41,7 @@ async def serve_forever(
     on_stop: Callable[[], Awaitable[None]] | None = None,
     max_receive: int | None = None,
     services: tuple[str, ...] = (),
+    also_start: Callable[[], Awaitable[dict[str, Any]]] | None = None,
 ) -> None:
     """Start a grpc.aio server with health checking, serve until SIGTERM/SIGINT, then drain.
 
@@ -76,8 +77,12 @@ async def serve_forever(
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     log.info("%s serving on %s (pid %d)", what, address, os.getpid())
+    payload: dict[str, Any] = {"port": port, "pid": os.getpid()}
+    if also_start is not None:
+        # Other doors in the same loop (the gateway's HTTP server); their info joins the file.
+        payload.update(await also_start())
     if ready_file:
-        write_ready_file(ready_file, {"port": port, "pid": os.getpid()})
+        write_ready_file(ready_file, payload)
     await stop.wait()
     log.info("%s draining (up to %.1f s)", what, drain_timeout)
     await health_servicer.enter_graceful_shutdown()

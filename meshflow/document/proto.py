@@ -38,6 +38,7 @@ __all__ = [
     "document_to_proto",
     "documents_from_proto",
     "documents_to_proto",
+    "prune",
     "struct_to_dict",
     "unchanged_on_wire",
 ]
@@ -272,3 +273,43 @@ def _value_from_proto(pb: struct_pb2.Value) -> Any:
     if kind == "list_value":
         return [_value_from_proto(item) for item in pb.list_value.values]
     return None  # null_value, or unset
+
+
+# -- selection pushdown ---------------------------------------------------------------------
+
+PRUNABLE = (
+    "parent_id",
+    "text",
+    "blob",
+    "tensor",
+    "embedding",
+    "uri",
+    "mime_type",
+    "tags",
+    "scores",
+    "matches",
+    "chunks",
+)
+"""Fields :func:`prune` may drop; ``id`` always stays."""
+
+
+def prune(repeated_field: DocumentProtos, fields: Iterable[str]) -> None:
+    """Clear, in place, every Document field not named in ``fields``.
+
+    ``fields`` are paths: ``"text"``, ``"matches"`` (keep the matches) and
+    ``"matches.scores"`` (what to keep inside them); a nested list whose path names no field
+    of its own keeps only ids.
+    """
+    _prune(repeated_field, frozenset(fields), "")
+
+
+def _prune(repeated_field: DocumentProtos, fields: frozenset[str], prefix: str) -> None:
+    drop = [name for name in PRUNABLE if prefix + name not in fields]
+    if not drop:
+        return
+    nested = [name for name in ("matches", "chunks") if name not in drop]
+    for pb in repeated_field:
+        for name in drop:
+            pb.ClearField(name)
+        for name in nested:
+            _prune(getattr(pb, name), fields, f"{prefix}{name}.")

@@ -22,6 +22,7 @@ from meshflow.document.proto import (
     dict_to_struct,
     documents_from_proto,
     documents_to_proto,
+    prune,
     struct_to_dict,
     unchanged_on_wire,
 )
@@ -60,7 +61,21 @@ class ExecutorRuntime:
         return self._endpoints.get(endpoint) or self._endpoints.get(DEFAULT_ENDPOINT)
 
     async def process(self, data: bytes) -> bytes:
-        """Run one serialized DataRequest and return the serialized answer."""
+        """Run one serialized DataRequest and return the serialized answer.
+
+        On the last hop of a traversal (``header.last_hop``) with ``header.fields`` set, the
+        answer keeps only those document fields: embeddings and tensors nobody asked for never
+        leave the mesh.
+        """
+        answer = await self._process(data)
+        head = data_request_pb2.DataRequestHead.FromString(data)
+        if head.header.last_hop and head.header.fields:
+            pruned = data_request_pb2.DataRequest.FromString(answer)
+            prune(pruned.docs, head.header.fields)
+            return pruned.SerializeToString()
+        return answer
+
+    async def _process(self, data: bytes) -> bytes:
         head = data_request_pb2.DataRequestHead.FromString(data)
         target = head.header.target_executor
         if target and target != self.name:

@@ -40,6 +40,9 @@ WITH_KEYS = {
     "max_in_flight",
     "max_request_bytes",
     "log_dir",
+    "graphql",
+    "graphql_port",
+    "graphql_limits",
 }
 EXECUTOR_KEYS = {
     "name",
@@ -200,6 +203,8 @@ def save_flow(flow: Flow, path: str) -> None:
         "max_in_flight": 1024,
         "max_request_bytes": 64 * 1024 * 1024,
         "log_dir": None,
+        "graphql": True,
+        "graphql_port": None,
     }
     for key, default in defaults.items():
         value = flow.port if key == "port" else getattr(flow, key)

@@ -16,6 +16,7 @@ from meshflow.errors import ConfigError
 from meshflow.flow.deployment import Deployment, make_deployment
 from meshflow.flow.local import LocalRuntime
 from meshflow.flow.status import snapshot, with_health
+from meshflow.gateway.http import GraphQLLimits
 from meshflow.gateway.topology import GATEWAY, Node, check_graph
 from meshflow.mesh.policy import CircuitBreaker, HealthCheck, OutlierDetection, RetryPolicy
 
@@ -47,6 +48,10 @@ class Flow(Posting):
         timeout_ready: seconds to wait for every process to serve.
         max_in_flight: requests the gateway holds at once before it sheds load.
         max_request_bytes: the largest request the gateway accepts.
+        graphql: serve GraphQL over HTTP beside gRPC (``f.graphql_url``).
+        graphql_port: its port; None picks a free one.
+        graphql_limits: :class:`~meshflow.GraphQLLimits` (depth, aliases, tokens, body size,
+            documents per request).
         log_dir: keep the processes' logs there (default: a temporary folder, removed on exit).
     """
 
@@ -62,11 +67,22 @@ class Flow(Posting):
         max_in_flight: int = 1024,
         max_request_bytes: int = 64 * 1024 * 1024,
         log_dir: str | None = None,
+        graphql: bool = True,
+        graphql_port: int | None = None,
+        graphql_limits: GraphQLLimits | Mapping[str, Any] | None = None,
     ) -> None:
-        if port is not None and (
-            isinstance(port, bool) or not isinstance(port, int) or not 0 < port < 65536
-        ):
-            raise ConfigError(f"port must be a number from 1 to 65535 or None, got {port!r}")
+        for label, value in (("port", port), ("graphql_port", graphql_port)):
+            if value is not None and (
+                isinstance(value, bool) or not isinstance(value, int) or not 0 < value < 65536
+            ):
+                raise ConfigError(
+                    f"{label} must be a number from 1 to 65535 or None, got {value!r}"
+                )
+        if isinstance(graphql_limits, Mapping):
+            try:
+                graphql_limits = GraphQLLimits(**graphql_limits)
+            except TypeError as exc:
+                raise ConfigError(f"graphql_limits: {exc}") from None
         if mesh not in MESHES:
             raise ConfigError(f"mesh={mesh!r} is not supported; use one of {MESHES}")
         if max_in_flight < 1 or max_request_bytes < 1024:
@@ -79,6 +95,9 @@ class Flow(Posting):
         self.max_in_flight = max_in_flight
         self.max_request_bytes = max_request_bytes
         self.log_dir = log_dir
+        self.graphql = graphql
+        self.graphql_limits = graphql_limits or GraphQLLimits()
+        self._graphql_port = graphql_port
         self._port = port
         self._deployments: dict[str, Deployment] = {}
         self._runtime: LocalRuntime | None = None
@@ -158,8 +177,21 @@ class Flow(Posting):
 
     @property
     def port(self) -> int | None:
-        """The gateway's port: as configured, or the one it bound once started."""
+        """The gateway's gRPC port: as configured, or the one it bound once started."""
         return self._port
+
+    @property
+    def graphql_port(self) -> int | None:
+        """The gateway's HTTP (GraphQL) port: as configured, or the one it bound."""
+        return self._graphql_port
+
+    @property
+    def graphql_url(self) -> str:
+        """Where the running Flow answers GraphQL, e.g. ``http://127.0.0.1:8080/graphql``."""
+        self._running()
+        if not self.graphql or self._graphql_port is None:
+            raise ConfigError("this Flow serves no GraphQL (Flow(graphql=False))")
+        return f"http://{self.host}:{self._graphql_port}/graphql"
 
     def check(self) -> None:
         """Validate the graph (unknown needs, cycles) without starting anything."""
@@ -185,10 +217,12 @@ class Flow(Posting):
         if self._runtime is not None:
             raise ConfigError("the Flow is already running")
         self.check()
-        if self._port is not None:
-            _check_port_free(self.host, self._port)
+        for fixed in (self._port, self._graphql_port if self.graphql else None):
+            if fixed is not None:
+                _check_port_free(self.host, fixed)
         runtime = LocalRuntime(self)
         self._port = runtime.start()
+        self._graphql_port = runtime.graphql_port
         self._runtime = runtime
         log.info("Flow %r ready: gateway on %s:%d", self.name, self.host, self._port)
         return self

@@ -11,6 +11,7 @@ is, and (with Envoy) when the gateway's sidecar sees every replica healthy. A
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import logging
 import os
@@ -77,6 +78,7 @@ class LocalRuntime:
     replicas: list[Replica] = field(default_factory=list)
     gateway: _Gateway | None = None
     port: int | None = None
+    graphql_port: int | None = None
     _ca: FlowCA | None = None
     _eds_version: int = 0
     _published: bool = False
@@ -129,10 +131,14 @@ class LocalRuntime:
             self.stop()
             raise
         assert self.gateway.process.info is not None
-        self.port = int(self.gateway.process.info["port"])
-        # A restarted gateway must come back on the same port.
+        info = self.gateway.process.info
+        self.port = int(info["port"])
+        # A restarted gateway must come back on the same ports.
         command = self.gateway.process.command
         command[command.index("--port") + 1] = str(self.port)
+        if "graphql_port" in info:
+            self.graphql_port = int(info["graphql_port"])
+            command[command.index("--graphql-port") + 1] = str(self.graphql_port)
         self._supervisor = Supervisor(self.processes, on_restart=lambda _: self.save_state())
         self._supervisor.start()
         self.save_state()
@@ -314,6 +320,13 @@ class LocalRuntime:
             "--ready-file",
             ready,
         ]
+        if self.flow.graphql:
+            args += [
+                "--graphql-port",
+                str(self.flow.graphql_port or 0),
+                "--graphql-limits",
+                json.dumps(dataclasses.asdict(self.flow.graphql_limits)),
+            ]
         sidecar = None
         egress = None
         if self.envoy:

@@ -41,6 +41,9 @@ def snapshot(runtime: LocalRuntime) -> dict[str, Any]:
     gw: dict[str, Any] = {
         **_process(gateway.process),
         "address": f"{flow.host}:{runtime.port}",
+        "graphql": (
+            f"http://{flow.host}:{runtime.graphql_port}/graphql" if runtime.graphql_port else None
+        ),
         "sidecar": None,
     }
     if gateway.sidecar is not None:

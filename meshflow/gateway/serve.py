@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import grpc
 
+from meshflow.gateway.http import GraphQLLimits, HttpDoor, make_app
 from meshflow.gateway.server import Gateway
 from meshflow.gateway.topology import Topology, cluster_name
 from meshflow.gateway.transport import DirectTransport, EnvoyTransport, Transport
@@ -40,13 +43,30 @@ async def serve_gateway(
     max_in_flight: int = 1024,
     max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES,
     drain_timeout: float = 10.0,
+    graphql: tuple[str, int] | None = None,
+    limits: GraphQLLimits | None = None,
 ) -> None:
-    """Serve ``GatewayService`` for ``topology`` on ``address`` until SIGTERM/SIGINT."""
+    """Serve ``GatewayService`` for ``topology`` on ``address`` until SIGTERM/SIGINT, and
+    GraphQL over HTTP on ``graphql`` (host, port; port 0 picks one) in the same loop."""
     transport = make_transport(topology, mesh, egress)
     gateway = Gateway(Traversal(topology, transport), max_in_flight=max_in_flight)
+    door: HttpDoor | None = None
+    if graphql is not None:
+        door = HttpDoor(make_app(gateway, limits or GraphQLLimits()), *graphql)
 
     def register(server: grpc.aio.Server) -> None:
         server.add_generic_rpc_handlers((gateway.handler(),))
+
+    async def start_http() -> dict[str, Any]:
+        if door is None:
+            return {}
+        await door.start()
+        return {"graphql_port": door.port}
+
+    async def stop() -> None:
+        if door is not None:
+            await door.stop()
+        await transport.close()
 
     await serve_forever(
         register,
@@ -54,7 +74,8 @@ async def serve_gateway(
         ready_file=ready_file,
         drain_timeout=drain_timeout,
         what="gateway",
-        on_stop=transport.close,
+        on_stop=stop,
         max_receive=max_request_bytes,
         services=("meshflow.v1.GatewayService",),
+        also_start=start_http,
     )

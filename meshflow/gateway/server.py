@@ -18,7 +18,7 @@ from typing import Any, TypeAlias
 import grpc
 from google.protobuf.message import DecodeError
 
-from meshflow.errors import BadRequestError, RequestError
+from meshflow.errors import BadRequestError, OverloadedError, RequestError
 from meshflow.gateway.traversal import Traversal
 from meshflow.proto.v1 import data_request_pb2
 from meshflow.wire import GATEWAY_POST, GATEWAY_STREAM
@@ -51,22 +51,30 @@ class Gateway:
             },
         )
 
-    async def post(self, data: bytes, context: _Context) -> bytes:
+    async def run(self, data: bytes, deadline: float | None) -> bytes:
+        """Run one serialized request through the Flow, within the in-flight limit.
+
+        Every door calls this. Raises :class:`OverloadedError` at once past the limit, and
+        other :class:`RequestError` subclasses; executor failures come back as a status.
+        """
         if self._slots.locked():
-            await context.abort(
-                grpc.StatusCode.RESOURCE_EXHAUSTED,
+            raise OverloadedError(
                 f"the gateway has {self.max_in_flight} requests in flight, its limit; "
-                "retry later or raise max_in_flight",
+                "retry later or raise max_in_flight"
             )
         async with self._slots:
             self.in_flight += 1
             try:
-                return await self._run(data, _deadline(context))
-            except RequestError as exc:
-                await context.abort(getattr(grpc.StatusCode, exc.grpc_code), str(exc))
-                raise  # unreachable: abort raises
+                return await self._run(data, deadline)
             finally:
                 self.in_flight -= 1
+
+    async def post(self, data: bytes, context: _Context) -> bytes:
+        try:
+            return await self.run(data, _deadline(context))
+        except RequestError as exc:
+            await context.abort(getattr(grpc.StatusCode, exc.grpc_code), str(exc))
+            raise  # unreachable: abort raises
 
     async def stream(
         self, requests: AsyncIterator[bytes], context: _Context
@@ -121,7 +129,9 @@ class Gateway:
             data += data_request_pb2.DataRequest(
                 header=data_request_pb2.Header(request_id=request_id)
             ).SerializeToString()
-        answer = await self.traversal.run(data, head.header.endpoint, deadline)
+        answer = await self.traversal.run(
+            data, head.header.endpoint, deadline, pushdown=bool(head.header.fields)
+        )
         if log.isEnabledFor(logging.DEBUG):
             log.debug(
                 "request %s %s done in %.2f ms",

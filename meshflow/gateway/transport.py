@@ -16,7 +16,8 @@ from typing import Protocol
 import grpc
 
 from meshflow.errors import BadRequestError, DeadlineExceeded, RequestError, UnavailableError
-from meshflow.wire import EXECUTOR_PROCESS, channel_options
+from meshflow.proto.v1 import services_pb2
+from meshflow.wire import EXECUTOR_ENDPOINTS, EXECUTOR_PROCESS, channel_options
 
 _NOT_DELIVERED = ("failed to connect", "connection refused", "no such file", "connect failed")
 
@@ -40,14 +41,27 @@ class Transport(Protocol):
         """Close every connection."""
         ...
 
+    async def describe(self, deployment: str, shard: int) -> list[str] | None:
+        """The endpoints one shard serves, or None when it does not answer."""
+        ...
+
+
+async def _endpoints(call: grpc.aio.UnaryUnaryMultiCallable[bytes, bytes]) -> list[str] | None:
+    try:
+        raw = await call(services_pb2.EndpointsRequest().SerializeToString(), timeout=2.0)
+    except grpc.aio.AioRpcError:
+        return None
+    return [e.name for e in services_pb2.EndpointsResponse.FromString(raw).endpoints]
+
 
 class _Replica:
-    __slots__ = ("address", "channel", "process")
+    __slots__ = ("address", "channel", "endpoints", "process")
 
     def __init__(self, address: str) -> None:
         self.address = address
         self.channel = grpc.aio.insecure_channel(address, options=channel_options())
         self.process = self.channel.unary_unary(EXECUTOR_PROCESS)
+        self.endpoints = self.channel.unary_unary(EXECUTOR_ENDPOINTS)
 
 
 class DirectTransport:
@@ -85,6 +99,13 @@ class DirectTransport:
             for replica in replicas:
                 await replica.channel.close()
 
+    async def describe(self, deployment: str, shard: int) -> list[str] | None:
+        for replica in self._replicas[(deployment, shard)]:
+            found = await _endpoints(replica.endpoints)
+            if found is not None:
+                return found
+        return None
+
 
 class EnvoyTransport:
     """Calls deployments through the gateway's Envoy sidecar (``mesh='envoy'``).
@@ -96,12 +117,14 @@ class EnvoyTransport:
 
     def __init__(self, egress: str, clusters: Mapping[tuple[str, int], str]) -> None:
         self._calls: dict[tuple[str, int], grpc.aio.UnaryUnaryMultiCallable[bytes, bytes]] = {}
+        self._endpoints: dict[tuple[str, int], grpc.aio.UnaryUnaryMultiCallable[bytes, bytes]] = {}
         self._channels: list[grpc.aio.Channel] = []
         for key, authority in clusters.items():
             options = [*channel_options(), ("grpc.default_authority", authority)]
             channel = grpc.aio.insecure_channel(egress, options=options)
             self._channels.append(channel)
             self._calls[key] = channel.unary_unary(EXECUTOR_PROCESS)
+            self._endpoints[key] = channel.unary_unary(EXECUTOR_ENDPOINTS)
 
     async def call(self, deployment: str, shard: int, data: bytes, timeout: float | None) -> bytes:
         try:
@@ -113,6 +136,9 @@ class EnvoyTransport:
     async def close(self) -> None:
         for channel in self._channels:
             await channel.close()
+
+    async def describe(self, deployment: str, shard: int) -> list[str] | None:
+        return await _endpoints(self._endpoints[(deployment, shard)])
 
 
 def rpc_error_to_meshflow(exc: grpc.aio.AioRpcError, deployment: str) -> RequestError:

@@ -22,6 +22,10 @@ from meshflow.gateway.transport import Transport
 from meshflow.proto.v1 import data_request_pb2
 
 _OK = data_request_pb2.Status.OK
+# Appended to a request (concatenated messages merge) to mark the call to a leaf.
+_LAST_HOP = data_request_pb2.DataRequest(
+    header=data_request_pb2.Header(last_hop=True)
+).SerializeToString()
 
 
 class Traversal:
@@ -36,21 +40,30 @@ class Traversal:
             n.name: itertools.cycle(range(len(n.shards))) for n in topology.nodes
         }
 
-    async def run(self, data: bytes, endpoint: str, deadline: float | None) -> bytes:
+    async def run(
+        self, data: bytes, endpoint: str, deadline: float | None, *, pushdown: bool = False
+    ) -> bytes:
         """Walk the graph with the serialized request ``data``; return the serialized answer.
 
-        ``deadline`` is a ``time.monotonic()`` instant or None. Raises
-        :class:`DeadlineExceeded` when it passes; other failures come back as an error status.
+        ``deadline`` is a ``time.monotonic()`` instant or None. With ``pushdown`` (the request
+        names the fields it wants back), calls to the leaves are marked as the last hop, where
+        executors drop the other fields. Raises :class:`DeadlineExceeded` when the deadline
+        passes; other failures come back as an error status.
         """
         if self._chain:
+            last = self.topology.nodes[-1]
             for node in self.topology.nodes:
+                if pushdown and node is last:
+                    data += _LAST_HOP
                 data = await self._call(node, data, endpoint, deadline)
                 if _failed(data):
                     return data
             return data
-        return await self._run_graph(data, endpoint, deadline)
+        return await self._run_graph(data, endpoint, deadline, pushdown)
 
-    async def _run_graph(self, data: bytes, endpoint: str, deadline: float | None) -> bytes:
+    async def _run_graph(
+        self, data: bytes, endpoint: str, deadline: float | None, pushdown: bool
+    ) -> bytes:
         tasks: dict[str, asyncio.Task[bytes]] = {}
 
         async def fire(node: Node) -> bytes:
@@ -62,6 +75,8 @@ class Traversal:
                 if _failed(item):
                     return item
             payload = inputs[0] if len(inputs) == 1 else _merge(inputs)
+            if pushdown and node.name in self._leaves:
+                payload += _LAST_HOP
             return await self._call(node, payload, endpoint, deadline)
 
         for node in self.topology.nodes:

@@ -23,6 +23,7 @@ def test_exported_names() -> None:
             "ExecutorError",
             "Flow",
             "FlowStartError",
+            "GraphQLLimits",
             "HealthCheck",
             "MeshflowError",
             "OutlierDetection",

@@ -11,16 +11,18 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class Header(_message.Message):
-    __slots__ = ("request_id", "endpoint", "target_executor", "fields")
+    __slots__ = ("request_id", "endpoint", "target_executor", "fields", "last_hop")
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     ENDPOINT_FIELD_NUMBER: _ClassVar[int]
     TARGET_EXECUTOR_FIELD_NUMBER: _ClassVar[int]
     FIELDS_FIELD_NUMBER: _ClassVar[int]
+    LAST_HOP_FIELD_NUMBER: _ClassVar[int]
     request_id: str
     endpoint: str
     target_executor: str
     fields: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, request_id: _Optional[str] = ..., endpoint: _Optional[str] = ..., target_executor: _Optional[str] = ..., fields: _Optional[_Iterable[str]] = ...) -> None: ...
+    last_hop: bool
+    def __init__(self, request_id: _Optional[str] = ..., endpoint: _Optional[str] = ..., target_executor: _Optional[str] = ..., fields: _Optional[_Iterable[str]] = ..., last_hop: bool = ...) -> None: ...
 
 class Status(_message.Message):
     __slots__ = ("code", "message", "executor", "endpoint", "exception_type")

@@ -1,0 +1,375 @@
+"""The GraphQL schema of the gateway: a ``post`` mutation and a ``flow`` query.
+
+Resolvers hand one serialized DataRequest to the same traversal engine the gRPC door uses.
+Document types read the answer's protobuf messages lazily, so only the fields a query selects
+are ever converted; the fields selected under ``docs`` also travel in the request header, and
+the last executors drop the others before replying (selection pushdown).
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import time
+import uuid
+from collections.abc import Iterable, Sequence
+from typing import Any, cast
+
+import numpy as np
+import strawberry
+from graphql import GraphQLError
+from strawberry.scalars import JSON
+from strawberry.types import Info
+from strawberry.types.nodes import FragmentSpread, InlineFragment, SelectedField, Selection
+
+from meshflow.document.proto import dict_to_struct, struct_to_dict
+from meshflow.errors import BadRequestError, RequestError
+from meshflow.gateway.server import Gateway
+from meshflow.proto.v1 import data_request_pb2, document_pb2
+
+_CAMEL = {"parentId": "parent_id", "mimeType": "mime_type"}
+_PROTO_FIELDS = {
+    "id",
+    "parentId",
+    "text",
+    "blob",
+    "tensor",
+    "embedding",
+    "uri",
+    "mimeType",
+    "tags",
+    "scores",
+    "matches",
+    "chunks",
+}
+
+
+def graphql_error(message: str, code: str, **extra: Any) -> GraphQLError:
+    return GraphQLError(message, extensions={"code": code, **extra})
+
+
+@strawberry.type(name="NdArray", description="An array: its shape, dtype and values.")
+class NdArrayType:
+    _pb: strawberry.Private[document_pb2.NdArray]
+
+    @strawberry.field
+    def shape(self) -> list[int]:
+        return list(self._pb.shape)
+
+    @strawberry.field(description="numpy dtype string, e.g. '<f4'")
+    def dtype(self) -> str:
+        return self._pb.dtype
+
+    @strawberry.field(description="All values in C order, as floats.")
+    def data(self) -> list[float]:
+        values: list[float] = (
+            np.frombuffer(self._pb.buffer, dtype=np.dtype(self._pb.dtype))
+            .astype(np.float64)
+            .ravel()
+            .tolist()
+        )
+        return values
+
+
+@strawberry.type(name="Document")
+class DocumentType:
+    _pb: strawberry.Private[document_pb2.Document]
+
+    @strawberry.field
+    def id(self) -> str:
+        return self._pb.id
+
+    @strawberry.field
+    def parent_id(self) -> str:
+        return self._pb.parent_id
+
+    @strawberry.field
+    def text(self) -> str:
+        return self._pb.text
+
+    @strawberry.field(description="Raw bytes, base64-encoded.")
+    def blob(self) -> str:
+        return base64.b64encode(self._pb.blob).decode("ascii")
+
+    @strawberry.field
+    def uri(self) -> str:
+        return self._pb.uri
+
+    @strawberry.field
+    def mime_type(self) -> str:
+        return self._pb.mime_type
+
+    @strawberry.field
+    def tensor(self) -> NdArrayType | None:
+        return NdArrayType(_pb=self._pb.tensor) if self._pb.HasField("tensor") else None
+
+    @strawberry.field
+    def embedding(self) -> NdArrayType | None:
+        return NdArrayType(_pb=self._pb.embedding) if self._pb.HasField("embedding") else None
+
+    @strawberry.field
+    def tags(self) -> JSON:
+        return cast(JSON, struct_to_dict(self._pb.tags) if self._pb.HasField("tags") else {})
+
+    @strawberry.field
+    def scores(self) -> JSON:
+        return cast(JSON, dict(self._pb.scores))
+
+    @strawberry.field
+    def matches(self) -> list[DocumentType]:
+        return [DocumentType(_pb=m) for m in self._pb.matches]
+
+    @strawberry.field
+    def chunks(self) -> list[DocumentType]:
+        return [DocumentType(_pb=c) for c in self._pb.chunks]
+
+
+@strawberry.type(name="Response")
+class ResponseType:
+    request_id: str
+    docs: list[DocumentType]
+    results: JSON = strawberry.field(description="Dicts returned by executors, by executor.")
+
+
+@strawberry.input(description="An array: values in C order, with shape and dtype.")
+class NdArrayInput:
+    data: list[float]
+    shape: list[int] | None = None
+    dtype: str = "float32"
+
+
+@strawberry.input
+class DocumentInput:
+    id: str | None = None
+    parent_id: str | None = None
+    text: str | None = None
+    blob: str | None = strawberry.field(default=None, description="base64")
+    uri: str | None = None
+    mime_type: str | None = None
+    tags: JSON | None = None
+    tensor: NdArrayInput | None = None
+    embedding: NdArrayInput | None = None
+
+
+@strawberry.type
+class DeploymentInfo:
+    name: str
+    needs: list[str]
+    shards: int
+    replicas: int
+    polling: JSON
+    endpoints: list[str]
+    healthy: bool
+
+
+@strawberry.type
+class Edge:
+    source: str
+    target: str
+
+
+@strawberry.type
+class FlowInfo:
+    deployments: list[DeploymentInfo]
+    edges: list[Edge]
+    healthy: bool
+
+
+def _gateway(info: Info[Any, Any]) -> Gateway:
+    gateway: Gateway = info.context["gateway"]
+    return gateway
+
+
+def _array(value: NdArrayInput, where: str) -> np.ndarray[Any, Any]:
+    try:
+        array = np.asarray(value.data, dtype=np.dtype(value.dtype))
+        if value.shape is not None:
+            array = array.reshape(value.shape)
+    except (TypeError, ValueError) as exc:
+        raise graphql_error(f"{where}: {exc}", "BAD_USER_INPUT") from None
+    return array
+
+
+def build_request(
+    on: str,
+    docs: Sequence[DocumentInput],
+    parameters: Any,
+    target_executor: str | None,
+    fields: Iterable[str],
+) -> bytes:
+    """Serialize the DataRequest for a ``post``; bad input raises a GraphQL error."""
+    if parameters is not None and not isinstance(parameters, dict):
+        raise graphql_error("parameters must be a JSON object", "BAD_USER_INPUT")
+    request = data_request_pb2.DataRequest(
+        header=data_request_pb2.Header(
+            request_id=uuid.uuid4().hex,
+            endpoint=on,
+            target_executor=target_executor or "",
+            fields=sorted(fields),
+        )
+    )
+    try:
+        if parameters:
+            request.parameters.CopyFrom(dict_to_struct(parameters))
+        for i, doc in enumerate(docs):
+            pb = request.docs.add()
+            pb.id = doc.id or uuid.uuid4().hex
+            for name in ("parent_id", "text", "uri", "mime_type"):
+                value = getattr(doc, name)
+                if value:
+                    setattr(pb, name, value)
+            if doc.blob:
+                pb.blob = base64.b64decode(doc.blob, validate=True)
+            if doc.tags:
+                if not isinstance(doc.tags, dict):
+                    raise graphql_error(f"docs[{i}].tags must be a JSON object", "BAD_USER_INPUT")
+                pb.tags.CopyFrom(dict_to_struct(doc.tags))
+            for name in ("tensor", "embedding"):
+                value = getattr(doc, name)
+                if value is not None:
+                    array = _array(value, f"docs[{i}].{name}")
+                    target = getattr(pb, name)
+                    target.buffer = array.tobytes()
+                    target.dtype = array.dtype.str
+                    target.shape.extend(array.shape)
+    except binascii.Error:
+        raise graphql_error("a document's blob is not valid base64", "BAD_USER_INPUT") from None
+    except TypeError as exc:
+        raise graphql_error(
+            f"parameters or tags are not JSON-like: {exc}", "BAD_USER_INPUT"
+        ) from None
+    return request.SerializeToString()
+
+
+def wanted_fields(selections: Iterable[Selection], prefix: str = "") -> set[str]:
+    """Document field paths selected under ``docs`` ("id", "matches", "matches.scores")."""
+    out: set[str] = set()
+    for sel in selections:
+        if isinstance(sel, FragmentSpread | InlineFragment):
+            out |= wanted_fields(sel.selections, prefix)
+        elif isinstance(sel, SelectedField) and sel.name in _PROTO_FIELDS:
+            name = _CAMEL.get(sel.name, sel.name)
+            out.add(prefix + name)
+            if name in ("matches", "chunks"):
+                out |= wanted_fields(sel.selections, f"{prefix}{name}.")
+    return out
+
+
+def _docs_selection(info: Info[Any, Any]) -> set[str] | None:
+    for field in info.selected_fields:
+        for sel in field.selections:
+            found = _find_docs(sel)
+            if found is not None:
+                return found
+    return None
+
+
+def _find_docs(sel: Selection) -> set[str] | None:
+    if isinstance(sel, FragmentSpread | InlineFragment):
+        for inner in sel.selections:
+            found = _find_docs(inner)
+            if found is not None:
+                return found
+        return None
+    if isinstance(sel, SelectedField) and sel.name == "docs":
+        return wanted_fields(sel.selections)
+    return None
+
+
+async def run_post(
+    gateway: Gateway,
+    *,
+    on: str,
+    docs: Sequence[DocumentInput],
+    parameters: Any,
+    target_executor: str | None,
+    fields: Iterable[str],
+    max_docs: int,
+    timeout: float | None = None,
+) -> ResponseType:
+    """Run one ``post`` through the Flow; failures become GraphQL errors with a code."""
+    if len(docs) > max_docs:
+        raise graphql_error(
+            f"{len(docs)} documents in one request; the gateway accepts at most {max_docs}",
+            "TOO_MANY_DOCUMENTS",
+        )
+    data = build_request(on, docs, parameters, target_executor, fields)
+    deadline = None if timeout is None else time.monotonic() + timeout
+    try:
+        raw = await gateway.run(data, deadline)
+    except BadRequestError as exc:
+        raise graphql_error(str(exc), exc.graphql_code) from None
+    except RequestError as exc:
+        raise graphql_error(str(exc), exc.graphql_code) from None
+    answer = data_request_pb2.DataRequest.FromString(raw)
+    status = answer.status
+    if status.code != data_request_pb2.Status.OK:
+        raise graphql_error(
+            f"executor {status.executor!r} failed at {status.endpoint!r}: "
+            f"{status.exception_type}: {status.message}",
+            "EXECUTOR_ERROR",
+            executor=status.executor,
+            endpoint=status.endpoint,
+            exceptionType=status.exception_type,
+        )
+    return ResponseType(
+        request_id=answer.header.request_id,
+        docs=[DocumentType(_pb=d) for d in answer.docs],
+        results=cast(JSON, {k: struct_to_dict(v) for k, v in answer.results.items()}),
+    )
+
+
+@strawberry.type
+class Query:
+    @strawberry.field(description="The Flow's topology, each deployment's endpoints and health.")
+    async def flow(self, info: Info[Any, Any]) -> FlowInfo:
+        gateway = _gateway(info)
+        deployments = []
+        for node in gateway.traversal.topology.nodes:
+            probes = [
+                await gateway.traversal.transport.describe(node.name, shard)
+                for shard in range(len(node.shards))
+            ]
+            endpoints = sorted({e for p in probes if p is not None for e in p})
+            deployments.append(
+                DeploymentInfo(
+                    name=node.name,
+                    needs=list(node.needs),
+                    shards=len(node.shards),
+                    replicas=len(node.shards[0]) if node.shards else 0,
+                    polling=cast(JSON, dict(node.polling)),
+                    endpoints=endpoints,
+                    healthy=all(p is not None for p in probes),
+                )
+            )
+        edges = [
+            Edge(source=need, target=node.name)
+            for node in gateway.traversal.topology.nodes
+            for need in node.needs
+        ]
+        edges += [Edge(source=leaf, target="gateway") for leaf in gateway.traversal.topology.leaves]
+        return FlowInfo(
+            deployments=deployments, edges=edges, healthy=all(d.healthy for d in deployments)
+        )
+
+
+@strawberry.type
+class Mutation:
+    @strawberry.mutation(description="Run the Flow for one endpoint on the given documents.")
+    async def post(
+        self,
+        info: Info[Any, Any],
+        on: str,
+        docs: list[DocumentInput] | None = None,
+        parameters: JSON | None = None,
+        target_executor: str | None = None,
+    ) -> ResponseType:
+        return await run_post(
+            _gateway(info),
+            on=on,
+            docs=docs or [],
+            parameters=parameters,
+            target_executor=target_executor,
+            fields=_docs_selection(info) or (),
+            max_docs=info.context["max_docs"],
+        )

@@ -1,0 +1,358 @@
+"""The HTTP door of the gateway: GraphQL (queries, mutations), ``POST /post`` for curl users,
+and an offline GraphiQL page, served by uvicorn in the gateway's event loop.
+
+Guards, each configurable and each answered with an error carrying ``extensions.code``:
+request body size (413, ``REQUEST_TOO_LARGE``), query depth (``DEPTH_LIMIT_EXCEEDED``),
+aliases (``ALIAS_LIMIT_EXCEEDED``), operation tokens (``TOKEN_LIMIT_EXCEEDED``) and documents
+per request (``TOO_MANY_DOCUMENTS``). Malformed JSON gets a 400 with a message.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import socket
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import strawberry
+import uvicorn
+from graphql import GraphQLError
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import HTMLResponse, JSONResponse, Response
+from starlette.routing import Route, WebSocketRoute
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from strawberry.asgi import GraphQL
+from strawberry.extensions import (
+    MaxAliasesLimiter,
+    MaxTokensLimiter,
+    QueryDepthLimiter,
+    SchemaExtension,
+)
+
+from meshflow.gateway.graphql import DocumentInput, Mutation, NdArrayInput, Query, run_post
+from meshflow.gateway.server import Gateway
+
+
+@dataclass(frozen=True, kw_only=True)
+class GraphQLLimits:
+    """Limits of the GraphQL door."""
+
+    max_depth: int = 10
+    max_aliases: int = 15
+    max_tokens: int = 2000
+    max_body_bytes: int = 64 * 1024 * 1024
+    max_docs: int = 1000
+
+
+_CODES = (  # first match wins: the token limit is reported as a syntax error
+    ("exceeds maximum operation depth", "DEPTH_LIMIT_EXCEEDED"),
+    ("aliases found", "ALIAS_LIMIT_EXCEEDED"),
+    ("tokens. Parsing aborted", "TOKEN_LIMIT_EXCEEDED"),
+    ("Syntax Error", "GRAPHQL_PARSE_FAILED"),
+)
+
+
+class ErrorCodes(SchemaExtension):
+    """Gives every error of a result an ``extensions.code`` (validation errors have none)."""
+
+    def on_operation(self) -> Iterator[None]:
+        yield
+        result = self.execution_context.result
+        if result is None or not result.errors:
+            return
+        for error in result.errors:
+            if error.extensions and "code" in error.extensions:
+                continue
+            code = next((c for text, c in _CODES if text in error.message), None)
+            if code is None:
+                code = "GRAPHQL_VALIDATION_FAILED" if not error.path else "INTERNAL_SERVER_ERROR"
+            error.extensions = {**(error.extensions or {}), "code": code}
+
+
+def make_schema(limits: GraphQLLimits) -> strawberry.Schema:
+    return strawberry.Schema(
+        query=Query,
+        mutation=Mutation,
+        extensions=[
+            lambda: QueryDepthLimiter(max_depth=limits.max_depth),
+            lambda: MaxAliasesLimiter(max_alias_count=limits.max_aliases),
+            lambda: MaxTokensLimiter(max_token_count=limits.max_tokens),
+            ErrorCodes,
+        ],
+    )
+
+
+class _GraphQLApp(GraphQL[dict[str, Any], None]):
+    def __init__(self, schema: strawberry.Schema, gateway: Gateway, limits: GraphQLLimits) -> None:
+        super().__init__(schema, graphql_ide=None)
+        self.gateway = gateway
+        self.limits = limits
+
+    async def get_context(self, request: Any, response: Any) -> dict[str, Any]:
+        return {
+            "gateway": self.gateway,
+            "max_docs": self.limits.max_docs,
+            "request": request,
+            "response": response,
+        }
+
+    def process_errors(self, errors: list[GraphQLError], execution_context: Any = None) -> None:
+        # Refused input is the caller's problem: no traceback in the gateway's log.
+        return None
+
+
+class BodyLimit:
+    """Refuses request bodies larger than ``limit`` bytes with 413 before reading them."""
+
+    def __init__(self, app: ASGIApp, limit: int) -> None:
+        self.app = app
+        self.limit = limit
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        declared = dict(scope.get("headers", [])).get(b"content-length")
+        if declared is not None and declared.isdigit() and int(declared) > self.limit:
+            await _too_large(self.limit)(scope, receive, send)
+            return
+        seen = 0
+
+        async def limited() -> Message:
+            nonlocal seen
+            message = await receive()
+            seen += len(message.get("body", b""))
+            if seen > self.limit:
+                raise _TooLarge
+            return message
+
+        try:
+            await self.app(scope, limited, send)
+        except _TooLarge:
+            await _too_large(self.limit)(scope, receive, send)
+
+
+class _TooLarge(Exception):
+    pass
+
+
+def _too_large(limit: int) -> Response:
+    return _error(413, f"request body larger than {limit} bytes", "REQUEST_TOO_LARGE")
+
+
+def _error(status: int, message: str, code: str) -> JSONResponse:
+    return JSONResponse(
+        {"errors": [{"message": message, "extensions": {"code": code}}]}, status_code=status
+    )
+
+
+def _doc_input(raw: Any, i: int) -> DocumentInput:
+    if not isinstance(raw, dict):
+        raise ValueError(f"docs[{i}] must be a JSON object")
+    known = {
+        "id",
+        "parentId",
+        "text",
+        "blob",
+        "uri",
+        "mimeType",
+        "tags",
+        "tensor",
+        "embedding",
+    }
+    unknown = set(raw) - known
+    if unknown:
+        raise ValueError(f"docs[{i}] has unknown field(s) {', '.join(sorted(unknown))}")
+    arrays = {}
+    for name in ("tensor", "embedding"):
+        value = raw.get(name)
+        if value is None:
+            continue
+        if isinstance(value, list):
+            value = {"data": value}
+        if not isinstance(value, dict) or not isinstance(value.get("data"), list):
+            raise ValueError(
+                f"docs[{i}].{name} must be a list of numbers or {{data, shape, dtype}}"
+            )
+        arrays[name] = NdArrayInput(
+            data=value["data"], shape=value.get("shape"), dtype=value.get("dtype", "float32")
+        )
+    return DocumentInput(
+        id=raw.get("id"),
+        parent_id=raw.get("parentId"),
+        text=raw.get("text"),
+        blob=raw.get("blob"),
+        uri=raw.get("uri"),
+        mime_type=raw.get("mimeType"),
+        tags=raw.get("tags"),
+        **arrays,
+    )
+
+
+def _doc_json(doc: Any) -> dict[str, Any]:
+    """A response Document as plain JSON, every field."""
+    out: dict[str, Any] = {"id": doc.id()}
+    for name, key in (("parent_id", "parentId"), ("text", "text"), ("uri", "uri")):
+        value = getattr(doc, name)()
+        if value:
+            out[key] = value
+    if doc._pb.mime_type:
+        out["mimeType"] = doc._pb.mime_type
+    if doc._pb.blob:
+        out["blob"] = doc.blob()
+    for name in ("tensor", "embedding"):
+        array = getattr(doc, name)()
+        if array is not None:
+            out[name] = {"data": array.data(), "shape": array.shape(), "dtype": array.dtype()}
+    if doc._pb.HasField("tags"):
+        out["tags"] = doc.tags()
+    if doc._pb.scores:
+        out["scores"] = doc.scores()
+    if doc._pb.matches:
+        out["matches"] = [_doc_json(m) for m in doc.matches()]
+    if doc._pb.chunks:
+        out["chunks"] = [_doc_json(c) for c in doc.chunks()]
+    return out
+
+
+def make_app(gateway: Gateway, limits: GraphQLLimits) -> ASGIApp:
+    """The ASGI app of the HTTP door."""
+    graphql_app = _GraphQLApp(make_schema(limits), gateway, limits)
+
+    async def post(request: Request) -> Response:
+        try:
+            body = json.loads(await request.body())
+        except ValueError as exc:
+            return _error(400, f"the body is not valid JSON: {exc}", "BAD_REQUEST")
+        if not isinstance(body, dict) or not isinstance(body.get("on"), str):
+            return _error(
+                400,
+                'the body must be a JSON object with "on" (endpoint), and optionally "docs", '
+                '"parameters", "targetExecutor" and "fields"',
+                "BAD_REQUEST",
+            )
+        docs = body.get("docs") or []
+        fields = body.get("fields") or []
+        if not isinstance(docs, list) or not isinstance(fields, list):
+            return _error(400, '"docs" and "fields" must be lists', "BAD_REQUEST")
+        try:
+            inputs = [_doc_input(d, i) for i, d in enumerate(docs)]
+        except ValueError as exc:
+            return _error(400, str(exc), "BAD_REQUEST")
+        try:
+            answer = await run_post(
+                gateway,
+                on=body["on"],
+                docs=inputs,
+                parameters=body.get("parameters"),
+                target_executor=body.get("targetExecutor"),
+                fields=[str(f) for f in fields],
+                max_docs=limits.max_docs,
+            )
+        except GraphQLError as exc:
+            code = (exc.extensions or {}).get("code", "INTERNAL_SERVER_ERROR")
+            status = {"BAD_USER_INPUT": 400, "TOO_MANY_DOCUMENTS": 413, "OVERLOADED": 503}.get(
+                code, 500 if code != "EXECUTOR_ERROR" else 502
+            )
+            return JSONResponse({"errors": [exc.formatted]}, status_code=status)
+        return JSONResponse(
+            {
+                "requestId": answer.request_id,
+                "docs": [_doc_json(d) for d in answer.docs],
+                "results": answer.results,
+            }
+        )
+
+    async def ide(request: Request) -> Response:
+        return HTMLResponse(_GRAPHIQL)
+
+    async def health(request: Request) -> Response:
+        return JSONResponse({"status": "SERVING"})
+
+    app = Starlette(
+        routes=[
+            Route("/", ide, methods=["GET"]),
+            Route("/post", post, methods=["POST"]),
+            Route("/health", health, methods=["GET"]),
+            Route("/graphql", graphql_app, methods=["GET", "POST"]),
+            WebSocketRoute("/graphql", graphql_app),
+        ]
+    )
+    return BodyLimit(app, limits.max_body_bytes)
+
+
+class HttpDoor:
+    """uvicorn serving :func:`make_app` on an already bound socket, in the running loop."""
+
+    def __init__(self, app: ASGIApp, host: str, port: int) -> None:
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        self.sock = socket.socket(family, socket.SOCK_STREAM)
+        try:
+            self.sock.bind((host, port))
+        except OSError as exc:
+            self.sock.close()
+            raise OSError(
+                f"the GraphQL door cannot listen on {host}:{port}: {exc.strerror}"
+            ) from None
+        self.port: int = self.sock.getsockname()[1]
+        self.config = uvicorn.Config(app, log_level="warning", lifespan="off", access_log=False)
+        self.server = uvicorn.Server(self.config)
+        self._ticks: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        # uvicorn.Server.serve() would install its own signal handlers; the gateway owns
+        # those, so run its parts: load, start on our socket, tick in the background.
+        if not self.config.loaded:
+            self.config.load()
+        self.server.lifespan = self.config.lifespan_class(self.config)
+        await self.server.startup(sockets=[self.sock])
+        self._ticks = asyncio.ensure_future(self.server.main_loop())
+
+    async def stop(self) -> None:
+        self.server.should_exit = True
+        if self._ticks is not None:
+            await self._ticks
+        await self.server.shutdown(sockets=[self.sock])
+        self.sock.close()
+
+
+_GRAPHIQL = """<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>meshflow GraphQL</title>
+<style>
+body{font-family:system-ui,sans-serif;margin:0;display:flex;flex-direction:column;height:100vh}
+header{padding:.5em 1em;background:#1d3557;color:#fff}
+main{flex:1;display:flex;gap:.5em;padding:.5em}
+section{flex:1;display:flex;flex-direction:column}
+textarea,pre{flex:1;font-family:ui-monospace,monospace;font-size:13px;border:1px solid #ccc;
+padding:.5em;margin:0;overflow:auto}
+button{margin:.3em 0;padding:.4em 1em}
+</style></head><body>
+<header>meshflow GraphQL &mdash; this page works offline;
+queries go to <code>/graphql</code></header>
+<main><section><label for="q">Query</label>
+<textarea id="q">query {
+  flow { healthy deployments { name replicas shards endpoints healthy } }
+}</textarea>
+<label for="v">Variables (JSON)</label><textarea id="v" style="flex:.3">{}</textarea>
+<label for="t">Authorization token (optional)</label><input id="t">
+<button id="run">Run (Ctrl-Enter)</button></section>
+<section><label for="out">Result</label><pre id="out"></pre></section></main>
+<script>
+async function run(){
+  const out=document.getElementById('out');let variables={};
+  try{variables=JSON.parse(document.getElementById('v').value||'{}')}
+  catch(e){out.textContent='Variables are not valid JSON: '+e;return}
+  const headers={'content-type':'application/json'};
+  const token=document.getElementById('t').value.trim();
+  if(token){headers['authorization']='Bearer '+token}
+  const r=await fetch('graphql',{method:'POST',headers,
+    body:JSON.stringify({query:document.getElementById('q').value,variables})});
+  out.textContent=JSON.stringify(await r.json(),null,2);
+}
+document.getElementById('run').onclick=run;
+document.addEventListener('keydown',e=>{if(e.ctrlKey&&e.key==='Enter'){run()}});
+</script></body></html>
+"""
