@@ -19,7 +19,7 @@ from meshflow.errors import (
 )
 from meshflow.executor import Executor, RuntimeArgs, requests
 from meshflow.flow import Flow
-from meshflow.gateway.http import GraphQLLimits
+from meshflow.gateway.limits import GraphQLLimits
 from meshflow.mesh.policy import CircuitBreaker, HealthCheck, OutlierDetection, RetryPolicy
 
 __version__ = "0.1.0"

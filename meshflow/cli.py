@@ -245,7 +245,7 @@ class _StartError(MeshflowError):
 
 
 def _gateway(args: argparse.Namespace) -> int:
-    from meshflow.gateway.http import GraphQLLimits
+    from meshflow.gateway.limits import GraphQLLimits
     from meshflow.gateway.serve import serve_gateway
     from meshflow.gateway.topology import Topology
 

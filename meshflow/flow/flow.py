@@ -16,7 +16,7 @@ from meshflow.errors import ConfigError
 from meshflow.flow.deployment import Deployment, make_deployment
 from meshflow.flow.local import LocalRuntime
 from meshflow.flow.status import snapshot, with_health
-from meshflow.gateway.http import GraphQLLimits
+from meshflow.gateway.limits import GraphQLLimits
 from meshflow.gateway.topology import GATEWAY, Node, check_graph
 from meshflow.mesh.policy import CircuitBreaker, HealthCheck, OutlierDetection, RetryPolicy
 

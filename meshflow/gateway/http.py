@@ -13,7 +13,6 @@ import asyncio
 import json
 import socket
 from collections.abc import Iterator
-from dataclasses import dataclass
 from typing import Any
 
 import strawberry
@@ -33,19 +32,8 @@ from strawberry.extensions import (
 )
 
 from meshflow.gateway.graphql import DocumentInput, Mutation, NdArrayInput, Query, run_post
+from meshflow.gateway.limits import GraphQLLimits
 from meshflow.gateway.server import Gateway
-
-
-@dataclass(frozen=True, kw_only=True)
-class GraphQLLimits:
-    """Limits of the GraphQL door."""
-
-    max_depth: int = 10
-    max_aliases: int = 15
-    max_tokens: int = 2000
-    max_body_bytes: int = 64 * 1024 * 1024
-    max_docs: int = 1000
-
 
 _CODES = (  # first match wins: the token limit is reported as a syntax error
     ("exceeds maximum operation depth", "DEPTH_LIMIT_EXCEEDED"),

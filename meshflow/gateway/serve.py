@@ -6,7 +6,7 @@ from typing import Any
 
 import grpc
 
-from meshflow.gateway.http import GraphQLLimits, HttpDoor, make_app
+from meshflow.gateway.limits import GraphQLLimits
 from meshflow.gateway.server import Gateway
 from meshflow.gateway.topology import Topology, cluster_name
 from meshflow.gateway.transport import DirectTransport, EnvoyTransport, Transport
@@ -50,8 +50,11 @@ async def serve_gateway(
     GraphQL over HTTP on ``graphql`` (host, port; port 0 picks one) in the same loop."""
     transport = make_transport(topology, mesh, egress)
     gateway = Gateway(Traversal(topology, transport), max_in_flight=max_in_flight)
-    door: HttpDoor | None = None
+    door = None
     if graphql is not None:
+        # Imported here: Strawberry and uvicorn are the gateway's alone.
+        from meshflow.gateway.http import HttpDoor, make_app
+
         door = HttpDoor(make_app(gateway, limits or GraphQLLimits()), *graphql)
 
     def register(server: grpc.aio.Server) -> None:
