@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import AsyncIterator, Iterable, Iterator, Mapping
-from typing import Any, Literal, overload
+from collections.abc import AsyncIterator, Iterable, Iterator, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Literal, overload
 
 import grpc
 
@@ -22,11 +22,14 @@ from meshflow.document import DocumentArray
 from meshflow.errors import ConfigError
 from meshflow.wire import GATEWAY_POST, GATEWAY_STREAM, channel_options
 
-PROTOCOLS = ("grpc",)
+if TYPE_CHECKING:
+    from meshflow.client.graphql import GraphQLSession
+
+PROTOCOLS = ("grpc", "graphql")
 
 
-def _check_protocol(protocol: str) -> None:
-    if protocol not in PROTOCOLS:
+def _check_protocol(protocol: str, allowed: Sequence[str] = PROTOCOLS) -> None:
+    if protocol not in allowed:
         raise ConfigError(f"protocol {protocol!r} is not supported; use one of {PROTOCOLS}")
 
 
@@ -132,8 +135,11 @@ class Client(Posting):
 
         client = Client(port=12345)
         docs = client.post('/search', DocumentArray(...), parameters={'limit': 5})
+        web = Client(port=f.graphql_port, protocol='graphql')
 
-    ``timeout`` (seconds) becomes the gRPC deadline of the call and of every hop behind it.
+    ``protocol='grpc'`` talks to the gateway's gRPC port; ``'graphql'`` to its HTTP port
+    (mutations over HTTP, several requests as one subscription over a WebSocket). ``timeout``
+    (seconds) becomes the deadline of the call and of every hop behind it.
     """
 
     def __init__(
@@ -147,13 +153,21 @@ class Client(Posting):
     ) -> None:
         _check_protocol(protocol)
         self.target = _target(host, port, "Client")
+        self.protocol = protocol
         self.timeout = timeout
         self.max_in_flight = max_in_flight
+        self._graphql: GraphQLSession | None = None
+        if protocol == "graphql":
+            from meshflow.client.graphql import GraphQLSession  # httpx/websockets: only here
+
+            self._graphql = GraphQLSession(host, port, timeout, max_in_flight)
         self._channel = grpc.insecure_channel(self.target, options=channel_options())
         self._post = self._channel.unary_unary(GATEWAY_POST)
         self._stream = self._channel.stream_stream(GATEWAY_STREAM)
 
     def close(self) -> None:
+        if self._graphql is not None:
+            self._graphql.close()
         self._channel.close()
 
     def __enter__(self) -> Client:
@@ -176,6 +190,14 @@ class Client(Posting):
         timeout: float | None = None,
     ) -> list[Response]:
         """Send ``inputs`` and return every answer, in request order."""
+        if self._graphql is not None:
+            return self._graphql.send(
+                on,
+                list(batches(inputs, request_size)),
+                dict(parameters) if parameters else None,
+                target_executor,
+                timeout,
+            )
         requests = [
             build_request(on, batch, parameters=parameters, target_executor=target_executor)
             for batch in batches(inputs, request_size)
@@ -244,7 +266,7 @@ class AsyncClient:
         timeout: float | None = None,
         max_in_flight: int = 16,
     ) -> None:
-        _check_protocol(protocol)
+        _check_protocol(protocol, ("grpc",))
         self.target = _target(host, port, "AsyncClient")
         self.timeout = timeout
         self.max_in_flight = max_in_flight

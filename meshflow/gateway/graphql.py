@@ -1,4 +1,5 @@
-"""The GraphQL schema of the gateway: a ``post`` mutation and a ``flow`` query.
+"""The GraphQL schema of the gateway: a ``post`` mutation, a ``stream`` subscription and a
+``flow`` query.
 
 Resolvers hand one serialized DataRequest to the same traversal engine the gRPC door uses.
 Document types read the answer's protobuf messages lazily, so only the fields a query selects
@@ -8,11 +9,12 @@ the last executors drop the others before replying (selection pushdown).
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
 import time
 import uuid
-from collections.abc import Iterable, Sequence
+from collections.abc import AsyncGenerator, Iterable, Sequence
 from typing import Any, cast
 
 import numpy as np
@@ -129,6 +131,9 @@ class ResponseType:
     request_id: str
     docs: list[DocumentType]
     results: JSON = strawberry.field(description="Dicts returned by executors, by executor.")
+    batch: int | None = strawberry.field(
+        default=None, description="In a stream: the position of the batch this answers."
+    )
 
 
 @strawberry.input(description="An array: values in C order, with shape and dtype.")
@@ -373,3 +378,55 @@ class Mutation:
             fields=_docs_selection(info) or (),
             max_docs=info.context["max_docs"],
         )
+
+
+@strawberry.type
+class Subscription:
+    @strawberry.subscription(
+        description="Run one request per batch, at most maxInFlight at once; each answer is "
+        "pushed as soon as it is ready (not in batch order: match them by requestId)."
+    )
+    async def stream(
+        self,
+        info: Info[Any, Any],
+        on: str,
+        batches: list[list[DocumentInput]],
+        parameters: JSON | None = None,
+        target_executor: str | None = None,
+        max_in_flight: int = 16,
+    ) -> AsyncGenerator[ResponseType, None]:
+        if not 1 <= max_in_flight <= 1024:
+            raise graphql_error("maxInFlight must be 1 to 1024", "BAD_USER_INPUT")
+        gateway = _gateway(info)
+        fields = _docs_selection(info) or ()
+        slots = asyncio.Semaphore(max_in_flight)
+        answers: asyncio.Queue[ResponseType | GraphQLError] = asyncio.Queue()
+
+        async def one(index: int, batch: list[DocumentInput]) -> None:
+            async with slots:
+                answer: ResponseType | GraphQLError
+                try:
+                    answer = await run_post(
+                        gateway,
+                        on=on,
+                        docs=batch,
+                        parameters=parameters,
+                        target_executor=target_executor,
+                        fields=fields,
+                        max_docs=info.context["max_docs"],
+                    )
+                    answer.batch = index
+                except GraphQLError as exc:
+                    answer = exc
+                await answers.put(answer)
+
+        tasks = [asyncio.ensure_future(one(i, batch)) for i, batch in enumerate(batches)]
+        try:
+            for _ in tasks:
+                item = await answers.get()
+                if isinstance(item, GraphQLError):
+                    raise item
+                yield item
+        finally:
+            for task in tasks:
+                task.cancel()

@@ -31,7 +31,14 @@ from strawberry.extensions import (
     SchemaExtension,
 )
 
-from meshflow.gateway.graphql import DocumentInput, Mutation, NdArrayInput, Query, run_post
+from meshflow.gateway.graphql import (
+    DocumentInput,
+    Mutation,
+    NdArrayInput,
+    Query,
+    Subscription,
+    run_post,
+)
 from meshflow.gateway.limits import GraphQLLimits
 from meshflow.gateway.server import Gateway
 
@@ -64,6 +71,7 @@ def make_schema(limits: GraphQLLimits) -> strawberry.Schema:
     return strawberry.Schema(
         query=Query,
         mutation=Mutation,
+        subscription=Subscription,
         extensions=[
             lambda: QueryDepthLimiter(max_depth=limits.max_depth),
             lambda: MaxAliasesLimiter(max_alias_count=limits.max_aliases),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from typing import Any
 
@@ -290,3 +291,66 @@ def test_graphiql_page_works_offline(start_flow: StartFlow) -> None:
     page = httpx.get(f.graphql_url.replace("/graphql", "/")).text
     assert "<textarea" in page and "fetch('graphql'" in page
     assert "http://" not in page and "https://" not in page
+
+
+# -- subscriptions and the GraphQL client ----------------------------------------------------
+
+
+def test_stream_subscription_pushes_every_answer(start_flow: StartFlow) -> None:
+    from websockets.sync.client import connect
+    from websockets.typing import Subprotocol
+
+    f = start_flow(Flow().add(uses="executors:Append"))
+    ws_url = f.graphql_url.replace("http://", "ws://")
+    query = (
+        'subscription { stream(on: "/", batches: [[{text: "a"}], [{text: "b"}], '
+        '[{text: "c"}]], maxInFlight: 2) { batch docs { text } } }'
+    )
+    with connect(ws_url, subprotocols=[Subprotocol("graphql-transport-ws")], open_timeout=10) as ws:
+        ws.send(json.dumps({"type": "connection_init"}))
+        assert json.loads(ws.recv(timeout=10))["type"] == "connection_ack"
+        ws.send(json.dumps({"id": "1", "type": "subscribe", "payload": {"query": query}}))
+        answers = {}
+        while True:
+            message = json.loads(ws.recv(timeout=10))
+            if message["type"] == "complete":
+                break
+            assert message["type"] == "next", message
+            item = message["payload"]["data"]["stream"]
+            answers[item["batch"]] = item["docs"][0]["text"]
+    assert answers == {0: "ax", 1: "bx", 2: "cx"}
+
+
+def test_graphql_client_gives_the_same_documents_as_grpc(start_flow: StartFlow) -> None:
+    from meshflow import Client
+
+    f = start_flow(Flow().add(uses="executors:MemoryIndex", name="index"))
+    corpus = DocumentArray(
+        Document(id=f"d{i}", embedding=np.array([i, 0], dtype=np.float32), tags={"n": i})
+        for i in range(6)
+    )
+    assert f.graphql_port is not None
+    with Client(port=f.graphql_port, protocol="graphql") as web:
+        indexed = web.post("/index", corpus, request_size=2)  # three requests: a subscription
+        assert indexed.ids == corpus.ids
+        query = Document(id="q", embedding=np.array([2.2, 0], dtype=np.float32), blob=b"\x00\x01")
+        [over_graphql] = web.post("/search", query, parameters={"k": 2})
+    [over_grpc] = f.post("/search", query, parameters={"k": 2})
+    assert over_graphql.blob == b"\x00\x01"
+    assert over_graphql.matches.ids == over_grpc.matches.ids == ["d2", "d3"]
+    assert [m.scores for m in over_graphql.matches] == [m.scores for m in over_grpc.matches]
+    assert over_graphql.matches[0].embedding.dtype == np.float32
+    assert over_graphql.matches[0].tags == {"n": 2.0, "shard": 0.0}
+
+
+def test_graphql_client_raises_executor_errors(start_flow: StartFlow) -> None:
+    from meshflow import Client, ExecutorError
+
+    f = start_flow(Flow().add(uses="executors:Failing", name="checker"))
+    assert f.graphql_port is not None
+    with (
+        Client(port=f.graphql_port, protocol="graphql") as web,
+        pytest.raises(ExecutorError) as info,
+    ):
+        web.post("/fail", DocumentArray.empty(1))
+    assert info.value.executor == "checker" and info.value.exception_type == "ValueError"

@@ -1,0 +1,198 @@
+"""Speaking GraphQL to a Flow's gateway: ``Client(protocol='graphql')``.
+
+``post`` sends one ``post`` mutation per request over HTTP; several requests go as one
+``stream`` subscription over a WebSocket (graphql-transport-ws), answers put back in order.
+Every document field is selected, so documents come back whole.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import uuid
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import httpx
+import numpy as np
+from websockets.sync.client import connect
+from websockets.typing import Subprotocol
+
+from meshflow.client.messages import Response
+from meshflow.document import Document, DocumentArray
+from meshflow.errors import (
+    BadRequestError,
+    DeadlineExceeded,
+    ExecutorError,
+    OverloadedError,
+    RequestError,
+    UnavailableError,
+)
+
+_ARRAY = "{ data shape dtype }"
+_DOC = f"id parentId text blob uri mimeType tags scores tensor {_ARRAY} embedding {_ARRAY}"
+_FIELDS = f"{_DOC} matches {{ {_DOC} }} chunks {{ {_DOC} }}"
+_RESPONSE = f"requestId results batch docs {{ {_FIELDS} }}"
+POST = (
+    "mutation($on: String!, $docs: [DocumentInput!], $parameters: JSON, $target: String) "
+    f"{{ post(on: $on, docs: $docs, parameters: $parameters, targetExecutor: $target) "
+    f"{{ {_RESPONSE} }} }}"
+)
+STREAM = (
+    "subscription($on: String!, $batches: [[DocumentInput!]!]!, $parameters: JSON, "
+    "$target: String, $inFlight: Int!) { stream(on: $on, batches: $batches, "
+    "parameters: $parameters, targetExecutor: $target, maxInFlight: $inFlight) "
+    f"{{ {_RESPONSE} }} }}"
+)
+
+
+def doc_input(doc: Document) -> dict[str, Any]:
+    """A Document as a GraphQL ``DocumentInput``."""
+    out: dict[str, Any] = {"id": doc.id}
+    for name, key in (("parent_id", "parentId"), ("text", "text"), ("uri", "uri")):
+        if getattr(doc, name):
+            out[key] = getattr(doc, name)
+    if doc.mime_type:
+        out["mimeType"] = doc.mime_type
+    if doc.blob:
+        out["blob"] = base64.b64encode(doc.blob).decode("ascii")
+    if doc.tags:
+        out["tags"] = doc.tags
+    for name in ("tensor", "embedding"):
+        array = getattr(doc, name)
+        if array is not None:
+            out[name] = {
+                "data": np.asarray(array, dtype=np.float64).ravel().tolist(),
+                "shape": list(array.shape),
+                "dtype": array.dtype.str,
+            }
+    return out
+
+
+def doc_output(raw: dict[str, Any]) -> Document:
+    """A GraphQL ``Document`` as a Document."""
+    arrays = {}
+    for name in ("tensor", "embedding"):
+        value = raw.get(name)
+        if value is not None:
+            arrays[name] = np.asarray(value["data"], dtype=np.dtype(value["dtype"])).reshape(
+                value["shape"]
+            )
+    return Document(
+        id=raw["id"],
+        parent_id=raw.get("parentId", ""),
+        text=raw.get("text", ""),
+        blob=base64.b64decode(raw.get("blob", "")),
+        uri=raw.get("uri", ""),
+        mime_type=raw.get("mimeType", ""),
+        tags=raw.get("tags") or {},
+        scores=raw.get("scores") or {},
+        matches=[doc_output(m) for m in raw.get("matches", [])],
+        chunks=[doc_output(c) for c in raw.get("chunks", [])],
+        **arrays,
+    )
+
+
+def response(raw: dict[str, Any]) -> Response:
+    return Response(
+        request_id=raw["requestId"],
+        docs=DocumentArray(doc_output(d) for d in raw["docs"]),
+        results=raw.get("results") or {},
+    )
+
+
+def raise_errors(errors: Sequence[dict[str, Any]]) -> None:
+    """Turn GraphQL errors into meshflow's exceptions."""
+    error = errors[0]
+    ext = error.get("extensions") or {}
+    code = ext.get("code", "")
+    message = error.get("message", "GraphQL error")
+    if code == "EXECUTOR_ERROR":
+        raise ExecutorError(
+            message,
+            executor=ext.get("executor", ""),
+            endpoint=ext.get("endpoint", ""),
+            exception_type=ext.get("exceptionType", ""),
+        )
+    kinds: dict[str, type[RequestError]] = {
+        "OVERLOADED": OverloadedError,
+        "TIMEOUT": DeadlineExceeded,
+        "UNAVAILABLE": UnavailableError,
+    }
+    raise kinds.get(code, BadRequestError)(f"{message} ({code or 'no code'})")
+
+
+class GraphQLSession:
+    """The blocking GraphQL side of :class:`~meshflow.Client`."""
+
+    def __init__(self, host: str, port: int, timeout: float | None, max_in_flight: int) -> None:
+        self.url = f"http://{host}:{port}/graphql"
+        self.ws_url = f"ws://{host}:{port}/graphql"
+        self.timeout = timeout
+        self.max_in_flight = max_in_flight
+        self._http = httpx.Client(timeout=timeout)
+
+    def close(self) -> None:
+        self._http.close()
+
+    def send(
+        self,
+        on: str,
+        batches: list[list[Document]],
+        parameters: dict[str, Any] | None,
+        target_executor: str | None,
+        timeout: float | None,
+    ) -> list[Response]:
+        variables: dict[str, Any] = {"on": on, "parameters": parameters, "target": target_executor}
+        if len(batches) == 1:
+            variables["docs"] = [doc_input(d) for d in batches[0]]
+            try:
+                answer = self._http.post(
+                    self.url,
+                    json={"query": POST, "variables": variables},
+                    timeout=timeout or self.timeout,
+                )
+            except httpx.TimeoutException:
+                raise DeadlineExceeded(f"the request to {self.url} timed out") from None
+            except httpx.TransportError as exc:
+                raise UnavailableError(f"the gateway at {self.url} is unreachable: {exc}") from None
+            body: dict[str, Any] = (
+                answer.json()
+                if answer.headers.get("content-type", "").startswith("application/json")
+                else {"errors": [{"message": answer.text}]}
+            )
+            if body.get("errors"):
+                raise_errors(body["errors"])
+            return [response(body["data"]["post"])]
+        variables["batches"] = [[doc_input(d) for d in batch] for batch in batches]
+        variables["inFlight"] = self.max_in_flight
+        ordered: list[Response | None] = [None] * len(batches)
+        for raw in self._subscribe(STREAM, variables, timeout or self.timeout):
+            ordered[raw["batch"]] = response(raw)
+        return [r for r in ordered if r is not None]
+
+    def _subscribe(
+        self, query: str, variables: dict[str, Any], timeout: float | None
+    ) -> Iterator[dict[str, Any]]:
+        protocols = [Subprotocol("graphql-transport-ws")]
+        with connect(self.ws_url, subprotocols=protocols, open_timeout=timeout) as ws:
+            ws.send(json.dumps({"type": "connection_init", "payload": {}}))
+            if json.loads(ws.recv(timeout=timeout)).get("type") != "connection_ack":
+                raise UnavailableError(f"{self.ws_url} refused the GraphQL connection")
+            sub_id = uuid.uuid4().hex
+            payload = {"query": query, "variables": variables}
+            ws.send(json.dumps({"id": sub_id, "type": "subscribe", "payload": payload}))
+            while True:
+                message = json.loads(ws.recv(timeout=timeout))
+                kind = message.get("type")
+                if kind == "next":
+                    data = message["payload"]
+                    if data.get("errors"):
+                        raise_errors(data["errors"])
+                    yield data["data"]["stream"]
+                elif kind == "error":
+                    raise_errors(message["payload"])
+                elif kind == "complete":
+                    return
+                elif kind == "ping":
+                    ws.send(json.dumps({"type": "pong"}))
