@@ -10,6 +10,7 @@ from meshflow.types import DEFAULT_ENDPOINT
 F = TypeVar("F", bound=Callable[..., Any])
 
 ENDPOINTS_ATTR = "__meshflow_endpoints__"
+READ_ONLY_ATTR = "__meshflow_read_only__"
 
 
 def _normalise(on: str) -> str:
@@ -23,11 +24,13 @@ def requests(func: F) -> F: ...
 
 
 @overload
-def requests(*, on: str | Sequence[str] | None = None) -> Callable[[F], F]: ...
+def requests(
+    *, on: str | Sequence[str] | None = None, read_only: bool = False
+) -> Callable[[F], F]: ...
 
 
 def requests(
-    func: F | None = None, *, on: str | Sequence[str] | None = None
+    func: F | None = None, *, on: str | Sequence[str] | None = None, read_only: bool = False
 ) -> F | Callable[[F], F]:
     """Bind an Executor method to one or more endpoints.
 
@@ -39,6 +42,14 @@ def requests(
             @requests(on='/index')
             async def index(self, docs, parameters, **kwargs):
                 ...
+
+            @requests(on='/search', read_only=True)
+            def search(self, docs, parameters: SearchParams, **kwargs):
+                ...
+
+    ``read_only=True`` declares that the endpoint changes nothing: the GraphQL door offers it
+    as a query field (``query { search(...) }``). A dataclass annotated on ``parameters``
+    makes typed parameters (see :mod:`meshflow.executor.parameters`).
     """
     if on is None:
         names = [DEFAULT_ENDPOINT]
@@ -54,6 +65,9 @@ def requests(
             raise TypeError(f"@requests decorates methods, got {fn!r}")
         existing: list[str] = list(getattr(fn, ENDPOINTS_ATTR, []))
         setattr(fn, ENDPOINTS_ATTR, existing + [n for n in names if n not in existing])
+        if read_only:
+            marked: list[str] = list(getattr(fn, READ_ONLY_ATTR, []))
+            setattr(fn, READ_ONLY_ATTR, marked + names)
         return fn
 
     if func is not None:

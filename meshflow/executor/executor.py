@@ -9,7 +9,8 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 from meshflow.errors import ConfigError
-from meshflow.executor.decorators import ENDPOINTS_ATTR
+from meshflow.executor.decorators import ENDPOINTS_ATTR, READ_ONLY_ATTR
+from meshflow.executor.parameters import params_type
 
 
 @dataclass(frozen=True)
@@ -33,6 +34,9 @@ class EndpointMethod:
     is_async: bool
     accepts: frozenset[str] | None
     """Keyword names the method takes; None when it takes ``**kwargs``."""
+    read_only: bool = False
+    params: type | None = None
+    """A dataclass the request's parameters are turned into, if the method declares one."""
 
 
 class Executor:
@@ -66,8 +70,12 @@ class Executor:
                 if not names or not callable(value):
                     continue
                 spec = _describe(value)
+                read_only = set(getattr(value, READ_ONLY_ATTR, ()))
+                typed = params_type(value)
                 for endpoint in names:
-                    found[endpoint] = EndpointMethod(endpoint, attr, *spec)
+                    found[endpoint] = EndpointMethod(
+                        endpoint, attr, *spec, read_only=endpoint in read_only, params=typed
+                    )
         cls.endpoints = found
 
     def __init__(self, **kwargs: Any) -> None:

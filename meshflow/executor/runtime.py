@@ -26,7 +26,10 @@ from meshflow.document.proto import (
     struct_to_dict,
     unchanged_on_wire,
 )
+from meshflow.errors import BadRequestError
 from meshflow.executor.executor import EndpointMethod, Executor
+from meshflow.executor.parameters import build as build_params
+from meshflow.executor.parameters import describe as describe_params
 from meshflow.proto.v1 import data_request_pb2, services_pb2
 from meshflow.serving import serve_forever
 from meshflow.types import DEFAULT_ENDPOINT
@@ -88,9 +91,15 @@ class ExecutorRuntime:
         request = data_request_pb2.DataRequest.FromString(data)
         started = time.perf_counter()
         docs = documents_from_proto(request.docs)
+        parameters: Any = struct_to_dict(request.parameters)
+        if spec.params is not None:
+            try:
+                parameters = build_params(spec.params, parameters, spec.name)
+            except BadRequestError as exc:
+                return _failure(request, self.name, exc)
         kwargs: dict[str, Any] = {
             "docs": docs,
-            "parameters": struct_to_dict(request.parameters),
+            "parameters": parameters,
             "endpoint": request.header.endpoint or "/",
             "request_id": request.header.request_id,
         }
@@ -161,14 +170,32 @@ class ExecutorRuntime:
         return request.SerializeToString() + results
 
     def describe(self) -> services_pb2.EndpointsResponse:
-        """The endpoints this executor serves."""
+        """The endpoints this executor serves, with their read-only flag and parameters."""
         return services_pb2.EndpointsResponse(
             executor=self.name,
             endpoints=[
-                services_pb2.Endpoint(name=e.name, method=e.method)
+                services_pb2.Endpoint(
+                    name=e.name,
+                    method=e.method,
+                    read_only=e.read_only,
+                    parameters=[
+                        services_pb2.Parameter(**p)
+                        for p in (describe_params(e.params) if e.params else [])
+                    ],
+                )
                 for e in sorted(self._endpoints.values(), key=lambda e: e.name)
             ],
         )
+
+
+def _failure(request: data_request_pb2.DataRequest, executor: str, exc: Exception) -> bytes:
+    status = request.status
+    status.code = data_request_pb2.Status.ERROR
+    status.message = str(exc)
+    status.executor = executor
+    status.endpoint = request.header.endpoint or "/"
+    status.exception_type = type(exc).__name__
+    return request.SerializeToString()
 
 
 def _handlers(runtime: ExecutorRuntime) -> grpc.GenericRpcHandler:

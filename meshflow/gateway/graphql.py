@@ -12,6 +12,8 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import inspect
+import keyword
 import time
 import uuid
 from collections.abc import AsyncGenerator, Iterable, Sequence
@@ -27,7 +29,7 @@ from strawberry.types.nodes import FragmentSpread, InlineFragment, SelectedField
 from meshflow.document.proto import dict_to_struct, struct_to_dict
 from meshflow.errors import BadRequestError, RequestError
 from meshflow.gateway.server import Gateway
-from meshflow.proto.v1 import data_request_pb2, document_pb2
+from meshflow.proto.v1 import data_request_pb2, document_pb2, services_pb2
 
 _CAMEL = {"parentId": "parent_id", "mimeType": "mime_type"}
 _PROTO_FIELDS = {
@@ -335,7 +337,7 @@ class Query:
                 await gateway.traversal.transport.describe(node.name, shard)
                 for shard in range(len(node.shards))
             ]
-            endpoints = sorted({e for p in probes if p is not None for e in p})
+            endpoints = sorted({e.name for p in probes if p is not None for e in p.endpoints})
             deployments.append(
                 DeploymentInfo(
                     name=node.name,
@@ -430,3 +432,105 @@ class Subscription:
         finally:
             for task in tasks:
                 task.cancel()
+
+
+# -- query fields for read-only endpoints -----------------------------------------------------
+
+_ARG_TYPES: dict[str, Any] = {"str": str, "int": int, "float": float, "bool": bool, "json": JSON}
+
+
+def field_name(endpoint: str) -> str | None:
+    """The Python name of an endpoint's query field (Strawberry camel-cases it), or None."""
+    name = endpoint.strip("/").replace("/", "_").replace("-", "_")
+    if not name.isidentifier() or name in ("flow", "default") or keyword.iskeyword(name):
+        return None
+    return name
+
+
+async def discover(gateway: Gateway) -> dict[str, dict[str, services_pb2.Parameter]] | None:
+    """Read-only endpoints of every deployment and their parameters; None if one is silent."""
+    found: dict[str, dict[str, services_pb2.Parameter]] = {}
+    topology = gateway.traversal.topology
+    for node in topology.nodes:
+        for shard in range(len(node.shards)):
+            answer = await gateway.traversal.transport.describe(node.name, shard)
+            if answer is None:
+                return None
+            for endpoint in answer.endpoints:
+                if not endpoint.read_only:
+                    continue
+                params = found.setdefault(endpoint.name, {})
+                for p in endpoint.parameters:
+                    known = params.get(p.name)
+                    if known is not None and (known.type, known.list) != (p.type, p.list):
+                        params[p.name] = services_pb2.Parameter(name=p.name, type="json")
+                    else:
+                        params[p.name] = p
+    return found
+
+
+def _resolver(endpoint: str, params: dict[str, services_pb2.Parameter]) -> Any:
+    async def resolve(self: Any, info: Info[Any, Any], **kwargs: Any) -> ResponseType:
+        docs = kwargs.pop("docs", None) or []
+        target = kwargs.pop("target_executor", None)
+        parameters = {k: v for k, v in kwargs.items() if v is not None}
+        return await run_post(
+            _gateway(info),
+            on=endpoint,
+            docs=docs,
+            parameters=parameters or None,
+            target_executor=target,
+            fields=_docs_selection(info) or (),
+            max_docs=info.context["max_docs"],
+        )
+
+    annotations: dict[str, Any] = {
+        "info": Info[Any, Any],
+        "docs": list[DocumentInput] | None,
+        "target_executor": str | None,
+        "return": ResponseType,
+    }
+    positional = [
+        inspect.Parameter("self", inspect.Parameter.POSITIONAL_OR_KEYWORD),
+        inspect.Parameter("info", inspect.Parameter.KEYWORD_ONLY, annotation=Info[Any, Any]),
+        inspect.Parameter(
+            "docs", inspect.Parameter.KEYWORD_ONLY, default=None, annotation=annotations["docs"]
+        ),
+        inspect.Parameter(
+            "target_executor",
+            inspect.Parameter.KEYWORD_ONLY,
+            default=None,
+            annotation=str | None,
+        ),
+    ]
+    for p in params.values():
+        if not p.name.isidentifier() or p.name in annotations:
+            continue
+        kind = _ARG_TYPES.get(p.type, JSON)
+        annotation = list[kind] if p.list else kind  # type: ignore[valid-type]
+        annotation = annotation | None  # optional: the executor's dataclass has the default
+        annotations[p.name] = annotation
+        positional.append(
+            inspect.Parameter(
+                p.name, inspect.Parameter.KEYWORD_ONLY, default=None, annotation=annotation
+            )
+        )
+    resolve.__signature__ = inspect.Signature(positional, return_annotation=ResponseType)  # type: ignore[attr-defined]
+    resolve.__annotations__ = annotations
+    resolve.__name__ = f"resolve_{field_name(endpoint)}"
+    return resolve
+
+
+def query_type(endpoints: dict[str, dict[str, services_pb2.Parameter]]) -> type:
+    """``Query`` with one field per read-only endpoint, besides ``flow``."""
+    fields: dict[str, Any] = {}
+    for endpoint, params in sorted(endpoints.items()):
+        name = field_name(endpoint)
+        if name is None:
+            continue
+        fields[name] = strawberry.field(
+            resolver=_resolver(endpoint, params),
+            description=f"Runs the read-only endpoint {endpoint} of the Flow.",
+        )
+    cls = type("Query", (Query,), fields)
+    return strawberry.type(cls, name="Query")

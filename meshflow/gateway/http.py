@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import json
 import socket
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -37,6 +38,8 @@ from meshflow.gateway.graphql import (
     NdArrayInput,
     Query,
     Subscription,
+    discover,
+    query_type,
     run_post,
 )
 from meshflow.gateway.limits import GraphQLLimits
@@ -67,9 +70,9 @@ class ErrorCodes(SchemaExtension):
             error.extensions = {**(error.extensions or {}), "code": code}
 
 
-def make_schema(limits: GraphQLLimits) -> strawberry.Schema:
+def make_schema(limits: GraphQLLimits, query: type = Query) -> strawberry.Schema:
     return strawberry.Schema(
-        query=Query,
+        query=query,
         mutation=Mutation,
         subscription=Subscription,
         extensions=[
@@ -86,8 +89,31 @@ class _GraphQLApp(GraphQL[dict[str, Any], None]):
         super().__init__(schema, graphql_ide=None)
         self.gateway = gateway
         self.limits = limits
+        self.discovered = False
+        self._discovering = asyncio.Lock()
+        self._last_try = 0.0
+
+    async def discover(self) -> None:
+        """Ask every deployment for its endpoints; read-only ones become query fields.
+
+        Runs on the first request (the executors answer by then), and again later while a
+        deployment stays silent.
+        """
+        async with self._discovering:
+            now = time.monotonic()
+            if self.discovered or now - self._last_try < 1.0:
+                return
+            self._last_try = now
+            found = await discover(self.gateway)
+            if found is None:
+                return
+            if found:
+                self.schema = make_schema(self.limits, query_type(found))
+            self.discovered = True
 
     async def get_context(self, request: Any, response: Any) -> dict[str, Any]:
+        if not self.discovered:
+            await self.discover()
         return {
             "gateway": self.gateway,
             "max_docs": self.limits.max_docs,

@@ -41,17 +41,19 @@ class Transport(Protocol):
         """Close every connection."""
         ...
 
-    async def describe(self, deployment: str, shard: int) -> list[str] | None:
+    async def describe(self, deployment: str, shard: int) -> services_pb2.EndpointsResponse | None:
         """The endpoints one shard serves, or None when it does not answer."""
         ...
 
 
-async def _endpoints(call: grpc.aio.UnaryUnaryMultiCallable[bytes, bytes]) -> list[str] | None:
+async def _endpoints(
+    call: grpc.aio.UnaryUnaryMultiCallable[bytes, bytes],
+) -> services_pb2.EndpointsResponse | None:
     try:
         raw = await call(services_pb2.EndpointsRequest().SerializeToString(), timeout=2.0)
     except grpc.aio.AioRpcError:
         return None
-    return [e.name for e in services_pb2.EndpointsResponse.FromString(raw).endpoints]
+    return services_pb2.EndpointsResponse.FromString(raw)
 
 
 class _Replica:
@@ -99,7 +101,7 @@ class DirectTransport:
             for replica in replicas:
                 await replica.channel.close()
 
-    async def describe(self, deployment: str, shard: int) -> list[str] | None:
+    async def describe(self, deployment: str, shard: int) -> services_pb2.EndpointsResponse | None:
         for replica in self._replicas[(deployment, shard)]:
             found = await _endpoints(replica.endpoints)
             if found is not None:
@@ -137,7 +139,7 @@ class EnvoyTransport:
         for channel in self._channels:
             await channel.close()
 
-    async def describe(self, deployment: str, shard: int) -> list[str] | None:
+    async def describe(self, deployment: str, shard: int) -> services_pb2.EndpointsResponse | None:
         return await _endpoints(self._endpoints[(deployment, shard)])
 
 

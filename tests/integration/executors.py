@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import os
 import threading
 import time
@@ -186,3 +187,31 @@ class Work(Executor):
         await asyncio.sleep(float(parameters.get("seconds", 0.0)))
         for d in docs:
             d.tags.update(pid=os.getpid(), replica=self.runtime_args.replica_id)
+
+
+@dataclasses.dataclass
+class SearchParams:
+    limit: int = 3
+    category: str | None = None
+    min_score: float = 0.0
+
+
+class Catalog(Executor):
+    """Read-only /search with typed parameters over a fixed catalog."""
+
+    ITEMS = [("shoe-1", "shoes"), ("shoe-2", "shoes"), ("coat-1", "coats"), ("coat-2", "coats")]
+
+    @requests(on="/search", read_only=True)
+    def search(self, docs: DocumentArray, parameters: SearchParams, **kwargs: Any) -> None:
+        assert isinstance(parameters.limit, int)
+        for d in docs:
+            for rank, (item, category) in enumerate(self.ITEMS):
+                if parameters.category in (None, category):
+                    score = 1.0 / (rank + 1)
+                    if score >= parameters.min_score:
+                        d.matches.append(Document(id=item, scores={"rank": score}))
+            d.matches = DocumentArray(d.matches[: parameters.limit])
+
+    @requests(on="/index")
+    def index(self, docs: DocumentArray, **kwargs: Any) -> None:
+        pass

@@ -354,3 +354,49 @@ def test_graphql_client_raises_executor_errors(start_flow: StartFlow) -> None:
     ):
         web.post("/fail", DocumentArray.empty(1))
     assert info.value.executor == "checker" and info.value.exception_type == "ValueError"
+
+
+# -- read-only endpoints as query fields -------------------------------------------------------
+
+
+def test_read_only_endpoint_is_a_query_field_with_typed_arguments(start_flow: StartFlow) -> None:
+    f = start_flow(Flow().add(uses="executors:Catalog", name="catalog"))
+    body = gql(
+        f,
+        '{ search(docs: [{id: "q"}], category: "coats", limit: 1) '
+        "{ docs { id matches { id scores } } } }",
+    )
+    assert body["data"]["search"]["docs"] == [
+        {"id": "q", "matches": [{"id": "coat-1", "scores": {"rank": 0.3333333333333333}}]}
+    ]
+    schema = gql(
+        f,
+        '{ __type(name: "Query") { fields { name args { name type { name ofType { name } } } } } }',
+    )
+    fields = {field["name"]: field for field in schema["data"]["__type"]["fields"]}
+    assert set(fields) == {"flow", "search"}  # /index is not read-only: mutation only
+    args = {
+        a["name"]: a["type"]["name"] or a["type"]["ofType"]["name"]
+        for a in fields["search"]["args"]
+    }
+    assert args == {
+        "docs": None,
+        "targetExecutor": "String",
+        "limit": "Int",
+        "category": "String",
+        "minScore": "Float",
+    }
+    wrong = gql(f, '{ search(docs: [{id: "q"}], limit: "two") { requestId } }')
+    assert wrong["errors"][0]["extensions"]["code"] == "GRAPHQL_VALIDATION_FAILED"
+
+
+def test_typed_parameters_reach_the_executor_over_grpc_too(start_flow: StartFlow) -> None:
+    from meshflow import ExecutorError
+
+    f = start_flow(Flow().add(uses="executors:Catalog", name="catalog"))
+    [doc] = f.post("/search", Document(), parameters={"limit": 2, "category": "shoes"})
+    assert doc.matches.ids == ["shoe-1", "shoe-2"]
+    with pytest.raises(ExecutorError) as info:
+        f.post("/search", Document(), parameters={"limit": 1, "colour": "red"})
+    assert info.value.executor == "catalog" and info.value.exception_type == "BadRequestError"
+    assert "unknown: colour" in str(info.value)

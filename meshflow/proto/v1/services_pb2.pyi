@@ -13,12 +13,30 @@ class EndpointsRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class Endpoint(_message.Message):
-    __slots__ = ("name", "method")
+    __slots__ = ("name", "method", "read_only", "parameters")
     NAME_FIELD_NUMBER: _ClassVar[int]
     METHOD_FIELD_NUMBER: _ClassVar[int]
+    READ_ONLY_FIELD_NUMBER: _ClassVar[int]
+    PARAMETERS_FIELD_NUMBER: _ClassVar[int]
     name: str
     method: str
-    def __init__(self, name: _Optional[str] = ..., method: _Optional[str] = ...) -> None: ...
+    read_only: bool
+    parameters: _containers.RepeatedCompositeFieldContainer[Parameter]
+    def __init__(self, name: _Optional[str] = ..., method: _Optional[str] = ..., read_only: bool = ..., parameters: _Optional[_Iterable[_Union[Parameter, _Mapping]]] = ...) -> None: ...
+
+class Parameter(_message.Message):
+    __slots__ = ("name", "type", "list", "required", "default_json")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    TYPE_FIELD_NUMBER: _ClassVar[int]
+    LIST_FIELD_NUMBER: _ClassVar[int]
+    REQUIRED_FIELD_NUMBER: _ClassVar[int]
+    DEFAULT_JSON_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    type: str
+    list: bool
+    required: bool
+    default_json: str
+    def __init__(self, name: _Optional[str] = ..., type: _Optional[str] = ..., list: bool = ..., required: bool = ..., default_json: _Optional[str] = ...) -> None: ...
 
 class EndpointsResponse(_message.Message):
     __slots__ = ("executor", "endpoints")

@@ -1,0 +1,110 @@
+"""Typed endpoint parameters: a dataclass as the type of an endpoint's ``parameters``.
+
+::
+
+    @dataclass
+    class SearchParams:
+        limit: int = 10
+        category: str | None = None
+
+    class Indexer(Executor):
+        @requests(on='/search', read_only=True)
+        def search(self, docs, parameters: SearchParams, **kwargs): ...
+
+The runtime builds a ``SearchParams`` from the request's parameters (numbers arrive as JSON
+floats and are turned back into ints where the field says so), and the gateway offers the
+fields as typed GraphQL arguments.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import types
+import typing
+from collections.abc import Callable
+from typing import Any
+
+from meshflow.errors import BadRequestError
+
+_SCALARS: dict[Any, str] = {str: "str", int: "int", float: "float", bool: "bool"}
+
+
+def params_type(fn: Callable[..., Any]) -> type | None:
+    """The dataclass annotated on ``fn``'s ``parameters`` argument, if any."""
+    try:
+        hints = typing.get_type_hints(fn)
+    except Exception:  # unresolvable annotations: no typed parameters
+        return None
+    hint = hints.get("parameters")
+    if isinstance(hint, type) and dataclasses.is_dataclass(hint):
+        return hint
+    return None
+
+
+def describe(cls: type) -> list[dict[str, Any]]:
+    """Each field of the dataclass ``cls``: name, type, list, required, default_json."""
+    hints = typing.get_type_hints(cls)
+    out = []
+    for f in dataclasses.fields(cls):
+        kind, is_list = _kind(hints[f.name])
+        required = f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+        default: Any = None
+        if f.default is not dataclasses.MISSING:
+            default = f.default
+        elif f.default_factory is not dataclasses.MISSING:
+            default = f.default_factory()
+        out.append(
+            {
+                "name": f.name,
+                "type": kind,
+                "list": is_list,
+                "required": required,
+                "default_json": "" if required else json.dumps(default),
+            }
+        )
+    return out
+
+
+def _kind(hint: Any) -> tuple[str, bool]:
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(hint) if a is not type(None)]
+        if len(args) == 1:
+            return _kind(args[0])
+        return "json", False
+    if origin in (list, tuple, set, frozenset):
+        items = typing.get_args(hint)
+        inner = _SCALARS.get(items[0], "json") if items else "json"
+        return inner, True
+    return _SCALARS.get(hint, "json"), False
+
+
+def build(cls: type, values: dict[str, Any], endpoint: str) -> Any:
+    """An instance of the dataclass ``cls`` from request parameters."""
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = set(values) - names
+    if unknown:
+        raise BadRequestError(
+            f"endpoint {endpoint!r} takes parameters {', '.join(sorted(names)) or 'none'}; "
+            f"unknown: {', '.join(sorted(unknown))}"
+        )
+    kwargs = {}
+    for name, value in values.items():
+        kind, is_list = _kind(hints[name])
+        if kind == "int":
+            value = [_int(v, name) for v in value] if is_list else _int(value, name)
+        kwargs[name] = value
+    try:
+        return cls(**kwargs)
+    except TypeError as exc:
+        raise BadRequestError(f"endpoint {endpoint!r}: {exc}") from None
+
+
+def _int(value: Any, name: str) -> Any:
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    if value is None or isinstance(value, int):
+        return value
+    raise BadRequestError(f"parameter {name!r} must be a whole number, got {value!r}")
