@@ -170,6 +170,8 @@ def format_status(data: dict[str, Any]) -> str:
         f"Flow {data['name']!r} (mesh {data['mesh']}), gateway {gw['address']} pid {gw['pid']} "
         f"{'serving' if gw.get('serving') else 'NOT SERVING'}"
     ]
+    if gw.get("graphql"):
+        lines.append(f"  GraphQL {gw['graphql']}")
     if gw.get("sidecar"):
         s = gw["sidecar"]
         lines.append(
