@@ -3,12 +3,16 @@
 #   MESHFLOW_BENCH_JINA_VENV  venv path           (default /tmp/meshflow-bench-jina)
 #   MESHFLOW_BENCH_JINA_SPEC  pip requirement     (default "jina>=3,<4")
 #   MESHFLOW_BENCH_PYTHON     python to build it  (default python3)
+#   MESHFLOW_BENCH_HTTPX_SPEC the HTTP load client (default "httpx==0.28.1", as in meshflow's
+#                             venv; only run_jina_flow.sh --protocol http without
+#                             --client-python needs it; Jina itself does not import it)
 # Prints the venv path on the last line of stdout; timing and versions go to stderr.
 # Jina is never imported here; run it only inside a loopback-only network
 # namespace (see run_jina_flow.sh).
 set -euo pipefail
 VENV="${MESHFLOW_BENCH_JINA_VENV:-/tmp/meshflow-bench-jina}"
 SPEC="${MESHFLOW_BENCH_JINA_SPEC:-jina>=3,<4}"
+HTTPX_SPEC="${MESHFLOW_BENCH_HTTPX_SPEC:-httpx==0.28.1}"
 PY="${MESHFLOW_BENCH_PYTHON:-python3}"
 has_jina() {
     [ -x "$VENV/bin/python" ] &&
@@ -27,8 +31,10 @@ else
     ms=$(( ($(date +%s%N) - start) / 1000000 ))
     echo "created jina venv at $VENV in $((ms / 1000)).$(printf '%03d' $((ms % 1000))) s" >&2
 fi
+"$VENV/bin/python" -c "import httpx" 2>/dev/null || quiet_pip "$HTTPX_SPEC"
 "$VENV/bin/python" - >&2 <<'PY'
 from importlib.metadata import version
-print("  " + ", ".join(f"{p} {version(p)}" for p in ("jina", "docarray", "grpcio", "protobuf")))
+dists = ("jina", "docarray", "grpcio", "protobuf", "httpx")
+print("  " + ", ".join(f"{p} {version(p)}" for p in dists))
 PY
 echo "$VENV"

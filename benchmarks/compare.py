@@ -9,6 +9,13 @@ figures side by side with meshflow's targets::
 
 ``--also-python`` runs ``flow_bench.py`` and ``raw_echo.py`` once more with another
 interpreter (another grpcio), to choose the version by measurement.
+
+``--http`` adds the HTTP doors: ``http_bench.py`` (meshflow's GraphQL, both meshes, and the
+search answer with and without embeddings) and ``run_jina_flow.sh --protocol http`` (Jina's
+REST door, loaded by the same httpx client run with this interpreter inside Jina's network
+namespace); ``--http-only`` runs just those::
+
+    .venv/bin/python benchmarks/compare.py --http-only
 """
 
 from __future__ import annotations
@@ -43,7 +50,11 @@ def main() -> None:
     p.add_argument("--quiet-wait", type=float, default=10.0)
     p.add_argument("--also-python", action="append", default=[])
     p.add_argument("--skip-jina", action="store_true")
+    p.add_argument("--http", action="store_true", help="also compare the HTTP doors")
+    p.add_argument("--http-only", action="store_true", help="only the HTTP doors")
+    p.add_argument("--json-dir", help="keep every contender's JSON lines in this folder")
     args = p.parse_args()
+    args.http = args.http or args.http_only
     common = [
         "--duration",
         str(args.duration),
@@ -55,8 +66,15 @@ def main() -> None:
         str(args.quiet_wait),
     ]
     with tempfile.TemporaryDirectory(prefix="meshflow-compare-") as tmp:
-        results = collect(args, common, tmp)
-    report(args, results)
+        if args.json_dir:
+            os.makedirs(args.json_dir, exist_ok=True)
+            tmp = args.json_dir
+        results = [] if args.http_only else collect(args, common, tmp)
+        http = collect_http(args, common, tmp) if args.http else None
+    if results:
+        report(args, results)
+    if http is not None:
+        report_http(args, http)
 
 
 def collect(args: argparse.Namespace, common: list[str], tmp: str) -> list[dict[str, Any]]:
@@ -88,6 +106,101 @@ def collect(args: argparse.Namespace, common: list[str], tmp: str) -> list[dict[
             )
         )
     return results
+
+
+def collect_http(args: argparse.Namespace, common: list[str], tmp: str) -> dict[str, Any]:
+    """meshflow's GraphQL door (both meshes, one run) and, unless skipped, Jina's REST door."""
+    out: dict[str, Any] = {}
+    path = os.path.join(tmp, "meshflow-http.jsonl")
+    cmd = [sys.executable, os.path.join(HERE, "http_bench.py"), *common]
+    print(f"== meshflow http: {' '.join(cmd)}", flush=True)
+    subprocess.run([*cmd, "--json-out", path], check=True, stdout=subprocess.DEVNULL)
+    with open(path, encoding="utf-8") as fh:
+        rows = [json.loads(line) for line in fh]
+    for mesh in ("direct", "envoy"):
+        out[mesh] = {
+            "medians": {
+                (r["case"], r["concurrency"]): r
+                for r in rows
+                if r.get("aggregate") == "median" and r["mesh"] == mesh
+            },
+            "summary": next(r for r in rows if r.get("summary") and r["mesh"] == mesh),
+        }
+    if not args.skip_jina:
+        jina_cmd = ["bash", os.path.join(HERE, "run_jina_flow.sh"), "--protocol", "http"]
+        out["jina"] = run(
+            "jina http",
+            [*jina_cmd, "--client-python", sys.executable, *common],
+            os.path.join(tmp, "jina-http.jsonl"),
+        )
+    return out
+
+
+HTTP_CONCURRENCIES = (1, 32)
+HTTP_TARGET = 1.5
+
+
+def report_http(args: argparse.Namespace, http: dict[str, Any]) -> None:
+    from _http_load import group_cpu
+
+    jina = http.get("jina")
+    print()
+    print(
+        f"HTTP doors, 1 doc per request (httpx client, keep-alive, one connection per worker); "
+        f"median of {args.repeat} rounds of {args.duration:g} s"
+    )
+    print(f"{'':34}" + "".join(f"c={n:<3}".rjust(28) for n in HTTP_CONCURRENCIES))
+    lines = [(f"meshflow {m} GraphQL", http[m]["medians"], "graphql 1-doc") for m in MESHES]
+    if jina is not None:
+        lines.append(("Jina HTTP (POST /default)", jina["medians"], "post 1-doc"))
+    for label, medians, case in lines:
+        cells = []
+        for n in HTTP_CONCURRENCIES:
+            m = medians[(case, n)]
+            cell = f"{m['rps']:>7,.0f} r/s {m['p50_ms']:>6.2f} ms"
+            cells.append(f"{cell} {m['server_cpu_ms_per_req']:>5.2f}".rjust(28))
+        print(f"{label:34}" + "".join(cells))
+    print(f"{'':34}{'(req/s, p50, server CPU ms per request)':>56}")
+    print("\nserver CPU per request by role, ms (median):")
+    for label, medians, case in lines:
+        for n in HTTP_CONCURRENCIES:
+            m = medians[(case, n)]
+            roles = group_cpu(m["cpu_ms_per_req_by_process"])
+            parts = ", ".join(f"{k} {v:.2f}" for k, v in roles.items())
+            print(f"  {label:32} c={n:<3} {parts}, client {m['client_cpu_ms_per_req']:.2f}")
+    for mesh in MESHES:
+        med = http[mesh]["medians"]
+        lean = med.get(("search ids+scores", 8))
+        full = med.get(("search +embeddings", 8))
+        if lean is None or full is None:
+            continue
+        print(f"\nsearch answer, meshflow {mesh} GraphQL, 10 docs x 50 matches (512-d), c=8:")
+        for label, m in (
+            ("docs { id matches { id scores } }", lean),
+            ("docs { id matches { id scores embedding { data } } }", full),
+        ):
+            roles = group_cpu(m["cpu_ms_per_req_by_process"])
+            print(
+                f"  {label:52} {m['rps']:>7,.1f} req/s, p50 {m['p50_ms']:>7,.0f} ms, "
+                f"{m['response_bytes']:>9,} B; server CPU ms/req "
+                + ", ".join(f"{k} {v:,.1f}" for k, v in roles.items())
+            )
+    if jina is None:
+        return
+    print("\ntargets (against Jina's HTTP door in this run):")
+    for mesh in MESHES:
+        ratio = (
+            http[mesh]["medians"][("graphql 1-doc", 32)]["rps"]
+            / jina["medians"][("post 1-doc", 32)]["rps"]
+        )
+        verdict = "met" if ratio >= HTTP_TARGET else "MISSED"
+        print(
+            f"  {mesh}: GraphQL 1-doc c=32 req/s >= {HTTP_TARGET}x Jina HTTP "
+            f"{ratio:5.2f}x  {verdict}"
+        )
+
+
+MESHES = ("direct", "envoy")
 
 
 def report(args: argparse.Namespace, results: list[dict[str, Any]]) -> None:

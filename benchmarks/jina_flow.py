@@ -17,6 +17,16 @@ What it measures:
   each at concurrency 1 and 32 -> requests/s, docs/s, p50/p99 ms;
 * memory: summed peak RSS (VmHWM) of the Flow's child processes (gateway +
   executors), plus their summed PSS (shared pages counted once).
+
+With ``--protocol http`` the Flow is ``Flow(protocol='http', port=P)`` (same executors) and the
+load is its REST door instead: ``POST /default`` (with docarray v2 Jina serves one route per
+endpoint, ``/default`` for a bare ``@requests``; ``/post`` exists only with docarray v1) with
+the JSON body ``{"data": [{"text": "hello world"}]}``, from ``_http_load.py`` (httpx,
+HTTP/1.1 keep-alive, one connection per worker) run by ``--client-python`` (default: this
+interpreter, which then needs httpx) inside the same network namespace; 1 doc at concurrency
+1 and 32, with the server CPU per request of each process (gateway, executors)::
+
+    bash benchmarks/run_jina_flow.sh --protocol http --client-python .venv/bin/python
 """
 
 # No "from __future__ import annotations": Jina/pydantic read the Executor's
@@ -33,6 +43,7 @@ import uuid
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 
+import _http_load  # noqa: E402  (stdlib; httpx only in the client process)
 import _load  # noqa: E402  (stdlib + grpc only)
 
 # Must be set before jina is imported.
@@ -47,6 +58,8 @@ CASES = [  # (name, docs per request, embedding dim or 0)
     ("64-doc-512d", 64, 512),
 ]
 CONCURRENCIES = [1, 32]
+HTTP_ROUTE = "/default"  # the bare @requests endpoint's route (docarray v2)
+HTTP_CASES = [("post 1-doc", 1)]  # (name, docs per request)
 
 
 def _only_loopback_netns() -> bool:
@@ -60,6 +73,67 @@ def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def process_names(pids: list[int], gateway_port: int) -> dict[str, int]:
+    """Name Jina's processes by role: the one listening on the gateway's port is the gateway."""
+    listening = _http_load.listening_ports(pids)
+    names: dict[str, int] = {}
+    for n, pid in enumerate(pids):
+        ports = listening.get(pid, [])
+        if gateway_port in ports:
+            name = "gateway"
+        elif ports:
+            name = f"executor (port {ports[0]})"
+        else:
+            name = f"other {n} ({_load._read_status(pid).get('Name', '?')})"
+        names[name] = pid
+    return names
+
+
+def http_cases(
+    args: argparse.Namespace, port: int, flow_pids: list[int], tmpdir: str, vers: dict[str, str]
+) -> list[dict[str, object]]:
+    """The REST door's load: 1 doc per request on POST /default, from an httpx client."""
+    import urllib.request
+
+    url = f"http://127.0.0.1:{port}{HTTP_ROUTE}"
+    names = process_names(flow_pids, port)
+    paths = {}
+    for name, n_docs in HTTP_CASES:
+        body = json.dumps({"data": [{"text": "hello world"}] * n_docs}).encode()
+        paths[name] = os.path.join(tmpdir, f"{name.replace(' ', '-')}.json")
+        with open(paths[name], "wb") as fh:
+            fh.write(body)
+        # validate once: 200, the same documents back
+        req = urllib.request.Request(url, data=body, headers={"content-type": "application/json"})
+        with urllib.request.urlopen(req, timeout=30) as resp:
+            answer = json.loads(resp.read())
+        texts = [d.get("text") for d in answer["data"]]
+        if texts != ["hello world"] * n_docs:
+            raise RuntimeError(f"unexpected answer from {url}: {answer}")
+    results = []
+    for rnd in range(args.repeat):  # rounds outside, so interference spreads out
+        for name, n_docs in HTTP_CASES:
+            for conc in args.concurrency:
+                row = _http_load.measure_http_case(
+                    bench="jina_http",
+                    case=name,
+                    docs_per_req=n_docs,
+                    url=url,
+                    body_path=paths[name],
+                    concurrency=conc,
+                    duration=args.duration,
+                    warmup=args.warmup,
+                    server_pids=names,
+                    python=args.client_python,
+                    reject=[],  # errors come back as HTTP 5xx
+                    quiet_wait=args.quiet_wait,
+                    extra={"round": rnd + 1, "jina": vers["jina"], "route": HTTP_ROUTE},
+                )
+                results.append(row)
+                print(json.dumps(row), flush=True)
+    return results
 
 
 def main() -> None:
@@ -82,6 +156,16 @@ def main() -> None:
         help="run even if this network namespace has interfaces other than lo",
     )
     p.add_argument("--json-out", help="also write all result lines to this file")
+    p.add_argument(
+        "--protocol",
+        choices=["grpc", "http"],
+        default="grpc",
+        help="the gateway's protocol and the matching load (http: JSON on POST /default)",
+    )
+    p.add_argument(
+        "--client-python",
+        help="interpreter of the HTTP load client (needs httpx); default this one",
+    )
     args = p.parse_args()
 
     if not _only_loopback_netns() and not args.allow_network:
@@ -131,54 +215,62 @@ def main() -> None:
 
     # ---- start-up: construct + ready (imports excluded)
     t0 = time.perf_counter()
-    f = Flow(protocol="grpc", port=port).add(uses=Noop).add(uses=Noop)
+    f = Flow(protocol=args.protocol, port=port).add(uses=Noop).add(uses=Noop)
     f.start()
     startup_s = time.perf_counter() - t0
     me = os.getpid()
     flow_pids = _load.descendants(me)
     listeners = _load.tcp_listeners()
+    bench = "jina_flow" if args.protocol == "grpc" else "jina_http"
 
     results = []
     tmpdir = tempfile.mkdtemp(prefix="meshflow-bench-jina-")
     try:
-        import grpc
+        if args.protocol == "http":
+            results = http_cases(args, port, flow_pids, tmpdir, vers)
+        else:
+            import grpc
 
-        paths = {}
-        for name, n_docs, dim in CASES:
-            payload = build_request(n_docs, dim)
-            paths[name] = os.path.join(tmpdir, f"{name}.bin")
-            with open(paths[name], "wb") as fh:
-                fh.write(payload)
-            # validate once: response parses, status OK, same number of docs
-            with grpc.insecure_channel(f"127.0.0.1:{port}") as ch:
-                raw = ch.unary_unary(METHOD)(payload, timeout=30)
-            resp = jina_pb2.DataRequestProto()
-            resp.ParseFromString(raw)
-            if resp.header.status.code != jina_pb2.StatusProto.SUCCESS:
-                raise RuntimeError(f"Jina returned an error: {resp.header.status}")
-            back = DataRequest(resp)
-            back.document_array_cls = DocList[BenchDoc]
-            if len(back.docs) != n_docs:
-                raise RuntimeError(f"expected {n_docs} docs back, got {len(back.docs)}")
-        for rnd in range(args.repeat):  # rounds outside, so interference spreads out
-            for name, n_docs, _dim in CASES:
-                for conc in args.concurrency:
-                    row = _load.measure_case(
-                        bench="jina_flow",
-                        case=name,
-                        docs_per_req=n_docs,
-                        target=f"127.0.0.1:{port}",
-                        method=METHOD,
-                        payload_path=paths[name],
-                        concurrency=conc,
-                        duration=args.duration,
-                        warmup=args.warmup,
-                        server_pids=flow_pids,
-                        quiet_wait=args.quiet_wait,
-                        extra={"round": rnd + 1, "jina": vers["jina"], "grpcio": vers["grpcio"]},
-                    )
-                    results.append(row)
-                    print(json.dumps(row), flush=True)
+            paths = {}
+            for name, n_docs, dim in CASES:
+                payload = build_request(n_docs, dim)
+                paths[name] = os.path.join(tmpdir, f"{name}.bin")
+                with open(paths[name], "wb") as fh:
+                    fh.write(payload)
+                # validate once: response parses, status OK, same number of docs
+                with grpc.insecure_channel(f"127.0.0.1:{port}") as ch:
+                    raw = ch.unary_unary(METHOD)(payload, timeout=30)
+                resp = jina_pb2.DataRequestProto()
+                resp.ParseFromString(raw)
+                if resp.header.status.code != jina_pb2.StatusProto.SUCCESS:
+                    raise RuntimeError(f"Jina returned an error: {resp.header.status}")
+                back = DataRequest(resp)
+                back.document_array_cls = DocList[BenchDoc]
+                if len(back.docs) != n_docs:
+                    raise RuntimeError(f"expected {n_docs} docs back, got {len(back.docs)}")
+            for rnd in range(args.repeat):  # rounds outside, so interference spreads out
+                for name, n_docs, _dim in CASES:
+                    for conc in args.concurrency:
+                        row = _load.measure_case(
+                            bench=bench,
+                            case=name,
+                            docs_per_req=n_docs,
+                            target=f"127.0.0.1:{port}",
+                            method=METHOD,
+                            payload_path=paths[name],
+                            concurrency=conc,
+                            duration=args.duration,
+                            warmup=args.warmup,
+                            server_pids=flow_pids,
+                            quiet_wait=args.quiet_wait,
+                            extra={
+                                "round": rnd + 1,
+                                "jina": vers["jina"],
+                                "grpcio": vers["grpcio"],
+                            },
+                        )
+                        results.append(row)
+                        print(json.dumps(row), flush=True)
         mem = _load.memory_report(flow_pids)
         pss_sum_mb = mem["pss_sum_mb"]
         main_hwm_mb = round(_load.vm_kb(me) / 1024, 1)
@@ -190,11 +282,12 @@ def main() -> None:
             os.unlink(os.path.join(tmpdir, fn))
         os.rmdir(tmpdir)
 
-    agg = _load.aggregate(results)
+    agg = _http_load.aggregate(results) if args.protocol == "http" else _load.aggregate(results)
     for a in agg:
         print(json.dumps(a), flush=True)
     summary = {
-        "bench": "jina_flow",
+        "bench": bench,
+        "protocol": args.protocol,
         "summary": True,
         "date": time.strftime("%Y-%m-%d"),
         "cpus": os.cpu_count(),
@@ -233,7 +326,15 @@ def main() -> None:
         f"median of {args.repeat} rounds of {args.duration:g} s (after {args.warmup:g} s "
         f"warm-up); srv CPU = CPU of gateway + executors per request"
     )
-    _load.print_table(agg, _load.TABLE_COLUMNS)
+    if args.protocol == "http":
+        print(f"HTTP door: POST {HTTP_ROUTE}, client {args.client_python or sys.executable}")
+        _load.print_table(agg, _http_load.TABLE_COLUMNS)
+        print("\nserver CPU per request by process, ms (median):")
+        for a in agg:
+            per = ", ".join(f"{k} {v:.3f}" for k, v in a["cpu_ms_per_req_by_process"].items())
+            print(f"  {a['case']} c={a['concurrency']}: {per}")
+    else:
+        _load.print_table(agg, _load.TABLE_COLUMNS)
     warn = _load.contamination_warning(results)
     if warn:
         print(warn)

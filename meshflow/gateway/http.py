@@ -13,7 +13,6 @@ import asyncio
 import json
 import socket
 import time
-from collections.abc import Iterator
 from typing import Any
 
 import strawberry
@@ -28,9 +27,12 @@ from strawberry.asgi import GraphQL
 from strawberry.extensions import (
     MaxAliasesLimiter,
     MaxTokensLimiter,
+    ParserCache,
     QueryDepthLimiter,
-    SchemaExtension,
+    ValidationCache,
 )
+from strawberry.http import GraphQLHTTPResponse
+from strawberry.types import ExecutionResult
 
 from meshflow.gateway.graphql import (
     DocumentInput,
@@ -53,34 +55,27 @@ _CODES = (  # first match wins: the token limit is reported as a syntax error
 )
 
 
-class ErrorCodes(SchemaExtension):
-    """Gives every error of a result an ``extensions.code`` (validation errors have none)."""
-
-    def on_operation(self) -> Iterator[None]:
-        yield
-        result = self.execution_context.result
-        if result is None or not result.errors:
-            return
-        for error in result.errors:
-            if error.extensions and "code" in error.extensions:
-                continue
-            code = next((c for text, c in _CODES if text in error.message), None)
-            if code is None:
-                code = "GRAPHQL_VALIDATION_FAILED" if not error.path else "INTERNAL_SERVER_ERROR"
-            error.extensions = {**(error.extensions or {}), "code": code}
+def error_code(message: str, has_path: bool) -> str:
+    """The ``extensions.code`` of an error that came without one (parse, validation)."""
+    code = next((c for text, c in _CODES if text in message), None)
+    if code is None:
+        code = "INTERNAL_SERVER_ERROR" if has_path else "GRAPHQL_VALIDATION_FAILED"
+    return code
 
 
 def make_schema(limits: GraphQLLimits, query: type = Query) -> strawberry.Schema:
+    # One instance of each limiter for the schema's life (as Strawberry documents): the
+    # validation rules then stay the same, so each distinct query is parsed and validated
+    # once and served from the caches afterwards.
+    extensions: list[Any] = [
+        ParserCache(maxsize=512),
+        ValidationCache(maxsize=512),
+        QueryDepthLimiter(max_depth=limits.max_depth),
+        MaxAliasesLimiter(max_alias_count=limits.max_aliases),
+        MaxTokensLimiter(max_token_count=limits.max_tokens),
+    ]
     return strawberry.Schema(
-        query=query,
-        mutation=Mutation,
-        subscription=Subscription,
-        extensions=[
-            lambda: QueryDepthLimiter(max_depth=limits.max_depth),
-            lambda: MaxAliasesLimiter(max_alias_count=limits.max_aliases),
-            lambda: MaxTokensLimiter(max_token_count=limits.max_tokens),
-            ErrorCodes,
-        ],
+        query=query, mutation=Mutation, subscription=Subscription, extensions=extensions
     )
 
 
@@ -120,6 +115,14 @@ class _GraphQLApp(GraphQL[dict[str, Any], None]):
             "request": request,
             "response": response,
         }
+
+    async def process_result(self, request: Any, result: ExecutionResult) -> GraphQLHTTPResponse:
+        """Every error gets an ``extensions.code`` (parse and validation errors have none)."""
+        for error in result.errors or ():
+            if not (error.extensions and "code" in error.extensions):
+                code = error_code(error.message, bool(error.path))
+                error.extensions = {**(error.extensions or {}), "code": code}
+        return await super().process_result(request, result)
 
     def process_errors(self, errors: list[GraphQLError], execution_context: Any = None) -> None:
         # Refused input is the caller's problem: no traceback in the gateway's log.
@@ -311,7 +314,9 @@ class HttpDoor:
 
     def __init__(self, app: ASGIApp, host: str, port: int) -> None:
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
-        self.sock = socket.socket(family, socket.SOCK_STREAM)
+        # IPPROTO_TCP, not 0: asyncio sets TCP_NODELAY on accepted connections only for
+        # listening sockets made so; without it each answer waits ~40 ms for a delayed ACK.
+        self.sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
         try:
             self.sock.bind((host, port))
         except OSError as exc:
