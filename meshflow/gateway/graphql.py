@@ -17,7 +17,7 @@ import keyword
 import time
 import uuid
 from collections.abc import AsyncGenerator, Iterable, Sequence
-from typing import Any, cast
+from typing import Any, NewType, cast
 
 import numpy as np
 import strawberry
@@ -52,6 +52,23 @@ def graphql_error(message: str, code: str, **extra: Any) -> GraphQLError:
     return GraphQLError(message, extensions={"code": code, **extra})
 
 
+def _floats(value: Any) -> Any:
+    if not isinstance(value, list) or not all(
+        isinstance(v, int | float) and not isinstance(v, bool) for v in value
+    ):
+        raise ValueError("Floats must be a list of numbers")
+    return value
+
+
+Floats = strawberry.scalar(
+    NewType("Floats", object),
+    description="A list of floats, serialized as one JSON array (not value by value: an "
+    "embedding is thousands of numbers).",
+    serialize=lambda value: value,
+    parse_value=_floats,
+)
+
+
 @strawberry.type(name="NdArray", description="An array: its shape, dtype and values.")
 class NdArrayType:
     _pb: strawberry.Private[document_pb2.NdArray]
@@ -65,7 +82,7 @@ class NdArrayType:
         return self._pb.dtype
 
     @strawberry.field(description="All values in C order, as floats.")
-    def data(self) -> list[float]:
+    def data(self) -> Floats:  # type: ignore[valid-type]
         values: list[float] = (
             np.frombuffer(self._pb.buffer, dtype=np.dtype(self._pb.dtype))
             .astype(np.float64)
