@@ -191,22 +191,7 @@ def measure_http_case(
         for name, pid in pids.items()
     }
     row: dict[str, Any] = {
-        "bench": bench,
-        "case": case,
-        "docs_per_req": docs_per_req,
-        "concurrency": concurrency,
-        "rps": stats["rps"],
-        "docs_s": round(stats["rps"] * docs_per_req, 1),
-        "p50_ms": stats["p50_ms"],
-        "p90_ms": stats["p90_ms"],
-        "p99_ms": stats["p99_ms"],
-        "requests": stats["requests"],
-        "errors": stats["errors"],
-        "first_error": stats["first_error"],
-        "request_bytes": stats["request_bytes"],
-        "response_bytes": stats["response_bytes"],
-        "duration_s": stats["duration_s"],
-        "client_cpu_s": stats["client_cpu_s"],
+        **_load.stats_row(bench=bench, case=case, docs_per_req=docs_per_req, stats=stats),
         # the client's CPU while loading (warm-up included; start-up and imports excluded)
         "client_cpu_ms_per_req": round(1000.0 * stats["load_cpu_s"] / max(sent - 1, 1), 3),
         "server_cpu_ms_per_req": round(1000.0 * cpu["servers_cpu_s"] / sent, 3),

@@ -328,6 +328,28 @@ def wait_quiet(
     return round(time.perf_counter() - t0, 1)
 
 
+def stats_row(*, bench: str, case: str, docs_per_req: int, stats: dict[str, Any]) -> dict[str, Any]:
+    """The figures of one client run, as the first fields of a result row."""
+    return {
+        "bench": bench,
+        "case": case,
+        "docs_per_req": docs_per_req,
+        "concurrency": stats["concurrency"],
+        "rps": stats["rps"],
+        "docs_s": round(stats["rps"] * docs_per_req, 1),
+        "p50_ms": stats["p50_ms"],
+        "p90_ms": stats["p90_ms"],
+        "p99_ms": stats["p99_ms"],
+        "requests": stats["requests"],
+        "errors": stats["errors"],
+        "first_error": stats["first_error"],
+        "request_bytes": stats["request_bytes"],
+        "response_bytes": stats["response_bytes"],
+        "duration_s": stats["duration_s"],
+        "client_cpu_s": stats["client_cpu_s"],
+    }
+
+
 def measure_case(
     *,
     bench: str,
@@ -362,22 +384,7 @@ def measure_case(
     )
     cpu = watch.stop()
     row: dict[str, Any] = {
-        "bench": bench,
-        "case": case,
-        "docs_per_req": docs_per_req,
-        "concurrency": concurrency,
-        "rps": stats["rps"],
-        "docs_s": round(stats["rps"] * docs_per_req, 1),
-        "p50_ms": stats["p50_ms"],
-        "p90_ms": stats["p90_ms"],
-        "p99_ms": stats["p99_ms"],
-        "requests": stats["requests"],
-        "errors": stats["errors"],
-        "first_error": stats["first_error"],
-        "request_bytes": stats["request_bytes"],
-        "response_bytes": stats["response_bytes"],
-        "duration_s": stats["duration_s"],
-        "client_cpu_s": stats["client_cpu_s"],
+        **stats_row(bench=bench, case=case, docs_per_req=docs_per_req, stats=stats),
         # server-side CPU (all server processes) per request, warm-up included
         "server_cpu_ms_per_req": round(
             1000.0 * cpu["servers_cpu_s"] / max(stats["requests"] + stats["warmup_requests"], 1), 3
