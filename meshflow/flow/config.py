@@ -43,6 +43,7 @@ WITH_KEYS = {
     "graphql",
     "graphql_port",
     "graphql_limits",
+    "envoy_concurrency",
 }
 EXECUTOR_KEYS = {
     "name",
@@ -205,6 +206,7 @@ def save_flow(flow: Flow, path: str) -> None:
         "log_dir": None,
         "graphql": True,
         "graphql_port": None,
+        "envoy_concurrency": 1,
     }
     for key, default in defaults.items():
         value = flow.port if key == "port" else getattr(flow, key)

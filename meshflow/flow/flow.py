@@ -52,6 +52,7 @@ class Flow(Posting):
         graphql_port: its port; None picks a free one.
         graphql_limits: :class:`~meshflow.GraphQLLimits` (depth, aliases, tokens, body size,
             documents per request).
+        envoy_concurrency: worker threads of each Envoy sidecar (``--concurrency``).
         log_dir: keep the processes' logs there (default: a temporary folder, removed on exit).
     """
 
@@ -70,6 +71,7 @@ class Flow(Posting):
         graphql: bool = True,
         graphql_port: int | None = None,
         graphql_limits: GraphQLLimits | Mapping[str, Any] | None = None,
+        envoy_concurrency: int = 1,
     ) -> None:
         for label, value in (("port", port), ("graphql_port", graphql_port)):
             if value is not None and (
@@ -95,6 +97,13 @@ class Flow(Posting):
         self.max_in_flight = max_in_flight
         self.max_request_bytes = max_request_bytes
         self.log_dir = log_dir
+        if (
+            isinstance(envoy_concurrency, bool)
+            or not isinstance(envoy_concurrency, int)
+            or (envoy_concurrency < 1)
+        ):
+            raise ConfigError("envoy_concurrency must be a whole number >= 1")
+        self.envoy_concurrency = envoy_concurrency
         self.graphql = graphql
         self.graphql_limits = graphql_limits or GraphQLLimits()
         self._graphql_port = graphql_port

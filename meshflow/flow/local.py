@@ -258,6 +258,7 @@ class LocalRuntime:
             log_path=os.path.join(self.log_dir, f"{label}.envoy.log"),
             run_dir=self.run_dir,
             label=label,
+            concurrency=self.flow.envoy_concurrency,
         )
 
     def _eds_path(self, cluster: str) -> str:
@@ -378,6 +379,7 @@ class LocalRuntime:
             log_path=os.path.join(self.log_dir, "gateway.envoy.log"),
             run_dir=self.run_dir,
             label="gateway",
+            concurrency=self.flow.envoy_concurrency,
         )
 
     def _mesh_ready(self, replicas: list[Replica] | None = None) -> bool:

@@ -67,7 +67,14 @@ class EnvoyProcess(ManagedProcess):
     """An Envoy sidecar of the Flow."""
 
     def __init__(
-        self, *, name: str, config_path: str, log_path: str, run_dir: str, label: str
+        self,
+        *,
+        name: str,
+        config_path: str,
+        log_path: str,
+        run_dir: str,
+        label: str,
+        concurrency: int = 1,
     ) -> None:
         admin_file = os.path.join(run_dir, f"{label}.admin")
         binary = envoy_binary()
@@ -81,7 +88,7 @@ class EnvoyProcess(ManagedProcess):
             "-c",
             config_path,
             "--concurrency",
-            "1",
+            str(concurrency),
             "--admin-address-path",
             admin_file,
             "--disable-hot-restart",

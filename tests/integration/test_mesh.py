@@ -308,3 +308,12 @@ def test_envoy_failing_to_start_shows_config_and_log(workspace: str, tmp_path: o
     assert "sidecar" in message and ".envoy.yaml" in message
     assert "nosuch" in info.value.log_tail
     assert f.pids == {}
+
+
+def test_envoy_concurrency_is_configurable(start_flow: StartFlow) -> None:
+    f = start_flow(Flow(envoy_concurrency=2).add(uses="executors:Append", name="a"))
+    pid = f.describe()["deployments"][0]["replicas"][0]["sidecar"]["pid"]
+    with open(f"/proc/{pid}/cmdline", "rb") as fh:
+        args = fh.read().split(b"\0")
+    assert args[args.index(b"--concurrency") + 1] == b"2"
+    assert f.post("/", DocumentArray.empty(1)).texts == ["x"]
