@@ -221,7 +221,8 @@ class LocalRuntime:
         out = Replica(dep.name, shard, replica, sock, executor)
         if self.envoy:
             out.ingress_port = _free_port()
-            out.sidecar = self._make_replica_sidecar(dep, label, sock, out.ingress_port)
+            where = f"{dep.name!r} (shard {shard}, replica {replica})"
+            out.sidecar = self._make_replica_sidecar(dep, where, label, sock, out.ingress_port)
         return out
 
     def _prepare_mesh(self) -> None:
@@ -232,7 +233,7 @@ class LocalRuntime:
         self._ca = FlowCA(pki, self.flow.name)
 
     def _make_replica_sidecar(
-        self, dep: Deployment, label: str, sock: str, port: int
+        self, dep: Deployment, where: str, label: str, sock: str, port: int
     ) -> EnvoyProcess:
         from meshflow.mesh.config import replica_sidecar, write_yaml
         from meshflow.mesh.sidecar import EnvoyProcess
@@ -252,8 +253,7 @@ class LocalRuntime:
             ),
         )
         return EnvoyProcess(
-            name=f"sidecar of {dep.name!r} (shard {label.split('-s')[-1].split('-r')[0]}, "
-            f"replica {label.rsplit('-r', 1)[-1]})",
+            name=f"sidecar of {where}",
             config_path=config_path,
             log_path=os.path.join(self.log_dir, f"{label}.envoy.log"),
             run_dir=self.run_dir,
