@@ -70,16 +70,15 @@ class ExecutorRuntime:
         answer keeps only those document fields: embeddings and tensors nobody asked for never
         leave the mesh.
         """
-        answer = await self._process(data)
         head = data_request_pb2.DataRequestHead.FromString(data)
+        answer = await self._process(data, head)
         if head.header.last_hop and head.header.fields:
             pruned = data_request_pb2.DataRequest.FromString(answer)
             prune(pruned.docs, head.header.fields)
             return pruned.SerializeToString()
         return answer
 
-    async def _process(self, data: bytes) -> bytes:
-        head = data_request_pb2.DataRequestHead.FromString(data)
+    async def _process(self, data: bytes, head: data_request_pb2.DataRequestHead) -> bytes:
         target = head.header.target_executor
         if target and target != self.name:
             return data
@@ -109,7 +108,6 @@ class ExecutorRuntime:
         try:
             if spec.is_async:
                 result = await method(**kwargs)
-                answer = self._answer(data, request, docs, result, spec)
             else:
                 loop = asyncio.get_running_loop()
                 result = await loop.run_in_executor(self._pool, lambda: method(**kwargs))
@@ -122,13 +120,7 @@ class ExecutorRuntime:
                 spec.method,
                 self.name,
             )
-            status = request.status
-            status.code = data_request_pb2.Status.ERROR
-            status.message = str(exc) or repr(exc)
-            status.executor = self.name
-            status.endpoint = request.header.endpoint or "/"
-            status.exception_type = type(exc).__name__
-            answer = request.SerializeToString()
+            answer = _failure(request, self.name, exc)
         log.debug(
             "request %s %s: %d docs in %.2f ms",
             request.header.request_id,
@@ -191,7 +183,7 @@ class ExecutorRuntime:
 def _failure(request: data_request_pb2.DataRequest, executor: str, exc: Exception) -> bytes:
     status = request.status
     status.code = data_request_pb2.Status.ERROR
-    status.message = str(exc)
+    status.message = str(exc) or repr(exc)
     status.executor = executor
     status.endpoint = request.header.endpoint or "/"
     status.exception_type = type(exc).__name__

@@ -27,7 +27,7 @@ from strawberry.types import Info
 from strawberry.types.nodes import FragmentSpread, InlineFragment, SelectedField, Selection
 
 from meshflow.document.proto import dict_to_struct, struct_to_dict
-from meshflow.errors import BadRequestError, RequestError
+from meshflow.errors import RequestError
 from meshflow.gateway.server import Gateway
 from meshflow.proto.v1 import data_request_pb2, document_pb2, services_pb2
 
@@ -321,8 +321,6 @@ async def run_post(
     deadline = None if timeout is None else time.monotonic() + timeout
     try:
         raw = await gateway.run(data, deadline)
-    except BadRequestError as exc:
-        raise graphql_error(str(exc), exc.graphql_code) from None
     except RequestError as exc:
         raise graphql_error(str(exc), exc.graphql_code) from None
     answer = data_request_pb2.DataRequest.FromString(raw)
