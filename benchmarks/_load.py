@@ -451,6 +451,32 @@ TABLE_COLUMNS = [
 ]
 
 
+def emit(
+    results: list[dict[str, Any]],
+    agg: list[dict[str, Any]],
+    summary: dict[str, Any],
+    json_out: str | None,
+) -> None:
+    """Print the medians and the summary as JSON lines; write every line to ``json_out``."""
+    for line in [*agg, summary]:
+        print(json.dumps(line), flush=True)
+    if json_out:
+        with open(json_out, "w") as fh:
+            for line in [*results, *agg, summary]:
+                fh.write(json.dumps(line) + "\n")
+
+
+def finish(results: list[dict[str, Any]], agg: list[dict[str, Any]], headline: list[str]) -> None:
+    """The human part of a report: headline lines, the table, the noise warning."""
+    print()
+    for line in headline:
+        print(line)
+    print_table(agg, TABLE_COLUMNS)
+    warn = contamination_warning(results)
+    if warn:
+        print(warn)
+
+
 def contamination_warning(rows: list[dict[str, Any]]) -> str | None:
     bad = [r for r in rows if r.get("foreign_pct", 0) > FOREIGN_WARN_PCT]
     if not bad:

@@ -114,8 +114,6 @@ def main() -> None:
     shutil.rmtree(tmpdir)
 
     agg = _load.aggregate(results)
-    for a in agg:
-        print(json.dumps(a), flush=True)
     summary = {
         "bench": f"meshflow-{args.mesh}",
         "mesh": args.mesh,
@@ -129,28 +127,20 @@ def main() -> None:
         "pss_sum_mb": mem["pss_sum_mb"],
         "per_process": mem["processes"],
     }
-    print(json.dumps(summary), flush=True)
-    if args.json_out:
-        with open(args.json_out, "w") as fh:
-            for r in [*results, *agg, summary]:
-                fh.write(json.dumps(r) + "\n")
-    print()
-    print(
-        f"meshflow {vers['meshflow']}, grpcio {vers['grpcio']}, protobuf {vers['protobuf']}, "
-        f"Python {vers['python']}, {os.cpu_count()} CPUs"
+    _load.emit(results, agg, summary, args.json_out)
+    _load.finish(
+        results,
+        agg,
+        [
+            f"meshflow {vers['meshflow']}, grpcio {vers['grpcio']}, protobuf {vers['protobuf']}, "
+            f"Python {vers['python']}, {os.cpu_count()} CPUs",
+            f"Flow gateway + 2 no-op executors (mesh={args.mesh!r}): start-up {startup_s:.2f} s, "
+            f"{len(server_pids)} processes, peak RSS sum {mem['peak_rss_sum_mb']} MB "
+            f"(PSS {mem['pss_sum_mb']} MB)",
+            f"median of {args.repeat} rounds of {args.duration:g} s "
+            f"(after {args.warmup:g} s warm-up)",
+        ],
     )
-    print(
-        f"Flow gateway + 2 no-op executors (mesh={args.mesh!r}): start-up {startup_s:.2f} s, "
-        f"{len(server_pids)} processes, peak RSS sum {mem['peak_rss_sum_mb']} MB "
-        f"(PSS {mem['pss_sum_mb']} MB)"
-    )
-    print(
-        f"median of {args.repeat} rounds of {args.duration:g} s (after {args.warmup:g} s warm-up)"
-    )
-    _load.print_table(agg, _load.TABLE_COLUMNS)
-    warn = _load.contamination_warning(results)
-    if warn:
-        print(warn)
 
 
 if __name__ == "__main__":

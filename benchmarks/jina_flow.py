@@ -283,8 +283,6 @@ def main() -> None:
         os.rmdir(tmpdir)
 
     agg = _http_load.aggregate(results) if args.protocol == "http" else _load.aggregate(results)
-    for a in agg:
-        print(json.dumps(a), flush=True)
     summary = {
         "bench": bench,
         "protocol": args.protocol,
@@ -304,12 +302,7 @@ def main() -> None:
         "listeners": listeners,
         "loadavg": os.getloadavg(),
     }
-    print(json.dumps(summary), flush=True)
-    if args.json_out:
-        with open(args.json_out, "w") as fh:
-            for r in [*results, *agg, summary]:
-                fh.write(json.dumps(r) + "\n")
-
+    _load.emit(results, agg, summary, args.json_out)
     print()
     print(
         f"Jina {vers['jina']} (docarray {vers['docarray']}), grpcio {vers['grpcio']}, "

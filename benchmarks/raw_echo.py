@@ -205,8 +205,6 @@ def main() -> None:
         os.rmdir(tmpdir)
 
     agg = _load.aggregate(results)
-    for a in agg:
-        print(json.dumps(a), flush=True)
     summary = {
         "bench": "raw_echo",
         "summary": True,
@@ -221,31 +219,20 @@ def main() -> None:
         "listeners": listeners,
         "loadavg": os.getloadavg(),
     }
-    print(json.dumps(summary), flush=True)
-    if args.json_out:
-        with open(args.json_out, "w") as fh:
-            for r in [*results, *agg, summary]:
-                fh.write(json.dumps(r) + "\n")
-
-    print()
-    print(
-        f"raw grpc.aio echo, grpcio {vers['grpcio']}, Python {vers['python']}, "
-        f"{os.cpu_count()} CPUs"
+    _load.emit(results, agg, summary, args.json_out)
+    _load.finish(
+        results,
+        agg,
+        [
+            f"raw grpc.aio echo, grpcio {vers['grpcio']}, Python {vers['python']}, "
+            f"{os.cpu_count()} CPUs",
+            f"gateway + 2 echo executors: start-up {startup_s:.2f} s (spawn of fresh "
+            f"interpreters: 2 executors in parallel, then the gateway),"
+            f" peak RSS sum {mem['peak_rss_sum_mb']} MB (PSS {mem['pss_sum_mb']} MB)",
+            f"median of {args.repeat} rounds of {args.duration:g} s (after {args.warmup:g} s "
+            f"warm-up); srv CPU = CPU of all server processes per request",
+        ],
     )
-    print(
-        f"gateway + 2 echo executors: start-up {startup_s:.2f} s (spawn of fresh "
-        f"interpreters: 2 executors in parallel, then the gateway),"
-        f" peak RSS sum {mem['peak_rss_sum_mb']} MB "
-        f"(PSS {mem['pss_sum_mb']} MB)"
-    )
-    print(
-        f"median of {args.repeat} rounds of {args.duration:g} s (after {args.warmup:g} s "
-        f"warm-up); srv CPU = CPU of all server processes per request"
-    )
-    _load.print_table(agg, _load.TABLE_COLUMNS)
-    warn = _load.contamination_warning(results)
-    if warn:
-        print(warn)
 
 
 if __name__ == "__main__":
