@@ -12,14 +12,18 @@ from meshflow.errors import (
     DeadlineExceeded,
     ExecutorError,
     FlowStartError,
+    ForbiddenError,
     MeshflowError,
     OverloadedError,
     RequestError,
+    UnauthenticatedError,
     UnavailableError,
 )
 from meshflow.executor import Executor, RuntimeArgs, requests
 from meshflow.flow import Flow
+from meshflow.gateway.auth import JWTAuth
 from meshflow.gateway.limits import GraphQLLimits
+from meshflow.identity import Identity
 from meshflow.mesh.policy import CircuitBreaker, HealthCheck, OutlierDetection, RetryPolicy
 
 __version__ = "0.1.0"
@@ -37,8 +41,11 @@ __all__ = [
     "ExecutorError",
     "Flow",
     "FlowStartError",
+    "ForbiddenError",
     "GraphQLLimits",
     "HealthCheck",
+    "Identity",
+    "JWTAuth",
     "MeshflowError",
     "OutlierDetection",
     "OverloadedError",
@@ -46,6 +53,7 @@ __all__ = [
     "Response",
     "RetryPolicy",
     "RuntimeArgs",
+    "UnauthenticatedError",
     "UnavailableError",
     "__version__",
     "requests",

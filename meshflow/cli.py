@@ -65,6 +65,7 @@ def _parser() -> argparse.ArgumentParser:
     gw.add_argument("--drain-timeout", type=float, default=10.0)
     gw.add_argument("--graphql-port", type=int, help="serve GraphQL over HTTP on this port")
     gw.add_argument("--graphql-limits", default="{}", help="GraphQLLimits fields as JSON")
+    gw.add_argument("--auth", help="JWTAuth options as JSON (secrets stay in env/files)")
     gw.add_argument("--ready-file", help=argparse.SUPPRESS)
 
     status = sub.add_parser("status", help="show the processes of a running Flow and their health")
@@ -72,6 +73,28 @@ def _parser() -> argparse.ArgumentParser:
     status.add_argument("--name", help="the Flow's name (instead of a YAML)")
     status.add_argument("--workspace", default="workspace", help="the Flow's workspace")
     status.add_argument("--json", action="store_true", help="print JSON")
+
+    token = sub.add_parser(
+        "token",
+        help="mint a JWT for development (production tokens come from your identity provider)",
+    )
+    key = token.add_mutually_exclusive_group()
+    key.add_argument("--secret-file", help="file holding the HMAC secret (HS256)")
+    key.add_argument("--secret-env", help="environment variable holding the HMAC secret")
+    key.add_argument("--key-file", help="PEM private key (RS256/ES256)")
+    token.add_argument("--flow", help="take issuer, audience and secret from this Flow YAML")
+    token.add_argument("--sub", required=True, help="subject: who the token is for")
+    token.add_argument(
+        "--scope", action="append", default=[], help="a scope to grant (repeat for more)"
+    )
+    token.add_argument("--ttl", default="1h", help="lifetime: 30s, 15m, 1h, 7d (default 1h)")
+    token.add_argument("--iss", help="issuer (default: the Flow's, else 'meshflow-dev')")
+    token.add_argument("--aud", help="audience (default: the Flow's, else 'meshflow')")
+    token.add_argument("--alg", help="HS256 (default with a secret), RS256, ES256...")
+    token.add_argument("--kid", help="key id to put in the header (for JWKS rotation)")
+    token.add_argument(
+        "--claim", action="append", default=[], help="extra claim NAME=VALUE (e.g. tenant=acme)"
+    )
 
     ping = sub.add_parser("ping", help="exit 0 when HOST:PORT serves gRPC health, 1 when not")
     ping.add_argument("target", help="HOST:PORT")
@@ -93,6 +116,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _flow(args)
         if args.command == "status":
             return _status(args, parser)
+        if args.command == "token":
+            return _token(args)
         _die_with_parent()
         if args.command == "executor":
             return _executor(args, parser)
@@ -240,11 +265,80 @@ def _executor(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     return 0
 
 
+def _token(args: argparse.Namespace) -> int:
+    from meshflow.gateway.auth import mint, parse_ttl
+
+    issuer, audience = args.iss, args.aud
+    secret_file, secret_env = args.secret_file, args.secret_env
+    if args.flow:
+        from meshflow.flow.config import load_flow
+
+        auth = load_flow(args.flow).auth
+        if auth is None:
+            raise ConfigError(f"{args.flow} has no auth: section under with:")
+        issuer = issuer or auth.issuer
+        audience = audience or auth.audience
+        if not (secret_file or secret_env or args.key_file):
+            secret_file, secret_env = auth.secret_file, auth.secret_env
+    key: Any
+    if args.key_file:
+        from cryptography.hazmat.primitives.asymmetric import ec
+        from cryptography.hazmat.primitives.serialization import load_pem_private_key
+
+        try:
+            key = load_pem_private_key(_read_bytes(args.key_file, "key file"), password=None)
+        except (ValueError, TypeError) as exc:
+            raise ConfigError(
+                f"{args.key_file} is not an unencrypted PEM private key: {exc}"
+            ) from None
+        alg = args.alg or ("ES256" if isinstance(key, ec.EllipticCurvePrivateKey) else "RS256")
+    elif secret_file:
+        key = _read_bytes(secret_file, "secret file").strip()
+        alg = args.alg or "HS256"
+    elif secret_env:
+        key = os.environ.get(secret_env, "").encode()
+        if not key:
+            raise ConfigError(f"environment variable {secret_env} is not set")
+        alg = args.alg or "HS256"
+    else:
+        raise ConfigError("give --secret-file, --secret-env or --key-file (or --flow)")
+    claims = {}
+    for item in args.claim:
+        name, sep, value = item.partition("=")
+        if not sep or not name:
+            raise ConfigError(f"--claim {item!r}: expected NAME=VALUE")
+        claims[name] = value
+    scopes = tuple(s for item in args.scope for s in item.split())
+    print(
+        mint(
+            key=key,
+            subject=args.sub,
+            issuer=issuer or "meshflow-dev",
+            audience=audience or "meshflow",
+            scopes=scopes,
+            ttl=parse_ttl(args.ttl),
+            algorithm=alg,
+            kid=args.kid,
+            claims=claims,
+        )
+    )
+    return 0
+
+
+def _read_bytes(path: str, what: str) -> bytes:
+    try:
+        with open(path, "rb") as fh:
+            return fh.read()
+    except OSError as exc:
+        raise ConfigError(f"cannot read the {what} {path!r}: {exc.strerror}") from None
+
+
 class _StartError(MeshflowError):
     pass
 
 
 def _gateway(args: argparse.Namespace) -> int:
+    from meshflow.gateway.auth import JWTAuth
     from meshflow.gateway.limits import GraphQLLimits
     from meshflow.gateway.serve import serve_gateway
     from meshflow.gateway.topology import Topology
@@ -263,6 +357,7 @@ def _gateway(args: argparse.Namespace) -> int:
             drain_timeout=args.drain_timeout,
             graphql=None if args.graphql_port is None else (args.host, args.graphql_port),
             limits=GraphQLLimits(**json.loads(args.graphql_limits)),
+            auth=JWTAuth.from_dict(json.loads(args.auth)) if args.auth else None,
         )
     )
     return 0

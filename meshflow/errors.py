@@ -10,7 +10,9 @@
         ├── BadRequestError    the request is malformed or too large
         ├── OverloadedError    the gateway is at its in-flight limit and shed the request
         ├── DeadlineExceeded   the request's timeout expired somewhere on its path
-        └── UnavailableError   the gateway or an executor cannot be reached
+        ├── UnavailableError   the gateway or an executor cannot be reached
+        ├── UnauthenticatedError  no token, or a token the gateway cannot verify
+        └── ForbiddenError     a valid token without the scope the endpoint needs
 
 Each :class:`RequestError` maps to one gRPC status code (``grpc_code``) and one GraphQL
 error code (``graphql_code``), so every door of the gateway answers the same failure alike.
@@ -99,3 +101,22 @@ class UnavailableError(RequestError):
 
     grpc_code = "UNAVAILABLE"
     graphql_code = "UNAVAILABLE"
+
+
+class UnauthenticatedError(RequestError):
+    """The request carries no token, or one the gateway refuses (bad signature, expired...)."""
+
+    grpc_code = "UNAUTHENTICATED"
+    graphql_code = "UNAUTHENTICATED"
+
+
+class ForbiddenError(RequestError):
+    """The token is valid but lacks the scope the endpoint (or operation) needs."""
+
+    grpc_code = "PERMISSION_DENIED"
+    graphql_code = "FORBIDDEN"
+
+    def __init__(self, message: str, *, scope: str | None = None) -> None:
+        self.scope = scope
+        """The scope that was missing, when one was."""
+        super().__init__(message)

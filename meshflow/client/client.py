@@ -66,6 +66,14 @@ def _target(host: str, port: int, who: str) -> str:
     return f"{host}:{port}"
 
 
+def _metadata(token: str | None) -> tuple[tuple[str, str], ...] | None:
+    if token is None:
+        return None
+    if not isinstance(token, str) or not token.strip() or any(c in token for c in "\r\n"):
+        raise ConfigError("token must be a JWT string (without 'Bearer ')")
+    return (("authorization", f"Bearer {token.strip()}"),)
+
+
 class Posting:
     """The blocking ``post`` of :class:`Client`, shared by everything that hands out one
     (a running :class:`~meshflow.Flow` posts through its own client)."""
@@ -139,7 +147,9 @@ class Client(Posting):
 
     ``protocol='grpc'`` talks to the gateway's gRPC port; ``'graphql'`` to its HTTP port
     (mutations over HTTP, several requests as one subscription over a WebSocket). ``timeout``
-    (seconds) becomes the deadline of the call and of every hop behind it.
+    (seconds) becomes the deadline of the call and of every hop behind it. ``token`` (a JWT)
+    is sent with every call: ``authorization`` metadata on gRPC, the ``Authorization`` header
+    on HTTP, the ``connection_init`` payload on a WebSocket.
     """
 
     def __init__(
@@ -150,17 +160,19 @@ class Client(Posting):
         protocol: str = "grpc",
         timeout: float | None = None,
         max_in_flight: int = 16,
+        token: str | None = None,
     ) -> None:
         _check_protocol(protocol)
         self.target = _target(host, port, "Client")
         self.protocol = protocol
         self.timeout = timeout
         self.max_in_flight = max_in_flight
+        self._metadata = _metadata(token)
         self._graphql: GraphQLSession | None = None
         if protocol == "graphql":
             from meshflow.client.graphql import GraphQLSession  # httpx/websockets: only here
 
-            self._graphql = GraphQLSession(host, port, timeout, max_in_flight)
+            self._graphql = GraphQLSession(host, port, timeout, max_in_flight, token=token)
         self._channel = grpc.insecure_channel(self.target, options=channel_options())
         self._post = self._channel.unary_unary(GATEWAY_POST)
         self._stream = self._channel.stream_stream(GATEWAY_STREAM)
@@ -205,7 +217,7 @@ class Client(Posting):
         timeout = self.timeout if timeout is None else timeout
         if len(requests) == 1:
             try:
-                raw = self._post(requests[0][1], timeout=timeout)
+                raw = self._post(requests[0][1], timeout=timeout, metadata=self._metadata)
             except grpc.RpcError as exc:
                 raise rpc_error(exc, self.target) from None
             responses = [read_response(raw)]
@@ -232,7 +244,7 @@ class Client(Posting):
                     reorder.sent(request_id)
                 yield data
 
-        call = self._stream(feed(), timeout=timeout)
+        call = self._stream(feed(), timeout=timeout, metadata=self._metadata)
         try:
             for raw in call:
                 slots.release()
@@ -265,11 +277,13 @@ class AsyncClient:
         protocol: str = "grpc",
         timeout: float | None = None,
         max_in_flight: int = 16,
+        token: str | None = None,
     ) -> None:
         _check_protocol(protocol, ("grpc",))
         self.target = _target(host, port, "AsyncClient")
         self.timeout = timeout
         self.max_in_flight = max_in_flight
+        self._metadata = _metadata(token)
         self._channel = grpc.aio.insecure_channel(self.target, options=channel_options())
         self._post = self._channel.unary_unary(GATEWAY_POST)
         self._stream = self._channel.stream_stream(GATEWAY_STREAM)
@@ -320,7 +334,11 @@ class AsyncClient:
         docs = list(next(batches(inputs, 1 << 62)))
         _, data = build_request(on, docs, parameters=parameters, target_executor=target_executor)
         try:
-            raw = await self._post(data, timeout=self.timeout if timeout is None else timeout)
+            raw = await self._post(
+                data,
+                timeout=self.timeout if timeout is None else timeout,
+                metadata=self._metadata,
+            )
         except grpc.aio.AioRpcError as exc:
             raise rpc_error(exc, self.target) from None
         return read_response(raw)
@@ -357,7 +375,9 @@ class AsyncClient:
                 reorder.sent(request_id)
                 yield data
 
-        call = self._stream(feed(), timeout=self.timeout if timeout is None else timeout)
+        call = self._stream(
+            feed(), timeout=self.timeout if timeout is None else timeout, metadata=self._metadata
+        )
         try:
             async for raw in call:
                 slots.release()

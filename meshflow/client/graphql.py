@@ -15,7 +15,8 @@ from typing import Any
 
 import httpx
 import numpy as np
-from websockets.sync.client import connect
+from websockets.exceptions import ConnectionClosed
+from websockets.sync.client import ClientConnection, connect
 from websockets.typing import Subprotocol
 
 from meshflow.client.messages import Response
@@ -24,8 +25,10 @@ from meshflow.errors import (
     BadRequestError,
     DeadlineExceeded,
     ExecutorError,
+    ForbiddenError,
     OverloadedError,
     RequestError,
+    UnauthenticatedError,
     UnavailableError,
 )
 
@@ -114,10 +117,13 @@ def raise_errors(errors: Sequence[dict[str, Any]]) -> None:
             endpoint=ext.get("endpoint", ""),
             exception_type=ext.get("exceptionType", ""),
         )
+    if code == "FORBIDDEN":
+        raise ForbiddenError(message, scope=ext.get("scope"))
     kinds: dict[str, type[RequestError]] = {
         "OVERLOADED": OverloadedError,
         "TIMEOUT": DeadlineExceeded,
         "UNAVAILABLE": UnavailableError,
+        "UNAUTHENTICATED": UnauthenticatedError,
     }
     raise kinds.get(code, BadRequestError)(f"{message} ({code or 'no code'})")
 
@@ -125,12 +131,24 @@ def raise_errors(errors: Sequence[dict[str, Any]]) -> None:
 class GraphQLSession:
     """The blocking GraphQL side of :class:`~meshflow.Client`."""
 
-    def __init__(self, host: str, port: int, timeout: float | None, max_in_flight: int) -> None:
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        timeout: float | None,
+        max_in_flight: int,
+        *,
+        token: str | None = None,
+    ) -> None:
         self.url = f"http://{host}:{port}/graphql"
         self.ws_url = f"ws://{host}:{port}/graphql"
         self.timeout = timeout
         self.max_in_flight = max_in_flight
-        self._http = httpx.Client(timeout=timeout)
+        self._init: dict[str, str] = {}
+        headers = {}
+        if token is not None:
+            headers["authorization"] = self._init["authorization"] = f"Bearer {token}"
+        self._http = httpx.Client(timeout=timeout, headers=headers)
 
     def close(self) -> None:
         self._http.close()
@@ -176,23 +194,39 @@ class GraphQLSession:
     ) -> Iterator[dict[str, Any]]:
         protocols = [Subprotocol("graphql-transport-ws")]
         with connect(self.ws_url, subprotocols=protocols, open_timeout=timeout) as ws:
-            ws.send(json.dumps({"type": "connection_init", "payload": {}}))
-            if json.loads(ws.recv(timeout=timeout)).get("type") != "connection_ack":
-                raise UnavailableError(f"{self.ws_url} refused the GraphQL connection")
-            sub_id = uuid.uuid4().hex
-            payload = {"query": query, "variables": variables}
-            ws.send(json.dumps({"id": sub_id, "type": "subscribe", "payload": payload}))
-            while True:
-                message = json.loads(ws.recv(timeout=timeout))
-                kind = message.get("type")
-                if kind == "next":
-                    data = message["payload"]
-                    if data.get("errors"):
-                        raise_errors(data["errors"])
-                    yield data["data"]["stream"]
-                elif kind == "error":
-                    raise_errors(message["payload"])
-                elif kind == "complete":
-                    return
-                elif kind == "ping":
-                    ws.send(json.dumps({"type": "pong"}))
+            try:
+                yield from self._exchange(ws, query, variables, timeout)
+            except ConnectionClosed as exc:
+                code = exc.rcvd.code if exc.rcvd is not None else None
+                reason = exc.rcvd.reason if exc.rcvd is not None else ""
+                if code == 4401:
+                    raise UnauthenticatedError(reason or "the gateway refused the token") from None
+                if code == 4403:
+                    raise ForbiddenError(reason or "the token lacks a scope") from None
+                raise UnavailableError(
+                    f"{self.ws_url} closed the GraphQL connection ({code} {reason})"
+                ) from None
+
+    def _exchange(
+        self, ws: ClientConnection, query: str, variables: dict[str, Any], timeout: float | None
+    ) -> Iterator[dict[str, Any]]:
+        ws.send(json.dumps({"type": "connection_init", "payload": self._init}))
+        if json.loads(ws.recv(timeout=timeout)).get("type") != "connection_ack":
+            raise UnavailableError(f"{self.ws_url} refused the GraphQL connection")
+        sub_id = uuid.uuid4().hex
+        payload = {"query": query, "variables": variables}
+        ws.send(json.dumps({"id": sub_id, "type": "subscribe", "payload": payload}))
+        while True:
+            message = json.loads(ws.recv(timeout=timeout))
+            kind = message.get("type")
+            if kind == "next":
+                data = message["payload"]
+                if data.get("errors"):
+                    raise_errors(data["errors"])
+                yield data["data"]["stream"]
+            elif kind == "error":
+                raise_errors(message["payload"])
+            elif kind == "complete":
+                return
+            elif kind == "ping":
+                ws.send(json.dumps({"type": "pong"}))

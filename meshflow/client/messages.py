@@ -20,8 +20,10 @@ from meshflow.errors import (
     BadRequestError,
     DeadlineExceeded,
     ExecutorError,
+    ForbiddenError,
     OverloadedError,
     RequestError,
+    UnauthenticatedError,
     UnavailableError,
 )
 from meshflow.proto.v1 import data_request_pb2
@@ -84,11 +86,27 @@ def build_request(
     return request_id, request.SerializeToString()
 
 
+_GATEWAY_REFUSALS: dict[str, type[RequestError]] = {
+    cls.__name__: cls
+    for cls in (
+        BadRequestError,
+        OverloadedError,
+        DeadlineExceeded,
+        UnavailableError,
+        UnauthenticatedError,
+        ForbiddenError,
+    )
+}
+
+
 def read_response(data: bytes) -> Response:
     """Parse an answer; raise :class:`ExecutorError` when it carries an error status."""
     answer = data_request_pb2.DataRequest.FromString(data)
     status = answer.status
     if status.code != data_request_pb2.Status.OK:
+        refused = _GATEWAY_REFUSALS.get(status.exception_type)
+        if status.executor == "gateway" and refused is not None:
+            raise refused(status.message)  # refused on a stream, before any executor
         raise ExecutorError(
             status.message,
             executor=status.executor,
@@ -120,5 +138,9 @@ def rpc_error(exc: grpc.RpcError, target: str) -> RequestError:
         return DeadlineExceeded(f"the request to {target} timed out: {details}")
     if code == grpc.StatusCode.UNAVAILABLE:
         return UnavailableError(f"the gateway at {target} is unreachable: {details}")
+    if code == grpc.StatusCode.UNAUTHENTICATED:
+        return UnauthenticatedError(details)
+    if code == grpc.StatusCode.PERMISSION_DENIED:
+        return ForbiddenError(details)
     name = code.name if code is not None else "UNKNOWN"
     return RequestError(f"the request to {target} failed with {name}: {details}")

@@ -30,6 +30,7 @@ from meshflow.errors import BadRequestError
 from meshflow.executor.executor import EndpointMethod, Executor
 from meshflow.executor.parameters import build as build_params
 from meshflow.executor.parameters import describe as describe_params
+from meshflow.identity import Identity
 from meshflow.proto.v1 import data_request_pb2, services_pb2
 from meshflow.serving import serve_forever
 from meshflow.types import DEFAULT_ENDPOINT
@@ -101,6 +102,9 @@ class ExecutorRuntime:
             "parameters": parameters,
             "endpoint": request.header.endpoint or "/",
             "request_id": request.header.request_id,
+            "auth": Identity.from_proto(request.header.auth)
+            if request.header.HasField("auth")
+            else None,
         }
         if spec.accepts is not None:
             kwargs = {k: v for k, v in kwargs.items() if k in spec.accepts}

@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 import yaml
 
 from meshflow.errors import ConfigError
+from meshflow.gateway.auth import SECRET_KEYS, JWTAuth
 
 if TYPE_CHECKING:
     from meshflow.flow.flow import Flow
@@ -44,6 +45,7 @@ WITH_KEYS = {
     "graphql_port",
     "graphql_limits",
     "envoy_concurrency",
+    "auth",
 }
 EXECUTOR_KEYS = {
     "name",
@@ -141,6 +143,20 @@ def load_flow(path: str, *, port: int | None = None) -> Flow:
             )
     if port is not None:
         options["port"] = port
+    if options.get("auth") is not None:
+        for secret in SECRET_KEYS:
+            if isinstance(options["auth"], dict) and secret in options["auth"]:
+                raise loc.error(
+                    f"with.auth.{secret}",
+                    "key material cannot be written in a config; name where it is instead "
+                    "(secret_env, secret_file, public_key_env, public_key_file, jwks_file)",
+                )
+        try:
+            options["auth"] = JWTAuth.from_dict(options["auth"]).with_paths_from(
+                os.path.dirname(os.path.abspath(path))
+            )
+        except ConfigError as exc:
+            raise loc.error("with.auth", str(exc).removeprefix("auth: ")) from None
     try:
         flow = Flow(name=data.get("name"), **options)
     except (ConfigError, TypeError) as exc:
@@ -212,6 +228,13 @@ def save_flow(flow: Flow, path: str) -> None:
         value = flow.port if key == "port" else getattr(flow, key)
         if value != default:
             options[key] = value
+    if flow.auth is not None:
+        defaults_auth = JWTAuth(issuer="i", audience="a", secret_env="X").to_dict()
+        options["auth"] = {
+            k: v
+            for k, v in flow.auth.to_dict().items()
+            if k in ("issuer", "audience") or (v != defaults_auth.get(k) and v not in (None, {}))
+        }
     data: dict[str, Any] = {"jtype": "Flow", "name": flow.name}
     if options:
         data["with"] = options

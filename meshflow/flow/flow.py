@@ -16,6 +16,7 @@ from meshflow.errors import ConfigError
 from meshflow.flow.deployment import Deployment, make_deployment
 from meshflow.flow.local import LocalRuntime
 from meshflow.flow.status import snapshot, with_health
+from meshflow.gateway.auth import Authenticator, JWTAuth
 from meshflow.gateway.limits import GraphQLLimits
 from meshflow.gateway.topology import GATEWAY, Node, check_graph
 from meshflow.mesh.policy import CircuitBreaker, HealthCheck, OutlierDetection, RetryPolicy
@@ -53,6 +54,8 @@ class Flow(Posting):
         graphql_limits: :class:`~meshflow.GraphQLLimits` (depth, aliases, tokens, body size,
             documents per request).
         envoy_concurrency: worker threads of each Envoy sidecar (``--concurrency``).
+        auth: :class:`~meshflow.JWTAuth`: every door of the gateway checks a JWT and the
+            endpoint's scope (see ``docs/auth.md``); ``f.token`` is what ``f.post`` sends.
         log_dir: keep the processes' logs there (default: a temporary folder, removed on exit).
     """
 
@@ -72,6 +75,7 @@ class Flow(Posting):
         graphql_port: int | None = None,
         graphql_limits: GraphQLLimits | Mapping[str, Any] | None = None,
         envoy_concurrency: int = 1,
+        auth: JWTAuth | Mapping[str, Any] | None = None,
     ) -> None:
         for label, value in (("port", port), ("graphql_port", graphql_port)):
             if value is not None and (
@@ -104,6 +108,12 @@ class Flow(Posting):
         ):
             raise ConfigError("envoy_concurrency must be a whole number >= 1")
         self.envoy_concurrency = envoy_concurrency
+        if isinstance(auth, Mapping):
+            auth = JWTAuth.from_dict(auth)
+        if auth is not None and not isinstance(auth, JWTAuth):
+            raise ConfigError(f"auth must be a JWTAuth or a mapping of its options, got {auth!r}")
+        self.auth = auth.with_paths_from(".") if auth is not None else None
+        self._token: str | None = None
         self.graphql = graphql
         self.graphql_limits = graphql_limits or GraphQLLimits()
         self._graphql_port = graphql_port
@@ -226,6 +236,8 @@ class Flow(Posting):
         if self._runtime is not None:
             raise ConfigError("the Flow is already running")
         self.check()
+        if self.auth is not None:
+            Authenticator(self.auth)  # a missing secret or a bad key file fails here, at once
         for fixed in (self._port, self._graphql_port if self.graphql else None):
             if fixed is not None:
                 _check_port_free(self.host, fixed)
@@ -324,12 +336,24 @@ class Flow(Posting):
         return self.client
 
     @property
+    def token(self) -> str | None:
+        """The JWT ``f.post`` and ``f.client`` send, for a Flow with ``auth``."""
+        return self._token
+
+    @token.setter
+    def token(self, value: str | None) -> None:
+        self._token = value
+        if self._client is not None:
+            self._client.close()
+            self._client = None
+
+    @property
     def client(self) -> Client:
         """A :class:`Client` connected to this Flow's gateway."""
         self._running()
         assert self._port is not None
         if self._client is None:
-            self._client = Client(self.host, self._port)
+            self._client = Client(self.host, self._port, token=self._token)
         return self._client
 
     # -- configuration files --------------------------------------------------------------

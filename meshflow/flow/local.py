@@ -328,6 +328,8 @@ class LocalRuntime:
                 "--graphql-limits",
                 json.dumps(dataclasses.asdict(self.flow.graphql_limits)),
             ]
+        if self.flow.auth is not None:
+            args += ["--auth", self.flow.auth.to_json()]
         sidecar = None
         egress = None
         if self.envoy:

@@ -27,8 +27,9 @@ from strawberry.types import Info
 from strawberry.types.nodes import FragmentSpread, InlineFragment, SelectedField, Selection
 
 from meshflow.document.proto import dict_to_struct, struct_to_dict
-from meshflow.errors import RequestError
+from meshflow.errors import ForbiddenError, RequestError
 from meshflow.gateway.server import Gateway
+from meshflow.identity import Identity
 from meshflow.proto.v1 import data_request_pb2, document_pb2, services_pb2
 
 _CAMEL = {"parentId": "parent_id", "mimeType": "mime_type"}
@@ -204,6 +205,28 @@ def _gateway(info: Info[Any, Any]) -> Gateway:
     return gateway
 
 
+def request_error(exc: RequestError) -> GraphQLError:
+    """The GraphQL error for a refused or failed request, with its code."""
+    if isinstance(exc, ForbiddenError) and exc.scope:
+        return graphql_error(str(exc), exc.graphql_code, scope=exc.scope)
+    return graphql_error(str(exc), exc.graphql_code)
+
+
+def _caller(info: Info[Any, Any]) -> dict[str, Any]:
+    """The identity and door of the request an operation belongs to."""
+    return {"identity": info.context.get("identity"), "door": info.context.get("door", "")}
+
+
+def _require(info: Info[Any, Any], scope: str | None, what: str) -> None:
+    auth = _gateway(info).auth
+    if auth is None:
+        return
+    try:
+        auth.require(info.context.get("identity"), scope, what=what, door=_caller(info)["door"])
+    except RequestError as exc:
+        raise request_error(exc) from None
+
+
 def _array(value: NdArrayInput, where: str) -> np.ndarray[Any, Any]:
     try:
         array = np.asarray(value.data, dtype=np.dtype(value.dtype))
@@ -310,6 +333,8 @@ async def run_post(
     fields: Iterable[str],
     max_docs: int,
     timeout: float | None = None,
+    identity: Identity | None = None,
+    door: str = "",
 ) -> ResponseType:
     """Run one ``post`` through the Flow; failures become GraphQL errors with a code."""
     if len(docs) > max_docs:
@@ -320,9 +345,9 @@ async def run_post(
     data = build_request(on, docs, parameters, target_executor, fields)
     deadline = None if timeout is None else time.monotonic() + timeout
     try:
-        raw = await gateway.run(data, deadline)
+        raw = await gateway.run(data, deadline, identity, door=door)
     except RequestError as exc:
-        raise graphql_error(str(exc), exc.graphql_code) from None
+        raise request_error(exc) from None
     answer = data_request_pb2.DataRequest.FromString(raw)
     status = answer.status
     if status.code != data_request_pb2.Status.OK:
@@ -346,6 +371,8 @@ class Query:
     @strawberry.field(description="The Flow's topology, each deployment's endpoints and health.")
     async def flow(self, info: Info[Any, Any]) -> FlowInfo:
         gateway = _gateway(info)
+        if gateway.auth is not None:
+            _require(info, gateway.auth.config.admin_scope, "the flow query")
         deployments = []
         for node in gateway.traversal.topology.nodes:
             probes = [
@@ -394,6 +421,7 @@ class Mutation:
             target_executor=target_executor,
             fields=_docs_selection(info) or (),
             max_docs=info.context["max_docs"],
+            **_caller(info),
         )
 
 
@@ -415,6 +443,8 @@ class Subscription:
         if not 1 <= max_in_flight <= 1024:
             raise graphql_error("maxInFlight must be 1 to 1024", "BAD_USER_INPUT")
         gateway = _gateway(info)
+        if gateway.auth is not None:  # refuse before the first batch is sent
+            _require(info, gateway.auth.config.scope_for(on), on)
         fields = _docs_selection(info) or ()
         slots = asyncio.Semaphore(max_in_flight)
         answers: asyncio.Queue[ResponseType | GraphQLError] = asyncio.Queue()
@@ -431,6 +461,7 @@ class Subscription:
                         target_executor=target_executor,
                         fields=fields,
                         max_docs=info.context["max_docs"],
+                        **_caller(info),
                     )
                     answer.batch = index
                 except GraphQLError as exc:
@@ -497,6 +528,7 @@ def _resolver(endpoint: str, params: dict[str, services_pb2.Parameter]) -> Any:
             target_executor=target,
             fields=_docs_selection(info) or (),
             max_docs=info.context["max_docs"],
+            **_caller(info),
         )
 
     annotations: dict[str, Any] = {

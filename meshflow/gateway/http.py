@@ -5,6 +5,12 @@ Guards, each configurable and each answered with an error carrying ``extensions.
 request body size (413, ``REQUEST_TOO_LARGE``), query depth (``DEPTH_LIMIT_EXCEEDED``),
 aliases (``ALIAS_LIMIT_EXCEEDED``), operation tokens (``TOKEN_LIMIT_EXCEEDED``) and documents
 per request (``TOO_MANY_DOCUMENTS``). Malformed JSON gets a 400 with a message.
+
+With JWT auth on, ``/graphql`` and ``/post`` need ``Authorization: Bearer <token>``: a missing
+or refused token gets a 401 with ``WWW-Authenticate: Bearer`` before the body is read, a
+missing scope a ``FORBIDDEN`` error (403 on ``/post``). A WebSocket carries the token in its
+``connection_init`` payload (``{"authorization": "Bearer ..."}``); it is closed with 4401 for a
+refused token and 4403 for a missing scope. ``/``, ``/health`` need none.
 """
 
 from __future__ import annotations
@@ -32,8 +38,19 @@ from strawberry.extensions import (
     ValidationCache,
 )
 from strawberry.http import GraphQLHTTPResponse
+from strawberry.subscriptions import GRAPHQL_TRANSPORT_WS_PROTOCOL
+from strawberry.subscriptions.protocols.graphql_transport_ws.handlers import (
+    BaseGraphQLTransportWSHandler,
+)
+from strawberry.subscriptions.protocols.graphql_transport_ws.types import (
+    ConnectionInitMessage,
+)
+from strawberry.subscriptions.protocols.graphql_transport_ws.types import (
+    Message as WSMessage,
+)
 from strawberry.types import ExecutionResult
 
+from meshflow.errors import ForbiddenError, UnauthenticatedError
 from meshflow.gateway.graphql import (
     DocumentInput,
     Mutation,
@@ -63,6 +80,15 @@ def error_code(message: str, has_path: bool) -> str:
     return code
 
 
+class _Schema(strawberry.Schema):
+    def process_errors(self, errors: list[GraphQLError], execution_context: Any = None) -> None:
+        """Log only unexpected errors: a refused token, a bad input or an executor failure
+        (errors meshflow raised with a code) is the caller's answer, not a gateway fault."""
+        unexpected = [e for e in errors if not (e.extensions and "code" in e.extensions)]
+        if unexpected:
+            super().process_errors(unexpected, execution_context)
+
+
 def make_schema(limits: GraphQLLimits, query: type = Query) -> strawberry.Schema:
     # One instance of each limiter for the schema's life (as Strawberry documents): the
     # validation rules then stay the same, so each distinct query is parsed and validated
@@ -74,14 +100,77 @@ def make_schema(limits: GraphQLLimits, query: type = Query) -> strawberry.Schema
         MaxAliasesLimiter(max_alias_count=limits.max_aliases),
         MaxTokensLimiter(max_token_count=limits.max_tokens),
     ]
-    return strawberry.Schema(
-        query=query, mutation=Mutation, subscription=Subscription, extensions=extensions
-    )
+    return _Schema(query=query, mutation=Mutation, subscription=Subscription, extensions=extensions)
+
+
+_WS_CLOSE = {"UNAUTHENTICATED": (4401, "Unauthorized"), "FORBIDDEN": (4403, "Forbidden")}
+
+
+class _TransportWS(BaseGraphQLTransportWSHandler[dict[str, Any], None]):
+    """graphql-transport-ws with the token checked at ``connection_init``, and the socket
+    closed (4401 / 4403) when an operation on it is refused."""
+
+    async def handle_connection_init(self, message: ConnectionInitMessage) -> None:
+        gateway: Gateway = self.context["gateway"]
+        if gateway.auth is not None and not self.connection_init_received:
+            payload = message.get("payload")
+            token = _ws_token(payload) if isinstance(payload, dict) else None
+            if token is None:  # a non-browser client may have sent the header instead
+                token = _header(self.context["request"].scope, b"authorization")
+            try:
+                self.context["identity"] = gateway.identify(token, "websocket")
+            except UnauthenticatedError as exc:
+                await self.websocket.close(code=4401, reason=_reason("Unauthorized", exc))
+                return
+        await super().handle_connection_init(message)
+
+    closed = False
+
+    async def send_message(self, message: WSMessage) -> None:
+        if self.closed:  # closed after a refusal: the operation's "complete" has nowhere to go
+            return
+        await super().send_message(message)
+        if message.get("type") not in ("next", "error"):
+            return
+        payload: Any = message.get("payload")
+        errors = payload if isinstance(payload, list) else (payload or {}).get("errors") or ()
+        for error in errors:
+            close = _WS_CLOSE.get(str((error.get("extensions") or {}).get("code")))
+            if close is not None:
+                self.closed = True
+                await self.websocket.close(
+                    code=close[0], reason=f"{close[1]}: {error.get('message', '')}"[:120]
+                )
+                return
+
+
+def _ws_token(payload: dict[str, Any]) -> str | None:
+    for key in ("authorization", "Authorization", "token"):
+        value = payload.get(key)
+        if isinstance(value, str):
+            return value
+    return None
+
+
+def _header(scope: Scope, name: bytes) -> str | None:
+    for key, value in scope.get("headers", ()):
+        if key == name:
+            return bytes(value).decode("latin-1")
+    return None
+
+
+def _reason(prefix: str, exc: Exception) -> str:
+    return f"{prefix}: {exc}"[:120]  # a close reason holds at most 123 bytes
 
 
 class _GraphQLApp(GraphQL[dict[str, Any], None]):
+    graphql_transport_ws_handler_class = _TransportWS
+
     def __init__(self, schema: strawberry.Schema, gateway: Gateway, limits: GraphQLLimits) -> None:
-        super().__init__(schema, graphql_ide=None)
+        # graphql-transport-ws only: the legacy graphql-ws protocol has no auth step.
+        super().__init__(
+            schema, graphql_ide=None, subscription_protocols=(GRAPHQL_TRANSPORT_WS_PROTOCOL,)
+        )
         self.gateway = gateway
         self.limits = limits
         self.discovered = False
@@ -114,6 +203,8 @@ class _GraphQLApp(GraphQL[dict[str, Any], None]):
             "max_docs": self.limits.max_docs,
             "request": request,
             "response": response,
+            "identity": request.scope.get("state", {}).get("meshflow_identity"),
+            "door": "websocket" if request.scope["type"] == "websocket" else "graphql",
         }
 
     async def process_result(self, request: Any, result: ExecutionResult) -> GraphQLHTTPResponse:
@@ -127,6 +218,45 @@ class _GraphQLApp(GraphQL[dict[str, Any], None]):
     def process_errors(self, errors: list[GraphQLError], execution_context: Any = None) -> None:
         # Refused input is the caller's problem: no traceback in the gateway's log.
         return None
+
+
+class AuthGate:
+    """Refuses HTTP requests to the protected paths without a valid token (401 with
+    ``WWW-Authenticate``) before reading their body; passes the identity on in the scope."""
+
+    def __init__(self, app: ASGIApp, gateway: Gateway, protected: tuple[str, ...]) -> None:
+        self.app = app
+        self.gateway = gateway
+        self.protected = protected
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["path"] in self.protected:
+            try:
+                identity = self.gateway.identify(_header(scope, b"authorization"), "http")
+            except UnauthenticatedError as exc:
+                await unauthorized(exc)(scope, receive, send)
+                return
+            scope.setdefault("state", {})["meshflow_identity"] = identity
+        await self.app(scope, receive, send)
+
+
+def unauthorized(exc: UnauthenticatedError) -> Response:
+    challenge = 'Bearer realm="meshflow"'
+    if str(exc) != "no token":
+        description = str(exc).replace('"', "'").replace("\\", "")
+        challenge += f', error="invalid_token", error_description="{description}"'
+    response = _error(401, str(exc), "UNAUTHENTICATED")
+    response.headers["WWW-Authenticate"] = challenge
+    return response
+
+
+def forbidden(exc: ForbiddenError) -> Response:
+    response = _error(403, str(exc), "FORBIDDEN")
+    challenge = 'Bearer realm="meshflow", error="insufficient_scope"'
+    if exc.scope:
+        challenge += f', scope="{exc.scope}"'
+    response.headers["WWW-Authenticate"] = challenge
+    return response
 
 
 class BodyLimit:
@@ -270,6 +400,8 @@ def make_app(gateway: Gateway, limits: GraphQLLimits) -> ASGIApp:
         try:
             answer = await run_post(
                 gateway,
+                identity=request.scope.get("state", {}).get("meshflow_identity"),
+                door="http",
                 on=body["on"],
                 docs=inputs,
                 parameters=body.get("parameters"),
@@ -278,7 +410,12 @@ def make_app(gateway: Gateway, limits: GraphQLLimits) -> ASGIApp:
                 max_docs=limits.max_docs,
             )
         except GraphQLError as exc:
-            code = (exc.extensions or {}).get("code", "INTERNAL_SERVER_ERROR")
+            extensions = exc.extensions or {}
+            code = extensions.get("code", "INTERNAL_SERVER_ERROR")
+            if code == "FORBIDDEN":
+                return forbidden(ForbiddenError(exc.message, scope=extensions.get("scope")))
+            if code == "UNAUTHENTICATED":
+                return unauthorized(UnauthenticatedError(exc.message))
             status = {"BAD_USER_INPUT": 400, "TOO_MANY_DOCUMENTS": 413, "OVERLOADED": 503}.get(
                 code, 500 if code != "EXECUTOR_ERROR" else 502
             )
@@ -306,7 +443,10 @@ def make_app(gateway: Gateway, limits: GraphQLLimits) -> ASGIApp:
             WebSocketRoute("/graphql", graphql_app),
         ]
     )
-    return BodyLimit(app, limits.max_body_bytes)
+    gated: ASGIApp = app
+    if gateway.auth is not None:
+        gated = AuthGate(app, gateway, ("/graphql", "/post"))
+    return BodyLimit(gated, limits.max_body_bytes)
 
 
 class HttpDoor:

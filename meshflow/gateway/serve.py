@@ -6,6 +6,7 @@ from typing import Any
 
 import grpc
 
+from meshflow.gateway.auth import Authenticator, JWTAuth
 from meshflow.gateway.limits import GraphQLLimits
 from meshflow.gateway.server import Gateway
 from meshflow.gateway.topology import Topology, cluster_name
@@ -45,11 +46,16 @@ async def serve_gateway(
     drain_timeout: float = 10.0,
     graphql: tuple[str, int] | None = None,
     limits: GraphQLLimits | None = None,
+    auth: JWTAuth | None = None,
 ) -> None:
     """Serve ``GatewayService`` for ``topology`` on ``address`` until SIGTERM/SIGINT, and
-    GraphQL over HTTP on ``graphql`` (host, port; port 0 picks one) in the same loop."""
+    GraphQL over HTTP on ``graphql`` (host, port; port 0 picks one) in the same loop; with
+    ``auth``, every door checks JWTs."""
+    authenticator = Authenticator(auth) if auth is not None else None  # bad keys fail here
     transport = make_transport(topology, mesh, egress)
-    gateway = Gateway(Traversal(topology, transport), max_in_flight=max_in_flight)
+    gateway = Gateway(
+        Traversal(topology, transport), max_in_flight=max_in_flight, auth=authenticator
+    )
     door = None
     if graphql is not None:
         # Imported here: Strawberry and uvicorn are the gateway's alone.

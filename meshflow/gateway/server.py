@@ -4,6 +4,11 @@ The gateway reads only the header of each request, hands the bytes to the traver
 answers with what the last executors sent back. It bounds the requests it holds: past
 ``max_in_flight`` a ``Post`` is refused at once with ``RESOURCE_EXHAUSTED`` (a ``Stream``
 simply stops reading until a slot frees, which is backpressure on that stream).
+
+With an :class:`~meshflow.gateway.auth.Authenticator`, every request is checked before its
+traversal starts: the door passes the caller's verified identity (gRPC: the ``authorization``
+metadata), the gateway checks the endpoint's scope and writes the identity into the request
+header for the executors. Whatever identity a client wrote there itself is dropped.
 """
 
 from __future__ import annotations
@@ -19,7 +24,9 @@ import grpc
 from google.protobuf.message import DecodeError
 
 from meshflow.errors import BadRequestError, OverloadedError, RequestError
+from meshflow.gateway.auth import Authenticator
 from meshflow.gateway.traversal import Traversal
+from meshflow.identity import Identity
 from meshflow.proto.v1 import data_request_pb2
 from meshflow.wire import GATEWAY_POST, GATEWAY_STREAM
 
@@ -32,10 +39,17 @@ _Context: TypeAlias = "grpc.aio.ServicerContext[Any, Any]"
 class Gateway:
     """Serves ``GatewayService`` over a :class:`Traversal`."""
 
-    def __init__(self, traversal: Traversal, *, max_in_flight: int = 1024) -> None:
+    def __init__(
+        self,
+        traversal: Traversal,
+        *,
+        max_in_flight: int = 1024,
+        auth: Authenticator | None = None,
+    ) -> None:
         if max_in_flight < 1:
             raise ValueError("max_in_flight must be at least 1")
         self.traversal = traversal
+        self.auth = auth
         self.max_in_flight = max_in_flight
         self.in_flight = 0
         self._slots = asyncio.Semaphore(max_in_flight)
@@ -51,10 +65,18 @@ class Gateway:
             },
         )
 
-    async def run(self, data: bytes, deadline: float | None) -> bytes:
+    async def run(
+        self,
+        data: bytes,
+        deadline: float | None,
+        identity: Identity | None = None,
+        *,
+        door: str = "",
+    ) -> bytes:
         """Run one serialized request through the Flow, within the in-flight limit.
 
-        Every door calls this. Raises :class:`OverloadedError` at once past the limit, and
+        Every door calls this, with the caller's verified ``identity`` when the Flow checks
+        tokens. Raises :class:`OverloadedError` at once past the limit, the auth errors, and
         other :class:`RequestError` subclasses; executor failures come back as a status.
         """
         if self._slots.locked():
@@ -65,13 +87,20 @@ class Gateway:
         async with self._slots:
             self.in_flight += 1
             try:
-                return await self._run(data, deadline)
+                return await self._run(data, deadline, identity, door)
             finally:
                 self.in_flight -= 1
 
+    def identify(self, authorization: str | None, door: str) -> Identity | None:
+        """The verified identity behind an ``Authorization`` value; None without auth."""
+        if self.auth is None:
+            return None
+        return self.auth.authenticate(authorization, door=door)
+
     async def post(self, data: bytes, context: _Context) -> bytes:
         try:
-            return await self.run(data, _deadline(context))
+            identity = self.identify(_authorization(context), "grpc")
+            return await self.run(data, _deadline(context), identity, door="grpc")
         except RequestError as exc:
             await context.abort(getattr(grpc.StatusCode, exc.grpc_code), str(exc))
             raise  # unreachable: abort raises
@@ -82,12 +111,16 @@ class Gateway:
         answers: asyncio.Queue[bytes | None] = asyncio.Queue()
         deadline = _deadline(context)
         pending: set[asyncio.Task[None]] = set()
+        try:
+            identity = self.identify(_authorization(context), "grpc")
+        except RequestError as exc:
+            await context.abort(getattr(grpc.StatusCode, exc.grpc_code), str(exc))
 
         async def one(data: bytes) -> None:
             try:
                 self.in_flight += 1
                 try:
-                    answer = await self._run(data, deadline)
+                    answer = await self._run(data, deadline, identity, "grpc")
                 except RequestError as exc:
                     answer = _failure(data, exc)
                 await answers.put(answer)
@@ -116,11 +149,19 @@ class Gateway:
             for task in list(pending):
                 task.cancel()
 
-    async def _run(self, data: bytes, deadline: float | None) -> bytes:
+    async def _run(
+        self, data: bytes, deadline: float | None, identity: Identity | None, door: str
+    ) -> bytes:
         try:
             head = data_request_pb2.DataRequestHead.FromString(data)
         except DecodeError:
             raise BadRequestError("the request is not a valid meshflow.v1.DataRequest") from None
+        if head.header.HasField("auth"):
+            data = _without_identity(data)  # only the gateway says who the caller is
+        if self.auth is not None:
+            self.auth.authorize(identity, head.header.endpoint, door=door)
+            assert identity is not None  # authorize refuses a request without one
+            data += identity.header_bytes
         started = time.perf_counter()
         request_id = head.header.request_id
         if not request_id:
@@ -145,6 +186,19 @@ class Gateway:
 def _deadline(context: _Context) -> float | None:
     remaining = context.time_remaining()
     return None if remaining is None else time.monotonic() + remaining
+
+
+def _authorization(context: _Context) -> str | None:
+    for key, value in context.invocation_metadata() or ():
+        if key == "authorization":
+            return value if isinstance(value, str) else value.decode("latin-1")
+    return None
+
+
+def _without_identity(data: bytes) -> bytes:
+    request = data_request_pb2.DataRequest.FromString(data)
+    request.header.ClearField("auth")
+    return request.SerializeToString()
 
 
 def _failure(data: bytes, exc: RequestError) -> bytes:

@@ -215,3 +215,29 @@ class Catalog(Executor):
     @requests(on="/index")
     def index(self, docs: DocumentArray, **kwargs: Any) -> None:
         pass
+
+
+class Guarded(Executor):
+    """Counts the requests that reach it; answers with the identity the gateway sent."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.calls = 0
+
+    @requests(on="/calls", read_only=True)
+    def count_calls(self, **kwargs: Any) -> dict[str, Any]:
+        return {"calls": self.calls}
+
+    @requests(on=["/index", "/search", "/other"])
+    def serve(self, docs: DocumentArray, auth: Any = None, **kwargs: Any) -> dict[str, Any]:
+        self.calls += 1
+        if auth is None:
+            return {"subject": None, "kwargs": sorted(kwargs)}
+        return {
+            "subject": auth.subject,
+            "scopes": sorted(auth.scopes),
+            "issuer": auth.issuer,
+            "tenant": auth.claims.get("tenant"),
+            "claims": sorted(auth.claims),
+            "kwargs": sorted(kwargs),
+        }

@@ -11,18 +11,32 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class Header(_message.Message):
-    __slots__ = ("request_id", "endpoint", "target_executor", "fields", "last_hop")
+    __slots__ = ("request_id", "endpoint", "target_executor", "fields", "last_hop", "auth")
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     ENDPOINT_FIELD_NUMBER: _ClassVar[int]
     TARGET_EXECUTOR_FIELD_NUMBER: _ClassVar[int]
     FIELDS_FIELD_NUMBER: _ClassVar[int]
     LAST_HOP_FIELD_NUMBER: _ClassVar[int]
+    AUTH_FIELD_NUMBER: _ClassVar[int]
     request_id: str
     endpoint: str
     target_executor: str
     fields: _containers.RepeatedScalarFieldContainer[str]
     last_hop: bool
-    def __init__(self, request_id: _Optional[str] = ..., endpoint: _Optional[str] = ..., target_executor: _Optional[str] = ..., fields: _Optional[_Iterable[str]] = ..., last_hop: bool = ...) -> None: ...
+    auth: Auth
+    def __init__(self, request_id: _Optional[str] = ..., endpoint: _Optional[str] = ..., target_executor: _Optional[str] = ..., fields: _Optional[_Iterable[str]] = ..., last_hop: bool = ..., auth: _Optional[_Union[Auth, _Mapping]] = ...) -> None: ...
+
+class Auth(_message.Message):
+    __slots__ = ("subject", "scopes", "issuer", "claims")
+    SUBJECT_FIELD_NUMBER: _ClassVar[int]
+    SCOPES_FIELD_NUMBER: _ClassVar[int]
+    ISSUER_FIELD_NUMBER: _ClassVar[int]
+    CLAIMS_FIELD_NUMBER: _ClassVar[int]
+    subject: str
+    scopes: _containers.RepeatedScalarFieldContainer[str]
+    issuer: str
+    claims: _struct_pb2.Struct
+    def __init__(self, subject: _Optional[str] = ..., scopes: _Optional[_Iterable[str]] = ..., issuer: _Optional[str] = ..., claims: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ...) -> None: ...
 
 class Status(_message.Message):
     __slots__ = ("code", "message", "executor", "endpoint", "exception_type")
