@@ -46,6 +46,9 @@ async def _http_client(args: argparse.Namespace) -> _load.LoadStats:
     with open(args.body, "rb") as fh:
         body = fh.read()
     headers = {"content-type": "application/json", "accept": "application/json"}
+    for item in args.header:
+        name, _, value = item.partition(":")
+        headers[name.strip().lower()] = value.strip()
     reject = [r.encode() for r in args.reject]
     clients = [
         httpx.AsyncClient(
@@ -103,6 +106,9 @@ def client_main(argv: list[str] | None = None) -> None:
     p.add_argument("--timeout", type=float, default=30.0)
     p.add_argument("--max-requests", type=int, default=_load.DEFAULT_MAX_REQUESTS)
     p.add_argument(
+        "--header", action="append", default=[], help="'Name: value' sent with every request"
+    )
+    p.add_argument(
         "--reject",
         action="append",
         default=[],
@@ -126,6 +132,7 @@ def run_http_client_subprocess(
     warmup: float,
     python: str | None = None,
     reject: list[str] | None = None,
+    headers: Mapping[str, str] | None = None,
 ) -> dict[str, Any]:
     """Run :func:`client_main` in a fresh process and return its JSON stats."""
     cmd = [
@@ -144,6 +151,8 @@ def run_http_client_subprocess(
     ]
     for r in reject if reject is not None else DEFAULT_REJECT:
         cmd += ["--reject", r]
+    for name, value in (headers or {}).items():
+        cmd += ["--header", f"{name}: {value}"]
     res = subprocess.run(cmd, capture_output=True, text=True, timeout=duration + warmup + 120)
     if res.returncode != 0:
         raise RuntimeError(f"HTTP client failed ({res.returncode}): {res.stderr[-2000:]}")
@@ -165,6 +174,7 @@ def measure_http_case(
     reject: list[str] | None = None,
     quiet_wait: float = 0.0,
     extra: dict[str, Any] | None = None,
+    headers: Mapping[str, str] | None = None,
 ) -> dict[str, Any]:
     """One HTTP load case from a separate client process, as one flat result row.
 
@@ -183,6 +193,7 @@ def measure_http_case(
         warmup=warmup,
         python=python,
         reject=reject,
+        headers=headers,
     )
     cpu = watch.stop()
     sent = max(stats["requests"] + stats["warmup_requests"] + 1, 1)  # +1: the check request

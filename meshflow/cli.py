@@ -190,6 +190,14 @@ def _flow(args: argparse.Namespace) -> int:
     flow = Flow.load_config(args.config, port=args.port)
     with flow:
         print(f"Flow {flow.name!r} serving gRPC on {flow.host}:{flow.port}", flush=True)
+        if flow.graphql:
+            print(f"GraphQL on {flow.graphql_url}", flush=True)
+        if flow.auth is not None:
+            print(
+                f"JWT auth on (issuer {flow.auth.issuer}, audience {flow.auth.audience}); "
+                f"a dev token: meshflow token --flow {args.config} --sub NAME --scope SCOPE",
+                flush=True,
+            )
         flow.block()
     return 0
 

@@ -19,6 +19,20 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 ISSUER = "https://id.example"
 AUDIENCE = "shop"
 SCOPES = {"/index": "index:write", "/search": "search:read", "/calls": "meshflow:admin"}
+REFUSED = [
+    "no token",
+    "malformed",
+    "bad signature",
+    "signed by a stranger",
+    "alg none",
+    "hs256 with the public key",
+    "expired",
+    "not yet valid",
+    "wrong issuer",
+    "wrong audience",
+    "unknown kid",
+]
+"""The cases of :func:`refused_tokens`."""
 
 
 def _b64(data: bytes) -> str:

@@ -110,10 +110,24 @@ def test_flow_command_serves_a_yaml_flow(tmp_path: object, free_port: int) -> No
             "  - uses: executors:Append\n"
             "    uses_with: {suffix: '!'}\n"
         )
-    env = {**os.environ, "PYTHONPATH": TESTS, "TEST_GATEWAY_PORT": str(free_port)}
+    env = {"TEST_GATEWAY_PORT": str(free_port)}
+    with meshflow_flow(config, "serving gRPC", env) as (proc, line):
+        assert f"127.0.0.1:{free_port}" in line
+        with Client(port=free_port) as client:
+            assert client.post("/", Document(text="hi")).texts == ["hi!"]
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(timeout=20) == 0
+
+
+@contextlib.contextmanager
+def meshflow_flow(
+    config: str, wait_for: str, env: dict[str, str] | None = None
+) -> Iterator[tuple[subprocess.Popen[str], str]]:
+    """Run `meshflow flow CONFIG`; yield it and the first output line holding ``wait_for``.
+    The process is killed when the block ends, however it ends."""
     proc = subprocess.Popen(
         [sys.executable, "-m", "meshflow", "flow", config],
-        env=env,
+        env={**os.environ, "PYTHONPATH": TESTS, **(env or {})},
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
@@ -121,13 +135,10 @@ def test_flow_command_serves_a_yaml_flow(tmp_path: object, free_port: int) -> No
     try:
         assert proc.stdout is not None
         line = proc.stdout.readline()
-        while line and "serving gRPC" not in line:
+        while line and wait_for not in line:
             line = proc.stdout.readline()
-        assert f"127.0.0.1:{free_port}" in line
-        with Client(port=free_port) as client:
-            assert client.post("/", Document(text="hi")).texts == ["hi!"]
-        proc.send_signal(signal.SIGINT)
-        assert proc.wait(timeout=20) == 0
+        assert line, f"`meshflow flow` ended before printing {wait_for!r}"
+        yield proc, line
     finally:
         proc.kill()
         proc.wait()
@@ -221,3 +232,76 @@ def test_children_exit_when_the_flow_process_is_killed(tmp_path: object) -> None
         while flow_children(proc.pid) and time.monotonic() < deadline:
             time.sleep(0.1)
         assert flow_children(proc.pid) == []
+
+
+def test_token_command_mints_what_a_yaml_flow_accepts(tmp_path: object, free_port: int) -> None:
+    """The README's path: a secret file, a Flow YAML with auth, `meshflow token`, then a call
+    over HTTP (as curl does) and with Client."""
+    folder = str(tmp_path)
+    secret = os.path.join(folder, "jwt.secret")
+    with open(secret, "w", encoding="utf-8") as fh:
+        fh.write(os.urandom(32).hex() + "\n")
+    config = os.path.join(folder, "flow.yml")
+    with open(config, "w", encoding="utf-8") as fh:
+        fh.write(
+            "jtype: Flow\n"
+            "with:\n"
+            f"  port: {free_port}\n"
+            "  mesh: direct\n"
+            f"  workspace: {folder}/ws\n"
+            "  auth:\n"
+            "    secret_file: jwt.secret\n"
+            "    issuer: https://id.example\n"
+            "    audience: shop\n"
+            "    scopes: {/search: search:read}\n"
+            "executors:\n"
+            "  - uses: executors:Guarded\n"
+            "    name: guarded\n"
+        )
+    minted = meshflow(
+        "token", "--flow", config, "--sub", "alice", "--scope", "search:read", "--ttl", "1h",
+        "--claim", "tenant=acme",
+    )  # fmt: skip
+    assert minted.returncode == 0, minted.stderr
+    token = minted.stdout.strip()
+    assert token.count(".") == 2
+    with_file = meshflow(
+        "token", "--secret-file", secret, "--sub", "bob", "--iss", "https://id.example",
+        "--aud", "shop", "--scope", "search:read",
+    )  # fmt: skip
+    assert with_file.returncode == 0, with_file.stderr
+    with meshflow_flow(config, "GraphQL on") as (proc, line):
+        url = line[line.index("http://") :].split()[0]
+        import httpx
+
+        base = url.rsplit("/", 1)[0]
+        body = {"on": "/search", "docs": [{"text": "hi"}]}
+        refused = httpx.post(f"{base}/post", json=body, timeout=30)
+        assert refused.status_code == 401
+        answer = httpx.post(
+            f"{base}/post", json=body, headers={"authorization": f"Bearer {token}"}, timeout=30
+        )
+        assert answer.status_code == 200, answer.text
+        assert answer.json()["results"]["guarded"]["tenant"] == "acme"
+        with Client(port=free_port, token=with_file.stdout.strip()) as client:
+            assert client.send("/search")[0].results["guarded"]["subject"] == "bob"
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(timeout=20) == 0
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["token", "--sub", "a"], "give --secret-file, --secret-env or --key-file"),
+        (["token", "--sub", "a", "--secret-env", "MESHFLOW_NOT_SET"], "MESHFLOW_NOT_SET"),
+        (["token", "--sub", "a", "--secret-file", "/nonexistent"], "cannot read"),
+        (["token", "--sub", "a", "--secret-file", __file__, "--ttl", "soon"], "ttl 'soon'"),
+        (["token", "--sub", "a", "--key-file", __file__], "not an unencrypted PEM private key"),
+        (["token", "--secret-file", __file__], "--sub"),
+    ],
+)
+def test_token_command_bad_input_exits_2(args: list[str], message: str) -> None:
+    out = meshflow(*args)
+    assert out.returncode == 2
+    assert message in out.stderr
+    assert out.stderr.count("\n") == 1 and "Traceback" not in out.stderr
