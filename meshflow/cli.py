@@ -53,6 +53,7 @@ def _parser() -> argparse.ArgumentParser:
     ex.add_argument("--sync-workers", type=int, default=1)
     ex.add_argument("--drain-timeout", type=float, default=10.0)
     ex.add_argument("--ready-file", help=argparse.SUPPRESS)
+    _observability_args(ex)
 
     gw = sub.add_parser("gateway", help="serve a Flow's gateway (started by the Flow)")
     gw.add_argument("--topology", required=True, help="topology JSON written by the Flow")
@@ -66,6 +67,7 @@ def _parser() -> argparse.ArgumentParser:
     gw.add_argument("--graphql-port", type=int, help="serve GraphQL over HTTP on this port")
     gw.add_argument("--graphql-limits", default="{}", help="GraphQLLimits fields as JSON")
     gw.add_argument("--auth", help="JWTAuth options as JSON (secrets stay in env/files)")
+    _observability_args(gw)
     gw.add_argument("--ready-file", help=argparse.SUPPRESS)
 
     status = sub.add_parser("status", help="show the processes of a running Flow and their health")
@@ -73,6 +75,12 @@ def _parser() -> argparse.ArgumentParser:
     status.add_argument("--name", help="the Flow's name (instead of a YAML)")
     status.add_argument("--workspace", default="workspace", help="the Flow's workspace")
     status.add_argument("--json", action="store_true", help="print JSON")
+
+    export = sub.add_parser("export", help="write configs for other tools from a Flow YAML")
+    export.add_argument("what", choices=["prometheus"], help="what to write")
+    export.add_argument("config", help="path of the Flow YAML")
+    export.add_argument("--out", default="prometheus.yml", help="file to write")
+    export.add_argument("--scrape-interval", default="5s", help="e.g. 1s, 5s, 15s")
 
     token = sub.add_parser(
         "token",
@@ -102,13 +110,22 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _observability_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--metrics-port", type=int, help="serve Prometheus /metrics on this port (0: any free)"
+    )
+    parser.add_argument("--metrics-host", default="127.0.0.1", help="interface of /metrics")
+    parser.add_argument(
+        "--tracing", action="store_true", help="export OpenTelemetry spans over OTLP/gRPC"
+    )
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(
-        level=os.environ.get("MESHFLOW_LOG_LEVEL", "INFO").upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    from meshflow.observability.logs import configure_logging
+
+    configure_logging()
     try:
         if args.command == "ping":
             return _ping(args.target, args.timeout, parser)
@@ -118,6 +135,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _status(args, parser)
         if args.command == "token":
             return _token(args)
+        if args.command == "export":
+            return _export(args)
         _die_with_parent()
         if args.command == "executor":
             return _executor(args, parser)
@@ -243,6 +262,16 @@ def _executor(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         cls = load_class(ref)
     name = args.name or cls.__name__
     address = args.address or f"{args.host}:{args.port}"
+    tracing = _start_tracing(
+        args,
+        f"{name}",
+        {
+            "meshflow.deployment": name,
+            "meshflow.shard": args.shard_id,
+            "meshflow.replica": args.replica_id,
+            "service.instance.id": f"{name}-s{args.shard_id}-r{args.replica_id}",
+        },
+    )
     runtime_args = RuntimeArgs(
         name=name,
         replica_id=args.replica_id,
@@ -268,8 +297,37 @@ def _executor(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
             ready_file=args.ready_file,
             drain_timeout=args.drain_timeout,
             sync_workers=args.sync_workers,
+            metrics=None if args.metrics_port is None else (args.metrics_host, args.metrics_port),
+            tracing=tracing,
         )
     )
+    return 0
+
+
+def _start_tracing(args: argparse.Namespace, service: str, attributes: dict[str, Any]) -> bool:
+    from meshflow.observability.tracing import setup_tracing, tracing_requested
+
+    if not tracing_requested(args.tracing):
+        return False
+    setup_tracing(service, attributes)
+    return True
+
+
+def _export(args: argparse.Namespace) -> int:
+    import re
+
+    from meshflow.flow.config import load_flow
+    from meshflow.observability.prometheus import prometheus_config, write_prometheus_config
+
+    if not re.fullmatch(r"[0-9]+(ms|s|m|h)", args.scrape_interval):
+        raise ConfigError(f"--scrape-interval {args.scrape_interval!r}: expected e.g. 5s or 1m")
+    flow = load_flow(args.config)
+    config = prometheus_config(flow.name, flow.workspace, args.scrape_interval)
+    try:
+        write_prometheus_config(args.out, config)
+    except OSError as exc:
+        raise ConfigError(f"cannot write {args.out!r}: {exc.strerror}") from None
+    print(f"wrote {args.out}: scrapes Flow {flow.name!r} (targets from its workspace)")
     return 0
 
 
@@ -353,6 +411,7 @@ def _gateway(args: argparse.Namespace) -> int:
 
     with open(args.topology, encoding="utf-8") as fh:
         topology = Topology.from_dict(json.load(fh))
+    tracing = _start_tracing(args, "meshflow-gateway", {"meshflow.component": "gateway"})
     asyncio.run(
         serve_gateway(
             topology,
@@ -366,6 +425,8 @@ def _gateway(args: argparse.Namespace) -> int:
             graphql=None if args.graphql_port is None else (args.host, args.graphql_port),
             limits=GraphQLLimits(**json.loads(args.graphql_limits)),
             auth=JWTAuth.from_dict(json.loads(args.auth)) if args.auth else None,
+            metrics=None if args.metrics_port is None else (args.metrics_host, args.metrics_port),
+            tracing=tracing,
         )
     )
     return 0

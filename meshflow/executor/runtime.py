@@ -8,11 +8,12 @@ serve, or aimed at another executor, go back untouched without being decoded.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import logging
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import grpc
 from google.protobuf.message import DecodeError
@@ -33,6 +34,11 @@ from meshflow.executor.parameters import describe as describe_params
 from meshflow.identity import Identity
 from meshflow.proto.v1 import data_request_pb2, services_pb2
 from meshflow.serving import serve_forever
+
+if TYPE_CHECKING:
+    from opentelemetry.trace import Tracer
+
+    from meshflow.observability.metrics import ExecutorMetrics
 from meshflow.types import DEFAULT_ENDPOINT
 from meshflow.wire import EXECUTOR_ENDPOINTS, EXECUTOR_PROCESS
 
@@ -49,9 +55,19 @@ class ExecutorRuntime:
     threads at once), so that health checks keep answering while a sync model works.
     """
 
-    def __init__(self, executor: Executor, *, name: str, sync_workers: int = 1) -> None:
+    def __init__(
+        self,
+        executor: Executor,
+        *,
+        name: str,
+        sync_workers: int = 1,
+        metrics: ExecutorMetrics | None = None,
+        tracer: Tracer | None = None,
+    ) -> None:
         self.executor = executor
         self.name = name
+        self.metrics = metrics
+        self.tracer = tracer
         self._pool = ThreadPoolExecutor(max_workers=sync_workers, thread_name_prefix=name)
         self._endpoints = type(executor).endpoints
 
@@ -109,14 +125,22 @@ class ExecutorRuntime:
         if spec.accepts is not None:
             kwargs = {k: v for k, v in kwargs.items() if k in spec.accepts}
         method: Callable[..., Any] = getattr(self.executor, spec.method)
+        timing = [started, started]  # when the method started and ended
+        error: str | None = None
+        if self.metrics is not None:
+            self.metrics.in_flight.inc()
         try:
-            if spec.is_async:
-                result = await method(**kwargs)
-            else:
-                loop = asyncio.get_running_loop()
-                result = await loop.run_in_executor(self._pool, lambda: method(**kwargs))
+            try:
+                if self.tracer is not None:
+                    result = await self._traced(spec, method, kwargs, timing, len(request.docs))
+                else:
+                    result = await self._invoke(spec, method, kwargs, timing)
+            finally:
+                if self.metrics is not None:
+                    self.metrics.in_flight.dec()
             answer = self._answer(data, request, docs, result, spec)
         except Exception as exc:
+            error = type(exc).__name__
             log.exception(
                 "endpoint %s (%s.%s) of executor %r failed",
                 spec.name,
@@ -125,6 +149,15 @@ class ExecutorRuntime:
                 self.name,
             )
             answer = _failure(request, self.name, exc)
+        if self.metrics is not None:
+            self.metrics.observe(
+                spec.name,
+                total=time.perf_counter() - started,
+                queue=timing[0] - started,
+                processing=timing[1] - timing[0],
+                docs=len(request.docs),
+                error=error,
+            )
         log.debug(
             "request %s %s: %d docs in %.2f ms",
             request.header.request_id,
@@ -133,6 +166,51 @@ class ExecutorRuntime:
             (time.perf_counter() - started) * 1e3,
         )
         return answer
+
+    async def _invoke(
+        self,
+        spec: EndpointMethod,
+        method: Callable[..., Any],
+        kwargs: dict[str, Any],
+        timing: list[float],
+    ) -> Any:
+        """Call the endpoint method: awaited, or in the thread pool (in this context, so
+        that spans the method opens join the request's trace)."""
+        if spec.is_async:
+            timing[0] = time.perf_counter()
+            try:
+                return await method(**kwargs)
+            finally:
+                timing[1] = time.perf_counter()
+
+        def run() -> Any:
+            timing[0] = time.perf_counter()
+            try:
+                return method(**kwargs)
+            finally:
+                timing[1] = time.perf_counter()
+
+        context = contextvars.copy_context()
+        return await asyncio.get_running_loop().run_in_executor(self._pool, context.run, run)
+
+    async def _traced(
+        self,
+        spec: EndpointMethod,
+        method: Callable[..., Any],
+        kwargs: dict[str, Any],
+        timing: list[float],
+        docs: int,
+    ) -> Any:
+        """:meth:`_invoke` inside a span for the endpoint method (errors mark it)."""
+        assert self.tracer is not None
+        attributes: dict[str, str | int] = {
+            "meshflow.deployment": self.name,
+            "meshflow.endpoint": spec.name,
+            "meshflow.method": f"{type(self.executor).__name__}.{spec.method}",
+            "meshflow.docs": docs,
+        }
+        with self.tracer.start_as_current_span(f"{self.name} {spec.name}", attributes=attributes):
+            return await self._invoke(spec, method, kwargs, timing)
 
     def _answer(
         self,
@@ -222,15 +300,42 @@ async def serve_executor(
     ready_file: str | None = None,
     drain_timeout: float = 10.0,
     sync_workers: int = 1,
+    metrics: tuple[str, int] | None = None,
+    tracing: bool = False,
 ) -> None:
-    """Serve ``executor`` on ``address`` (``host:port`` or ``unix:/path``) until stopped."""
-    runtime = ExecutorRuntime(executor, name=name, sync_workers=sync_workers)
+    """Serve ``executor`` on ``address`` (``host:port`` or ``unix:/path``) until stopped;
+    with ``metrics`` (host, port), Prometheus ``/metrics`` too; with ``tracing`` (set up by
+    the caller), a span per endpoint call."""
+    exporter = None
+    if metrics is not None:
+        from meshflow.observability.metrics import ExecutorMetrics
+
+        exporter = ExecutorMetrics(name)
+    tracer = None
+    if tracing:
+        from opentelemetry import trace
+
+        tracer = trace.get_tracer("meshflow.executor")
+    runtime = ExecutorRuntime(
+        executor, name=name, sync_workers=sync_workers, metrics=exporter, tracer=tracer
+    )
 
     def register(server: grpc.aio.Server) -> None:
         server.add_generic_rpc_handlers((_handlers(runtime),))
 
+    async def start_metrics() -> dict[str, Any]:
+        if exporter is None or metrics is None:
+            return {}
+        return {"metrics_port": exporter.serve(*metrics)}
+
     async def closed() -> None:
         runtime.close()
+        if exporter is not None:
+            exporter.stop()
+        if tracing:
+            from meshflow.observability.tracing import shutdown_tracing
+
+            shutdown_tracing()
 
     await serve_forever(
         register,
@@ -240,4 +345,5 @@ async def serve_executor(
         what=f"executor {name!r}",
         on_stop=closed,
         services=(_SERVICE,),
+        also_start=start_metrics,
     )

@@ -46,6 +46,9 @@ WITH_KEYS = {
     "graphql_limits",
     "envoy_concurrency",
     "auth",
+    "metrics",
+    "tracing",
+    "log_format",
 }
 EXECUTOR_KEYS = {
     "name",
@@ -223,6 +226,9 @@ def save_flow(flow: Flow, path: str) -> None:
         "graphql": True,
         "graphql_port": None,
         "envoy_concurrency": 1,
+        "metrics": False,
+        "tracing": False,
+        "log_format": "text",
     }
     for key, default in defaults.items():
         value = flow.port if key == "port" else getattr(flow, key)

@@ -15,7 +15,7 @@ from meshflow.client.client import Client, Posting
 from meshflow.errors import ConfigError
 from meshflow.flow.deployment import Deployment, make_deployment
 from meshflow.flow.local import LocalRuntime
-from meshflow.flow.status import snapshot, with_health
+from meshflow.flow.status import scrape_targets, snapshot, with_health
 from meshflow.gateway.auth import Authenticator, JWTAuth
 from meshflow.gateway.limits import GraphQLLimits
 from meshflow.gateway.topology import GATEWAY, Node, check_graph
@@ -56,6 +56,12 @@ class Flow(Posting):
         envoy_concurrency: worker threads of each Envoy sidecar (``--concurrency``).
         auth: :class:`~meshflow.JWTAuth`: every door of the gateway checks a JWT and the
             endpoint's scope (see ``docs/auth.md``); ``f.token`` is what ``f.post`` sends.
+        metrics: Prometheus ``/metrics`` on the gateway and every executor; sidecars serve
+            ``/stats/prometheus``; ``f.describe()['scrape_targets']`` lists them all.
+        tracing: OpenTelemetry spans from the gateway, the executors and the sidecars,
+            exported over OTLP/gRPC to ``OTEL_EXPORTER_OTLP_ENDPOINT`` (default
+            ``http://127.0.0.1:4317``, Jaeger's). Setting that variable also turns it on.
+        log_format: ``'text'`` or ``'json'`` (one JSON object per line) for every process.
         log_dir: keep the processes' logs there (default: a temporary folder, removed on exit).
     """
 
@@ -76,6 +82,9 @@ class Flow(Posting):
         graphql_limits: GraphQLLimits | Mapping[str, Any] | None = None,
         envoy_concurrency: int = 1,
         auth: JWTAuth | Mapping[str, Any] | None = None,
+        metrics: bool = False,
+        tracing: bool = False,
+        log_format: str = "text",
     ) -> None:
         for label, value in (("port", port), ("graphql_port", graphql_port)):
             if value is not None and (
@@ -113,6 +122,14 @@ class Flow(Posting):
         if auth is not None and not isinstance(auth, JWTAuth):
             raise ConfigError(f"auth must be a JWTAuth or a mapping of its options, got {auth!r}")
         self.auth = auth.with_paths_from(".") if auth is not None else None
+        if log_format not in ("text", "json"):
+            raise ConfigError(f"log_format must be 'text' or 'json', got {log_format!r}")
+        for label, flag in (("metrics", metrics), ("tracing", tracing)):
+            if not isinstance(flag, bool):
+                raise ConfigError(f"{label} must be true or false, got {flag!r}")
+        self.metrics = metrics
+        self.tracing = tracing
+        self.log_format = log_format
         self._token: str | None = None
         self.graphql = graphql
         self.graphql_limits = graphql_limits or GraphQLLimits()
@@ -310,8 +327,12 @@ class Flow(Posting):
         ``deployments[].replicas[]``: shard, replica, executor (pid, address, alive, serving),
         sidecar (pid, listener, admin, ready) and ``healthy``: whether traffic reaches it.
         ``meshflow status`` prints the same for a Flow running in another process.
+        ``scrape_targets``: every Prometheus endpoint (gateway, executors with
+        ``metrics=True``, sidecars) with its component, deployment, shard and replica.
         """
-        return with_health(snapshot(self._running()))
+        data = with_health(snapshot(self._running()))
+        data["scrape_targets"] = scrape_targets(data)
+        return data
 
     def block(self) -> None:
         """Serve until SIGINT (Ctrl-C) or SIGTERM."""

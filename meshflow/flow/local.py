@@ -26,7 +26,7 @@ import cloudpickle
 
 from meshflow.errors import ConfigError
 from meshflow.flow.deployment import Deployment
-from meshflow.flow.status import snapshot, state_file, write_state
+from meshflow.flow.status import file_sd, snapshot, state_file, targets_file, write_state
 from meshflow.gateway.topology import Node, Topology, cluster_name
 from meshflow.processes import (
     ManagedProcess,
@@ -139,6 +139,8 @@ class LocalRuntime:
         if "graphql_port" in info:
             self.graphql_port = int(info["graphql_port"])
             command[command.index("--graphql-port") + 1] = str(self.graphql_port)
+        for proc in self.processes():
+            _pin_metrics_port(proc)
         self._supervisor = Supervisor(self.processes, on_restart=lambda _: self.save_state())
         self._supervisor.start()
         self.save_state()
@@ -149,13 +151,18 @@ class LocalRuntime:
         return state_file(self.flow.workspace, self.flow.name)
 
     def save_state(self) -> None:
-        """Keep :func:`~meshflow.flow.status.snapshot` where ``meshflow status`` finds it."""
-        write_state(self.state_path, snapshot(self))
+        """Keep :func:`~meshflow.flow.status.snapshot` where ``meshflow status`` finds it, and
+        the Prometheus targets where ``meshflow export prometheus`` points Prometheus."""
+        data = snapshot(self)
+        write_state(self.state_path, data)
+        write_state(targets_file(self.flow.workspace, self.flow.name), file_sd(data))
 
     def stop(self) -> None:
         with contextlib.suppress(FileNotFoundError):
             if self.port is not None:
                 os.unlink(self.state_path)
+                # An empty target list: Prometheus stops scraping a Flow that is gone.
+                write_state(targets_file(self.flow.workspace, self.flow.name), [])
         if self._supervisor is not None:
             self._supervisor.stop()
             self._supervisor = None
@@ -209,13 +216,14 @@ class LocalRuntime:
             os.path.abspath(self.flow.workspace),
             "--ready-file",
             ready,
+            *self._observability_args(),
         )
         executor = ManagedProcess(
             name=f"executor {dep.name!r} (shard {shard}, replica {replica})",
             command=command,
             log_path=os.path.join(self.log_dir, f"{label}.log"),
             ready_file=ready,
-            env=dict(dep.env),
+            env={**self._observability_env(), **dep.env},
             cleanup=[sock],
         )
         out = Replica(dep.name, shard, replica, sock, executor)
@@ -280,6 +288,22 @@ class LocalRuntime:
                 ]
                 write_yaml(self._eds_path(cluster), endpoints(cluster, members, self._eds_version))
 
+    def _observability_args(self) -> list[str]:
+        args = []
+        if self.flow.metrics:
+            args += ["--metrics-host", self.flow.host, "--metrics-port", "0"]
+        if self.flow.tracing:
+            args.append("--tracing")
+        return args
+
+    def _observability_env(self) -> dict[str, str]:
+        env = {"MESHFLOW_LOG_FORMAT": self.flow.log_format}
+        if self.flow.tracing:
+            from meshflow.observability.tracing import otlp_endpoint
+
+            env["OTEL_EXPORTER_OTLP_ENDPOINT"] = otlp_endpoint()
+        return env
+
     def _make_gateway(self) -> _Gateway:
         nodes = []
         for dep in self.flow.deployments:
@@ -330,6 +354,7 @@ class LocalRuntime:
             ]
         if self.flow.auth is not None:
             args += ["--auth", self.flow.auth.to_json()]
+        args += self._observability_args()
         sidecar = None
         egress = None
         if self.envoy:
@@ -342,6 +367,7 @@ class LocalRuntime:
             command=meshflow_command(*args),
             log_path=os.path.join(self.log_dir, "gateway.log"),
             ready_file=ready,
+            env=self._observability_env(),
         )
         return _Gateway(process, sidecar, egress, topology_file)
 
@@ -428,6 +454,8 @@ class LocalRuntime:
             except BaseException:
                 stop_all(new_procs, timeout=5.0)
                 raise
+            for proc in new_procs:
+                _pin_metrics_port(proc)
             with self._supervisor.lock:
                 self.replicas.extend(added)
             self._write_endpoints()
@@ -462,6 +490,13 @@ class LocalRuntime:
             if time.monotonic() > deadline:
                 raise ConfigError(f"timed out waiting for {what}")
             time.sleep(0.05)
+
+
+def _pin_metrics_port(proc: ManagedProcess) -> None:
+    """A restarted process serves /metrics on the port it had: scrape targets stay valid."""
+    info = proc.info or {}
+    if "metrics_port" in info and "--metrics-port" in proc.command:
+        proc.command[proc.command.index("--metrics-port") + 1] = str(info["metrics_port"])
 
 
 def _free_port() -> int:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -21,6 +22,7 @@ from meshflow.gateway.topology import cluster_name
 
 if TYPE_CHECKING:
     from meshflow.flow.local import LocalRuntime
+    from meshflow.mesh.sidecar import EnvoyProcess
     from meshflow.processes import ManagedProcess
 
 
@@ -29,8 +31,23 @@ def state_file(workspace: str, flow: str) -> str:
     return os.path.join(os.path.abspath(workspace), ".meshflow", "run", f"{flow}.json")
 
 
+def targets_file(workspace: str, flow: str) -> str:
+    """Where a running Flow keeps its Prometheus scrape targets (``file_sd_configs`` format)."""
+    return os.path.join(os.path.abspath(workspace), ".meshflow", "run", f"{flow}.targets.json")
+
+
 def _process(proc: ManagedProcess) -> dict[str, Any]:
     return {"pid": proc.pid if proc.popen else None, "restarts": proc.restarts}
+
+
+def _metrics_url(proc: ManagedProcess, host: str) -> str | None:
+    port = (proc.info or {}).get("metrics_port")
+    return f"http://{host}:{port}/metrics" if port else None
+
+
+def _sidecar_metrics(proc: EnvoyProcess) -> str | None:
+    admin = proc.admin_address
+    return f"http://{admin}/stats/prometheus" if admin else None
 
 
 def snapshot(runtime: LocalRuntime) -> dict[str, Any]:
@@ -44,6 +61,7 @@ def snapshot(runtime: LocalRuntime) -> dict[str, Any]:
         "graphql": (
             f"http://{flow.host}:{runtime.graphql_port}/graphql" if runtime.graphql_port else None
         ),
+        "metrics": _metrics_url(gateway.process, flow.host),
         "sidecar": None,
     }
     if gateway.sidecar is not None:
@@ -52,6 +70,7 @@ def snapshot(runtime: LocalRuntime) -> dict[str, Any]:
             "listener": gateway.egress,
             "admin": gateway.sidecar.admin_address,
             "config": gateway.sidecar.config_path,
+            "metrics": _sidecar_metrics(gateway.sidecar),
         }
     deployments = []
     for dep in flow.deployments:
@@ -63,7 +82,11 @@ def snapshot(runtime: LocalRuntime) -> dict[str, Any]:
                 "shard": r.shard,
                 "replica": r.replica,
                 "cluster": cluster_name(dep.name, r.shard),
-                "executor": {**_process(r.executor), "address": f"unix:{r.socket}"},
+                "executor": {
+                    **_process(r.executor),
+                    "address": f"unix:{r.socket}",
+                    "metrics": _metrics_url(r.executor, flow.host),
+                },
                 "sidecar": None,
             }
             if r.sidecar is not None:
@@ -72,6 +95,7 @@ def snapshot(runtime: LocalRuntime) -> dict[str, Any]:
                     "listener": f"127.0.0.1:{r.ingress_port}",
                     "admin": r.sidecar.admin_address,
                     "config": r.sidecar.config_path,
+                    "metrics": _sidecar_metrics(r.sidecar),
                 }
             replicas.append(entry)
         deployments.append({"name": dep.name, "shards": dep.shards, "replicas": replicas})
@@ -84,7 +108,41 @@ def snapshot(runtime: LocalRuntime) -> dict[str, Any]:
     }
 
 
-def write_state(path: str, data: dict[str, Any]) -> None:
+def scrape_targets(data: dict[str, Any]) -> list[dict[str, Any]]:
+    """Every Prometheus scrape target of a :func:`snapshot`: the gateway's and executors'
+    ``/metrics`` (with ``Flow(metrics=True)``) and the sidecars' ``/stats/prometheus``."""
+    out: list[dict[str, Any]] = []
+
+    def add(url: str | None, component: str, **labels: Any) -> None:
+        if url:
+            out.append({"url": url, "component": component, **labels})
+
+    gateway = data["gateway"]
+    add(gateway.get("metrics"), "gateway")
+    if gateway.get("sidecar"):
+        add(gateway["sidecar"].get("metrics"), "sidecar", deployment="gateway")
+    for dep in data["deployments"]:
+        for r in dep["replicas"]:
+            where = {"deployment": dep["name"], "shard": r["shard"], "replica": r["replica"]}
+            add(r["executor"].get("metrics"), "executor", **where)
+            if r.get("sidecar"):
+                add(r["sidecar"].get("metrics"), "sidecar", **where)
+    return out
+
+
+def file_sd(data: dict[str, Any]) -> list[dict[str, Any]]:
+    """:func:`scrape_targets` in Prometheus ``file_sd_configs`` form (one group a target)."""
+    groups = []
+    for target in scrape_targets(data):
+        url = urlsplit(target["url"])
+        labels = {k: str(v) for k, v in target.items() if k != "url"}
+        labels["flow"] = data["name"]
+        labels["__metrics_path__"] = url.path
+        groups.append({"targets": [url.netloc], "labels": labels})
+    return groups
+
+
+def write_state(path: str, data: dict[str, Any] | list[Any]) -> None:
     os.makedirs(os.path.dirname(path), exist_ok=True)
     tmp = f"{path}.{os.getpid()}.tmp"
     with open(tmp, "w", encoding="utf-8") as fh:

@@ -19,11 +19,13 @@ import asyncio
 import json
 import socket
 import time
+from collections.abc import Iterator
 from typing import Any
 
 import strawberry
 import uvicorn
 from graphql import GraphQLError
+from prometheus_client import CONTENT_TYPE_LATEST
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, Response
@@ -35,6 +37,7 @@ from strawberry.extensions import (
     MaxTokensLimiter,
     ParserCache,
     QueryDepthLimiter,
+    SchemaExtension,
     ValidationCache,
 )
 from strawberry.http import GraphQLHTTPResponse
@@ -63,6 +66,7 @@ from meshflow.gateway.graphql import (
 )
 from meshflow.gateway.limits import GraphQLLimits
 from meshflow.gateway.server import Gateway
+from meshflow.observability.tracing import current_trace_id
 
 _CODES = (  # first match wins: the token limit is reported as a syntax error
     ("exceeds maximum operation depth", "DEPTH_LIMIT_EXCEEDED"),
@@ -89,7 +93,80 @@ class _Schema(strawberry.Schema):
             super().process_errors(unexpected, execution_context)
 
 
-def make_schema(limits: GraphQLLimits, query: type = Query) -> strawberry.Schema:
+class _TraceOperations(SchemaExtension):
+    """A span per GraphQL operation (``graphql mutation post``), child of the HTTP request's
+    span; its trace id goes into the response's ``extensions.traceId``."""
+
+    def on_operation(self) -> Iterator[None]:
+        from opentelemetry import trace
+        from opentelemetry.trace import Status, StatusCode
+
+        tracer = trace.get_tracer("meshflow.gateway")
+        with tracer.start_as_current_span("graphql") as span:
+            yield
+            context = self.execution_context
+            kind = context.operation_type.value if context.operation_type else "operation"
+            name = context.operation_name or _first_field(context.graphql_document)
+            span.update_name(f"graphql {kind} {name}")
+            span.set_attribute("graphql.operation.type", kind)
+            span.set_attribute("graphql.operation.name", name)
+            errors = context.result.errors if context.result is not None else None
+            if errors:
+                code = (errors[0].extensions or {}).get("code", "")
+                span.set_status(Status(StatusCode.ERROR, f"{code}: {errors[0].message}"))
+
+    def get_results(self) -> dict[str, Any]:
+        trace_id = current_trace_id()
+        return {"traceId": trace_id} if trace_id else {}
+
+
+def _first_field(document: Any) -> str:
+    try:
+        return str(document.definitions[0].selection_set.selections[0].name.value)
+    except (AttributeError, IndexError):
+        return "anonymous"
+
+
+class TraceRequests:
+    """A server span per HTTP request to the GraphQL door, continuing the caller's
+    ``traceparent`` when it sends one."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["path"] in ("/health", "/metrics"):
+            await self.app(scope, receive, send)
+            return
+        from opentelemetry import propagate, trace
+        from opentelemetry.trace import SpanKind, Status, StatusCode
+
+        carrier = {
+            bytes(k).decode("latin-1"): bytes(v).decode("latin-1")
+            for k, v in scope.get("headers", ())
+        }
+        tracer = trace.get_tracer("meshflow.gateway")
+        name = f"{scope['method']} {scope['path']}"
+        attributes = {"http.request.method": scope["method"], "url.path": scope["path"]}
+        with tracer.start_as_current_span(
+            name, context=propagate.extract(carrier), kind=SpanKind.SERVER, attributes=attributes
+        ) as span:
+            code = [0]
+
+            async def sending(message: Message) -> None:
+                if message["type"] == "http.response.start":
+                    code[0] = message["status"]
+                await send(message)
+
+            await self.app(scope, receive, sending)
+            span.set_attribute("http.response.status_code", code[0])
+            if code[0] >= 500:
+                span.set_status(Status(StatusCode.ERROR))
+
+
+def make_schema(
+    limits: GraphQLLimits, query: type = Query, tracing: bool = False
+) -> strawberry.Schema:
     # One instance of each limiter for the schema's life (as Strawberry documents): the
     # validation rules then stay the same, so each distinct query is parsed and validated
     # once and served from the caches afterwards.
@@ -100,6 +177,8 @@ def make_schema(limits: GraphQLLimits, query: type = Query) -> strawberry.Schema
         MaxAliasesLimiter(max_alias_count=limits.max_aliases),
         MaxTokensLimiter(max_token_count=limits.max_tokens),
     ]
+    if tracing:
+        extensions.append(_TraceOperations)
     return _Schema(query=query, mutation=Mutation, subscription=Subscription, extensions=extensions)
 
 
@@ -192,7 +271,9 @@ class _GraphQLApp(GraphQL[dict[str, Any], None]):
             if found is None:
                 return
             if found:
-                self.schema = make_schema(self.limits, query_type(found))
+                self.schema = make_schema(
+                    self.limits, query_type(found), tracing=self.gateway.tracing
+                )
             self.discovered = True
 
     async def get_context(self, request: Any, response: Any) -> dict[str, Any]:
@@ -375,7 +456,7 @@ def _doc_json(doc: Any) -> dict[str, Any]:
 
 def make_app(gateway: Gateway, limits: GraphQLLimits) -> ASGIApp:
     """The ASGI app of the HTTP door."""
-    graphql_app = _GraphQLApp(make_schema(limits), gateway, limits)
+    graphql_app = _GraphQLApp(make_schema(limits, tracing=gateway.tracing), gateway, limits)
 
     async def post(request: Request) -> Response:
         try:
@@ -434,11 +515,17 @@ def make_app(gateway: Gateway, limits: GraphQLLimits) -> ASGIApp:
     async def health(request: Request) -> Response:
         return JSONResponse({"status": "SERVING"})
 
+    async def metrics(request: Request) -> Response:
+        if gateway.metrics is None:
+            return _error(404, "metrics are off: Flow(metrics=True) serves them", "NOT_FOUND")
+        return Response(gateway.metrics.exposition(), media_type=CONTENT_TYPE_LATEST)
+
     app = Starlette(
         routes=[
             Route("/", ide, methods=["GET"]),
             Route("/post", post, methods=["POST"]),
             Route("/health", health, methods=["GET"]),
+            Route("/metrics", metrics, methods=["GET"]),
             Route("/graphql", graphql_app, methods=["GET", "POST"]),
             WebSocketRoute("/graphql", graphql_app),
         ]
@@ -446,7 +533,8 @@ def make_app(gateway: Gateway, limits: GraphQLLimits) -> ASGIApp:
     gated: ASGIApp = app
     if gateway.auth is not None:
         gated = AuthGate(app, gateway, ("/graphql", "/post"))
-    return BodyLimit(gated, limits.max_body_bytes)
+    limited: ASGIApp = BodyLimit(gated, limits.max_body_bytes)
+    return TraceRequests(limited) if gateway.tracing else limited
 
 
 class HttpDoor:

@@ -47,14 +47,32 @@ async def serve_gateway(
     graphql: tuple[str, int] | None = None,
     limits: GraphQLLimits | None = None,
     auth: JWTAuth | None = None,
+    metrics: tuple[str, int] | None = None,
+    tracing: bool = False,
 ) -> None:
     """Serve ``GatewayService`` for ``topology`` on ``address`` until SIGTERM/SIGINT, and
     GraphQL over HTTP on ``graphql`` (host, port; port 0 picks one) in the same loop; with
-    ``auth``, every door checks JWTs."""
+    ``auth``, every door checks JWTs; with ``metrics`` (host, port), Prometheus ``/metrics``
+    there and on the HTTP door; with ``tracing`` (set up by the caller), spans per request and
+    per traversal step."""
     authenticator = Authenticator(auth) if auth is not None else None  # bad keys fail here
+    exporter = None
+    if metrics is not None:
+        from meshflow.observability.metrics import GatewayMetrics
+
+        exporter = GatewayMetrics()
+    tracer = None
+    if tracing:
+        from opentelemetry import trace
+
+        tracer = trace.get_tracer("meshflow.gateway")
     transport = make_transport(topology, mesh, egress)
     gateway = Gateway(
-        Traversal(topology, transport), max_in_flight=max_in_flight, auth=authenticator
+        Traversal(topology, transport, metrics=exporter, tracer=tracer),
+        max_in_flight=max_in_flight,
+        auth=authenticator,
+        metrics=exporter,
+        tracing=tracing,
     )
     door = None
     if graphql is not None:
@@ -67,15 +85,24 @@ async def serve_gateway(
         server.add_generic_rpc_handlers((gateway.handler(),))
 
     async def start_http() -> dict[str, Any]:
-        if door is None:
-            return {}
-        await door.start()
-        return {"graphql_port": door.port}
+        info: dict[str, Any] = {}
+        if exporter is not None and metrics is not None:
+            info["metrics_port"] = exporter.serve(*metrics)
+        if door is not None:
+            await door.start()
+            info["graphql_port"] = door.port
+        return info
 
     async def stop() -> None:
         if door is not None:
             await door.stop()
         await transport.close()
+        if exporter is not None:
+            exporter.stop()
+        if tracing:
+            from meshflow.observability.tracing import shutdown_tracing
+
+            shutdown_tracing()
 
     await serve_forever(
         register,

@@ -18,7 +18,7 @@ import logging
 import time
 import uuid
 from collections.abc import AsyncIterator
-from typing import Any, TypeAlias
+from typing import TYPE_CHECKING, Any, TypeAlias
 
 import grpc
 from google.protobuf.message import DecodeError
@@ -27,10 +27,15 @@ from meshflow.errors import BadRequestError, OverloadedError, RequestError
 from meshflow.gateway.auth import Authenticator
 from meshflow.gateway.traversal import Traversal
 from meshflow.identity import Identity
+from meshflow.observability.tracing import current_trace_id
 from meshflow.proto.v1 import data_request_pb2
 from meshflow.wire import GATEWAY_POST, GATEWAY_STREAM
 
+if TYPE_CHECKING:
+    from meshflow.observability.metrics import GatewayMetrics
+
 log = logging.getLogger("meshflow.gateway")
+access = logging.getLogger("meshflow.access")
 
 _SERVICE = "meshflow.v1.GatewayService"
 _Context: TypeAlias = "grpc.aio.ServicerContext[Any, Any]"
@@ -45,11 +50,15 @@ class Gateway:
         *,
         max_in_flight: int = 1024,
         auth: Authenticator | None = None,
+        metrics: GatewayMetrics | None = None,
+        tracing: bool = False,
     ) -> None:
         if max_in_flight < 1:
             raise ValueError("max_in_flight must be at least 1")
         self.traversal = traversal
         self.auth = auth
+        self.metrics = metrics
+        self.tracing = tracing
         self.max_in_flight = max_in_flight
         self.in_flight = 0
         self._slots = asyncio.Semaphore(max_in_flight)
@@ -80,16 +89,22 @@ class Gateway:
         other :class:`RequestError` subclasses; executor failures come back as a status.
         """
         if self._slots.locked():
+            if self.metrics is not None:
+                self.metrics.observe(door, "-", "overloaded", 0.0)
             raise OverloadedError(
                 f"the gateway has {self.max_in_flight} requests in flight, its limit; "
                 "retry later or raise max_in_flight"
             )
         async with self._slots:
             self.in_flight += 1
+            if self.metrics is not None:
+                self.metrics.in_flight.inc()
             try:
                 return await self._run(data, deadline, identity, door)
             finally:
                 self.in_flight -= 1
+                if self.metrics is not None:
+                    self.metrics.in_flight.dec()
 
     def identify(self, authorization: str | None, door: str) -> Identity | None:
         """The verified identity behind an ``Authorization`` value; None without auth."""
@@ -119,6 +134,8 @@ class Gateway:
         async def one(data: bytes) -> None:
             try:
                 self.in_flight += 1
+                if self.metrics is not None:
+                    self.metrics.in_flight.inc()
                 try:
                     answer = await self._run(data, deadline, identity, "grpc")
                 except RequestError as exc:
@@ -126,6 +143,8 @@ class Gateway:
                 await answers.put(answer)
             finally:
                 self.in_flight -= 1
+                if self.metrics is not None:
+                    self.metrics.in_flight.dec()
                 self._slots.release()
 
         async def read() -> None:
@@ -156,31 +175,71 @@ class Gateway:
             head = data_request_pb2.DataRequestHead.FromString(data)
         except DecodeError:
             raise BadRequestError("the request is not a valid meshflow.v1.DataRequest") from None
-        if head.header.HasField("auth"):
-            data = _without_identity(data)  # only the gateway says who the caller is
-        if self.auth is not None:
-            self.auth.authorize(identity, head.header.endpoint, door=door)
-            assert identity is not None  # authorize refuses a request without one
-            data += identity.header_bytes
-        started = time.perf_counter()
-        request_id = head.header.request_id
+        header = head.header
+        request_id = header.request_id
         if not request_id:
             request_id = uuid.uuid4().hex
             # Concatenated messages merge: this sets header.request_id, the rest stays as sent.
             data += data_request_pb2.DataRequest(
                 header=data_request_pb2.Header(request_id=request_id)
             ).SerializeToString()
-        answer = await self.traversal.run(
-            data, head.header.endpoint, deadline, pushdown=bool(head.header.fields)
-        )
-        if log.isEnabledFor(logging.DEBUG):
-            log.debug(
-                "request %s %s done in %.2f ms",
-                request_id,
-                head.header.endpoint or "/",
-                (time.perf_counter() - started) * 1e3,
+        endpoint = header.endpoint or "/"
+        if self.tracing:
+            _annotate_span(request_id, endpoint, door)
+        started = time.perf_counter()
+        status = "ok"
+        try:
+            if header.HasField("auth"):
+                data = _without_identity(data)  # only the gateway says who the caller is
+            if self.auth is not None:
+                self.auth.authorize(identity, endpoint, door=door)
+                assert identity is not None  # authorize refuses a request without one
+                data += identity.header_bytes
+            answer = await self.traversal.run(
+                data, header.endpoint, deadline, pushdown=bool(header.fields)
             )
-        return answer
+            failure = data_request_pb2.DataRequestHead.FromString(answer).status
+            if failure.code != data_request_pb2.Status.OK:
+                status = "executor_error"
+            return answer
+        except RequestError as exc:
+            status = exc.graphql_code.lower()
+            raise
+        except BaseException:
+            status = "cancelled"
+            raise
+        finally:
+            seconds = time.perf_counter() - started
+            if self.metrics is not None:
+                self.metrics.observe(door, endpoint, status, seconds)
+            if access.isEnabledFor(logging.INFO):
+                trace_id = current_trace_id() if self.tracing else None
+                access.info(
+                    "%s %s %s %s %.2f ms",
+                    request_id,
+                    door or "grpc",
+                    endpoint,
+                    status,
+                    seconds * 1e3,
+                    extra={
+                        "request_id": request_id,
+                        "door": door or "grpc",
+                        "endpoint": endpoint,
+                        "status": status,
+                        "duration_ms": round(seconds * 1e3, 3),
+                        "trace_id": trace_id,
+                    },
+                )
+
+
+def _annotate_span(request_id: str, endpoint: str, door: str) -> None:
+    """Name the endpoint on the door's span (the gRPC server span or the GraphQL operation)."""
+    from opentelemetry import trace
+
+    span = trace.get_current_span()
+    span.set_attribute("meshflow.endpoint", endpoint)
+    span.set_attribute("meshflow.request_id", request_id)
+    span.set_attribute("meshflow.door", door or "grpc")
 
 
 def _deadline(context: _Context) -> float | None:

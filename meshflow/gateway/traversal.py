@@ -12,7 +12,8 @@ from __future__ import annotations
 import asyncio
 import itertools
 import time
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
+from typing import TYPE_CHECKING
 
 from meshflow.document.proto import struct_to_dict
 from meshflow.errors import BadRequestError, DeadlineExceeded, RequestError
@@ -20,6 +21,11 @@ from meshflow.gateway.merge import merge_requests, reduce_shards
 from meshflow.gateway.topology import GATEWAY, Node, Topology
 from meshflow.gateway.transport import Transport
 from meshflow.proto.v1 import data_request_pb2
+
+if TYPE_CHECKING:
+    from opentelemetry.trace import Tracer
+
+    from meshflow.observability.metrics import GatewayMetrics
 
 _OK = data_request_pb2.Status.OK
 # Appended to a request (concatenated messages merge) to mark the call to a leaf.
@@ -31,9 +37,22 @@ _LAST_HOP = data_request_pb2.DataRequest(
 class Traversal:
     """Runs DataRequests through a :class:`Topology` over a :class:`Transport`."""
 
-    def __init__(self, topology: Topology, transport: Transport) -> None:
+    def __init__(
+        self,
+        topology: Topology,
+        transport: Transport,
+        *,
+        metrics: GatewayMetrics | None = None,
+        tracer: Tracer | None = None,
+    ) -> None:
         self.topology = topology
         self.transport = transport
+        self.metrics = metrics
+        self.tracer = tracer
+        # Each call to a deployment; observed (a span, a hop time) only when asked for.
+        self._send: Callable[[str, int, bytes, float | None], Awaitable[bytes]] = (
+            transport.call if metrics is None and tracer is None else self._observed_call
+        )
         self._chain = topology.is_chain
         self._leaves = topology.leaves
         self._shard_cursor: dict[str, Iterator[int]] = {
@@ -104,15 +123,12 @@ class Traversal:
             timeout = remaining if callers else timeout
         try:
             if len(node.shards) == 1:
-                return await self.transport.call(node.name, 0, data, timeout)
+                return await self._send(node.name, 0, data, timeout)
             if node.polling_for(endpoint or "/") == "ANY":
                 shard = next(self._shard_cursor[node.name])
-                return await self.transport.call(node.name, shard, data, timeout)
+                return await self._send(node.name, shard, data, timeout)
             answers = await asyncio.gather(
-                *(
-                    self.transport.call(node.name, shard, data, timeout)
-                    for shard in range(len(node.shards))
-                )
+                *(self._send(node.name, shard, data, timeout) for shard in range(len(node.shards)))
             )
         except DeadlineExceeded:
             if callers:
@@ -131,6 +147,33 @@ class Traversal:
         decoded = [data_request_pb2.DataRequest.FromString(a) for a in answers]
         reduced = reduce_shards(decoded, struct_to_dict(decoded[0].parameters))
         return reduced.SerializeToString()
+
+    async def _observed_call(
+        self, name: str, shard: int, data: bytes, timeout: float | None
+    ) -> bytes:
+        """One call to a deployment in a span of its own (``call <deployment>``), timed."""
+        started = time.perf_counter()
+        try:
+            if self.tracer is None:
+                return await self.transport.call(name, shard, data, timeout)
+            from opentelemetry.trace import Status, StatusCode
+
+            attributes: dict[str, str | int] = {
+                "meshflow.deployment": name,
+                "meshflow.shard": shard,
+            }
+            with self.tracer.start_as_current_span(f"call {name}", attributes=attributes) as span:
+                answer = await self.transport.call(name, shard, data, timeout)
+                status = data_request_pb2.DataRequestHead.FromString(answer).status
+                if status.code != _OK:
+                    span.set_status(
+                        Status(StatusCode.ERROR, f"{status.executor}: {status.message}")
+                    )
+                    span.set_attribute("meshflow.exception_type", status.exception_type)
+                return answer
+        finally:
+            if self.metrics is not None:
+                self.metrics.hop(name)(time.perf_counter() - started)
 
 
 def _failed(data: bytes) -> bool:

@@ -119,6 +119,11 @@ def _hcm(stat_prefix: str, virtual_hosts: list[dict[str, Any]]) -> dict[str, Any
     }
 
 
+def stat_name(cluster: str) -> str:
+    """The name a cluster has in Envoy's stats (and Prometheus' ``envoy_cluster_name``)."""
+    return cluster.replace(".", "_")
+
+
 def _admin() -> dict[str, Any]:
     return {"address": {"socket_address": {"address": "127.0.0.1", "port_value": 0}}}
 
@@ -154,6 +159,9 @@ def _cluster(spec: ClusterSpec, identity: Identity) -> dict[str, Any]:
     hc, od, cb = spec.health_check, spec.outlier_detection, spec.circuit_breaker
     return {
         "name": spec.name,
+        # Envoy's Prometheus tags split stat names at dots: "a.shard0" would be read as
+        # cluster "a", stat "shard0_upstream_rq_total". Stats use "a_shard0" instead.
+        "alt_stat_name": stat_name(spec.name),
         "type": "EDS",
         "eds_cluster_config": {
             "eds_config": {

@@ -127,7 +127,7 @@ def test_embeddings_not_selected_never_leave_the_mesh(start_flow: StartFlow) -> 
     admin = f.describe()["gateway"]["sidecar"]["admin"]
 
     def received(select: str) -> int:
-        before = _stat(admin, "cluster.index.shard0.upstream_cx_rx_bytes_total")
+        before = _stat(admin, "cluster.index_shard0.upstream_cx_rx_bytes_total")
         body = gql(
             f,
             'mutation($docs: [DocumentInput!]) { post(on: "/search", docs: $docs, '
@@ -136,7 +136,7 @@ def test_embeddings_not_selected_never_leave_the_mesh(start_flow: StartFlow) -> 
         )
         assert "errors" not in body
         assert all(len(d["matches"]) == 50 for d in body["data"]["post"]["docs"])
-        return _stat(admin, "cluster.index.shard0.upstream_cx_rx_bytes_total") - before
+        return _stat(admin, "cluster.index_shard0.upstream_cx_rx_bytes_total") - before
 
     lean = received("id scores")
     full = received("id scores embedding { shape }")

@@ -241,7 +241,7 @@ def test_replica_killed_mid_stream_loses_no_request_and_comes_back(start_flow: S
     assert len(set(traffic.pids)) == 4  # three replicas, one of them twice
     admin = f.describe()["gateway"]["sidecar"]["admin"]
     # Outlier detection ejected the dead replica (its sidecar answered 503s for it).
-    assert stat_value(admin, "cluster.w.shard0.outlier_detection.ejections_enforced_total") >= 1
+    assert stat_value(admin, "cluster.w_shard0.outlier_detection.ejections_enforced_total") >= 1
     [(restarted,)] = [
         (r["executor"]["restarts"],)
         for r in f.describe()["deployments"][0]["replicas"]

@@ -1,0 +1,1 @@
+"""Tracing (OpenTelemetry), metrics (Prometheus) and logs shared by the gateway and executors."""

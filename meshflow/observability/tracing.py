@@ -1,0 +1,96 @@
+"""OpenTelemetry tracing of the gateway and the executors, exported over OTLP/gRPC.
+
+Switched on by ``Flow(tracing=True)`` or by the standard variables
+(``OTEL_EXPORTER_OTLP_ENDPOINT`` or ``OTEL_EXPORTER_OTLP_TRACES_ENDPOINT``;
+``OTEL_SDK_DISABLED=true`` turns it off). The exporter, the sampler (``OTEL_TRACES_SAMPLER``)
+and the batch processor (``OTEL_BSP_*``) read the other ``OTEL_*`` variables as the SDK
+defines them.
+
+Spans of one request, all in one trace (W3C ``traceparent`` between processes):
+
+- the gateway's door: the gRPC server span (``opentelemetry-instrumentation-grpc``) or the
+  GraphQL operation (``graphql mutation post``), with the endpoint;
+- one span per traversal step (``call <deployment>``, with shard), and its gRPC client span;
+- the Envoy sidecars' spans (egress and ingress), from Envoy's own OpenTelemetry tracer;
+- the executor's gRPC server span, and a child span for the endpoint method, where the
+  executor's own spans (``self.tracer``) go.
+
+With tracing off nothing here is imported and no span object is ever made.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.trace import Tracer
+
+DEFAULT_ENDPOINT = "http://127.0.0.1:4317"
+_ENDPOINT_VARS = ("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "OTEL_EXPORTER_OTLP_ENDPOINT")
+_provider: TracerProvider | None = None
+
+
+def tracing_requested(flag: bool = False) -> bool:
+    """Whether this process traces: asked for, or an OTLP endpoint in the environment."""
+    if os.environ.get("OTEL_SDK_DISABLED", "").strip().lower() == "true":
+        return False
+    return flag or any(os.environ.get(v) for v in _ENDPOINT_VARS)
+
+
+def otlp_endpoint() -> str:
+    """Where spans go: the standard variables, else the local default (Jaeger's OTLP port)."""
+    for name in _ENDPOINT_VARS:
+        value = os.environ.get(name)
+        if value:
+            return value
+    return DEFAULT_ENDPOINT
+
+
+def setup_tracing(service: str, attributes: dict[str, Any] | None = None) -> Tracer:
+    """Install the SDK's tracer provider with an OTLP/gRPC exporter, instrument grpc.aio
+    servers and channels made from now on, and return meshflow's tracer."""
+    global _provider
+    from opentelemetry import trace
+    from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
+    from opentelemetry.instrumentation.grpc import (
+        GrpcAioInstrumentorClient,
+        GrpcAioInstrumentorServer,
+        filters,
+    )
+    from opentelemetry.sdk.resources import Resource
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import BatchSpanProcessor
+
+    if _provider is None:
+        resource = Resource.create({"service.name": service, **(attributes or {})})
+        endpoint = otlp_endpoint()
+        exporter = OTLPSpanExporter(endpoint=endpoint, insecure=endpoint.startswith("http://"))
+        provider = TracerProvider(resource=resource)
+        provider.add_span_processor(BatchSpanProcessor(exporter))
+        trace.set_tracer_provider(provider)
+        _provider = provider
+        # Health checks (Envoy asks every second) would each be a trace of their own.
+        quiet = filters.negate(filters.health_check())
+        GrpcAioInstrumentorServer(filter_=quiet).instrument()  # type: ignore[no-untyped-call]
+        GrpcAioInstrumentorClient(filter_=quiet).instrument()  # type: ignore[no-untyped-call]
+    return trace.get_tracer("meshflow")
+
+
+def shutdown_tracing() -> None:
+    """Export the spans still buffered (on a process's way out)."""
+    global _provider
+    if _provider is not None:
+        _provider.shutdown()
+        _provider = None
+
+
+def current_trace_id() -> str | None:
+    """The hex trace id of the current span, or None (no tracing, or not in a trace)."""
+    if _provider is None:
+        return None
+    from opentelemetry import trace
+
+    context = trace.get_current_span().get_span_context()
+    return format(context.trace_id, "032x") if context.is_valid else None
