@@ -6,11 +6,14 @@ import inspect
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from meshflow.errors import ConfigError
 from meshflow.executor.decorators import ENDPOINTS_ATTR, READ_ONLY_ATTR
 from meshflow.executor.parameters import params_type
+
+if TYPE_CHECKING:
+    from opentelemetry.trace import Tracer
 
 
 @dataclass(frozen=True)
@@ -93,6 +96,18 @@ class Executor:
         except AttributeError:
             self._runtime_args = RuntimeArgs(name=type(self).__name__)
             return self._runtime_args
+
+    @property
+    def tracer(self) -> Tracer:
+        """An OpenTelemetry tracer: spans opened in an endpoint join the request's trace, as
+        children of the endpoint's span (no-ops when the Flow does not trace)::
+
+            with self.tracer.start_as_current_span('embed batch') as span:
+                span.set_attribute('batch.size', len(docs))
+        """
+        from opentelemetry import trace
+
+        return trace.get_tracer(f"meshflow.executor.{self.runtime_args.name}")
 
     @property
     def workspace(self) -> str:

@@ -39,6 +39,7 @@ from meshflow.processes import (
 if TYPE_CHECKING:
     from meshflow.flow.flow import Flow
     from meshflow.mesh.certs import FlowCA
+    from meshflow.mesh.config import Tracing
     from meshflow.mesh.sidecar import EnvoyProcess
 
 log = logging.getLogger("meshflow.flow")
@@ -258,6 +259,7 @@ class LocalRuntime:
                 executor_socket=sock,
                 identity=identity,
                 allowed_peers=[gateway_id],
+                tracing=self._envoy_tracing(f"sidecar {label}"),
             ),
         )
         return EnvoyProcess(
@@ -303,6 +305,14 @@ class LocalRuntime:
 
             env["OTEL_EXPORTER_OTLP_ENDPOINT"] = otlp_endpoint()
         return env
+
+    def _envoy_tracing(self, service: str) -> Tracing | None:
+        if not self.flow.tracing:
+            return None
+        from meshflow.mesh.config import Tracing
+        from meshflow.observability.tracing import otlp_endpoint
+
+        return Tracing(service=service, endpoint=otlp_endpoint())
 
     def _make_gateway(self) -> _Gateway:
         nodes = []
@@ -399,6 +409,7 @@ class LocalRuntime:
                 listen_socket=egress_sock,
                 identity=self._ca.identity("gateway"),
                 clusters=specs,
+                tracing=self._envoy_tracing("sidecar gateway"),
             ),
         )
         return EnvoyProcess(

@@ -20,6 +20,7 @@ import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import urlsplit
 
 import yaml
 
@@ -96,7 +97,76 @@ def _http2_options() -> dict[str, Any]:
     }
 
 
-def _hcm(stat_prefix: str, virtual_hosts: list[dict[str, Any]]) -> dict[str, Any]:
+COLLECTOR = "opentelemetry_collector"
+
+
+@dataclass(frozen=True)
+class Tracing:
+    """Envoy's OpenTelemetry tracer: the OTLP/gRPC collector and this sidecar's service name."""
+
+    service: str
+    endpoint: str
+    """``http://host:port`` of the collector (the same one the Python processes export to)."""
+
+    @property
+    def address(self) -> tuple[str, int]:
+        url = urlsplit(self.endpoint if "://" in self.endpoint else f"http://{self.endpoint}")
+        return url.hostname or "127.0.0.1", url.port or 4317
+
+
+def _tracing(tracing: Tracing) -> dict[str, Any]:
+    return {
+        "provider": {
+            "name": "envoy.tracers.opentelemetry",
+            "typed_config": {
+                "@type": "type.googleapis.com/envoy.config.trace.v3.OpenTelemetryConfig",
+                "grpc_service": {"envoy_grpc": {"cluster_name": COLLECTOR}, "timeout": "1s"},
+                "service_name": tracing.service,
+            },
+        },
+        # Envoy decides by itself (its decision travels in x-request-id and traceparent): every
+        # request is traced, but health checks (their route turns sampling off).
+        "random_sampling": {"value": 100},
+    }
+
+
+def _collector(tracing: Tracing) -> dict[str, Any]:
+    host, port = tracing.address
+    return {
+        "name": COLLECTOR,
+        "type": "STRICT_DNS",
+        "connect_timeout": "1s",
+        "typed_extension_protocol_options": _http2_options(),
+        "load_assignment": {
+            "cluster_name": COLLECTOR,
+            "endpoints": [
+                {
+                    "lb_endpoints": [
+                        {
+                            "endpoint": {
+                                "address": {"socket_address": {"address": host, "port_value": port}}
+                            }
+                        }
+                    ]
+                }
+            ],
+        },
+    }
+
+
+def _hcm(
+    stat_prefix: str, virtual_hosts: list[dict[str, Any]], tracing: Tracing | None = None
+) -> dict[str, Any]:
+    hcm = _hcm_config(stat_prefix, virtual_hosts)
+    if tracing is not None:
+        hcm["typed_config"]["tracing"] = _tracing(tracing)
+        # Envoy samples by the x-request-id it generates: without one, it marks the
+        # traceparent it forwards "not sampled" and every span after it is dropped.
+        hcm["typed_config"]["generate_request_id"] = True
+    return hcm
+
+
+def _hcm_config(stat_prefix: str, virtual_hosts: list[dict[str, Any]]) -> dict[str, Any]:
     return {
         "name": "envoy.filters.network.http_connection_manager",
         "typed_config": {
@@ -152,7 +222,12 @@ def _route(spec: ClusterSpec) -> dict[str, Any]:
         if retries.per_try_timeout:
             policy["per_try_timeout"] = _seconds(retries.per_try_timeout)
         route["retry_policy"] = policy
-    return {"match": {"prefix": "/"}, "route": route}
+    # The span's name when tracing: which shard the call went to.
+    return {
+        "match": {"prefix": "/"},
+        "route": route,
+        "decorator": {"operation": f"egress {spec.name}"},
+    }
 
 
 def _cluster(spec: ClusterSpec, identity: Identity) -> dict[str, Any]:
@@ -221,7 +296,12 @@ def _cluster(spec: ClusterSpec, identity: Identity) -> dict[str, Any]:
 
 
 def gateway_sidecar(
-    *, node: str, listen_socket: str, identity: Identity, clusters: Sequence[ClusterSpec]
+    *,
+    node: str,
+    listen_socket: str,
+    identity: Identity,
+    clusters: Sequence[ClusterSpec],
+    tracing: Tracing | None = None,
 ) -> dict[str, Any]:
     """Bootstrap of the gateway's egress sidecar."""
     virtual_hosts = [
@@ -236,10 +316,11 @@ def gateway_sidecar(
                 {
                     "name": "egress",
                     "address": {"pipe": {"path": listen_socket, "mode": 0o600}},
-                    "filter_chains": [{"filters": [_hcm("egress", virtual_hosts)]}],
+                    "filter_chains": [{"filters": [_hcm("egress", virtual_hosts, tracing)]}],
                 }
             ],
-            "clusters": [_cluster(spec, identity) for spec in clusters],
+            "clusters": [_cluster(spec, identity) for spec in clusters]
+            + ([_collector(tracing)] if tracing is not None else []),
         },
     }
 
@@ -251,16 +332,36 @@ def replica_sidecar(
     executor_socket: str,
     identity: Identity,
     allowed_peers: Sequence[str],
+    tracing: Tracing | None = None,
 ) -> dict[str, Any]:
     """Bootstrap of one replica's ingress sidecar."""
-    route = {
-        "match": {"prefix": "/"},
-        "route": {
-            "cluster": "executor",
-            "timeout": "0s",
-            "max_stream_duration": {"grpc_timeout_header_max": "0s"},
-        },
+    to_executor = {
+        "cluster": "executor",
+        "timeout": "0s",
+        "max_stream_duration": {"grpc_timeout_header_max": "0s"},
     }
+    routes: list[dict[str, Any]] = [
+        {
+            "match": {"prefix": "/"},
+            "route": to_executor,
+            "decorator": {"operation": f"ingress {node}"},
+        }
+    ]
+    if tracing is not None:
+        # The gateway's sidecar checks health every second: none of that is traced.
+        no_sampling = {"numerator": 0, "denominator": "HUNDRED"}
+        routes.insert(
+            0,
+            {
+                "match": {"prefix": "/grpc.health.v1.Health/"},
+                "route": to_executor,
+                "tracing": {
+                    "client_sampling": no_sampling,
+                    "random_sampling": no_sampling,
+                    "overall_sampling": no_sampling,
+                },
+            },
+        )
     return {
         "node": {"id": node, "cluster": "meshflow"},
         "admin": _admin(),
@@ -276,7 +377,8 @@ def replica_sidecar(
                             "filters": [
                                 _hcm(
                                     "ingress",
-                                    [{"name": "executor", "domains": ["*"], "routes": [route]}],
+                                    [{"name": "executor", "domains": ["*"], "routes": routes}],
+                                    tracing,
                                 )
                             ],
                             "transport_socket": {
@@ -308,7 +410,8 @@ def replica_sidecar(
                         ],
                     },
                 }
-            ],
+            ]
+            + ([_collector(tracing)] if tracing is not None else []),
         },
     }
 

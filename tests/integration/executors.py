@@ -241,3 +241,18 @@ class Guarded(Executor):
             "claims": sorted(auth.claims),
             "kwargs": sorted(kwargs),
         }
+
+
+class Traced(Executor):
+    """Opens a span of its own inside the endpoint's; '/fail' raises."""
+
+    @requests
+    def work(self, docs: DocumentArray, **kwargs: Any) -> None:
+        with self.tracer.start_as_current_span("inner work") as span:
+            span.set_attribute("docs", len(docs))
+            for d in docs:
+                d.text += "!"
+
+    @requests(on="/fail")
+    def fail(self, docs: DocumentArray, **kwargs: Any) -> None:
+        raise ValueError("traced failure")

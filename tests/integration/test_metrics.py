@@ -170,12 +170,16 @@ def test_prometheus_scrapes_gateway_executors_and_sidecars(tmp_path: Any, promet
             query(url, "sum by (deployment) (meshflow_executor_documents_total)"), "deployment"
         )
         assert docs["encoder"] == 2 * sent + 1
-        errors = query(url, "meshflow_executor_errors_total")
+        errors = wait_for(url, "meshflow_executor_errors_total", lambda r: len(r) == 1)
         assert [(e["metric"]["deployment"], e["metric"]["exception"]) for e in errors] == [
             ("index", "ValueError")
         ]
         gateway = by(
-            query(url, "sum by (status) (meshflow_gateway_requests_total)"),
+            wait_for(
+                url,
+                "sum by (status) (meshflow_gateway_requests_total)",
+                lambda r: "executor_error" in by(r, "status"),
+            ),
             "status",
         )
         assert gateway == {"ok": sent, "executor_error": 1}

@@ -1,0 +1,151 @@
+"""Tracing: one GraphQL request through a 2-executor Flow with Envoy sidecars gives one trace,
+with spans from the gateway, both sidecars' hops and both executors, in a correct parent
+chain, exported over OTLP/gRPC to a receiver run by the test."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+import pytest
+from otlp import Receiver, Span, otlp_receiver
+
+from meshflow import Flow
+
+QUERY = 'mutation($on: String!) { post(on: $on, docs: [{text: "x"}]) { docs { text } } }'
+
+
+@pytest.fixture(scope="module")
+def receiver() -> Iterator[Receiver]:
+    with otlp_receiver() as rx:
+        yield rx
+
+
+@pytest.fixture(scope="module")
+def traced(receiver: Receiver, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Flow]:
+    folder = str(tmp_path_factory.mktemp("tracing"))
+    saved = {
+        k: os.environ.get(k) for k in ("OTEL_EXPORTER_OTLP_ENDPOINT", "OTEL_BSP_SCHEDULE_DELAY")
+    }
+    os.environ["OTEL_EXPORTER_OTLP_ENDPOINT"] = receiver.endpoint
+    os.environ["OTEL_BSP_SCHEDULE_DELAY"] = "100"  # export within 0.1 s, not 5 s
+    try:
+        flow = Flow(
+            tracing=True,
+            mesh="envoy",
+            workspace=os.path.join(folder, "ws"),
+            log_dir=os.path.join(folder, "logs"),
+        )
+        flow.add(uses="executors:Traced", name="first").add(uses="executors:Traced", name="second")
+        with flow:
+            yield flow
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
+def post(flow: Flow, on: str) -> dict[str, Any]:
+    answer = httpx.post(
+        flow.graphql_url, json={"query": QUERY, "variables": {"on": on}}, timeout=30
+    )
+    assert answer.status_code == 200
+    body: dict[str, Any] = answer.json()
+    return body
+
+
+def names(spans: list[Span]) -> set[tuple[str, str]]:
+    return {(s.service, s.name) for s in spans}
+
+
+def expected_spans(on: str) -> set[tuple[str, str]]:
+    endpoint = "/fail" if on == "/fail" else "/default"
+    out = {
+        ("meshflow-gateway", "POST /graphql"),
+        ("meshflow-gateway", "graphql mutation post"),
+        ("meshflow-gateway", "call first"),
+        ("meshflow-gateway", "/meshflow.v1.ExecutorService/Process"),
+        ("sidecar gateway", "egress first.shard0"),
+        ("sidecar first-s0-r0", "ingress first-s0-r0"),
+        ("first", "/meshflow.v1.ExecutorService/Process"),
+        ("first", f"first {endpoint}"),
+    }
+    if on != "/fail":  # the walk stops at the first failure
+        out |= {
+            ("first", "inner work"),
+            ("meshflow-gateway", "call second"),
+            ("sidecar gateway", "egress second.shard0"),
+            ("sidecar second-s0-r0", "ingress second-s0-r0"),
+            ("second", "/meshflow.v1.ExecutorService/Process"),
+            ("second", "second /default"),
+            ("second", "inner work"),
+        }
+    return out
+
+
+def collect(receiver: Receiver, trace_id: str, on: str) -> list[Span]:
+    want = expected_spans(on)
+    receiver.wait(lambda: want <= names(receiver.trace(trace_id)))
+    return receiver.trace(trace_id)
+
+
+def test_one_trace_through_gateway_sidecars_and_executors(traced: Flow, receiver: Receiver) -> None:
+    post(traced, "/")  # the first request also discovers the executors' endpoints
+    body = post(traced, "/")
+    assert body["data"]["post"]["docs"][0]["text"] == "x!!"
+    trace_id = body["extensions"]["traceId"]
+    assert len(trace_id) == 32
+    spans = collect(receiver, trace_id, "/")
+    assert names(spans) == expected_spans("/")
+    by_id = {s.span_id: s for s in spans}
+    roots = [s for s in spans if not s.parent_id]
+    assert [(r.service, r.name) for r in roots] == [("meshflow-gateway", "POST /graphql")]
+    for span in spans:  # every other span's parent is in the same trace
+        assert not span.parent_id or span.parent_id in by_id, span
+    assert not any(s.error for s in spans)
+
+    def chain(service: str, name: str) -> list[tuple[str, str]]:
+        span = next(s for s in spans if (s.service, s.name) == (service, name))
+        path = []
+        while span.parent_id:
+            span = by_id[span.parent_id]
+            path.append((span.service, span.name))
+        return path
+
+    assert chain("second", "inner work") == [
+        ("second", "second /default"),
+        ("second", "/meshflow.v1.ExecutorService/Process"),
+        ("sidecar second-s0-r0", "ingress second-s0-r0"),
+        ("sidecar gateway", "egress second.shard0"),
+        ("meshflow-gateway", "/meshflow.v1.ExecutorService/Process"),
+        ("meshflow-gateway", "call second"),
+        ("meshflow-gateway", "graphql mutation post"),
+        ("meshflow-gateway", "POST /graphql"),
+    ]
+    operation = next(s for s in spans if s.name == "graphql mutation post")
+    assert operation.attributes["meshflow.endpoint"] == "/"
+    call = next(s for s in spans if s.name == "call first")
+    assert call.attributes["meshflow.shard"] == 0
+    # no span of Envoy's health checks reached the collector
+    assert not [s for s in receiver.spans if "Health" in s.name or "health" in s.name]
+    with open(os.path.join(str(traced.log_dir), "gateway.log"), encoding="utf-8") as fh:
+        log = fh.read()
+    assert f"trace={trace_id}" in log  # the access line names the trace
+
+
+def test_a_failing_executor_shows_as_an_error_span(traced: Flow, receiver: Receiver) -> None:
+    body = post(traced, "/fail")
+    assert body["errors"][0]["extensions"]["code"] == "EXECUTOR_ERROR"
+    trace_id = body["extensions"]["traceId"]
+    spans = collect(receiver, trace_id, "/fail")
+    failed = next(s for s in spans if s.name == "first /fail")
+    assert failed.error and "traced failure" in failed.status_message
+    assert "exception" in failed.events
+    call = next(s for s in spans if s.name == "call first")
+    assert call.error and "first: traced failure" in call.status_message
+    operation = next(s for s in spans if s.name == "graphql mutation post")
+    assert operation.error and operation.status_message.startswith("EXECUTOR_ERROR")
