@@ -4,6 +4,7 @@ Envoy sidecars of a running Flow, through the config `meshflow export prometheus
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -14,6 +15,7 @@ from typing import Any
 
 import httpx
 import pytest
+from dashboards import dashboard_queries
 
 from meshflow import Document, ExecutorError, Flow
 
@@ -202,3 +204,10 @@ def test_prometheus_scrapes_gateway_executors_and_sidecars(tmp_path: Any, promet
             "envoy_cluster_name",
         )
         assert upstream["encoder_shard0"] >= sent + 1
+        # every query of the Grafana dashboard is valid PromQL over series that exist
+        names = set(httpx.get(f"{url}/api/v1/label/__name__/values", timeout=10).json()["data"])
+        for expr in dashboard_queries():
+            query(url, expr)  # asserts the query succeeds
+            selectors = re.sub(r"by \([^)]*\)", "", expr)  # drop the label lists
+            used = set(re.findall(r"\b(?:meshflow|envoy)_[a-z0-9_]+", selectors))
+            assert used <= names, (expr, used - names)
