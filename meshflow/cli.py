@@ -118,6 +118,11 @@ def _observability_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--tracing", action="store_true", help="export OpenTelemetry spans over OTLP/gRPC"
     )
+    parser.add_argument(
+        "--trace-sampling",
+        type=float,
+        help="share of new traces to sample, 0 to 1 (default: OTEL_TRACES_SAMPLER's choice)",
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -309,7 +314,7 @@ def _start_tracing(args: argparse.Namespace, service: str, attributes: dict[str,
 
     if not tracing_requested(args.tracing):
         return False
-    setup_tracing(service, attributes)
+    setup_tracing(service, attributes, sampling=args.trace_sampling)
     return True
 
 

@@ -60,7 +60,9 @@ class Flow(Posting):
             ``/stats/prometheus``; ``f.describe()['scrape_targets']`` lists them all.
         tracing: OpenTelemetry spans from the gateway, the executors and the sidecars,
             exported over OTLP/gRPC to ``OTEL_EXPORTER_OTLP_ENDPOINT`` (default
-            ``http://127.0.0.1:4317``, Jaeger's). Setting that variable also turns it on.
+            ``http://127.0.0.1:4317``, Jaeger's). True traces every request; a number from
+            0 to 1 traces that share of them (the gateway decides, the rest of the trace
+            follows). Setting the variable also turns tracing on.
         log_format: ``'text'`` or ``'json'`` (one JSON object per line) for every process.
         log_dir: keep the processes' logs there (default: a temporary folder, removed on exit).
     """
@@ -83,7 +85,7 @@ class Flow(Posting):
         envoy_concurrency: int = 1,
         auth: JWTAuth | Mapping[str, Any] | None = None,
         metrics: bool = False,
-        tracing: bool = False,
+        tracing: bool | float = False,
         log_format: str = "text",
     ) -> None:
         for label, value in (("port", port), ("graphql_port", graphql_port)):
@@ -124,9 +126,15 @@ class Flow(Posting):
         self.auth = auth.with_paths_from(".") if auth is not None else None
         if log_format not in ("text", "json"):
             raise ConfigError(f"log_format must be 'text' or 'json', got {log_format!r}")
-        for label, flag in (("metrics", metrics), ("tracing", tracing)):
-            if not isinstance(flag, bool):
-                raise ConfigError(f"{label} must be true or false, got {flag!r}")
+        if not isinstance(metrics, bool):
+            raise ConfigError(f"metrics must be true or false, got {metrics!r}")
+        if not isinstance(tracing, bool) and not (
+            isinstance(tracing, int | float) and 0 < tracing <= 1
+        ):
+            raise ConfigError(
+                f"tracing must be true, false or the share of requests to trace (0 to 1], "
+                f"got {tracing!r}"
+            )
         self.metrics = metrics
         self.tracing = tracing
         self.log_format = log_format

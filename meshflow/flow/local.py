@@ -290,12 +290,15 @@ class LocalRuntime:
                 ]
                 write_yaml(self._eds_path(cluster), endpoints(cluster, members, self._eds_version))
 
-    def _observability_args(self) -> list[str]:
+    def _observability_args(self, gateway: bool = False) -> list[str]:
         args = []
         if self.flow.metrics:
             args += ["--metrics-host", self.flow.host, "--metrics-port", "0"]
         if self.flow.tracing:
             args.append("--tracing")
+            if gateway:  # the gateway samples; every other process follows its decision
+                share = 1.0 if self.flow.tracing is True else float(self.flow.tracing)
+                args += ["--trace-sampling", str(share)]
         return args
 
     def _observability_env(self) -> dict[str, str]:
@@ -364,7 +367,7 @@ class LocalRuntime:
             ]
         if self.flow.auth is not None:
             args += ["--auth", self.flow.auth.to_json()]
-        args += self._observability_args()
+        args += self._observability_args(gateway=True)
         sidecar = None
         egress = None
         if self.envoy:

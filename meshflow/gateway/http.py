@@ -94,26 +94,37 @@ class _Schema(strawberry.Schema):
 
 
 class _TraceOperations(SchemaExtension):
-    """A span per GraphQL operation (``graphql mutation post``), child of the HTTP request's
-    span; its trace id goes into the response's ``extensions.traceId``."""
+    """Names the request's span after the GraphQL operation (``graphql mutation post``; a
+    subscription over a WebSocket gets a span of its own); the trace id goes into the
+    response's ``extensions.traceId``."""
 
     def on_operation(self) -> Iterator[None]:
         from opentelemetry import trace
+
+        current = trace.get_current_span()
+        if current.is_recording():
+            # Over HTTP the request's span becomes the operation's: one span, not two.
+            yield
+            self._describe(current)
+            return
+        tracer = trace.get_tracer("meshflow.gateway")  # a WebSocket operation: a span of its own
+        with tracer.start_as_current_span("graphql", kind=trace.SpanKind.SERVER) as span:
+            yield
+            self._describe(span)
+
+    def _describe(self, span: Any) -> None:
         from opentelemetry.trace import Status, StatusCode
 
-        tracer = trace.get_tracer("meshflow.gateway")
-        with tracer.start_as_current_span("graphql") as span:
-            yield
-            context = self.execution_context
-            kind = context.operation_type.value if context.operation_type else "operation"
-            name = context.operation_name or _first_field(context.graphql_document)
-            span.update_name(f"graphql {kind} {name}")
-            span.set_attribute("graphql.operation.type", kind)
-            span.set_attribute("graphql.operation.name", name)
-            errors = context.result.errors if context.result is not None else None
-            if errors:
-                code = (errors[0].extensions or {}).get("code", "")
-                span.set_status(Status(StatusCode.ERROR, f"{code}: {errors[0].message}"))
+        context = self.execution_context
+        kind = context.operation_type.value if context.operation_type else "operation"
+        name = context.operation_name or _first_field(context.graphql_document)
+        span.update_name(f"graphql {kind} {name}")
+        span.set_attribute("graphql.operation.type", kind)
+        span.set_attribute("graphql.operation.name", name)
+        errors = context.result.errors if context.result is not None else None
+        if errors:
+            code = (errors[0].extensions or {}).get("code", "")
+            span.set_status(Status(StatusCode.ERROR, f"{code}: {errors[0].message}"))
 
     def get_results(self) -> dict[str, Any]:
         trace_id = current_trace_id()

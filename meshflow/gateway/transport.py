@@ -11,13 +11,16 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Iterator, Mapping, Sequence
-from typing import Protocol
+from typing import Protocol, TypeAlias
 
 import grpc
 
 from meshflow.errors import BadRequestError, DeadlineExceeded, RequestError, UnavailableError
 from meshflow.proto.v1 import services_pb2
 from meshflow.wire import EXECUTOR_ENDPOINTS, EXECUTOR_PROCESS, channel_options
+
+Metadata: TypeAlias = tuple[tuple[str, str], ...]
+"""gRPC metadata a call carries (the tracing header for the sidecars, when tracing)."""
 
 _NOT_DELIVERED = ("failed to connect", "connection refused", "no such file", "connect failed")
 
@@ -33,7 +36,14 @@ def _not_delivered(exc: grpc.aio.AioRpcError) -> bool:
 class Transport(Protocol):
     """Sends one serialized DataRequest to one shard of a deployment."""
 
-    async def call(self, deployment: str, shard: int, data: bytes, timeout: float | None) -> bytes:
+    async def call(
+        self,
+        deployment: str,
+        shard: int,
+        data: bytes,
+        timeout: float | None,
+        metadata: Metadata | None = None,
+    ) -> bytes:
         """Return the executor's serialized answer, or raise a :class:`RequestError`."""
         ...
 
@@ -79,7 +89,14 @@ class DirectTransport:
                 self._replicas[key] = [_Replica(a) for a in addresses]
                 self._cursor[key] = itertools.cycle(range(len(addresses)))
 
-    async def call(self, deployment: str, shard: int, data: bytes, timeout: float | None) -> bytes:
+    async def call(
+        self,
+        deployment: str,
+        shard: int,
+        data: bytes,
+        timeout: float | None,
+        metadata: Metadata | None = None,
+    ) -> bytes:
         key = (deployment, shard)
         replicas = self._replicas[key]
         first = next(self._cursor[key])
@@ -87,7 +104,7 @@ class DirectTransport:
         for attempt in range(len(replicas)):
             replica = replicas[(first + attempt) % len(replicas)]
             try:
-                answer: bytes = await replica.process(data, timeout=timeout)
+                answer: bytes = await replica.process(data, timeout=timeout, metadata=metadata)
                 return answer
             except grpc.aio.AioRpcError as exc:
                 if not _not_delivered(exc):
@@ -128,9 +145,18 @@ class EnvoyTransport:
             self._calls[key] = channel.unary_unary(EXECUTOR_PROCESS)
             self._endpoints[key] = channel.unary_unary(EXECUTOR_ENDPOINTS)
 
-    async def call(self, deployment: str, shard: int, data: bytes, timeout: float | None) -> bytes:
+    async def call(
+        self,
+        deployment: str,
+        shard: int,
+        data: bytes,
+        timeout: float | None,
+        metadata: Metadata | None = None,
+    ) -> bytes:
         try:
-            answer: bytes = await self._calls[(deployment, shard)](data, timeout=timeout)
+            answer: bytes = await self._calls[(deployment, shard)](
+                data, timeout=timeout, metadata=metadata
+            )
         except grpc.aio.AioRpcError as exc:
             raise rpc_error_to_meshflow(exc, deployment) from None
         return answer

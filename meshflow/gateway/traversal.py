@@ -163,7 +163,15 @@ class Traversal:
                 "meshflow.shard": shard,
             }
             with self.tracer.start_as_current_span(f"call {name}", attributes=attributes) as span:
-                answer = await self.transport.call(name, shard, data, timeout)
+                context = span.get_span_context()
+                # The sidecars trace exactly the requests the gateway samples: Envoy force-traces
+                # a request that carries x-client-trace-id, and samples no other at random.
+                metadata = (
+                    (("x-client-trace-id", format(context.trace_id, "032x")),)
+                    if context.trace_flags.sampled
+                    else None
+                )
+                answer = await self.transport.call(name, shard, data, timeout, metadata)
                 status = data_request_pb2.DataRequestHead.FromString(answer).status
                 if status.code != _OK:
                     span.set_status(

@@ -124,9 +124,9 @@ def _tracing(tracing: Tracing) -> dict[str, Any]:
                 "service_name": tracing.service,
             },
         },
-        # Envoy decides by itself (its decision travels in x-request-id and traceparent): every
-        # request is traced, but health checks (their route turns sampling off).
-        "random_sampling": {"value": 100},
+        # The gateway decides which requests are traced: it sends x-client-trace-id on those
+        # (client_sampling: 100% by default), and Envoy samples no other request at random.
+        "random_sampling": {"value": 0},
     }
 
 

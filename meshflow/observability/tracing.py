@@ -48,9 +48,15 @@ def otlp_endpoint() -> str:
     return DEFAULT_ENDPOINT
 
 
-def setup_tracing(service: str, attributes: dict[str, Any] | None = None) -> Tracer:
+def setup_tracing(
+    service: str, attributes: dict[str, Any] | None = None, sampling: float | None = None
+) -> Tracer:
     """Install the SDK's tracer provider with an OTLP/gRPC exporter, instrument grpc.aio
-    servers and channels made from now on, and return meshflow's tracer."""
+    servers and channels made from now on, and return meshflow's tracer.
+
+    ``sampling``: the share of new traces recorded (parent-based: a request that comes with
+    a ``traceparent`` follows its decision); None leaves it to ``OTEL_TRACES_SAMPLER``.
+    """
     global _provider
     from opentelemetry import trace
     from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
@@ -67,7 +73,12 @@ def setup_tracing(service: str, attributes: dict[str, Any] | None = None) -> Tra
         resource = Resource.create({"service.name": service, **(attributes or {})})
         endpoint = otlp_endpoint()
         exporter = OTLPSpanExporter(endpoint=endpoint, insecure=endpoint.startswith("http://"))
-        provider = TracerProvider(resource=resource)
+        sampler = None
+        if sampling is not None:
+            from opentelemetry.sdk.trace.sampling import ParentBased, TraceIdRatioBased
+
+            sampler = ParentBased(TraceIdRatioBased(sampling))
+        provider = TracerProvider(resource=resource, sampler=sampler)
         provider.add_span_processor(BatchSpanProcessor(exporter))
         trace.set_tracer_provider(provider)
         _provider = provider
@@ -87,10 +98,11 @@ def shutdown_tracing() -> None:
 
 
 def current_trace_id() -> str | None:
-    """The hex trace id of the current span, or None (no tracing, or not in a trace)."""
+    """The hex trace id of the current span if it is recorded, else None (no tracing, not in
+    a trace, or a request the sampler left out: its id would lead nowhere)."""
     if _provider is None:
         return None
     from opentelemetry import trace
 
     context = trace.get_current_span().get_span_context()
-    return format(context.trace_id, "032x") if context.is_valid else None
+    return format(context.trace_id, "032x") if context.trace_flags.sampled else None

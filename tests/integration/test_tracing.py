@@ -65,7 +65,6 @@ def names(spans: list[Span]) -> set[tuple[str, str]]:
 def expected_spans(on: str) -> set[tuple[str, str]]:
     endpoint = "/fail" if on == "/fail" else "/default"
     out = {
-        ("meshflow-gateway", "POST /graphql"),
         ("meshflow-gateway", "graphql mutation post"),
         ("meshflow-gateway", "call first"),
         ("meshflow-gateway", "/meshflow.v1.ExecutorService/Process"),
@@ -103,7 +102,7 @@ def test_one_trace_through_gateway_sidecars_and_executors(traced: Flow, receiver
     assert names(spans) == expected_spans("/")
     by_id = {s.span_id: s for s in spans}
     roots = [s for s in spans if not s.parent_id]
-    assert [(r.service, r.name) for r in roots] == [("meshflow-gateway", "POST /graphql")]
+    assert [(r.service, r.name) for r in roots] == [("meshflow-gateway", "graphql mutation post")]
     for span in spans:  # every other span's parent is in the same trace
         assert not span.parent_id or span.parent_id in by_id, span
     assert not any(s.error for s in spans)
@@ -124,10 +123,10 @@ def test_one_trace_through_gateway_sidecars_and_executors(traced: Flow, receiver
         ("meshflow-gateway", "/meshflow.v1.ExecutorService/Process"),
         ("meshflow-gateway", "call second"),
         ("meshflow-gateway", "graphql mutation post"),
-        ("meshflow-gateway", "POST /graphql"),
     ]
     operation = next(s for s in spans if s.name == "graphql mutation post")
     assert operation.attributes["meshflow.endpoint"] == "/"
+    assert operation.attributes["http.response.status_code"] == 200
     call = next(s for s in spans if s.name == "call first")
     assert call.attributes["meshflow.shard"] == 0
     # no span of Envoy's health checks reached the collector
@@ -149,3 +148,40 @@ def test_a_failing_executor_shows_as_an_error_span(traced: Flow, receiver: Recei
     assert call.error and "first: traced failure" in call.status_message
     operation = next(s for s in spans if s.name == "graphql mutation post")
     assert operation.error and operation.status_message.startswith("EXECUTOR_ERROR")
+
+
+def test_requests_the_gateway_does_not_sample_leave_no_span_anywhere(
+    tmp_path: Any,
+) -> None:
+    with otlp_receiver() as rx:
+        os.environ["OTEL_EXPORTER_OTLP_ENDPOINT"] = rx.endpoint
+        os.environ["OTEL_BSP_SCHEDULE_DELAY"] = "100"
+        try:
+            flow = Flow(tracing=1e-12, mesh="envoy", workspace=str(tmp_path))
+            flow.add(uses="executors:Traced", name="first").add(uses="executors:Traced")
+            with flow:
+                for _ in range(5):
+                    body = post(flow, "/")
+                    assert "traceId" not in body.get("extensions", {})
+                assert flow.post("/", []) is not None
+                # the sidecars were not asked to trace any of them (and sample none at random)
+                for entry in flow.describe()["deployments"][0]["replicas"]:
+                    stats = _stats(entry["sidecar"]["admin"])
+                    assert stats["http.ingress.tracing.client_enabled"] == 0
+                    assert stats["http.ingress.tracing.not_traceable"] >= 6
+        finally:
+            os.environ.pop("OTEL_EXPORTER_OTLP_ENDPOINT")
+            os.environ.pop("OTEL_BSP_SCHEDULE_DELAY")
+        # the processes flushed their spans on the way out: none, sidecars' included
+        assert rx.spans == []
+
+
+def _stats(admin: str) -> dict[str, int]:
+    from meshflow.mesh.sidecar import admin_get
+
+    _, body = admin_get(admin, "/stats")
+    return {
+        k: int(v)
+        for k, _, v in (line.partition(": ") for line in body.splitlines())
+        if v.strip().isdigit()
+    }
