@@ -214,7 +214,22 @@ def request_error(exc: RequestError) -> GraphQLError:
 
 def _caller(info: Info[Any, Any]) -> dict[str, Any]:
     """The identity and door of the request an operation belongs to."""
+    if _gateway(info).tracing:
+        _name_span(info)
     return {"identity": info.context.get("identity"), "door": info.context.get("door", "")}
+
+
+def _name_span(info: Info[Any, Any]) -> None:
+    """Name the request's span after its GraphQL operation (``graphql mutation post``)."""
+    from opentelemetry import trace
+
+    span = trace.get_current_span()
+    if span.is_recording():
+        kind = info.operation.operation.value
+        name = info.operation.name.value if info.operation.name else info.field_name
+        span.update_name(f"graphql {kind} {name}")
+        span.set_attribute("graphql.operation.type", kind)
+        span.set_attribute("graphql.operation.name", name)
 
 
 def _require(info: Info[Any, Any], scope: str | None, what: str) -> None:
@@ -447,9 +462,19 @@ class Subscription:
             _require(info, gateway.auth.config.scope_for(on), on)
         fields = _docs_selection(info) or ()
         slots = asyncio.Semaphore(max_in_flight)
+        span = _subscription_span(on) if gateway.tracing else None
         answers: asyncio.Queue[ResponseType | GraphQLError] = asyncio.Queue()
 
         async def one(index: int, batch: list[DocumentInput]) -> None:
+            if span is not None:
+                from opentelemetry import trace
+
+                with trace.use_span(span, end_on_exit=False):
+                    await send(index, batch)
+            else:
+                await send(index, batch)
+
+        async def send(index: int, batch: list[DocumentInput]) -> None:
             async with slots:
                 answer: ResponseType | GraphQLError
                 try:
@@ -473,11 +498,29 @@ class Subscription:
             for _ in tasks:
                 item = await answers.get()
                 if isinstance(item, GraphQLError):
+                    if span is not None:
+                        from opentelemetry.trace import Status, StatusCode
+
+                        span.set_status(Status(StatusCode.ERROR, item.message))
                     raise item
                 yield item
         finally:
             for task in tasks:
                 task.cancel()
+            if span is not None:
+                span.end()
+
+
+def _subscription_span(on: str) -> Any:
+    """The span of a ``stream`` subscription over a WebSocket: its batches are its children."""
+    from opentelemetry import trace
+
+    tracer = trace.get_tracer("meshflow.gateway")
+    return tracer.start_span(
+        "graphql subscription stream",
+        kind=trace.SpanKind.SERVER,
+        attributes={"meshflow.endpoint": on, "meshflow.door": "websocket"},
+    )
 
 
 # -- query fields for read-only endpoints -----------------------------------------------------

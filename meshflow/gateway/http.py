@@ -19,7 +19,6 @@ import asyncio
 import json
 import socket
 import time
-from collections.abc import Iterator
 from typing import Any
 
 import strawberry
@@ -37,7 +36,6 @@ from strawberry.extensions import (
     MaxTokensLimiter,
     ParserCache,
     QueryDepthLimiter,
-    SchemaExtension,
     ValidationCache,
 )
 from strawberry.http import GraphQLHTTPResponse
@@ -93,49 +91,19 @@ class _Schema(strawberry.Schema):
             super().process_errors(unexpected, execution_context)
 
 
-class _TraceOperations(SchemaExtension):
-    """Names the request's span after the GraphQL operation (``graphql mutation post``; a
-    subscription over a WebSocket gets a span of its own); the trace id goes into the
-    response's ``extensions.traceId``."""
+def _close_span(result: ExecutionResult, response: GraphQLHTTPResponse) -> None:
+    """The request's span gets the first error; the answer gets the trace id."""
+    from opentelemetry import trace
+    from opentelemetry.trace import Status, StatusCode
 
-    def on_operation(self) -> Iterator[None]:
-        from opentelemetry import trace
-
-        current = trace.get_current_span()
-        if current.is_recording():
-            # Over HTTP the request's span becomes the operation's: one span, not two.
-            yield
-            self._describe(current)
-            return
-        tracer = trace.get_tracer("meshflow.gateway")  # a WebSocket operation: a span of its own
-        with tracer.start_as_current_span("graphql", kind=trace.SpanKind.SERVER) as span:
-            yield
-            self._describe(span)
-
-    def _describe(self, span: Any) -> None:
-        from opentelemetry.trace import Status, StatusCode
-
-        context = self.execution_context
-        kind = context.operation_type.value if context.operation_type else "operation"
-        name = context.operation_name or _first_field(context.graphql_document)
-        span.update_name(f"graphql {kind} {name}")
-        span.set_attribute("graphql.operation.type", kind)
-        span.set_attribute("graphql.operation.name", name)
-        errors = context.result.errors if context.result is not None else None
-        if errors:
-            code = (errors[0].extensions or {}).get("code", "")
-            span.set_status(Status(StatusCode.ERROR, f"{code}: {errors[0].message}"))
-
-    def get_results(self) -> dict[str, Any]:
-        trace_id = current_trace_id()
-        return {"traceId": trace_id} if trace_id else {}
-
-
-def _first_field(document: Any) -> str:
-    try:
-        return str(document.definitions[0].selection_set.selections[0].name.value)
-    except (AttributeError, IndexError):
-        return "anonymous"
+    if result.errors:
+        code = (result.errors[0].extensions or {}).get("code", "")
+        trace.get_current_span().set_status(
+            Status(StatusCode.ERROR, f"{code}: {result.errors[0].message}")
+        )
+    trace_id = current_trace_id()
+    if trace_id:
+        response["extensions"] = {**(response.get("extensions") or {}), "traceId": trace_id}
 
 
 class TraceRequests:
@@ -175,9 +143,7 @@ class TraceRequests:
                 span.set_status(Status(StatusCode.ERROR))
 
 
-def make_schema(
-    limits: GraphQLLimits, query: type = Query, tracing: bool = False
-) -> strawberry.Schema:
+def make_schema(limits: GraphQLLimits, query: type = Query) -> strawberry.Schema:
     # One instance of each limiter for the schema's life (as Strawberry documents): the
     # validation rules then stay the same, so each distinct query is parsed and validated
     # once and served from the caches afterwards.
@@ -188,8 +154,6 @@ def make_schema(
         MaxAliasesLimiter(max_alias_count=limits.max_aliases),
         MaxTokensLimiter(max_token_count=limits.max_tokens),
     ]
-    if tracing:
-        extensions.append(_TraceOperations)
     return _Schema(query=query, mutation=Mutation, subscription=Subscription, extensions=extensions)
 
 
@@ -282,9 +246,7 @@ class _GraphQLApp(GraphQL[dict[str, Any], None]):
             if found is None:
                 return
             if found:
-                self.schema = make_schema(
-                    self.limits, query_type(found), tracing=self.gateway.tracing
-                )
+                self.schema = make_schema(self.limits, query_type(found))
             self.discovered = True
 
     async def get_context(self, request: Any, response: Any) -> dict[str, Any]:
@@ -305,7 +267,10 @@ class _GraphQLApp(GraphQL[dict[str, Any], None]):
             if not (error.extensions and "code" in error.extensions):
                 code = error_code(error.message, bool(error.path))
                 error.extensions = {**(error.extensions or {}), "code": code}
-        return await super().process_result(request, result)
+        response = await super().process_result(request, result)
+        if self.gateway.tracing:
+            _close_span(result, response)
+        return response
 
     def process_errors(self, errors: list[GraphQLError], execution_context: Any = None) -> None:
         # Refused input is the caller's problem: no traceback in the gateway's log.
@@ -467,7 +432,7 @@ def _doc_json(doc: Any) -> dict[str, Any]:
 
 def make_app(gateway: Gateway, limits: GraphQLLimits) -> ASGIApp:
     """The ASGI app of the HTTP door."""
-    graphql_app = _GraphQLApp(make_schema(limits, tracing=gateway.tracing), gateway, limits)
+    graphql_app = _GraphQLApp(make_schema(limits), gateway, limits)
 
     async def post(request: Request) -> Response:
         try:

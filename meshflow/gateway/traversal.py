@@ -151,37 +151,46 @@ class Traversal:
     async def _observed_call(
         self, name: str, shard: int, data: bytes, timeout: float | None
     ) -> bytes:
-        """One call to a deployment in a span of its own (``call <deployment>``), timed."""
+        """One call to a deployment, timed, in a client span of its own (``call <deployment>``)
+        whose W3C ``traceparent`` travels in the call's metadata."""
         started = time.perf_counter()
         try:
             if self.tracer is None:
                 return await self.transport.call(name, shard, data, timeout)
-            from opentelemetry.trace import Status, StatusCode
-
-            attributes: dict[str, str | int] = {
-                "meshflow.deployment": name,
-                "meshflow.shard": shard,
-            }
-            with self.tracer.start_as_current_span(f"call {name}", attributes=attributes) as span:
-                context = span.get_span_context()
-                # The sidecars trace exactly the requests the gateway samples: Envoy force-traces
-                # a request that carries x-client-trace-id, and samples no other at random.
-                metadata = (
-                    (("x-client-trace-id", format(context.trace_id, "032x")),)
-                    if context.trace_flags.sampled
-                    else None
-                )
-                answer = await self.transport.call(name, shard, data, timeout, metadata)
-                status = data_request_pb2.DataRequestHead.FromString(answer).status
-                if status.code != _OK:
-                    span.set_status(
-                        Status(StatusCode.ERROR, f"{status.executor}: {status.message}")
-                    )
-                    span.set_attribute("meshflow.exception_type", status.exception_type)
-                return answer
+            return await self._traced_call(name, shard, data, timeout)
         finally:
             if self.metrics is not None:
                 self.metrics.hop(name)(time.perf_counter() - started)
+
+    async def _traced_call(
+        self, name: str, shard: int, data: bytes, timeout: float | None
+    ) -> bytes:
+        from opentelemetry import propagate
+        from opentelemetry.trace import SpanKind, Status, StatusCode
+
+        assert self.tracer is not None
+        attributes: dict[str, str | int] = {
+            "meshflow.deployment": name,
+            "meshflow.shard": shard,
+            "rpc.system": "grpc",
+            "rpc.service": "meshflow.v1.ExecutorService",
+            "rpc.method": "Process",
+        }
+        with self.tracer.start_as_current_span(
+            f"call {name}", kind=SpanKind.CLIENT, attributes=attributes
+        ) as span:
+            carrier: dict[str, str] = {}
+            propagate.inject(carrier)
+            if span.get_span_context().trace_flags.sampled:
+                # The sidecars trace exactly the requests the gateway samples: Envoy
+                # force-traces a request that carries x-client-trace-id, and samples no other.
+                carrier["x-client-trace-id"] = format(span.get_span_context().trace_id, "032x")
+            answer = await self.transport.call(name, shard, data, timeout, tuple(carrier.items()))
+            status = data_request_pb2.DataRequestHead.FromString(answer).status
+            if status.code != _OK:
+                span.set_status(Status(StatusCode.ERROR, f"{status.executor}: {status.message}"))
+                span.set_attribute("meshflow.exception_type", status.exception_type)
+            return answer
 
 
 def _failed(data: bytes) -> bool:

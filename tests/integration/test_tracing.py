@@ -12,7 +12,7 @@ import httpx
 import pytest
 from otlp import Receiver, Span, otlp_receiver
 
-from meshflow import Flow
+from meshflow import Client, Document, Flow
 
 QUERY = 'mutation($on: String!) { post(on: $on, docs: [{text: "x"}]) { docs { text } } }'
 
@@ -67,7 +67,6 @@ def expected_spans(on: str) -> set[tuple[str, str]]:
     out = {
         ("meshflow-gateway", "graphql mutation post"),
         ("meshflow-gateway", "call first"),
-        ("meshflow-gateway", "/meshflow.v1.ExecutorService/Process"),
         ("sidecar gateway", "egress first.shard0"),
         ("sidecar first-s0-r0", "ingress first-s0-r0"),
         ("first", "/meshflow.v1.ExecutorService/Process"),
@@ -120,7 +119,6 @@ def test_one_trace_through_gateway_sidecars_and_executors(traced: Flow, receiver
         ("second", "/meshflow.v1.ExecutorService/Process"),
         ("sidecar second-s0-r0", "ingress second-s0-r0"),
         ("sidecar gateway", "egress second.shard0"),
-        ("meshflow-gateway", "/meshflow.v1.ExecutorService/Process"),
         ("meshflow-gateway", "call second"),
         ("meshflow-gateway", "graphql mutation post"),
     ]
@@ -185,3 +183,38 @@ def _stats(admin: str) -> dict[str, int]:
         for k, _, v in (line.partition(": ") for line in body.splitlines())
         if v.strip().isdigit()
     }
+
+
+def test_grpc_door_and_websocket_subscriptions_are_traced(traced: Flow, receiver: Receiver) -> None:
+    answer = traced.post("/", [Document(text="g")], return_responses=True)[0]
+    receiver.wait(
+        lambda: any(
+            s.attributes.get("meshflow.request_id") == answer.request_id for s in receiver.spans
+        )
+    )
+    root = next(
+        s for s in receiver.spans if s.attributes.get("meshflow.request_id") == answer.request_id
+    )
+    assert (root.service, root.name, root.parent_id) == (
+        "meshflow-gateway",
+        "/meshflow.v1.GatewayService/Post",
+        "",
+    )
+    assert root.attributes["meshflow.door"] == "grpc"
+    want = {("second", "second /default"), ("sidecar second-s0-r0", "ingress second-s0-r0")}
+    receiver.wait(lambda: want <= names(receiver.trace(root.trace_id)))
+
+    port = traced.graphql_port
+    assert port is not None
+    with Client(port=port, protocol="graphql") as client:
+        docs = client.post("/", [Document(text="a"), Document(text="b")], request_size=1)
+    assert docs.texts == ["a!!", "b!!"]
+    receiver.wait(lambda: any(s.name == "graphql subscription stream" for s in receiver.spans))
+    stream = next(s for s in receiver.spans if s.name == "graphql subscription stream")
+    receiver.wait(
+        lambda: (
+            len([s for s in receiver.trace(stream.trace_id) if s.name == "second /default"]) == 2
+        )
+    )
+    calls = [s for s in receiver.trace(stream.trace_id) if s.name == "call first"]
+    assert len(calls) == 2 and all(c.parent_id == stream.span_id for c in calls)
