@@ -276,6 +276,7 @@ def _executor(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
             "meshflow.replica": args.replica_id,
             "service.instance.id": f"{name}-s{args.shard_id}-r{args.replica_id}",
         },
+        door=False,
     )
     runtime_args = RuntimeArgs(
         name=name,
@@ -309,12 +310,14 @@ def _executor(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     return 0
 
 
-def _start_tracing(args: argparse.Namespace, service: str, attributes: dict[str, Any]) -> bool:
+def _start_tracing(
+    args: argparse.Namespace, service: str, attributes: dict[str, Any], *, door: bool
+) -> bool:
     from meshflow.observability.tracing import setup_tracing, tracing_requested
 
     if not tracing_requested(args.tracing):
         return False
-    setup_tracing(service, attributes, sampling=args.trace_sampling)
+    setup_tracing(service, attributes, sampling=args.trace_sampling, instrument_servers=door)
     return True
 
 
@@ -416,7 +419,7 @@ def _gateway(args: argparse.Namespace) -> int:
 
     with open(args.topology, encoding="utf-8") as fh:
         topology = Topology.from_dict(json.load(fh))
-    tracing = _start_tracing(args, "meshflow-gateway", {"meshflow.component": "gateway"})
+    tracing = _start_tracing(args, "meshflow-gateway", {"meshflow.component": "gateway"}, door=True)
     asyncio.run(
         serve_gateway(
             topology,

@@ -105,9 +105,13 @@ class Executor:
             with self.tracer.start_as_current_span('embed batch') as span:
                 span.set_attribute('batch.size', len(docs))
         """
-        from opentelemetry import trace
+        tracer: Tracer | None = self.__dict__.get("_tracer")
+        if tracer is None:
+            from opentelemetry import trace
 
-        return trace.get_tracer(f"meshflow.executor.{self.runtime_args.name}")
+            tracer = trace.get_tracer(f"meshflow.executor.{self.runtime_args.name}")
+            self.__dict__["_tracer"] = tracer
+        return tracer
 
     @property
     def workspace(self) -> str:

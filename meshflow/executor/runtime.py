@@ -275,6 +275,8 @@ def _failure(request: data_request_pb2.DataRequest, executor: str, exc: Exceptio
 def _handlers(runtime: ExecutorRuntime) -> grpc.GenericRpcHandler:
     async def process(data: bytes, context: grpc.aio.ServicerContext[Any, Any]) -> bytes:
         try:
+            if runtime.tracer is not None:
+                return await _traced_process(runtime, data, context)
             return await runtime.process(data)
         except DecodeError:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "malformed DataRequest")
@@ -290,6 +292,30 @@ def _handlers(runtime: ExecutorRuntime) -> grpc.GenericRpcHandler:
             EXECUTOR_ENDPOINTS.rsplit("/", 1)[1]: grpc.unary_unary_rpc_method_handler(endpoints),
         },
     )
+
+
+async def _traced_process(
+    runtime: ExecutorRuntime, data: bytes, context: grpc.aio.ServicerContext[Any, Any]
+) -> bytes:
+    """:meth:`ExecutorRuntime.process` in the call's server span, continuing the caller's
+    W3C ``traceparent`` from the call's metadata."""
+    from opentelemetry import propagate
+    from opentelemetry.trace import SpanKind
+
+    assert runtime.tracer is not None
+    carrier = {k: v for k, v in context.invocation_metadata() or () if isinstance(v, str)}
+    with runtime.tracer.start_as_current_span(
+        EXECUTOR_PROCESS,
+        context=propagate.extract(carrier),
+        kind=SpanKind.SERVER,
+        attributes={
+            "rpc.system": "grpc",
+            "rpc.service": _SERVICE,
+            "rpc.method": "Process",
+            "meshflow.deployment": runtime.name,
+        },
+    ):
+        return await runtime.process(data)
 
 
 async def serve_executor(

@@ -49,13 +49,19 @@ def otlp_endpoint() -> str:
 
 
 def setup_tracing(
-    service: str, attributes: dict[str, Any] | None = None, sampling: float | None = None
+    service: str,
+    attributes: dict[str, Any] | None = None,
+    sampling: float | None = None,
+    *,
+    instrument_servers: bool = True,
 ) -> Tracer:
     """Install the SDK's tracer provider with an OTLP/gRPC exporter, instrument grpc.aio
     servers made from now on, and return meshflow's tracer.
 
     ``sampling``: the share of new traces recorded (parent-based: a request that comes with
     a ``traceparent`` follows its decision); None leaves it to ``OTEL_TRACES_SAMPLER``.
+    ``instrument_servers``: server spans from ``opentelemetry-instrumentation-grpc`` (the
+    gateway's gRPC door); executors make theirs in the runtime, without an interceptor.
     """
     global _provider
     from opentelemetry import trace
@@ -78,13 +84,13 @@ def setup_tracing(
         provider.add_span_processor(BatchSpanProcessor(exporter))
         trace.set_tracer_provider(provider)
         _provider = provider
-        # Server spans and traceparent extraction of every grpc.aio server (executors, the
-        # gateway's gRPC door). Health checks (Envoy asks every second) are left out. The
-        # gateway's calls to executors make their client spans and inject traceparent
-        # themselves (Traversal): the client interceptor cost ~10% of the gateway's CPU and
-        # duplicated the traversal step's span.
-        quiet = filters.negate(filters.health_check())
-        GrpcAioInstrumentorServer(filter_=quiet).instrument()  # type: ignore[no-untyped-call]
+        # grpc.aio interceptors put every call on a slower path (measured in
+        # benchmarks/observability_bench.py): the hops inside the Flow make their spans and
+        # carry traceparent themselves (Traversal, ExecutorRuntime). Health checks (Envoy asks
+        # every second) are left out.
+        if instrument_servers:
+            quiet = filters.negate(filters.health_check())
+            GrpcAioInstrumentorServer(filter_=quiet).instrument()  # type: ignore[no-untyped-call]
     return trace.get_tracer("meshflow")
 
 
