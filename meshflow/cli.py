@@ -317,7 +317,13 @@ def _start_tracing(
 
     if not tracing_requested(args.tracing):
         return False
-    setup_tracing(service, attributes, sampling=args.trace_sampling, instrument_servers=door)
+    setup_tracing(
+        service,
+        attributes,
+        sampling=args.trace_sampling,
+        instrument_servers=door,
+        follow_only=not door,  # executors continue the gateway's traces, never start one
+    )
     return True
 
 

@@ -131,7 +131,7 @@ class ExecutorRuntime:
             self.metrics.in_flight.inc()
         try:
             try:
-                if self.tracer is not None:
+                if self.tracer is not None and _in_trace():
                     result = await self._traced(spec, method, kwargs, timing, len(request.docs))
                 else:
                     result = await self._invoke(spec, method, kwargs, timing)
@@ -294,6 +294,12 @@ def _handlers(runtime: ExecutorRuntime) -> grpc.GenericRpcHandler:
     )
 
 
+def _in_trace() -> bool:
+    from opentelemetry import trace
+
+    return trace.get_current_span().is_recording()
+
+
 async def _traced_process(
     runtime: ExecutorRuntime, data: bytes, context: grpc.aio.ServicerContext[Any, Any]
 ) -> bytes:
@@ -304,6 +310,8 @@ async def _traced_process(
 
     assert runtime.tracer is not None
     carrier = {k: v for k, v in context.invocation_metadata() or () if isinstance(v, str)}
+    if "traceparent" not in carrier:
+        return await runtime.process(data)  # a request the gateway does not trace
     with runtime.tracer.start_as_current_span(
         EXECUTOR_PROCESS,
         context=propagate.extract(carrier),

@@ -67,6 +67,8 @@ async def serve_gateway(
 
         tracer = trace.get_tracer("meshflow.gateway")
     transport = make_transport(topology, mesh, egress)
+    if tracing and isinstance(transport, DirectTransport):
+        transport.tracing = True  # with Envoy, the replica's sidecar span tells which one
     gateway = Gateway(
         Traversal(topology, transport, metrics=exporter, tracer=tracer),
         max_in_flight=max_in_flight,

@@ -83,6 +83,8 @@ class DirectTransport:
         """``shards`` maps each deployment to, per shard, the addresses of its replicas."""
         self._replicas: dict[tuple[str, int], list[_Replica]] = {}
         self._cursor: dict[tuple[str, int], Iterator[int]] = {}
+        self.tracing = False
+        """When tracing, the traversal step's span is told which replica took the call."""
         for name, per_shard in shards.items():
             for shard, addresses in enumerate(per_shard):
                 key = (name, shard)
@@ -102,7 +104,10 @@ class DirectTransport:
         first = next(self._cursor[key])
         last_error: grpc.aio.AioRpcError | None = None
         for attempt in range(len(replicas)):
-            replica = replicas[(first + attempt) % len(replicas)]
+            index = (first + attempt) % len(replicas)
+            replica = replicas[index]
+            if self.tracing:
+                _note_replica(index, replica.address)
             try:
                 answer: bytes = await replica.process(data, timeout=timeout, metadata=metadata)
                 return answer
@@ -124,6 +129,14 @@ class DirectTransport:
             if found is not None:
                 return found
         return None
+
+
+def _note_replica(index: int, address: str) -> None:
+    from opentelemetry import trace
+
+    span = trace.get_current_span()
+    span.set_attribute("meshflow.replica", index)
+    span.set_attribute("server.address", address)
 
 
 class EnvoyTransport:

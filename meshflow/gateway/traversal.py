@@ -179,13 +179,16 @@ class Traversal:
         with self.tracer.start_as_current_span(
             f"call {name}", kind=SpanKind.CLIENT, attributes=attributes
         ) as span:
-            carrier: dict[str, str] = {}
-            propagate.inject(carrier)
+            metadata = None
             if span.get_span_context().trace_flags.sampled:
-                # The sidecars trace exactly the requests the gateway samples: Envoy
-                # force-traces a request that carries x-client-trace-id, and samples no other.
+                # Only traced requests carry trace headers (an unsampled one is not traced
+                # anywhere: executors never start a trace). Envoy force-traces a request that
+                # carries x-client-trace-id and samples no other.
+                carrier: dict[str, str] = {}
+                propagate.inject(carrier)
                 carrier["x-client-trace-id"] = format(span.get_span_context().trace_id, "032x")
-            answer = await self.transport.call(name, shard, data, timeout, tuple(carrier.items()))
+                metadata = tuple(carrier.items())
+            answer = await self.transport.call(name, shard, data, timeout, metadata)
             status = data_request_pb2.DataRequestHead.FromString(answer).status
             if status.code != _OK:
                 span.set_status(Status(StatusCode.ERROR, f"{status.executor}: {status.message}"))

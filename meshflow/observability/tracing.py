@@ -54,6 +54,7 @@ def setup_tracing(
     sampling: float | None = None,
     *,
     instrument_servers: bool = True,
+    follow_only: bool = False,
 ) -> Tracer:
     """Install the SDK's tracer provider with an OTLP/gRPC exporter, instrument grpc.aio
     servers made from now on, and return meshflow's tracer.
@@ -62,6 +63,8 @@ def setup_tracing(
     a ``traceparent`` follows its decision); None leaves it to ``OTEL_TRACES_SAMPLER``.
     ``instrument_servers``: server spans from ``opentelemetry-instrumentation-grpc`` (the
     gateway's gRPC door); executors make theirs in the runtime, without an interceptor.
+    ``follow_only``: never start a trace, only continue the caller's (executors: the gateway
+    decides which requests are traced).
     """
     global _provider
     from opentelemetry import trace
@@ -75,10 +78,17 @@ def setup_tracing(
         resource = Resource.create({"service.name": service, **(attributes or {})})
         endpoint = otlp_endpoint()
         exporter = OTLPSpanExporter(endpoint=endpoint, insecure=endpoint.startswith("http://"))
-        sampler = None
-        if sampling is not None:
-            from opentelemetry.sdk.trace.sampling import ParentBased, TraceIdRatioBased
+        from opentelemetry.sdk.trace.sampling import (
+            ALWAYS_OFF,
+            ParentBased,
+            Sampler,
+            TraceIdRatioBased,
+        )
 
+        sampler: Sampler | None = None
+        if follow_only:
+            sampler = ParentBased(ALWAYS_OFF)
+        elif sampling is not None:
             sampler = ParentBased(TraceIdRatioBased(sampling))
         provider = TracerProvider(resource=resource, sampler=sampler)
         provider.add_span_processor(BatchSpanProcessor(exporter))

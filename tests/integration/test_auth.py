@@ -280,6 +280,8 @@ def test_health_needs_no_token(secured: Flow) -> None:
     base = secured.graphql_url.removesuffix("/graphql")
     assert httpx.get(f"{base}/health", timeout=10).json() == {"status": "SERVING"}
     assert httpx.get(f"{base}/", timeout=10).status_code == 200
+    # /metrics is not behind the token either (404 here: this Flow has metrics off)
+    assert httpx.get(f"{base}/metrics", timeout=10).status_code == 404
     ping = subprocess.run(
         [sys.executable, "-m", "meshflow.cli", "ping", f"127.0.0.1:{secured.port}"],
         capture_output=True,

@@ -218,3 +218,31 @@ def test_grpc_door_and_websocket_subscriptions_are_traced(traced: Flow, receiver
     )
     calls = [s for s in receiver.trace(stream.trace_id) if s.name == "call first"]
     assert len(calls) == 2 and all(c.parent_id == stream.span_id for c in calls)
+
+
+def test_direct_mesh_steps_name_their_replica(tmp_path: Any) -> None:
+    with otlp_receiver() as rx:
+        os.environ["OTEL_EXPORTER_OTLP_ENDPOINT"] = rx.endpoint
+        os.environ["OTEL_BSP_SCHEDULE_DELAY"] = "100"
+        try:
+            flow = Flow(tracing=True, mesh="direct", workspace=str(tmp_path))
+            flow.add(uses="executors:Traced", name="first", replicas=2)
+            with flow:
+                trace_ids = [post(flow, "/")["extensions"]["traceId"] for _ in range(4)]
+                rx.wait(
+                    lambda: all(
+                        any(s.name == "first /default" for s in rx.trace(t)) for t in trace_ids
+                    )
+                )
+        finally:
+            os.environ.pop("OTEL_EXPORTER_OTLP_ENDPOINT")
+            os.environ.pop("OTEL_BSP_SCHEDULE_DELAY")
+        steps = [s for t in trace_ids for s in rx.trace(t) if s.name == "call first"]
+        assert sorted(s.attributes["meshflow.replica"] for s in steps) == [0, 0, 1, 1]
+        # each executor span hangs under the step that called its replica
+        for t in trace_ids:
+            spans = rx.trace(t)
+            step = next(s for s in spans if s.name == "call first")
+            server = next(s for s in spans if s.name == "/meshflow.v1.ExecutorService/Process")
+            assert server.parent_id == step.span_id
+            assert server.attributes["meshflow.deployment"] == "first"
