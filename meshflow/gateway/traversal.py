@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import time
+import uuid
 from collections.abc import Awaitable, Callable, Iterator
 from typing import TYPE_CHECKING
 
@@ -183,10 +184,11 @@ class Traversal:
             if span.get_span_context().trace_flags.sampled:
                 # Only traced requests carry trace headers (an unsampled one is not traced
                 # anywhere: executors never start a trace). Envoy force-traces a request that
-                # carries x-client-trace-id and samples no other.
+                # carries x-client-trace-id and an x-request-id, and samples no other.
                 carrier: dict[str, str] = {}
                 propagate.inject(carrier)
                 carrier["x-client-trace-id"] = format(span.get_span_context().trace_id, "032x")
+                carrier["x-request-id"] = str(uuid.uuid4())  # Envoy samples by request id
                 metadata = tuple(carrier.items())
             answer = await self.transport.call(name, shard, data, timeout, metadata)
             status = data_request_pb2.DataRequestHead.FromString(answer).status

@@ -159,10 +159,9 @@ def _hcm(
 ) -> dict[str, Any]:
     hcm = _hcm_config(stat_prefix, virtual_hosts)
     if tracing is not None:
+        # Envoy decides by x-request-id, which it does not generate here: the gateway sends
+        # one (with x-client-trace-id) on the requests it traces, and only those are traced.
         hcm["typed_config"]["tracing"] = _tracing(tracing)
-        # Envoy samples by the x-request-id it generates: without one, it marks the
-        # traceparent it forwards "not sampled" and every span after it is dropped.
-        hcm["typed_config"]["generate_request_id"] = True
     return hcm
 
 

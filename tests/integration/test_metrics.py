@@ -6,7 +6,6 @@ from __future__ import annotations
 import os
 import re
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -26,21 +25,14 @@ needs_prometheus = pytest.mark.skipif(
 )
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-    return port
-
-
 @pytest.fixture
-def prometheus(tmp_path: Any) -> Iterator[Any]:
-    """Start Prometheus with a config file; returns a function that starts it."""
+def prometheus(tmp_path: Any, free_port: int) -> Iterator[Any]:
+    """A function that starts Prometheus with a config file (once per test)."""
     procs: list[subprocess.Popen[bytes]] = []
 
     def start(config: str) -> str:
         assert PROMETHEUS is not None, "install Debian's prometheus package (.ci/run does)"
-        port = free_port()
+        port = free_port
         log = open(os.path.join(str(tmp_path), "prometheus.log"), "wb")  # noqa: SIM115
         proc = subprocess.Popen(
             [
