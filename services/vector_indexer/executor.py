@@ -47,6 +47,9 @@ class VectorIndexer(Executor):
         hnsw_threshold: above this many vectors the index is HNSW, exact below.
         hnsw_m: HNSW graph degree.
         ef_search: HNSW search breadth (recall against speed).
+        threads: faiss' OpenMP threads in this process; 1 by default, because shards and
+            replicas are processes already (several OpenMP pools on the same cores spin
+            against each other).
     """
 
     def __init__(
@@ -55,11 +58,13 @@ class VectorIndexer(Executor):
         hnsw_threshold: int = 50_000,
         hnsw_m: int = 32,
         ef_search: int = 64,
+        threads: int = 1,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
-        if dim < 1 or hnsw_threshold < 0 or hnsw_m < 2 or ef_search < 1:
-            raise ValueError("dim, hnsw_m and ef_search must be positive")
+        if dim < 1 or hnsw_threshold < 0 or hnsw_m < 2 or ef_search < 1 or threads < 1:
+            raise ValueError("dim, hnsw_m, ef_search and threads must be positive")
+        self.threads = threads
         self.dim = dim
         self.hnsw_threshold = hnsw_threshold
         self.hnsw_m = hnsw_m
@@ -121,6 +126,7 @@ class VectorIndexer(Executor):
         """Insert documents; an id already stored is replaced."""
         vectors = [self._vector(d) for d in docs]
         with self._lock:
+            faiss.omp_set_num_threads(self.threads)
             old = self._rowids([d.id for d in docs])
             rowids = self._write(docs, vectors)
             self._forget(old)
@@ -180,6 +186,7 @@ class VectorIndexer(Executor):
             return
         queries = np.stack([self._vector(d) for d in docs])
         with self._lock:
+            faiss.omp_set_num_threads(self.threads)  # per thread: endpoints run in a pool
             if parameters.filter:
                 hits = self._filtered(queries, parameters.filter, parameters.limit)
             else:
