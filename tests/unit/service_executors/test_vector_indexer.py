@@ -16,9 +16,10 @@ DIM = 16
 
 
 def make(workspace: str, **kwargs: Any) -> VectorIndexer:
-    indexer = VectorIndexer(dim=DIM, **kwargs)
+    """An indexer whose workspace is under ``workspace`` (as a Flow would set it up)."""
+    indexer = VectorIndexer.__new__(VectorIndexer)
     indexer._runtime_args = RuntimeArgs(name="index", workspace_root=workspace)
-    indexer.__init__(dim=DIM, **kwargs)  # type: ignore[misc]  # open the workspace's DB
+    indexer.__init__(dim=DIM, **kwargs)  # type: ignore[misc]
     return indexer
 
 
