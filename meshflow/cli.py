@@ -346,7 +346,7 @@ def _export(args: argparse.Namespace) -> int:
 
 
 def _token(args: argparse.Namespace) -> int:
-    from meshflow.gateway.auth import mint, parse_ttl
+    from meshflow.gateway.auth import mint, parse_ttl, read_key_material
 
     issuer, audience = args.iss, args.aud
     secret_file, secret_env = args.secret_file, args.secret_env
@@ -366,19 +366,16 @@ def _token(args: argparse.Namespace) -> int:
         from cryptography.hazmat.primitives.serialization import load_pem_private_key
 
         try:
-            key = load_pem_private_key(_read_bytes(args.key_file, "key file"), password=None)
+            pem = read_key_material("key_file", args.key_file, "private key")
+            key = load_pem_private_key(pem, password=None)
         except (ValueError, TypeError) as exc:
             raise ConfigError(
                 f"{args.key_file} is not an unencrypted PEM private key: {exc}"
             ) from None
         alg = args.alg or ("ES256" if isinstance(key, ec.EllipticCurvePrivateKey) else "RS256")
-    elif secret_file:
-        key = _read_bytes(secret_file, "secret file").strip()
-        alg = args.alg or "HS256"
-    elif secret_env:
-        key = os.environ.get(secret_env, "").encode()
-        if not key:
-            raise ConfigError(f"environment variable {secret_env} is not set")
+    elif secret_file or secret_env:
+        source = "secret_file" if secret_file else "secret_env"
+        key = read_key_material(source, secret_file or secret_env, "JWT secret").strip()
         alg = args.alg or "HS256"
     else:
         raise ConfigError("give --secret-file, --secret-env or --key-file (or --flow)")
@@ -403,14 +400,6 @@ def _token(args: argparse.Namespace) -> int:
         )
     )
     return 0
-
-
-def _read_bytes(path: str, what: str) -> bytes:
-    try:
-        with open(path, "rb") as fh:
-            return fh.read()
-    except OSError as exc:
-        raise ConfigError(f"cannot read the {what} {path!r}: {exc.strerror}") from None
 
 
 class _StartError(MeshflowError):

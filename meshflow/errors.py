@@ -120,3 +120,15 @@ class ForbiddenError(RequestError):
         self.scope = scope
         """The scope that was missing, when one was."""
         super().__init__(message)
+
+
+REFUSALS: tuple[type[RequestError], ...] = (
+    BadRequestError,
+    OverloadedError,
+    DeadlineExceeded,
+    UnavailableError,
+    UnauthenticatedError,
+    ForbiddenError,
+)
+"""The failures the gateway itself answers (not an executor's): clients map a status back
+onto these by class name (a stream's answer) or by ``graphql_code``."""

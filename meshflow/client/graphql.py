@@ -22,11 +22,11 @@ from websockets.typing import Subprotocol
 from meshflow.client.messages import Response
 from meshflow.document import Document, DocumentArray
 from meshflow.errors import (
+    REFUSALS,
     BadRequestError,
     DeadlineExceeded,
     ExecutorError,
     ForbiddenError,
-    OverloadedError,
     RequestError,
     UnauthenticatedError,
     UnavailableError,
@@ -104,6 +104,11 @@ def response(raw: dict[str, Any]) -> Response:
     )
 
 
+_BY_CODE: dict[str, type[RequestError]] = {
+    cls.graphql_code: cls for cls in REFUSALS if cls is not ForbiddenError
+}
+
+
 def raise_errors(errors: Sequence[dict[str, Any]]) -> None:
     """Turn GraphQL errors into meshflow's exceptions."""
     error = errors[0]
@@ -119,13 +124,8 @@ def raise_errors(errors: Sequence[dict[str, Any]]) -> None:
         )
     if code == "FORBIDDEN":
         raise ForbiddenError(message, scope=ext.get("scope"))
-    kinds: dict[str, type[RequestError]] = {
-        "OVERLOADED": OverloadedError,
-        "TIMEOUT": DeadlineExceeded,
-        "UNAVAILABLE": UnavailableError,
-        "UNAUTHENTICATED": UnauthenticatedError,
-    }
-    raise kinds.get(code, BadRequestError)(f"{message} ({code or 'no code'})")
+    kind = _BY_CODE.get(code, BadRequestError)
+    raise kind(f"{message} ({code or 'no code'})")
 
 
 class GraphQLSession:

@@ -17,6 +17,7 @@ from meshflow.document.proto import (
     struct_to_dict,
 )
 from meshflow.errors import (
+    REFUSALS,
     BadRequestError,
     DeadlineExceeded,
     ExecutorError,
@@ -86,17 +87,7 @@ def build_request(
     return request_id, request.SerializeToString()
 
 
-_GATEWAY_REFUSALS: dict[str, type[RequestError]] = {
-    cls.__name__: cls
-    for cls in (
-        BadRequestError,
-        OverloadedError,
-        DeadlineExceeded,
-        UnavailableError,
-        UnauthenticatedError,
-        ForbiddenError,
-    )
-}
+_GATEWAY_REFUSALS: dict[str, type[RequestError]] = {cls.__name__: cls for cls in REFUSALS}
 
 
 def read_response(data: bytes) -> Response:

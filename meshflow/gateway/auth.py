@@ -178,7 +178,9 @@ def _endpoint(name: str) -> str:
     return "/" if name in ("", "/") else "/" + name.lstrip("/")
 
 
-def _read(source: str, value: str, what: str) -> bytes:
+def read_key_material(source: str, value: str, what: str) -> bytes:
+    """The bytes of a secret or key: from environment variable ``value`` when ``source``
+    ends in ``_env``, else from file ``value``; a ConfigError naming ``what`` otherwise."""
     if source.endswith("_env"):
         text = os.environ.get(value)
         if not text:
@@ -205,7 +207,7 @@ class _Keys:
         self._lock = threading.Lock()
         if config.secret_env or config.secret_file:
             source = "secret_env" if config.secret_env else "secret_file"
-            secret = _read(source, getattr(config, source), "JWT secret").strip()
+            secret = read_key_material(source, getattr(config, source), "JWT secret").strip()
             need = max(_MIN_SECRET[a] for a in config.algorithms)
             if len(secret) < need:
                 raise ConfigError(
@@ -215,7 +217,7 @@ class _Keys:
             self.single = secret
         elif config.public_key_env or config.public_key_file:
             source = "public_key_env" if config.public_key_env else "public_key_file"
-            pem = _read(source, getattr(config, source), "public key")
+            pem = read_key_material(source, getattr(config, source), "public key")
             try:
                 self.single = load_pem_public_key(pem)
             except ValueError as exc:
@@ -226,7 +228,7 @@ class _Keys:
     def _load_jwks(self) -> None:
         path = self.config.jwks_file
         assert path is not None
-        raw = _read("jwks_file", path, "JWKS")
+        raw = read_key_material("jwks_file", path, "JWKS")
         try:
             entries = json.loads(raw)["keys"]
             if not isinstance(entries, list):

@@ -275,10 +275,6 @@ class _GraphQLApp(GraphQL[dict[str, Any], None]):
             _close_span(result, response)
         return response
 
-    def process_errors(self, errors: list[GraphQLError], execution_context: Any = None) -> None:
-        # Refused input is the caller's problem: no traceback in the gateway's log.
-        return None
-
 
 class AuthGate:
     """Refuses HTTP requests to the protected paths without a valid token (401 with

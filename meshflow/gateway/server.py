@@ -62,6 +62,8 @@ class Gateway:
         self.max_in_flight = max_in_flight
         self.in_flight = 0
         self._slots = asyncio.Semaphore(max_in_flight)
+        if metrics is not None:  # the gauge reads the counter when scraped
+            metrics.in_flight.set_function(lambda: self.in_flight)
 
     def handler(self) -> grpc.GenericRpcHandler:
         return grpc.method_handlers_generic_handler(
@@ -97,14 +99,10 @@ class Gateway:
             )
         async with self._slots:
             self.in_flight += 1
-            if self.metrics is not None:
-                self.metrics.in_flight.inc()
             try:
                 return await self._run(data, deadline, identity, door)
             finally:
                 self.in_flight -= 1
-                if self.metrics is not None:
-                    self.metrics.in_flight.dec()
 
     def identify(self, authorization: str | None, door: str) -> Identity | None:
         """The verified identity behind an ``Authorization`` value; None without auth."""
@@ -134,8 +132,6 @@ class Gateway:
         async def one(data: bytes) -> None:
             try:
                 self.in_flight += 1
-                if self.metrics is not None:
-                    self.metrics.in_flight.inc()
                 try:
                     answer = await self._run(data, deadline, identity, "grpc")
                 except RequestError as exc:
@@ -143,8 +139,6 @@ class Gateway:
                 await answers.put(answer)
             finally:
                 self.in_flight -= 1
-                if self.metrics is not None:
-                    self.metrics.in_flight.dec()
                 self._slots.release()
 
         async def read() -> None:

@@ -157,16 +157,7 @@ def _collector(tracing: Tracing) -> dict[str, Any]:
 def _hcm(
     stat_prefix: str, virtual_hosts: list[dict[str, Any]], tracing: Tracing | None = None
 ) -> dict[str, Any]:
-    hcm = _hcm_config(stat_prefix, virtual_hosts)
-    if tracing is not None:
-        # Envoy decides by x-request-id, which it does not generate here: the gateway sends
-        # one (with x-client-trace-id) on the requests it traces, and only those are traced.
-        hcm["typed_config"]["tracing"] = _tracing(tracing)
-    return hcm
-
-
-def _hcm_config(stat_prefix: str, virtual_hosts: list[dict[str, Any]]) -> dict[str, Any]:
-    return {
+    hcm: dict[str, Any] = {
         "name": "envoy.filters.network.http_connection_manager",
         "typed_config": {
             "@type": _HCM,
@@ -186,6 +177,11 @@ def _hcm_config(stat_prefix: str, virtual_hosts: list[dict[str, Any]]) -> dict[s
             ],
         },
     }
+    if tracing is not None:
+        # Envoy decides by x-request-id, which it does not generate here: the gateway sends
+        # one (with x-client-trace-id) on the requests it traces, and only those are traced.
+        hcm["typed_config"]["tracing"] = _tracing(tracing)
+    return hcm
 
 
 def stat_name(cluster: str) -> str:
