@@ -146,7 +146,11 @@ def test_prometheus_scrapes_gateway_executors_and_sidecars(tmp_path: Any, promet
         # the request rate per executor: the traffic this test sent
         per_executor = "sum by (deployment) (meshflow_executor_requests_total)"
         counts = by(
-            wait_for(url, per_executor, lambda r: by(r, "deployment").get("index") == sent + 1),
+            wait_for(
+                url,
+                per_executor,
+                lambda r: by(r, "deployment") == {"encoder": sent + 1, "index": sent + 1},
+            ),
             "deployment",
         )
         assert counts == {"encoder": sent + 1, "index": sent + 1}
