@@ -6,15 +6,23 @@ PY := $(VENV)/bin/python
 # requests/s of 1.80-1.85 on the same machine (benchmarks/RESULTS.md). The generated code in
 # meshflow/proto is made by this grpcio-tools, and the stale-code test checks it with it.
 GRPC_PINS := grpcio==1.78.2 grpcio-health-checking==1.78.2 grpcio-tools==1.78.2 protobuf==6.33.6
+# torch's CPU build, installed before the models extra so that pip never picks a CUDA build.
+TORCH_PIN := torch==2.13.0
 
-.PHONY: demo test lint proto bench clean
+.PHONY: demo quickstart test lint proto bench clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[dev]' $(GRPC_PINS)
+	$(PY) -m pip install --quiet --disable-pip-version-check $(TORCH_PIN)
+	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[dev,models]' $(GRPC_PINS)
 	touch $@
 
+# The shop-the-look search service: index the generated catalog, search, serve the web page.
 demo: $(VENV)/.installed
+	$(PY) -m services.shop_the_look
+
+# The 15-line prototype of the README.
+quickstart: $(VENV)/.installed
 	$(PY) -m services.quickstart
 
 lint: $(VENV)/.installed

@@ -67,6 +67,7 @@ def _parser() -> argparse.ArgumentParser:
     gw.add_argument("--graphql-port", type=int, help="serve GraphQL over HTTP on this port")
     gw.add_argument("--graphql-limits", default="{}", help="GraphQLLimits fields as JSON")
     gw.add_argument("--auth", help="JWTAuth options as JSON (secrets stay in env/files)")
+    gw.add_argument("--static", help="URL prefix -> folder of static files, as JSON")
     _observability_args(gw)
     gw.add_argument("--ready-file", help=argparse.SUPPRESS)
 
@@ -428,6 +429,7 @@ def _gateway(args: argparse.Namespace) -> int:
             graphql=None if args.graphql_port is None else (args.host, args.graphql_port),
             limits=GraphQLLimits(**json.loads(args.graphql_limits)),
             auth=JWTAuth.from_dict(json.loads(args.auth)) if args.auth else None,
+            static=json.loads(args.static) if args.static else None,
             metrics=None if args.metrics_port is None else (args.metrics_host, args.metrics_port),
             tracing=tracing,
         )

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 import yaml
@@ -49,6 +50,7 @@ WITH_KEYS = {
     "metrics",
     "tracing",
     "log_format",
+    "static",
 }
 EXECUTOR_KEYS = {
     "name",
@@ -114,8 +116,11 @@ class _Located:
         return replaced
 
 
-def load_flow(path: str, *, port: int | None = None) -> Flow:
-    """Read a Flow YAML file; ``port`` overrides the gateway port it sets."""
+def load_flow(
+    path: str, *, port: int | None = None, overrides: Mapping[str, Any] | None = None
+) -> Flow:
+    """Read a Flow YAML file; ``port`` overrides the gateway port it sets, ``overrides`` any
+    of its ``with:`` options (``workspace``, ``graphql_port``...)."""
     from meshflow.flow.flow import Flow
 
     try:
@@ -146,6 +151,12 @@ def load_flow(path: str, *, port: int | None = None) -> Flow:
             )
     if port is not None:
         options["port"] = port
+    for key, value in (overrides or {}).items():
+        if key not in WITH_KEYS:
+            raise ConfigError(
+                f"unknown Flow option {key!r}; allowed: {', '.join(sorted(WITH_KEYS))}"
+            )
+        options[key] = value
     if options.get("auth") is not None:
         for secret in SECRET_KEYS:
             if isinstance(options["auth"], dict) and secret in options["auth"]:
@@ -160,6 +171,12 @@ def load_flow(path: str, *, port: int | None = None) -> Flow:
             )
         except ConfigError as exc:
             raise loc.error("with.auth", str(exc).removeprefix("auth: ")) from None
+    if isinstance(options.get("static"), dict):  # folders are relative to this file
+        here = os.path.dirname(os.path.abspath(path))
+        options["static"] = {
+            k: os.path.join(here, v) if isinstance(v, str) else v
+            for k, v in options["static"].items()
+        }
     try:
         flow = Flow(name=data.get("name"), **options)
     except (ConfigError, TypeError) as exc:
@@ -241,6 +258,8 @@ def save_flow(flow: Flow, path: str) -> None:
             for k, v in flow.auth.to_dict().items()
             if k in ("issuer", "audience") or (v != defaults_auth.get(k) and v not in (None, {}))
         }
+    if flow.static:
+        options["static"] = dict(flow.static)
     data: dict[str, Any] = {"jtype": "Flow", "name": flow.name}
     if options:
         data["with"] = options

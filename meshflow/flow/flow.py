@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import os
 import signal
 import socket
 import threading
@@ -64,6 +65,8 @@ class Flow(Posting):
             0 to 1 traces that share of them (the gateway decides, the rest of the trace
             follows). Setting the variable also turns tracing on.
         log_format: ``'text'`` or ``'json'`` (one JSON object per line) for every process.
+        static: static files the gateway's HTTP door serves, URL prefix -> folder, e.g.
+            ``{'/ui': 'web'}`` (a web page for the GraphQL API). Served without a token.
         log_dir: keep the processes' logs there (default: a temporary folder, removed on exit).
     """
 
@@ -87,6 +90,7 @@ class Flow(Posting):
         metrics: bool = False,
         tracing: bool | float = False,
         log_format: str = "text",
+        static: Mapping[str, str] | None = None,
     ) -> None:
         for label, value in (("port", port), ("graphql_port", graphql_port)):
             if value is not None and (
@@ -137,6 +141,7 @@ class Flow(Posting):
             )
         self.metrics = metrics
         self.tracing = tracing
+        self.static = check_static(static)
         self.log_format = log_format
         self._token: str | None = None
         self.graphql = graphql
@@ -388,12 +393,13 @@ class Flow(Posting):
     # -- configuration files --------------------------------------------------------------
 
     @classmethod
-    def load_config(cls, path: str, *, port: int | None = None) -> Flow:
+    def load_config(cls, path: str, *, port: int | None = None, **overrides: Any) -> Flow:
         """Build a Flow from a YAML file (see ``docs/flow-yaml.md``); ``port`` overrides its
-        gateway port."""
+        gateway port, keyword arguments any of its ``with:`` options, e.g.
+        ``Flow.load_config('flow.yml', workspace='/data', graphql_port=0)``."""
         from meshflow.flow.config import load_flow
 
-        return load_flow(path, port=port)
+        return load_flow(path, port=port, overrides=overrides)
 
     def save_config(self, path: str) -> None:
         """Write this Flow as YAML that :meth:`load_config` reads back."""
@@ -414,3 +420,25 @@ def _check_port_free(host: str, port: int) -> None:
             raise ConfigError(
                 f"port {port} on {host} is already in use; choose another or leave port=None"
             ) from None
+
+
+RESERVED_PATHS = ("/graphql", "/post", "/health", "/metrics")
+
+
+def check_static(static: Mapping[str, str] | None) -> dict[str, str]:
+    """``static`` checked: URL prefixes (not the gateway's own routes) -> existing folders."""
+    if static is None:
+        return {}
+    if not isinstance(static, Mapping):
+        raise ConfigError(f"static must map URL prefixes to folders, got {static!r}")
+    checked: dict[str, str] = {}
+    for prefix, folder in static.items():
+        if not isinstance(prefix, str) or not prefix.startswith("/") or prefix == "/":
+            raise ConfigError(f"static: {prefix!r} is not a URL prefix like '/ui'")
+        prefix = prefix.rstrip("/")
+        if any(prefix == r or prefix.startswith(r + "/") for r in RESERVED_PATHS):
+            raise ConfigError(f"static: {prefix!r} is one of the gateway's own routes")
+        if not isinstance(folder, str) or not os.path.isdir(folder):
+            raise ConfigError(f"static: {prefix!r} -> {folder!r} is not a folder")
+        checked[prefix] = os.path.abspath(folder)
+    return checked

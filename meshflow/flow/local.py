@@ -367,6 +367,8 @@ class LocalRuntime:
             ]
         if self.flow.auth is not None:
             args += ["--auth", self.flow.auth.to_json()]
+        if self.flow.static:
+            args += ["--static", json.dumps(self.flow.static)]
         args += self._observability_args(gateway=True)
         sidecar = None
         egress = None

@@ -19,6 +19,7 @@ import asyncio
 import json
 import socket
 import time
+from collections.abc import Mapping
 from typing import Any
 
 import strawberry
@@ -28,7 +29,8 @@ from prometheus_client import CONTENT_TYPE_LATEST
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, Response
-from starlette.routing import Route, WebSocketRoute
+from starlette.routing import Mount, Route, WebSocketRoute
+from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from strawberry.asgi import GraphQL
 from strawberry.extensions import (
@@ -429,8 +431,10 @@ def _doc_json(doc: Any) -> dict[str, Any]:
     return out
 
 
-def make_app(gateway: Gateway, limits: GraphQLLimits) -> ASGIApp:
-    """The ASGI app of the HTTP door."""
+def make_app(
+    gateway: Gateway, limits: GraphQLLimits, static: Mapping[str, str] | None = None
+) -> ASGIApp:
+    """The ASGI app of the HTTP door; ``static`` mounts folders of files (no token needed)."""
     graphql_app = _GraphQLApp(make_schema(limits), gateway, limits)
 
     async def post(request: Request) -> Response:
@@ -503,6 +507,10 @@ def make_app(gateway: Gateway, limits: GraphQLLimits) -> ASGIApp:
             Route("/metrics", metrics, methods=["GET"]),
             Route("/graphql", graphql_app, methods=["GET", "POST"]),
             WebSocketRoute("/graphql", graphql_app),
+            *(
+                Mount(prefix, StaticFiles(directory=folder, html=True))
+                for prefix, folder in (static or {}).items()
+            ),
         ]
     )
     gated: ASGIApp = app

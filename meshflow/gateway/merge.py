@@ -3,8 +3,8 @@
 Branches that meet at a join are merged by document id: documents keep the order of the first
 branch (documents only a later branch returns are appended), matches and chunks are unioned by
 id, and for every other field a later non-empty value wins (tags and scores key by key).
-Shards polled with ``ALL`` are merged the same way, then each document's matches are sorted by
-their score and cut to the top-k.
+Shards polled with ``ALL`` are merged the same way, then each document's matches (and each
+of its chunks' matches) are sorted by their score and cut to the top-k.
 """
 
 from __future__ import annotations
@@ -76,16 +76,25 @@ def reduce_shards(
     k is the request parameter ``limit`` (or ``top_k``) when set; otherwise the largest number
     of matches a single shard returned for that document, i.e. each shard's own top-k.
     """
-    per_shard_counts: dict[str, int] = {}
+    per_shard_counts: dict[tuple[str, ...], int] = {}
     for out in outputs:
         for doc in out.docs:
-            per_shard_counts[doc.id] = max(per_shard_counts.get(doc.id, 0), len(doc.matches))
+            for key, holder in _match_holders(doc):
+                per_shard_counts[key] = max(per_shard_counts.get(key, 0), len(holder.matches))
     merged = merge_requests(outputs)
     limit = _limit(parameters)
     for doc in merged.docs:
-        if len(doc.matches) > 1:
-            _sort_matches(doc, limit or per_shard_counts.get(doc.id, len(doc.matches)))
+        for key, holder in _match_holders(doc):
+            if len(holder.matches) > 1:
+                _sort_matches(holder, limit or per_shard_counts.get(key, len(holder.matches)))
     return merged
+
+
+def _match_holders(
+    doc: document_pb2.Document,
+) -> list[tuple[tuple[str, ...], document_pb2.Document]]:
+    """The document and its chunks (a multimodal query's matches are on its chunks)."""
+    return [((doc.id,), doc)] + [((doc.id, c.id), c) for c in doc.chunks]
 
 
 def _limit(parameters: Mapping[str, Any] | None) -> int | None:

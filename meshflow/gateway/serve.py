@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 import grpc
@@ -47,13 +48,15 @@ async def serve_gateway(
     graphql: tuple[str, int] | None = None,
     limits: GraphQLLimits | None = None,
     auth: JWTAuth | None = None,
+    static: Mapping[str, str] | None = None,
     metrics: tuple[str, int] | None = None,
     tracing: bool = False,
 ) -> None:
     """Serve ``GatewayService`` for ``topology`` on ``address`` until SIGTERM/SIGINT, and
     GraphQL over HTTP on ``graphql`` (host, port; port 0 picks one) in the same loop; with
     ``auth``, every door checks JWTs; with ``metrics`` (host, port), Prometheus ``/metrics``
-    there and on the HTTP door; with ``tracing`` (set up by the caller), spans per request and
+    there and on the HTTP door; with ``static`` (URL prefix -> folder), static files on the
+    HTTP door; with ``tracing`` (set up by the caller), spans per request and
     per traversal step."""
     authenticator = Authenticator(auth) if auth is not None else None  # bad keys fail here
     exporter = None
@@ -81,7 +84,7 @@ async def serve_gateway(
         # Imported here: Strawberry and uvicorn are the gateway's alone.
         from meshflow.gateway.http import HttpDoor, make_app
 
-        door = HttpDoor(make_app(gateway, limits or GraphQLLimits()), *graphql)
+        door = HttpDoor(make_app(gateway, limits or GraphQLLimits(), static), *graphql)
 
     def register(server: grpc.aio.Server) -> None:
         server.add_generic_rpc_handlers((gateway.handler(),))

@@ -42,9 +42,19 @@ class VectorIndexer(Executor):
     """Stores documents with embeddings; ``/index``, ``/search``, ``/update``, ``/delete``,
     ``/count``.
 
+    One vector space by default: each document's own ``embedding`` (``dim``). With
+    ``spaces``, several named spaces, one per modality: a document's vectors are the
+    embeddings of its chunks whose ``tags[space_tag]`` names a space (``"image"``,
+    ``"text"``...; the space ``""`` is the document's own embedding). A query searches each
+    space it has a vector in, and the matches go where the vector was: on the query document
+    for ``""``, on the chunk otherwise (a ranker can fuse them).
+
     Args:
-        dim: embedding size (checked on every document).
-        hnsw_threshold: above this many vectors the index is HNSW, exact below.
+        dim: embedding size of the single space (checked on every document).
+        spaces: named spaces and their sizes, e.g. ``{"image": 1280, "text": 384}``;
+            replaces ``dim``.
+        space_tag: the chunk tag naming a chunk's space.
+        hnsw_threshold: above this many vectors a space's index is HNSW, exact below.
         hnsw_m: HNSW graph degree.
         ef_search: HNSW search breadth (recall against speed).
         threads: faiss' OpenMP threads in this process; 1 by default, because shards and
@@ -55,6 +65,8 @@ class VectorIndexer(Executor):
     def __init__(
         self,
         dim: int = 512,
+        spaces: dict[str, int] | None = None,
+        space_tag: str = "modality",
         hnsw_threshold: int = 50_000,
         hnsw_m: int = 32,
         ef_search: int = 64,
@@ -62,10 +74,14 @@ class VectorIndexer(Executor):
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
-        if dim < 1 or hnsw_threshold < 0 or hnsw_m < 2 or ef_search < 1 or threads < 1:
-            raise ValueError("dim, hnsw_m, ef_search and threads must be positive")
+        dims = dict(spaces) if spaces else {"": dim}
+        if any(not isinstance(d, int) or d < 1 for d in dims.values()):
+            raise ValueError(f"every space needs a positive integer size, got {dims}")
+        if hnsw_threshold < 0 or hnsw_m < 2 or ef_search < 1 or threads < 1:
+            raise ValueError("hnsw_m, ef_search and threads must be positive")
         self.threads = threads
-        self.dim = dim
+        self.dims = dims
+        self.space_tag = space_tag
         self.hnsw_threshold = hnsw_threshold
         self.hnsw_m = hnsw_m
         self.ef_search = ef_search
@@ -76,37 +92,73 @@ class VectorIndexer(Executor):
         # WAL + NORMAL: a committed transaction survives the process being killed.
         self.db.execute("PRAGMA synchronous=NORMAL")
         self.db.execute(
-            "CREATE TABLE IF NOT EXISTS docs (rowid INTEGER PRIMARY KEY, id TEXT UNIQUE NOT NULL,"
-            " text TEXT, uri TEXT, mime_type TEXT, tags TEXT, embedding BLOB NOT NULL)"
+            "CREATE TABLE IF NOT EXISTS items (rowid INTEGER PRIMARY KEY, id TEXT UNIQUE NOT NULL,"
+            " text TEXT, uri TEXT, mime_type TEXT, tags TEXT)"
         )
-        self._rebuild()
+        self.db.execute(
+            "CREATE TABLE IF NOT EXISTS vectors (item INTEGER NOT NULL, space TEXT NOT NULL,"
+            " embedding BLOB NOT NULL, PRIMARY KEY (item, space))"
+        )
+        self.spaces = {name: self._rebuild(name) for name in dims}
+
+    @property
+    def dim(self) -> int:
+        """The size of the single space (of the first space with ``spaces``)."""
+        return next(iter(self.dims.values()))
 
     # -- the faiss side ----------------------------------------------------------------------
 
-    def _rebuild(self) -> None:
-        """A fresh faiss index from every row of SQLite."""
-        rows = self.db.execute("SELECT rowid, embedding FROM docs ORDER BY rowid").fetchall()
-        self.hnsw = len(rows) > self.hnsw_threshold
-        if self.hnsw:
-            base = faiss.IndexHNSWFlat(self.dim, self.hnsw_m, faiss.METRIC_INNER_PRODUCT)
+    def _rebuild(self, space: str) -> _Space:
+        """A fresh faiss index for ``space`` from every row of SQLite."""
+        dim = self.dims[space]
+        rows = self.db.execute(
+            "SELECT item, embedding FROM vectors WHERE space = ? ORDER BY item", (space,)
+        ).fetchall()
+        hnsw = len(rows) > self.hnsw_threshold
+        if hnsw:
+            base = faiss.IndexHNSWFlat(dim, self.hnsw_m, faiss.METRIC_INNER_PRODUCT)
             base.hnsw.efSearch = self.ef_search
         else:
-            base = faiss.IndexFlatIP(self.dim)
-        self.index = faiss.IndexIDMap2(base)
-        self.stale: set[int] = set()
+            base = faiss.IndexFlatIP(dim)
+        built = _Space(dim=dim, index=faiss.IndexIDMap2(base), hnsw=hnsw)
         if rows:
             ids = np.fromiter((r[0] for r in rows), dtype=np.int64, count=len(rows))
             vectors = np.frombuffer(b"".join(r[1] for r in rows), dtype=np.float32)
-            self.index.add_with_ids(vectors.reshape(len(rows), self.dim), ids)
+            built.index.add_with_ids(vectors.reshape(len(rows), dim), ids)
+        return built
 
-    def _vector(self, doc: Document) -> np.ndarray:
-        if doc.embedding is None:
-            raise ValueError(f"document {doc.id!r} has no embedding")
-        vector = np.asarray(doc.embedding, dtype=np.float32).reshape(-1)
-        if vector.shape[0] != self.dim:
+    @property
+    def hnsw(self) -> bool:
+        """Whether any space is an HNSW index."""
+        return any(s.hnsw for s in self.spaces.values())
+
+    def _vectors(self, doc: Document, required: bool = True) -> dict[str, np.ndarray]:
+        """The document's vector per space: its own embedding, or its chunks'."""
+        found: dict[str, np.ndarray] = {}
+        if "" in self.dims and doc.embedding is not None:
+            found[""] = self._normalised(doc, "", doc.embedding)
+        for chunk in doc.chunks:
+            space = chunk.tags.get(self.space_tag)
+            if isinstance(space, str) and space in self.dims and chunk.embedding is not None:
+                found[space] = self._normalised(doc, space, chunk.embedding)
+        if required and not found:
+            if list(self.dims) == [""]:
+                raise ValueError(f"document {doc.id!r} has no embedding")
             raise ValueError(
-                f"document {doc.id!r} has a {vector.shape[0]}-d embedding; this index is "
-                f"{self.dim}-d"
+                f"document {doc.id!r} has no embedding in any space of this index: give it"
+                f" chunks with tags {{{self.space_tag!r}: one of {sorted(self.dims)}}}"
+                " and an embedding"
+            )
+        return found
+
+    def _normalised(self, doc: Document, space: str, embedding: Any) -> np.ndarray:
+        vector = np.asarray(embedding, dtype=np.float32).reshape(-1)
+        dim = self.dims[space]
+        if vector.shape[0] != dim:
+            where = f"space {space!r} of " if space else ""
+            raise ValueError(
+                f"document {doc.id!r} has a {vector.shape[0]}-d embedding; {where}this index"
+                f" is {dim}-d"
             )
         norm = float(np.linalg.norm(vector))
         return vector / norm if norm else vector
@@ -114,53 +166,59 @@ class VectorIndexer(Executor):
     def _forget(self, rowids: list[int]) -> None:
         if not rowids:
             return
-        if self.hnsw:  # HNSW cannot remove: skip them until the next rebuild
-            self.stale.update(rowids)
-        else:
-            self.index.remove_ids(np.asarray(rowids, dtype=np.int64))
+        for space in self.spaces.values():
+            if space.hnsw:  # HNSW cannot remove: skip them until the next rebuild
+                space.stale.update(rowids)
+            else:
+                space.index.remove_ids(np.asarray(rowids, dtype=np.int64))
+
+    def _add(self, rowids: list[int], vectors: list[dict[str, np.ndarray]]) -> None:
+        for name, space in self.spaces.items():
+            pairs = [(r, v[name]) for r, v in zip(rowids, vectors, strict=True) if name in v]
+            if pairs:
+                space.index.add_with_ids(
+                    np.stack([v for _, v in pairs]), np.asarray([r for r, _ in pairs], np.int64)
+                )
+            if not space.hnsw and space.index.ntotal > self.hnsw_threshold:
+                self.spaces[name] = self._rebuild(name)
 
     # -- endpoints ---------------------------------------------------------------------------
 
     @requests(on="/index")
     def index_docs(self, docs: DocumentArray, **kwargs: Any) -> dict[str, Any]:
         """Insert documents; an id already stored is replaced."""
-        vectors = [self._vector(d) for d in docs]
+        vectors = [self._vectors(d) for d in docs]
         with self._lock:
             faiss.omp_set_num_threads(self.threads)
             old = self._rowids([d.id for d in docs])
             rowids = self._write(docs, vectors)
             self._forget(old)
-            if rowids:
-                self.index.add_with_ids(np.stack(vectors), np.asarray(rowids, dtype=np.int64))
-            if not self.hnsw and self.index.ntotal > self.hnsw_threshold:
-                self._rebuild()
+            self._add(rowids, vectors)
         return {"indexed": len(rowids)}
 
     @requests(on="/update")
     def update(self, docs: DocumentArray, **kwargs: Any) -> dict[str, Any]:
-        """Change stored documents: text, uri, tags (merged) and, when given, the embedding."""
+        """Change stored documents: text, uri, tags (merged) and, when given, embeddings."""
+        given = [self._vectors(d, required=False) for d in docs]
         with self._lock:
+            faiss.omp_set_num_threads(self.threads)
             found = {r[1]: r for r in self._rows([d.id for d in docs])}
             missing = [d.id for d in docs if d.id not in found]
             if missing:
                 raise KeyError(f"no stored document with id {', '.join(map(repr, missing))}")
             merged = DocumentArray()
             vectors = []
-            for doc in docs:
+            for doc, new in zip(docs, given, strict=True):
                 stored = _document(found[doc.id])
                 stored.text = doc.text or stored.text
                 stored.uri = doc.uri or stored.uri
                 stored.tags.update(doc.tags)
                 merged.append(stored)
-                vectors.append(
-                    self._vector(doc)
-                    if doc.embedding is not None
-                    else np.frombuffer(found[doc.id][6], dtype=np.float32)
-                )
+                vectors.append({**self._stored_vectors(found[doc.id][0]), **new})
             old = [found[d.id][0] for d in docs]
             rowids = self._write(merged, vectors)
             self._forget(old)
-            self.index.add_with_ids(np.stack(vectors), np.asarray(rowids, dtype=np.int64))
+            self._add(rowids, vectors)
         return {"updated": len(rowids)}
 
     @requests(on="/delete")
@@ -170,67 +228,80 @@ class VectorIndexer(Executor):
             rowids = self._rowids([d.id for d in docs])
             with self.db:
                 self.db.execute("BEGIN")
-                self.db.executemany("DELETE FROM docs WHERE rowid = ?", [(r,) for r in rowids])
+                self._delete_rows(rowids)
             self._forget(rowids)
         return {"deleted": len(rowids)}
 
     @requests(on="/count", read_only=True)
     def count(self, **kwargs: Any) -> dict[str, Any]:
-        (n,) = self.db.execute("SELECT COUNT(*) FROM docs").fetchone()
+        (n,) = self.db.execute("SELECT COUNT(*) FROM items").fetchone()
         return {"count": n}
 
     @requests(on="/search", read_only=True)
     def search(self, docs: DocumentArray, parameters: SearchParams, **kwargs: Any) -> None:
-        """Give each query document its ``limit`` best matches (``scores['cosine']``)."""
+        """Give each query (the document, or its chunk, per space) its ``limit`` best matches
+        (``scores['cosine']``)."""
         if not len(docs) or parameters.limit < 1:
             return
-        queries = np.stack([self._vector(d) for d in docs])
+        targets: dict[str, list[tuple[Document, np.ndarray]]] = {}
+        for doc in docs:
+            for space, vector in self._vectors(doc).items():
+                target = doc if space == "" else _chunk_of(doc, space, self.space_tag)
+                targets.setdefault(space, []).append((target, vector))
         with self._lock:
             faiss.omp_set_num_threads(self.threads)  # per thread: endpoints run in a pool
-            if parameters.filter:
-                hits = self._filtered(queries, parameters.filter, parameters.limit)
-            else:
-                hits = self._nearest(queries, parameters.limit)
-            wanted = sorted({rowid for found in hits for rowid, _ in found})
+            hits: list[tuple[Document, list[tuple[int, float]]]] = []
+            for space, pairs in targets.items():
+                queries = np.stack([v for _, v in pairs])
+                if parameters.filter:
+                    found = self._filtered(space, queries, parameters.filter, parameters.limit)
+                else:
+                    found = self._nearest(space, queries, parameters.limit)
+                hits += [(t, f) for (t, _), f in zip(pairs, found, strict=True)]
+            wanted = sorted({rowid for _, found in hits for rowid, _ in found})
             rows = {r[0]: r for r in self._rows_by_rowid(wanted)}
-        for doc, found in zip(docs, hits, strict=True):
+        for target, found in hits:
             matches = DocumentArray()
             for rowid, score in found:
-                match = _document(rows[rowid], with_embedding=False)
+                match = _document(rows[rowid])
                 match.scores[SCORE] = float(score)
                 matches.append(match)
-            doc.matches = matches
+            target.matches = matches
 
-    def _nearest(self, queries: np.ndarray, limit: int) -> list[list[tuple[int, float]]]:
-        if self.index.ntotal == 0:
+    def _nearest(self, name: str, queries: np.ndarray, limit: int) -> list[list[tuple[int, float]]]:
+        space = self.spaces[name]
+        if space.index.ntotal == 0:
             return [[] for _ in queries]
-        extra = len(self.stale)  # stale HNSW vectors may take places in the top-k
-        scores, ids = self.index.search(queries, min(limit + extra, self.index.ntotal))
+        extra = len(space.stale)  # stale HNSW vectors may take places in the top-k
+        scores, ids = space.index.search(queries, min(limit + extra, space.index.ntotal))
         out = []
         for row_scores, row_ids in zip(scores, ids, strict=True):
             found = [
                 (int(i), float(s))
                 for i, s in zip(row_ids, row_scores, strict=True)
-                if i >= 0 and int(i) not in self.stale
+                if i >= 0 and int(i) not in space.stale
             ]
             out.append(found[:limit])
         return out
 
     def _filtered(
-        self, queries: np.ndarray, where: dict[str, Any], limit: int
+        self, name: str, queries: np.ndarray, where: dict[str, Any], limit: int
     ) -> list[list[tuple[int, float]]]:
         """Exact search over the rows whose tags match ``where`` (filtered in SQLite)."""
-        clauses = " AND ".join("json_extract(tags, ?) = json_extract(?, '$')" for _ in where)
-        args: list[Any] = []
+        clauses = " AND ".join("json_extract(i.tags, ?) = json_extract(?, '$')" for _ in where)
+        args: list[Any] = [name]
         for key, value in where.items():
             args += [f"$.{json.dumps(str(key))}", json.dumps(value)]
-        rows = self.db.execute(f"SELECT rowid, embedding FROM docs WHERE {clauses}", args)
-        fetched = rows.fetchall()
+        fetched = self.db.execute(
+            "SELECT v.item, v.embedding FROM vectors v JOIN items i ON i.rowid = v.item"
+            f" WHERE v.space = ? AND {clauses}",
+            args,
+        ).fetchall()
         if not fetched:
             return [[] for _ in queries]
         ids = np.asarray([r[0] for r in fetched], dtype=np.int64)
         matrix = np.frombuffer(b"".join(r[1] for r in fetched), dtype=np.float32)
-        scores = queries @ matrix.reshape(len(fetched), self.dim).T
+        scores = queries @ matrix.reshape(len(fetched), self.dims[name]).T
         out = []
         for row in scores:
             best = np.argsort(-row)[:limit]
@@ -239,28 +310,35 @@ class VectorIndexer(Executor):
 
     # -- SQLite ------------------------------------------------------------------------------
 
-    def _write(self, docs: DocumentArray, vectors: list[np.ndarray]) -> list[int]:
+    def _write(self, docs: DocumentArray, vectors: list[dict[str, np.ndarray]]) -> list[int]:
         """Insert or replace ``docs`` in one transaction; return their new rowids."""
         rowids = []
         with self.db:
             self.db.execute("BEGIN")
-            for doc, vector in zip(docs, vectors, strict=True):
-                self.db.execute("DELETE FROM docs WHERE id = ?", (doc.id,))
+            self._delete_rows(self._rowids([d.id for d in docs]))
+            for doc, spaces in zip(docs, vectors, strict=True):
                 cursor = self.db.execute(
-                    "INSERT INTO docs (id, text, uri, mime_type, tags, embedding)"
-                    " VALUES (?, ?, ?, ?, ?, ?)",
-                    (
-                        doc.id,
-                        doc.text,
-                        doc.uri,
-                        doc.mime_type,
-                        json.dumps(dict(doc.tags)),
-                        vector.astype(np.float32).tobytes(),
-                    ),
+                    "INSERT INTO items (id, text, uri, mime_type, tags) VALUES (?, ?, ?, ?, ?)",
+                    (doc.id, doc.text, doc.uri, doc.mime_type, json.dumps(dict(doc.tags))),
                 )
                 assert cursor.lastrowid is not None
                 rowids.append(cursor.lastrowid)
+                self.db.executemany(
+                    "INSERT INTO vectors (item, space, embedding) VALUES (?, ?, ?)",
+                    [
+                        (cursor.lastrowid, space, v.astype(np.float32).tobytes())
+                        for space, v in spaces.items()
+                    ],
+                )
         return rowids
+
+    def _delete_rows(self, rowids: list[int]) -> None:
+        self.db.executemany("DELETE FROM items WHERE rowid = ?", [(r,) for r in rowids])
+        self.db.executemany("DELETE FROM vectors WHERE item = ?", [(r,) for r in rowids])
+
+    def _stored_vectors(self, rowid: int) -> dict[str, np.ndarray]:
+        rows = self.db.execute("SELECT space, embedding FROM vectors WHERE item = ?", (rowid,))
+        return {space: np.frombuffer(blob, dtype=np.float32) for space, blob in rows}
 
     def _rowids(self, ids: list[str]) -> list[int]:
         return [r[0] for r in self._rows(ids)]
@@ -269,19 +347,31 @@ class VectorIndexer(Executor):
         if not ids:
             return []
         marks = ",".join("?" * len(ids))
-        return self.db.execute(f"SELECT * FROM docs WHERE id IN ({marks})", ids).fetchall()
+        return self.db.execute(f"SELECT * FROM items WHERE id IN ({marks})", ids).fetchall()
 
     def _rows_by_rowid(self, rowids: list[int]) -> list[tuple[Any, ...]]:
         if not rowids:
             return []
         marks = ",".join("?" * len(rowids))
-        return self.db.execute(f"SELECT * FROM docs WHERE rowid IN ({marks})", rowids).fetchall()
+        return self.db.execute(f"SELECT * FROM items WHERE rowid IN ({marks})", rowids).fetchall()
 
 
-def _document(row: tuple[Any, ...], with_embedding: bool = True) -> Document:
-    _, doc_id, text, uri, mime_type, tags, embedding = row
+@dataclass
+class _Space:
+    """One vector space: its faiss index, and the ids HNSW still holds but were removed."""
+
+    dim: int
+    index: Any
+    hnsw: bool
+    stale: set[int] = field(default_factory=set)
+
+
+def _chunk_of(doc: Document, space: str, tag: str) -> Document:
+    return next(c for c in doc.chunks if c.tags.get(tag) == space and c.embedding is not None)
+
+
+def _document(row: tuple[Any, ...]) -> Document:
+    _, doc_id, text, uri, mime_type, tags = row
     doc = Document(id=doc_id, text=text or "", uri=uri or "", mime_type=mime_type or "")
     doc.tags.update(json.loads(tags or "{}"))
-    if with_embedding:
-        doc.embedding = np.frombuffer(embedding, dtype=np.float32).copy()
     return doc

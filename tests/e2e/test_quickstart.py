@@ -1,4 +1,4 @@
-"""`make demo`'s program runs end to end and prints sensible search results."""
+"""The quickstart program (`make quickstart`) runs end to end and prints sensible search results."""
 
 from __future__ import annotations
 

@@ -71,3 +71,28 @@ def test_results_of_branches_are_unioned() -> None:
     right.results["b"].update({"n": 2})
     merged = merge_requests([left, right])
     assert set(merged.results) == {"a", "b"}
+
+
+def test_shard_reduce_sorts_and_cuts_the_matches_of_chunks_too() -> None:
+    """A multimodal query's matches are on its chunks (one per modality)."""
+
+    def shard(image: list[float], text: list[float], prefix: str) -> data_request_pb2.DataRequest:
+        chunks = [
+            Document(
+                id=f"q/{name}",
+                tags={"modality": name},
+                matches=[
+                    Document(id=f"{prefix}{i}", scores={"cosine": v}) for i, v in enumerate(values)
+                ],
+            )
+            for name, values in (("image", image), ("text", text))
+        ]
+        return request([Document(id="q", chunks=chunks)])
+
+    reduced = reduce_shards(
+        [shard([0.9, 0.2], [0.3, 0.1], "a"), shard([0.5, 0.4], [0.8, 0.7], "b")], {"limit": 3}
+    )
+    [doc] = documents_from_proto(reduced.docs)
+    image, text = doc.chunks
+    assert image.matches.ids == ["a0", "b0", "b1"]
+    assert text.matches.ids == ["b0", "b1", "a0"]

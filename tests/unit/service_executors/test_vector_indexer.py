@@ -136,3 +136,115 @@ def test_hnsw_above_the_threshold(workspace: str) -> None:
     index.search(queries, SearchParams(limit=3))
     assert "item-10" not in {m.id for m in queries[0].matches}
     assert len(queries[0].matches) == 3
+
+
+# -- several spaces: one per modality, vectors on chunks ------------------------------------
+
+
+def multimodal(n: int, seed: int = 0) -> DocumentArray:
+    """Products with an 8-d image chunk and a 4-d text chunk (every third has no image)."""
+    rng = np.random.default_rng(seed)
+    docs = DocumentArray()
+    for i in range(n):
+        chunks = [Document(tags={"modality": "text"}, embedding=rng.standard_normal(4))]
+        if i % 3:
+            chunks.append(Document(tags={"modality": "image"}, embedding=rng.standard_normal(8)))
+        docs.append(Document(id=f"p{i}", text=f"p {i}", tags={"k": i % 2}, chunks=chunks))
+    return docs
+
+
+def chunk(doc: Document, modality: str) -> Document:
+    [found] = [c for c in doc.chunks if c.tags["modality"] == modality]
+    return found
+
+
+def spaces_index(workspace: str) -> VectorIndexer:
+    return make(workspace, spaces={"image": 8, "text": 4})
+
+
+def test_spaces_put_each_modalitys_matches_on_its_chunk(workspace: str) -> None:
+    index = spaces_index(workspace)
+    docs = multimodal(12)
+    assert index.index_docs(docs) == {"indexed": 12}
+    image = chunk(docs[4], "image").embedding
+    text = chunk(docs[7], "text").embedding
+    queries = DocumentArray(
+        [
+            Document(
+                chunks=[
+                    Document(tags={"modality": "image"}, embedding=image),
+                    Document(tags={"modality": "text"}, embedding=text),
+                ]
+            )
+        ]
+    )
+    index.search(queries, SearchParams(limit=3))
+    q = queries[0]
+    assert chunk(q, "image").matches[0].id == "p4"
+    assert chunk(q, "text").matches[0].id == "p7"
+    assert not q.matches  # nothing in the "" space
+    # p0, p3, p6, p9 have no image vector: never an image match
+    image_ids = {m.id for m in chunk(q, "image").matches}
+    assert not image_ids & {"p0", "p3", "p6", "p9"}
+    # a filter applies per space
+    queries = DocumentArray(
+        [Document(chunks=[Document(tags={"modality": "text"}, embedding=text)])]
+    )
+    index.search(queries, SearchParams(limit=10, filter={"k": 0}))
+    assert {m.tags["k"] for m in chunk(queries[0], "text").matches} == {0}
+    assert len(chunk(queries[0], "text").matches) == 6
+
+
+def test_spaces_update_one_modality_and_survive_a_restart(workspace: str) -> None:
+    index = spaces_index(workspace)
+    docs = multimodal(6)
+    index.index_docs(docs)
+    new_text = np.asarray(chunk(docs[5], "text").embedding) * -1.0
+    index.update(
+        DocumentArray(
+            [Document(id="p1", chunks=[Document(tags={"modality": "text"}, embedding=new_text)])]
+        )
+    )
+    reopened = spaces_index(workspace)
+    assert reopened.count() == {"count": 6}
+    for idx in (index, reopened):
+        queries = DocumentArray(
+            [
+                Document(
+                    chunks=[
+                        Document(tags={"modality": "text"}, embedding=new_text),
+                        Document(
+                            tags={"modality": "image"}, embedding=chunk(docs[1], "image").embedding
+                        ),
+                    ]
+                )
+            ]
+        )
+        idx.search(queries, SearchParams(limit=1))
+        assert chunk(queries[0], "text").matches[0].id == "p1"  # the new text vector
+        assert chunk(queries[0], "image").matches[0].id == "p1"  # the image one is kept
+    reopened.delete(DocumentArray([Document(id="p1")]))
+    queries = DocumentArray(
+        [Document(chunks=[Document(tags={"modality": "text"}, embedding=new_text)])]
+    )
+    reopened.search(queries, SearchParams(limit=6))
+    assert "p1" not in chunk(queries[0], "text").matches.ids
+
+
+def test_spaces_refuse_documents_without_a_known_vector(workspace: str) -> None:
+    index = spaces_index(workspace)
+    with pytest.raises(ValueError, match="no embedding in any space"):
+        index.index_docs(DocumentArray([Document(id="x", embedding=np.ones(8))]))
+    with pytest.raises(ValueError, match="space 'image' of this index is 8-d"):
+        index.index_docs(
+            DocumentArray(
+                [
+                    Document(
+                        id="y", chunks=[Document(tags={"modality": "image"}, embedding=np.ones(3))]
+                    )
+                ]
+            )
+        )
+    with pytest.raises(ValueError, match="positive integer size"):
+        make(workspace, spaces={"image": 0})
+    assert index.count() == {"count": 0}
