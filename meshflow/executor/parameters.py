@@ -14,6 +14,11 @@
 The runtime builds a ``SearchParams`` from the request's parameters (numbers arrive as JSON
 floats and are turned back into ints where the field says so), and the gateway offers the
 fields as typed GraphQL arguments.
+
+A request's parameters are shared by every executor it visits: each typed endpoint takes the
+fields it declares and leaves the other keys to the other executors (an indexer's ``filter``
+is no concern of a ranker). A key named after an executor holds parameters for it alone:
+``{"limit": 10, "ranker": {"limit": 3}}`` gives the ranker ``limit=3``, everyone else 10.
 """
 
 from __future__ import annotations
@@ -81,17 +86,14 @@ def _kind(hint: Any) -> tuple[str, bool]:
 
 
 def build(cls: type, values: dict[str, Any], endpoint: str) -> Any:
-    """An instance of the dataclass ``cls`` from request parameters."""
+    """An instance of the dataclass ``cls`` from request parameters (the keys it declares;
+    the others are other executors' business)."""
     hints = typing.get_type_hints(cls)
     names = {f.name for f in dataclasses.fields(cls)}
-    unknown = set(values) - names
-    if unknown:
-        raise BadRequestError(
-            f"endpoint {endpoint!r} takes parameters {', '.join(sorted(names)) or 'none'}; "
-            f"unknown: {', '.join(sorted(unknown))}"
-        )
     kwargs = {}
     for name, value in values.items():
+        if name not in names:
+            continue
         kind, is_list = _kind(hints[name])
         if kind == "int":
             value = [_int(v, name) for v in value] if is_list else _int(value, name)
@@ -100,6 +102,16 @@ def build(cls: type, values: dict[str, Any], endpoint: str) -> Any:
         return cls(**kwargs)
     except TypeError as exc:
         raise BadRequestError(f"endpoint {endpoint!r}: {exc}") from None
+
+
+def for_executor(values: dict[str, Any], executor: str) -> dict[str, Any]:
+    """The parameters ``executor`` sees: the shared ones, overridden by ``values[executor]``
+    when that is a mapping."""
+    own = values.get(executor)
+    if not isinstance(own, dict):
+        return values
+    shared = {k: v for k, v in values.items() if k != executor}
+    return {**shared, **own}
 
 
 def _int(value: Any, name: str) -> Any:

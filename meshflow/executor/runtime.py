@@ -31,6 +31,7 @@ from meshflow.errors import BadRequestError
 from meshflow.executor.executor import EndpointMethod, Executor
 from meshflow.executor.parameters import build as build_params
 from meshflow.executor.parameters import describe as describe_params
+from meshflow.executor.parameters import for_executor
 from meshflow.identity import Identity
 from meshflow.proto.v1 import data_request_pb2, services_pb2
 from meshflow.serving import serve_forever
@@ -107,7 +108,7 @@ class ExecutorRuntime:
         request = data_request_pb2.DataRequest.FromString(data)
         started = time.perf_counter()
         docs = documents_from_proto(request.docs)
-        parameters: Any = struct_to_dict(request.parameters)
+        parameters: Any = for_executor(struct_to_dict(request.parameters), self.name)
         if spec.params is not None:
             try:
                 parameters = build_params(spec.params, parameters, spec.name)

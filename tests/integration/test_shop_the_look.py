@@ -1,0 +1,232 @@
+"""The shop-the-look app end to end: real models, Envoy mesh, JWT, GraphQL, the web page in
+headless Chromium, and the demo command."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import httpx
+import pytest
+
+from meshflow import Flow
+from services.shop_the_look import app, catalog
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+ARTIFACTS = os.environ.get("MESHFLOW_TEST_ARTIFACTS", os.path.join(ROOT, "tests", "artifacts"))
+COLOURS = ("red", "blue", "black", "yellow")
+PATTERNS = ("plain", "striped")
+CHROMIUM_FLAGS = (
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+    "--window-size=1200,900",
+)
+
+
+@dataclass
+class Shop:
+    flow: Flow
+    folder: str
+    items: list[catalog.Product]
+    reader: str
+
+    @property
+    def url(self) -> str:
+        return self.flow.graphql_url
+
+    @property
+    def base(self) -> str:
+        return self.url.removesuffix("/graphql")
+
+
+@pytest.fixture(scope="module")
+def shop(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Shop]:
+    """The app's Flow (Envoy mesh) over 64 catalog products: every category, 4 colours,
+    2 patterns."""
+    root = str(tmp_path_factory.mktemp("shop"))
+    previous = os.environ.get(app.SECRET_ENV)
+    os.environ[app.SECRET_ENV] = "test-secret-" + "x" * 40
+    items = [p for p in catalog.products() if p.colour in COLOURS and p.pattern in PATTERNS]
+    folder = os.path.join(root, "catalog")
+    catalog.write(items, folder)
+    flow = app.build_flow(os.path.join(root, "flow"), catalog_dir=folder, graphql_port=None)
+    try:
+        flow.start()
+        assert app.index(flow, app.catalog_documents(items, folder)) == len(items)
+        yield Shop(flow, folder, items, app.token(app.READ))
+    finally:
+        flow.close()
+        if previous is None:
+            os.environ.pop(app.SECRET_ENV, None)
+        else:
+            os.environ[app.SECRET_ENV] = previous
+
+
+def held_out(category: str, colour: str, pattern: str, n: int) -> catalog.Product:
+    """A new rendering: a seed the catalog never uses."""
+    return catalog.Product(f"q{n}", category, colour, pattern, seed=10**9 + 977 * n)
+
+
+def test_photo_queries_find_their_category(shop: Shop) -> None:
+    precisions = []
+    for n, category in enumerate(catalog.CATEGORIES):
+        query = held_out(category, COLOURS[n % 4], PATTERNS[n % 2], n)
+        photo = app.image_bytes(catalog.render(query))
+        matches = app.search(shop.url, shop.reader, image=photo, limit=5)
+        assert len(matches) == 5
+        assert all(set(m["scores"]) == {"fused", "image"} for m in matches)
+        precisions.append(sum(m["tags"]["category"] == category for m in matches) / 5)
+    # 8 products per category are indexed, and chance is 1/8
+    assert sum(precisions) / len(precisions) >= 0.7, precisions
+
+
+def test_text_and_combined_queries(shop: Shop) -> None:
+    matches = app.search(shop.url, shop.reader, text="red striped t-shirt", limit=5)
+    assert matches[0]["tags"]["category"] == "t-shirt"
+    assert "t-shirt-red-striped-0" in [m["id"] for m in matches]
+    assert all(set(m["scores"]) == {"fused", "text"} for m in matches)
+
+    photo = app.image_bytes(catalog.render(held_out("dress", "blue", "plain", 99)))
+    matches = app.search(shop.url, shop.reader, image=photo, text="blue dress", limit=5)
+    top = matches[0]
+    assert top["tags"]["category"] == "dress" and top["tags"]["colour"] == "blue"
+    assert {"fused", "image", "text"} <= set(top["scores"])
+    fused = [m["scores"]["fused"] for m in matches]
+    assert fused == sorted(fused, reverse=True)
+
+    hats = app.search(shop.url, shop.reader, text="something to wear", filter={"category": "hat"})
+    assert hats and {m["tags"]["category"] for m in hats} == {"hat"}
+
+
+def test_refusals_and_bad_photos_are_clear_errors(shop: Shop) -> None:
+    with pytest.raises(RuntimeError, match="UNAUTHENTICATED"):
+        app.search(shop.url, "not-a-token", text="red dress")
+    answer = httpx.post(
+        shop.url,
+        json={
+            "query": 'mutation { post(on: "/index", docs: [{text: "x"}]) { requestId } }',
+        },
+        headers={"authorization": f"Bearer {shop.reader}"},
+        timeout=30,
+    )
+    assert answer.json()["errors"][0]["extensions"]["code"] == "FORBIDDEN"
+    with pytest.raises(RuntimeError, match=r"EXECUTOR_ERROR.*cannot read its image"):
+        app.search(shop.url, shop.reader, image=b"this is no photo")
+    # and the service goes on
+    assert app.search(shop.url, shop.reader, text="black shoes", limit=3)
+
+
+def test_page_and_thumbnails_are_served_without_a_token(shop: Shop) -> None:
+    page = httpx.get(f"{shop.base}/ui/", timeout=10)
+    assert page.status_code == 200 and "Shop the look" in page.text
+    assert httpx.get(f"{shop.base}/ui/app.js", timeout=10).status_code == 200
+    thumb = httpx.get(f"{shop.base}/catalog/{shop.items[0].filename}", timeout=10)
+    assert thumb.status_code == 200 and thumb.headers["content-type"] == "image/jpeg"
+    assert httpx.get(f"{shop.base}/catalog/../flow/x", timeout=10).status_code == 404
+    assert httpx.get(f"{shop.base}/ui/nothing.js", timeout=10).status_code == 404
+
+
+@pytest.mark.skipif(not shutil.which("chromedriver"), reason="needs Debian chromium-driver")
+def test_web_page_in_headless_chromium(shop: Shop, tmp_path: object) -> None:
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    query = held_out("bag", "yellow", "striped", 7)
+    photo_path = os.path.join(str(tmp_path), "my-photo.png")
+    catalog.render(query).save(photo_path)
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = shutil.which("chromium") or "/usr/bin/chromium"
+    for flag in CHROMIUM_FLAGS:
+        options.add_argument(flag)
+    driver = webdriver.Chrome(service=Service(shutil.which("chromedriver")), options=options)
+    try:
+        driver.set_page_load_timeout(30)
+        wait = WebDriverWait(driver, 60)
+
+        def results() -> list[object]:
+            return list(driver.find_elements(By.CSS_SELECTOR, "#results li"))
+
+        def status() -> str:
+            return str(driver.find_element(By.ID, "status").text)
+
+        driver.get(f"{shop.base}/ui/#token={shop.reader}")
+        assert "token=" not in driver.current_url  # the page took it out of the address
+
+        driver.find_element(By.ID, "text").send_keys("red striped t-shirt")
+        driver.find_element(By.ID, "go").click()
+        wait.until(lambda d: "results in" in status())
+        first = driver.find_element(By.CSS_SELECTOR, "#results li")
+        assert first.get_attribute("data-category") == "t-shirt"
+        assert len(results()) == 12
+        wait.until(
+            lambda d: d.execute_script(
+                "return [...document.querySelectorAll('#results img')].slice(0, 4)"
+                ".every(i => i.complete && i.naturalWidth > 0)"
+            )
+        )
+
+        driver.find_element(By.ID, "text").clear()
+        driver.find_element(By.ID, "image").send_keys(photo_path)
+        wait.until(lambda d: d.find_element(By.ID, "preview").is_displayed())
+        driver.execute_script("document.getElementById('status').textContent = ''")
+        driver.find_element(By.ID, "go").click()
+        wait.until(lambda d: "results in" in status())
+        categories = [r.get_attribute("data-category") for r in results()]  # type: ignore[attr-defined]
+        assert categories[0] == "bag" and categories.count("bag") >= 6, categories
+        scores = driver.find_element(By.CSS_SELECTOR, "#results li .scores").text
+        assert "image" in scores and "text" not in scores
+        os.makedirs(ARTIFACTS, exist_ok=True)
+        assert driver.save_screenshot(os.path.join(ARTIFACTS, "shop_the_look.png"))
+
+        # a bad token: a clear message on the page, no results thrown away
+        driver.execute_script("sessionStorage.setItem('token', 'garbage')")
+        driver.find_element(By.ID, "go").click()
+        wait.until(lambda d: "UNAUTHENTICATED" in status())
+        assert "error" in str(driver.find_element(By.ID, "status").get_attribute("class"))
+    finally:
+        driver.quit()
+
+
+def test_demo_command_indexes_searches_and_stops(tmp_path: object) -> None:
+    env = {**os.environ, "PYTHONPATH": ROOT}
+    env.pop(app.SECRET_ENV, None)  # the demo makes its own
+    workspace = os.path.join(str(tmp_path), "ws")
+    command = [sys.executable, "-m", "services.shop_the_look", "--workspace", workspace]
+    done = subprocess.run(
+        [*command, "--port", "0", "--items", "24", "--mesh", "direct", "--no-serve"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    out = done.stdout
+    assert "image query: a new photo of a" in out and "text query: 'red striped t-shirt'" in out
+    assert "Search page: http://127.0.0.1:" in out and "/ui/#token=ey" in out
+    assert "100%" in done.stderr  # the progress bars
+    assert len(os.listdir(os.path.join(workspace, "catalog"))) == 256
+
+    bad = subprocess.run(
+        [*command, "--catalog", os.path.join(str(tmp_path), "nowhere")],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert bad.returncode == 2 and "is not a folder" in bad.stderr
+    assert "Traceback" not in bad.stderr
