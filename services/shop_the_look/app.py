@@ -43,14 +43,15 @@ def build_flow(
     graphql_port: int | None = 8080,
     tracing: bool | float = False,
     mesh: str = "envoy",
+    config: str = FLOW_YML,
 ) -> Flow:
-    """The Flow of ``flow.yml``, with its workspace, port, and ``catalog_dir`` served at
-    ``/catalog`` (the thumbnails). Makes an HS256 secret for this run unless
-    ``SHOP_THE_LOOK_SECRET`` is set."""
+    """The Flow of ``config`` (the app's ``flow.yml``), with its workspace, port, and
+    ``catalog_dir`` served at ``/catalog`` (the thumbnails). Makes an HS256 secret for this
+    run unless ``SHOP_THE_LOOK_SECRET`` is set."""
     if not os.environ.get(SECRET_ENV):
         os.environ[SECRET_ENV] = secrets.token_urlsafe(48)
     return Flow.load_config(
-        FLOW_YML,
+        config,
         workspace=workspace,
         graphql_port=graphql_port,
         tracing=tracing,

@@ -4,9 +4,13 @@ headless Chromium, and the demo command."""
 from __future__ import annotations
 
 import os
+import queue
 import shutil
+import signal
 import subprocess
 import sys
+import threading
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -200,13 +204,65 @@ def test_web_page_in_headless_chromium(shop: Shop, tmp_path: object) -> None:
         driver.quit()
 
 
-def test_demo_command_indexes_searches_and_stops(tmp_path: object) -> None:
-    env = {**os.environ, "PYTHONPATH": ROOT}
+def test_demo_command_serves_until_ctrl_c(tmp_path: object, free_port: int) -> None:
+    env = {**os.environ, "PYTHONPATH": ROOT, "PYTHONUNBUFFERED": "1"}
     env.pop(app.SECRET_ENV, None)  # the demo makes its own
     workspace = os.path.join(str(tmp_path), "ws")
     command = [sys.executable, "-m", "services.shop_the_look", "--workspace", workspace]
+    demo = subprocess.Popen(
+        [*command, "--port", str(free_port), "--items", "24", "--mesh", "direct"],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    lines: queue.Queue[str] = queue.Queue()
+    reader = threading.Thread(target=lambda: [lines.put(x) for x in demo.stdout or ()])
+    reader.start()
+    out = []
+    try:
+        deadline = time.monotonic() + 240
+        while not out or "serving; Ctrl-C stops" not in out[-1]:
+            out.append(lines.get(timeout=max(0.1, deadline - time.monotonic())))
+        text = "".join(out)
+        assert "image query: a new photo of a" in text
+        assert "text query: 'red striped t-shirt'" in text
+        assert f"Search page: http://127.0.0.1:{free_port}/ui/#token=ey" in text
+        assert len(os.listdir(os.path.join(workspace, "catalog"))) == 256
+        assert httpx.get(f"http://127.0.0.1:{free_port}/ui/", timeout=10).status_code == 200
+        demo.send_signal(signal.SIGINT)  # Ctrl-C
+        assert demo.wait(timeout=60) == 0
+        with pytest.raises(httpx.ConnectError):
+            httpx.get(f"http://127.0.0.1:{free_port}/ui/", timeout=5)
+        assert "100%" in (demo.stderr.read() if demo.stderr else "")  # the progress bars
+    finally:
+        if demo.poll() is None:
+            demo.kill()
+            demo.wait()
+        reader.join(timeout=10)
+        for stream in (demo.stdout, demo.stderr):
+            if stream is not None:
+                stream.close()
+
+
+def test_demo_command_on_a_folder_of_images_and_bad_input(tmp_path: object) -> None:
+    env = {**os.environ, "PYTHONPATH": ROOT}
+    env.pop(app.SECRET_ENV, None)
+    folder = os.path.join(str(tmp_path), "photos")
+    os.makedirs(os.path.join(folder, "summer"))
+    for name, (category, colour) in {
+        "red_dress.png": ("dress", "red"),
+        "summer/blue-bag.jpg": ("bag", "blue"),
+        "black hat.png": ("hat", "black"),
+    }.items():
+        catalog.render(catalog.Product("x", category, colour, "plain", 5)).save(
+            os.path.join(folder, name)
+        )
+    command = [sys.executable, "-m", "services.shop_the_look"]
+    command += ["--workspace", os.path.join(str(tmp_path), "ws"), "--port", "0"]
     done = subprocess.run(
-        [*command, "--port", "0", "--items", "24", "--mesh", "direct", "--no-serve"],
+        [*command, "--catalog", folder, "--mesh", "direct", "--no-serve"],
         cwd=ROOT,
         env=env,
         capture_output=True,
@@ -214,19 +270,18 @@ def test_demo_command_indexes_searches_and_stops(tmp_path: object) -> None:
         timeout=240,
     )
     assert done.returncode == 0, done.stderr[-3000:]
-    out = done.stdout
-    assert "image query: a new photo of a" in out and "text query: 'red striped t-shirt'" in out
-    assert "Search page: http://127.0.0.1:" in out and "/ui/#token=ey" in out
-    assert "100%" in done.stderr  # the progress bars
-    assert len(os.listdir(os.path.join(workspace, "catalog"))) == 256
+    assert "image query: black hat.png" in done.stdout
+    assert "text query: 'black hat'" in done.stdout
+    assert "red_dress.png: red dress" in done.stdout and "summer/blue-bag.jpg" in done.stdout
 
-    bad = subprocess.run(
-        [*command, "--catalog", os.path.join(str(tmp_path), "nowhere")],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    assert bad.returncode == 2 and "is not a folder" in bad.stderr
-    assert "Traceback" not in bad.stderr
+    for bad, message in [
+        (["--catalog", os.path.join(str(tmp_path), "nowhere")], "is not a folder"),
+        (["--port", "70000"], "--port must be"),
+        (["--catalog", os.path.join(str(tmp_path), "ws")], "no images in"),
+    ]:
+        os.makedirs(os.path.join(str(tmp_path), "ws"), exist_ok=True)
+        refused = subprocess.run(
+            [*command, *bad], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60
+        )
+        assert refused.returncode == 2 and message in refused.stderr, refused.stderr
+        assert "Traceback" not in refused.stderr
