@@ -22,6 +22,7 @@ from meshflow.errors import (
 from meshflow.executor import Executor, RuntimeArgs, requests
 from meshflow.flow import Flow
 from meshflow.gateway.auth import JWTAuth
+from meshflow.gateway.auth import mint as mint_token
 from meshflow.gateway.limits import GraphQLLimits
 from meshflow.identity import Identity
 from meshflow.mesh.policy import CircuitBreaker, HealthCheck, OutlierDetection, RetryPolicy
@@ -56,5 +57,6 @@ __all__ = [
     "UnauthenticatedError",
     "UnavailableError",
     "__version__",
+    "mint_token",
     "requests",
 ]

@@ -16,8 +16,7 @@ from typing import Any
 
 import httpx
 
-from meshflow import Client, Document, DocumentArray, Flow
-from meshflow.gateway.auth import mint
+from meshflow import Client, Document, DocumentArray, Flow, mint_token
 from services.shop_the_look import catalog
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -63,7 +62,7 @@ def build_flow(
 def token(scopes: Sequence[str] = READ, *, subject: str = "demo", ttl: int = 8 * 3600) -> str:
     """A token for this run's secret (the demo's own identity provider)."""
     secret = os.environ[SECRET_ENV].encode()
-    return mint(
+    return mint_token(
         key=secret,
         subject=subject,
         issuer=ISSUER,

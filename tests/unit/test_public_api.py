@@ -38,6 +38,7 @@ def test_exported_names() -> None:
             "UnauthenticatedError",
             "UnavailableError",
             "__version__",
+            "mint_token",
             "requests",
         ]
     )
