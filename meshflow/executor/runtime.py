@@ -301,6 +301,14 @@ def _in_trace() -> bool:
     return trace.get_current_span().is_recording()
 
 
+def _sampled_parent(traceparent: str) -> bool:
+    """Whether a W3C ``traceparent`` (version-traceid-parentid-flags) is sampled."""
+    try:
+        return bool(int(traceparent[-2:], 16) & 1) if len(traceparent) >= 55 else False
+    except ValueError:
+        return False
+
+
 async def _traced_process(
     runtime: ExecutorRuntime, data: bytes, context: grpc.aio.ServicerContext[Any, Any]
 ) -> bytes:
@@ -311,8 +319,10 @@ async def _traced_process(
 
     assert runtime.tracer is not None
     carrier = {k: v for k, v in context.invocation_metadata() or () if isinstance(v, str)}
-    if "traceparent" not in carrier:
-        return await runtime.process(data)  # a request the gateway does not trace
+    if not _sampled_parent(carrier.get("traceparent", "")):
+        # Envoy's ingress span passes an unsampled traceparent on every request the gateway
+        # did not trace: no span for those (nor for a request without one).
+        return await runtime.process(data)
     with runtime.tracer.start_as_current_span(
         EXECUTOR_PROCESS,
         context=propagate.extract(carrier),

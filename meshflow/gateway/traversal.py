@@ -156,7 +156,9 @@ class Traversal:
         whose W3C ``traceparent`` travels in the call's metadata."""
         started = time.perf_counter()
         try:
-            if self.tracer is None:
+            if self.tracer is None or not _sampled():
+                # An unsampled request: no span, no trace headers (executors and sidecars
+                # then trace nothing either).
                 return await self.transport.call(name, shard, data, timeout)
             return await self._traced_call(name, shard, data, timeout)
         finally:
@@ -180,22 +182,26 @@ class Traversal:
         with self.tracer.start_as_current_span(
             f"call {name}", kind=SpanKind.CLIENT, attributes=attributes
         ) as span:
-            metadata = None
-            if span.get_span_context().trace_flags.sampled:
-                # Only traced requests carry trace headers (an unsampled one is not traced
-                # anywhere: executors never start a trace). Envoy force-traces a request that
-                # carries x-client-trace-id and an x-request-id, and samples no other.
-                carrier: dict[str, str] = {}
-                propagate.inject(carrier)
-                carrier["x-client-trace-id"] = format(span.get_span_context().trace_id, "032x")
-                carrier["x-request-id"] = str(uuid.uuid4())  # Envoy samples by request id
-                metadata = tuple(carrier.items())
+            # Only traced requests carry trace headers (an unsampled one is not traced
+            # anywhere: executors never start a trace). Envoy force-traces a request that
+            # carries x-client-trace-id and an x-request-id, and samples no other.
+            carrier: dict[str, str] = {}
+            propagate.inject(carrier)
+            carrier["x-client-trace-id"] = format(span.get_span_context().trace_id, "032x")
+            carrier["x-request-id"] = str(uuid.uuid4())  # Envoy samples by request id
+            metadata = tuple(carrier.items())
             answer = await self.transport.call(name, shard, data, timeout, metadata)
             status = data_request_pb2.DataRequestHead.FromString(answer).status
             if status.code != _OK:
                 span.set_status(Status(StatusCode.ERROR, f"{status.executor}: {status.message}"))
                 span.set_attribute("meshflow.exception_type", status.exception_type)
             return answer
+
+
+def _sampled() -> bool:
+    from opentelemetry import trace
+
+    return trace.get_current_span().get_span_context().trace_flags.sampled
 
 
 def _failed(data: bytes) -> bool:
