@@ -56,7 +56,9 @@ def _parser() -> argparse.ArgumentParser:
     _observability_args(ex)
 
     gw = sub.add_parser("gateway", help="serve a Flow's gateway (started by the Flow)")
-    gw.add_argument("--topology", required=True, help="topology JSON written by the Flow")
+    gw.add_argument(
+        "--topology", required=True, help="topology JSON written by the Flow (a file, or inline)"
+    )
     gw.add_argument("--host", default="127.0.0.1")
     gw.add_argument("--port", type=int, default=0)
     gw.add_argument("--mesh", default="direct", choices=["direct", "envoy"])
@@ -78,10 +80,20 @@ def _parser() -> argparse.ArgumentParser:
     status.add_argument("--json", action="store_true", help="print JSON")
 
     export = sub.add_parser("export", help="write configs for other tools from a Flow YAML")
-    export.add_argument("what", choices=["prometheus"], help="what to write")
+    export.add_argument("what", choices=["prometheus", "docker-compose"], help="what to write")
     export.add_argument("config", help="path of the Flow YAML")
-    export.add_argument("--out", default="prometheus.yml", help="file to write")
+    export.add_argument(
+        "outdir", nargs="?", help="docker-compose: the folder to write docker-compose.yml into"
+    )
+    export.add_argument("--out", default="prometheus.yml", help="prometheus: file to write")
     export.add_argument("--scrape-interval", default="5s", help="e.g. 1s, 5s, 15s")
+
+    certs = sub.add_parser(
+        "certs", help="create a Flow's CA and workload certificates (containers' one-shot job)"
+    )
+    certs.add_argument("--flow", required=True, help="the Flow's name (in the SPIFFE ids)")
+    certs.add_argument("--out", required=True, help="folder of the CA and certificates")
+    certs.add_argument("workload", nargs="+", help="workloads: 'gateway' and deployment names")
 
     token = sub.add_parser(
         "token",
@@ -141,6 +153,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _status(args, parser)
         if args.command == "token":
             return _token(args)
+        if args.command == "certs":
+            return _certs(args)
         if args.command == "export":
             return _export(args)
         _die_with_parent()
@@ -334,6 +348,19 @@ def _export(args: argparse.Namespace) -> int:
     from meshflow.flow.config import load_flow
     from meshflow.observability.prometheus import prometheus_config, write_prometheus_config
 
+    if args.what == "docker-compose":
+        from meshflow.deploy import export_compose
+
+        if not args.outdir:
+            raise ConfigError("export docker-compose needs OUTDIR: the folder to write into")
+        os.makedirs(args.outdir, exist_ok=True)
+        written = export_compose(
+            load_flow(args.config), os.path.join(args.outdir, "docker-compose.yml")
+        )
+        print(f"wrote {len(written)} files; start with: docker compose -f {written[0]} up -d")
+        return 0
+    if args.outdir:
+        raise ConfigError("export prometheus takes no OUTDIR (use --out FILE)")
     if not re.fullmatch(r"[0-9]+(ms|s|m|h)", args.scrape_interval):
         raise ConfigError(f"--scrape-interval {args.scrape_interval!r}: expected e.g. 5s or 1m")
     flow = load_flow(args.config)
@@ -343,6 +370,18 @@ def _export(args: argparse.Namespace) -> int:
     except OSError as exc:
         raise ConfigError(f"cannot write {args.out!r}: {exc.strerror}") from None
     print(f"wrote {args.out}: scrapes Flow {flow.name!r} (targets from its workspace)")
+    return 0
+
+
+def _certs(args: argparse.Namespace) -> int:
+    from meshflow.mesh.certs import FlowCA
+
+    try:
+        ca = FlowCA(args.out, args.flow)
+        for workload in args.workload:
+            print(f"{workload}: {ca.identity(workload).spiffe_id}")
+    except OSError as exc:
+        raise ConfigError(f"cannot write certificates in {args.out!r}: {exc.strerror}") from None
     return 0
 
 
@@ -413,8 +452,11 @@ def _gateway(args: argparse.Namespace) -> int:
     from meshflow.gateway.serve import serve_gateway
     from meshflow.gateway.topology import Topology
 
-    with open(args.topology, encoding="utf-8") as fh:
-        topology = Topology.from_dict(json.load(fh))
+    if args.topology.lstrip().startswith("{"):  # inline, as a container command gives it
+        topology = Topology.from_dict(json.loads(args.topology))
+    else:
+        with open(args.topology, encoding="utf-8") as fh:
+            topology = Topology.from_dict(json.load(fh))
     tracing = _start_tracing(args, "meshflow-gateway", {"meshflow.component": "gateway"}, door=True)
     asyncio.run(
         serve_gateway(

@@ -401,6 +401,13 @@ class Flow(Posting):
 
         return load_flow(path, port=port, overrides=overrides)
 
+    def to_docker_compose_yaml(self, path: str) -> list[str]:
+        """Write this Flow as a docker-compose file at ``path`` (Envoy and Prometheus files
+        next to it, see ``docs/deploy.md``); return the files written."""
+        from meshflow.deploy import export_compose
+
+        return export_compose(self, path)
+
     def save_config(self, path: str) -> None:
         """Write this Flow as YAML that :meth:`load_config` reads back."""
         from meshflow.flow.config import save_flow

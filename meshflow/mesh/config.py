@@ -58,12 +58,15 @@ class ClusterSpec:
     peer_id: str
     """SPIFFE id the replicas' certificates must carry."""
     eds_path: str
+    """The EDS file listing the replicas (local Flows); empty with ``hosts``."""
     lb: LoadBalancing
     retries: RetryPolicy
     health_check: HealthCheck
     outlier_detection: OutlierDetection
     circuit_breaker: CircuitBreaker
     timeout: float | None
+    hosts: tuple[tuple[str, int], ...] = ()
+    """The replicas' sidecars by DNS name and port (containers): a STRICT_DNS cluster."""
 
 
 def _seconds(value: float) -> str:
@@ -232,13 +235,7 @@ def _cluster(spec: ClusterSpec, identity: Identity) -> dict[str, Any]:
         # Envoy's Prometheus tags split stat names at dots: "a.shard0" would be read as
         # cluster "a", stat "shard0_upstream_rq_total". Stats use "a_shard0" instead.
         "alt_stat_name": stat_name(spec.name),
-        "type": "EDS",
-        "eds_cluster_config": {
-            "eds_config": {
-                "path_config_source": {"path": spec.eds_path},
-                "resource_api_version": "V3",
-            }
-        },
+        **_discovery(spec),
         "connect_timeout": "1s",
         "lb_policy": _LB[spec.lb],
         # A replica taken out of the endpoint file (scale down) stops getting calls at once,
@@ -290,6 +287,31 @@ def _cluster(spec: ClusterSpec, identity: Identity) -> dict[str, Any]:
     }
 
 
+def _discovery(spec: ClusterSpec) -> dict[str, Any]:
+    """Where a cluster's replicas come from: an EDS file, or DNS names (one per replica)."""
+    if spec.hosts:
+        return {
+            "type": "STRICT_DNS",
+            "load_assignment": {
+                "cluster_name": spec.name,
+                "endpoints": [{"lb_endpoints": [_endpoint(h, p) for h, p in spec.hosts]}],
+            },
+        }
+    return {
+        "type": "EDS",
+        "eds_cluster_config": {
+            "eds_config": {
+                "path_config_source": {"path": spec.eds_path},
+                "resource_api_version": "V3",
+            }
+        },
+    }
+
+
+def _endpoint(host: str, port: int) -> dict[str, Any]:
+    return {"endpoint": {"address": {"socket_address": {"address": host, "port_value": port}}}}
+
+
 def gateway_sidecar(
     *,
     node: str,
@@ -324,12 +346,22 @@ def replica_sidecar(
     *,
     node: str,
     listen_port: int,
-    executor_socket: str,
+    executor_socket: str | None,
     identity: Identity,
     allowed_peers: Sequence[str],
     tracing: Tracing | None = None,
+    listen_host: str = "127.0.0.1",
+    executor_port: int | None = None,
 ) -> dict[str, Any]:
-    """Bootstrap of one replica's ingress sidecar."""
+    """Bootstrap of one replica's ingress sidecar: mTLS on ``listen_host:listen_port``, to
+    the executor on ``executor_socket`` (a unix socket) or on ``127.0.0.1:executor_port``
+    (a container sharing the sidecar's network namespace)."""
+    if executor_socket:
+        executor: dict[str, Any] = {"endpoint": {"address": {"pipe": {"path": executor_socket}}}}
+    elif executor_port:
+        executor = _endpoint("127.0.0.1", executor_port)
+    else:
+        raise ValueError("replica_sidecar needs executor_socket or executor_port")
     to_executor = {
         "cluster": "executor",
         "timeout": "0s",
@@ -365,7 +397,7 @@ def replica_sidecar(
                 {
                     "name": "ingress",
                     "address": {
-                        "socket_address": {"address": "127.0.0.1", "port_value": listen_port}
+                        "socket_address": {"address": listen_host, "port_value": listen_port}
                     },
                     "filter_chains": [
                         {
@@ -396,13 +428,7 @@ def replica_sidecar(
                     "typed_extension_protocol_options": _http2_options(),
                     "load_assignment": {
                         "cluster_name": "executor",
-                        "endpoints": [
-                            {
-                                "lb_endpoints": [
-                                    {"endpoint": {"address": {"pipe": {"path": executor_socket}}}}
-                                ]
-                            }
-                        ],
+                        "endpoints": [{"lb_endpoints": [executor]}],
                     },
                 }
             ]

@@ -1,5 +1,6 @@
-"""The observability configs that ship with the project: docker-compose.yml, prometheus.yml and
-the Grafana provisioning and dashboard, each checked with the tool that reads it."""
+"""The observability configs that ship with the project: observability/docker-compose.yml,
+prometheus.yml and the Grafana provisioning and dashboard, each checked with the tool that
+reads it."""
 
 from __future__ import annotations
 
@@ -11,14 +12,14 @@ import sys
 
 import pytest
 import yaml
-from dashboards import DASHBOARD, OBS, ROOT
+from dashboards import DASHBOARD, OBS
 
 
 def test_docker_compose_passes_the_compose_spec_schema() -> None:
     out = subprocess.run(
         [
             *(sys.executable, "-m", "check_jsonschema", "--builtin-schema", "vendor.compose-spec"),
-            os.path.join(ROOT, "docker-compose.yml"),
+            os.path.join(OBS, "docker-compose.yml"),
         ],
         capture_output=True,
         text=True,
@@ -28,15 +29,15 @@ def test_docker_compose_passes_the_compose_spec_schema() -> None:
 
 
 def test_docker_compose_mounts_files_that_exist() -> None:
-    with open(os.path.join(ROOT, "docker-compose.yml"), encoding="utf-8") as fh:
+    with open(os.path.join(OBS, "docker-compose.yml"), encoding="utf-8") as fh:
         compose = yaml.safe_load(fh)
     assert set(compose["services"]) == {"jaeger", "prometheus", "grafana"}
     for service in compose["services"].values():
         assert "healthcheck" in service and service["restart"] == "unless-stopped"
         for volume in service.get("volumes", []):
             source = volume.split(":")[0]
-            if source.startswith("./observability"):
-                assert os.path.exists(os.path.join(ROOT, source)), source
+            if source.startswith("./"):
+                assert os.path.exists(os.path.join(OBS, source)), source
     assert compose["services"]["jaeger"]["environment"]["COLLECTOR_OTLP_ENABLED"] == "true"
 
 

@@ -1,0 +1,11 @@
+"""Deploying a Flow beyond one process tree: docker-compose for one host.
+
+``meshflow export docker-compose FLOW.yml OUTDIR`` and ``Flow.to_docker_compose_yaml(path)``
+write the same topology as a local Flow (one container per executor replica, each with its
+Envoy sidecar in its network namespace, the gateway with its own sidecar, the Flow's CA and
+SPIFFE identities) plus Jaeger, Prometheus and Grafana.
+"""
+
+from meshflow.deploy.compose import ENVOY_IMAGE, MESHFLOW_IMAGE, export_compose
+
+__all__ = ["ENVOY_IMAGE", "MESHFLOW_IMAGE", "export_compose"]
