@@ -80,13 +80,21 @@ def _parser() -> argparse.ArgumentParser:
     status.add_argument("--json", action="store_true", help="print JSON")
 
     export = sub.add_parser("export", help="write configs for other tools from a Flow YAML")
-    export.add_argument("what", choices=["prometheus", "docker-compose"], help="what to write")
+    export.add_argument(
+        "what", choices=["prometheus", "docker-compose", "kubernetes"], help="what to write"
+    )
     export.add_argument("config", help="path of the Flow YAML")
     export.add_argument(
         "outdir", nargs="?", help="docker-compose: the folder to write docker-compose.yml into"
     )
     export.add_argument("--out", default="prometheus.yml", help="prometheus: file to write")
     export.add_argument("--scrape-interval", default="5s", help="e.g. 1s, 5s, 15s")
+    export.add_argument("--namespace", help="kubernetes: namespace (default: the Flow's name)")
+    export.add_argument(
+        "--cert-manager", action="store_true", help="kubernetes: cert-manager Certificates"
+    )
+    export.add_argument("--hpa", action="store_true", help="kubernetes: autoscale on CPU")
+    export.add_argument("--ingress-host", help="kubernetes: an Ingress for this host name")
 
     certs = sub.add_parser(
         "certs", help="create a Flow's CA and workload certificates (containers' one-shot job)"
@@ -358,6 +366,24 @@ def _export(args: argparse.Namespace) -> int:
             load_flow(args.config), os.path.join(args.outdir, "docker-compose.yml")
         )
         print(f"wrote {len(written)} files; start with: docker compose -f {written[0]} up -d")
+        return 0
+    if args.what == "kubernetes":
+        from meshflow.deploy import export_kubernetes
+
+        if not args.outdir:
+            raise ConfigError("export kubernetes needs OUTDIR: the folder to write into")
+        written = export_kubernetes(
+            load_flow(args.config),
+            args.outdir,
+            namespace=args.namespace,
+            cert_manager=args.cert_manager,
+            hpa=args.hpa,
+            ingress_host=args.ingress_host,
+        )
+        print(
+            f"wrote {len(written)} files; apply with: kubectl apply -f {written[-1]} "
+            f"&& kubectl apply -k {args.outdir}"
+        )
         return 0
     if args.outdir:
         raise ConfigError("export prometheus takes no OUTDIR (use --out FILE)")

@@ -1,4 +1,4 @@
-"""Deploying a Flow beyond one process tree: docker-compose for one host.
+"""Deploying a Flow beyond one process tree: docker-compose for one host, Kubernetes for many.
 
 ``meshflow export docker-compose FLOW.yml OUTDIR`` and ``Flow.to_docker_compose_yaml(path)``
 write the same topology as a local Flow (one container per executor replica, each with its
@@ -7,5 +7,6 @@ SPIFFE identities) plus Jaeger, Prometheus and Grafana.
 """
 
 from meshflow.deploy.compose import ENVOY_IMAGE, MESHFLOW_IMAGE, export_compose
+from meshflow.deploy.kubernetes import export_kubernetes
 
-__all__ = ["ENVOY_IMAGE", "MESHFLOW_IMAGE", "export_compose"]
+__all__ = ["ENVOY_IMAGE", "MESHFLOW_IMAGE", "export_compose", "export_kubernetes"]

@@ -408,6 +408,14 @@ class Flow(Posting):
 
         return export_compose(self, path)
 
+    def to_kubernetes_yaml(self, directory: str, **options: Any) -> list[str]:
+        """Write this Flow as Kubernetes manifests (with ``kustomization.yaml``) into
+        ``directory``; ``options``: ``namespace``, ``cert_manager``, ``hpa``,
+        ``ingress_host``. See ``docs/deploy.md``."""
+        from meshflow.deploy import export_kubernetes
+
+        return export_kubernetes(self, directory, **options)
+
     def save_config(self, path: str) -> None:
         """Write this Flow as YAML that :meth:`load_config` reads back."""
         from meshflow.flow.config import save_flow

@@ -1,0 +1,615 @@
+"""Kubernetes export of a Flow: the same sidecars, certificates scheme and observability as a
+local Flow, for many machines.
+
+Per deployment and shard, ``<deployment>-s<shard>``:
+
+- a **Deployment** (``replicas`` pods), each pod holding the executor (on ``127.0.0.1:50051``,
+  reachable only through its sidecar) and its Envoy sidecar (mTLS on ``:15000``, the gateway's
+  identity only);
+- a **headless Service**, so that the gateway's sidecar sees every pod (its cluster for the
+  shard is STRICT_DNS on the Service's name, which resolves to every ready pod);
+- a **ConfigMap** with the sidecar's Envoy bootstrap;
+- a **PodDisruptionBudget** (one pod down at a time), and with ``hpa`` a
+  **HorizontalPodAutoscaler** on CPU.
+
+The gateway is a Deployment + Service (gRPC 50051, HTTP 8080), with an **Ingress** when
+``ingress_host`` is given. Certificates are **Secrets** (``kubernetes.io/tls`` plus ``ca.crt``)
+made from the Flow's CA in ``OUTDIR/pki`` (kept out of the manifests' folder: apply them, do
+not commit them), or cert-manager **Certificates** issued by a CA ``Issuer`` with
+``cert_manager=True``. JWT keys are referenced from a Secret (``<flow>-jwt``), never embedded.
+Probes run ``meshflow ping`` (the gRPC health service) inside the pod. ``kustomization.yaml``
+lists every manifest.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any
+
+import yaml
+
+from meshflow.deploy.compose import (
+    ENVOY_IMAGE,
+    EXECUTOR_PORT,
+    GATEWAY_PORT,
+    HTTP_PORT,
+    INGRESS_PORT,
+    MESHFLOW_IMAGE,
+    METRICS_PORT,
+    _auth_json,
+    _limits,
+    _Plain,
+    _ref,
+)
+from meshflow.errors import ConfigError
+from meshflow.gateway.topology import Node, Topology, cluster_name
+from meshflow.mesh.certs import FlowCA, Identity, spiffe_id
+from meshflow.mesh.config import ClusterSpec, Tracing, gateway_sidecar, replica_sidecar
+
+PKI = "/etc/meshflow/pki"
+EGRESS = "/run/meshflow/egress.sock"
+UID = 10001
+
+
+def _name(text: str) -> str:
+    return text.lower().replace("_", "-").replace(".", "-")
+
+
+def _identity(flow: str, workload: str) -> Identity:
+    return Identity(
+        spiffe_id=spiffe_id(flow, workload),
+        cert=f"{PKI}/tls.crt",
+        key=f"{PKI}/tls.key",
+        ca=f"{PKI}/ca.crt",
+    )
+
+
+def export_kubernetes(
+    flow: Any,
+    out_dir: str,
+    *,
+    namespace: str | None = None,
+    cert_manager: bool = False,
+    hpa: bool = False,
+    ingress_host: str | None = None,
+    otlp_endpoint: str = "http://jaeger-collector.observability:4317",
+) -> list[str]:
+    """Write ``flow`` as Kubernetes manifests into ``out_dir``; return the files written."""
+    from meshflow.flow.flow import Flow
+
+    assert isinstance(flow, Flow)
+    flow.check()
+    if flow.mesh != "envoy":
+        raise ConfigError("Kubernetes export needs mesh='envoy' (the sidecars are the mesh)")
+    refs = {dep.name: _ref(dep) for dep in flow.deployments}
+    ns = namespace or _name(flow.name)
+    app = _name(flow.name)
+    tracing = bool(flow.tracing)
+    os.makedirs(out_dir, exist_ok=True)
+    docs: dict[str, list[dict[str, Any]]] = {}
+
+    def labels(component: str, **extra: str) -> dict[str, str]:
+        return {
+            "app.kubernetes.io/part-of": app,
+            "app.kubernetes.io/managed-by": "meshflow",
+            "app.kubernetes.io/component": component,
+            **extra,
+        }
+
+    def meta(name: str, component: str, **extra: str) -> dict[str, Any]:
+        return {"name": name, "namespace": ns, "labels": labels(component, **extra)}
+
+    docs["namespace.yaml"] = [
+        {
+            "apiVersion": "v1",
+            "kind": "Namespace",
+            "metadata": {"name": ns, "labels": labels("namespace")},
+        }
+    ]
+    common_env = [{"name": "MESHFLOW_LOG_FORMAT", "value": flow.log_format}]
+    if tracing:
+        common_env.append({"name": "OTEL_EXPORTER_OTLP_ENDPOINT", "value": otlp_endpoint})
+    workloads = ["gateway"] + [dep.name for dep in flow.deployments]
+    if cert_manager:
+        docs["certificates.yaml"] = _certificates(flow.name, workloads, meta)
+    gateway_id = spiffe_id(flow.name, "gateway")
+    nodes: list[Node] = []
+    specs: list[ClusterSpec] = []
+    for dep in flow.deployments:
+        shards = []
+        for shard in range(dep.shards):
+            name = _name(f"{dep.name}-s{shard}")
+            host = f"{name}.{ns}.svc.cluster.local"
+            shards.append((f"{host}:{INGRESS_PORT}",))
+            specs.append(
+                ClusterSpec(
+                    name=cluster_name(dep.name, shard),
+                    peer_id=spiffe_id(flow.name, dep.name),
+                    eds_path="",
+                    lb=dep.lb,
+                    retries=dep.retries,
+                    health_check=dep.health_check,
+                    outlier_detection=dep.outlier_detection,
+                    circuit_breaker=dep.circuit_breaker,
+                    timeout=dep.timeout,
+                    hosts=((host, INGRESS_PORT),),
+                )
+            )
+            select = {"meshflow.io/deployment": _name(dep.name), "meshflow.io/shard": str(shard)}
+            bootstrap = replica_sidecar(
+                node=name,
+                listen_port=INGRESS_PORT,
+                listen_host="0.0.0.0",
+                executor_socket=None,
+                executor_port=EXECUTOR_PORT,
+                identity=_identity(flow.name, dep.name),
+                allowed_peers=[gateway_id],
+                tracing=Tracing(f"sidecar {name}", otlp_endpoint) if tracing else None,
+            )
+            command = [
+                "executor",
+                "--uses",
+                refs[dep.name],
+                "--name",
+                dep.name,
+                "--address",
+                f"127.0.0.1:{EXECUTOR_PORT}",
+                "--uses-with",
+                json.dumps(dict(dep.uses_with), sort_keys=True),
+                "--shard-id",
+                str(shard),
+                "--replicas",
+                str(dep.replicas),
+                "--shards",
+                str(dep.shards),
+                "--workspace",
+                "/workspace",
+            ]
+            ports = [{"name": "mesh", "containerPort": INGRESS_PORT}]
+            if flow.metrics:
+                command += ["--metrics-host", "0.0.0.0", "--metrics-port", str(METRICS_PORT)]
+            if tracing:
+                command.append("--tracing")
+            executor = _container(
+                "executor",
+                MESHFLOW_IMAGE,
+                command,
+                common_env + [{"name": k, "value": v} for k, v in sorted(dep.env.items())],
+                EXECUTOR_PORT,
+                [{"name": "workspace", "mountPath": "/workspace"}],
+            )
+            if flow.metrics:
+                executor["ports"] = [{"name": "metrics", "containerPort": METRICS_PORT}]
+            pod_annotations = (
+                {"prometheus.io/scrape": "true", "prometheus.io/port": str(METRICS_PORT)}
+                if flow.metrics
+                else {}
+            )
+            docs[f"{name}.yaml"] = [
+                {
+                    "apiVersion": "v1",
+                    "kind": "ConfigMap",
+                    "metadata": meta(f"{name}-envoy", "sidecar-config", **select),
+                    "data": {"envoy.yaml": yaml.dump(bootstrap, Dumper=_Plain, sort_keys=False)},
+                },
+                {
+                    "apiVersion": "v1",
+                    "kind": "Service",
+                    "metadata": meta(name, "executor", **select),
+                    "spec": {
+                        "clusterIP": "None",  # headless: the name resolves to every pod
+                        "selector": select,
+                        "ports": [
+                            {"name": "grpc-mesh", "port": INGRESS_PORT, "targetPort": "mesh"}
+                        ],
+                    },
+                },
+                _deployment(
+                    meta(name, "executor", **select),
+                    select,
+                    dep.replicas,
+                    [executor, _sidecar(f"{name}-envoy", ports)],
+                    [
+                        {"name": "workspace", "emptyDir": {}},
+                        {"name": "envoy", "configMap": {"name": f"{name}-envoy"}},
+                        {"name": "pki", "secret": {"secretName": _secret(dep.name)}},
+                    ],
+                    pod_annotations,
+                ),
+                {
+                    "apiVersion": "policy/v1",
+                    "kind": "PodDisruptionBudget",
+                    "metadata": meta(name, "executor", **select),
+                    "spec": {"maxUnavailable": 1, "selector": {"matchLabels": select}},
+                },
+            ]
+            if hpa:
+                docs[f"{name}.yaml"].append(_hpa(meta(name, "executor", **select), dep.replicas))
+        nodes.append(
+            Node(
+                name=dep.name,
+                needs=dep.needs,
+                shards=tuple(shards),
+                polling=dep.polling,
+                timeout=dep.timeout,
+            )
+        )
+    docs["gateway.yaml"] = _gateway(
+        flow, meta, labels, nodes, specs, common_env, tracing, otlp_endpoint, ingress_host
+    )
+    written = [write_secrets(flow, os.path.join(out_dir, "pki"), ns)]
+    for filename, manifests in docs.items():
+        path = os.path.join(out_dir, filename)
+        with open(path, "w", encoding="utf-8") as fh:
+            fh.write(f"# Generated by meshflow from Flow {flow.name!r}: do not edit.\n")
+            yaml.dump_all(manifests, fh, Dumper=_Plain, sort_keys=False, width=100)
+        written.append(path)
+    kustomization = {
+        "apiVersion": "kustomize.config.k8s.io/v1beta1",
+        "kind": "Kustomization",
+        "namespace": ns,
+        "labels": [{"pairs": {"app.kubernetes.io/part-of": app}}],
+        "resources": list(docs),
+    }
+    path = os.path.join(out_dir, "kustomization.yaml")
+    with open(path, "w", encoding="utf-8") as fh:
+        yaml.dump(kustomization, fh, Dumper=_Plain, sort_keys=False)
+    return [path, *written[1:], written[0]]
+
+
+def _secret(workload: str) -> str:
+    return _name(f"meshflow-tls-{workload}")
+
+
+def _certificates(flow: str, workloads: list[str], meta: Any) -> list[dict[str, Any]]:
+    """cert-manager: a CA Issuer (the Flow's CA, from the Secret ``<flow>-ca``) and one
+    Certificate per workload with its SPIFFE id as URI SAN."""
+    issuer = _name(f"{flow}-ca")
+    out: list[dict[str, Any]] = [
+        {
+            "apiVersion": "cert-manager.io/v1",
+            "kind": "Issuer",
+            "metadata": meta(issuer, "pki"),
+            "spec": {"ca": {"secretName": issuer}},
+        }
+    ]
+    for workload in workloads:
+        out.append(
+            {
+                "apiVersion": "cert-manager.io/v1",
+                "kind": "Certificate",
+                "metadata": meta(_secret(workload), "pki"),
+                "spec": {
+                    "secretName": _secret(workload),
+                    "uris": [spiffe_id(flow, workload)],
+                    "commonName": f"{flow}/{workload}",
+                    "duration": "8760h",
+                    "renewBefore": "720h",
+                    "privateKey": {"algorithm": "ECDSA", "size": 256},
+                    "usages": ["server auth", "client auth"],
+                    "issuerRef": {"name": issuer, "kind": "Issuer"},
+                },
+            }
+        )
+    return out
+
+
+def _write_secrets(
+    flow: str, workloads: list[str], pki_dir: str, meta: Any
+) -> list[dict[str, Any]]:
+    """Secrets of the Flow's CA (kept in ``pki_dir``): the CA itself (``<flow>-ca``, for a
+    cert-manager Issuer), then one per workload."""
+    import base64
+
+    def read(path: str) -> str:
+        with open(path, "rb") as fh:
+            return base64.b64encode(fh.read()).decode()
+
+    ca = FlowCA(pki_dir, flow)
+    out = [
+        {
+            "apiVersion": "v1",
+            "kind": "Secret",
+            "type": "kubernetes.io/tls",
+            "metadata": meta(_name(f"{flow}-ca"), "pki"),
+            "data": {"tls.crt": read(ca.ca_cert_path), "tls.key": read(ca.ca_key_path)},
+        }
+    ]
+    for workload in workloads:
+        identity = ca.identity(workload)
+        out.append(
+            {
+                "apiVersion": "v1",
+                "kind": "Secret",
+                "type": "kubernetes.io/tls",
+                "metadata": meta(_secret(workload), "pki"),
+                "data": {
+                    "tls.crt": read(identity.cert),
+                    "tls.key": read(identity.key),
+                    "ca.crt": read(identity.ca),
+                },
+            }
+        )
+    return out
+
+
+def write_secrets(flow: Any, out_dir: str, namespace: str | None = None) -> str:
+    """The certificate Secrets of ``flow`` (from the CA in ``out_dir``), one file, 0600."""
+    ns = namespace or _name(flow.name)
+    workloads = ["gateway"] + [dep.name for dep in flow.deployments]
+
+    def meta(name: str, component: str) -> dict[str, Any]:
+        return {
+            "name": name,
+            "namespace": ns,
+            "labels": {
+                "app.kubernetes.io/part-of": _name(flow.name),
+                "app.kubernetes.io/component": component,
+            },
+        }
+
+    pki = os.path.join(out_dir, "ca")
+    secrets = _write_secrets(flow.name, workloads, pki, meta)
+    path = os.path.join(out_dir, "secrets.yaml")
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as fh:
+        fh.write("# Certificates of the Flow's CA: apply, never commit.\n")
+        yaml.dump_all(secrets, fh, Dumper=_Plain, sort_keys=False)
+    return path
+
+
+def _probe(port: int) -> dict[str, Any]:
+    return {"exec": {"command": ["meshflow", "ping", f"127.0.0.1:{port}"]}, "periodSeconds": 5}
+
+
+def _container(
+    name: str,
+    image: str,
+    args: list[str],
+    env: list[dict[str, Any]],
+    port: int,
+    mounts: list[dict[str, Any]],
+) -> dict[str, Any]:
+    return {
+        "name": name,
+        "image": image,
+        "args": args,
+        "env": env,
+        "volumeMounts": mounts,
+        "readinessProbe": _probe(port),
+        "livenessProbe": {**_probe(port), "initialDelaySeconds": 60, "failureThreshold": 6},
+        "startupProbe": {**_probe(port), "failureThreshold": 60},
+        "resources": {
+            "requests": {"cpu": "250m", "memory": "512Mi"},
+            "limits": {"cpu": "2", "memory": "4Gi"},
+        },
+        "securityContext": _security(),
+    }
+
+
+def _sidecar(config_map: str, ports: list[dict[str, Any]]) -> dict[str, Any]:
+    return {
+        "name": "envoy",
+        "image": ENVOY_IMAGE,
+        "args": ["envoy", "-c", "/etc/envoy/envoy.yaml", "--log-level", "warn"],
+        "ports": ports,
+        "volumeMounts": [
+            {"name": "envoy", "mountPath": "/etc/envoy", "readOnly": True},
+            {"name": "pki", "mountPath": PKI, "readOnly": True},
+        ],
+        "resources": {
+            "requests": {"cpu": "50m", "memory": "64Mi"},
+            "limits": {"cpu": "1", "memory": "256Mi"},
+        },
+        "securityContext": _security(),
+    }
+
+
+def _security() -> dict[str, Any]:
+    return {
+        "runAsNonRoot": True,
+        "runAsUser": UID,
+        "runAsGroup": UID,
+        "allowPrivilegeEscalation": False,
+        "readOnlyRootFilesystem": False,
+        "capabilities": {"drop": ["ALL"]},
+    }
+
+
+def _deployment(
+    metadata: dict[str, Any],
+    select: dict[str, str],
+    replicas: int,
+    containers: list[dict[str, Any]],
+    volumes: list[dict[str, Any]],
+    annotations: dict[str, str],
+) -> dict[str, Any]:
+    template_meta: dict[str, Any] = {"labels": {**metadata["labels"], **select}}
+    if annotations:
+        template_meta["annotations"] = annotations
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": metadata,
+        "spec": {
+            "replicas": replicas,
+            "selector": {"matchLabels": select},
+            "template": {
+                "metadata": template_meta,
+                "spec": {
+                    "securityContext": {
+                        "fsGroup": UID,
+                        "seccompProfile": {"type": "RuntimeDefault"},
+                    },
+                    "containers": containers,
+                    "volumes": volumes,
+                },
+            },
+        },
+    }
+
+
+def _hpa(metadata: dict[str, Any], replicas: int) -> dict[str, Any]:
+    return {
+        "apiVersion": "autoscaling/v2",
+        "kind": "HorizontalPodAutoscaler",
+        "metadata": metadata,
+        "spec": {
+            "scaleTargetRef": {
+                "apiVersion": "apps/v1",
+                "kind": "Deployment",
+                "name": metadata["name"],
+            },
+            "minReplicas": replicas,
+            "maxReplicas": max(replicas * 4, 2),
+            "metrics": [
+                {
+                    "type": "Resource",
+                    "resource": {
+                        "name": "cpu",
+                        "target": {"type": "Utilization", "averageUtilization": 80},
+                    },
+                }
+            ],
+        },
+    }
+
+
+def _gateway(
+    flow: Any,
+    meta: Any,
+    labels: Any,
+    nodes: list[Node],
+    specs: list[ClusterSpec],
+    common_env: list[dict[str, Any]],
+    tracing: bool,
+    otlp_endpoint: str,
+    ingress_host: str | None,
+) -> list[dict[str, Any]]:
+    select = {"meshflow.io/deployment": "gateway"}
+    args = [
+        "gateway",
+        "--topology",
+        json.dumps(Topology(tuple(nodes)).to_dict(), sort_keys=True),
+        "--host",
+        "0.0.0.0",
+        "--port",
+        str(GATEWAY_PORT),
+        "--mesh",
+        "envoy",
+        "--egress",
+        f"unix:{EGRESS}",
+        "--max-in-flight",
+        str(flow.max_in_flight),
+        "--max-request-bytes",
+        str(flow.max_request_bytes),
+    ]
+    if flow.graphql:
+        args += ["--graphql-port", str(HTTP_PORT)]
+        args += ["--graphql-limits", json.dumps(_limits(flow), sort_keys=True)]
+    env = list(common_env)
+    if flow.auth is not None:
+        args += ["--auth", _auth_json(flow)]
+        for var in (flow.auth.secret_env, flow.auth.public_key_env):
+            if var:
+                env.append(
+                    {
+                        "name": var,
+                        "valueFrom": {
+                            "secretKeyRef": {"name": _name(f"{flow.name}-jwt"), "key": var}
+                        },
+                    }
+                )
+    if flow.static:
+        raise ConfigError(
+            "static files are not exported to Kubernetes yet: serve them from the image or an "
+            "Ingress, and drop `static` from the Flow you export"
+        )
+    if flow.metrics:
+        args += ["--metrics-host", "0.0.0.0", "--metrics-port", str(METRICS_PORT)]
+    if tracing:
+        share = 1.0 if flow.tracing is True else float(flow.tracing)
+        args += ["--tracing", "--trace-sampling", str(share)]
+    run = {"name": "run", "mountPath": "/run/meshflow"}
+    gateway = _container("gateway", MESHFLOW_IMAGE, args, env, GATEWAY_PORT, [run])
+    gateway["ports"] = [{"name": "grpc", "containerPort": GATEWAY_PORT}]
+    if flow.graphql:
+        gateway["ports"].append({"name": "http", "containerPort": HTTP_PORT})
+    sidecar = _sidecar("gateway-envoy", [])
+    sidecar["volumeMounts"].append(run)
+    bootstrap = gateway_sidecar(
+        node="gateway",
+        listen_socket=EGRESS,
+        identity=_identity(flow.name, "gateway"),
+        clusters=specs,
+        tracing=Tracing("sidecar gateway", otlp_endpoint) if tracing else None,
+    )
+    annotations = (
+        {"prometheus.io/scrape": "true", "prometheus.io/port": str(METRICS_PORT)}
+        if flow.metrics
+        else {}
+    )
+    out = [
+        {
+            "apiVersion": "v1",
+            "kind": "ConfigMap",
+            "metadata": meta("gateway-envoy", "sidecar-config", **select),
+            "data": {"envoy.yaml": yaml.dump(bootstrap, Dumper=_Plain, sort_keys=False)},
+        },
+        _deployment(
+            meta("gateway", "gateway", **select),
+            select,
+            1,
+            [gateway, sidecar],
+            [
+                {"name": "run", "emptyDir": {}},
+                {"name": "envoy", "configMap": {"name": "gateway-envoy"}},
+                {"name": "pki", "secret": {"secretName": _secret("gateway")}},
+            ],
+            annotations,
+        ),
+        {
+            "apiVersion": "v1",
+            "kind": "Service",
+            "metadata": meta("gateway", "gateway", **select),
+            "spec": {
+                "selector": select,
+                "ports": [{"name": "grpc", "port": GATEWAY_PORT, "targetPort": "grpc"}]
+                + (
+                    [{"name": "http", "port": HTTP_PORT, "targetPort": "http"}]
+                    if flow.graphql
+                    else []
+                ),
+            },
+        },
+    ]
+    if ingress_host:
+        if not flow.graphql:
+            raise ConfigError("an Ingress needs the GraphQL (HTTP) door: Flow(graphql=True)")
+        out.append(
+            {
+                "apiVersion": "networking.k8s.io/v1",
+                "kind": "Ingress",
+                "metadata": meta("gateway", "gateway", **select),
+                "spec": {
+                    "rules": [
+                        {
+                            "host": ingress_host,
+                            "http": {
+                                "paths": [
+                                    {
+                                        "path": "/",
+                                        "pathType": "Prefix",
+                                        "backend": {
+                                            "service": {"name": "gateway", "port": {"name": "http"}}
+                                        },
+                                    }
+                                ]
+                            },
+                        }
+                    ]
+                },
+            }
+        )
+    return out
