@@ -16,13 +16,13 @@ import json
 import logging
 import os
 import shutil
-import socket
 import tempfile
 import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import cloudpickle
+import yaml
 
 from meshflow.errors import ConfigError
 from meshflow.flow.deployment import Deployment
@@ -56,6 +56,9 @@ class Replica:
     executor: ManagedProcess
     sidecar: EnvoyProcess | None = None
     ingress_port: int | None = None
+    """The sidecar's mTLS port: bound by Envoy itself (port 0, no race with other programs),
+    learnt from its admin once it is ready, then pinned in its config for restarts."""
+    sidecar_config: str | None = None
 
     @property
     def processes(self) -> list[ManagedProcess]:
@@ -229,10 +232,30 @@ class LocalRuntime:
         )
         out = Replica(dep.name, shard, replica, sock, executor)
         if self.envoy:
-            out.ingress_port = _free_port()
             where = f"{dep.name!r} (shard {shard}, replica {replica})"
-            out.sidecar = self._make_replica_sidecar(dep, where, label, sock, out.ingress_port)
+            out.sidecar = self._make_replica_sidecar(dep, where, label, sock, 0)
+            out.sidecar_config = os.path.join(self.run_dir, f"{label}.envoy.yaml")
         return out
+
+    def _learn_ingress_ports(self, replicas: list[Replica]) -> None:
+        """Read the port each ready sidecar bound, and pin it in its config (a restarted
+        sidecar comes back on the port the gateway's sidecar knows)."""
+        from meshflow.mesh.config import write_yaml
+        from meshflow.mesh.sidecar import listener_port
+
+        for r in replicas:
+            if r.ingress_port or r.sidecar is None or r.sidecar.admin_address is None:
+                continue
+            port = listener_port(r.sidecar.admin_address, "ingress")
+            if port is None:
+                raise ConfigError(f"{r.sidecar.name} does not report its ingress port")
+            r.ingress_port = port
+            if r.sidecar_config:
+                with open(r.sidecar_config, encoding="utf-8") as fh:
+                    config = yaml.safe_load(fh)
+                [listener] = config["static_resources"]["listeners"]
+                listener["address"]["socket_address"]["port_value"] = port
+                write_yaml(r.sidecar_config, config)
 
     def _prepare_mesh(self) -> None:
         from meshflow.mesh.certs import FlowCA
@@ -437,6 +460,7 @@ class LocalRuntime:
         if replicas is None and not self._published:
             if not all(p.info is not None for r in self.replicas for p in r.processes):
                 return False
+            self._learn_ingress_ports(self.replicas)
             self._write_endpoints()
             self._published = True
         hosts = healthy_hosts(address)
@@ -472,6 +496,7 @@ class LocalRuntime:
                 raise
             for proc in new_procs:
                 _pin_metrics_port(proc)
+            self._learn_ingress_ports(added)
             with self._supervisor.lock:
                 self.replicas.extend(added)
             self._write_endpoints()
@@ -513,10 +538,3 @@ def _pin_metrics_port(proc: ManagedProcess) -> None:
     info = proc.info or {}
     if "metrics_port" in info and "--metrics-port" in proc.command:
         proc.command[proc.command.index("--metrics-port") + 1] = str(info["metrics_port"])
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port

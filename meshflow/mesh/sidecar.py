@@ -140,6 +140,18 @@ def admin_get(address: str, path: str, timeout: float = 1.0) -> tuple[int, str]:
         conn.close()
 
 
+def listener_port(address: str, listener: str) -> int | None:
+    """The port the Envoy at ``address`` bound for ``listener`` (configured with port 0)."""
+    status, body = admin_get(address, "/listeners?format=json")
+    if status != 200:
+        return None
+    for found in json.loads(body).get("listener_statuses", []):
+        if found.get("name") == listener:
+            port = found.get("local_address", {}).get("socket_address", {}).get("port_value")
+            return int(port) if port else None
+    return None
+
+
 def healthy_hosts(address: str) -> dict[str, list[str]]:
     """Per cluster, the hosts the Envoy at ``address`` would send traffic to now."""
     status, body = admin_get(address, "/clusters?format=json")
