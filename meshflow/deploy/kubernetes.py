@@ -23,13 +23,22 @@ lists every manifest.
 
 from __future__ import annotations
 
-import json
 import os
 from typing import Any
 
 import yaml
 
-from meshflow.deploy.compose import (
+from meshflow.deploy.common import (
+    EGRESS,
+    cluster_spec,
+    executor_command,
+    gateway_command,
+    key_variables,
+    node,
+    ref,
+)
+from meshflow.deploy.compose import _Plain
+from meshflow.deploy.images import (
     ENVOY_IMAGE,
     EXECUTOR_PORT,
     GATEWAY_PORT,
@@ -37,19 +46,14 @@ from meshflow.deploy.compose import (
     INGRESS_PORT,
     MESHFLOW_IMAGE,
     METRICS_PORT,
-    _auth_json,
-    _limits,
-    _Plain,
-    _ref,
+    UID,
 )
 from meshflow.errors import ConfigError
-from meshflow.gateway.topology import Node, Topology, cluster_name
+from meshflow.gateway.topology import Node
 from meshflow.mesh.certs import FlowCA, Identity, spiffe_id
 from meshflow.mesh.config import ClusterSpec, Tracing, gateway_sidecar, replica_sidecar
 
 PKI = "/etc/meshflow/pki"
-EGRESS = "/run/meshflow/egress.sock"
-UID = 10001
 
 
 def _name(text: str) -> str:
@@ -82,7 +86,8 @@ def export_kubernetes(
     flow.check()
     if flow.mesh != "envoy":
         raise ConfigError("Kubernetes export needs mesh='envoy' (the sidecars are the mesh)")
-    refs = {dep.name: _ref(dep) for dep in flow.deployments}
+    for dep in flow.deployments:
+        ref(dep)  # a script's class is refused before anything is written
     ns = namespace or _name(flow.name)
     app = _name(flow.name)
     tracing = bool(flow.tracing)
@@ -122,20 +127,7 @@ def export_kubernetes(
             name = _name(f"{dep.name}-s{shard}")
             host = f"{name}.{ns}.svc.cluster.local"
             shards.append((f"{host}:{INGRESS_PORT}",))
-            specs.append(
-                ClusterSpec(
-                    name=cluster_name(dep.name, shard),
-                    peer_id=spiffe_id(flow.name, dep.name),
-                    eds_path="",
-                    lb=dep.lb,
-                    retries=dep.retries,
-                    health_check=dep.health_check,
-                    outlier_detection=dep.outlier_detection,
-                    circuit_breaker=dep.circuit_breaker,
-                    timeout=dep.timeout,
-                    hosts=((host, INGRESS_PORT),),
-                )
-            )
+            specs.append(cluster_spec(flow, dep, shard, [(host, INGRESS_PORT)]))
             select = {"meshflow.io/deployment": _name(dep.name), "meshflow.io/shard": str(shard)}
             bootstrap = replica_sidecar(
                 node=name,
@@ -147,30 +139,8 @@ def export_kubernetes(
                 allowed_peers=[gateway_id],
                 tracing=Tracing(f"sidecar {name}", otlp_endpoint) if tracing else None,
             )
-            command = [
-                "executor",
-                "--uses",
-                refs[dep.name],
-                "--name",
-                dep.name,
-                "--address",
-                f"127.0.0.1:{EXECUTOR_PORT}",
-                "--uses-with",
-                json.dumps(dict(dep.uses_with), sort_keys=True),
-                "--shard-id",
-                str(shard),
-                "--replicas",
-                str(dep.replicas),
-                "--shards",
-                str(dep.shards),
-                "--workspace",
-                "/workspace",
-            ]
+            command = executor_command(flow, dep, shard)
             ports = [{"name": "mesh", "containerPort": INGRESS_PORT}]
-            if flow.metrics:
-                command += ["--metrics-host", "0.0.0.0", "--metrics-port", str(METRICS_PORT)]
-            if tracing:
-                command.append("--tracing")
             executor = _container(
                 "executor",
                 MESHFLOW_IMAGE,
@@ -226,15 +196,7 @@ def export_kubernetes(
             ]
             if hpa:
                 docs[f"{name}.yaml"].append(_hpa(meta(name, "executor", **select), dep.replicas))
-        nodes.append(
-            Node(
-                name=dep.name,
-                needs=dep.needs,
-                shards=tuple(shards),
-                polling=dep.polling,
-                timeout=dep.timeout,
-            )
-        )
+        nodes.append(node(dep, shards))
     docs["gateway.yaml"] = _gateway(
         flow, meta, labels, nodes, specs, common_env, tracing, otlp_endpoint, ingress_host
     )
@@ -488,49 +450,20 @@ def _gateway(
     ingress_host: str | None,
 ) -> list[dict[str, Any]]:
     select = {"meshflow.io/deployment": "gateway"}
-    args = [
-        "gateway",
-        "--topology",
-        json.dumps(Topology(tuple(nodes)).to_dict(), sort_keys=True),
-        "--host",
-        "0.0.0.0",
-        "--port",
-        str(GATEWAY_PORT),
-        "--mesh",
-        "envoy",
-        "--egress",
-        f"unix:{EGRESS}",
-        "--max-in-flight",
-        str(flow.max_in_flight),
-        "--max-request-bytes",
-        str(flow.max_request_bytes),
-    ]
-    if flow.graphql:
-        args += ["--graphql-port", str(HTTP_PORT)]
-        args += ["--graphql-limits", json.dumps(_limits(flow), sort_keys=True)]
+    args = gateway_command(flow, nodes)
     env = list(common_env)
-    if flow.auth is not None:
-        args += ["--auth", _auth_json(flow)]
-        for var in (flow.auth.secret_env, flow.auth.public_key_env):
-            if var:
-                env.append(
-                    {
-                        "name": var,
-                        "valueFrom": {
-                            "secretKeyRef": {"name": _name(f"{flow.name}-jwt"), "key": var}
-                        },
-                    }
-                )
+    for var in key_variables(flow):
+        env.append(
+            {
+                "name": var,
+                "valueFrom": {"secretKeyRef": {"name": _name(f"{flow.name}-jwt"), "key": var}},
+            }
+        )
     if flow.static:
         raise ConfigError(
             "static files are not exported to Kubernetes yet: serve them from the image or an "
             "Ingress, and drop `static` from the Flow you export"
         )
-    if flow.metrics:
-        args += ["--metrics-host", "0.0.0.0", "--metrics-port", str(METRICS_PORT)]
-    if tracing:
-        share = 1.0 if flow.tracing is True else float(flow.tracing)
-        args += ["--tracing", "--trace-sampling", str(share)]
     run = {"name": "run", "mountPath": "/run/meshflow"}
     gateway = _container("gateway", MESHFLOW_IMAGE, args, env, GATEWAY_PORT, [run])
     gateway["ports"] = [{"name": "grpc", "containerPort": GATEWAY_PORT}]

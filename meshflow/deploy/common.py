@@ -1,0 +1,118 @@
+"""What the docker-compose and Kubernetes exports share: the commands that start executors and
+the gateway in a container, and the gateway sidecar's view of a shard."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from collections.abc import Sequence
+from typing import Any
+
+from meshflow.deploy.images import EXECUTOR_PORT, GATEWAY_PORT, HTTP_PORT, METRICS_PORT
+from meshflow.errors import ConfigError
+from meshflow.flow.deployment import Deployment
+from meshflow.gateway.topology import Node, Topology, cluster_name
+from meshflow.mesh.certs import spiffe_id
+from meshflow.mesh.config import ClusterSpec
+
+EGRESS = "/run/meshflow/egress.sock"
+
+
+def ref(dep: Deployment) -> str:
+    """How a container imports the deployment's class; refused for a script's class."""
+    if dep.ref is None:
+        cls = dep.uses if isinstance(dep.uses, type) else type(dep.uses)
+        raise ConfigError(
+            f"deployment {dep.name!r} uses {cls.__module__}.{cls.__qualname__}, a class defined "
+            "in a script: a container cannot import it. Move it into a module (e.g. "
+            f"my_pkg/executors.py) and use uses='my_pkg.executors:{cls.__name__}'"
+        )
+    return dep.ref
+
+
+def executor_command(
+    flow: Any, dep: Deployment, shard: int, replica: int | None = None
+) -> list[str]:
+    """``meshflow executor ...`` for one replica (``replica`` None: any pod of the shard)."""
+    command = ["executor", "--uses", ref(dep), "--name", dep.name]
+    command += ["--address", f"127.0.0.1:{EXECUTOR_PORT}"]
+    command += ["--uses-with", json.dumps(dict(dep.uses_with), sort_keys=True)]
+    if replica is not None:
+        command += ["--replica-id", str(replica)]
+    command += ["--shard-id", str(shard), "--replicas", str(dep.replicas)]
+    command += ["--shards", str(dep.shards), "--workspace", "/workspace"]
+    if flow.metrics:
+        command += ["--metrics-host", "0.0.0.0", "--metrics-port", str(METRICS_PORT)]
+    if flow.tracing:
+        command.append("--tracing")
+    return command
+
+
+def cluster_spec(
+    flow: Any, dep: Deployment, shard: int, hosts: list[tuple[str, int]]
+) -> ClusterSpec:
+    """The gateway sidecar's cluster for one shard: its replicas by DNS name."""
+    return ClusterSpec(
+        name=cluster_name(dep.name, shard),
+        peer_id=spiffe_id(flow.name, dep.name),
+        eds_path="",
+        lb=dep.lb,
+        retries=dep.retries,
+        health_check=dep.health_check,
+        outlier_detection=dep.outlier_detection,
+        circuit_breaker=dep.circuit_breaker,
+        timeout=dep.timeout,
+        hosts=tuple(hosts),
+    )
+
+
+def node(dep: Deployment, shards: Sequence[tuple[str, ...]]) -> Node:
+    return Node(
+        name=dep.name,
+        needs=dep.needs,
+        shards=tuple(shards),
+        polling=dep.polling,
+        timeout=dep.timeout,
+    )
+
+
+def gateway_command(flow: Any, nodes: list[Node]) -> list[str]:
+    """``meshflow gateway ...`` with the topology inline, behind its sidecar's socket."""
+    command = [
+        "gateway",
+        "--topology",
+        json.dumps(Topology(tuple(nodes)).to_dict(), sort_keys=True),
+    ]
+    command += ["--host", "0.0.0.0", "--port", str(GATEWAY_PORT), "--mesh", "envoy"]
+    command += ["--egress", f"unix:{EGRESS}", "--max-in-flight", str(flow.max_in_flight)]
+    command += ["--max-request-bytes", str(flow.max_request_bytes)]
+    if flow.graphql:
+        limits = json.dumps(dataclasses.asdict(flow.graphql_limits), sort_keys=True)
+        command += ["--graphql-port", str(HTTP_PORT), "--graphql-limits", limits]
+    if flow.auth is not None:
+        command += ["--auth", auth_json(flow)]
+    if flow.metrics:
+        command += ["--metrics-host", "0.0.0.0", "--metrics-port", str(METRICS_PORT)]
+    if flow.tracing:
+        share = 1.0 if flow.tracing is True else float(flow.tracing)
+        command += ["--tracing", "--trace-sampling", str(share)]
+    return command
+
+
+def auth_json(flow: Any) -> str:
+    """The gateway's auth options; keys must come from the environment in containers."""
+    data = dict(json.loads(flow.auth.to_json()))
+    for key in ("secret_file", "public_key_file", "jwks_file"):
+        if data.get(key):
+            raise ConfigError(
+                f"auth.{key} names a file on this machine; in containers give the key by "
+                "environment (secret_env, public_key_env), which the export passes through"
+            )
+    return json.dumps(data, sort_keys=True)
+
+
+def key_variables(flow: Any) -> list[str]:
+    """The environment variables holding the gateway's JWT keys."""
+    if flow.auth is None:
+        return []
+    return [v for v in (flow.auth.secret_env, flow.auth.public_key_env) if v]
