@@ -11,9 +11,7 @@ from typing import Any
 from meshflow.deploy.images import EXECUTOR_PORT, GATEWAY_PORT, HTTP_PORT, METRICS_PORT
 from meshflow.errors import ConfigError
 from meshflow.flow.deployment import Deployment
-from meshflow.gateway.topology import Node, Topology, cluster_name
-from meshflow.mesh.certs import spiffe_id
-from meshflow.mesh.config import ClusterSpec
+from meshflow.gateway.topology import Node, Topology
 
 EGRESS = "/run/meshflow/egress.sock"
 
@@ -46,24 +44,6 @@ def executor_command(
     if flow.tracing:
         command.append("--tracing")
     return command
-
-
-def cluster_spec(
-    flow: Any, dep: Deployment, shard: int, hosts: list[tuple[str, int]]
-) -> ClusterSpec:
-    """The gateway sidecar's cluster for one shard: its replicas by DNS name."""
-    return ClusterSpec(
-        name=cluster_name(dep.name, shard),
-        peer_id=spiffe_id(flow.name, dep.name),
-        eds_path="",
-        lb=dep.lb,
-        retries=dep.retries,
-        health_check=dep.health_check,
-        outlier_detection=dep.outlier_detection,
-        circuit_breaker=dep.circuit_breaker,
-        timeout=dep.timeout,
-        hosts=tuple(hosts),
-    )
 
 
 def node(dep: Deployment, shards: Sequence[tuple[str, ...]]) -> Node:

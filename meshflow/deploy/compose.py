@@ -30,7 +30,6 @@ import yaml
 
 from meshflow.deploy.common import (
     EGRESS,
-    cluster_spec,
     executor_command,
     gateway_command,
     key_variables,
@@ -51,7 +50,13 @@ from meshflow.errors import ConfigError
 from meshflow.flow.deployment import Deployment
 from meshflow.gateway.topology import Node
 from meshflow.mesh.certs import Identity, spiffe_id
-from meshflow.mesh.config import ClusterSpec, Tracing, gateway_sidecar, replica_sidecar
+from meshflow.mesh.config import (
+    ClusterSpec,
+    Tracing,
+    gateway_sidecar,
+    replica_sidecar,
+    shard_cluster,
+)
 
 JAEGER_IMAGE = "jaegertracing/all-in-one:1.62.0"
 PROMETHEUS_IMAGE = "prom/prometheus:v2.55.1"
@@ -173,7 +178,7 @@ def export_compose(flow: Any, path: str) -> list[str]:
                 )
                 services[f"{label}-sidecar"] = _sidecar(label, config, {**certs_done})
             shards.append(tuple(f"{h}:{p}" for h, p in hosts))
-            specs.append(cluster_spec(flow, dep, shard, hosts))
+            specs.append(shard_cluster(dep, shard, spiffe_id(flow.name, dep.name), hosts=hosts))
         nodes.append(node(dep, shards))
     gateway = gateway_command(flow, nodes)
     gateway_volumes = ["gateway-run:/run/meshflow"]

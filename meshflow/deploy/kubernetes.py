@@ -30,7 +30,6 @@ import yaml
 
 from meshflow.deploy.common import (
     EGRESS,
-    cluster_spec,
     executor_command,
     gateway_command,
     key_variables,
@@ -51,7 +50,13 @@ from meshflow.deploy.images import (
 from meshflow.errors import ConfigError
 from meshflow.gateway.topology import Node
 from meshflow.mesh.certs import FlowCA, Identity, spiffe_id
-from meshflow.mesh.config import ClusterSpec, Tracing, gateway_sidecar, replica_sidecar
+from meshflow.mesh.config import (
+    ClusterSpec,
+    Tracing,
+    gateway_sidecar,
+    replica_sidecar,
+    shard_cluster,
+)
 
 PKI = "/etc/meshflow/pki"
 
@@ -127,7 +132,11 @@ def export_kubernetes(
             name = _name(f"{dep.name}-s{shard}")
             host = f"{name}.{ns}.svc.cluster.local"
             shards.append((f"{host}:{INGRESS_PORT}",))
-            specs.append(cluster_spec(flow, dep, shard, [(host, INGRESS_PORT)]))
+            specs.append(
+                shard_cluster(
+                    dep, shard, spiffe_id(flow.name, dep.name), hosts=[(host, INGRESS_PORT)]
+                )
+            )
             select = {"meshflow.io/deployment": _name(dep.name), "meshflow.io/shard": str(shard)}
             bootstrap = replica_sidecar(
                 node=name,

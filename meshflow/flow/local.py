@@ -410,21 +410,16 @@ class LocalRuntime:
         return _Gateway(process, sidecar, egress, topology_file)
 
     def _make_gateway_sidecar(self, egress_sock: str) -> EnvoyProcess:
-        from meshflow.mesh.config import ClusterSpec, gateway_sidecar, write_yaml
+        from meshflow.mesh.config import gateway_sidecar, shard_cluster, write_yaml
         from meshflow.mesh.sidecar import EnvoyProcess
 
         assert self._ca is not None
         specs = [
-            ClusterSpec(
-                name=cluster_name(dep.name, shard),
-                peer_id=self._ca.identity(dep.name).spiffe_id,
+            shard_cluster(
+                dep,
+                shard,
+                self._ca.identity(dep.name).spiffe_id,
                 eds_path=self._eds_path(cluster_name(dep.name, shard)),
-                lb=dep.lb,
-                retries=dep.retries,
-                health_check=dep.health_check,
-                outlier_detection=dep.outlier_detection,
-                circuit_breaker=dep.circuit_breaker,
-                timeout=dep.timeout,
             )
             for dep in self.flow.deployments
             for shard in range(dep.shards)

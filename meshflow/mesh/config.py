@@ -24,6 +24,7 @@ from urllib.parse import urlsplit
 
 import yaml
 
+from meshflow.gateway.topology import cluster_name
 from meshflow.mesh.certs import Identity
 from meshflow.mesh.policy import (
     CircuitBreaker,
@@ -67,6 +68,31 @@ class ClusterSpec:
     timeout: float | None
     hosts: tuple[tuple[str, int], ...] = ()
     """The replicas' sidecars by DNS name and port (containers): a STRICT_DNS cluster."""
+
+
+def shard_cluster(
+    deployment: Any,
+    shard: int,
+    peer_id: str,
+    *,
+    eds_path: str = "",
+    hosts: Sequence[tuple[str, int]] = (),
+) -> ClusterSpec:
+    """The gateway sidecar's cluster for one shard of ``deployment`` (a Flow's
+    :class:`~meshflow.flow.deployment.Deployment`), with its mesh policies; replicas from an
+    EDS file (local Flows) or by DNS name (containers)."""
+    return ClusterSpec(
+        name=cluster_name(deployment.name, shard),
+        peer_id=peer_id,
+        eds_path=eds_path,
+        lb=deployment.lb,
+        retries=deployment.retries,
+        health_check=deployment.health_check,
+        outlier_detection=deployment.outlier_detection,
+        circuit_breaker=deployment.circuit_breaker,
+        timeout=deployment.timeout,
+        hosts=tuple(hosts),
+    )
 
 
 def _seconds(value: float) -> str:
