@@ -134,13 +134,19 @@ class VectorIndexer(Executor):
 
     def _vectors(self, doc: Document, required: bool = True) -> dict[str, np.ndarray]:
         """The document's vector per space: its own embedding, or its chunks'."""
-        found: dict[str, np.ndarray] = {}
+        return {space: v for space, (_, v) in self._holders(doc, required).items()}
+
+    def _holders(
+        self, doc: Document, required: bool = True
+    ) -> dict[str, tuple[Document, np.ndarray]]:
+        """Per space, where the document's vector is (itself or a chunk) and the vector."""
+        found: dict[str, tuple[Document, np.ndarray]] = {}
         if "" in self.dims and doc.embedding is not None:
-            found[""] = self._normalised(doc, "", doc.embedding)
+            found[""] = (doc, self._normalised(doc, "", doc.embedding))
         for chunk in doc.chunks:
             space = chunk.tags.get(self.space_tag)
             if isinstance(space, str) and space in self.dims and chunk.embedding is not None:
-                found[space] = self._normalised(doc, space, chunk.embedding)
+                found[space] = (chunk, self._normalised(doc, space, chunk.embedding))
         if required and not found:
             if list(self.dims) == [""]:
                 raise ValueError(f"document {doc.id!r} has no embedding")
@@ -191,7 +197,7 @@ class VectorIndexer(Executor):
         with self._lock:
             faiss.omp_set_num_threads(self.threads)
             old = self._rowids([d.id for d in docs])
-            rowids = self._write(docs, vectors)
+            rowids = self._write(docs, vectors, replacing=old)
             self._forget(old)
             self._add(rowids, vectors)
         return {"indexed": len(rowids)}
@@ -206,6 +212,8 @@ class VectorIndexer(Executor):
             missing = [d.id for d in docs if d.id not in found]
             if missing:
                 raise KeyError(f"no stored document with id {', '.join(map(repr, missing))}")
+            old = [found[d.id][0] for d in docs]
+            stored_vectors = self._stored_vectors(old)
             merged = DocumentArray()
             vectors = []
             for doc, new in zip(docs, given, strict=True):
@@ -214,9 +222,8 @@ class VectorIndexer(Executor):
                 stored.uri = doc.uri or stored.uri
                 stored.tags.update(doc.tags)
                 merged.append(stored)
-                vectors.append({**self._stored_vectors(found[doc.id][0]), **new})
-            old = [found[d.id][0] for d in docs]
-            rowids = self._write(merged, vectors)
+                vectors.append({**stored_vectors.get(found[doc.id][0], {}), **new})
+            rowids = self._write(merged, vectors, replacing=old)
             self._forget(old)
             self._add(rowids, vectors)
         return {"updated": len(rowids)}
@@ -245,8 +252,7 @@ class VectorIndexer(Executor):
             return
         targets: dict[str, list[tuple[Document, np.ndarray]]] = {}
         for doc in docs:
-            for space, vector in self._vectors(doc).items():
-                target = doc if space == "" else _chunk_of(doc, space, self.space_tag)
+            for space, (target, vector) in self._holders(doc).items():
                 targets.setdefault(space, []).append((target, vector))
         with self._lock:
             faiss.omp_set_num_threads(self.threads)  # per thread: endpoints run in a pool
@@ -310,12 +316,15 @@ class VectorIndexer(Executor):
 
     # -- SQLite ------------------------------------------------------------------------------
 
-    def _write(self, docs: DocumentArray, vectors: list[dict[str, np.ndarray]]) -> list[int]:
-        """Insert or replace ``docs`` in one transaction; return their new rowids."""
+    def _write(
+        self, docs: DocumentArray, vectors: list[dict[str, np.ndarray]], replacing: list[int]
+    ) -> list[int]:
+        """Insert ``docs`` in place of the rows ``replacing`` (their ids' current rows), in one
+        transaction; return their new rowids."""
         rowids = []
         with self.db:
             self.db.execute("BEGIN")
-            self._delete_rows(self._rowids([d.id for d in docs]))
+            self._delete_rows(replacing)
             for doc, spaces in zip(docs, vectors, strict=True):
                 cursor = self.db.execute(
                     "INSERT INTO items (id, text, uri, mime_type, tags) VALUES (?, ?, ?, ?, ?)",
@@ -336,9 +345,18 @@ class VectorIndexer(Executor):
         self.db.executemany("DELETE FROM items WHERE rowid = ?", [(r,) for r in rowids])
         self.db.executemany("DELETE FROM vectors WHERE item = ?", [(r,) for r in rowids])
 
-    def _stored_vectors(self, rowid: int) -> dict[str, np.ndarray]:
-        rows = self.db.execute("SELECT space, embedding FROM vectors WHERE item = ?", (rowid,))
-        return {space: np.frombuffer(blob, dtype=np.float32) for space, blob in rows}
+    def _stored_vectors(self, rowids: list[int]) -> dict[int, dict[str, np.ndarray]]:
+        """Per row, its stored vector per space (one query)."""
+        if not rowids:
+            return {}
+        marks = ",".join("?" * len(rowids))
+        rows = self.db.execute(
+            f"SELECT item, space, embedding FROM vectors WHERE item IN ({marks})", rowids
+        )
+        out: dict[int, dict[str, np.ndarray]] = {}
+        for item, space, blob in rows:
+            out.setdefault(item, {})[space] = np.frombuffer(blob, dtype=np.float32)
+        return out
 
     def _rowids(self, ids: list[str]) -> list[int]:
         return [r[0] for r in self._rows(ids)]
@@ -364,10 +382,6 @@ class _Space:
     index: Any
     hnsw: bool
     stale: set[int] = field(default_factory=set)
-
-
-def _chunk_of(doc: Document, space: str, tag: str) -> Document:
-    return next(c for c in doc.chunks if c.tags.get(tag) == space and c.embedding is not None)
 
 
 def _document(row: tuple[Any, ...]) -> Document:
