@@ -22,6 +22,7 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from meshflow import Document, DocumentArray, Executor, requests
+from services.modality import put_embedding
 
 # EfficientNet-Lite was trained on inputs scaled to [-1, 1): (x - 127) / 128.
 _MEAN = 127.0 / 255.0
@@ -158,23 +159,3 @@ class ImageEncoder(Executor):
     def encode_queries(self, docs: DocumentArray, **kwargs: Any) -> None:
         """Embed the query documents that have an image."""
         self.encode(docs)
-
-
-def put_embedding(doc: Document, vector: np.ndarray, modality: str, space_tag: str) -> None:
-    """Set ``doc.embedding`` (no modality), or that of its chunk of this modality (added if
-    missing)."""
-    if not modality:
-        doc.embedding = vector
-        return
-    for chunk in doc.chunks:
-        if chunk.tags.get(space_tag) == modality:
-            chunk.embedding = vector
-            return
-    doc.chunks.append(
-        Document(
-            id=f"{doc.id}/{modality}",
-            parent_id=doc.id,
-            embedding=vector,
-            tags={space_tag: modality},
-        )
-    )

@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from meshflow import DocumentArray, Executor, requests
-from services.image_encoder.executor import put_embedding
+from services.modality import put_embedding
 
 
 class TextEncoder(Executor):
