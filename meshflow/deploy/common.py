@@ -8,6 +8,8 @@ import json
 from collections.abc import Sequence
 from typing import Any
 
+import yaml
+
 from meshflow.deploy.images import EXECUTOR_PORT, GATEWAY_PORT, HTTP_PORT, METRICS_PORT
 from meshflow.errors import ConfigError
 from meshflow.flow.deployment import Deployment
@@ -96,3 +98,18 @@ def key_variables(flow: Any) -> list[str]:
     if flow.auth is None:
         return []
     return [v for v in (flow.auth.secret_env, flow.auth.public_key_env) if v]
+
+
+def environment(flow: Any, otlp_endpoint: str) -> dict[str, str]:
+    """What every meshflow container's environment holds: log format, OTLP endpoint."""
+    env = {"MESHFLOW_LOG_FORMAT": flow.log_format}
+    if flow.tracing:
+        env["OTEL_EXPORTER_OTLP_ENDPOINT"] = otlp_endpoint
+    return env
+
+
+class PlainDumper(yaml.SafeDumper):
+    """YAML without anchors: every service and manifest reads on its own."""
+
+    def ignore_aliases(self, data: Any) -> bool:
+        return True
