@@ -4,6 +4,7 @@ chain, exported over OTLP/gRPC to a receiver run by the test."""
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Iterator
 from typing import Any
@@ -246,3 +247,18 @@ def test_direct_mesh_steps_name_their_replica(tmp_path: Any) -> None:
             server = next(s for s in spans if s.name == "/meshflow.v1.ExecutorService/Process")
             assert server.parent_id == step.span_id
             assert server.attributes["meshflow.deployment"] == "first"
+
+
+def test_sidecars_export_their_spans_in_batches(traced: Flow) -> None:
+    # Envoy's default is a gRPC export every 5 spans; the sidecars batch up to 512, or a
+    # second's worth, like the Python processes' batch processor.
+    from meshflow.mesh.sidecar import admin_get
+
+    sidecars = [traced.describe()["gateway"]["sidecar"]] + [
+        r["sidecar"] for d in traced.describe()["deployments"] for r in d["replicas"]
+    ]
+    for sidecar in sidecars:
+        _, body = admin_get(sidecar["admin"], "/runtime")
+        entries = json.loads(body)["entries"]
+        assert entries["tracing.opentelemetry.min_flush_spans"]["final_value"] == "512"
+        assert entries["tracing.opentelemetry.flush_interval_ms"]["final_value"] == "1000"
