@@ -131,6 +131,16 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _sampling(text: str) -> str:
+    from meshflow.observability.tracing import parse_sampling
+
+    try:
+        parse_sampling(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return text
+
+
 def _observability_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--metrics-port", type=int, help="serve Prometheus /metrics on this port (0: any free)"
@@ -141,8 +151,9 @@ def _observability_args(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--trace-sampling",
-        type=float,
-        help="share of new traces to sample, 0 to 1 (default: OTEL_TRACES_SAMPLER's choice)",
+        type=_sampling,
+        help="new traces to sample: a share of requests in (0, 1], or a rate such as 10/s "
+        "(default: OTEL_TRACES_SAMPLER's choice)",
     )
 
 

@@ -14,6 +14,7 @@ from meshflow.deploy.images import EXECUTOR_PORT, GATEWAY_PORT, HTTP_PORT, METRI
 from meshflow.errors import ConfigError
 from meshflow.flow.deployment import Deployment
 from meshflow.gateway.topology import Node, Topology
+from meshflow.observability.tracing import sampling_arg
 
 EGRESS = "/run/meshflow/egress.sock"
 
@@ -76,8 +77,7 @@ def gateway_command(flow: Any, nodes: list[Node]) -> list[str]:
     if flow.metrics:
         command += ["--metrics-host", "0.0.0.0", "--metrics-port", str(METRICS_PORT)]
     if flow.tracing:
-        share = 1.0 if flow.tracing is True else float(flow.tracing)
-        command += ["--tracing", "--trace-sampling", str(share)]
+        command += ["--tracing", "--trace-sampling", sampling_arg(flow.tracing)]
     return command
 
 

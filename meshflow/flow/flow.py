@@ -21,6 +21,7 @@ from meshflow.gateway.auth import Authenticator, JWTAuth
 from meshflow.gateway.limits import GraphQLLimits
 from meshflow.gateway.topology import GATEWAY, Node, check_graph
 from meshflow.mesh.policy import CircuitBreaker, HealthCheck, OutlierDetection, RetryPolicy
+from meshflow.observability.tracing import parse_sampling
 
 log = logging.getLogger("meshflow.flow")
 
@@ -61,9 +62,11 @@ class Flow(Posting):
             ``/stats/prometheus``; ``f.describe()['scrape_targets']`` lists them all.
         tracing: OpenTelemetry spans from the gateway, the executors and the sidecars,
             exported over OTLP/gRPC to ``OTEL_EXPORTER_OTLP_ENDPOINT`` (default
-            ``http://127.0.0.1:4317``, Jaeger's). True traces every request; a number from
-            0 to 1 traces that share of them (the gateway decides, the rest of the trace
-            follows). Setting the variable also turns tracing on.
+            ``http://127.0.0.1:4317``, Jaeger's). The gateway decides which requests are
+            traced and the rest of the trace follows: True traces up to 10 new requests a
+            second (every request at low traffic, a bounded number under load); a rate
+            such as ``'50/s'`` sets that limit; a number in (0, 1] traces that share of
+            requests (``1.0``: every request). Setting the variable also turns tracing on.
         log_format: ``'text'`` or ``'json'`` (one JSON object per line) for every process.
         static: static files the gateway's HTTP door serves, URL prefix -> folder, e.g.
             ``{'/ui': 'web'}`` (a web page for the GraphQL API). Served without a token.
@@ -88,7 +91,7 @@ class Flow(Posting):
         envoy_concurrency: int = 1,
         auth: JWTAuth | Mapping[str, Any] | None = None,
         metrics: bool = False,
-        tracing: bool | float = False,
+        tracing: bool | float | str = False,
         log_format: str = "text",
         static: Mapping[str, str] | None = None,
     ) -> None:
@@ -132,13 +135,14 @@ class Flow(Posting):
             raise ConfigError(f"log_format must be 'text' or 'json', got {log_format!r}")
         if not isinstance(metrics, bool):
             raise ConfigError(f"metrics must be true or false, got {metrics!r}")
-        if not isinstance(tracing, bool) and not (
-            isinstance(tracing, int | float) and 0 < tracing <= 1
-        ):
-            raise ConfigError(
-                f"tracing must be true, false or the share of requests to trace (0 to 1], "
-                f"got {tracing!r}"
-            )
+        if not isinstance(tracing, bool):
+            try:
+                parse_sampling(tracing)
+            except ValueError:
+                raise ConfigError(
+                    f"tracing must be true, false, the share of requests to trace (0 to 1] "
+                    f"or a rate such as '10/s', got {tracing!r}"
+                ) from None
         self.metrics = metrics
         self.tracing = tracing
         self.static = check_static(static)

@@ -28,6 +28,7 @@ from meshflow.errors import ConfigError
 from meshflow.flow.deployment import Deployment
 from meshflow.flow.status import file_sd, snapshot, state_file, targets_file, write_state
 from meshflow.gateway.topology import Node, Topology, cluster_name
+from meshflow.observability.tracing import sampling_arg
 from meshflow.processes import (
     ManagedProcess,
     Supervisor,
@@ -320,8 +321,7 @@ class LocalRuntime:
         if self.flow.tracing:
             args.append("--tracing")
             if gateway:  # the gateway samples; every other process follows its decision
-                share = 1.0 if self.flow.tracing is True else float(self.flow.tracing)
-                args += ["--trace-sampling", str(share)]
+                args += ["--trace-sampling", sampling_arg(self.flow.tracing)]
         return args
 
     def _observability_env(self) -> dict[str, str]:

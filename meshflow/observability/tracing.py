@@ -15,19 +15,35 @@ Spans of one request, all in one trace (W3C ``traceparent`` between processes):
 - the executor's gRPC server span, and a child span for the endpoint method, where the
   executor's own spans (``self.tracer``) go.
 
+Which requests are traced is the gateway's decision (head sampling; every other process
+follows the ``traceparent`` it sends): ``"10/s"`` (:data:`DEFAULT_SAMPLING`, what
+``Flow(tracing=True)`` means) traces up to 10 new requests a second, so every request at low
+traffic and a bounded number under load, like Jaeger's rate-limiting sampler; ``0.1`` traces
+that share of requests; ``1.0`` every request.
+
 With tracing off nothing here is imported and no span object is ever made.
 """
 
 from __future__ import annotations
 
+import math
 import os
+import threading
+import time
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from opentelemetry.context import Context
     from opentelemetry.sdk.trace import TracerProvider
-    from opentelemetry.trace import Tracer
+    from opentelemetry.sdk.trace.sampling import Sampler, SamplingResult
+    from opentelemetry.trace import Link, SpanKind, Tracer
+    from opentelemetry.trace.span import TraceState
+    from opentelemetry.util.types import Attributes
 
 DEFAULT_ENDPOINT = "http://127.0.0.1:4317"
+DEFAULT_SAMPLING = "10/s"
+"""What ``Flow(tracing=True)`` samples: up to 10 new traces a second."""
 _ENDPOINT_VARS = ("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "OTEL_EXPORTER_OTLP_ENDPOINT")
 _provider: TracerProvider | None = None
 
@@ -48,10 +64,95 @@ def otlp_endpoint() -> str:
     return DEFAULT_ENDPOINT
 
 
+def parse_sampling(value: object) -> tuple[str, float]:
+    """A sampling setting as ``("share", 0.1)`` (a share of requests, in (0, 1]) or
+    ``("rate", 20.0)`` (``"20/s"``: up to 20 new traces a second); ValueError otherwise."""
+    problem = ValueError(
+        f"trace sampling must be a share of requests in (0, 1] or a rate such as '10/s', "
+        f"got {value!r}"
+    )
+    if isinstance(value, bool) or not isinstance(value, int | float | str):
+        raise problem
+    try:
+        if isinstance(value, str) and value.strip().endswith("/s"):
+            rate = float(value.strip()[:-2])
+            if rate > 0 and math.isfinite(rate):
+                return "rate", rate
+            raise problem
+        share = float(value)
+    except ValueError:
+        raise problem from None
+    if not 0 < share <= 1:
+        raise problem
+    return "share", share
+
+
+def sampling_arg(tracing: bool | float | str) -> str:
+    """The gateway's ``--trace-sampling`` for ``Flow(tracing=...)``."""
+    kind, value = parse_sampling(DEFAULT_SAMPLING if tracing is True else tracing)
+    return f"{value:g}/s" if kind == "rate" else f"{value:g}"
+
+
+def _sampler_class() -> Callable[[float, Callable[[], float]], Sampler]:
+    from opentelemetry.sdk.trace.sampling import Decision, Sampler, SamplingResult
+    from opentelemetry.trace import get_current_span
+
+    class RateLimitedSampler(Sampler):
+        """Up to ``per_second`` new traces a second: a token bucket that holds a second's
+        worth, so a burst after a quiet spell is traced too (Jaeger's ``ratelimiting``)."""
+
+        def __init__(self, per_second: float, clock: Callable[[], float] = time.monotonic):
+            self.per_second = per_second
+            self._clock = clock
+            self._tokens = max(per_second, 1.0)
+            self._last = clock()
+            self._lock = threading.Lock()
+
+        def should_sample(
+            self,
+            parent_context: Context | None,
+            trace_id: int,
+            name: str,
+            kind: SpanKind | None = None,
+            attributes: Attributes = None,
+            links: Sequence[Link] | None = None,
+            trace_state: TraceState | None = None,
+        ) -> SamplingResult:
+            with self._lock:
+                now = self._clock()
+                capacity = max(self.per_second, 1.0)
+                self._tokens = min(capacity, self._tokens + (now - self._last) * self.per_second)
+                self._last = now
+                sampled = self._tokens >= 1.0
+                if sampled:
+                    self._tokens -= 1.0
+            parent = get_current_span(parent_context).get_span_context()
+            return SamplingResult(
+                Decision.RECORD_AND_SAMPLE if sampled else Decision.DROP,
+                attributes if sampled else None,
+                parent.trace_state if parent.is_valid else None,
+            )
+
+        def get_description(self) -> str:
+            return f"RateLimitedSampler{{{self.per_second:g}/s}}"
+
+    return RateLimitedSampler
+
+
+def make_sampler(sampling: object, clock: Callable[[], float] = time.monotonic) -> Sampler:
+    """The gateway's sampler for a sampling setting (see :func:`parse_sampling`): new traces
+    by share or by rate; a request that comes with a ``traceparent`` follows its decision."""
+    from opentelemetry.sdk.trace.sampling import ParentBased, TraceIdRatioBased
+
+    kind, value = parse_sampling(sampling)
+    root = TraceIdRatioBased(value) if kind == "share" else _sampler_class()(value, clock)
+    return ParentBased(root)
+
+
 def setup_tracing(
     service: str,
     attributes: dict[str, Any] | None = None,
-    sampling: float | None = None,
+    sampling: float | str | None = None,
     *,
     instrument_servers: bool = True,
     follow_only: bool = False,
@@ -59,8 +160,8 @@ def setup_tracing(
     """Install the SDK's tracer provider with an OTLP/gRPC exporter, instrument grpc.aio
     servers made from now on, and return meshflow's tracer.
 
-    ``sampling``: the share of new traces recorded (parent-based: a request that comes with
-    a ``traceparent`` follows its decision); None leaves it to ``OTEL_TRACES_SAMPLER``.
+    ``sampling``: which new traces are recorded, a share (``0.1``) or a rate (``"10/s"``),
+    see :func:`make_sampler`; None leaves it to ``OTEL_TRACES_SAMPLER``.
     ``instrument_servers``: server spans from ``opentelemetry-instrumentation-grpc`` (the
     gateway's gRPC door); executors make theirs in the runtime, without an interceptor.
     ``follow_only``: never start a trace, only continue the caller's (executors: the gateway
@@ -78,18 +179,13 @@ def setup_tracing(
         resource = Resource.create({"service.name": service, **(attributes or {})})
         endpoint = otlp_endpoint()
         exporter = OTLPSpanExporter(endpoint=endpoint, insecure=endpoint.startswith("http://"))
-        from opentelemetry.sdk.trace.sampling import (
-            ALWAYS_OFF,
-            ParentBased,
-            Sampler,
-            TraceIdRatioBased,
-        )
+        from opentelemetry.sdk.trace.sampling import ALWAYS_OFF, ParentBased
 
         sampler: Sampler | None = None
         if follow_only:
             sampler = ParentBased(ALWAYS_OFF)
         elif sampling is not None:
-            sampler = ParentBased(TraceIdRatioBased(sampling))
+            sampler = make_sampler(sampling)
         provider = TracerProvider(resource=resource, sampler=sampler)
         provider.add_span_processor(BatchSpanProcessor(exporter))
         trace.set_tracer_provider(provider)

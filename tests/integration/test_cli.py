@@ -40,6 +40,8 @@ def meshflow(*args: str, timeout: float = 30) -> subprocess.CompletedProcess[str
         ["executor", "--uses", "executors:Append", "--port", "x"],
         ["executor", "--uses", "executors:Append", "--port", "1", "--uses-with", "[1]"],
         ["ping", "no-port-here"],
+        ["executor", "--uses", "executors:Append", "--port", "1", "--trace-sampling", "often"],
+        ["executor", "--uses", "executors:Append", "--port", "1", "--trace-sampling", "0/s"],
     ],
 )
 def test_bad_arguments_exit_2_with_one_line(args: list[str]) -> None:

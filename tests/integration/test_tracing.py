@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -262,3 +263,24 @@ def test_sidecars_export_their_spans_in_batches(traced: Flow) -> None:
         entries = json.loads(body)["entries"]
         assert entries["tracing.opentelemetry.min_flush_spans"]["final_value"] == "512"
         assert entries["tracing.opentelemetry.flush_interval_ms"]["final_value"] == "1000"
+
+
+def test_a_rate_limit_traces_a_bounded_share_of_a_burst(
+    tmp_path: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with otlp_receiver() as rx:
+        monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", rx.endpoint)
+        monkeypatch.setenv("OTEL_BSP_SCHEDULE_DELAY", "100")
+        flow = Flow(tracing="2/s", mesh="direct", workspace=str(tmp_path))
+        flow.add(uses="executors:Traced", name="first")
+        with flow:
+            started = time.monotonic()
+            bodies = [post(flow, "/") for _ in range(30)]
+            elapsed = time.monotonic() - started
+        assert all(b["data"]["post"]["docs"][0]["text"] == "x!" for b in bodies)
+        traced = {b["extensions"]["traceId"] for b in bodies if "extensions" in b}
+        # a second's worth at once, then 2 a second
+        assert 2 <= len(traced) <= 2 + 2 * elapsed + 1, (len(traced), elapsed)
+        # the processes flushed on the way out: the executor traced exactly those requests
+        executor_traces = {s.trace_id for s in rx.spans if s.name == "first /default"}
+        assert executor_traces == traced
