@@ -90,7 +90,8 @@ def parse_sampling(value: object) -> tuple[str, float]:
 def sampling_arg(tracing: bool | float | str) -> str:
     """The gateway's ``--trace-sampling`` for ``Flow(tracing=...)``."""
     kind, value = parse_sampling(DEFAULT_SAMPLING if tracing is True else tracing)
-    return f"{value:g}/s" if kind == "rate" else f"{value:g}"
+    text = format(value, ".15g")
+    return f"{text}/s" if kind == "rate" else text
 
 
 def _sampler_class() -> Callable[[float, Callable[[], float]], Sampler]:

@@ -100,3 +100,12 @@ def test_flow_tracing_values_and_what_the_gateway_is_told() -> None:
     for bad in (2, "often", "0/s"):
         with pytest.raises(ConfigError, match="tracing must be true, false, the share"):
             Flow(tracing=bad)
+
+
+def test_a_rate_in_flow_yaml(tmp_path: object) -> None:
+    path = f"{tmp_path}/flow.yml"
+    with open(path, "w", encoding="utf-8") as fh:
+        fh.write("jtype: Flow\nwith:\n  tracing: 50/s\nexecutors:\n  - uses: meshflow:Executor\n")
+    flow = Flow.load_config(path)
+    assert flow.tracing == "50/s" and sampling_arg(flow.tracing) == "50/s"
+    assert sampling_arg(0.123456789) == "0.123456789"
