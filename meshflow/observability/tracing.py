@@ -28,18 +28,14 @@ from __future__ import annotations
 
 import math
 import os
-import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from opentelemetry.context import Context
     from opentelemetry.sdk.trace import TracerProvider
-    from opentelemetry.sdk.trace.sampling import Sampler, SamplingResult
-    from opentelemetry.trace import Link, SpanKind, Tracer
-    from opentelemetry.trace.span import TraceState
-    from opentelemetry.util.types import Attributes
+    from opentelemetry.sdk.trace.sampling import Sampler
+    from opentelemetry.trace import Tracer
 
 DEFAULT_ENDPOINT = "http://127.0.0.1:4317"
 DEFAULT_SAMPLING = "10/s"
@@ -73,18 +69,16 @@ def parse_sampling(value: object) -> tuple[str, float]:
     )
     if isinstance(value, bool) or not isinstance(value, int | float | str):
         raise problem
+    text = str(value).strip()
+    kind, number = ("rate", text[:-2]) if text.endswith("/s") else ("share", text)
     try:
-        if isinstance(value, str) and value.strip().endswith("/s"):
-            rate = float(value.strip()[:-2])
-            if rate > 0 and math.isfinite(rate):
-                return "rate", rate
-            raise problem
-        share = float(value)
+        parsed = float(number)
     except ValueError:
         raise problem from None
-    if not 0 < share <= 1:
+    valid = parsed > 0 and math.isfinite(parsed) if kind == "rate" else 0 < parsed <= 1
+    if not valid:
         raise problem
-    return "share", share
+    return kind, parsed
 
 
 def sampling_arg(tracing: bool | float | str) -> str:
@@ -94,59 +88,15 @@ def sampling_arg(tracing: bool | float | str) -> str:
     return f"{text}/s" if kind == "rate" else text
 
 
-def _sampler_class() -> Callable[[float, Callable[[], float]], Sampler]:
-    from opentelemetry.sdk.trace.sampling import Decision, Sampler, SamplingResult
-    from opentelemetry.trace import get_current_span
-
-    class RateLimitedSampler(Sampler):
-        """Up to ``per_second`` new traces a second: a token bucket that holds a second's
-        worth, so a burst after a quiet spell is traced too (Jaeger's ``ratelimiting``)."""
-
-        def __init__(self, per_second: float, clock: Callable[[], float] = time.monotonic):
-            self.per_second = per_second
-            self._clock = clock
-            self._tokens = max(per_second, 1.0)
-            self._last = clock()
-            self._lock = threading.Lock()
-
-        def should_sample(
-            self,
-            parent_context: Context | None,
-            trace_id: int,
-            name: str,
-            kind: SpanKind | None = None,
-            attributes: Attributes = None,
-            links: Sequence[Link] | None = None,
-            trace_state: TraceState | None = None,
-        ) -> SamplingResult:
-            with self._lock:
-                now = self._clock()
-                capacity = max(self.per_second, 1.0)
-                self._tokens = min(capacity, self._tokens + (now - self._last) * self.per_second)
-                self._last = now
-                sampled = self._tokens >= 1.0
-                if sampled:
-                    self._tokens -= 1.0
-            parent = get_current_span(parent_context).get_span_context()
-            return SamplingResult(
-                Decision.RECORD_AND_SAMPLE if sampled else Decision.DROP,
-                attributes if sampled else None,
-                parent.trace_state if parent.is_valid else None,
-            )
-
-        def get_description(self) -> str:
-            return f"RateLimitedSampler{{{self.per_second:g}/s}}"
-
-    return RateLimitedSampler
-
-
 def make_sampler(sampling: object, clock: Callable[[], float] = time.monotonic) -> Sampler:
     """The gateway's sampler for a sampling setting (see :func:`parse_sampling`): new traces
     by share or by rate; a request that comes with a ``traceparent`` follows its decision."""
     from opentelemetry.sdk.trace.sampling import ParentBased, TraceIdRatioBased
 
+    from meshflow.observability.sampling import RateLimitedSampler
+
     kind, value = parse_sampling(sampling)
-    root = TraceIdRatioBased(value) if kind == "share" else _sampler_class()(value, clock)
+    root = TraceIdRatioBased(value) if kind == "share" else RateLimitedSampler(value, clock)
     return ParentBased(root)
 
 
