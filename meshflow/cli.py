@@ -70,6 +70,9 @@ def _parser() -> argparse.ArgumentParser:
     gw.add_argument("--graphql-limits", default="{}", help="GraphQLLimits fields as JSON")
     gw.add_argument("--auth", help="JWTAuth options as JSON (secrets stay in env/files)")
     gw.add_argument("--static", help="URL prefix -> folder of static files, as JSON")
+    gw.add_argument(
+        "--cors", action="append", default=[], help="an origin whose pages may call the door"
+    )
     _observability_args(gw)
     gw.add_argument("--ready-file", help=argparse.SUPPRESS)
 
@@ -509,6 +512,7 @@ def _gateway(args: argparse.Namespace) -> int:
             limits=GraphQLLimits(**json.loads(args.graphql_limits)),
             auth=JWTAuth.from_dict(json.loads(args.auth)) if args.auth else None,
             static=json.loads(args.static) if args.static else None,
+            cors=tuple(args.cors),
             metrics=None if args.metrics_port is None else (args.metrics_host, args.metrics_port),
             tracing=tracing,
         )

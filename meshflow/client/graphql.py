@@ -31,6 +31,7 @@ from meshflow.errors import (
     UnauthenticatedError,
     UnavailableError,
 )
+from meshflow.types import DEFAULT_MAX_BATCHES, DEFAULT_MAX_DOCS
 
 _ARRAY = "{ data shape dtype }"
 _DOC = f"id parentId text blob uri mimeType tags scores tensor {_ARRAY} embedding {_ARRAY}"
@@ -128,6 +129,23 @@ def raise_errors(errors: Sequence[dict[str, Any]]) -> None:
     raise kind(f"{message} ({code or 'no code'})")
 
 
+def subscriptions(
+    batches: list[list[Document]],
+    max_docs: int = DEFAULT_MAX_DOCS,
+    max_batches: int = DEFAULT_MAX_BATCHES,
+) -> Iterator[tuple[int, list[list[Document]]]]:
+    """(index of the first batch, batches) per ``stream`` subscription: the gateway takes at
+    most ``max_docs`` documents and ``max_batches`` batches in one operation (its defaults)."""
+    start, docs = 0, 0
+    for i, batch in enumerate(batches):
+        if i > start and (docs + len(batch) > max_docs or i - start >= max_batches):
+            yield start, batches[start:i]
+            start, docs = i, 0
+        docs += len(batch)
+    if start < len(batches):
+        yield start, batches[start:]
+
+
 class GraphQLSession:
     """The blocking GraphQL side of :class:`~meshflow.Client`."""
 
@@ -182,11 +200,12 @@ class GraphQLSession:
             if body.get("errors"):
                 raise_errors(body["errors"])
             return [response(body["data"]["post"])]
-        variables["batches"] = [[doc_input(d) for d in batch] for batch in batches]
         variables["inFlight"] = self.max_in_flight
         ordered: list[Response | None] = [None] * len(batches)
-        for raw in self._subscribe(STREAM, variables, timeout or self.timeout):
-            ordered[raw["batch"]] = response(raw)
+        for start, group in subscriptions(batches):
+            variables["batches"] = [[doc_input(d) for d in batch] for batch in group]
+            for raw in self._subscribe(STREAM, variables, timeout or self.timeout):
+                ordered[start + raw["batch"]] = response(raw)
         return [r for r in ordered if r is not None]
 
     def _subscribe(

@@ -72,6 +72,8 @@ def gateway_command(flow: Any, nodes: list[Node]) -> list[str]:
     if flow.graphql:
         limits = json.dumps(dataclasses.asdict(flow.graphql_limits), sort_keys=True)
         command += ["--graphql-port", str(HTTP_PORT), "--graphql-limits", limits]
+        for origin in flow.cors:
+            command += ["--cors", origin]
     if flow.auth is not None:
         command += ["--auth", auth_json(flow)]
     if flow.metrics:

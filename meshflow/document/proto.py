@@ -48,6 +48,10 @@ DocumentProtos = RepeatedCompositeFieldContainer[document_pb2.Document]
 _DTYPES: dict[str, np.dtype[Any]] = {}
 _MAX_CACHED_DTYPES = 256  # dtype strings come from the network: bound the cache
 
+MAX_NESTING = 32
+"""How deep JSON-like values (tags, parameters, results) may nest: every level is two
+protobuf messages, and protobuf refuses to parse messages nested more than 100 deep."""
+
 
 def document_to_proto(doc: Document, pb: document_pb2.Document) -> None:
     """Write ``doc`` into the (empty) message ``pb``, matches and chunks included.
@@ -187,7 +191,9 @@ def _dtype(name: str) -> np.dtype[Any]:
     dtype = _DTYPES.get(name)
     if dtype is None:
         dtype = np.dtype(name)
-        if dtype.hasobject or dtype.fields is not None:
+        # Object, structured and sub-array dtypes ("(4000,4000)f8": one element of 128 MB)
+        # are not arrays of numbers, bytes or strings.
+        if dtype.hasobject or dtype.fields is not None or dtype.subdtype is not None:
             raise ValueError(f"dtype {name!r} is not supported")
         if len(_DTYPES) < _MAX_CACHED_DTYPES:
             _DTYPES[name] = dtype
@@ -205,6 +211,7 @@ def dict_to_struct(mapping: Mapping[str, Any]) -> struct_pb2.Struct:
 
     Raises:
         TypeError: a key is not a str, or a value is not JSON-like.
+        ValueError: dicts and lists nest more than :data:`MAX_NESTING` levels.
 
     Example::
 
@@ -220,7 +227,13 @@ def struct_to_dict(struct: struct_pb2.Struct) -> dict[str, Any]:
     return _struct_from_proto(struct)
 
 
-def _struct_to_proto(mapping: Mapping[str, Any], pb: struct_pb2.Struct, path: str) -> None:
+def _struct_to_proto(
+    mapping: Mapping[str, Any], pb: struct_pb2.Struct, path: str, depth: int = 0
+) -> None:
+    if depth >= MAX_NESTING:
+        raise ValueError(
+            f"{path or 'the mapping'} nests dicts and lists more than {MAX_NESTING} levels deep"
+        )
     fields = pb.fields
     for key, value in mapping.items():
         if not isinstance(key, str):
@@ -228,10 +241,10 @@ def _struct_to_proto(mapping: Mapping[str, Any], pb: struct_pb2.Struct, path: st
                 f"cannot store key {key!r} ({type(key).__name__}) in {path or 'the mapping'}: "
                 f"keys must be str"
             )
-        _value_to_proto(value, fields[key], f"{path}[{key!r}]")
+        _value_to_proto(value, fields[key], f"{path}[{key!r}]", depth)
 
 
-def _value_to_proto(value: Any, pb: struct_pb2.Value, path: str) -> None:
+def _value_to_proto(value: Any, pb: struct_pb2.Value, path: str, depth: int) -> None:
     # bool before int/float: bool is a subclass of int.
     if isinstance(value, str):
         pb.string_value = value
@@ -243,12 +256,14 @@ def _value_to_proto(value: Any, pb: struct_pb2.Value, path: str) -> None:
         pb.null_value = struct_pb2.NULL_VALUE
     elif isinstance(value, Mapping):
         pb.struct_value.SetInParent()  # so that an empty dict is kept
-        _struct_to_proto(value, pb.struct_value, path)
+        _struct_to_proto(value, pb.struct_value, path, depth + 1)
     elif isinstance(value, list | tuple):
+        if depth + 1 >= MAX_NESTING:
+            raise ValueError(f"{path} nests dicts and lists more than {MAX_NESTING} levels deep")
         values = pb.list_value.values
         pb.list_value.SetInParent()  # so that an empty list is kept
         for i, item in enumerate(value):
-            _value_to_proto(item, values.add(), f"{path}[{i}]")
+            _value_to_proto(item, values.add(), f"{path}[{i}]", depth + 1)
     else:
         raise TypeError(
             f"cannot store {type(value).__name__} at {path}: tags hold JSON-like values only "

@@ -107,7 +107,10 @@ class ExecutorRuntime:
             return data
         request = data_request_pb2.DataRequest.FromString(data)
         started = time.perf_counter()
-        docs = documents_from_proto(request.docs)
+        try:
+            docs = documents_from_proto(request.docs)
+        except ValueError as exc:  # an array whose bytes, dtype and shape disagree
+            raise BadRequestError(f"executor {self.name!r}: {exc}") from None
         parameters: Any = for_executor(struct_to_dict(request.parameters), self.name)
         if spec.params is not None:
             try:
@@ -281,6 +284,9 @@ def _handlers(runtime: ExecutorRuntime) -> grpc.GenericRpcHandler:
             return await runtime.process(data)
         except DecodeError:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "malformed DataRequest")
+            raise  # unreachable: abort raises
+        except BadRequestError as exc:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
             raise  # unreachable: abort raises
 
     async def endpoints(data: bytes, context: grpc.aio.ServicerContext[Any, Any]) -> bytes:

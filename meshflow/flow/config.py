@@ -18,6 +18,7 @@ the file, line and key.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import re
 from collections.abc import Mapping
@@ -27,6 +28,7 @@ import yaml
 
 from meshflow.errors import ConfigError
 from meshflow.gateway.auth import SECRET_KEYS, JWTAuth
+from meshflow.gateway.limits import GraphQLLimits
 
 if TYPE_CHECKING:
     from meshflow.flow.flow import Flow
@@ -51,6 +53,7 @@ WITH_KEYS = {
     "tracing",
     "log_format",
     "static",
+    "cors",
 }
 EXECUTOR_KEYS = {
     "name",
@@ -260,6 +263,14 @@ def save_flow(flow: Flow, path: str) -> None:
         }
     if flow.static:
         options["static"] = dict(flow.static)
+    if flow.cors:
+        options["cors"] = list(flow.cors)
+    if flow.graphql_limits != GraphQLLimits():
+        options["graphql_limits"] = {
+            k: v
+            for k, v in dataclasses.asdict(flow.graphql_limits).items()
+            if v != getattr(GraphQLLimits(), k)
+        }
     data: dict[str, Any] = {"jtype": "Flow", "name": flow.name}
     if options:
         data["with"] = options

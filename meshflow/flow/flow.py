@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
+import re
 import signal
 import socket
 import threading
@@ -69,7 +70,11 @@ class Flow(Posting):
             requests (``1.0``: every request). Setting the variable also turns tracing on.
         log_format: ``'text'`` or ``'json'`` (one JSON object per line) for every process.
         static: static files the gateway's HTTP door serves, URL prefix -> folder, e.g.
-            ``{'/ui': 'web'}`` (a web page for the GraphQL API). Served without a token.
+            ``{'/ui': 'web'}`` (a web page for the GraphQL API). Served without a token;
+            dotfiles and hidden folders are never served.
+        cors: origins (``'https://shop.example'``) whose web pages may call the HTTP door
+            and open its WebSocket; none by default (same-origin pages and non-browser
+            clients always may).
         log_dir: keep the processes' logs there (default: a temporary folder, removed on exit).
     """
 
@@ -94,6 +99,7 @@ class Flow(Posting):
         tracing: bool | float | str = False,
         log_format: str = "text",
         static: Mapping[str, str] | None = None,
+        cors: Sequence[str] = (),
     ) -> None:
         for label, value in (("port", port), ("graphql_port", graphql_port)):
             if value is not None and (
@@ -146,6 +152,7 @@ class Flow(Posting):
         self.metrics = metrics
         self.tracing = tracing
         self.static = check_static(static)
+        self.cors = check_cors(cors)
         self.log_format = log_format
         self._token: str | None = None
         self.graphql = graphql
@@ -442,6 +449,24 @@ def _check_port_free(host: str, port: int) -> None:
 
 
 RESERVED_PATHS = ("/graphql", "/post", "/health", "/metrics")
+
+
+def check_cors(cors: Sequence[str]) -> tuple[str, ...]:
+    """``cors`` checked: origins as browsers send them (scheme://host[:port]), or ``'*'``."""
+    if isinstance(cors, str) or not isinstance(cors, Sequence):
+        raise ConfigError(f"cors must be a list of origins, got {cors!r}")
+    for origin in cors:
+        if origin == "*":
+            continue
+        if not isinstance(origin, str) or not _ORIGIN.match(origin):
+            raise ConfigError(
+                f"cors: {origin!r} is not an origin such as 'https://shop.example' or "
+                "'http://localhost:3000' (scheme, host and port only, no path)"
+            )
+    return tuple(cors)
+
+
+_ORIGIN = re.compile(r"^https?://[A-Za-z0-9.\-\[\]:]+$")
 
 
 def check_static(static: Mapping[str, str] | None) -> dict[str, str]:

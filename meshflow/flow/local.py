@@ -388,6 +388,8 @@ class LocalRuntime:
                 "--graphql-limits",
                 json.dumps(dataclasses.asdict(self.flow.graphql_limits)),
             ]
+            for origin in self.flow.cors:
+                args += ["--cors", origin]
         if self.flow.auth is not None:
             args += ["--auth", self.flow.auth.to_json()]
         if self.flow.static:

@@ -61,13 +61,18 @@ def _floats(value: Any) -> Any:
     return value
 
 
-Floats = strawberry.scalar(
-    NewType("Floats", object),
-    description="A list of floats, serialized as one JSON array (not value by value: an "
-    "embedding is thousands of numbers).",
-    serialize=lambda value: value,
-    parse_value=_floats,
-)
+Floats = NewType("Floats", object)
+
+SCALARS: dict[object, Any] = {
+    Floats: strawberry.scalar(
+        name="Floats",
+        description="A list of floats, serialized as one JSON array (not value by value: an "
+        "embedding is thousands of numbers).",
+        serialize=lambda value: value,
+        parse_value=_floats,
+    )
+}
+"""Custom scalars, for the schema's ``StrawberryConfig(scalar_map=...)``."""
 
 
 @strawberry.type(name="NdArray", description="An array: its shape, dtype and values.")
@@ -83,14 +88,14 @@ class NdArrayType:
         return self._pb.dtype
 
     @strawberry.field(description="All values in C order, as floats.")
-    def data(self) -> Floats:  # type: ignore[valid-type]
+    def data(self) -> Floats:
         values: list[float] = (
             np.frombuffer(self._pb.buffer, dtype=np.dtype(self._pb.dtype))
             .astype(np.float64)
             .ravel()
             .tolist()
         )
-        return values
+        return Floats(values)
 
 
 @strawberry.type(name="Document")
@@ -242,14 +247,36 @@ def _require(info: Info[Any, Any], scope: str | None, what: str) -> None:
         raise request_error(exc) from None
 
 
+_INPUT_KINDS = "biuf"  # bool, signed and unsigned integers, floats
+
+
 def _array(value: NdArrayInput, where: str) -> np.ndarray[Any, Any]:
+    """The numpy array of an input; its dtype must be a plain number type and its shape
+    must hold exactly the values given, so an input never allocates more than it sends."""
     try:
-        array = np.asarray(value.data, dtype=np.dtype(value.dtype))
-        if value.shape is not None:
-            array = array.reshape(value.shape)
-    except (TypeError, ValueError) as exc:
+        dtype = np.dtype(value.dtype)
+    except (TypeError, ValueError):
+        dtype = None
+    if dtype is None or dtype.kind not in _INPUT_KINDS or dtype.subdtype is not None:
+        raise graphql_error(
+            f"{where}.dtype {value.dtype!r} is not a number type: use e.g. 'float32', "
+            "'float64', 'int64', 'uint8' or 'bool'",
+            "BAD_USER_INPUT",
+        )
+    if value.shape is not None:
+        size = 1
+        for dim in value.shape:
+            size *= dim
+        if any(dim < 0 for dim in value.shape) or size != len(value.data):
+            raise graphql_error(
+                f"{where}.shape {value.shape} does not hold the {len(value.data)} values given",
+                "BAD_USER_INPUT",
+            )
+    try:
+        array = np.asarray(value.data, dtype=dtype)
+    except (TypeError, ValueError, OverflowError) as exc:
         raise graphql_error(f"{where}: {exc}", "BAD_USER_INPUT") from None
-    return array
+    return array if value.shape is None else array.reshape(value.shape)
 
 
 def build_request(
@@ -296,7 +323,7 @@ def build_request(
                     target.shape.extend(array.shape)
     except binascii.Error:
         raise graphql_error("a document's blob is not valid base64", "BAD_USER_INPUT") from None
-    except TypeError as exc:
+    except (TypeError, ValueError) as exc:
         raise graphql_error(
             f"parameters or tags are not JSON-like: {exc}", "BAD_USER_INPUT"
         ) from None
@@ -351,12 +378,20 @@ async def run_post(
     identity: Identity | None = None,
     door: str = "",
 ) -> ResponseType:
-    """Run one ``post`` through the Flow; failures become GraphQL errors with a code."""
+    """Run one ``post`` through the Flow; failures become GraphQL errors with a code.
+
+    The caller's scope for ``on`` is checked before the request is built: a refused caller
+    costs no conversion of its documents.
+    """
     if len(docs) > max_docs:
         raise graphql_error(
             f"{len(docs)} documents in one request; the gateway accepts at most {max_docs}",
             "TOO_MANY_DOCUMENTS",
         )
+    try:
+        gateway.authorize(identity, on, door)
+    except RequestError as exc:
+        raise request_error(exc) from None
     data = build_request(on, docs, parameters, target_executor, fields)
     deadline = None if timeout is None else time.monotonic() + timeout
     try:

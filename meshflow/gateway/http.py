@@ -16,7 +16,9 @@ refused token and 4403 for a missing scope. ``/``, ``/health`` need none.
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
+import os
 import socket
 import time
 from collections.abc import Mapping
@@ -24,23 +26,19 @@ from typing import Any
 
 import strawberry
 import uvicorn
+from cross_web import HTTPException  # what Strawberry's views raise for a bad request
 from graphql import GraphQLError
 from prometheus_client import CONTENT_TYPE_LATEST
 from starlette.applications import Starlette
+from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.routing import Mount, Route, WebSocketRoute
 from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from strawberry.asgi import GraphQL
-from strawberry.extensions import (
-    MaxAliasesLimiter,
-    MaxTokensLimiter,
-    ParserCache,
-    QueryDepthLimiter,
-    ValidationCache,
-)
 from strawberry.http import GraphQLHTTPResponse
+from strawberry.schema.config import StrawberryConfig
 from strawberry.subscriptions import GRAPHQL_TRANSPORT_WS_PROTOCOL
 from strawberry.subscriptions.protocols.graphql_transport_ws.handlers import (
     BaseGraphQLTransportWSHandler,
@@ -55,6 +53,7 @@ from strawberry.types import ExecutionResult
 
 from meshflow.errors import ForbiddenError, UnauthenticatedError
 from meshflow.gateway.graphql import (
+    SCALARS,
     DocumentInput,
     Mutation,
     NdArrayInput,
@@ -64,24 +63,16 @@ from meshflow.gateway.graphql import (
     query_type,
     run_post,
 )
+from meshflow.gateway.guards import QueryGuard
 from meshflow.gateway.limits import GraphQLLimits
 from meshflow.gateway.server import Gateway
 from meshflow.observability.tracing import current_trace_id
 
-_CODES = (  # first match wins: the token limit is reported as a syntax error
-    ("exceeds maximum operation depth", "DEPTH_LIMIT_EXCEEDED"),
-    ("aliases found", "ALIAS_LIMIT_EXCEEDED"),
-    ("tokens. Parsing aborted", "TOKEN_LIMIT_EXCEEDED"),
-    ("Syntax Error", "GRAPHQL_PARSE_FAILED"),
-)
 
-
-def error_code(message: str, has_path: bool) -> str:
-    """The ``extensions.code`` of an error that came without one (parse, validation)."""
-    code = next((c for text, c in _CODES if text in message), None)
-    if code is None:
-        code = "INTERNAL_SERVER_ERROR" if has_path else "GRAPHQL_VALIDATION_FAILED"
-    return code
+def error_code(has_path: bool) -> str:
+    """The ``extensions.code`` of an error that came without one: the guards code every
+    refusal before execution, so what is left failed in a resolver or in validation."""
+    return "INTERNAL_SERVER_ERROR" if has_path else "GRAPHQL_VALIDATION_FAILED"
 
 
 class _Schema(strawberry.Schema):
@@ -149,17 +140,16 @@ class TraceRequests:
 
 
 def make_schema(limits: GraphQLLimits, query: type = Query) -> strawberry.Schema:
-    # One instance of each limiter for the schema's life (as Strawberry documents): the
-    # validation rules then stay the same, so each distinct query is parsed and validated
-    # once and served from the caches afterwards.
-    extensions: list[Any] = [
-        ParserCache(maxsize=512),
-        ValidationCache(maxsize=512),
-        QueryDepthLimiter(max_depth=limits.max_depth),
-        MaxAliasesLimiter(max_alias_count=limits.max_aliases),
-        MaxTokensLimiter(max_token_count=limits.max_tokens),
-    ]
-    return _Schema(query=query, mutation=Mutation, subscription=Subscription, extensions=extensions)
+    # The guard parses, measures and validates each distinct query once (cached), before
+    # any resolver runs.
+    extensions: list[Any] = [functools.partial(QueryGuard, limits=limits)]
+    return _Schema(
+        query=query,
+        mutation=Mutation,
+        subscription=Subscription,
+        extensions=extensions,
+        config=StrawberryConfig(scalar_map=SCALARS),
+    )
 
 
 _WS_CLOSE = {"UNAUTHENTICATED": (4401, "Unauthorized"), "FORBIDDEN": (4403, "Forbidden")}
@@ -225,10 +215,21 @@ def _reason(prefix: str, exc: Exception) -> str:
 class _GraphQLApp(GraphQL[dict[str, Any], None]):
     graphql_transport_ws_handler_class = _TransportWS
 
-    def __init__(self, schema: strawberry.Schema, gateway: Gateway, limits: GraphQLLimits) -> None:
+    def __init__(
+        self,
+        schema: strawberry.Schema,
+        gateway: Gateway,
+        limits: GraphQLLimits,
+        allowed_origins: tuple[str, ...] = (),
+    ) -> None:
         # graphql-transport-ws only: the legacy graphql-ws protocol has no auth step.
+        # A browser page on another origin may open a WebSocket only when CORS allows it.
         super().__init__(
-            schema, graphql_ide=None, subscription_protocols=(GRAPHQL_TRANSPORT_WS_PROTOCOL,)
+            schema,
+            graphql_ide=None,
+            subscription_protocols=(GRAPHQL_TRANSPORT_WS_PROTOCOL,),
+            allowed_origins=allowed_origins,
+            max_subscriptions_per_connection=16,
         )
         self.gateway = gateway
         self.limits = limits
@@ -254,6 +255,33 @@ class _GraphQLApp(GraphQL[dict[str, Any], None]):
                 self.schema = make_schema(self.limits, query_type(found))
             self.discovered = True
 
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await super().__call__(scope, receive, send)
+            return
+        try:
+            response = await self.run(Request(scope=scope, receive=receive))
+        except HTTPException as exc:  # Strawberry's refusals, as coded JSON errors
+            code = _HTTP_CODES.get(exc.status_code, "BAD_REQUEST")
+            response = _error(exc.status_code, exc.reason, code)
+        await response(scope, receive, send)
+
+    def parse_json(self, data: str | bytes) -> Any:
+        """An HTTP body or the ``variables`` of a GET: a JSON object, or a 400."""
+        try:
+            value = self.decode_json(data)
+        except json.JSONDecodeError as exc:
+            raise HTTPException(400, f"the body is not valid JSON: {exc.msg}") from None
+        if not isinstance(value, dict):
+            raise HTTPException(
+                400, 'the body must be a JSON object with "query" and optionally "variables"'
+            )
+        return value
+
+    def decode_json(self, data: str | bytes) -> object:
+        """JSON from the network: UTF-8 only, nesting bounded (WebSocket messages too)."""
+        return decode_json(data)
+
     async def get_context(self, request: Any, response: Any) -> dict[str, Any]:
         if not self.discovered:
             await self.discover()
@@ -270,12 +298,32 @@ class _GraphQLApp(GraphQL[dict[str, Any], None]):
         """Every error gets an ``extensions.code`` (parse and validation errors have none)."""
         for error in result.errors or ():
             if not (error.extensions and "code" in error.extensions):
-                code = error_code(error.message, bool(error.path))
+                code = error_code(bool(error.path))
                 error.extensions = {**(error.extensions or {}), "code": code}
         response = await super().process_result(request, result)
         if self.gateway.tracing:
             _close_span(result, response)
         return response
+
+
+_HTTP_CODES = {404: "NOT_FOUND", 405: "METHOD_NOT_ALLOWED", 413: "REQUEST_TOO_LARGE"}
+
+
+def decode_json(data: str | bytes) -> Any:
+    """Parse JSON that came from the network.
+
+    Raises:
+        json.JSONDecodeError: not UTF-8, not JSON, or nested past what the parser takes.
+    """
+    if isinstance(data, bytes):
+        try:
+            data = data.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise json.JSONDecodeError(f"not UTF-8 ({exc.reason})", "", exc.start) from None
+    try:
+        return json.loads(data)
+    except RecursionError:
+        raise json.JSONDecodeError("nested too deeply", "", 0) from None
 
 
 class AuthGate:
@@ -318,38 +366,42 @@ def forbidden(exc: ForbiddenError) -> Response:
 
 
 class BodyLimit:
-    """Refuses request bodies larger than ``limit`` bytes with 413 before reading them."""
+    """Reads a request's body, up to ``limit`` bytes, before the app runs: a larger body
+    (declared or sent chunked) is answered with 413 and never reaches the app."""
 
     def __init__(self, app: ASGIApp, limit: int) -> None:
         self.app = app
         self.limit = limit
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
+        if scope["type"] != "http" or scope["method"] in ("GET", "HEAD", "OPTIONS"):
             await self.app(scope, receive, send)
             return
-        declared = dict(scope.get("headers", [])).get(b"content-length")
-        if declared is not None and declared.isdigit() and int(declared) > self.limit:
+        declared = _header(scope, b"content-length")
+        if declared is not None and (not declared.isdigit() or int(declared) > self.limit):
             await _too_large(self.limit)(scope, receive, send)
             return
-        seen = 0
-
-        async def limited() -> Message:
-            nonlocal seen
+        chunks: list[bytes] = []
+        size = 0
+        while True:
             message = await receive()
-            seen += len(message.get("body", b""))
-            if seen > self.limit:
-                raise _TooLarge
-            return message
+            if message["type"] == "http.disconnect":
+                return
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > self.limit:
+                await _too_large(self.limit)(scope, receive, send)
+                return
+            chunks.append(chunk)
+            if not message.get("more_body", False):
+                break
+        body = [{"type": "http.request", "body": b"".join(chunks), "more_body": False}]
+        del chunks
 
-        try:
-            await self.app(scope, limited, send)
-        except _TooLarge:
-            await _too_large(self.limit)(scope, receive, send)
+        async def replay() -> Message:
+            return body.pop() if body else await receive()
 
-
-class _TooLarge(Exception):
-    pass
+        await self.app(scope, replay, send)
 
 
 def _too_large(limit: int) -> Response:
@@ -432,16 +484,27 @@ def _doc_json(doc: Any) -> dict[str, Any]:
 
 
 def make_app(
-    gateway: Gateway, limits: GraphQLLimits, static: Mapping[str, str] | None = None
+    gateway: Gateway,
+    limits: GraphQLLimits,
+    static: Mapping[str, str] | None = None,
+    cors: tuple[str, ...] = (),
 ) -> ASGIApp:
-    """The ASGI app of the HTTP door; ``static`` mounts folders of files (no token needed)."""
-    graphql_app = _GraphQLApp(make_schema(limits), gateway, limits)
+    """The ASGI app of the HTTP door; ``static`` mounts folders of files (no token needed,
+    no dotfiles); ``cors`` lists the origins whose pages may call it (none by default)."""
+    graphql_app = _GraphQLApp(make_schema(limits), gateway, limits, allowed_origins=cors)
 
     async def post(request: Request) -> Response:
+        # JSON only: a cross-site page can send text/plain or a form without asking (no
+        # CORS preflight), never application/json.
+        media_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+        if media_type != "application/json":
+            return _error(
+                415, "POST /post takes application/json bodies only", "UNSUPPORTED_MEDIA_TYPE"
+            )
         try:
-            body = json.loads(await request.body())
-        except ValueError as exc:
-            return _error(400, f"the body is not valid JSON: {exc}", "BAD_REQUEST")
+            body = decode_json(await request.body())
+        except json.JSONDecodeError as exc:
+            return _error(400, f"the body is not valid JSON: {exc.msg}", "BAD_REQUEST")
         if not isinstance(body, dict) or not isinstance(body.get("on"), str):
             return _error(
                 400,
@@ -449,10 +512,24 @@ def make_app(
                 '"parameters", "targetExecutor" and "fields"',
                 "BAD_REQUEST",
             )
+        identity = request.scope.get("state", {}).get("meshflow_identity")
+        try:
+            gateway.authorize(identity, body["on"], "http")
+        except ForbiddenError as exc:
+            return forbidden(exc)
+        except UnauthenticatedError as exc:
+            return unauthorized(exc)
         docs = body.get("docs") or []
         fields = body.get("fields") or []
         if not isinstance(docs, list) or not isinstance(fields, list):
             return _error(400, '"docs" and "fields" must be lists', "BAD_REQUEST")
+        if len(docs) > limits.max_docs:
+            return _error(
+                413,
+                f"{len(docs)} documents in one request; the gateway accepts at most "
+                f"{limits.max_docs}",
+                "TOO_MANY_DOCUMENTS",
+            )
         try:
             inputs = [_doc_input(d, i) for i, d in enumerate(docs)]
         except ValueError as exc:
@@ -460,7 +537,7 @@ def make_app(
         try:
             answer = await run_post(
                 gateway,
-                identity=request.scope.get("state", {}).get("meshflow_identity"),
+                identity=identity,
                 door="http",
                 on=body["on"],
                 docs=inputs,
@@ -508,26 +585,60 @@ def make_app(
             Route("/graphql", graphql_app, methods=["GET", "POST"]),
             WebSocketRoute("/graphql", graphql_app),
             *(
-                Mount(prefix, StaticFiles(directory=folder, html=True))
+                Mount(prefix, _NoDotfiles(directory=folder, html=True))
                 for prefix, folder in (static or {}).items()
             ),
         ]
     )
-    gated: ASGIApp = app
+    # The body is read (up to its limit) only after the token is checked.
+    outer: ASGIApp = BodyLimit(app, limits.max_body_bytes)
     if gateway.auth is not None:
-        gated = AuthGate(app, gateway, ("/graphql", "/post"))
-    limited: ASGIApp = BodyLimit(gated, limits.max_body_bytes)
-    return TraceRequests(limited) if gateway.tracing else limited
+        outer = AuthGate(outer, gateway, ("/graphql", "/post"))
+    if cors:
+        outer = CORSMiddleware(
+            outer,
+            allow_origins=list(cors),
+            allow_methods=["GET", "POST"],
+            allow_headers=["authorization", "content-type"],
+            max_age=600,
+        )
+    return TraceRequests(outer) if gateway.tracing else outer
+
+
+class _NoDotfiles(StaticFiles):
+    """Static files, without dotfiles or hidden folders (``.env``, ``.git/config``)."""
+
+    def lookup_path(self, path: str) -> tuple[str, os.stat_result | None]:
+        parts = path.replace("\\", "/").split("/")
+        if any(part.startswith(".") and part != "." for part in parts):
+            return "", None
+        return super().lookup_path(path)
 
 
 class HttpDoor:
-    """uvicorn serving :func:`make_app` on an already bound socket, in the running loop."""
+    """uvicorn serving :func:`make_app` on an already bound socket, in the running loop.
 
-    def __init__(self, app: ASGIApp, host: str, port: int) -> None:
+    Request heads (request line and headers) larger than ``max_header_bytes`` are refused
+    with 431 before the app sees them; WebSocket messages are bounded by
+    ``max_message_bytes`` as HTTP bodies are.
+    """
+
+    def __init__(
+        self,
+        app: ASGIApp,
+        host: str,
+        port: int,
+        *,
+        max_header_bytes: int,
+        max_message_bytes: int,
+    ) -> None:
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
         # IPPROTO_TCP, not 0: asyncio sets TCP_NODELAY on accepted connections only for
         # listening sockets made so; without it each answer waits ~40 ms for a delayed ACK.
         self.sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
+        # A restarted gateway binds its port again at once, even while connections of the
+        # previous process linger in TIME_WAIT (as every server does).
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             self.sock.bind((host, port))
         except OSError as exc:
@@ -536,7 +647,15 @@ class HttpDoor:
                 f"the GraphQL door cannot listen on {host}:{port}: {exc.strerror}"
             ) from None
         self.port: int = self.sock.getsockname()[1]
-        self.config = uvicorn.Config(app, log_level="warning", lifespan="off", access_log=False)
+        self.config = uvicorn.Config(
+            app,
+            log_level="warning",
+            lifespan="off",
+            access_log=False,
+            http=bounded_http_protocol(max_header_bytes),
+            h11_max_incomplete_event_size=max_header_bytes,
+            ws_max_size=max_message_bytes,
+        )
         self.server = uvicorn.Server(self.config)
         self._ticks: asyncio.Task[None] | None = None
 
@@ -555,6 +674,52 @@ class HttpDoor:
             await self._ticks
         await self.server.shutdown(sockets=[self.sock])
         self.sock.close()
+
+
+def bounded_http_protocol(limit: int) -> type[asyncio.Protocol] | str:
+    """uvicorn's fast HTTP protocol (httptools) with a bound on request heads.
+
+    httptools buffers a header until it is complete, so the bound is kept on the bytes
+    received while a request's head is being read: past ``limit`` the connection gets a 431
+    and is closed. Without httptools, uvicorn's h11 protocol bounds heads itself.
+    """
+    try:
+        from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+    except ImportError:  # pragma: no cover - uvicorn[standard] brings httptools
+        return "h11"
+
+    class BoundedHeads(HttpToolsProtocol):
+        head_bytes = 0
+        in_head = True
+
+        def data_received(self, data: bytes) -> None:
+            if self.in_head:
+                end = data.find(b"\r\n\r\n")  # a body sent with the head is not head
+                self.head_bytes += len(data) if end < 0 else end + 4
+                if self.head_bytes > limit:
+                    self._refuse_head()
+                    return
+            super().data_received(data)
+
+        def on_headers_complete(self) -> None:
+            self.in_head = False
+            super().on_headers_complete()
+
+        def on_message_complete(self) -> None:
+            super().on_message_complete()
+            self.in_head, self.head_bytes = True, 0
+
+        def _refuse_head(self) -> None:
+            body = f"request head larger than {limit} bytes".encode()
+            self.transport.write(
+                b"HTTP/1.1 431 Request Header Fields Too Large\r\n"
+                b"content-type: text/plain; charset=utf-8\r\n"
+                b"content-length: " + str(len(body)).encode() + b"\r\n"
+                b"connection: close\r\n\r\n" + body
+            )
+            self.transport.close()
+
+    return BoundedHeads
 
 
 _GRAPHIQL = """<!doctype html>

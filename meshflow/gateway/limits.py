@@ -2,23 +2,46 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 from meshflow.errors import ConfigError
+from meshflow.types import DEFAULT_MAX_BATCHES, DEFAULT_MAX_DOCS
 
 
 @dataclass(frozen=True, kw_only=True)
 class GraphQLLimits:
-    """Limits of the GraphQL door."""
+    """Limits of the GraphQL door, each checked before the work it bounds is done.
+
+    Args:
+        max_depth: levels of nested fields in a query (fragments expanded).
+        max_aliases: aliases in a query (fragments expanded).
+        max_fields: fields in a query with its fragments expanded.
+        max_tokens: tokens of the query text (checked while parsing).
+        max_query_bytes: size of the query text (checked before parsing).
+        max_header_bytes: size of an HTTP request's head: request line and headers (checked
+            while reading it, before authentication).
+        max_body_bytes: size of an HTTP request body or WebSocket message (checked while
+            reading it, after authentication). Decoding JSON costs up to ~30 bytes of memory
+            per byte of text (a list per ``[]``), so this bounds memory too.
+        max_docs: documents in one operation, over all its fields, aliases and stream
+            batches together (and in one ``POST /post``).
+        max_batches: batches of one ``stream`` subscription.
+        max_json_depth: nesting of JSON values (variables, parameters, tags).
+    """
 
     max_depth: int = 10
     max_aliases: int = 15
+    max_fields: int = 1000
     max_tokens: int = 2000
-    max_body_bytes: int = 64 * 1024 * 1024
-    max_docs: int = 1000
+    max_query_bytes: int = 64 * 1024
+    max_header_bytes: int = 32 * 1024
+    max_body_bytes: int = 16 * 1024 * 1024
+    max_docs: int = DEFAULT_MAX_DOCS
+    max_batches: int = DEFAULT_MAX_BATCHES
+    max_json_depth: int = 64
 
     def __post_init__(self) -> None:
-        for name in ("max_depth", "max_aliases", "max_tokens", "max_body_bytes", "max_docs"):
-            value = getattr(self, name)
+        for spec in fields(self):
+            value = getattr(self, spec.name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ConfigError(f"GraphQLLimits.{name} must be a whole number >= 1")
+                raise ConfigError(f"GraphQLLimits.{spec.name} must be a whole number >= 1")

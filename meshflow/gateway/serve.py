@@ -49,6 +49,7 @@ async def serve_gateway(
     limits: GraphQLLimits | None = None,
     auth: JWTAuth | None = None,
     static: Mapping[str, str] | None = None,
+    cors: tuple[str, ...] = (),
     metrics: tuple[str, int] | None = None,
     tracing: bool = False,
 ) -> None:
@@ -56,8 +57,8 @@ async def serve_gateway(
     GraphQL over HTTP on ``graphql`` (host, port; port 0 picks one) in the same loop; with
     ``auth``, every door checks JWTs; with ``metrics`` (host, port), Prometheus ``/metrics``
     there and on the HTTP door; with ``static`` (URL prefix -> folder), static files on the
-    HTTP door; with ``tracing`` (set up by the caller), spans per request and
-    per traversal step."""
+    HTTP door; browser pages of the ``cors`` origins may call it; with ``tracing`` (set up
+    by the caller), spans per request and per traversal step."""
     authenticator = Authenticator(auth) if auth is not None else None  # bad keys fail here
     exporter = None
     if metrics is not None:
@@ -84,7 +85,13 @@ async def serve_gateway(
         # Imported here: Strawberry and uvicorn are the gateway's alone.
         from meshflow.gateway.http import HttpDoor, make_app
 
-        door = HttpDoor(make_app(gateway, limits or GraphQLLimits(), static), *graphql)
+        limits = limits or GraphQLLimits()
+        door = HttpDoor(
+            make_app(gateway, limits, static, cors),
+            *graphql,
+            max_header_bytes=limits.max_header_bytes,
+            max_message_bytes=limits.max_body_bytes,
+        )
 
     def register(server: grpc.aio.Server) -> None:
         server.add_generic_rpc_handlers((gateway.handler(),))

@@ -66,10 +66,18 @@ class Gateway:
             metrics.in_flight.set_function(lambda: self.in_flight)
 
     def handler(self) -> grpc.GenericRpcHandler:
+        # With auth, Post is served as a client-streaming handler: gRPC then reads the
+        # request message only when the handler asks for it, after the token is checked, so
+        # an anonymous caller cannot make the gateway read (and hold) a 64 MiB message.
+        post = (
+            grpc.unary_unary_rpc_method_handler(self.post)
+            if self.auth is None
+            else grpc.stream_unary_rpc_method_handler(self.post_after_auth)
+        )
         return grpc.method_handlers_generic_handler(
             _SERVICE,
             {
-                GATEWAY_POST.rsplit("/", 1)[1]: grpc.unary_unary_rpc_method_handler(self.post),
+                GATEWAY_POST.rsplit("/", 1)[1]: post,
                 GATEWAY_STREAM.rsplit("/", 1)[1]: grpc.stream_stream_rpc_method_handler(
                     self.stream
                 ),
@@ -104,6 +112,18 @@ class Gateway:
             finally:
                 self.in_flight -= 1
 
+    def authorize(self, identity: Identity | None, endpoint: str, door: str) -> None:
+        """Refuse ``identity`` for ``endpoint`` without its scope (doors call this before
+        they build a request, so that a refused caller costs nothing more)."""
+        if self.auth is None:
+            return
+        try:
+            self.auth.authorize(identity, endpoint, door=door)
+        except RequestError as exc:
+            if self.metrics is not None:
+                self.metrics.observe(door, endpoint or "/", exc.graphql_code.lower(), 0.0)
+            raise
+
     def identify(self, authorization: str | None, door: str) -> Identity | None:
         """The verified identity behind an ``Authorization`` value; None without auth."""
         if self.auth is None:
@@ -113,6 +133,27 @@ class Gateway:
     async def post(self, data: bytes, context: _Context) -> bytes:
         try:
             identity = self.identify(_authorization(context), "grpc")
+            return await self.run(data, _deadline(context), identity, door="grpc")
+        except RequestError as exc:
+            await context.abort(getattr(grpc.StatusCode, exc.grpc_code), str(exc))
+            raise  # unreachable: abort raises
+
+    async def post_after_auth(self, requests: AsyncIterator[bytes], context: _Context) -> bytes:
+        """``Post`` when the Flow checks tokens: the token first, then the one message."""
+        try:
+            identity = self.identify(_authorization(context), "grpc")
+        except RequestError as exc:
+            await context.abort(getattr(grpc.StatusCode, exc.grpc_code), str(exc))
+            raise  # unreachable: abort raises
+        data = None
+        async for message in requests:
+            if data is not None:
+                await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "Post takes one request")
+            data = message
+        if data is None:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "Post got no request")
+            raise AssertionError("unreachable: abort raises")
+        try:
             return await self.run(data, _deadline(context), identity, door="grpc")
         except RequestError as exc:
             await context.abort(getattr(grpc.StatusCode, exc.grpc_code), str(exc))

@@ -343,6 +343,20 @@ def test_graphql_client_gives_the_same_documents_as_grpc(start_flow: StartFlow) 
     assert over_graphql.matches[0].tags == {"n": 2.0, "shard": 0.0}
 
 
+@pytest.mark.mesh("direct")
+def test_graphql_client_streams_more_documents_than_one_operation_takes(
+    start_flow: StartFlow,
+) -> None:
+    from meshflow import Client
+
+    f = start_flow(Flow().add(uses="executors:Append"))
+    assert f.graphql_port is not None
+    docs = DocumentArray(Document(text=str(i)) for i in range(2500))
+    with Client(port=f.graphql_port, protocol="graphql") as web:
+        answered = web.post("/", docs, request_size=100)  # 25 batches, 3 subscriptions
+    assert answered.texts == [f"{i}x" for i in range(2500)]
+
+
 def test_graphql_client_raises_executor_errors(start_flow: StartFlow) -> None:
     from meshflow import Client, ExecutorError
 

@@ -1,0 +1,340 @@
+"""The guards of the GraphQL door: every bound of :class:`GraphQLLimits` is checked before
+any resolver runs, in time linear in the query's text.
+
+One Strawberry extension, :class:`QueryGuard`, replaces the parser and validation caches and
+Strawberry's depth, alias and token limiters:
+
+- **parse**: the query text's size (``QUERY_TOO_LARGE``) is checked before parsing, its
+  tokens (``TOKEN_LIMIT_EXCEEDED``) while parsing; parsed documents are cached.
+- **measure**: depth (``DEPTH_LIMIT_EXCEEDED``), aliases (``ALIAS_LIMIT_EXCEEDED``) and fields
+  (``FIELD_LIMIT_EXCEEDED``) are counted as if every fragment spread were written out, but
+  each fragment is measured once: a 600-byte query whose fragments spread ten times per level
+  expands to ten million fields, and is refused in microseconds instead of being walked.
+- **count**: the documents of the whole operation, over every field, alias and stream batch
+  (``TOO_MANY_DOCUMENTS``) and the batches of a stream (``TOO_MANY_BATCHES``), from the query
+  and its raw variables, before any input object is built.
+- **validate**: then the standard validation, cached per document.
+
+Every refusal is a GraphQL error with ``extensions.code``; none is logged as a gateway fault.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import Any
+
+from graphql import (
+    DocumentNode,
+    FieldNode,
+    FragmentDefinitionNode,
+    FragmentSpreadNode,
+    GraphQLError,
+    GraphQLSchema,
+    InlineFragmentNode,
+    ListValueNode,
+    OperationDefinitionNode,
+    SelectionSetNode,
+    ValueNode,
+    VariableNode,
+    parse,
+)
+from graphql.validation import ASTValidationRule
+from strawberry.extensions import SchemaExtension
+from strawberry.schema.schema import validate_document
+
+from meshflow.gateway.limits import GraphQLLimits
+
+_CACHE_SIZE = 512
+# Introspection's type references nest as deep as a type is wrapped (``[[T!]!]!``): they
+# cost nothing per level, so the standard introspection query fits the depth limit.
+_FREE_DEPTH = frozenset({"ofType"})
+
+
+def coded(message: str, code: str, **extra: Any) -> GraphQLError:
+    """A GraphQL error with ``extensions.code``."""
+    return GraphQLError(message, extensions={"code": code, **extra})
+
+
+@dataclass(frozen=True)
+class Cost:
+    """What a selection set costs with its fragments expanded."""
+
+    depth: int = 0
+    """The most fields with a selection of their own above any field."""
+    aliases: int = 0
+    fields: int = 0
+
+
+_FREE = Cost()
+
+
+def measure(document: DocumentNode) -> Cost:
+    """The cost of every operation of ``document``: depth is the deepest, aliases and fields
+    add up. Each fragment is measured once, in an order where its spreads come first;
+    a fragment that spreads itself (invalid, refused by validation) counts as empty."""
+    fragments = {
+        d.name.value: d for d in document.definitions if isinstance(d, FragmentDefinitionNode)
+    }
+    costs: dict[str, Cost] = {}
+    for name in _dependency_order(fragments):
+        costs[name] = _walk(fragments[name].selection_set, costs)
+    depth = aliases = fields = 0
+    for definition in document.definitions:
+        if isinstance(definition, OperationDefinitionNode):
+            cost = _walk(definition.selection_set, costs)
+            depth = max(depth, cost.depth)
+            aliases += cost.aliases
+            fields += cost.fields
+    return Cost(depth=depth, aliases=aliases, fields=fields)
+
+
+def _dependency_order(fragments: Mapping[str, FragmentDefinitionNode]) -> list[str]:
+    """Fragment names, each after the fragments it spreads (iterative: a chain of hundreds
+    of fragments must not exhaust Python's stack)."""
+    order: list[str] = []
+    state: dict[str, int] = {}  # 1: being visited, 2: done
+    for root in fragments:
+        if state.get(root):
+            continue
+        stack: list[tuple[str, Iterator[str]]] = [(root, iter(_spreads(fragments[root])))]
+        state[root] = 1
+        while stack:
+            name, pending = stack[-1]
+            child = next(pending, None)
+            if child is None:
+                stack.pop()
+                state[name] = 2
+                order.append(name)
+            elif child in fragments and not state.get(child):
+                state[child] = 1
+                stack.append((child, iter(_spreads(fragments[child]))))
+    return order
+
+
+def _spreads(fragment: FragmentDefinitionNode) -> list[str]:
+    found: list[str] = []
+    pending = [fragment.selection_set]
+    while pending:
+        selection_set = pending.pop()
+        for sel in selection_set.selections:
+            if isinstance(sel, FragmentSpreadNode):
+                found.append(sel.name.value)
+            elif isinstance(sel, FieldNode | InlineFragmentNode) and sel.selection_set:
+                pending.append(sel.selection_set)
+    return found
+
+
+def _walk(selection_set: SelectionSetNode, fragments: Mapping[str, Cost]) -> Cost:
+    depth = aliases = fields = 0
+    for sel in selection_set.selections:
+        if isinstance(sel, FieldNode):
+            inner = _walk(sel.selection_set, fragments) if sel.selection_set else _FREE
+            fields += 1 + inner.fields
+            aliases += inner.aliases + (1 if sel.alias else 0)
+            if sel.selection_set:
+                step = 0 if sel.name.value in _FREE_DEPTH else 1
+                depth = max(depth, step + inner.depth)
+        else:
+            if isinstance(sel, InlineFragmentNode):
+                inner = _walk(sel.selection_set, fragments)
+            else:
+                assert isinstance(sel, FragmentSpreadNode)
+                inner = fragments.get(sel.name.value, _FREE)
+            fields += inner.fields
+            aliases += inner.aliases
+            depth = max(depth, inner.depth)
+    return Cost(depth=depth, aliases=aliases, fields=fields)
+
+
+def check_cost(cost: Cost, limits: GraphQLLimits) -> GraphQLError | None:
+    """The refusal for a query over a limit, or None."""
+    if cost.depth > limits.max_depth:
+        return coded(
+            f"the query nests {cost.depth} levels of fields; the gateway allows "
+            f"{limits.max_depth} (GraphQLLimits.max_depth)",
+            "DEPTH_LIMIT_EXCEEDED",
+        )
+    if cost.aliases > limits.max_aliases:
+        return coded(
+            f"{cost.aliases} aliases found (fragments expanded); the gateway allows "
+            f"{limits.max_aliases} (GraphQLLimits.max_aliases)",
+            "ALIAS_LIMIT_EXCEEDED",
+        )
+    if cost.fields > limits.max_fields:
+        return coded(
+            f"the query selects {cost.fields} fields with its fragments expanded; the gateway "
+            f"allows {limits.max_fields} (GraphQLLimits.max_fields)",
+            "FIELD_LIMIT_EXCEEDED",
+        )
+    return None
+
+
+# -- documents per operation ------------------------------------------------------------------
+
+
+def _operation(
+    document: DocumentNode, operation_name: str | None
+) -> OperationDefinitionNode | None:
+    operations = [d for d in document.definitions if isinstance(d, OperationDefinitionNode)]
+    if operation_name is None:
+        return operations[0] if len(operations) == 1 else None
+    return next((o for o in operations if o.name and o.name.value == operation_name), None)
+
+
+def _root_fields(document: DocumentNode, operation: OperationDefinitionNode) -> list[FieldNode]:
+    """The operation's top-level fields, through fragments, each fragment once."""
+    fragments = {
+        d.name.value: d for d in document.definitions if isinstance(d, FragmentDefinitionNode)
+    }
+    found: list[FieldNode] = []
+    seen: set[str] = set()  # execution too runs a fragment once per selection set
+    pending = [operation.selection_set]
+    while pending:
+        for sel in pending.pop().selections:
+            if isinstance(sel, FieldNode):
+                found.append(sel)
+            elif isinstance(sel, InlineFragmentNode):
+                pending.append(sel.selection_set)
+            elif isinstance(sel, FragmentSpreadNode):
+                name = sel.name.value
+                if name in fragments and name not in seen:
+                    seen.add(name)
+                    pending.append(fragments[name].selection_set)
+    return found
+
+
+def _length(value: ValueNode, variables: Mapping[str, Any]) -> tuple[int, list[Any]]:
+    """How many items a list argument holds, and the items (AST nodes or raw JSON)."""
+    if isinstance(value, VariableNode):
+        raw = variables.get(value.name.value)
+        if raw is None:
+            return 0, []
+        items = raw if isinstance(raw, list) else [raw]
+        return len(items), items
+    if isinstance(value, ListValueNode):
+        return len(value.values), list(value.values)
+    return 1, [value]  # a single item stands for a list of one
+
+
+def count_documents(
+    document: DocumentNode, operation_name: str | None, variables: Mapping[str, Any] | None
+) -> tuple[int, int]:
+    """(documents, stream batches) the operation carries, over all its fields and aliases:
+    ``docs`` arguments and the batches of ``batches`` arguments."""
+    operation = _operation(document, operation_name)
+    if operation is None:
+        return 0, 0  # validation says which operation is missing
+    variables = variables or {}
+    docs = batches = 0
+    for field in _root_fields(document, operation):
+        for argument in field.arguments or ():
+            name = argument.name.value
+            if name == "docs":
+                docs += _length(argument.value, variables)[0]
+            elif name == "batches":
+                count, items = _length(argument.value, variables)
+                batches += count
+                for item in items:
+                    if isinstance(item, ValueNode):
+                        docs += _length(item, variables)[0]
+                    else:
+                        docs += len(item) if isinstance(item, list) else 1
+    return docs, batches
+
+
+def check_documents(docs: int, batches: int, limits: GraphQLLimits) -> GraphQLError | None:
+    if batches > limits.max_batches:
+        return coded(
+            f"{batches} batches in one stream; the gateway accepts at most {limits.max_batches} "
+            "(GraphQLLimits.max_batches): open another subscription for the rest",
+            "TOO_MANY_BATCHES",
+        )
+    if docs > limits.max_docs:
+        return coded(
+            f"{docs} documents in one operation (all fields, aliases and batches together); "
+            f"the gateway accepts at most {limits.max_docs} (GraphQLLimits.max_docs)",
+            "TOO_MANY_DOCUMENTS",
+        )
+    return None
+
+
+# -- the extension ----------------------------------------------------------------------------
+
+
+@lru_cache(maxsize=_CACHE_SIZE)
+def _parse(query: str, max_tokens: int) -> DocumentNode:
+    return parse(query, max_tokens=max_tokens)
+
+
+@lru_cache(maxsize=_CACHE_SIZE)
+def _measure(document: DocumentNode) -> Cost:
+    return measure(document)
+
+
+@lru_cache(maxsize=_CACHE_SIZE)
+def _validate(
+    schema: GraphQLSchema, document: DocumentNode, rules: tuple[type[ASTValidationRule], ...]
+) -> list[GraphQLError]:
+    errors = validate_document(schema, document, rules)
+    for error in errors:
+        error.extensions = {"code": "GRAPHQL_VALIDATION_FAILED", **(error.extensions or {})}
+    return errors
+
+
+def parse_query(query: str, limits: GraphQLLimits) -> DocumentNode:
+    """Parse ``query`` within the size and token limits; a refusal raises a coded error."""
+    if len(query) > limits.max_query_bytes or len(query.encode()) > limits.max_query_bytes:
+        raise coded(
+            f"the query text is larger than {limits.max_query_bytes} bytes "
+            "(GraphQLLimits.max_query_bytes): send documents as variables",
+            "QUERY_TOO_LARGE",
+        )
+    try:
+        return _parse(query, limits.max_tokens)
+    except GraphQLError as exc:
+        code = "GRAPHQL_PARSE_FAILED"
+        if "tokens. Parsing aborted" in exc.message:
+            code = "TOKEN_LIMIT_EXCEEDED"
+        elif "nested too deeply" in exc.message:
+            code = "DEPTH_LIMIT_EXCEEDED"
+        raise GraphQLError(
+            exc.message,
+            nodes=exc.nodes,
+            source=exc.source,
+            positions=exc.positions,
+            extensions={"code": code},
+        ) from None
+    except RecursionError:
+        raise coded("the query nests too deeply to parse", "DEPTH_LIMIT_EXCEEDED") from None
+
+
+class QueryGuard(SchemaExtension):
+    """Parses, measures, counts and validates each operation within ``limits``."""
+
+    def __init__(self, *, limits: GraphQLLimits) -> None:
+        super().__init__()
+        self.limits = limits
+
+    def on_parse(self) -> Iterator[None]:
+        context = self.execution_context
+        if context.graphql_document is None and context.query is not None:
+            context.graphql_document = parse_query(context.query, self.limits)
+        yield
+
+    def on_validate(self) -> Iterator[None]:
+        context = self.execution_context
+        document = context.graphql_document
+        assert document is not None
+        refusal = check_cost(_measure(document), self.limits)
+        if refusal is None:
+            counted = count_documents(document, context.operation_name, context.variables)
+            refusal = check_documents(*counted, self.limits)
+        if refusal is not None:
+            context.pre_execution_errors = [refusal]
+        else:
+            context.pre_execution_errors = _validate(
+                context.schema._schema, document, tuple(context.validation_rules)
+            )
+        yield

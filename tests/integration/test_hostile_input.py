@@ -1,0 +1,448 @@
+"""The attacks of issue 14 against a running Flow's doors, each answered with its code while
+the gateway keeps serving everybody else, and without the memory an attacker asked for."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import threading
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import grpc
+import httpx
+import pytest
+from websockets.exceptions import InvalidStatus
+from websockets.sync.client import connect
+from websockets.typing import Subprotocol
+
+from meshflow import Client, Document, DocumentArray, Flow, JWTAuth, mint_token
+from meshflow.proto.v1 import data_request_pb2
+from meshflow.wire import GATEWAY_POST
+
+StartFlow = Callable[[Flow], Flow]
+SECRET = b"s" * 32
+ISSUER, AUDIENCE = "https://id.example", "shop"
+POST = """
+mutation($on: String!, $docs: [DocumentInput!]) { post(on: $on, docs: $docs) { docs { text } } }
+"""
+
+
+def fragment_bomb(levels: int, width: int = 10) -> str:
+    parts = ["fragment F0 on Query { __typename }"]
+    for i in range(1, levels + 1):
+        spreads = " ".join([f"...F{i - 1}"] * width)
+        parts.append(f"fragment F{i} on Query {{ {spreads} }}")
+    return f"query {{ ...F{levels} }} " + " ".join(parts)
+
+
+def codes(body: dict[str, Any]) -> list[str]:
+    return [e["extensions"]["code"] for e in body.get("errors", [])]
+
+
+def peak_rss(flow: Flow) -> int:
+    """The gateway process's peak resident memory so far, in bytes (VmHWM)."""
+    pid = flow.describe()["gateway"]["pid"]
+    with open(f"/proc/{pid}/status", encoding="ascii") as fh:
+        for line in fh:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    raise AssertionError("no VmHWM")
+
+
+def gateway_log(flow: Flow) -> str:
+    assert flow.log_dir is not None
+    with open(os.path.join(flow.log_dir, "gateway.log"), encoding="utf-8") as fh:
+        return fh.read()
+
+
+@pytest.fixture
+def flow(start_flow: StartFlow, tmp_path: Any) -> Flow:
+    web = tmp_path / "web"
+    (web / ".git").mkdir(parents=True)
+    (web / "index.html").write_text("<h1>shop</h1>")
+    (web / ".env").write_text("SECRET=1")
+    (web / ".git" / "config").write_text("[core]")
+    return start_flow(
+        Flow(log_dir=str(tmp_path / "logs"), static={"/ui": str(web)}).add(uses="executors:Append")
+    )
+
+
+def gql(flow: Flow, query: str, **variables: Any) -> dict[str, Any]:
+    response = httpx.post(flow.graphql_url, json={"query": query, "variables": variables})
+    body: dict[str, Any] = response.json()
+    return body
+
+
+# -- query cost --------------------------------------------------------------------------------
+
+
+@pytest.mark.mesh("direct")
+def test_fragment_bombs_are_refused_while_normal_requests_flow(flow: Flow) -> None:
+    stop = threading.Event()
+    refusals: list[list[str]] = []
+
+    def attack() -> None:
+        with httpx.Client() as client:
+            while not stop.is_set():
+                for levels in (7, 8, 9):
+                    body = client.post(flow.graphql_url, json={"query": fragment_bomb(levels)})
+                    refusals.append(codes(body.json()))
+
+    attackers = [threading.Thread(target=attack) for _ in range(2)]
+    for thread in attackers:
+        thread.start()
+    try:
+        with Client(port=flow.port, timeout=5) as client:
+            for i in range(50):
+                assert client.post("/", DocumentArray([Document(text=str(i))])).texts == [f"{i}x"]
+        answers = [gql(flow, POST, on="/", docs=[{"text": "a"}]) for _ in range(20)]
+    finally:
+        stop.set()
+        for thread in attackers:
+            thread.join(timeout=30)
+    assert all(a["data"]["post"]["docs"][0]["text"] == "ax" for a in answers)
+    assert refusals and all(r == ["FIELD_LIMIT_EXCEEDED"] for r in refusals)
+    assert "Traceback" not in gateway_log(flow)
+
+
+@pytest.mark.mesh("direct")
+def test_a_huge_comment_is_refused_before_parsing(flow: Flow) -> None:
+    body = gql(flow, "{ __typename } #" + "x" * (2 << 20))
+    assert codes(body) == ["QUERY_TOO_LARGE"]
+
+
+# -- memory: arrays, documents, batches -------------------------------------------------------
+
+ONE_MIB = 1 << 20
+
+
+def hostile_bodies() -> dict[str, dict[str, Any]]:
+    """Requests of about 1 MiB each, built to make the gateway allocate."""
+    many = ONE_MIB // 3 - 100
+    return {
+        "sub-array dtype": {
+            "query": POST,
+            "variables": {
+                "on": "/",
+                "docs": [{"tensor": {"data": [1], "dtype": "(4000,4000)f8"}}] * 100,
+            },
+        },
+        "declared shape": {
+            "query": POST,
+            "variables": {
+                "on": "/",
+                "docs": [{"tensor": {"data": [1], "shape": [100000, 100000]}}] * 100,
+            },
+        },
+        "empty documents": {"query": POST, "variables": {"on": "/", "docs": [{}] * many}},
+        "empty batches": {
+            "query": "subscription($b: [[DocumentInput!]!]!) "
+            '{ stream(on: "/", batches: $b) { batch } }',
+            "variables": {"b": [[]] * many},
+        },
+        "wide parameters": {
+            "query": 'mutation($p: JSON) { post(on: "/", parameters: $p) { requestId } }',
+            "variables": {"p": {"n": [0] * (ONE_MIB // 2 - 100)}},
+        },
+        "deep variables": {
+            "query": 'mutation($p: JSON) { post(on: "/", parameters: $p) { requestId } }',
+            "variables": {"p": json.loads("[" * 900 + "]" * 900)},
+        },
+    }
+
+
+@pytest.mark.mesh("direct")
+def test_no_request_of_1_mib_makes_the_gateway_allocate_64_mib(flow: Flow) -> None:
+    with httpx.Client(timeout=30) as client:
+        for _ in range(3):  # warm up: imports and caches of every path
+            assert client.post(flow.graphql_url, json={"query": "{ __typename }"}).status_code
+            gql(flow, POST, on="/", docs=[{"tensor": {"data": [1, 2], "shape": [2]}}])
+        before = peak_rss(flow)
+        answers = {}
+        for name, payload in hostile_bodies().items():
+            raw = json.dumps(payload, separators=(",", ":")).encode()
+            assert len(raw) <= ONE_MIB + 1024, (name, len(raw))
+            answers[name] = client.post(
+                flow.graphql_url, content=raw, headers={"content-type": "application/json"}
+            )
+        grown = peak_rss(flow) - before
+    assert grown < 64 * ONE_MIB, f"the gateway grew by {grown / ONE_MIB:.0f} MiB"
+    assert codes(answers["sub-array dtype"].json()) == ["BAD_USER_INPUT"]
+    assert codes(answers["declared shape"].json()) == ["BAD_USER_INPUT"]
+    assert codes(answers["empty documents"].json()) == ["TOO_MANY_DOCUMENTS"]
+    assert answers["empty batches"].status_code in (200, 400)  # no subscription over POST
+    assert codes(answers["wide parameters"].json()) == []  # large, but within every bound
+    assert codes(answers["deep variables"].json()) == ["BAD_USER_INPUT"]
+    assert gql(flow, POST, on="/", docs=[{"text": "still"}])["data"]["post"]["docs"] == [
+        {"text": "stillx"}
+    ]
+
+
+@pytest.mark.mesh("direct")
+@pytest.mark.parametrize(("batches", "bound_mib"), [(ONE_MIB // 3 - 200, 64), (1_000_000, 128)])
+def test_a_stream_of_a_million_batches_is_refused(flow: Flow, batches: int, bound_mib: int) -> None:
+    """1 MiB of empty batches stays under 64 MiB; a million (3 MB) under 128 MiB, where
+    decoding the JSON itself costs ~30 bytes per byte (it took 2 GB before)."""
+    url = flow.graphql_url.replace("http://", "ws://")
+    query = 'subscription($b: [[DocumentInput!]!]!) { stream(on: "/", batches: $b) { batch } }'
+    before = peak_rss(flow)
+    with connect(url, subprotocols=[Subprotocol("graphql-transport-ws")], max_size=None) as ws:
+        ws.send(json.dumps({"type": "connection_init"}))
+        assert json.loads(ws.recv(timeout=10))["type"] == "connection_ack"
+        payload = {"query": query, "variables": {"b": [[]] * batches}}
+        ws.send(
+            json.dumps({"id": "1", "type": "subscribe", "payload": payload}, separators=(",", ":"))
+        )
+        message = json.loads(ws.recv(timeout=30))
+    grown = peak_rss(flow) - before
+    assert grown < bound_mib * ONE_MIB, f"the gateway grew by {grown / ONE_MIB:.0f} MiB"
+    errors = message["payload"] if message["type"] == "error" else message["payload"]["errors"]
+    assert [e["extensions"]["code"] for e in errors] == ["TOO_MANY_BATCHES"]
+    assert gql(flow, POST, on="/", docs=[{"text": "a"}])["data"]["post"]["docs"] == [{"text": "ax"}]
+
+
+# -- malformed requests -----------------------------------------------------------------------
+
+
+@pytest.mark.mesh("direct")
+@pytest.mark.parametrize(
+    ("body", "status", "code"),
+    [
+        (b'{"query": "{ __typename }", "x": "\xff\xfe"}', 400, "BAD_REQUEST"),
+        (b"null", 400, "BAD_REQUEST"),
+        (b'"x"', 400, "BAD_REQUEST"),
+        (b"[]", 400, "BAD_REQUEST"),
+        (b"[" * 5000 + b"]" * 5000, 400, "BAD_REQUEST"),
+        (b'{"query": 3}', 400, "BAD_REQUEST"),
+    ],
+)
+def test_malformed_graphql_bodies_get_a_coded_400(
+    flow: Flow, body: bytes, status: int, code: str
+) -> None:
+    response = httpx.post(
+        flow.graphql_url, content=body, headers={"content-type": "application/json"}
+    )
+    assert response.status_code == status, response.text
+    assert codes(response.json()) == [code]
+    assert "Traceback" not in gateway_log(flow)
+
+
+@pytest.mark.mesh("direct")
+def test_an_oversized_chunked_body_gets_413_without_a_traceback(
+    start_flow: StartFlow, tmp_path: Any
+) -> None:
+    limits = {"max_body_bytes": 100_000}
+    flow = start_flow(
+        Flow(log_dir=str(tmp_path / "logs"), graphql_limits=limits).add(uses="executors:Append")
+    )
+
+    def chunks() -> Iterator[bytes]:
+        yield b'{"query": "{ __typename }", "pad": "'
+        for _ in range(30):
+            yield b"x" * 10_000
+        yield b'"}'
+
+    for url in (flow.graphql_url, flow.graphql_url.replace("/graphql", "/post")):
+        response = httpx.post(url, content=chunks(), headers={"content-type": "application/json"})
+        assert response.status_code == 413
+        assert codes(response.json()) == ["REQUEST_TOO_LARGE"]
+    assert "Traceback" not in gateway_log(flow)
+
+
+@pytest.mark.mesh("direct")
+def test_post_takes_json_only(flow: Flow) -> None:
+    url = flow.graphql_url.replace("/graphql", "/post")
+    body = '{"on": "/", "docs": [{"text": "a"}]}'
+    for content_type in ("text/plain", "application/x-www-form-urlencoded", "multipart/form-data"):
+        response = httpx.post(url, content=body, headers={"content-type": content_type})
+        assert response.status_code == 415
+        assert codes(response.json()) == ["UNSUPPORTED_MEDIA_TYPE"]
+    response = httpx.post(url, content=body, headers={"content-type": "application/json"})
+    assert response.status_code == 200
+    assert response.json()["docs"][0]["text"] == "ax"
+
+
+@pytest.mark.mesh("direct")
+def test_a_malformed_array_over_grpc_is_invalid_argument(flow: Flow) -> None:
+    request = data_request_pb2.DataRequest()
+    request.header.endpoint = "/"
+    doc = request.docs.add(id="d")
+    doc.tensor.buffer = b"\0" * 7
+    doc.tensor.dtype = "<f4"
+    doc.tensor.shape.extend([2])
+    with grpc.insecure_channel(f"127.0.0.1:{flow.port}") as channel:
+        post = channel.unary_unary(GATEWAY_POST)
+        with pytest.raises(grpc.RpcError) as refused:
+            post(request.SerializeToString(), timeout=10)
+    assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "cannot read the tensor of Document 'd'" in (refused.value.details() or "")
+    with Client(port=flow.port, timeout=10) as client:
+        assert client.post("/", [Document(text="fine")]).texts == ["finex"]
+
+
+# -- the HTTP door's surface ------------------------------------------------------------------
+
+
+@pytest.mark.mesh("direct")
+def test_static_mounts_refuse_dotfiles_and_hidden_folders(flow: Flow) -> None:
+    base = flow.graphql_url.replace("/graphql", "/ui")
+    assert httpx.get(f"{base}/").text == "<h1>shop</h1>"
+    for path in ("/.env", "/.git/config", "/.git/", "/%2egit/config", "/sub/../.env"):
+        assert httpx.get(base + path).status_code == 404, path
+
+
+@pytest.mark.mesh("direct")
+def test_a_request_head_past_the_limit_gets_431(flow: Flow) -> None:
+    port = int(flow.graphql_url.split(":")[2].split("/")[0])
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        sock.sendall(b"GET /health HTTP/1.1\r\nhost: x\r\nx-pad: " + b"a" * 100_000)
+        answer = sock.recv(4096)
+    assert answer.startswith(b"HTTP/1.1 431")
+    assert httpx.get(flow.graphql_url.replace("/graphql", "/health")).status_code == 200
+
+
+@pytest.mark.mesh("direct")
+def test_cors_is_off_by_default_and_explicit_when_on(start_flow: StartFlow) -> None:
+    allowed, other = "http://shop.example", "http://evil.example"
+    flow = start_flow(Flow(cors=[allowed]).add(uses="executors:Append"))
+    preflight = {"access-control-request-method": "POST"}
+    response = httpx.options(flow.graphql_url, headers={"origin": allowed, **preflight})
+    assert response.headers["access-control-allow-origin"] == allowed
+    response = httpx.options(flow.graphql_url, headers={"origin": other, **preflight})
+    assert "access-control-allow-origin" not in response.headers
+    url = flow.graphql_url.replace("http://", "ws://")
+    protocols = [Subprotocol("graphql-transport-ws")]
+    with connect(url, subprotocols=protocols, additional_headers={"origin": allowed}) as ws:
+        ws.send(json.dumps({"type": "connection_init"}))
+        assert json.loads(ws.recv(timeout=10))["type"] == "connection_ack"
+    with (
+        pytest.raises(InvalidStatus),
+        connect(url, subprotocols=protocols, additional_headers={"origin": other}),
+    ):
+        pass
+
+
+@pytest.mark.mesh("direct")
+def test_without_cors_a_page_on_another_origin_gets_no_access(flow: Flow) -> None:
+    headers = {"origin": "http://evil.example", "access-control-request-method": "POST"}
+    response = httpx.options(flow.graphql_url, headers=headers)
+    assert "access-control-allow-origin" not in response.headers
+    url = flow.graphql_url.replace("http://", "ws://")
+    with (
+        pytest.raises(InvalidStatus),
+        connect(
+            url,
+            subprotocols=[Subprotocol("graphql-transport-ws")],
+            additional_headers={"origin": "http://evil.example"},
+        ),
+    ):
+        pass
+
+
+# -- auth before work -------------------------------------------------------------------------
+
+
+@pytest.fixture
+def secured(start_flow: StartFlow, tmp_path: Any, monkeypatch: pytest.MonkeyPatch) -> Flow:
+    monkeypatch.setenv("HOSTILE_SECRET", SECRET.decode())
+    auth = JWTAuth(
+        secret_env="HOSTILE_SECRET",
+        issuer=ISSUER,
+        audience=AUDIENCE,
+        scopes={"/index": "index:write", "/search": "search:read"},
+    )
+    return start_flow(
+        Flow(log_dir=str(tmp_path / "logs"), auth=auth, max_request_bytes=100 << 20).add(
+            uses="executors:Append"
+        )
+    )
+
+
+def token(*scopes: str) -> str:
+    return mint_token(key=SECRET, subject="reader", issuer=ISSUER, audience=AUDIENCE, scopes=scopes)
+
+
+@pytest.mark.mesh("direct")
+def test_a_reader_refused_index_costs_no_documents(secured: Flow) -> None:
+    headers = {"authorization": f"Bearer {token('search:read')}"}
+    docs = [{"embedding": {"data": [0.5] * 512, "dtype": "float64"}}] * 1000
+    with httpx.Client(timeout=30, headers=headers) as client:
+        client.post(secured.graphql_url, json={"query": "{ __typename }"})
+        before = peak_rss(secured)
+        for _ in range(5):
+            body = client.post(
+                secured.graphql_url,
+                json={"query": POST, "variables": {"on": "/index", "docs": docs}},
+            ).json()
+            assert codes(body) == ["FORBIDDEN"]
+        grown = peak_rss(secured) - before
+    assert grown < 64 * ONE_MIB, f"the gateway grew by {grown / ONE_MIB:.0f} MiB"
+
+
+@pytest.mark.mesh("direct")
+def test_unauthenticated_grpc_posts_are_refused_before_their_message_is_read(
+    secured: Flow,
+) -> None:
+    request = data_request_pb2.DataRequest()
+    request.header.endpoint = "/search"
+    request.docs.add(id="big", blob=b"\0" * (60 << 20))
+    data = request.SerializeToString()
+    with grpc.insecure_channel(
+        f"127.0.0.1:{secured.port}", options=[("grpc.max_send_message_length", 100 << 20)]
+    ) as channel:
+        post = channel.unary_unary(GATEWAY_POST)
+        before = peak_rss(secured)
+        for _ in range(10):
+            with pytest.raises(grpc.RpcError) as refused:
+                post(data, timeout=30)
+            assert refused.value.code() == grpc.StatusCode.UNAUTHENTICATED
+        grown = peak_rss(secured) - before
+        good = (("authorization", f"Bearer {token('search:read')}"),)
+        small = data_request_pb2.DataRequest()
+        small.header.endpoint = "/search"
+        small.docs.add(text="a")
+        answer = data_request_pb2.DataRequest.FromString(
+            post(small.SerializeToString(), timeout=10, metadata=good)
+        )
+    assert grown < 64 * ONE_MIB, f"the gateway grew by {grown / ONE_MIB:.0f} MiB"
+    assert answer.docs[0].text == "ax"
+
+
+@pytest.mark.mesh("direct")
+def test_a_huge_bad_token_is_refused_at_the_head_limit(secured: Flow) -> None:
+    response = httpx.post(
+        secured.graphql_url,
+        json={"query": "{ __typename }"},
+        headers={"authorization": "Bearer " + "x" * (1 << 20)},
+    )
+    assert response.status_code == 431
+
+
+# -- restarts ---------------------------------------------------------------------------------
+
+
+@pytest.mark.mesh("direct")
+def test_a_restarted_gateway_rebinds_with_keep_alive_connections_open(flow: Flow) -> None:
+    health = flow.graphql_url.replace("/graphql", "/health")
+    keep_alive = httpx.Client(timeout=5)
+    try:
+        assert keep_alive.get(health).status_code == 200  # a connection stays open
+        pid = flow.describe()["gateway"]["pid"]
+        os.kill(pid, signal.SIGKILL)
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline:
+            try:
+                if httpx.get(health, timeout=1).status_code == 200:
+                    break
+            except httpx.TransportError:
+                time.sleep(0.05)
+        else:
+            raise AssertionError("the gateway did not come back within 15 s")
+        assert flow.describe()["gateway"]["pid"] != pid
+        assert "Address already in use" not in gateway_log(flow)
+    finally:
+        keep_alive.close()
