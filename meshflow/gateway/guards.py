@@ -5,7 +5,8 @@ One Strawberry extension, :class:`QueryGuard`, replaces the parser and validatio
 Strawberry's depth, alias and token limiters:
 
 - **parse**: the query text's size (``QUERY_TOO_LARGE``) is checked before parsing, its
-  tokens (``TOKEN_LIMIT_EXCEEDED``) while parsing; parsed documents are cached.
+  tokens (``TOKEN_LIMIT_EXCEEDED``) while parsing; what is learnt of a text (its document and
+  cost, or its parse error, then its validation errors) is cached by the text.
 - **measure**: depth (``DEPTH_LIMIT_EXCEEDED``), aliases (``ALIAS_LIMIT_EXCEEDED``) and fields
   (``FIELD_LIMIT_EXCEEDED``) are counted as if every fragment spread were written out, but
   each fragment is measured once: a 600-byte query whose fragments spread ten times per level
@@ -13,16 +14,16 @@ Strawberry's depth, alias and token limiters:
 - **count**: the documents of the whole operation, over every field, alias and stream batch
   (``TOO_MANY_DOCUMENTS``) and the batches of a stream (``TOO_MANY_BATCHES``), from the query
   and its raw variables, before any input object is built.
-- **validate**: then the standard validation, cached per document.
+- **validate**: then the standard validation, once per text.
 
 Every refusal is a GraphQL error with ``extensions.code``; none is logged as a gateway fault.
 """
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
-from functools import lru_cache
 from typing import Any
 
 from graphql import (
@@ -31,7 +32,6 @@ from graphql import (
     FragmentDefinitionNode,
     FragmentSpreadNode,
     GraphQLError,
-    GraphQLSchema,
     InlineFragmentNode,
     ListValueNode,
     OperationDefinitionNode,
@@ -40,13 +40,11 @@ from graphql import (
     VariableNode,
     parse,
 )
-from graphql.validation import ASTValidationRule
 from strawberry.extensions import SchemaExtension
 from strawberry.schema.schema import validate_document
 
 from meshflow.gateway.limits import GraphQLLimits
 
-_CACHE_SIZE = 512
 # Introspection's type references nest as deep as a type is wrapped (``[[T!]!]!``): they
 # cost nothing per level, so the standard introspection query fits the depth limit.
 _FREE_DEPTH = frozenset({"ofType"})
@@ -263,24 +261,52 @@ def check_documents(docs: int, batches: int, limits: GraphQLLimits) -> GraphQLEr
 # -- the extension ----------------------------------------------------------------------------
 
 
-@lru_cache(maxsize=_CACHE_SIZE)
-def _parse(query: str, max_tokens: int) -> DocumentNode:
-    return parse(query, max_tokens=max_tokens)
+@dataclass
+class Checked:
+    """What the guard learnt of one query text: its document and cost, or why it does not
+    parse; the schema's validation errors once a request got that far."""
+
+    document: DocumentNode | None
+    cost: Cost = _FREE
+    parse_error: GraphQLError | None = None
+    errors: list[GraphQLError] | None = None
 
 
-@lru_cache(maxsize=_CACHE_SIZE)
-def _measure(document: DocumentNode) -> Cost:
-    return measure(document)
+class QueryCache:
+    """Checked query texts, the least recently used dropped first, bounded by the number of
+    texts and by their total size (so distinct large queries cannot fill the memory).
+
+    Refused texts are kept too: an attacker repeating a query pays one parse, not one each
+    time. One cache per schema (validation depends on it).
+    """
+
+    def __init__(self, *, max_entries: int = 512, max_bytes: int = 8 << 20) -> None:
+        self.max_entries = max_entries
+        self.max_bytes = max_bytes
+        self._entries: OrderedDict[str, Checked] = OrderedDict()
+        self._bytes = 0
+
+    def get(self, query: str, limits: GraphQLLimits) -> Checked:
+        checked = self._entries.get(query)
+        if checked is not None:
+            self._entries.move_to_end(query)
+            return checked
+        checked = check_query(query, limits)
+        self._entries[query] = checked
+        self._bytes += len(query)
+        while len(self._entries) > self.max_entries or self._bytes > self.max_bytes:
+            old, _ = self._entries.popitem(last=False)
+            self._bytes -= len(old)
+        return checked
 
 
-@lru_cache(maxsize=_CACHE_SIZE)
-def _validate(
-    schema: GraphQLSchema, document: DocumentNode, rules: tuple[type[ASTValidationRule], ...]
-) -> list[GraphQLError]:
-    errors = validate_document(schema, document, rules)
-    for error in errors:
-        error.extensions = {"code": "GRAPHQL_VALIDATION_FAILED", **(error.extensions or {})}
-    return errors
+def check_query(query: str, limits: GraphQLLimits) -> Checked:
+    """Parse and measure ``query`` (its size first); never raises."""
+    try:
+        document = parse_query(query, limits)
+    except GraphQLError as exc:
+        return Checked(document=None, parse_error=exc)
+    return Checked(document=document, cost=measure(document))
 
 
 def parse_query(query: str, limits: GraphQLLimits) -> DocumentNode:
@@ -292,7 +318,7 @@ def parse_query(query: str, limits: GraphQLLimits) -> DocumentNode:
             "QUERY_TOO_LARGE",
         )
     try:
-        return _parse(query, limits.max_tokens)
+        return parse(query, max_tokens=limits.max_tokens)
     except GraphQLError as exc:
         code = "GRAPHQL_PARSE_FAILED"
         if "tokens. Parsing aborted" in exc.message:
@@ -300,41 +326,60 @@ def parse_query(query: str, limits: GraphQLLimits) -> DocumentNode:
         elif "nested too deeply" in exc.message:
             code = "DEPTH_LIMIT_EXCEEDED"
         raise GraphQLError(
-            exc.message,
-            nodes=exc.nodes,
-            source=exc.source,
-            positions=exc.positions,
-            extensions={"code": code},
+            exc.message, source=exc.source, positions=exc.positions, extensions={"code": code}
         ) from None
     except RecursionError:
         raise coded("the query nests too deeply to parse", "DEPTH_LIMIT_EXCEEDED") from None
 
 
+def _fresh(error: GraphQLError) -> GraphQLError:
+    """A new error like a cached one (an exception object raised again would pile up
+    tracebacks)."""
+    return GraphQLError(
+        error.message, source=error.source, positions=error.positions, extensions=error.extensions
+    )
+
+
+def _validate(context: Any, document: DocumentNode) -> list[GraphQLError]:
+    errors = validate_document(context.schema._schema, document, tuple(context.validation_rules))
+    for error in errors:
+        error.extensions = {"code": "GRAPHQL_VALIDATION_FAILED", **(error.extensions or {})}
+    return errors
+
+
 class QueryGuard(SchemaExtension):
     """Parses, measures, counts and validates each operation within ``limits``."""
 
-    def __init__(self, *, limits: GraphQLLimits) -> None:
+    def __init__(self, *, limits: GraphQLLimits, cache: QueryCache) -> None:
         super().__init__()
         self.limits = limits
+        self.cache = cache
+        self.checked: Checked | None = None
 
     def on_parse(self) -> Iterator[None]:
         context = self.execution_context
         if context.graphql_document is None and context.query is not None:
-            context.graphql_document = parse_query(context.query, self.limits)
+            self.checked = self.cache.get(context.query, self.limits)
+            if self.checked.parse_error is not None:
+                raise _fresh(self.checked.parse_error)
+            context.graphql_document = self.checked.document
         yield
 
     def on_validate(self) -> Iterator[None]:
         context = self.execution_context
         document = context.graphql_document
         assert document is not None
-        refusal = check_cost(_measure(document), self.limits)
+        checked = self.checked
+        if checked is None or checked.document is not document:  # not parsed by the guard
+            checked = Checked(document=document, cost=measure(document))
+        refusal = check_cost(checked.cost, self.limits)
         if refusal is None:
             counted = count_documents(document, context.operation_name, context.variables)
             refusal = check_documents(*counted, self.limits)
         if refusal is not None:
             context.pre_execution_errors = [refusal]
         else:
-            context.pre_execution_errors = _validate(
-                context.schema._schema, document, tuple(context.validation_rules)
-            )
+            if checked.errors is None:
+                checked.errors = _validate(context, document)
+            context.pre_execution_errors = checked.errors
         yield

@@ -63,7 +63,7 @@ from meshflow.gateway.graphql import (
     query_type,
     run_post,
 )
-from meshflow.gateway.guards import QueryGuard
+from meshflow.gateway.guards import QueryCache, QueryGuard
 from meshflow.gateway.limits import GraphQLLimits
 from meshflow.gateway.server import Gateway
 from meshflow.observability.tracing import current_trace_id
@@ -140,9 +140,9 @@ class TraceRequests:
 
 
 def make_schema(limits: GraphQLLimits, query: type = Query) -> strawberry.Schema:
-    # The guard parses, measures and validates each distinct query once (cached), before
-    # any resolver runs.
-    extensions: list[Any] = [functools.partial(QueryGuard, limits=limits)]
+    # The guard parses, measures and validates each distinct query text once (cached), before
+    # any resolver runs; one cache per schema, as validation depends on the schema.
+    extensions: list[Any] = [functools.partial(QueryGuard, limits=limits, cache=QueryCache())]
     return _Schema(
         query=query,
         mutation=Mutation,

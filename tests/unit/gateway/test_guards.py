@@ -133,3 +133,38 @@ def test_every_limit_must_be_a_positive_whole_number() -> None:
     for name in ("max_fields", "max_query_bytes", "max_batches", "max_json_depth"):
         with pytest.raises(ConfigError, match=name):
             GraphQLLimits(**{name: 0})
+
+
+def test_a_repeated_query_is_parsed_once_even_when_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    from meshflow.gateway import guards
+
+    parsed: list[str] = []
+    real = guards.parse
+
+    def counting(source: str, **kwargs: Any) -> Any:
+        parsed.append(source)
+        return real(source, **kwargs)
+
+    monkeypatch.setattr(guards, "parse", counting)
+    schema = make_schema(GraphQLLimits())
+    bomb = fragment_bomb(7)
+    for _ in range(5):
+        result = asyncio.run(schema.execute(bomb, context_value={}))
+        assert [e.extensions["code"] for e in result.errors or ()] == ["FIELD_LIMIT_EXCEEDED"]
+        result = asyncio.run(schema.execute("{ flow {", context_value={}))
+        assert [e.extensions["code"] for e in result.errors or ()] == ["GRAPHQL_PARSE_FAILED"]
+    assert parsed == [bomb, "{ flow {"]
+
+
+def test_the_cache_is_bounded_by_entries_and_by_bytes() -> None:
+    from meshflow.gateway.guards import QueryCache
+
+    limits = GraphQLLimits()
+    cache = QueryCache(max_entries=3, max_bytes=10_000)
+    for i in range(5):
+        cache.get(f"{{ a{i}: __typename }}", limits)
+    assert len(cache._entries) == 3
+    big = "{ __typename } #" + "x" * 6000
+    cache.get(big, limits)
+    cache.get(big + "y", limits)
+    assert cache._bytes <= 10_000 and big + "y" in cache._entries and big not in cache._entries
