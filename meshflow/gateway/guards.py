@@ -14,6 +14,8 @@ Strawberry's depth, alias and token limiters:
 - **count**: the documents of the whole operation, over every field, alias and stream batch
   (``TOO_MANY_DOCUMENTS``) and the batches of a stream (``TOO_MANY_BATCHES``), from the query
   and its raw variables, before any input object is built.
+- **authorize**: the scopes of the endpoints the operation names (``FORBIDDEN``), before
+  the variables are coerced.
 - **validate**: then the standard validation, once per text.
 
 Every refusal is a GraphQL error with ``extensions.code``; none is logged as a gateway fault.
@@ -22,7 +24,7 @@ Every refusal is a GraphQL error with ``extensions.code``; none is logged as a g
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -36,6 +38,7 @@ from graphql import (
     ListValueNode,
     OperationDefinitionNode,
     SelectionSetNode,
+    StringValueNode,
     ValueNode,
     VariableNode,
     parse,
@@ -242,6 +245,28 @@ def count_documents(
     return docs, batches
 
 
+def endpoints(
+    document: DocumentNode, operation_name: str | None, variables: Mapping[str, Any] | None
+) -> list[str]:
+    """The endpoints named by the ``on`` arguments of the operation's top-level fields."""
+    operation = _operation(document, operation_name)
+    if operation is None:
+        return []
+    found = []
+    for field in _root_fields(document, operation):
+        for argument in field.arguments or ():
+            if argument.name.value != "on":
+                continue
+            value = argument.value
+            if isinstance(value, VariableNode):
+                raw = (variables or {}).get(value.name.value)
+                if isinstance(raw, str):
+                    found.append(raw)
+            elif isinstance(value, StringValueNode):
+                found.append(value.value)
+    return found
+
+
 def check_documents(docs: int, batches: int, limits: GraphQLLimits) -> GraphQLError | None:
     if batches > limits.max_batches:
         return coded(
@@ -350,10 +375,19 @@ def _validate(context: Any, document: DocumentNode) -> list[GraphQLError]:
 class QueryGuard(SchemaExtension):
     """Parses, measures, counts and validates each operation within ``limits``."""
 
-    def __init__(self, *, limits: GraphQLLimits, cache: QueryCache) -> None:
+    def __init__(
+        self,
+        *,
+        limits: GraphQLLimits,
+        cache: QueryCache,
+        authorize: Callable[[Any, list[str]], GraphQLError | None] | None = None,
+    ) -> None:
         super().__init__()
         self.limits = limits
         self.cache = cache
+        self.authorize = authorize
+        """Given the request's context and the endpoints its operation names, the refusal
+        of a caller who lacks a scope, or None."""
         self.checked: Checked | None = None
 
     def on_parse(self) -> Iterator[None]:
@@ -376,6 +410,11 @@ class QueryGuard(SchemaExtension):
         if refusal is None:
             counted = count_documents(document, context.operation_name, context.variables)
             refusal = check_documents(*counted, self.limits)
+        if refusal is None and self.authorize is not None:
+            # Before the variables are coerced: a caller without the scope of the endpoint
+            # it names costs no conversion of its documents.
+            named = endpoints(document, context.operation_name, context.variables)
+            refusal = self.authorize(context.context, named)
         if refusal is not None:
             context.pre_execution_errors = [refusal]
         else:

@@ -51,7 +51,7 @@ from strawberry.subscriptions.protocols.graphql_transport_ws.types import (
 )
 from strawberry.types import ExecutionResult
 
-from meshflow.errors import ForbiddenError, UnauthenticatedError
+from meshflow.errors import ForbiddenError, RequestError, UnauthenticatedError
 from meshflow.gateway.graphql import (
     SCALARS,
     DocumentInput,
@@ -61,6 +61,7 @@ from meshflow.gateway.graphql import (
     Subscription,
     discover,
     query_type,
+    request_error,
     run_post,
 )
 from meshflow.gateway.guards import QueryCache, QueryGuard
@@ -142,7 +143,11 @@ class TraceRequests:
 def make_schema(limits: GraphQLLimits, query: type = Query) -> strawberry.Schema:
     # The guard parses, measures and validates each distinct query text once (cached), before
     # any resolver runs; one cache per schema, as validation depends on the schema.
-    extensions: list[Any] = [functools.partial(QueryGuard, limits=limits, cache=QueryCache())]
+    extensions: list[Any] = [
+        functools.partial(
+            QueryGuard, limits=limits, cache=QueryCache(), authorize=_authorize_endpoints
+        )
+    ]
     return _Schema(
         query=query,
         mutation=Mutation,
@@ -150,6 +155,19 @@ def make_schema(limits: GraphQLLimits, query: type = Query) -> strawberry.Schema
         extensions=extensions,
         config=StrawberryConfig(scalar_map=SCALARS),
     )
+
+
+def _authorize_endpoints(context: Any, endpoints: list[str]) -> GraphQLError | None:
+    """The FORBIDDEN error for a caller lacking the scope of one of ``endpoints``."""
+    gateway = context.get("gateway") if isinstance(context, dict) else None
+    if gateway is None or gateway.auth is None:
+        return None
+    for endpoint in endpoints:
+        try:
+            gateway.authorize(context.get("identity"), endpoint, context.get("door", ""))
+        except RequestError as exc:
+            return request_error(exc)
+    return None
 
 
 _WS_CLOSE = {"UNAUTHENTICATED": (4401, "Unauthorized"), "FORBIDDEN": (4403, "Forbidden")}
