@@ -106,7 +106,8 @@ def test_fragment_bombs_are_refused_while_normal_requests_flow(flow: Flow) -> No
             thread.join(timeout=30)
     assert all(a["data"]["post"]["docs"][0]["text"] == "ax" for a in answers)
     assert refusals and all(r == ["FIELD_LIMIT_EXCEEDED"] for r in refusals)
-    assert "Traceback" not in gateway_log(flow)
+    log = gateway_log(flow)
+    assert "Traceback" not in log and "ERROR" not in log
 
 
 @pytest.mark.mesh("direct")
@@ -413,6 +414,21 @@ def test_unauthenticated_grpc_posts_are_refused_before_their_message_is_read(
 
 
 @pytest.mark.mesh("direct")
+def test_an_anonymous_body_is_never_read(secured: Flow) -> None:
+    body = json.dumps({"query": "{ __typename }", "pad": "x" * (12 << 20)}).encode()
+    with httpx.Client(timeout=30) as client:
+        client.post(secured.graphql_url, json={"query": "{ __typename }"})
+        before = peak_rss(secured)
+        for _ in range(5):
+            response = client.post(
+                secured.graphql_url, content=body, headers={"content-type": "application/json"}
+            )
+            assert response.status_code == 401
+        grown = peak_rss(secured) - before
+    assert grown < 8 * ONE_MIB, f"the gateway grew by {grown / ONE_MIB:.0f} MiB"
+
+
+@pytest.mark.mesh("direct")
 def test_a_huge_bad_token_is_refused_at_the_head_limit(secured: Flow) -> None:
     response = httpx.post(
         secured.graphql_url,
@@ -444,5 +460,7 @@ def test_a_restarted_gateway_rebinds_with_keep_alive_connections_open(flow: Flow
             raise AssertionError("the gateway did not come back within 15 s")
         assert flow.describe()["gateway"]["pid"] != pid
         assert "Address already in use" not in gateway_log(flow)
+        with Client(port=flow.port, timeout=10) as client:  # the gRPC door too
+            assert client.post("/", [Document(text="back")]).texts == ["backx"]
     finally:
         keep_alive.close()
