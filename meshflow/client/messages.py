@@ -87,7 +87,11 @@ def build_request(
     return request_id, request.SerializeToString()
 
 
-_GATEWAY_REFUSALS: dict[str, type[RequestError]] = {cls.__name__: cls for cls in REFUSALS}
+# A failure of the gateway itself (not of an executor) on a stream: a refusal, or an internal
+# error (a plain RequestError naming the step where the gateway failed).
+_GATEWAY_REFUSALS: dict[str, type[RequestError]] = {
+    cls.__name__: cls for cls in (*REFUSALS, RequestError)
+}
 
 
 def read_response(data: bytes) -> Response:

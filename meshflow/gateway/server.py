@@ -25,7 +25,7 @@ from google.protobuf.message import DecodeError
 
 from meshflow.errors import BadRequestError, OverloadedError, RequestError
 from meshflow.gateway.auth import Authenticator
-from meshflow.gateway.traversal import Traversal
+from meshflow.gateway.traversal import Traversal, internal_error
 from meshflow.identity import Identity
 from meshflow.observability.tracing import current_trace_id
 from meshflow.proto.v1 import data_request_pb2
@@ -134,16 +134,16 @@ class Gateway:
         try:
             identity = self.identify(_authorization(context), "grpc")
             return await self.run(data, _deadline(context), identity, door="grpc")
-        except RequestError as exc:
-            await context.abort(getattr(grpc.StatusCode, exc.grpc_code), str(exc))
+        except Exception as exc:
+            await _abort(context, exc)
             raise  # unreachable: abort raises
 
     async def post_after_auth(self, requests: AsyncIterator[bytes], context: _Context) -> bytes:
         """``Post`` when the Flow checks tokens: the token first, then the one message."""
         try:
             identity = self.identify(_authorization(context), "grpc")
-        except RequestError as exc:
-            await context.abort(getattr(grpc.StatusCode, exc.grpc_code), str(exc))
+        except Exception as exc:
+            await _abort(context, exc)
             raise  # unreachable: abort raises
         data = None
         async for message in requests:
@@ -155,8 +155,8 @@ class Gateway:
             raise AssertionError("unreachable: abort raises")
         try:
             return await self.run(data, _deadline(context), identity, door="grpc")
-        except RequestError as exc:
-            await context.abort(getattr(grpc.StatusCode, exc.grpc_code), str(exc))
+        except Exception as exc:
+            await _abort(context, exc)
             raise  # unreachable: abort raises
 
     async def stream(
@@ -167,28 +167,34 @@ class Gateway:
         pending: set[asyncio.Task[None]] = set()
         try:
             identity = self.identify(_authorization(context), "grpc")
-        except RequestError as exc:
-            await context.abort(getattr(grpc.StatusCode, exc.grpc_code), str(exc))
+        except Exception as exc:
+            await _abort(context, exc)
+            raise  # unreachable: abort raises
 
         async def one(data: bytes) -> None:
             try:
-                self.in_flight += 1
-                try:
-                    answer = await self._run(data, deadline, identity, "grpc")
-                except RequestError as exc:
-                    answer = _failure(data, exc)
-                await answers.put(answer)
-            finally:
-                self.in_flight -= 1
-                self._slots.release()
+                answer = await self._run(data, deadline, identity, "grpc")
+            except RequestError as exc:
+                answer = _failure(data, exc)
+            except Exception as exc:  # every request gets an answer, or the client waits
+                answer = _failure(data, internal_error(exc, "gateway", "", "streaming"))
+            await answers.put(answer)
+
+        def release(task: asyncio.Task[None]) -> None:
+            # A done callback, not a ``finally`` in ``one``: it also runs for a task cancelled
+            # before it started, which never enters its body.
+            pending.discard(task)
+            self.in_flight -= 1
+            self._slots.release()
 
         async def read() -> None:
             try:
                 async for data in requests:
                     await self._slots.acquire()
+                    self.in_flight += 1
                     task = asyncio.ensure_future(one(data))
                     pending.add(task)
-                    task.add_done_callback(pending.discard)
+                    task.add_done_callback(release)
                 if pending:
                     await asyncio.wait(set(pending))
             finally:
@@ -240,6 +246,9 @@ class Gateway:
         except RequestError as exc:
             status = exc.graphql_code.lower()
             raise
+        except Exception as exc:
+            status = RequestError.graphql_code.lower()
+            raise internal_error(exc, "gateway", endpoint, "routing the request") from exc
         except BaseException:
             status = "cancelled"
             raise
@@ -275,6 +284,16 @@ def _annotate_span(request_id: str, endpoint: str, door: str) -> None:
     span.set_attribute("meshflow.endpoint", endpoint)
     span.set_attribute("meshflow.request_id", request_id)
     span.set_attribute("meshflow.door", door or "grpc")
+
+
+async def _abort(context: _Context, exc: Exception) -> None:
+    """End the call with the status of ``exc``: a :class:`RequestError`'s own code, and
+    ``INTERNAL`` naming the step for anything else (never gRPC's ``UNKNOWN``)."""
+    if isinstance(exc, grpc.aio.AbortError):
+        raise exc  # the call was already ended with its status
+    if not isinstance(exc, RequestError):
+        exc = internal_error(exc, "gateway", "", "reading the call")
+    await context.abort(getattr(grpc.StatusCode, exc.grpc_code), str(exc))
 
 
 def _deadline(context: _Context) -> float | None:

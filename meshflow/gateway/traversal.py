@@ -10,7 +10,9 @@ executor, is the answer; other requests are unaffected.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
+import logging
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Iterator
@@ -27,6 +29,8 @@ if TYPE_CHECKING:
     from opentelemetry.trace import Tracer
 
     from meshflow.observability.metrics import GatewayMetrics
+
+log = logging.getLogger("meshflow.gateway")
 
 _OK = data_request_pb2.Status.OK
 # Appended to a request (concatenated messages merge) to mark the call to a leaf.
@@ -86,17 +90,18 @@ class Traversal:
     ) -> bytes:
         tasks: dict[str, asyncio.Task[bytes]] = {}
 
+        async def given(need: str) -> bytes:
+            return data if need == GATEWAY else await tasks[need]
+
         async def fire(node: Node) -> bytes:
-            if node.needs == (GATEWAY,):
-                inputs = [data]
-            else:
-                inputs = list(await asyncio.gather(*(tasks[n] for n in node.needs)))
+            inputs = list(await asyncio.gather(*(given(n) for n in node.needs)))
             for item in inputs:
                 if _failed(item):
                     return item
-            payload = inputs[0] if len(inputs) == 1 else _merge(inputs)
-            if pushdown and node.name in self._leaves:
-                payload += _LAST_HOP
+            with _step(node.name, endpoint):
+                payload = inputs[0] if len(inputs) == 1 else _merge(inputs)
+                if pushdown and node.name in self._leaves:
+                    payload += _LAST_HOP
             return await self._call(node, payload, endpoint, deadline)
 
         for node in self.topology.nodes:
@@ -109,7 +114,8 @@ class Traversal:
         failed = [o for o in outputs if _failed(o)]
         if failed:
             return failed[0]
-        return outputs[0] if len(outputs) == 1 else _merge(outputs)
+        with _step("gateway", endpoint, "merging the leaves' answers"):
+            return outputs[0] if len(outputs) == 1 else _merge(outputs)
 
     async def _call(self, node: Node, data: bytes, endpoint: str, deadline: float | None) -> bytes:
         timeout = node.timeout
@@ -142,12 +148,15 @@ class Traversal:
             raise  # the request itself is wrong: answered with INVALID_ARGUMENT
         except RequestError as exc:
             return _error_answer(data, node.name, endpoint, exc)
+        except Exception as exc:
+            raise internal_error(exc, node.name, endpoint) from exc
         for answer in answers:
             if _failed(answer):
                 return answer
-        decoded = [data_request_pb2.DataRequest.FromString(a) for a in answers]
-        reduced = reduce_shards(decoded, struct_to_dict(decoded[0].parameters))
-        return reduced.SerializeToString()
+        with _step(node.name, endpoint, "reducing the shards' answers"):
+            decoded = [data_request_pb2.DataRequest.FromString(a) for a in answers]
+            reduced = reduce_shards(decoded, struct_to_dict(decoded[0].parameters))
+            return reduced.SerializeToString()
 
     async def _observed_call(
         self, name: str, shard: int, data: bytes, timeout: float | None
@@ -196,6 +205,35 @@ class Traversal:
                 span.set_status(Status(StatusCode.ERROR, f"{status.executor}: {status.message}"))
                 span.set_attribute("meshflow.exception_type", status.exception_type)
             return answer
+
+
+def internal_error(
+    exc: BaseException, step: str, endpoint: str, doing: str = "calling it"
+) -> RequestError:
+    """An unexpected exception of the gateway as a :class:`RequestError` (gRPC ``INTERNAL``,
+    GraphQL ``INTERNAL_SERVER_ERROR``) that names the step; its traceback goes to the log."""
+    log.error(
+        "the gateway failed at step %r of endpoint %r (%s)",
+        step,
+        endpoint or "/",
+        doing,
+        exc_info=exc,
+    )
+    return RequestError(
+        f"the gateway failed at step {step!r} of endpoint {endpoint or '/'!r} ({doing}): "
+        f"{type(exc).__name__}: {exc}; this is a bug of the gateway, its log has the traceback"
+    )
+
+
+@contextlib.contextmanager
+def _step(step: str, endpoint: str, doing: str = "merging its inputs") -> Iterator[None]:
+    """Turn an unexpected exception inside the block into an internal error naming ``step``."""
+    try:
+        yield
+    except RequestError:
+        raise
+    except Exception as exc:
+        raise internal_error(exc, step, endpoint, doing) from exc
 
 
 def _sampled() -> bool:

@@ -7,6 +7,7 @@ import socket
 import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 
 import grpc
 import pytest
@@ -14,6 +15,7 @@ from procs import flow_children
 
 from meshflow import (
     BadRequestError,
+    Client,
     ConfigError,
     DeadlineExceeded,
     DocumentArray,
@@ -21,7 +23,9 @@ from meshflow import (
     Flow,
     FlowStartError,
     OverloadedError,
+    RequestError,
 )
+from meshflow.client.messages import build_request, read_response
 from meshflow.wire import GATEWAY_POST
 
 StartFlow = Callable[[Flow], Flow]
@@ -166,3 +170,44 @@ def test_oversized_request_is_resource_exhausted(start_flow: StartFlow) -> None:
             channel.unary_unary(GATEWAY_POST)(b"\x00" * 100_000, timeout=5)
         assert info.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
     assert f.post("/", DocumentArray.empty(1)).texts == ["x"]
+
+
+@pytest.mark.mesh("direct")
+def test_streams_cancelled_mid_way_give_back_every_slot(start_flow: StartFlow) -> None:
+    f = start_flow(Flow(max_in_flight=3).add(uses="executors:Slow"))
+    with Client(port=f.port, max_in_flight=3) as client:
+        for _ in range(15):
+            answers = client.stream_raw(
+                build_request("/sleep", [], parameters={"seconds": 0.05 * (i % 3)})
+                for i in range(30)
+            )
+            next(answers)  # one answer, then the stream is cancelled with requests in flight
+            answers.close()
+    # Every slot came back: max_in_flight requests at once are all served, none shed.
+    with ThreadPoolExecutor(3) as pool:
+        done = list(
+            pool.map(
+                lambda _: f.client.post(
+                    "/sleep", DocumentArray.empty(1), parameters={"seconds": 0.5}
+                ),
+                range(3),
+            )
+        )
+    assert [len(d) for d in done] == [1, 1, 1]
+
+
+@pytest.mark.mesh("direct")
+def test_a_stream_ends_when_its_executor_crashes_mid_way(start_flow: StartFlow) -> None:
+    f = start_flow(Flow().add(uses="executors:Crash", name="fragile"))
+    ons = ["/ok", "/ok", "/crash", "/ok", "/ok", "/ok"]
+    with Client(port=f.port, max_in_flight=4, timeout=30) as client:
+        answers = list(client.stream_raw(build_request(on, []) for on in ons))
+    assert len(answers) == len(ons)  # every request answered, none dropped
+    failures = 0
+    for raw in answers:
+        try:
+            read_response(raw)
+        except RequestError as exc:
+            failures += 1
+            assert "fragile" in str(exc)
+    assert failures >= 1

@@ -206,3 +206,15 @@ def _alive(pid: int) -> bool:
     # A zombie is dead for our purpose; the Flow reaped its children, so this is a live pid.
     with open(f"/proc/{pid}/stat") as fh:
         return fh.read().split()[2] != "Z"
+
+
+def test_join_of_the_gateway_input_with_a_branch(start_flow: StartFlow) -> None:
+    f = start_flow(
+        Flow()
+        .add(uses="executors:Tag", name="executor0", needs="gateway")
+        .add(uses="executors:Tag", name="executor1", needs=["gateway", "executor0"])
+    )
+    docs = f.post("/", DocumentArray([Document(text="a"), Document(text="b")]))
+    assert docs.texts == ["a", "b"]
+    for d in docs:
+        assert d.tags == {"executor0": True, "executor1": True}

@@ -1,0 +1,177 @@
+"""The gRPC door of the gateway, served in-process by a real grpc.aio server over a
+traversal whose transport is a test double (what an executor answers is scripted)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import grpc
+import pytest
+
+from meshflow.client.messages import build_request, read_response
+from meshflow.errors import RequestError
+from meshflow.gateway.server import Gateway
+from meshflow.gateway.topology import Node, Topology
+from meshflow.gateway.traversal import Traversal
+from meshflow.proto.v1 import services_pb2
+from meshflow.wire import GATEWAY_POST, GATEWAY_STREAM
+
+Behaviour = Callable[[str, bytes], Awaitable[bytes]]
+
+
+class ScriptedTransport:
+    """Answers each call with ``behaviour(deployment, data)``."""
+
+    def __init__(self, behaviour: Behaviour) -> None:
+        self.behaviour = behaviour
+
+    async def call(
+        self, deployment: str, shard: int, data: bytes, timeout: float | None, metadata: Any = None
+    ) -> bytes:
+        return await self.behaviour(deployment, data)
+
+    async def close(self) -> None:
+        pass
+
+    async def describe(self, deployment: str, shard: int) -> services_pb2.EndpointsResponse | None:
+        return services_pb2.EndpointsResponse()
+
+
+async def echo(deployment: str, data: bytes) -> bytes:
+    return data
+
+
+def gateway(behaviour: Behaviour, *nodes: Node, max_in_flight: int = 8) -> Gateway:
+    topology = Topology(nodes or (Node(name="exec0", needs=("gateway",), shards=(("x",),)),))
+    return Gateway(Traversal(topology, ScriptedTransport(behaviour)), max_in_flight=max_in_flight)
+
+
+async def serve(gw: Gateway) -> tuple[grpc.aio.Server, grpc.aio.Channel]:
+    server = grpc.aio.server()
+    server.add_generic_rpc_handlers((gw.handler(),))
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    return server, grpc.aio.insecure_channel(f"127.0.0.1:{port}")
+
+
+def run(coro: Awaitable[None]) -> None:
+    async def bounded() -> None:
+        await asyncio.wait_for(coro, 30)
+
+    asyncio.run(bounded())
+
+
+def test_unexpected_exception_of_a_step_is_internal_and_names_it() -> None:
+    async def crash(deployment: str, data: bytes) -> bytes:
+        raise KeyError("surprise")
+
+    async def main() -> None:
+        server, channel = await serve(gateway(crash))
+        try:
+            post = channel.unary_unary(GATEWAY_POST)
+            with pytest.raises(grpc.aio.AioRpcError) as info:
+                await post(build_request("/index", [])[1], timeout=10)
+            assert info.value.code() == grpc.StatusCode.INTERNAL
+            details = info.value.details() or ""
+            assert "'exec0'" in details and "'/index'" in details and "KeyError" in details
+            assert "<class" not in details
+        finally:
+            await channel.close()
+            await server.stop(None)
+
+    run(main())
+
+
+def test_a_stream_answers_every_request_when_one_step_crashes() -> None:
+    async def crash_on_second(deployment: str, data: bytes) -> bytes:
+        if read_response(data).docs.texts == ["1"]:
+            raise ZeroDivisionError("bug")
+        return data
+
+    async def main() -> None:
+        from meshflow import Document
+
+        server, channel = await serve(gateway(crash_on_second))
+        try:
+            stream = channel.stream_stream(GATEWAY_STREAM)
+
+            async def requests() -> AsyncIterator[bytes]:
+                for i in range(3):
+                    yield build_request("/", [Document(text=str(i))])[1]
+
+            answers = [a async for a in stream(requests(), timeout=10)]
+            assert len(answers) == 3
+            failures = []
+            for raw in answers:
+                try:
+                    read_response(raw)
+                except RequestError as exc:
+                    failures.append(exc)
+            [failure] = failures
+            assert type(failure) is RequestError  # an internal error of the gateway
+            assert "'exec0'" in str(failure) and "ZeroDivisionError" in str(failure)
+        finally:
+            await channel.close()
+            await server.stop(None)
+
+    run(main())
+
+
+class _Context:
+    """The little of a grpc.aio servicer context the stream handler reads."""
+
+    def time_remaining(self) -> float | None:
+        return None
+
+    def invocation_metadata(self) -> tuple[()]:
+        return ()
+
+    async def abort(self, code: grpc.StatusCode, details: str) -> None:
+        raise AssertionError(f"aborted: {code} {details}")
+
+
+def test_requests_cancelled_before_they_start_give_back_their_slots() -> None:
+    async def slow(deployment: str, data: bytes) -> bytes:
+        await asyncio.sleep(30)
+        return data
+
+    gw = gateway(slow, max_in_flight=4)
+
+    async def cancelled_stream() -> None:
+        consumer: list[asyncio.Task[None]] = []
+
+        async def requests() -> AsyncIterator[bytes]:
+            # The consumer is cancelled before the tasks of these requests first run: each
+            # is cancelled before it starts.
+            consumer[0].cancel()
+            for _ in range(3):
+                yield build_request("/", [])[1]
+            await asyncio.Event().wait()
+
+        async def consume() -> None:
+            async for _ in gw.stream(requests(), _Context()):  # type: ignore[arg-type]
+                pass
+
+        consumer.append(asyncio.ensure_future(consume()))
+        with pytest.raises(asyncio.CancelledError):
+            await consumer[0]
+
+    async def main() -> None:
+        for _ in range(10):
+            await cancelled_stream()
+            for _ in range(100):  # the cancelled tasks finish on the next turns of the loop
+                if gw.in_flight == 0:
+                    break
+                await asyncio.sleep(0.01)
+            assert gw.in_flight == 0
+        # Every slot is free: max_in_flight requests run at once again.
+        gw.traversal.transport = ScriptedTransport(echo)
+        gw.traversal._send = gw.traversal.transport.call
+        answers = await asyncio.gather(
+            *(gw.run(build_request("/", [])[1], None) for _ in range(gw.max_in_flight))
+        )
+        assert len(answers) == gw.max_in_flight
+
+    run(main())
