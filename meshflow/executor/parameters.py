@@ -19,6 +19,9 @@ A request's parameters are shared by every executor it visits: each typed endpoi
 fields it declares and leaves the other keys to the other executors (an indexer's ``filter``
 is no concern of a ranker). A key named after an executor holds parameters for it alone:
 ``{"limit": 10, "ranker": {"limit": 3}}`` gives the ranker ``limit=3``, everyone else 10.
+Jina's form is accepted too: ``{"ranker__limit": 3}`` gives ``limit=3`` to the ranker alone,
+and no executor sees the key ``ranker__limit`` itself (any key ``<name>__<key>`` is addressed
+to the executor ``<name>``).
 """
 
 from __future__ import annotations
@@ -106,12 +109,28 @@ def build(cls: type, values: dict[str, Any], endpoint: str) -> Any:
 
 def for_executor(values: dict[str, Any], executor: str) -> dict[str, Any]:
     """The parameters ``executor`` sees: the shared ones, overridden by ``values[executor]``
-    when that is a mapping."""
-    own = values.get(executor)
-    if not isinstance(own, dict):
-        return values
-    shared = {k: v for k, v in values.items() if k != executor}
-    return {**shared, **own}
+    when that is a mapping, then by the keys ``<executor>__<key>``; keys addressed to other
+    executors that way are dropped.
+
+    >>> for_executor({"k": 1, "ranker": {"k": 2}, "ranker__top": 3, "index__k": 4}, "ranker")
+    {'k': 2, 'top': 3}
+    """
+    shared: dict[str, Any] = {}
+    addressed: dict[str, Any] = {}
+    for key, value in values.items():
+        name, sep, own_key = key.partition("__")
+        if sep and name and own_key:
+            if name == executor:
+                addressed[own_key] = value
+            continue
+        shared[key] = value
+    own = shared.get(executor)
+    if isinstance(own, dict):
+        del shared[executor]
+        shared.update(own)
+    if not addressed:
+        return shared
+    return {**shared, **addressed}
 
 
 def _int(value: Any, name: str) -> Any:

@@ -218,3 +218,20 @@ def test_join_of_the_gateway_input_with_a_branch(start_flow: StartFlow) -> None:
     assert docs.texts == ["a", "b"]
     for d in docs:
         assert d.tags == {"executor0": True, "executor1": True}
+
+
+def test_jina_style_parameters_reach_only_the_named_executor(start_flow: StartFlow) -> None:
+    f = start_flow(
+        Flow()
+        .add(uses="executors:Results", name="exec1")
+        .add(uses="executors:Results", name="exec2")
+    )
+    [response] = f.post(
+        "/count",
+        DocumentArray.empty(1),
+        parameters={"shared": 1, "exec2__key": "v", "exec1": {"mine": True}},
+        return_responses=True,
+    )
+    assert response.results["exec1"]["echo"] == {"shared": 1.0, "mine": True}
+    # meshflow's own form stays visible to the others; Jina's form does not.
+    assert response.results["exec2"]["echo"] == {"shared": 1.0, "key": "v", "exec1": {"mine": True}}
