@@ -79,7 +79,7 @@ class BadRequestError(RequestError):
     """The request is malformed, or larger than the gateway accepts."""
 
     grpc_code = "INVALID_ARGUMENT"
-    graphql_code = "BAD_REQUEST"
+    graphql_code = "BAD_USER_INPUT"
 
 
 class OverloadedError(RequestError):

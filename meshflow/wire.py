@@ -8,6 +8,8 @@ EXECUTOR_PROCESS = "/meshflow.v1.ExecutorService/Process"
 EXECUTOR_ENDPOINTS = "/meshflow.v1.ExecutorService/Endpoints"
 GATEWAY_POST = "/meshflow.v1.GatewayService/Post"
 GATEWAY_STREAM = "/meshflow.v1.GatewayService/Stream"
+MISSING_SCOPE = "meshflow-missing-scope"
+"""Trailing metadata of a ``PERMISSION_DENIED`` answer: the scope the token lacks."""
 
 INTERNAL_MAX_MESSAGE = 512 * 1024 * 1024
 """Message size limit between gateway and executors; clients are limited by the gateway."""

@@ -28,6 +28,7 @@ from meshflow.errors import (
     UnavailableError,
 )
 from meshflow.proto.v1 import data_request_pb2
+from meshflow.wire import MISSING_SCOPE
 
 Inputs = DocumentArray | Iterable[Document] | Document | None
 
@@ -101,7 +102,11 @@ def read_response(data: bytes) -> Response:
     if status.code != data_request_pb2.Status.OK:
         refused = _GATEWAY_REFUSALS.get(status.exception_type)
         if status.executor == "gateway" and refused is not None:
-            raise refused(status.message)  # refused on a stream, before any executor
+            # Refused on a stream, before any executor.
+            if refused is ForbiddenError:
+                scope = struct_to_dict(answer.results["gateway"]).get("missing_scope")
+                raise ForbiddenError(status.message, scope=scope)
+            raise refused(status.message)
         raise ExecutorError(
             status.message,
             executor=status.executor,
@@ -136,6 +141,15 @@ def rpc_error(exc: grpc.RpcError, target: str) -> RequestError:
     if code == grpc.StatusCode.UNAUTHENTICATED:
         return UnauthenticatedError(details)
     if code == grpc.StatusCode.PERMISSION_DENIED:
-        return ForbiddenError(details)
+        return ForbiddenError(details, scope=_trailer(exc, MISSING_SCOPE))
     name = code.name if code is not None else "UNKNOWN"
     return RequestError(f"the request to {target} failed with {name}: {details}")
+
+
+def _trailer(exc: grpc.RpcError, key: str) -> str | None:
+    """The value of one trailing metadata entry of a failed call, if it has one."""
+    trailers = exc.trailing_metadata() if hasattr(exc, "trailing_metadata") else None
+    for name, value in trailers or ():
+        if name == key:
+            return value if isinstance(value, str) else value.decode("utf-8", "replace")
+    return None

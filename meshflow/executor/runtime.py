@@ -115,8 +115,10 @@ class ExecutorRuntime:
         if spec.params is not None:
             try:
                 parameters = build_params(spec.params, parameters, spec.name)
-            except BadRequestError as exc:
-                return _failure(request, self.name, exc)
+            except BadRequestError as exc:  # the caller's mistake: INVALID_ARGUMENT
+                raise BadRequestError(
+                    f"executor {self.name!r}, endpoint {spec.name!r}: {exc}"
+                ) from None
         kwargs: dict[str, Any] = {
             "docs": docs,
             "parameters": parameters,

@@ -501,6 +501,13 @@ def _doc_json(doc: Any) -> dict[str, Any]:
     return out
 
 
+_POST_KEYS = frozenset({"on", "docs", "parameters", "targetExecutor", "fields"})
+_POST_BODY = (
+    'it takes "on" (the endpoint), and optionally "docs", "parameters", "targetExecutor" '
+    'and "fields"'
+)
+
+
 def make_app(
     gateway: Gateway,
     limits: GraphQLLimits,
@@ -523,13 +530,17 @@ def make_app(
             body = decode_json(await request.body())
         except json.JSONDecodeError as exc:
             return _error(400, f"the body is not valid JSON: {exc.msg}", "BAD_REQUEST")
-        if not isinstance(body, dict) or not isinstance(body.get("on"), str):
+        if not isinstance(body, dict):
+            return _error(400, f"the body must be a JSON object: {_POST_BODY}", "BAD_REQUEST")
+        unknown = sorted(set(body) - _POST_KEYS)
+        if unknown:
             return _error(
                 400,
-                'the body must be a JSON object with "on" (endpoint), and optionally "docs", '
-                '"parameters", "targetExecutor" and "fields"',
-                "BAD_REQUEST",
+                f"unknown key(s) {', '.join(map(repr, unknown))} in the body; {_POST_BODY}",
+                "BAD_USER_INPUT",
             )
+        if not isinstance(body.get("on"), str):
+            return _error(400, f'"on" must be a string; {_POST_BODY}', "BAD_USER_INPUT")
         identity = request.scope.get("state", {}).get("meshflow_identity")
         try:
             gateway.authorize(identity, body["on"], "http")
@@ -540,7 +551,7 @@ def make_app(
         docs = body.get("docs") or []
         fields = body.get("fields") or []
         if not isinstance(docs, list) or not isinstance(fields, list):
-            return _error(400, '"docs" and "fields" must be lists', "BAD_REQUEST")
+            return _error(400, '"docs" and "fields" must be lists', "BAD_USER_INPUT")
         if len(docs) > limits.max_docs:
             return _error(
                 413,
@@ -551,7 +562,7 @@ def make_app(
         try:
             inputs = [_doc_input(d, i) for i, d in enumerate(docs)]
         except ValueError as exc:
-            return _error(400, str(exc), "BAD_REQUEST")
+            return _error(400, str(exc), "BAD_USER_INPUT")
         try:
             answer = await run_post(
                 gateway,

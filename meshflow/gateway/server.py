@@ -23,13 +23,13 @@ from typing import TYPE_CHECKING, Any, TypeAlias
 import grpc
 from google.protobuf.message import DecodeError
 
-from meshflow.errors import BadRequestError, OverloadedError, RequestError
+from meshflow.errors import BadRequestError, ForbiddenError, OverloadedError, RequestError
 from meshflow.gateway.auth import Authenticator
 from meshflow.gateway.traversal import Traversal, internal_error
 from meshflow.identity import Identity
 from meshflow.observability.tracing import current_trace_id
 from meshflow.proto.v1 import data_request_pb2
-from meshflow.wire import GATEWAY_POST, GATEWAY_STREAM
+from meshflow.wire import GATEWAY_POST, GATEWAY_STREAM, MISSING_SCOPE
 
 if TYPE_CHECKING:
     from meshflow.observability.metrics import GatewayMetrics
@@ -293,7 +293,10 @@ async def _abort(context: _Context, exc: Exception) -> None:
         raise exc  # the call was already ended with its status
     if not isinstance(exc, RequestError):
         exc = internal_error(exc, "gateway", "", "reading the call")
-    await context.abort(getattr(grpc.StatusCode, exc.grpc_code), str(exc))
+    trailers: tuple[tuple[str, str], ...] = ()
+    if isinstance(exc, ForbiddenError) and exc.scope:
+        trailers = ((MISSING_SCOPE, exc.scope),)
+    await context.abort(getattr(grpc.StatusCode, exc.grpc_code), str(exc), trailers)
 
 
 def _deadline(context: _Context) -> float | None:
@@ -321,7 +324,7 @@ def _failure(data: bytes, exc: RequestError) -> bytes:
         header = head.header
     except DecodeError:
         header = data_request_pb2.Header()
-    return data_request_pb2.DataRequest(
+    answer = data_request_pb2.DataRequest(
         header=header,
         status=data_request_pb2.Status(
             code=data_request_pb2.Status.ERROR,
@@ -330,4 +333,9 @@ def _failure(data: bytes, exc: RequestError) -> bytes:
             endpoint=header.endpoint or "/",
             exception_type=type(exc).__name__,
         ),
-    ).SerializeToString()
+    )
+    if isinstance(exc, ForbiddenError) and exc.scope:
+        # The status has no field for it: the gateway's own results (no executor can be
+        # named 'gateway') carry the missing scope.
+        answer.results["gateway"].update({"missing_scope": exc.scope})
+    return answer.SerializeToString()

@@ -387,3 +387,22 @@ def test_auth_under_the_envoy_mesh(
         send(f, "grpc", refused_tokens(keys)["expired"])
     assert send(f, "grpc", keys.token(sub="frank"))["first"]["subject"] == "frank"
     assert send(f, "graphql", keys.token(sub="frank"))["first"]["subject"] == "frank"
+
+
+def test_a_missing_scope_is_named_over_grpc_as_over_graphql(secured: Flow, keys: Keys) -> None:
+    token = keys.token(scope="search:read")
+    with Client(port=secured.port, token=token) as client:
+        with pytest.raises(ForbiddenError) as refused:  # one unary Post
+            client.post("/index", DocumentArray.empty(1))
+        assert refused.value.scope == "index:write"
+        with pytest.raises(ForbiddenError) as refused:  # requests on a Stream
+            client.post("/index", DocumentArray.empty(2), request_size=1)
+        assert refused.value.scope == "index:write"
+
+    async def post_one() -> None:
+        async with AsyncClient(port=secured.port, token=token) as client:
+            with pytest.raises(ForbiddenError) as refused:
+                await client.post_one("/index", DocumentArray.empty(1), timeout=10)
+            assert refused.value.scope == "index:write"
+
+    asyncio.run(post_one())

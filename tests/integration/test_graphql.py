@@ -276,14 +276,19 @@ def test_plain_http_post_for_curl_users(start_flow: StartFlow) -> None:
         url, json={"on": "/", "docs": [{"text": "a", "embedding": [1, 2]}], "fields": ["text"]}
     ).json()
     assert set(lean["docs"][0]) == {"id", "text"}
-    for bad, status in (
-        (b"{nope", 400),
-        (b'{"docs": []}', 400),
-        (b'{"on": "/", "docs": [{"colour": 1}]}', 400),
+    for bad, code in (
+        (b"{nope", "BAD_REQUEST"),  # not JSON: the HTTP request itself is malformed
+        (b"[]", "BAD_REQUEST"),
+        (b'{"docs": []}', "BAD_USER_INPUT"),  # the input is wrong, as in the mutation
+        (b'{"on": "/", "docs": [{"colour": 1}]}', "BAD_USER_INPUT"),
+        (b'{"on": "/", "docs": [{"blob": "%%%"}]}', "BAD_USER_INPUT"),
+        (b'{"on": "/", "parameter": {"limit": 3}}', "BAD_USER_INPUT"),  # a typo of a key
     ):
         response = httpx.post(url, content=bad, headers={"content-type": "application/json"})
-        assert response.status_code == status
-        assert response.json()["errors"][0]["extensions"]["code"] == "BAD_REQUEST"
+        assert response.status_code == 400, bad
+        assert response.json()["errors"][0]["extensions"]["code"] == code, bad
+    typo = httpx.post(url, json={"on": "/", "parameter": {}}).json()["errors"][0]["message"]
+    assert "'parameter'" in typo and '"parameters"' in typo
 
 
 def test_graphiql_page_works_offline(start_flow: StartFlow) -> None:
@@ -405,7 +410,7 @@ def test_read_only_endpoint_is_a_query_field_with_typed_arguments(start_flow: St
 
 
 def test_typed_parameters_reach_the_executor_over_grpc_too(start_flow: StartFlow) -> None:
-    from meshflow import ExecutorError
+    from meshflow import BadRequestError
 
     f = start_flow(Flow().add(uses="executors:Catalog", name="catalog"))
     [doc] = f.post("/search", Document(), parameters={"limit": 2, "category": "shoes"})
@@ -415,7 +420,11 @@ def test_typed_parameters_reach_the_executor_over_grpc_too(start_flow: StartFlow
     assert doc.matches.ids == ["shoe-1"]
     [doc] = f.post("/search", Document(), parameters={"limit": 1, "catalog": {"limit": 3}})
     assert len(doc.matches) == 3
-    with pytest.raises(ExecutorError) as info:
+    with pytest.raises(BadRequestError) as info:  # INVALID_ARGUMENT, naming the executor
         f.post("/search", Document(), parameters={"limit": "two"})
-    assert info.value.executor == "catalog" and info.value.exception_type == "BadRequestError"
-    assert "whole number" in str(info.value)
+    assert "'catalog'" in str(info.value) and "whole number" in str(info.value)
+    with pytest.raises(BadRequestError, match="whole number"):  # on a stream too
+        f.post("/search", [Document(), Document()], parameters={"limit": "two"}, request_size=1)
+    wrong = gql(f, 'mutation { post(on: "/search", parameters: {limit: "two"}) { requestId } }')
+    assert wrong["errors"][0]["extensions"]["code"] == "BAD_USER_INPUT"
+    assert "whole number" in wrong["errors"][0]["message"]
