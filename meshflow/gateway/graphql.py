@@ -14,6 +14,7 @@ import base64
 import binascii
 import inspect
 import keyword
+import logging
 import time
 import uuid
 from collections.abc import AsyncGenerator, Iterable, Sequence
@@ -31,6 +32,8 @@ from meshflow.errors import ForbiddenError, RequestError
 from meshflow.gateway.server import Gateway
 from meshflow.identity import Identity
 from meshflow.proto.v1 import data_request_pb2, document_pb2, services_pb2
+
+log = logging.getLogger("meshflow.gateway")
 
 _CAMEL = {"parentId": "parent_id", "mimeType": "mime_type"}
 _PROTO_FIELDS = {
@@ -526,6 +529,14 @@ class Subscription:
                     answer.batch = index
                 except GraphQLError as exc:
                     answer = exc
+                except Exception as exc:  # a bug: still an answer, or the subscription hangs
+                    log.error("stream %r: batch %d failed in the gateway", on, index, exc_info=exc)
+                    answer = graphql_error(
+                        f"the gateway failed on batch {index} of the stream on {on!r}: "
+                        f"{type(exc).__name__}: {exc}; its log has the traceback",
+                        RequestError.graphql_code,
+                        batch=index,
+                    )
                 await answers.put(answer)
 
         tasks = [asyncio.ensure_future(one(i, batch)) for i, batch in enumerate(batches)]
