@@ -427,11 +427,16 @@ class Query:
         if gateway.auth is not None:
             _require(info, gateway.auth.config.admin_scope, "the flow query")
         deployments = []
-        for node in gateway.traversal.topology.nodes:
-            probes = [
-                await gateway.traversal.transport.describe(node.name, shard)
-                for shard in range(len(node.shards))
-            ]
+        nodes = gateway.traversal.topology.nodes
+        transport = gateway.traversal.transport
+        # Every shard at once: a silent deployment costs one probe timeout, not one each.
+        answers = iter(
+            await asyncio.gather(
+                *(transport.describe(n.name, s) for n in nodes for s in range(len(n.shards)))
+            )
+        )
+        for node in nodes:
+            probes = [next(answers) for _ in node.shards]
             endpoints = sorted({e.name for p in probes if p is not None for e in p.endpoints})
             deployments.append(
                 DeploymentInfo(
@@ -582,25 +587,23 @@ def field_name(endpoint: str) -> str | None:
     return name
 
 
-async def discover(gateway: Gateway) -> dict[str, dict[str, services_pb2.Parameter]] | None:
-    """Read-only endpoints of every deployment and their parameters; None if one is silent."""
+def read_only_endpoints(
+    answers: Iterable[services_pb2.EndpointsResponse],
+) -> dict[str, dict[str, services_pb2.Parameter]]:
+    """The read-only endpoints in the ``answers`` of deployments and their parameters (a
+    parameter two executors type differently becomes ``json``)."""
     found: dict[str, dict[str, services_pb2.Parameter]] = {}
-    topology = gateway.traversal.topology
-    for node in topology.nodes:
-        for shard in range(len(node.shards)):
-            answer = await gateway.traversal.transport.describe(node.name, shard)
-            if answer is None:
-                return None
-            for endpoint in answer.endpoints:
-                if not endpoint.read_only:
-                    continue
-                params = found.setdefault(endpoint.name, {})
-                for p in endpoint.parameters:
-                    known = params.get(p.name)
-                    if known is not None and (known.type, known.list) != (p.type, p.list):
-                        params[p.name] = services_pb2.Parameter(name=p.name, type="json")
-                    else:
-                        params[p.name] = p
+    for answer in answers:
+        for endpoint in answer.endpoints:
+            if not endpoint.read_only:
+                continue
+            params = found.setdefault(endpoint.name, {})
+            for p in endpoint.parameters:
+                known = params.get(p.name)
+                if known is not None and (known.type, known.list) != (p.type, p.list):
+                    params[p.name] = services_pb2.Parameter(name=p.name, type="json")
+                else:
+                    params[p.name] = p
     return found
 
 

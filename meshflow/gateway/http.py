@@ -20,7 +20,6 @@ import functools
 import json
 import os
 import socket
-import time
 from collections.abc import Mapping
 from typing import Any
 
@@ -52,6 +51,7 @@ from strawberry.subscriptions.protocols.graphql_transport_ws.types import (
 from strawberry.types import ExecutionResult
 
 from meshflow.errors import ForbiddenError, RequestError, UnauthenticatedError
+from meshflow.gateway.discovery import EndpointCatalog
 from meshflow.gateway.graphql import (
     SCALARS,
     DocumentInput,
@@ -59,8 +59,8 @@ from meshflow.gateway.graphql import (
     NdArrayInput,
     Query,
     Subscription,
-    discover,
     query_type,
+    read_only_endpoints,
     request_error,
     run_post,
 )
@@ -68,6 +68,7 @@ from meshflow.gateway.guards import QueryCache, QueryGuard
 from meshflow.gateway.limits import GraphQLLimits
 from meshflow.gateway.server import Gateway
 from meshflow.observability.tracing import current_trace_id
+from meshflow.proto.v1 import services_pb2
 
 
 def error_code(has_path: bool) -> str:
@@ -253,38 +254,34 @@ class _GraphQLApp(GraphQL[dict[str, Any], None]):
         )
         self.gateway = gateway
         self.limits = limits
-        self.discovered = False
-        self._discovering = asyncio.Lock()
-        self._last_try = 0.0
-
-    async def discover(self) -> None:
-        """Ask every deployment for its endpoints; read-only ones become query fields.
-
-        Runs on the first request (the executors answer by then), and again later while a
-        deployment stays silent.
-        """
-        async with self._discovering:
-            now = time.monotonic()
-            if self.discovered or now - self._last_try < 1.0:
-                return
-            self._last_try = now
-            found = await discover(self.gateway)
-            if found is None:
-                return
-            if found:
-                self.schema = make_schema(self.limits, query_type(found))
-            self.discovered = True
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await super().__call__(scope, receive, send)
-            return
+        self._fields: dict[str, Any] = {}
+        self.catalog = EndpointCatalog(
+            gateway.traversal.topology, gateway.traversal.transport, self._new_endpoints
+        )
         try:
-            response = await self.run(Request(scope=scope, receive=receive))
-        except HTTPException as exc:  # Strawberry's refusals, as coded JSON errors
-            code = _HTTP_CODES.get(exc.status_code, "BAD_REQUEST")
-            response = _error(exc.status_code, exc.reason, code)
-        await response(scope, receive, send)
+            asyncio.get_running_loop()
+        except RuntimeError:
+            pass  # built outside a loop: discovery starts with the first request
+        else:
+            self.catalog.start()
+
+    def _new_endpoints(self, answers: list[services_pb2.EndpointsResponse]) -> None:
+        """Read-only endpoints become query fields as soon as their executors tell of them."""
+        fields = read_only_endpoints(answers)
+        if fields != self._fields:
+            self._fields = fields
+            self.schema = make_schema(self.limits, query_type(fields))
+
+    async def execute_single(self, *args: Any, **kwargs: Any) -> ExecutionResult:
+        result = await super().execute_single(*args, **kwargs)
+        if not self.catalog.complete and _names_unknown_field(result):
+            # A field of a deployment that has not answered yet: ask it once before
+            # refusing (nothing ran, validation failed).
+            schema = self.schema
+            await self.catalog.refresh_missing()
+            if self.schema is not schema:
+                result = await super().execute_single(*args, **kwargs)
+        return result
 
     def parse_json(self, data: str | bytes) -> Any:
         """An HTTP body or the ``variables`` of a GET: a JSON object, or a 400."""
@@ -303,8 +300,7 @@ class _GraphQLApp(GraphQL[dict[str, Any], None]):
         return decode_json(data)
 
     async def get_context(self, request: Any, response: Any) -> dict[str, Any]:
-        if not self.discovered:
-            await self.discover()
+        self.catalog.start()  # never waits: the first call starts the background refresh
         return {
             "gateway": self.gateway,
             "max_docs": self.limits.max_docs,
@@ -324,6 +320,10 @@ class _GraphQLApp(GraphQL[dict[str, Any], None]):
         if self.gateway.tracing:
             _close_span(result, response)
         return response
+
+
+def _names_unknown_field(result: ExecutionResult) -> bool:
+    return any(e.message.startswith("Cannot query field") for e in result.errors or ())
 
 
 _HTTP_CODES = {404: "NOT_FOUND", 405: "METHOD_NOT_ALLOWED", 413: "REQUEST_TOO_LARGE"}

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
 from collections.abc import Callable
 from typing import Any
 
@@ -428,3 +430,28 @@ def test_typed_parameters_reach_the_executor_over_grpc_too(start_flow: StartFlow
     wrong = gql(f, 'mutation { post(on: "/search", parameters: {limit: "two"}) { requestId } }')
     assert wrong["errors"][0]["extensions"]["code"] == "BAD_USER_INPUT"
     assert "whole number" in wrong["errors"][0]["message"]
+
+
+@pytest.mark.mesh("direct")
+def test_graphql_requests_never_wait_on_a_silent_deployment(start_flow: StartFlow) -> None:
+    f = start_flow(
+        Flow()
+        .add(uses="executors:Catalog", name="catalog")
+        .add(uses="executors:Append", name="sleepy", needs="gateway")
+    )
+    pid = f.pids["executor 'sleepy' (shard 0, replica 0)"]
+    os.kill(pid, signal.SIGSTOP)  # it accepts connections and answers nothing
+    try:
+        for _ in range(3):
+            # A probe of the silent deployment would take its 2 s timeout: the bound of
+            # 1.5 s shows that no request waits on it.
+            typename = httpx.post(f.graphql_url, json={"query": "{ __typename }"}, timeout=1.5)
+            assert typename.json() == {"data": {"__typename": "Query"}}
+            fields = httpx.post(
+                f.graphql_url,
+                json={"query": '{ __type(name: "Query") { fields { name } } }'},
+                timeout=1.5,
+            ).json()["data"]["__type"]["fields"]
+            assert {"flow", "search"} <= {field["name"] for field in fields}
+    finally:
+        os.kill(pid, signal.SIGCONT)
