@@ -19,6 +19,7 @@ import subprocess
 import sys
 import threading
 import time
+import weakref
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -205,8 +206,14 @@ class Supervisor:
         self._processes = processes
         self._on_restart = on_restart
         self._stop = threading.Event()
-        self._next_try: dict[int, float] = {}
-        self._backoff: dict[int, float] = {}
+        # Keyed by the process object itself, weakly: a process removed by a scale-down takes
+        # its back-off with it (an id() could be reused by the next one).
+        self._next_try: weakref.WeakKeyDictionary[ManagedProcess, float] = (
+            weakref.WeakKeyDictionary()
+        )
+        self._backoff: weakref.WeakKeyDictionary[ManagedProcess, float] = (
+            weakref.WeakKeyDictionary()
+        )
         self._lock = threading.Lock()
         self._thread = threading.Thread(target=self._run, name="meshflow-supervisor", daemon=True)
 
@@ -226,23 +233,33 @@ class Supervisor:
     def _run(self) -> None:
         while not self._stop.wait(0.1):
             with self._lock:
-                for proc in list(self._processes()):
-                    self._check(proc)
+                self._check_all()
+
+    def _check_all(self) -> None:
+        try:
+            processes = list(self._processes())
+        except Exception:
+            log.exception("the supervisor cannot list the Flow's processes; it goes on")
+            return
+        for proc in processes:
+            try:
+                self._check(proc)
+            except Exception:  # one failure must not end every later restart
+                log.exception("the supervisor failed checking %s; it goes on", proc.name)
 
     def _check(self, proc: ManagedProcess) -> None:
         if proc.stopping or proc.popen is None:
             return
-        key = id(proc)
         now = time.monotonic()
         if proc.popen.poll() is None:
             if now - proc.started_at > STABLE_AFTER:
-                self._backoff.pop(key, None)
+                self._backoff.pop(proc, None)
             return
-        due = self._next_try.get(key)
+        due = self._next_try.get(proc)
         if due is None:
-            delay = self._backoff.get(key, BACKOFF_START)
-            self._backoff[key] = min(delay * 2, BACKOFF_MAX)
-            self._next_try[key] = now + delay
+            delay = self._backoff.get(proc, BACKOFF_START)
+            self._backoff[proc] = min(delay * 2, BACKOFF_MAX)
+            self._next_try[proc] = now + delay
             log.warning(
                 "%s exited with status %s; restarting in %.1f s",
                 proc.name,
@@ -252,7 +269,7 @@ class Supervisor:
             return
         if now < due:
             return
-        del self._next_try[key]
+        del self._next_try[proc]
         proc.restarts += 1
         try:
             proc.start()

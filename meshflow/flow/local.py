@@ -17,6 +17,7 @@ import logging
 import os
 import shutil
 import tempfile
+import threading
 import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -88,6 +89,7 @@ class LocalRuntime:
     _eds_version: int = 0
     _published: bool = False
     _supervisor: Supervisor | None = None
+    _state_lock: threading.Lock = field(default_factory=threading.Lock)
 
     # -- start and stop ---------------------------------------------------------------------
 
@@ -158,9 +160,10 @@ class LocalRuntime:
     def save_state(self) -> None:
         """Keep :func:`~meshflow.flow.status.snapshot` where ``meshflow status`` finds it, and
         the Prometheus targets where ``meshflow export prometheus`` points Prometheus."""
-        data = snapshot(self)
-        write_state(self.state_path, data)
-        write_state(targets_file(self.flow.workspace, self.flow.name), file_sd(data))
+        with self._state_lock:  # the supervisor's thread and the caller's: latest wins
+            data = snapshot(self)
+            write_state(self.state_path, data)
+            write_state(targets_file(self.flow.workspace, self.flow.name), file_sd(data))
 
     def stop(self) -> None:
         with contextlib.suppress(FileNotFoundError):

@@ -9,8 +9,10 @@ check, does the gateway's sidecar send traffic to each replica.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import tempfile
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
@@ -143,11 +145,20 @@ def file_sd(data: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 def write_state(path: str, data: dict[str, Any] | list[Any]) -> None:
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    tmp = f"{path}.{os.getpid()}.tmp"
-    with open(tmp, "w", encoding="utf-8") as fh:
-        json.dump(data, fh, indent=1)
-    os.replace(tmp, path)
+    """Replace ``path`` with ``data`` as JSON, atomically: a reader sees the old file or the
+    new one, never a part. Safe from several threads: each writes its own temporary file."""
+    folder = os.path.dirname(path)
+    os.makedirs(folder, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=folder)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            json.dump(data, fh, indent=1)
+        os.chmod(tmp, 0o644)  # as open() would have made it (mkstemp makes it 0o600)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
 
 
 def read_state(path: str) -> dict[str, Any]:
