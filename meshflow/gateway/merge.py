@@ -5,11 +5,17 @@ branch (documents only a later branch returns are appended), matches and chunks 
 id, and for every other field a later non-empty value wins (tags and scores key by key).
 Shards polled with ``ALL`` are merged the same way, then each document's matches (and each
 of its chunks' matches) are sorted by their score and cut to the top-k.
+
+Which score ranks the matches (a match may carry several, and a protobuf map has no order):
+the request parameter ``score_name`` when it is a string; otherwise the score name the most
+matches of that document carry, ties broken by alphabetical order. Distances
+(``euclidean``) sort ascending, other scores descending; matches without the score go last.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import collections
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from meshflow.document.array import score_is_ascending
@@ -83,10 +89,13 @@ def reduce_shards(
                 per_shard_counts[key] = max(per_shard_counts.get(key, 0), len(holder.matches))
     merged = merge_requests(outputs)
     limit = _limit(parameters)
+    declared = (parameters or {}).get("score_name")
+    declared = declared if isinstance(declared, str) else None
     for doc in merged.docs:
         for key, holder in _match_holders(doc):
             if len(holder.matches) > 1:
-                _sort_matches(holder, limit or per_shard_counts.get(key, len(holder.matches)))
+                count = limit or per_shard_counts.get(key, len(holder.matches))
+                _sort_matches(holder, count, declared)
     return merged
 
 
@@ -107,8 +116,23 @@ def _limit(parameters: Mapping[str, Any] | None) -> int | None:
     return None
 
 
-def _sort_matches(doc: document_pb2.Document, limit: int) -> None:
-    score = next((next(iter(m.scores)) for m in doc.matches if m.scores), None)
+def ranking_score(
+    matches: Iterable[document_pb2.Document], declared: str | None = None
+) -> str | None:
+    """The score name that ranks ``matches``: ``declared`` when given, else the name the
+    most matches carry (ties: alphabetical order); None when no match has a score."""
+    if declared:
+        return declared
+    counts: collections.Counter[str] = collections.Counter()
+    for match in matches:
+        counts.update(match.scores.keys())
+    if not counts:
+        return None
+    return min(counts, key=lambda name: (-counts[name], name))
+
+
+def _sort_matches(doc: document_pb2.Document, limit: int, declared: str | None = None) -> None:
+    score = ranking_score(doc.matches, declared)
     if score is None:
         del doc.matches[limit:]
         return

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 
 from meshflow import Document, DocumentArray
 from meshflow.document.proto import documents_from_proto, documents_to_proto
-from meshflow.gateway.merge import merge_requests, reduce_shards
+from meshflow.gateway.merge import merge_requests, ranking_score, reduce_shards
 from meshflow.proto.v1 import data_request_pb2
 
 
@@ -96,3 +98,40 @@ def test_shard_reduce_sorts_and_cuts_the_matches_of_chunks_too() -> None:
     image, text = doc.chunks
     assert image.matches.ids == ["a0", "b0", "b1"]
     assert text.matches.ids == ["b0", "b1", "a0"]
+
+
+def test_shard_reduce_ranks_by_the_declared_score_name() -> None:
+    def shard(id_: str, cosine: float, fused: float) -> data_request_pb2.DataRequest:
+        match = Document(id=id_, scores={"cosine": cosine, "fused": fused})
+        return request([Document(id="q", matches=DocumentArray([match]))])
+
+    shards = [shard("a", 0.9, 0.1), shard("b", 0.2, 0.8)]
+    [doc] = documents_from_proto(reduce_shards(shards, {"score_name": "fused", "limit": 2}).docs)
+    assert doc.matches.ids == ["b", "a"]
+    [doc] = documents_from_proto(reduce_shards(shards, {"score_name": "cosine", "limit": 2}).docs)
+    assert doc.matches.ids == ["a", "b"]
+
+
+def test_shard_reduce_ranks_by_the_same_score_whatever_the_map_order() -> None:
+    def shard(id_: str, cosine: float, fused: float, order: tuple[str, str]) -> Any:
+        values = {"cosine": cosine, "fused": fused}
+        match = Document(id=id_, scores={name: values[name] for name in order})
+        return request([Document(id="q", matches=DocumentArray([match]))])
+
+    for order in (("cosine", "fused"), ("fused", "cosine")):
+        shards = [shard("a", 0.9, 0.1, order), shard("b", 0.2, 0.8, order)]
+        [doc] = documents_from_proto(reduce_shards(shards, {"limit": 2}).docs)
+        # Both names on every match: alphabetical order picks 'cosine'.
+        assert doc.matches.ids == ["a", "b"], order
+
+
+def test_the_score_most_matches_carry_ranks_them() -> None:
+    matches = [
+        Document(id="a", scores={"zeta": 1.0, "extra": 5.0}),
+        Document(id="b", scores={"zeta": 2.0}),
+    ]
+    docs = DocumentArray(matches)
+    raw = request([Document(id="q", matches=docs)])
+    assert ranking_score(raw.docs[0].matches) == "zeta"
+    assert ranking_score(raw.docs[0].matches, "extra") == "extra"
+    assert ranking_score(request([Document(id="q")]).docs[0].matches) is None
