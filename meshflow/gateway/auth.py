@@ -14,6 +14,7 @@ that reuses its token pays for the signature check once.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import os
@@ -251,14 +252,16 @@ class _Keys:
         self._jwks_mtime = os.stat(path).st_mtime
         self.generation += 1
 
-    def key_for(self, header: Mapping[str, Any]) -> Any:
+    def key_for(self, header: Mapping[str, Any], *, read_file: bool = True) -> Any:
+        """The key for a token's ``header``; an unknown ``kid`` has the JWKS file read again
+        (at most once a second), unless ``read_file`` is false (on the event loop)."""
         if self.single is not None:
             return self.single
         kid = header.get("kid")
         if not isinstance(kid, str) or not kid:
             raise UnauthenticatedError("the token names no key (kid)")
         found = self.by_kid.get(kid)
-        if found is None and self._refresh():
+        if found is None and read_file and self.refresh():
             found = self.by_kid.get(kid)
         if found is None:
             raise UnauthenticatedError(f"unknown key id {kid[:64]!r}")
@@ -267,8 +270,20 @@ class _Keys:
             raise UnauthenticatedError(f"key {kid!r} is not for algorithm {header.get('alg')}")
         return key
 
-    def _refresh(self) -> bool:
-        """Read the JWKS file again if it changed (at most once a second)."""
+    def knows(self, token: str) -> bool:
+        """False when ``token`` names a key id the loaded JWKS does not hold (reading the
+        file again might find it); True otherwise, even for a malformed token."""
+        if self.config.jwks_file is None:
+            return True
+        try:
+            kid = jwt.get_unverified_header(token).get("kid")
+        except jwt.PyJWTError:
+            return True
+        return not isinstance(kid, str) or not kid or kid in self.by_kid
+
+    def refresh(self) -> bool:
+        """Read the JWKS file again if it changed (at most once a second). Blocking: the
+        event loop calls it in a thread."""
         path = self.config.jwks_file
         now = time.monotonic()
         if path is None or now - self._checked < 1.0:
@@ -295,9 +310,21 @@ class Authenticator:
         self._generation = self.keys.generation
         self.refused = 0
 
-    def authenticate(self, authorization: str | None, *, door: str) -> Identity:
+    async def authenticate_async(self, authorization: str | None, *, door: str) -> Identity:
+        """:meth:`authenticate` for the event loop: the JWKS file, when a token names a key
+        not loaded yet, is read again in a thread; the loop never touches the disk."""
+        token = _token_of(authorization)
+        if token and not self.keys.knows(token):
+            await asyncio.to_thread(self.keys.refresh)
+        return self.authenticate(authorization, door=door, read_files=False)
+
+    def authenticate(
+        self, authorization: str | None, *, door: str, read_files: bool = True
+    ) -> Identity:
         """The identity of an ``Authorization`` value (``Bearer <token>``, or the bare token
-        where a protocol has no scheme); raises :class:`UnauthenticatedError`."""
+        where a protocol has no scheme); raises :class:`UnauthenticatedError`. With
+        ``read_files`` false, the JWKS file is never read again (see
+        :meth:`authenticate_async`)."""
         if not authorization or not authorization.strip():
             self._refuse(door, "no token", None)
         scheme, _, token = authorization.strip().partition(" ")
@@ -317,7 +344,7 @@ class Authenticator:
                 return identity
             del self._cache[token]
         try:
-            identity = self.verify(token)
+            identity = self.verify(token) if read_files else self._verify(token, read_file=False)
         except UnauthenticatedError as exc:
             self._refuse(door, str(exc), _claimed_subject(token))
         if self.config.cache_size:
@@ -328,6 +355,9 @@ class Authenticator:
 
     def verify(self, token: str) -> Identity:
         """Check ``token``'s signature and claims, uncached."""
+        return self._verify(token, read_file=True)
+
+    def _verify(self, token: str, *, read_file: bool) -> Identity:
         config = self.config
         try:
             header = jwt.get_unverified_header(token)
@@ -339,7 +369,7 @@ class Authenticator:
                 f"algorithm {str(alg)[:20]!r} is not accepted (accepted: "
                 f"{', '.join(config.algorithms)})"
             )
-        key = self.keys.key_for(header)
+        key = self.keys.key_for(header, read_file=read_file)
         try:
             claims = jwt.decode(
                 token,
@@ -419,6 +449,12 @@ def _reason(exc: jwt.PyJWTError) -> str:
     if isinstance(exc, jwt.DecodeError):
         return "malformed token"
     return f"invalid token ({type(exc).__name__})"
+
+
+def _token_of(authorization: str | None) -> str:
+    """The token in an ``Authorization`` value (``Bearer <token>`` or bare), or ''."""
+    scheme, _, token = (authorization or "").strip().partition(" ")
+    return (token or scheme).strip()
 
 
 def _claimed_subject(token: str) -> str | None:

@@ -188,7 +188,7 @@ class _TransportWS(BaseGraphQLTransportWSHandler[dict[str, Any], None]):
             if token is None:  # a non-browser client may have sent the header instead
                 token = _header(self.context["request"].scope, b"authorization")
             try:
-                self.context["identity"] = gateway.identify(token, "websocket")
+                self.context["identity"] = await gateway.identify(token, "websocket")
             except UnauthenticatedError as exc:
                 await self.websocket.close(code=4401, reason=_reason("Unauthorized", exc))
                 return
@@ -358,7 +358,7 @@ class AuthGate:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http" and scope["path"] in self.protected:
             try:
-                identity = self.gateway.identify(_header(scope, b"authorization"), "http")
+                identity = await self.gateway.identify(_header(scope, b"authorization"), "http")
             except UnauthenticatedError as exc:
                 await unauthorized(exc)(scope, receive, send)
                 return

@@ -124,15 +124,15 @@ class Gateway:
                 self.metrics.observe(door, endpoint or "/", exc.graphql_code.lower(), 0.0)
             raise
 
-    def identify(self, authorization: str | None, door: str) -> Identity | None:
+    async def identify(self, authorization: str | None, door: str) -> Identity | None:
         """The verified identity behind an ``Authorization`` value; None without auth."""
         if self.auth is None:
             return None
-        return self.auth.authenticate(authorization, door=door)
+        return await self.auth.authenticate_async(authorization, door=door)
 
     async def post(self, data: bytes, context: _Context) -> bytes:
         try:
-            identity = self.identify(_authorization(context), "grpc")
+            identity = await self.identify(_authorization(context), "grpc")
             return await self.run(data, _deadline(context), identity, door="grpc")
         except Exception as exc:
             await _abort(context, exc)
@@ -141,7 +141,7 @@ class Gateway:
     async def post_after_auth(self, requests: AsyncIterator[bytes], context: _Context) -> bytes:
         """``Post`` when the Flow checks tokens: the token first, then the one message."""
         try:
-            identity = self.identify(_authorization(context), "grpc")
+            identity = await self.identify(_authorization(context), "grpc")
         except Exception as exc:
             await _abort(context, exc)
             raise  # unreachable: abort raises
@@ -166,7 +166,7 @@ class Gateway:
         deadline = _deadline(context)
         pending: set[asyncio.Task[None]] = set()
         try:
-            identity = self.identify(_authorization(context), "grpc")
+            identity = await self.identify(_authorization(context), "grpc")
         except Exception as exc:
             await _abort(context, exc)
             raise  # unreachable: abort raises

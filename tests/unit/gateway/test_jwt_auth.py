@@ -307,3 +307,42 @@ def test_parse_ttl() -> None:
     for bad in ("", "1x", "-5m", "h"):
         with pytest.raises(ConfigError):
             parse_ttl(bad)
+
+
+def test_on_the_event_loop_the_jwks_file_is_read_in_a_thread(
+    keys: Keys,
+    paths: dict[str, str],
+    jwks_auth: Authenticator,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import asyncio
+    import threading
+
+    import meshflow.gateway.auth as auth_module
+
+    readers: list[threading.Thread] = []
+    read = auth_module.read_key_material
+
+    def recording(*args: str) -> bytes:
+        readers.append(threading.current_thread())
+        return read(*args)
+
+    monkeypatch.setattr(auth_module, "read_key_material", recording)
+    with open(paths["jwks"], "w") as fh:
+        json.dump(keys.jwks("k2", "k3"), fh)  # k3 added
+    os.utime(paths["jwks"], (time.time() + 5, time.time() + 5))
+    jwks_auth.keys._checked = 0.0
+
+    async def main() -> None:
+        loop_thread = threading.current_thread()
+        identity = await jwks_auth.authenticate_async(bearer(keys.token("k3")), door="t")
+        assert identity.subject == "alice"
+        assert readers and all(t is not loop_thread for t in readers)
+        readers.clear()
+        # A known key, or a token that is no JWT at all: no file read, no thread.
+        await jwks_auth.authenticate_async(bearer(keys.token("k2")), door="t")
+        with pytest.raises(UnauthenticatedError):
+            await jwks_auth.authenticate_async(bearer("not-a-token"), door="t")
+        assert readers == []
+
+    asyncio.run(asyncio.wait_for(main(), 20))
