@@ -283,6 +283,17 @@ class _GraphQLApp(GraphQL[dict[str, Any], None]):
                 result = await super().execute_single(*args, **kwargs)
         return result
 
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await super().__call__(scope, receive, send)
+            return
+        try:
+            response = await self.run(Request(scope=scope, receive=receive))
+        except HTTPException as exc:  # Strawberry's refusals, as coded JSON errors
+            code = _HTTP_CODES.get(exc.status_code, "BAD_REQUEST")
+            response = _error(exc.status_code, exc.reason, code)
+        await response(scope, receive, send)
+
     def parse_json(self, data: str | bytes) -> Any:
         """An HTTP body or the ``variables`` of a GET: a JSON object, or a 400."""
         try:
