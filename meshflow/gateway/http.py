@@ -258,12 +258,6 @@ class _GraphQLApp(GraphQL[dict[str, Any], None]):
         self.catalog = EndpointCatalog(
             gateway.traversal.topology, gateway.traversal.transport, self._new_endpoints
         )
-        try:
-            asyncio.get_running_loop()
-        except RuntimeError:
-            pass  # built outside a loop: discovery starts with the first request
-        else:
-            self.catalog.start()
 
     def _new_endpoints(self, answers: list[services_pb2.EndpointsResponse]) -> None:
         """Read-only endpoints become query fields as soon as their executors tell of them."""
@@ -311,7 +305,10 @@ class _GraphQLApp(GraphQL[dict[str, Any], None]):
         return decode_json(data)
 
     async def get_context(self, request: Any, response: Any) -> dict[str, Any]:
-        self.catalog.start()  # never waits: the first call starts the background refresh
+        # The first GraphQL request starts the background refresh (never waits on it): by
+        # then the executors serve. Asking earlier would find no socket, and gRPC would put
+        # the channel in reconnect back-off, failing the Flow's first requests.
+        self.catalog.start()
         return {
             "gateway": self.gateway,
             "max_docs": self.limits.max_docs,
