@@ -10,13 +10,23 @@ from typing import Any
 
 import yaml
 
-from meshflow.deploy.images import EXECUTOR_PORT, GATEWAY_PORT, HTTP_PORT, METRICS_PORT
+from meshflow.deploy.images import (
+    ADMIN_SOCKET,
+    EXECUTOR_PORT,
+    GATEWAY_PORT,
+    HTTP_PORT,
+    METRICS_PORT,
+    STATS_PORT,
+)
 from meshflow.errors import ConfigError
 from meshflow.flow.deployment import Deployment
 from meshflow.gateway.topology import Node, Topology
+from meshflow.mesh.config import Admin
 from meshflow.observability.tracing import sampling_arg
 
 EGRESS = "/run/meshflow/egress.sock"
+SIDECAR_ADMIN = Admin(socket=ADMIN_SOCKET, stats_port=STATS_PORT, stats_host="0.0.0.0")
+"""Every exported sidecar: admin on a 0600 socket in its own container, stats on :15090."""
 
 
 def ref(dep: Deployment) -> str:

@@ -30,6 +30,7 @@ import yaml
 
 from meshflow.deploy.common import (
     EGRESS,
+    SIDECAR_ADMIN,
     PlainDumper,
     environment,
     executor_command,
@@ -46,6 +47,7 @@ from meshflow.deploy.images import (
     INGRESS_PORT,
     MESHFLOW_IMAGE,
     METRICS_PORT,
+    STATS_PORT,
     UID,
 )
 from meshflow.errors import ConfigError
@@ -173,6 +175,7 @@ def export_compose(flow: Any, path: str) -> list[str]:
                         executor_port=EXECUTOR_PORT,
                         identity=_identity(flow.name, dep.name),
                         allowed_peers=[gateway_id],
+                        admin=SIDECAR_ADMIN,
                         tracing=sidecar_tracing(label),
                     ),
                 )
@@ -223,6 +226,7 @@ def export_compose(flow: Any, path: str) -> list[str]:
             listen_socket=EGRESS,
             identity=_identity(flow.name, "gateway"),
             clusters=specs,
+            admin=SIDECAR_ADMIN,
             tracing=sidecar_tracing("gateway"),
         ),
     )
@@ -230,7 +234,13 @@ def export_compose(flow: Any, path: str) -> list[str]:
     sidecar["volumes"].append("gateway-run:/run/meshflow")
     services["gateway-sidecar"] = sidecar
     services.update(_observability(scrape))
-    written.append(_write_prometheus(obs_dir, flow.name, scrape))
+    # A sidecar shares its owner's network namespace: it is reached by the owner's name.
+    sidecars = [
+        f"{name.removesuffix('-sidecar')}:{STATS_PORT}"
+        for name in services
+        if name.endswith("-sidecar")
+    ]
+    written.append(_write_prometheus(obs_dir, flow.name, scrape, sidecars))
     written.append(_write_datasources(obs_dir))
     grafana = os.path.join(out_dir, "observability", "grafana")
     source = os.path.join(ROOT, "observability", "grafana")
@@ -350,14 +360,22 @@ def _write_datasources(directory: str) -> str:
     return path
 
 
-def _write_prometheus(directory: str, flow: str, targets: list[str]) -> str:
+def _write_prometheus(directory: str, flow: str, targets: list[str], sidecars: list[str]) -> str:
     config = {
         "global": {"scrape_interval": "5s"},
         "scrape_configs": [
             {
                 "job_name": f"meshflow-{flow}",
                 "static_configs": [{"targets": targets, "labels": {"flow": flow}}],
-            }
+            },
+            {
+                # Each sidecar's stats listener: GET /stats/prometheus (its admin is a socket).
+                "job_name": f"meshflow-{flow}-sidecars",
+                "metrics_path": "/stats/prometheus",
+                "static_configs": [
+                    {"targets": sidecars, "labels": {"flow": flow, "component": "sidecar"}}
+                ],
+            },
         ],
     }
     path = os.path.join(directory, "prometheus.yml")

@@ -30,6 +30,7 @@ import yaml
 
 from meshflow.deploy.common import (
     EGRESS,
+    SIDECAR_ADMIN,
     PlainDumper,
     environment,
     executor_command,
@@ -145,6 +146,7 @@ def export_kubernetes(
                 executor_port=EXECUTOR_PORT,
                 identity=_identity(flow.name, dep.name),
                 allowed_peers=[gateway_id],
+                admin=SIDECAR_ADMIN,
                 tracing=Tracing(f"sidecar {name}", otlp_endpoint) if tracing else None,
             )
             command = executor_command(flow, dep, shard)
@@ -486,6 +488,7 @@ def _gateway(
         listen_socket=EGRESS,
         identity=_identity(flow.name, "gateway"),
         clusters=specs,
+        admin=SIDECAR_ADMIN,
         tracing=Tracing("sidecar gateway", otlp_endpoint) if tracing else None,
     )
     annotations = (

@@ -22,7 +22,6 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import cloudpickle
-import yaml
 
 from meshflow.errors import ConfigError
 from meshflow.flow.deployment import Deployment
@@ -40,7 +39,7 @@ from meshflow.processes import (
 if TYPE_CHECKING:
     from meshflow.flow.flow import Flow
     from meshflow.mesh.certs import FlowCA
-    from meshflow.mesh.config import Tracing
+    from meshflow.mesh.config import Admin, Tracing
     from meshflow.mesh.sidecar import EnvoyProcess
 
 log = logging.getLogger("meshflow.flow")
@@ -59,7 +58,6 @@ class Replica:
     ingress_port: int | None = None
     """The sidecar's mTLS port: bound by Envoy itself (port 0, no race with other programs),
     learnt from its admin once it is ready, then pinned in its config for restarts."""
-    sidecar_config: str | None = None
 
     @property
     def processes(self) -> list[ManagedProcess]:
@@ -235,35 +233,38 @@ class LocalRuntime:
         if self.envoy:
             where = f"{dep.name!r} (shard {shard}, replica {replica})"
             out.sidecar = self._make_replica_sidecar(dep, where, label, sock, 0)
-            out.sidecar_config = os.path.join(self.run_dir, f"{label}.envoy.yaml")
         return out
 
     def _learn_ingress_ports(self, replicas: list[Replica]) -> None:
-        """Read the port each ready sidecar bound, and pin it in its config (a restarted
-        sidecar comes back on the port the gateway's sidecar knows)."""
-        from meshflow.mesh.config import write_yaml
-        from meshflow.mesh.sidecar import listener_port
-
+        """Take the port each ready sidecar bound for its ingress (the sidecar pins it in its
+        config, so that a restarted sidecar comes back where the gateway's sidecar looks)."""
         for r in replicas:
-            if r.ingress_port or r.sidecar is None or r.sidecar.admin_address is None:
+            if r.ingress_port or r.sidecar is None or r.sidecar.info is None:
                 continue
-            port = listener_port(r.sidecar.admin_address, "ingress")
+            port = r.sidecar.ports.get("ingress")
             if port is None:
                 raise ConfigError(f"{r.sidecar.name} does not report its ingress port")
             r.ingress_port = port
-            if r.sidecar_config:
-                with open(r.sidecar_config, encoding="utf-8") as fh:
-                    config = yaml.safe_load(fh)
-                [listener] = config["static_resources"]["listeners"]
-                listener["address"]["socket_address"]["port_value"] = port
-                write_yaml(r.sidecar_config, config)
 
     def _prepare_mesh(self) -> None:
         from meshflow.mesh.certs import FlowCA
 
         os.makedirs(os.path.join(self.run_dir, "eds"), exist_ok=True)
+        # Envoy's admin has no authentication: its socket (0600) sits in a folder only the
+        # Flow's user can enter.
+        os.chmod(self.run_dir, 0o700)
+        os.makedirs(self._admin_dir, mode=0o700, exist_ok=True)
         pki = os.path.join(os.path.abspath(self.flow.workspace), ".meshflow", "pki", self.flow.name)
         self._ca = FlowCA(pki, self.flow.name)
+
+    @property
+    def _admin_dir(self) -> str:
+        return os.path.join(self.run_dir, "admin")
+
+    def _admin(self, label: str) -> Admin:
+        from meshflow.mesh.config import Admin
+
+        return Admin(socket=os.path.join(self._admin_dir, f"{label}.sock"))
 
     def _make_replica_sidecar(
         self, dep: Deployment, where: str, label: str, sock: str, port: int
@@ -275,6 +276,7 @@ class LocalRuntime:
         identity = self._ca.identity(dep.name)
         gateway_id = self._ca.identity("gateway").spiffe_id
         config_path = os.path.join(self.run_dir, f"{label}.envoy.yaml")
+        admin = self._admin(label)
         write_yaml(
             config_path,
             replica_sidecar(
@@ -283,6 +285,7 @@ class LocalRuntime:
                 executor_socket=sock,
                 identity=identity,
                 allowed_peers=[gateway_id],
+                admin=admin,
                 tracing=self._envoy_tracing(f"sidecar {label}"),
             ),
         )
@@ -290,7 +293,7 @@ class LocalRuntime:
             name=f"sidecar of {where}",
             config_path=config_path,
             log_path=os.path.join(self.log_dir, f"{label}.envoy.log"),
-            run_dir=self.run_dir,
+            admin_socket=admin.socket,
             label=label,
             concurrency=self.flow.envoy_concurrency,
         )
@@ -427,6 +430,7 @@ class LocalRuntime:
             for shard in range(dep.shards)
         ]
         config_path = os.path.join(self.run_dir, "gateway.envoy.yaml")
+        admin = self._admin("gateway")
         write_yaml(
             config_path,
             gateway_sidecar(
@@ -434,6 +438,7 @@ class LocalRuntime:
                 listen_socket=egress_sock,
                 identity=self._ca.identity("gateway"),
                 clusters=specs,
+                admin=admin,
                 tracing=self._envoy_tracing("sidecar gateway"),
             ),
         )
@@ -441,14 +446,14 @@ class LocalRuntime:
             name="sidecar of the gateway",
             config_path=config_path,
             log_path=os.path.join(self.log_dir, "gateway.envoy.log"),
-            run_dir=self.run_dir,
+            admin_socket=admin.socket,
             label="gateway",
             concurrency=self.flow.envoy_concurrency,
         )
 
     def _mesh_ready(self, replicas: list[Replica] | None = None) -> bool:
         """True when the gateway's sidecar sends traffic to every replica (of ``replicas``)."""
-        from meshflow.mesh.sidecar import healthy_hosts
+        from meshflow.mesh.admin import healthy_hosts
 
         assert self.gateway is not None and self.gateway.sidecar is not None
         address = self.gateway.sidecar.admin_address
@@ -514,7 +519,7 @@ class LocalRuntime:
             self.save_state()
 
     def _gone(self, leaving: list[Replica]) -> bool:
-        from meshflow.mesh.sidecar import admin_get
+        from meshflow.mesh.admin import admin_get
 
         assert self.gateway is not None and self.gateway.sidecar is not None
         address = self.gateway.sidecar.admin_address
