@@ -53,6 +53,12 @@ def _parser() -> argparse.ArgumentParser:
     ex.add_argument("--sync-workers", type=int, default=1)
     ex.add_argument("--drain-timeout", type=float, default=10.0)
     ex.add_argument("--ready-file", help=argparse.SUPPRESS)
+    gateway_key = ex.add_mutually_exclusive_group()
+    gateway_key.add_argument(
+        "--gateway-key",
+        help="the gateway's public key (PEM): accept only identities it vouched for",
+    )
+    gateway_key.add_argument("--gateway-key-file", help="file holding the gateway's public key")
     _observability_args(ex)
 
     gw = sub.add_parser("gateway", help="serve a Flow's gateway (started by the Flow)")
@@ -69,6 +75,11 @@ def _parser() -> argparse.ArgumentParser:
     gw.add_argument("--graphql-port", type=int, help="serve GraphQL over HTTP on this port")
     gw.add_argument("--graphql-limits", default="{}", help="GraphQLLimits fields as JSON")
     gw.add_argument("--auth", help="JWTAuth options as JSON (secrets stay in env/files)")
+    gw.add_argument(
+        "--signing-key-file",
+        help="Ed25519 private key (PEM) the gateway vouches for identities with ('-': stdin); "
+        "needed with --auth",
+    )
     gw.add_argument("--static", help="URL prefix -> folder of static files, as JSON")
     gw.add_argument(
         "--cors", action="append", default=[], help="an origin whose pages may call the door"
@@ -105,6 +116,15 @@ def _parser() -> argparse.ArgumentParser:
     certs.add_argument("--flow", required=True, help="the Flow's name (in the SPIFFE ids)")
     certs.add_argument("--out", required=True, help="folder of the CA and certificates")
     certs.add_argument("workload", nargs="+", help="workloads: 'gateway' and deployment names")
+    certs.add_argument(
+        "--ca-dir", help="folder of the CA's key and certificate (default: --out); keep it apart"
+    )
+    certs.add_argument(
+        "--signing-key", help="write the gateway's Ed25519 signing key here (only the gateway's)"
+    )
+    certs.add_argument(
+        "--signing-public-key", help="write its public key here (what executors verify with)"
+    )
 
     token = sub.add_parser(
         "token",
@@ -323,6 +343,15 @@ def _executor(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         shards=args.shards,
         workspace_root=args.workspace,
     )
+    gateway_key = None
+    if args.gateway_key:
+        gateway_key = args.gateway_key.encode()
+    elif args.gateway_key_file:
+        gateway_key = _read_key(args.gateway_key_file, "--gateway-key-file")
+    if gateway_key is not None:
+        from meshflow.voucher import Verifier
+
+        Verifier(gateway_key)  # a bad key fails before the executor is built
     try:
         executor = instantiate(cls, uses_with, runtime_args)
     except TypeError as exc:
@@ -342,6 +371,7 @@ def _executor(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
             sync_workers=args.sync_workers,
             metrics=None if args.metrics_port is None else (args.metrics_host, args.metrics_port),
             tracing=tracing,
+            gateway_key=gateway_key,
         )
     )
     return 0
@@ -414,15 +444,52 @@ def _export(args: argparse.Namespace) -> int:
 
 
 def _certs(args: argparse.Namespace) -> int:
-    from meshflow.mesh.certs import FlowCA
+    from meshflow.mesh.certs import FlowCA, write_private
 
     try:
-        ca = FlowCA(args.out, args.flow)
+        ca = FlowCA(args.out, args.flow, ca_dir=args.ca_dir)
         for workload in args.workload:
             print(f"{workload}: {ca.identity(workload).spiffe_id}")
+        if args.signing_key:
+            from meshflow.voucher import Signer
+
+            try:
+                with open(args.signing_key, "rb") as fh:
+                    signer = Signer.from_pem(fh.read())  # kept across runs of the job
+            except FileNotFoundError:
+                signer = Signer.generate()
+                write_private(args.signing_key, signer.private_pem, 0o600)
+            if args.signing_public_key:
+                write_private(args.signing_public_key, signer.public_pem, 0o644)
+            print(f"gateway signing key: {args.signing_key}")
+        elif args.signing_public_key:
+            raise ConfigError("--signing-public-key needs --signing-key")
     except OSError as exc:
         raise ConfigError(f"cannot write certificates in {args.out!r}: {exc.strerror}") from None
     return 0
+
+
+def _read_key(path: str, flag: str) -> bytes:
+    """A key from a file, or from standard input for ``-`` (nothing left on disk)."""
+    try:
+        if path == "-":
+            return sys.stdin.buffer.read()
+        with open(path, "rb") as fh:
+            return fh.read()
+    except OSError as exc:
+        raise ConfigError(f"{flag} {path!r}: {exc.strerror}") from None
+
+
+def _not_dumpable() -> None:
+    """Keep other processes of the same user out of this one's memory (/proc/PID/mem,
+    ptrace, core dumps), where the signing key lives (Linux; elsewhere a no-op)."""
+    if not sys.platform.startswith("linux"):
+        return
+    import ctypes
+
+    pr_set_dumpable = 4
+    if ctypes.CDLL(None, use_errno=True).prctl(pr_set_dumpable, 0, 0, 0, 0) != 0:
+        log.warning("could not make the gateway non-dumpable (errno %d)", ctypes.get_errno())
 
 
 def _token(args: argparse.Namespace) -> int:
@@ -492,6 +559,14 @@ def _gateway(args: argparse.Namespace) -> int:
     from meshflow.gateway.serve import serve_gateway
     from meshflow.gateway.topology import Topology
 
+    signer = None
+    if args.signing_key_file:
+        from meshflow.voucher import Signer
+
+        _not_dumpable()
+        signer = Signer.from_pem(_read_key(args.signing_key_file, "--signing-key-file"))
+    elif args.auth:
+        raise ConfigError("the gateway needs --signing-key-file with --auth")
     if args.topology.lstrip().startswith("{"):  # inline, as a container command gives it
         topology = Topology.from_dict(json.loads(args.topology))
     else:
@@ -511,6 +586,7 @@ def _gateway(args: argparse.Namespace) -> int:
             graphql=None if args.graphql_port is None else (args.host, args.graphql_port),
             limits=GraphQLLimits(**json.loads(args.graphql_limits)),
             auth=JWTAuth.from_dict(json.loads(args.auth)) if args.auth else None,
+            signer=signer,
             static=json.loads(args.static) if args.static else None,
             cors=tuple(args.cors),
             metrics=None if args.metrics_port is None else (args.metrics_host, args.metrics_port),

@@ -25,6 +25,13 @@ from meshflow.mesh.config import Admin
 from meshflow.observability.tracing import sampling_arg
 
 EGRESS = "/run/meshflow/egress.sock"
+SIGNING_DIR = "/etc/meshflow/signing"
+SIGNING_KEY = f"{SIGNING_DIR}/gateway.key"
+"""The gateway's Ed25519 signing key (it vouches for identities): mounted into the gateway
+only."""
+GATEWAY_KEY_DIR = "/etc/meshflow/gateway-key"
+GATEWAY_PUBLIC_KEY = f"{GATEWAY_KEY_DIR}/gateway.pub"
+"""Its public key, what executors check vouchers with."""
 SIDECAR_ADMIN = Admin(socket=ADMIN_SOCKET, stats_port=STATS_PORT, stats_host="0.0.0.0")
 """Every exported sidecar: admin on a 0600 socket in its own container, stats on :15090."""
 
@@ -56,6 +63,8 @@ def executor_command(
         command += ["--metrics-host", "0.0.0.0", "--metrics-port", str(METRICS_PORT)]
     if flow.tracing:
         command.append("--tracing")
+    if flow.auth is not None:
+        command += ["--gateway-key-file", GATEWAY_PUBLIC_KEY]
     return command
 
 
@@ -85,7 +94,7 @@ def gateway_command(flow: Any, nodes: list[Node]) -> list[str]:
         for origin in flow.cors:
             command += ["--cors", origin]
     if flow.auth is not None:
-        command += ["--auth", auth_json(flow)]
+        command += ["--auth", auth_json(flow), "--signing-key-file", SIGNING_KEY]
     if flow.metrics:
         command += ["--metrics-host", "0.0.0.0", "--metrics-port", str(METRICS_PORT)]
     if flow.tracing:

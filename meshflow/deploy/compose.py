@@ -30,7 +30,11 @@ import yaml
 
 from meshflow.deploy.common import (
     EGRESS,
+    GATEWAY_KEY_DIR,
+    GATEWAY_PUBLIC_KEY,
     SIDECAR_ADMIN,
+    SIGNING_DIR,
+    SIGNING_KEY,
     PlainDumper,
     environment,
     executor_command,
@@ -67,6 +71,8 @@ PROMETHEUS_IMAGE = "prom/prometheus:v2.55.1"
 GRAFANA_IMAGE = "grafana/grafana:11.3.0"
 USER = f"{UID}:{UID}"
 PKI = "/pki"
+CA_DIR = "/ca"
+"""The CA's key: in a volume only the certs job mounts."""
 OTLP = "http://jaeger:4317"
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -129,17 +135,22 @@ def export_compose(flow: Any, path: str) -> list[str]:
             "context": _relative(ROOT, out_dir),
             "dockerfile": "services/Dockerfile",
         }
+    certs_command = ["certs", "--flow", flow.name, "--out", PKI, "--ca-dir", CA_DIR]
+    certs_volumes = [f"pki:{PKI}", f"ca:{CA_DIR}"]
+    volumes: dict[str, Any] = {"pki": {}, "ca": {}, "gateway-run": {}}
+    if flow.auth is not None:
+        certs_command += ["--signing-key", SIGNING_KEY, "--signing-public-key", GATEWAY_PUBLIC_KEY]
+        certs_volumes += [f"signing:{SIGNING_DIR}", f"gateway-key:{GATEWAY_KEY_DIR}"]
+        volumes.update({"signing": {}, "gateway-key": {}})
     services: dict[str, Any] = {
         "certs": {
             **build,
             "user": USER,
-            "command": ["certs", "--flow", flow.name, "--out", PKI, "gateway"]
-            + [dep.name for dep in flow.deployments],
-            "volumes": [f"pki:{PKI}"],
+            "command": certs_command + ["gateway"] + [dep.name for dep in flow.deployments],
+            "volumes": certs_volumes,
             "restart": "no",
         }
     }
-    volumes: dict[str, Any] = {"pki": {}, "gateway-run": {}}
     gateway_id = spiffe_id(flow.name, "gateway")
     nodes: list[Node] = []
     specs: list[ClusterSpec] = []
@@ -161,10 +172,14 @@ def export_compose(flow: Any, path: str) -> list[str]:
                     "user": USER,
                     "command": command,
                     "environment": {**common_env, **dict(dep.env)},
-                    "volumes": [f"{volume}:/workspace"],
+                    # The gateway's public key only: executors check its vouchers.
+                    "volumes": [f"{volume}:/workspace"]
+                    + ([f"gateway-key:{GATEWAY_KEY_DIR}:ro"] if flow.auth is not None else []),
                     "healthcheck": _ping(EXECUTOR_PORT),
                     "restart": "unless-stopped",
                 }
+                if flow.auth is not None:
+                    services[label]["depends_on"] = {**certs_done}
                 config = envoy_file(
                     f"{label}-sidecar",
                     replica_sidecar(
@@ -185,6 +200,8 @@ def export_compose(flow: Any, path: str) -> list[str]:
         nodes.append(node(dep, shards))
     gateway = gateway_command(flow, nodes)
     gateway_volumes = ["gateway-run:/run/meshflow"]
+    if flow.auth is not None:  # the signing key: in the gateway's container alone
+        gateway_volumes.append(f"signing:{SIGNING_DIR}:ro")
     if flow.static:  # bind-mounted from where they are, relative to the compose file
         inside = {}
         for n, (prefix, folder) in enumerate(sorted(flow.static.items())):

@@ -30,7 +30,9 @@ import yaml
 
 from meshflow.deploy.common import (
     EGRESS,
+    GATEWAY_KEY_DIR,
     SIDECAR_ADMIN,
+    SIGNING_DIR,
     PlainDumper,
     environment,
     executor_command,
@@ -159,6 +161,18 @@ def export_kubernetes(
                 EXECUTOR_PORT,
                 [{"name": "workspace", "mountPath": "/workspace"}],
             )
+            pod_volumes: list[dict[str, Any]] = [
+                {"name": "workspace", "emptyDir": {}},
+                {"name": "envoy", "configMap": {"name": f"{name}-envoy"}},
+                {"name": "pki", "secret": {"secretName": _secret(dep.name)}},
+            ]
+            if flow.auth is not None:  # the gateway's public key: executors check vouchers
+                executor["volumeMounts"].append(
+                    {"name": "gateway-key", "mountPath": GATEWAY_KEY_DIR, "readOnly": True}
+                )
+                pod_volumes.append(
+                    {"name": "gateway-key", "secret": {"secretName": _gateway_key(flow.name)}}
+                )
             if flow.metrics:
                 executor["ports"] = [{"name": "metrics", "containerPort": METRICS_PORT}]
             pod_annotations = (
@@ -192,11 +206,7 @@ def export_kubernetes(
                     select,
                     dep.replicas,
                     [executor, _sidecar(f"{name}-envoy", ports)],
-                    [
-                        {"name": "workspace", "emptyDir": {}},
-                        {"name": "envoy", "configMap": {"name": f"{name}-envoy"}},
-                        {"name": "pki", "secret": {"secretName": _secret(dep.name)}},
-                    ],
+                    pod_volumes,
                     pod_annotations,
                 ),
                 {
@@ -269,6 +279,45 @@ def _certificates(flow: str, workloads: list[str], meta: Any) -> list[dict[str, 
     return out
 
 
+def _signing_secret(flow: str) -> str:
+    return _name(f"{flow}-gateway-signing")
+
+
+def _gateway_key(flow: str) -> str:
+    return _name(f"{flow}-gateway-key")
+
+
+def _signing_secrets(flow: str, pki_dir: str, meta: Any) -> list[dict[str, Any]]:
+    """The gateway's signing key (kept in ``pki_dir`` across exports) as a Secret only the
+    gateway mounts, and its public key as one the executors mount."""
+    import base64
+
+    from meshflow.mesh.certs import write_private
+    from meshflow.voucher import Signer
+
+    path = os.path.join(pki_dir, "gateway-signing.key")
+    try:
+        with open(path, "rb") as fh:
+            signer = Signer.from_pem(fh.read())
+    except FileNotFoundError:
+        signer = Signer.generate()
+        write_private(path, signer.private_pem, 0o600)
+
+    def secret(name: str, key: str, data: bytes) -> dict[str, Any]:
+        return {
+            "apiVersion": "v1",
+            "kind": "Secret",
+            "type": "Opaque",
+            "metadata": meta(name, "pki"),
+            "data": {key: base64.b64encode(data).decode()},
+        }
+
+    return [
+        secret(_signing_secret(flow), "gateway.key", signer.private_pem),
+        secret(_gateway_key(flow), "gateway.pub", signer.public_pem),
+    ]
+
+
 def _write_secrets(
     flow: str, workloads: list[str], pki_dir: str, meta: Any
 ) -> list[dict[str, Any]]:
@@ -287,7 +336,7 @@ def _write_secrets(
             "kind": "Secret",
             "type": "kubernetes.io/tls",
             "metadata": meta(_name(f"{flow}-ca"), "pki"),
-            "data": {"tls.crt": read(ca.ca_cert_path), "tls.key": read(ca.ca_key_path)},
+            "data": {"tls.crt": read(ca.ca_cert_path), "tls.key": read(str(ca.ca_key_path))},
         }
     ]
     for workload in workloads:
@@ -325,6 +374,8 @@ def write_secrets(flow: Any, out_dir: str, namespace: str | None = None) -> str:
 
     pki = os.path.join(out_dir, "ca")
     secrets = _write_secrets(flow.name, workloads, pki, meta)
+    if flow.auth is not None:
+        secrets += _signing_secrets(flow.name, pki, meta)
     path = os.path.join(out_dir, "secrets.yaml")
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w", encoding="utf-8") as fh:
@@ -477,7 +528,18 @@ def _gateway(
             "Ingress, and drop `static` from the Flow you export"
         )
     run = {"name": "run", "mountPath": "/run/meshflow"}
-    gateway = _container("gateway", MESHFLOW_IMAGE, args, env, GATEWAY_PORT, [run])
+    mounts: list[dict[str, Any]] = [run]
+    gateway_volumes: list[dict[str, Any]] = [
+        {"name": "run", "emptyDir": {}},
+        {"name": "envoy", "configMap": {"name": "gateway-envoy"}},
+        {"name": "pki", "secret": {"secretName": _secret("gateway")}},
+    ]
+    if flow.auth is not None:  # the signing key: in the gateway's container alone
+        mounts.append({"name": "signing", "mountPath": SIGNING_DIR, "readOnly": True})
+        gateway_volumes.append(
+            {"name": "signing", "secret": {"secretName": _signing_secret(flow.name)}}
+        )
+    gateway = _container("gateway", MESHFLOW_IMAGE, args, env, GATEWAY_PORT, mounts)
     gateway["ports"] = [{"name": "grpc", "containerPort": GATEWAY_PORT}]
     if flow.graphql:
         gateway["ports"].append({"name": "http", "containerPort": HTTP_PORT})
@@ -508,11 +570,7 @@ def _gateway(
             select,
             1,
             [gateway, sidecar],
-            [
-                {"name": "run", "emptyDir": {}},
-                {"name": "envoy", "configMap": {"name": "gateway-envoy"}},
-                {"name": "pki", "secret": {"secretName": _secret("gateway")}},
-            ],
+            gateway_volumes,
             annotations,
         ),
         {

@@ -83,6 +83,10 @@ class LocalRuntime:
     port: int | None = None
     graphql_port: int | None = None
     _ca: FlowCA | None = None
+    _signing_key: bytes | None = None
+    """The gateway's private signing key (PEM): in this process's memory and handed to the
+    gateway on its standard input, never written anywhere."""
+    _gateway_key_file: str | None = None
     _eds_version: int = 0
     _published: bool = False
     _supervisor: Supervisor | None = None
@@ -110,6 +114,9 @@ class LocalRuntime:
     def start(self) -> int:
         """Start every process, wait until the Flow serves, return the gateway's port."""
         try:
+            os.chmod(self.run_dir, 0o700)
+            if self.flow.auth is not None:
+                self._prepare_signing()
             if self.envoy:
                 self._prepare_mesh()
             for dep in self.flow.deployments:
@@ -221,6 +228,8 @@ class LocalRuntime:
             ready,
             *self._observability_args(),
         )
+        if self._gateway_key_file is not None:
+            command += ["--gateway-key-file", self._gateway_key_file]
         executor = ManagedProcess(
             name=f"executor {dep.name!r} (shard {shard}, replica {replica})",
             command=command,
@@ -246,16 +255,27 @@ class LocalRuntime:
                 raise ConfigError(f"{r.sidecar.name} does not report its ingress port")
             r.ingress_port = port
 
+    def _prepare_signing(self) -> None:
+        """A new key pair the gateway vouches for identities with: executors get the public
+        half (a file), the gateway the private half (its standard input)."""
+        from meshflow.mesh.certs import write_private
+        from meshflow.voucher import Signer
+
+        signer = Signer.generate()
+        self._signing_key = signer.private_pem
+        self._gateway_key_file = os.path.join(self.run_dir, "gateway-signing.pub")
+        write_private(self._gateway_key_file, signer.public_pem, 0o644)
+
     def _prepare_mesh(self) -> None:
         from meshflow.mesh.certs import FlowCA
 
         os.makedirs(os.path.join(self.run_dir, "eds"), exist_ok=True)
         # Envoy's admin has no authentication: its socket (0600) sits in a folder only the
-        # Flow's user can enter.
-        os.chmod(self.run_dir, 0o700)
+        # Flow's user can enter (the run folder is 0700 too).
         os.makedirs(self._admin_dir, mode=0o700, exist_ok=True)
-        pki = os.path.join(os.path.abspath(self.flow.workspace), ".meshflow", "pki", self.flow.name)
-        self._ca = FlowCA(pki, self.flow.name)
+        # An ephemeral CA: its key stays in this process; certificates go to the run folder,
+        # never to the workspace that executors are handed.
+        self._ca = FlowCA(os.path.join(self.run_dir, "pki"), self.flow.name, ephemeral=True)
 
     @property
     def _admin_dir(self) -> str:
@@ -394,7 +414,7 @@ class LocalRuntime:
             for origin in self.flow.cors:
                 args += ["--cors", origin]
         if self.flow.auth is not None:
-            args += ["--auth", self.flow.auth.to_json()]
+            args += ["--auth", self.flow.auth.to_json(), "--signing-key-file", "-"]
         if self.flow.static:
             args += ["--static", json.dumps(self.flow.static)]
         args += self._observability_args(gateway=True)
@@ -411,6 +431,7 @@ class LocalRuntime:
             log_path=os.path.join(self.log_dir, "gateway.log"),
             ready_file=ready,
             env=self._observability_env(),
+            stdin=self._signing_key,
         )
         return _Gateway(process, sidecar, egress, topology_file)
 

@@ -250,17 +250,23 @@ def test_describe_shows_a_drained_sidecar_as_not_serving(start_flow: StartFlow) 
 
 @pytest.fixture
 def guarded(start_flow: StartFlow, workspace: str, tmp_path: object) -> Iterator[dict[str, str]]:
-    f = start_flow(Flow(name="guarded").add(uses="executors:Append", name="a"))
+    f = start_flow(
+        Flow(name="guarded")
+        .add(uses="executors:Append", name="a")
+        .add(uses="executors:Append", name="b")
+    )
     [replica] = f.describe()["deployments"][0]["replicas"]
-    ca = FlowCA(os.path.join(workspace, ".meshflow", "pki", "guarded"), "guarded")
+    # The Flow's CA lives in its memory only; its certificates are in the run folder.
+    pki = os.path.join(os.path.dirname(f.describe()["gateway"]["sidecar"]["config"]), "pki")
     other = FlowCA(os.path.join(str(tmp_path), "other-ca"), "guarded")
     yield {
         "listener": replica["sidecar"]["listener"],
         "admin": replica["sidecar"]["admin"],
-        "gateway_cert": ca.identity("gateway").cert,
-        "gateway_key": ca.identity("gateway").key,
-        "intruder_cert": ca.identity("intruder").cert,
-        "intruder_key": ca.identity("intruder").key,
+        "gateway_cert": os.path.join(pki, "gateway.crt"),
+        "gateway_key": os.path.join(pki, "gateway.key"),
+        # A certificate of the same CA, but another workload's (deployment b's).
+        "intruder_cert": os.path.join(pki, "b.crt"),
+        "intruder_key": os.path.join(pki, "b.key"),
         "foreign_cert": other.identity("gateway").cert,
         "foreign_key": other.identity("gateway").key,
     }

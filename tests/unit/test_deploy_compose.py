@@ -253,3 +253,33 @@ def test_the_image_is_multi_stage_pinned_and_non_root() -> None:
     users = [line for line in lines if line.startswith("USER ")]
     assert users == ["USER 10001:10001"]
     assert lines[-2:] == ['ENTRYPOINT ["meshflow"]', 'CMD ["--help"]']
+
+
+def test_only_the_gateway_mounts_the_signing_key_and_only_certs_the_ca(
+    tmp_path: Any, secret_env: None
+) -> None:
+    written = sample_flow().to_docker_compose_yaml(str(tmp_path / "docker-compose.yml"))
+    services = load(written[0])["services"]
+    mounting = {
+        volume: sorted(
+            name
+            for name, s in services.items()
+            if any(v.startswith(f"{volume}:") for v in s.get("volumes", []))
+        )
+        for volume in ("ca", "signing", "gateway-key")
+    }
+    executors = sorted(n for n, s in services.items() if "executor" in s.get("command", [])[:1])
+    assert mounting["ca"] == ["certs"]
+    assert mounting["signing"] == ["certs", "gateway"]
+    assert mounting["gateway-key"] == sorted(["certs", *executors])
+    assert "--signing-key-file" in services["gateway"]["command"]
+    for name in executors:
+        command = services[name]["command"]
+        assert command[command.index("--gateway-key-file") + 1].endswith("gateway.pub")
+    # sidecars: admin on a socket in their container, stats on :15090
+    for name, service in services.items():
+        if name.endswith("-sidecar"):
+            config = os.path.join(str(tmp_path), service["volumes"][0].split(":")[0])
+            with open(config, encoding="utf-8") as fh:
+                text = fh.read()
+            assert "/tmp/envoy-admin.sock" in text and "port_value: 15090" in text

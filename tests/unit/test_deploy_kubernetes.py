@@ -177,3 +177,31 @@ def test_bad_input_is_refused_with_advice(tmp_path: Any) -> None:
         timeout=60,
     )
     assert done.returncode == 2 and "needs OUTDIR" in done.stderr
+
+
+def test_the_signing_key_is_mounted_into_the_gateway_alone(tmp_path: Any, secret_env: None) -> None:
+    out = str(tmp_path / "k8s")
+    written = sample_flow().to_kubernetes_yaml(out)
+    secrets = {
+        m["metadata"]["name"]: m for m in manifests(os.path.join(out, "pki", "secrets.yaml"))
+    }
+    assert "gateway.key" in secrets["kube-test-gateway-signing"]["data"]
+    assert "gateway.pub" in secrets["kube-test-gateway-key"]["data"]
+    mounted: dict[str, list[str]] = {}
+    for path in written[1:]:
+        for m in manifests(path):
+            if m.get("kind") != "Deployment":
+                continue
+            pod = m["spec"]["template"]["spec"]
+            for volume in pod["volumes"]:
+                secret = volume.get("secret", {}).get("secretName")
+                if secret:
+                    users = [
+                        c["name"]
+                        for c in pod["containers"]
+                        if any(v["name"] == volume["name"] for v in c["volumeMounts"])
+                    ]
+                    mounted.setdefault(secret, []).extend(users)
+    assert mounted["kube-test-gateway-signing"] == ["gateway"]
+    assert set(mounted["kube-test-gateway-key"]) == {"executor"}
+    assert "kube-test-ca" not in mounted

@@ -11,20 +11,38 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class Header(_message.Message):
-    __slots__ = ("request_id", "endpoint", "target_executor", "fields", "last_hop", "auth")
+    __slots__ = ("request_id", "endpoint", "target_executor", "fields", "last_hop", "voucher")
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     ENDPOINT_FIELD_NUMBER: _ClassVar[int]
     TARGET_EXECUTOR_FIELD_NUMBER: _ClassVar[int]
     FIELDS_FIELD_NUMBER: _ClassVar[int]
     LAST_HOP_FIELD_NUMBER: _ClassVar[int]
-    AUTH_FIELD_NUMBER: _ClassVar[int]
+    VOUCHER_FIELD_NUMBER: _ClassVar[int]
     request_id: str
     endpoint: str
     target_executor: str
     fields: _containers.RepeatedScalarFieldContainer[str]
     last_hop: bool
+    voucher: Voucher
+    def __init__(self, request_id: _Optional[str] = ..., endpoint: _Optional[str] = ..., target_executor: _Optional[str] = ..., fields: _Optional[_Iterable[str]] = ..., last_hop: bool = ..., voucher: _Optional[_Union[Voucher, _Mapping]] = ...) -> None: ...
+
+class Voucher(_message.Message):
+    __slots__ = ("vouched", "signature")
+    VOUCHED_FIELD_NUMBER: _ClassVar[int]
+    SIGNATURE_FIELD_NUMBER: _ClassVar[int]
+    vouched: bytes
+    signature: bytes
+    def __init__(self, vouched: _Optional[bytes] = ..., signature: _Optional[bytes] = ...) -> None: ...
+
+class Vouched(_message.Message):
+    __slots__ = ("request_id", "auth", "expires_at")
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    AUTH_FIELD_NUMBER: _ClassVar[int]
+    EXPIRES_AT_FIELD_NUMBER: _ClassVar[int]
+    request_id: str
     auth: Auth
-    def __init__(self, request_id: _Optional[str] = ..., endpoint: _Optional[str] = ..., target_executor: _Optional[str] = ..., fields: _Optional[_Iterable[str]] = ..., last_hop: bool = ..., auth: _Optional[_Union[Auth, _Mapping]] = ...) -> None: ...
+    expires_at: float
+    def __init__(self, request_id: _Optional[str] = ..., auth: _Optional[_Union[Auth, _Mapping]] = ..., expires_at: _Optional[float] = ...) -> None: ...
 
 class Auth(_message.Message):
     __slots__ = ("subject", "scopes", "issuer", "claims")
