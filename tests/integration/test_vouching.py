@@ -225,3 +225,22 @@ def test_the_gateway_process_is_not_dumpable() -> None:
         [sys.executable, "-c", probe], capture_output=True, text=True, timeout=60, check=True
     )
     assert out.stdout.strip() == "0"
+
+
+def test_a_restarted_gateway_gets_its_signing_key_again(vouched: Flow, keys: Keys) -> None:
+    import signal
+    import time
+
+    before = vouched.describe()["gateway"]["pid"]
+    os.kill(before, signal.SIGKILL)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        status = vouched.describe()["gateway"]
+        if status["pid"] != before and status["serving"]:
+            break
+        time.sleep(0.2)
+    else:
+        pytest.fail("the gateway did not come back")
+    vouched.token = keys.token(scope="search:read", sub="dora")
+    answer = vouched.client.send("/search", DocumentArray.empty(1), timeout=30)[0]
+    assert answer.results["first"]["subject"] == "dora"
