@@ -5,8 +5,10 @@ One Flow (``Append``, direct mesh, GraphQL on) is started; then, each against it
 1. **fragment bombs** (ten spreads per level, 7, 9 and 12 levels, 646 bytes at 7): time to
    the refusal, and its code;
 2. **normal requests under attack**: p50 of a GraphQL ``post`` and of a gRPC ``Post`` with the
-   gateway idle, then while two attacker processes send bombs (and 2 MiB comments) as fast
-   as they are answered; the ratio is the must-hold "under 2x";
+   gateway idle, then while two attacker processes (from their own addresses, 127.0.0.2 and
+   127.0.0.3) send bombs (and 2 MiB comments) as fast as they are answered; the ratio is the
+   must-hold "under 2x". The gateway slows down a client whose queries it keeps refusing
+   (GraphQLLimits.refusals_per_second), so the attackers get what that allows;
 3. **memory**: growth of the gateway's peak RSS (VmHWM) over requests of about 1 MiB built
    to make it allocate (sub-array dtypes, huge shapes, 350k empty documents, 350k empty
    stream batches, wide parameters, deep variables); then, on a Flow with JWT auth, ten
@@ -76,13 +78,21 @@ def codes(response: httpx.Response) -> list[str]:
 # -- 1. bombs ----------------------------------------------------------------------------------
 
 
+def client_from(address: str, timeout: float) -> httpx.Client:
+    """An HTTP client whose connections come from ``address`` (any of 127.0.0.0/8): the
+    gateway counts refusals per client address."""
+    return httpx.Client(timeout=timeout, transport=httpx.HTTPTransport(local_address=address))
+
+
 def bombs(url: str) -> list[dict[str, Any]]:
+    """The cost of one refusal: each level's bombs come from an address of their own, within
+    the refusals a client may have at once (GraphQLLimits.refusal_burst)."""
     rows = []
-    with httpx.Client(timeout=120) as client:
-        for levels in (7, 9, 12):
-            query = fragment_bomb(levels)
-            times, answer = [], []
-            for _ in range(20):
+    for levels in (7, 9, 12):
+        query = fragment_bomb(levels)
+        times, answer = [], []
+        with client_from(f"127.0.1.{levels}", 120) as client:
+            for _ in range(15):
                 started = time.perf_counter()
                 answer = codes(client.post(url, json={"query": query}))
                 times.append(time.perf_counter() - started)
@@ -102,12 +112,12 @@ def bombs(url: str) -> list[dict[str, Any]]:
 # -- 2. normal requests under attack ------------------------------------------------------------
 
 
-def attacker(url: str, stop: Any, sent: Any, comments: bool) -> None:
-    """Sends bombs of 7, 9 and 12 levels, each made new (a counter in a comment, so that no
-    cache of the gateway answers it), as fast as they are answered; with ``comments``, a
-    query with a 2 MiB comment too."""
+def attacker(url: str, address: str, stop: Any, sent: Any, comments: bool) -> None:
+    """Sends bombs of 7, 9 and 12 levels from ``address``, each made new (a counter in a
+    comment, so that no cache of the gateway answers it), as fast as they are answered; with
+    ``comments``, a query with a 2 MiB comment too."""
     n = 0
-    with httpx.Client(timeout=120) as client:
+    with client_from(address, 120) as client:
         while not stop.is_set():
             for levels in (7, 9, 12):
                 n += 1
@@ -150,8 +160,10 @@ def under_attack(flow: Flow, rounds: int, comments: bool) -> dict[str, Any]:
     stop = multiprocessing.Event()
     sent = multiprocessing.Value("l", 0)
     attackers = [
-        multiprocessing.Process(target=attacker, args=(flow.graphql_url, stop, sent, comments))
-        for _ in range(2)
+        multiprocessing.Process(
+            target=attacker, args=(flow.graphql_url, address, stop, sent, comments)
+        )
+        for address in ("127.0.0.2", "127.0.0.3")
     ]
     for proc in attackers:
         proc.start()
