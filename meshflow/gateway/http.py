@@ -244,6 +244,16 @@ def _ws_token(payload: dict[str, Any]) -> str | None:
     return None
 
 
+def _wants_page(scope: Scope) -> bool:
+    """A browser's GET of the GraphQL URL, no query in it: it gets the page (no token
+    needed: the page holds no data)."""
+    return (
+        scope["method"] == "GET"
+        and b"query=" not in scope.get("query_string", b"")
+        and "text/html" in (_header(scope, b"accept") or "")
+    )
+
+
 def _header(scope: Scope, name: bytes) -> str | None:
     for key, value in scope.get("headers", ()):
         if key == name:
@@ -303,6 +313,9 @@ class _GraphQLApp(GraphQL[dict[str, Any], None]):
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await super().__call__(scope, receive, send)
+            return
+        if _wants_page(scope):  # a browser opening the URL meshflow printed: the page of /
+            await HTMLResponse(_GRAPHIQL)(scope, receive, send)
             return
         try:
             response = await self.run(Request(scope=scope, receive=receive))
@@ -381,7 +394,7 @@ class AuthGate:
         self.protected = protected
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http" and scope["path"] in self.protected:
+        if scope["type"] == "http" and scope["path"] in self.protected and not _wants_page(scope):
             try:
                 identity = self.gateway.identify(_header(scope, b"authorization"), "http")
             except UnauthenticatedError as exc:
