@@ -22,7 +22,11 @@ from meshflow.gateway.auth import Authenticator, JWTAuth
 from meshflow.gateway.limits import GraphQLLimits
 from meshflow.gateway.topology import GATEWAY, Node, check_graph
 from meshflow.mesh.policy import CircuitBreaker, HealthCheck, OutlierDetection, RetryPolicy
-from meshflow.observability.tracing import parse_sampling
+from meshflow.observability.tracing import (
+    parse_sampling,
+    tracing_requested,
+    warn_if_no_collector,
+)
 
 log = logging.getLogger("meshflow.flow")
 
@@ -279,9 +283,14 @@ class Flow(Posting):
         self.check()
         if self.auth is not None:
             Authenticator(self.auth)  # a missing secret or a bad key file fails here, at once
-        for fixed in (self._port, self._graphql_port if self.graphql else None):
+        for label, fixed in (
+            ("port", self._port),
+            ("graphql_port", self._graphql_port if self.graphql else None),
+        ):
             if fixed is not None:
-                _check_port_free(self.host, fixed)
+                _check_port_free(self.host, fixed, label)
+        if tracing_requested(bool(self.tracing)):
+            warn_if_no_collector()
         runtime = LocalRuntime(self)
         self._port = runtime.start()
         self._graphql_port = runtime.graphql_port
@@ -438,13 +447,14 @@ class Flow(Posting):
         return f"<Flow {self.name!r} ({len(self._deployments)} deployments, {state})>"
 
 
-def _check_port_free(host: str, port: int) -> None:
+def _check_port_free(host: str, port: int, label: str = "port") -> None:
     with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as sock:
         try:
             sock.bind((host, port))
         except OSError:
             raise ConfigError(
-                f"port {port} on {host} is already in use; choose another or leave port=None"
+                f"{label}={port}: the port is already in use on {host}; choose another or "
+                f"leave {label}=None (a free one is picked)"
             ) from None
 
 
