@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from meshflow.errors import ConfigError
-from meshflow.executor.executor import Executor
+from meshflow.executor.executor import Executor, check_replicas
 from meshflow.executor.loader import (
     check_executor_class,
     class_ref,
@@ -131,9 +131,11 @@ def make_deployment(
         if uses.endswith((".yml", ".yaml")):
             uses, from_yaml = read_executor_yaml(uses)
             merged_with = {**from_yaml, **merged_with}
-        load_class(uses)  # fails early, with a clear message, for unknown modules or classes
+        # fails early, with a clear message, for unknown modules or classes
+        check_replicas(load_class(uses), replicas, deployment=name)
     elif isinstance(uses, type):
         check_executor_class(uses, getattr(uses, "__qualname__", repr(uses)))
+        check_replicas(uses, replicas, deployment=name)
     else:
         raise ConfigError(
             f"deployment {name!r}: uses must be an Executor class, 'pkg.module:Class', "
