@@ -87,3 +87,11 @@ def test_process_state_refuses_replicas_when_added_and_when_started() -> None:
     assert started.returncode != 0
     assert "state_scope='process'" in started.stderr
     assert "Traceback" not in started.stderr
+
+
+@pytest.mark.mesh("direct")
+def test_process_state_refuses_to_scale_replicas(start_flow: StartFlow) -> None:
+    f = start_flow(Flow().add(uses="executors:KeyValue", name="kv"))
+    with pytest.raises(ConfigError, match="state_scope='process'"):
+        f.scale("kv", replicas=2)
+    assert [d.replicas for d in f.deployments] == [1]
