@@ -99,7 +99,6 @@ def summed(responses: list[Any], key: str) -> int:
     return int(sum(r.results["indexer"][key] for r in responses))
 
 
-@pytest.mark.mesh("envoy")
 def test_twenty_thousand_documents_in_two_shards_of_two_replicas(start_flow: StartFlow) -> None:
     f = start_flow(
         Flow().add(
