@@ -156,7 +156,8 @@ class VectorIndexer(Executor):
             if last == self._seen:
                 return
             (first,) = self.db.execute("SELECT MIN(seq) FROM changes").fetchone()
-            if first is None or first > self._seen + 1:  # pruned past what we have seen
+            # pruned past what we have seen (or a store replaced under us): start afresh
+            if first is None or first > self._seen + 1 or last < self._seen:
                 self._seen = last
                 self.spaces = {name: self._rebuild(name) for name in self.dims}
                 return
@@ -451,16 +452,17 @@ class VectorIndexer(Executor):
         self.db.executemany("DELETE FROM vectors WHERE item = ?", [(r,) for r in rowids])
 
     def _stored_vectors(self, rowids: list[int]) -> dict[int, dict[str, np.ndarray]]:
-        """Per row, its stored vector per space (one query)."""
-        if not rowids:
-            return {}
-        marks = ",".join("?" * len(rowids))
-        rows = self.db.execute(
-            f"SELECT item, space, embedding FROM vectors WHERE item IN ({marks})", rowids
-        )
+        """Per row, its stored vector per space (a query per 10,000 rows: SQLite takes at most
+        32,766 parameters)."""
         out: dict[int, dict[str, np.ndarray]] = {}
-        for item, space, blob in rows:
-            out.setdefault(item, {})[space] = np.frombuffer(blob, dtype=np.float32)
+        for start in range(0, len(rowids), 10_000):
+            chunk = rowids[start : start + 10_000]
+            marks = ",".join("?" * len(chunk))
+            rows = self.db.execute(
+                f"SELECT item, space, embedding FROM vectors WHERE item IN ({marks})", chunk
+            )
+            for item, space, blob in rows:
+                out.setdefault(item, {})[space] = np.frombuffer(blob, dtype=np.float32)
         return out
 
     def _rowids(self, ids: list[str]) -> list[int]:

@@ -4,6 +4,7 @@ exact and HNSW indexes."""
 from __future__ import annotations
 
 import os
+import sqlite3
 from typing import Any
 
 import numpy as np
@@ -294,3 +295,13 @@ def test_hnsw_replicas_catch_up_with_deletes(workspace: str) -> None:
     assert ids_found(two, docs[:5]) == docs.ids[:5] and two.hnsw
     one.delete(DocumentArray([Document(id="item-2")]))
     assert "item-2" not in ids_found(two, docs[:5])
+
+
+def test_a_replica_catches_up_with_more_rows_than_sqlite_takes_parameters(
+    workspace: str,
+) -> None:
+    one, two = make(workspace), make(workspace)
+    two.db.setlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER, 32_766)  # SQLite's usual default
+    docs = catalog(40_000, seed=3)
+    one.index_docs(docs)
+    assert ids_found(two, docs[::4_000]) == docs.ids[::4_000]
