@@ -342,7 +342,7 @@ def _status(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
 
 
 def _executor(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
-    from meshflow.executor.executor import RuntimeArgs, instantiate
+    from meshflow.executor.executor import RuntimeArgs, check_replicas, instantiate
     from meshflow.executor.loader import check_executor_class, load_class, read_executor_yaml
     from meshflow.executor.runtime import serve_executor
 
@@ -364,6 +364,7 @@ def _executor(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
             uses_with = {**from_yaml, **uses_with}
         cls = load_class(ref)
     name = args.name or cls.__name__
+    check_replicas(cls, args.replicas, deployment=name)
     address = args.address or f"{args.host}:{args.port}"
     tracing = _start_tracing(
         args,

@@ -13,7 +13,7 @@ the file, line and key.
       - name: indexer
         uses: my_pkg.index:Indexer
         shards: 2
-        polling: {/index: ANY, /search: ALL}
+        polling: {/index: ID, /search: ALL}
 """
 
 from __future__ import annotations

@@ -15,6 +15,7 @@ from typing import Any
 
 from meshflow.client.client import Client, Posting
 from meshflow.errors import ConfigError
+from meshflow.executor.executor import check_replicas
 from meshflow.flow.deployment import Deployment, make_deployment
 from meshflow.flow.local import LocalRuntime
 from meshflow.flow.status import scrape_targets, snapshot, with_health
@@ -199,7 +200,9 @@ class Flow(Posting):
             needs: deployments (or ``'gateway'``) whose output this one takes; default the
                 one added before. Several names make a join that merges by document id.
             polling: ``'ANY'`` (one shard gets a request), ``'ALL'`` (every shard; matches
-                reduced by score) or per endpoint, e.g. ``{'/search': 'ALL', '*': 'ANY'}``.
+                reduced by score, results by the endpoint's ``reduce`` rules), ``'ID'`` (each
+                document to the shard owning its id; no documents: every shard) or per
+                endpoint, e.g. ``{'/index': 'ID', '/search': 'ALL', '*': 'ANY'}``.
             timeout: default deadline in seconds of each call to this deployment.
             env: extra environment variables of its processes.
             lb: how the mesh spreads calls over replicas: ``'least_request'`` (default),
@@ -350,6 +353,9 @@ class Flow(Posting):
         if isinstance(replicas, bool) or not isinstance(replicas, int) or replicas < 1:
             raise ConfigError(f"replicas must be a whole number >= 1, got {replicas!r}")
         runtime = self._running()
+        if name in self._deployments:
+            dep = self._deployments[name]
+            check_replicas(dep.executor_class, replicas, deployment=name)
         runtime.scale(name, replicas)
         self._deployments[name] = dataclasses.replace(self._deployments[name], replicas=replicas)
 
