@@ -1,6 +1,7 @@
-"""The ``meshflow`` command: serve a Flow, an executor or a gateway; ping a server.
+"""The meshflow command: serve a Flow, an executor or a gateway; ping a server.
 
-Bad arguments get one line on stderr and exit status 2.
+Bad arguments get one line on stderr and exit status 2. The working directory is on the
+import path, as with uvicorn or flask: ``uses: my_pkg.indexer:Indexer`` finds ``my_pkg/``.
 """
 
 from __future__ import annotations
@@ -29,11 +30,15 @@ class _Parser(argparse.ArgumentParser):
 
 def _parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="meshflow", description=__doc__.splitlines()[0])
+    parser.add_argument("--version", action="version", version=f"meshflow {_version()}")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     flow = sub.add_parser("flow", help="serve a Flow from its YAML file until Ctrl-C")
     flow.add_argument("config", help="path of the Flow YAML")
     flow.add_argument("--port", type=int, help="override the gateway port")
+    flow.add_argument(
+        "--quiet", action="store_true", help="do not print the processes' logs (still kept)"
+    )
 
     ex = sub.add_parser("executor", help="serve one executor over gRPC")
     uses = ex.add_mutually_exclusive_group(required=True)
@@ -180,9 +185,22 @@ def _observability_args(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("meshflow")
+    except PackageNotFoundError:
+        return "unknown (not installed)"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
+    # The user's own packages, next to where the command runs (a console script's path starts
+    # with its own folder instead); the Flow's processes inherit it.
+    if os.getcwd() not in sys.path and "" not in sys.path:
+        sys.path.insert(0, os.getcwd())
     from meshflow.observability.logs import configure_logging
 
     configure_logging()
@@ -269,39 +287,82 @@ def _flow(args: argparse.Namespace) -> int:
     from meshflow.flow.flow import Flow
 
     flow = Flow.load_config(args.config, port=args.port)
+    if flow.log_dir is None:  # kept after exit, unlike a library Flow's temporary folder
+        flow.log_dir = os.path.join(flow.workspace, ".meshflow", "logs", flow.name)
+    stop = threading.Event()
     with flow:
         print(f"Flow {flow.name!r} serving gRPC on {flow.host}:{flow.port}", flush=True)
         if flow.graphql:
-            print(f"GraphQL on {flow.graphql_url}", flush=True)
+            page = flow.graphql_url.removesuffix("graphql")
+            print(f"GraphQL on {flow.graphql_url} (a page to try queries: {page})", flush=True)
+        print(f"logs in {flow.log_dir}", flush=True)
+        if not args.quiet:
+            _follow_logs(flow.log_dir, stop)
         if flow.auth is not None:
             print(
                 f"JWT auth on (issuer {flow.auth.issuer}, audience {flow.auth.audience}); "
                 f"a dev token: meshflow token --flow {args.config} --sub NAME --scope SCOPE",
                 flush=True,
             )
-        flow.block()
+        try:
+            flow.block()
+        finally:
+            stop.set()
     return 0
+
+
+def _follow_logs(folder: str, stop: threading.Event) -> None:
+    """Print what the Flow's processes log from now on, each line after the process's name
+    (as ``docker compose up`` does); Envoy's own logs stay in their files."""
+
+    def follow() -> None:
+        offsets: dict[str, int] = {}
+        for name in os.listdir(folder):
+            offsets[name] = os.path.getsize(os.path.join(folder, name))
+        while not stop.wait(0.3):
+            for name in sorted(os.listdir(folder)):
+                if not name.endswith(".log") or name.endswith(".envoy.log"):
+                    continue
+                path = os.path.join(folder, name)
+                try:
+                    with open(path, "rb") as fh:
+                        fh.seek(offsets.get(name, 0))
+                        data = fh.read()
+                except OSError:
+                    continue
+                end = data.rfind(b"\n") + 1
+                offsets[name] = offsets.get(name, 0) + end
+                label = name.removesuffix(".log")
+                for line in data[:end].decode("utf-8", "replace").splitlines():
+                    print(f"{label} | {line}", flush=True)
+
+    threading.Thread(target=follow, name="follow-logs", daemon=True).start()
 
 
 def _status(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     from meshflow.flow.status import format_status, read_state, state_file, with_health
 
     if args.config:
-        from meshflow.flow.flow import Flow
+        from meshflow.flow.config import read_flow_header
 
-        flow = Flow.load_config(args.config)
-        name, workspace = flow.name, flow.workspace
+        header = read_flow_header(args.config)
+        name, workspace = header.name, header.workspace
     elif args.name:
         name, workspace = args.name, args.workspace
     else:
         parser.error("status needs the Flow's YAML or --name")
-    data = with_health(read_state(state_file(workspace, name)))
+    try:
+        state = read_state(state_file(workspace, name))
+    except ConfigError as exc:
+        hint = "" if args.config else " (from another folder, give --workspace or the Flow's YAML)"
+        raise ConfigError(f"{exc}{hint}") from None
+    data = with_health(state)
     print(json.dumps(data, indent=1) if args.json else format_status(data))
     return 0
 
 
 def _executor(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
-    from meshflow.executor.executor import RuntimeArgs, instantiate
+    from meshflow.executor.executor import RuntimeArgs, check_replicas, instantiate
     from meshflow.executor.loader import check_executor_class, load_class, read_executor_yaml
     from meshflow.executor.runtime import serve_executor
 
@@ -323,6 +384,7 @@ def _executor(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
             uses_with = {**from_yaml, **uses_with}
         cls = load_class(ref)
     name = args.name or cls.__name__
+    check_replicas(cls, args.replicas, deployment=name)
     address = args.address or f"{args.host}:{args.port}"
     tracing = _start_tracing(
         args,
@@ -498,9 +560,9 @@ def _token(args: argparse.Namespace) -> int:
     issuer, audience = args.iss, args.aud
     secret_file, secret_env = args.secret_file, args.secret_env
     if args.flow:
-        from meshflow.flow.config import load_flow
+        from meshflow.flow.config import read_flow_header
 
-        auth = load_flow(args.flow).auth
+        auth = read_flow_header(args.flow).auth
         if auth is None:
             raise ConfigError(f"{args.flow} has no auth: section under with:")
         issuer = issuer or auth.issuer

@@ -10,7 +10,8 @@ Per deployment and shard, ``<deployment>-s<shard>``:
   shard is STRICT_DNS on the Service's name, which resolves to every ready pod);
 - a **ConfigMap** with the sidecar's Envoy bootstrap;
 - a **PodDisruptionBudget** (one pod down at a time), and with ``hpa`` a
-  **HorizontalPodAutoscaler** on CPU.
+  **HorizontalPodAutoscaler** on CPU (not for stateful Executors, whose ``state_scope`` is not
+  ``'none'``: each pod has its own workspace, so they run one pod per shard and refuse more).
 
 The gateway is a Deployment + Service (gRPC 50051, HTTP 8080), with an **Ingress** when
 ``ingress_host`` is given. Certificates are **Secrets** (``kubernetes.io/tls`` plus ``ca.crt``)
@@ -97,6 +98,7 @@ def export_kubernetes(
         raise ConfigError("Kubernetes export needs mesh='envoy' (the sidecars are the mesh)")
     for dep in flow.deployments:
         ref(dep)  # a script's class is refused before anything is written
+        _check_state(dep)
     ns = namespace or _name(flow.name)
     app = _name(flow.name)
     tracing = bool(flow.tracing)
@@ -216,7 +218,7 @@ def export_kubernetes(
                     "spec": {"maxUnavailable": 1, "selector": {"matchLabels": select}},
                 },
             ]
-            if hpa:
+            if hpa and dep.executor_class.state_scope == "none":  # stateful: fixed
                 docs[f"{name}.yaml"].append(_hpa(meta(name, "executor", **select), dep.replicas))
         nodes.append(node(dep, shards))
     docs["gateway.yaml"] = _gateway(
@@ -473,6 +475,18 @@ def _deployment(
             },
         },
     }
+
+
+def _check_state(dep: Any) -> None:
+    """Refuse several pods of a stateful Executor: each pod has its own workspace here."""
+    cls = dep.executor_class
+    if dep.replicas > 1 and cls.state_scope != "none":
+        raise ConfigError(
+            f"deployment {dep.name!r}: {cls.__name__} keeps state (state_scope="
+            f"{cls.state_scope!r}) and each Kubernetes pod has a workspace of its own, so "
+            f"{dep.replicas} replicas would each hold only the writes they served; export it "
+            "with replicas=1 and scale with shards (polling 'ID' for writes)"
+        )
 
 
 def _hpa(metadata: dict[str, Any], replicas: int) -> dict[str, Any]:

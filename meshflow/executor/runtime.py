@@ -231,9 +231,10 @@ class ExecutorRuntime:
         """The serialized answer: the request with the endpoint's documents and results."""
         results = b""
         if isinstance(result, dict):
-            results = data_request_pb2.DataRequest(
-                results={self.name: dict_to_struct(result)}
-            ).SerializeToString()
+            answer = data_request_pb2.DataRequest(results={self.name: dict_to_struct(result)})
+            if spec.reduce:
+                answer.reduce[self.name].rules.update(spec.reduce)
+            results = answer.SerializeToString()
         elif isinstance(result, DocumentArray):
             docs = result
         elif isinstance(result, list | tuple):

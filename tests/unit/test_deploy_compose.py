@@ -5,7 +5,6 @@ identities, and the top-level docker-compose.yml is the export of the shop-the-l
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -13,6 +12,7 @@ from typing import Any
 
 import pytest
 import yaml
+from systemtools import system_tool
 
 from meshflow import ConfigError, Executor, Flow, JWTAuth
 from meshflow.mesh.certs import FlowCA, spiffe_id
@@ -58,8 +58,7 @@ def check_compose(path: str, env: dict[str, str]) -> None:
         timeout=60,
     )
     assert schema.returncode == 0, schema.stdout + schema.stderr
-    compose = shutil.which("docker-compose")
-    assert compose, "docker-compose (Debian package) is needed: .ci/run installs it"
+    compose = system_tool("docker-compose", "docker-compose")
     config = subprocess.run(
         [compose, "-f", path, "config", "-q"],
         capture_output=True,

@@ -205,3 +205,23 @@ def test_the_signing_key_is_mounted_into_the_gateway_alone(tmp_path: Any, secret
     assert mounted["kube-test-gateway-signing"] == ["gateway"]
     assert set(mounted["kube-test-gateway-key"]) == {"executor"}
     assert "kube-test-ca" not in mounted
+
+
+def test_stateful_executors_get_one_pod_per_shard_and_no_autoscaler(
+    tmp_path: Any, secret_env: None
+) -> None:
+    replicated = Flow(name="x").add(
+        uses="services.vector_indexer:VectorIndexer", name="index", shards=2, replicas=2
+    )
+    with pytest.raises(ConfigError, match="each Kubernetes pod has a workspace of its own"):
+        replicated.to_kubernetes_yaml(str(tmp_path / "a"))
+    flow = Flow(name="x").add(uses="services.vector_indexer:VectorIndexer", name="index", shards=2)
+    flow.add(uses="services.ranker:Ranker", name="rank")
+    out = str(tmp_path / "b")
+    flow.to_kubernetes_yaml(out, hpa=True)
+    kinds = {
+        name: [d["kind"] for d in manifests(os.path.join(out, name))]
+        for name in ("index-s0.yaml", "index-s1.yaml", "rank-s0.yaml")
+    }
+    assert "HorizontalPodAutoscaler" not in kinds["index-s0.yaml"] + kinds["index-s1.yaml"]
+    assert "HorizontalPodAutoscaler" in kinds["rank-s0.yaml"]
