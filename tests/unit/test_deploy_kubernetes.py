@@ -166,7 +166,7 @@ def test_bad_input_is_refused_with_advice(tmp_path: Any) -> None:
 
     with pytest.raises(ConfigError, match="Move it into a module"):
         Flow(name="x").add(uses=Local).to_kubernetes_yaml(str(tmp_path / "a"))
-    with pytest.raises(ConfigError, match="static files are not exported"):
+    with pytest.raises(ConfigError, match="outside the build context"):
         Flow(name="x", static={"/ui": str(tmp_path)}).add(
             uses="services.ranker:Ranker"
         ).to_kubernetes_yaml(str(tmp_path / "b"))
