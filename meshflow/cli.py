@@ -114,6 +114,16 @@ def _parser() -> argparse.ArgumentParser:
     )
     export.add_argument("--hpa", action="store_true", help="kubernetes: autoscale on CPU")
     export.add_argument("--ingress-host", help="kubernetes: an Ingress for this host name")
+    export.add_argument(
+        "--context", help="the project folder copied into the image (default: this folder)"
+    )
+    export.add_argument(
+        "--dockerfile", help="where to write the image's Dockerfile (default: OUTDIR/Dockerfile)"
+    )
+    export.add_argument("--image", help="the image's tag (default: meshflow-FLOW:VERSION)")
+    export.add_argument(
+        "--extras", default="", help="meshflow extras the image installs, e.g. index,models"
+    )
 
     certs = sub.add_parser(
         "certs", help="create a Flow's CA and workload certificates (containers' one-shot job)"
@@ -459,49 +469,59 @@ def _start_tracing(
 def _export(args: argparse.Namespace) -> int:
     import re
 
-    from meshflow.flow.config import load_flow
+    from meshflow.flow.config import load_flow, read_flow_header
     from meshflow.observability.prometheus import prometheus_config, write_prometheus_config
 
+    image = {
+        "context": args.context,
+        "dockerfile": args.dockerfile,
+        "image": args.image,
+        "extras": tuple(e.strip() for e in args.extras.split(",") if e.strip()),
+    }
     if args.what == "docker-compose":
         from meshflow.deploy import export_compose
 
         if not args.outdir:
             raise ConfigError("export docker-compose needs OUTDIR: the folder to write into")
         os.makedirs(args.outdir, exist_ok=True)
-        written = export_compose(
-            load_flow(args.config), os.path.join(args.outdir, "docker-compose.yml")
-        )
-        print(f"wrote {len(written)} files; start with: docker compose -f {written[0]} up -d")
+        compose = os.path.join(args.outdir, "docker-compose.yml")
+        written = export_compose(load_flow(args.config), compose, **image)
+        print(f"wrote {len(written)} files; start with: docker compose -f {compose} up -d --build")
         return 0
     if args.what == "kubernetes":
-        from meshflow.deploy import export_kubernetes
+        from meshflow.deploy import export_kubernetes, image_name
 
         if not args.outdir:
             raise ConfigError("export kubernetes needs OUTDIR: the folder to write into")
+        flow = load_flow(args.config)
         written = export_kubernetes(
-            load_flow(args.config),
+            flow,
             args.outdir,
             namespace=args.namespace,
             cert_manager=args.cert_manager,
             hpa=args.hpa,
             ingress_host=args.ingress_host,
+            **image,
         )
+        dockerfile = args.dockerfile or os.path.join(args.outdir, "Dockerfile")
+        tag = args.image or image_name(flow.name)
         print(
-            f"wrote {len(written)} files; apply with: kubectl apply -f {written[-1]} "
-            f"&& kubectl apply -k {args.outdir}"
+            f"wrote {len(written)} files; build and push the image with: docker build -f "
+            f"{dockerfile} -t {tag} {args.context or '.'} && docker push {tag}; then: "
+            f"kubectl apply -f {written[-1]} && kubectl apply -k {args.outdir}"
         )
         return 0
     if args.outdir:
         raise ConfigError("export prometheus takes no OUTDIR (use --out FILE)")
     if not re.fullmatch(r"[0-9]+(ms|s|m|h)", args.scrape_interval):
         raise ConfigError(f"--scrape-interval {args.scrape_interval!r}: expected e.g. 5s or 1m")
-    flow = load_flow(args.config)
-    config = prometheus_config(flow.name, flow.workspace, args.scrape_interval)
+    header = read_flow_header(args.config)  # no executor code needed
+    config = prometheus_config(header.name, header.workspace, args.scrape_interval)
     try:
         write_prometheus_config(args.out, config)
     except OSError as exc:
         raise ConfigError(f"cannot write {args.out!r}: {exc.strerror}") from None
-    print(f"wrote {args.out}: scrapes Flow {flow.name!r} (targets from its workspace)")
+    print(f"wrote {args.out}: scrapes Flow {header.name!r} (targets from its workspace)")
     return 0
 
 

@@ -17,6 +17,7 @@ from meshflow.deploy.images import (
     HTTP_PORT,
     METRICS_PORT,
     STATS_PORT,
+    BuildContext,
 )
 from meshflow.errors import ConfigError
 from meshflow.flow.deployment import Deployment
@@ -49,10 +50,17 @@ def ref(dep: Deployment) -> str:
 
 
 def executor_command(
-    flow: Any, dep: Deployment, shard: int, replica: int | None = None
+    flow: Any,
+    dep: Deployment,
+    shard: int,
+    replica: int | None = None,
+    *,
+    context: BuildContext | None = None,
 ) -> list[str]:
-    """``meshflow executor ...`` for one replica (``replica`` None: any pod of the shard)."""
-    command = ["executor", "--uses", ref(dep), "--name", dep.name]
+    """``meshflow executor ...`` for one replica (``replica`` None: any pod of the shard);
+    with ``context``, ``uses`` as the image finds it."""
+    uses = ref(dep) if context is None else context.uses(ref(dep), dep.name)
+    command = ["executor", "--uses", uses, "--name", dep.name]
     command += ["--address", f"127.0.0.1:{EXECUTOR_PORT}"]
     command += ["--uses-with", json.dumps(dict(dep.uses_with), sort_keys=True)]
     if replica is not None:
@@ -78,8 +86,11 @@ def node(dep: Deployment, shards: Sequence[tuple[str, ...]]) -> Node:
     )
 
 
-def gateway_command(flow: Any, nodes: list[Node]) -> list[str]:
-    """``meshflow gateway ...`` with the topology inline, behind its sidecar's socket."""
+def gateway_command(
+    flow: Any, nodes: list[Node], *, context: BuildContext | None = None
+) -> list[str]:
+    """``meshflow gateway ...`` with the topology inline, behind its sidecar's socket; with
+    ``context``, static folders as the image holds them."""
     command = [
         "gateway",
         "--topology",
@@ -93,6 +104,12 @@ def gateway_command(flow: Any, nodes: list[Node]) -> list[str]:
         command += ["--graphql-port", str(HTTP_PORT), "--graphql-limits", limits]
         for origin in flow.cors:
             command += ["--cors", origin]
+    if flow.static and context is not None:
+        inside = {
+            prefix: context.inside(folder, f"static[{prefix!r}]")
+            for prefix, folder in sorted(flow.static.items())
+        }
+        command += ["--static", json.dumps(inside, sort_keys=True)]
     if flow.auth is not None:
         command += ["--auth", auth_json(flow), "--signing-key-file", SIGNING_KEY]
     if flow.metrics:

@@ -48,9 +48,11 @@ from meshflow.deploy.images import (
     GATEWAY_PORT,
     HTTP_PORT,
     INGRESS_PORT,
-    MESHFLOW_IMAGE,
     METRICS_PORT,
     UID,
+    BuildContext,
+    image_name,
+    write_image,
 )
 from meshflow.errors import ConfigError
 from meshflow.gateway.topology import Node
@@ -88,17 +90,27 @@ def export_kubernetes(
     hpa: bool = False,
     ingress_host: str | None = None,
     otlp_endpoint: str = "http://jaeger-collector.observability:4317",
+    context: str | None = None,
+    dockerfile: str | None = None,
+    image: str | None = None,
+    extras: tuple[str, ...] = (),
 ) -> list[str]:
-    """Write ``flow`` as Kubernetes manifests into ``out_dir``; return the files written."""
+    """Write ``flow`` as Kubernetes manifests into ``out_dir``, and the ``Dockerfile`` of its
+    image (default ``out_dir/Dockerfile``: build it from ``context``, the project folder, and
+    push it as ``image``); return the files written."""
     from meshflow.flow.flow import Flow
 
     assert isinstance(flow, Flow)
     flow.check()
     if flow.mesh != "envoy":
         raise ConfigError("Kubernetes export needs mesh='envoy' (the sidecars are the mesh)")
-    for dep in flow.deployments:
-        ref(dep)  # a script's class is refused before anything is written
+    build_context = BuildContext.at(context)
+    for dep in flow.deployments:  # refused before anything is written
+        build_context.uses(ref(dep), dep.name)
         _check_state(dep)
+    for prefix, folder in (flow.static or {}).items():
+        build_context.inside(folder, f"static[{prefix!r}]")
+    image = image or image_name(flow.name)
     ns = namespace or _name(flow.name)
     app = _name(flow.name)
     tracing = bool(flow.tracing)
@@ -153,11 +165,11 @@ def export_kubernetes(
                 admin=SIDECAR_ADMIN,
                 tracing=Tracing(f"sidecar {name}", otlp_endpoint) if tracing else None,
             )
-            command = executor_command(flow, dep, shard)
+            command = executor_command(flow, dep, shard, context=build_context)
             ports = [{"name": "mesh", "containerPort": INGRESS_PORT}]
             executor = _container(
                 "executor",
-                MESHFLOW_IMAGE,
+                image,
                 command,
                 common_env + [{"name": k, "value": v} for k, v in sorted(dep.env.items())],
                 EXECUTOR_PORT,
@@ -221,10 +233,13 @@ def export_kubernetes(
             if hpa and dep.executor_class.state_scope == "none":  # stateful: fixed
                 docs[f"{name}.yaml"].append(_hpa(meta(name, "executor", **select), dep.replicas))
         nodes.append(node(dep, shards))
+    gateway_args = gateway_command(flow, nodes, context=build_context)
     docs["gateway.yaml"] = _gateway(
-        flow, meta, labels, nodes, specs, common_env, tracing, otlp_endpoint, ingress_host
-    )
+        flow, meta, labels, image, gateway_args, specs, common_env, tracing, otlp_endpoint,
+        ingress_host,
+    )  # fmt: skip
     written = [write_secrets(flow, os.path.join(out_dir, "pki"), ns)]
+    written += write_image(build_context, dockerfile or os.path.join(out_dir, "Dockerfile"), extras)
     for filename, manifests in docs.items():
         path = os.path.join(out_dir, filename)
         with open(path, "w", encoding="utf-8") as fh:
@@ -519,7 +534,8 @@ def _gateway(
     flow: Any,
     meta: Any,
     labels: Any,
-    nodes: list[Node],
+    image: str,
+    args: list[str],
     specs: list[ClusterSpec],
     common_env: list[dict[str, Any]],
     tracing: bool,
@@ -527,7 +543,6 @@ def _gateway(
     ingress_host: str | None,
 ) -> list[dict[str, Any]]:
     select = {"meshflow.io/deployment": "gateway"}
-    args = gateway_command(flow, nodes)
     env = list(common_env)
     for var in key_variables(flow):
         env.append(
@@ -535,11 +550,6 @@ def _gateway(
                 "name": var,
                 "valueFrom": {"secretKeyRef": {"name": _name(f"{flow.name}-jwt"), "key": var}},
             }
-        )
-    if flow.static:
-        raise ConfigError(
-            "static files are not exported to Kubernetes yet: serve them from the image or an "
-            "Ingress, and drop `static` from the Flow you export"
         )
     run = {"name": "run", "mountPath": "/run/meshflow"}
     mounts: list[dict[str, Any]] = [run]
@@ -553,7 +563,7 @@ def _gateway(
         gateway_volumes.append(
             {"name": "signing", "secret": {"secretName": _signing_secret(flow.name)}}
         )
-    gateway = _container("gateway", MESHFLOW_IMAGE, args, env, GATEWAY_PORT, mounts)
+    gateway = _container("gateway", image, args, env, GATEWAY_PORT, mounts)
     gateway["ports"] = [{"name": "grpc", "containerPort": GATEWAY_PORT}]
     if flow.graphql:
         gateway["ports"].append({"name": "http", "containerPort": HTTP_PORT})

@@ -165,6 +165,7 @@ def test_top_level_docker_compose_is_the_export_of_the_shop_app(tmp_path: Any) -
             *(sys.executable, "-m", "meshflow", "export", "docker-compose"),
             os.path.join(ROOT, "services", "shop_the_look", "flow.yml"),
             out,
+            *("--dockerfile", os.path.join(out, "Dockerfile"), "--extras", "index,models"),
         ],
         capture_output=True,
         text=True,
@@ -176,11 +177,21 @@ def test_top_level_docker_compose_is_the_export_of_the_shop_app(tmp_path: Any) -
     # paths in the file are relative to it: map this folder's onto the project root's
     up = os.path.relpath(ROOT, out)
     stale = []
-    for relative in ["docker-compose.yml", "observability/compose/prometheus.yml"] + [
-        f"envoy/compose/{n}" for n in sorted(os.listdir(os.path.join(out, "envoy", "compose")))
+    dockerfile = os.path.relpath(os.path.join(out, "Dockerfile"), ROOT)
+    committed_as = {"Dockerfile": "services/Dockerfile"}
+    committed_as["Dockerfile.dockerignore"] = "services/Dockerfile.dockerignore"
+    for relative in [
+        "docker-compose.yml",
+        "observability/compose/prometheus.yml",
+        *committed_as,
+        *(f"envoy/compose/{n}" for n in sorted(os.listdir(os.path.join(out, "envoy", "compose")))),
     ]:
         with open(os.path.join(out, relative), encoding="utf-8") as fh:
-            fresh = fh.read().replace(f"{up}/", "./").replace(f"context: {up}", "context: .")
+            fresh = fh.read().replace(
+                f"dockerfile: {dockerfile}", "dockerfile: services/Dockerfile"
+            )
+            fresh = fresh.replace(f"{up}/", "./").replace(f"context: {up}", "context: .")
+        relative = committed_as.get(relative, relative)
         try:
             with open(os.path.join(ROOT, relative), encoding="utf-8") as fh:
                 committed = fh.read()
@@ -190,7 +201,8 @@ def test_top_level_docker_compose_is_the_export_of_the_shop_app(tmp_path: Any) -
             stale.append(relative)
     assert not stale, (
         f"{stale} differ from the export of services/shop_the_look/flow.yml: run "
-        "`PYTHONPATH=. meshflow export docker-compose services/shop_the_look/flow.yml .`"
+        "`PYTHONPATH=. meshflow export docker-compose services/shop_the_look/flow.yml . "
+        "--dockerfile services/Dockerfile --extras index,models`"
     )
     check_compose(os.path.join(ROOT, "docker-compose.yml"), {"SHOP_THE_LOOK_SECRET": "x" * 40})
 
