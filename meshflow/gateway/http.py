@@ -741,6 +741,9 @@ class HttpDoor:
             log_level="warning",
             lifespan="off",
             access_log=False,
+            # A client's address is its socket's: X-Forwarded-For from anyone on loopback
+            # (uvicorn's default trust) would let a client choose its own tarpit key.
+            proxy_headers=False,
             http=bounded_http_protocol(max_header_bytes),
             h11_max_incomplete_event_size=max_header_bytes,
             ws_max_size=max_message_bytes,

@@ -137,8 +137,10 @@ def test_a_client_refused_again_and_again_waits_its_turn_and_others_do_not(
     async def flood() -> list[httpx.Response]:
         transport = httpx.AsyncHTTPTransport(local_address="127.0.0.2")
         async with httpx.AsyncClient(transport=transport, timeout=30) as client:
+            # A forwarded-for header of its choosing does not make it another client.
+            forged = [{"x-forwarded-for": f"10.0.0.{i}"} for i in range(12)]
             return await asyncio.gather(
-                *(client.post(flow.graphql_url, json=bomb) for _ in range(12))
+                *(client.post(flow.graphql_url, json=bomb, headers=h) for h in forged)
             )
 
     flooding = asyncio.run(flood())

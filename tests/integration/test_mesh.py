@@ -18,6 +18,7 @@ import pytest
 from meshflow import (
     CircuitBreaker,
     ConfigError,
+    Document,
     DocumentArray,
     Flow,
     FlowStartError,
@@ -455,3 +456,11 @@ def test_envoy_concurrency_is_configurable(start_flow: StartFlow) -> None:
         args = fh.read().split(b"\0")
     assert args[args.index(b"--concurrency") + 1] == b"2"
     assert f.post("/", DocumentArray.empty(1)).texts == ["x"]
+
+
+def test_new_replicas_take_traffic_as_soon_as_scale_returns(start_flow: StartFlow) -> None:
+    f = start_flow(Flow().add(uses="executors:Who", name="w"))
+    f.scale("w", replicas=3)
+    # No sleep: scale() returns once the gateway's sidecar routes to every new replica.
+    answered = {int(f.post("/", Document(text="a"))[0].tags["replica"]) for _ in range(60)}
+    assert answered == {0, 1, 2}
