@@ -5,8 +5,10 @@ One Flow (``Append``, direct mesh, GraphQL on) is started; then, each against it
 1. **fragment bombs** (ten spreads per level, 7, 9 and 12 levels, 646 bytes at 7): time to
    the refusal, and its code;
 2. **normal requests under attack**: p50 of a GraphQL ``post`` and of a gRPC ``Post`` with the
-   gateway idle, then while two attacker processes send bombs (and 2 MiB comments) as fast
-   as they are answered; the ratio is the must-hold "under 2x";
+   gateway idle, then while two attacker processes (from their own addresses, 127.0.0.2 and
+   127.0.0.3) send bombs (and 2 MiB comments) as fast as they are answered; the ratio is the
+   must-hold "under 2x". The gateway slows down a client whose queries it keeps refusing
+   (GraphQLLimits.refusals_per_second), so the attackers get what that allows;
 3. **memory**: growth of the gateway's peak RSS (VmHWM) over requests of about 1 MiB built
    to make it allocate (sub-array dtypes, huge shapes, 350k empty documents, 350k empty
    stream batches, wide parameters, deep variables); then, on a Flow with JWT auth, ten
@@ -76,13 +78,21 @@ def codes(response: httpx.Response) -> list[str]:
 # -- 1. bombs ----------------------------------------------------------------------------------
 
 
+def client_from(address: str, timeout: float) -> httpx.Client:
+    """An HTTP client whose connections come from ``address`` (any of 127.0.0.0/8): the
+    gateway counts refusals per client address."""
+    return httpx.Client(timeout=timeout, transport=httpx.HTTPTransport(local_address=address))
+
+
 def bombs(url: str) -> list[dict[str, Any]]:
+    """The cost of one refusal: each level's bombs come from an address of their own, within
+    the refusals a client may have at once (GraphQLLimits.refusal_burst)."""
     rows = []
-    with httpx.Client(timeout=120) as client:
-        for levels in (7, 9, 12):
-            query = fragment_bomb(levels)
-            times, answer = [], []
-            for _ in range(20):
+    for levels in (7, 9, 12):
+        query = fragment_bomb(levels)
+        times, answer = [], []
+        with client_from(f"127.0.1.{levels}", 120) as client:
+            for _ in range(15):
                 started = time.perf_counter()
                 answer = codes(client.post(url, json={"query": query}))
                 times.append(time.perf_counter() - started)
@@ -102,21 +112,29 @@ def bombs(url: str) -> list[dict[str, Any]]:
 # -- 2. normal requests under attack ------------------------------------------------------------
 
 
-def attacker(url: str, stop: Any, sent: Any, comments: bool) -> None:
-    """Sends bombs of 7, 9 and 12 levels, each made new (a counter in a comment, so that no
-    cache of the gateway answers it), as fast as they are answered; with ``comments``, a
-    query with a 2 MiB comment too."""
+def attacker(url: str, address: str, stop: Any, sent: Any, held: Any, comments: bool) -> None:
+    """Sends bombs of 7, 9 and 12 levels from ``address``, each made new (a counter in a
+    comment, so that no cache of the gateway answers it), as fast as they are answered; with
+    ``comments``, a query with a 2 MiB comment too."""
     n = 0
-    with httpx.Client(timeout=120) as client:
+    with client_from(address, 120) as client:
         while not stop.is_set():
-            for levels in (7, 9, 12):
+            for levels in (7, 9, 12, 0):
                 n += 1
-                body = json.dumps({"query": f"{fragment_bomb(levels)} # {os.getpid()} {n}"})
-                client.post(url, content=body, headers={"content-type": "application/json"})
-            if comments:
-                client.post(url, json={"query": "{ __typename } #" + "x" * (2 * MIB)})
-            with sent.get_lock():
-                sent.value += 4 if comments else 3
+                if levels:
+                    query = f"{fragment_bomb(levels)} # {os.getpid()} {n}"
+                elif comments:
+                    query = "{ __typename } #" + "x" * (2 * MIB)
+                else:
+                    continue
+                body = json.dumps({"query": query})
+                headers = {"content-type": "application/json"}
+                answer = client.post(url, content=body, headers=headers)
+                with sent.get_lock():
+                    sent.value += 1
+                if answer.status_code == 429:
+                    with held.get_lock():
+                        held.value += 1
 
 
 def latencies(call: Callable[[], None], rounds: int) -> float:
@@ -130,7 +148,9 @@ def latencies(call: Callable[[], None], rounds: int) -> float:
     return statistics.median(times) * 1e3
 
 
-def under_attack(flow: Flow, rounds: int, comments: bool) -> dict[str, Any]:
+def under_attack(
+    flow: Flow, rounds: int, comments: bool, addresses: tuple[str, ...] = ("127.0.0.2", "127.0.0.3")
+) -> dict[str, Any]:
     http = httpx.Client(timeout=60)
     channel = grpc.insecure_channel(f"127.0.0.1:{flow.port}")
     post = channel.unary_unary(GATEWAY_POST)
@@ -140,8 +160,14 @@ def under_attack(flow: Flow, rounds: int, comments: bool) -> dict[str, Any]:
     raw = request.SerializeToString()
     graphql = {"query": POST, "variables": {"docs": [{"text": "a"}]}}
 
+    refused: list[int] = []
+
     def gql() -> None:
-        assert http.post(flow.graphql_url, json=graphql).json()["data"]["post"]
+        answer = http.post(flow.graphql_url, json=graphql)
+        if answer.status_code == 429:  # only when it shares the attackers' address
+            refused.append(1)
+        else:
+            assert answer.json()["data"]["post"]
 
     def rpc() -> None:
         post(raw, timeout=60)
@@ -149,16 +175,21 @@ def under_attack(flow: Flow, rounds: int, comments: bool) -> dict[str, Any]:
     idle = {"graphql": latencies(gql, rounds), "grpc": latencies(rpc, rounds)}
     stop = multiprocessing.Event()
     sent = multiprocessing.Value("l", 0)
+    held = multiprocessing.Value("l", 0)
     attackers = [
-        multiprocessing.Process(target=attacker, args=(flow.graphql_url, stop, sent, comments))
-        for _ in range(2)
+        multiprocessing.Process(
+            target=attacker, args=(flow.graphql_url, address, stop, sent, held, comments)
+        )
+        for address in addresses
     ]
     for proc in attackers:
         proc.start()
     time.sleep(1.0)
-    started, before = time.monotonic(), sent.value
+    started, before, held_before = time.monotonic(), sent.value, held.value
     attacked = {"graphql": latencies(gql, rounds), "grpc": latencies(rpc, rounds)}
-    rate = (sent.value - before) / (time.monotonic() - started)
+    elapsed = time.monotonic() - started
+    rate = (sent.value - before) / elapsed
+    held_rate = (held.value - held_before) / elapsed
     stop.set()
     for proc in attackers:
         proc.join(timeout=60)
@@ -171,7 +202,11 @@ def under_attack(flow: Flow, rounds: int, comments: bool) -> dict[str, Any]:
             "ratio": round(attacked[door] / idle[door], 2),
         }
         for door in idle
-    } | {"attack requests/s": round(rate)}
+    } | {
+        "attack requests/s": round(rate, 1),
+        "of which 429/s": round(held_rate, 1),
+        "normal GraphQL requests answered 429": len(refused),
+    }
 
 
 # -- 3. memory ----------------------------------------------------------------------------------
@@ -334,7 +369,7 @@ def table(rows: list[dict[str, Any]]) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rounds", type=int, default=200, help="requests per p50")
+    parser.add_argument("--rounds", type=int, default=1000, help="requests per p50")
     args = parser.parse_args()
     print(
         f"# attack_bench {time.strftime('%Y-%m-%d')} on {platform.processor() or 'cpu'}, "
@@ -351,6 +386,10 @@ def main() -> None:
             print(json.dumps(under_attack(flow, args.rounds, False), indent=2), "\n")
             print("## 2b. the same, the attackers adding 2 MiB comments\n")
             print(json.dumps(under_attack(flow, args.rounds, True), indent=2), "\n")
+            print("## 2c. the attackers on the normal client's own address (127.0.0.1)\n")
+            same = under_attack(flow, args.rounds, False, ("127.0.0.1", "127.0.0.1"))
+            print(json.dumps(same, indent=2), "\n")
+            time.sleep(6)  # the address's turn comes back
             print("## 3. memory\n")
             table(memory(flow))
             print("## 4. restart with a keep-alive connection open\n")

@@ -2,7 +2,9 @@
 faiss exact (IndexFlatIP) against HNSW, with recall@10 of HNSW measured against exact.
 
 For each index kind, a fresh ``Flow(mesh=M)`` with ``services.vector_indexer:VectorIndexer``
-(512-d, 2 shards, ``/search`` polled on ALL):
+(512-d, 2 shards, ``/search`` polled on ALL, writes polled on ID: each document to the shard
+owning its id; ``--write-polling ANY`` sends each request to one shard, the layout before
+polling ID, for comparison):
 
 - indexes N generated items (clustered vectors: 200 centroids plus noise, tags with a
   category), in requests of 100 documents, through the gateway over gRPC (16 in flight);
@@ -11,6 +13,7 @@ For each index kind, a fresh ``Flow(mesh=M)`` with ``services.vector_indexer:Vec
 - for HNSW, compares the top 10 of 200 queries with the exact top 10 (numpy over all items).
 
     .venv/bin/python benchmarks/index_bench.py [--items 10000] [--mesh direct]
+        [--write-polling ID|ANY] [--kinds exact,hnsw] [--index-only]
 """
 
 from __future__ import annotations
@@ -70,7 +73,7 @@ def run_kind(
         name="index",
         uses_with={"dim": DIM, "hnsw_threshold": threshold},
         shards=2,
-        polling={"/search": "ALL", "*": "ANY"},
+        polling={"/index": args.write_polling, "/search": "ALL", "*": "ALL"},
     )
     rows: list[dict[str, Any]] = []
     try:
@@ -81,12 +84,15 @@ def run_kind(
             {
                 "bench": f"meshflow-{args.mesh}-index",
                 "case": f"index {kind}",
+                "write_polling": args.write_polling,
                 "items": len(items),
                 "seconds": round(seconds, 2),
                 "docs_s": round(len(items) / seconds, 1),
             }
         )
         print(json.dumps(rows[-1]), flush=True)
+        if args.index_only:
+            return rows
         found = flow.post(
             "/search", [Document(embedding=q) for q in asks], parameters={"limit": 10}
         )
@@ -130,13 +136,19 @@ def main() -> None:
     p.add_argument("--mesh", choices=["direct", "envoy"], default="direct")
     p.add_argument("--duration", type=float, default=5.0)
     p.add_argument("--warmup", type=float, default=1.0)
+    p.add_argument("--write-polling", choices=["ID", "ANY"], default="ID")
+    p.add_argument("--kinds", default="exact,hnsw", help="index kinds, comma-separated")
+    p.add_argument("--index-only", action="store_true", help="skip the search measurements")
     args = p.parse_args()
     items, asks = dataset(args.items, args.queries)
     rows = []
-    for kind in ("exact", "hnsw"):
+    for kind in args.kinds.split(","):
         rows += run_kind(args, kind, items, asks)
     print()
-    print(f"VectorIndexer, {args.items} items x {DIM}-d, 2 shards, {args.mesh} mesh:")
+    print(
+        f"VectorIndexer, {args.items} items x {DIM}-d, 2 shards, {args.mesh} mesh, "
+        f"/index polled {args.write_polling}:"
+    )
     for r in rows:
         if r["case"].startswith("index"):
             print(f"  {r['case']:<13} {r['docs_s']:>9.0f} docs/s ({r['seconds']} s)")

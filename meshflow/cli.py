@@ -1,6 +1,7 @@
-"""The ``meshflow`` command: serve a Flow, an executor or a gateway; ping a server.
+"""The meshflow command: serve a Flow, an executor or a gateway; ping a server.
 
-Bad arguments get one line on stderr and exit status 2.
+Bad arguments get one line on stderr and exit status 2. The working directory is on the
+import path, as with uvicorn or flask: ``uses: my_pkg.indexer:Indexer`` finds ``my_pkg/``.
 """
 
 from __future__ import annotations
@@ -29,11 +30,15 @@ class _Parser(argparse.ArgumentParser):
 
 def _parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="meshflow", description=__doc__.splitlines()[0])
+    parser.add_argument("--version", action="version", version=f"meshflow {_version()}")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     flow = sub.add_parser("flow", help="serve a Flow from its YAML file until Ctrl-C")
     flow.add_argument("config", help="path of the Flow YAML")
     flow.add_argument("--port", type=int, help="override the gateway port")
+    flow.add_argument(
+        "--quiet", action="store_true", help="do not print the processes' logs (still kept)"
+    )
 
     ex = sub.add_parser("executor", help="serve one executor over gRPC")
     uses = ex.add_mutually_exclusive_group(required=True)
@@ -53,6 +58,12 @@ def _parser() -> argparse.ArgumentParser:
     ex.add_argument("--sync-workers", type=int, default=1)
     ex.add_argument("--drain-timeout", type=float, default=10.0)
     ex.add_argument("--ready-file", help=argparse.SUPPRESS)
+    gateway_key = ex.add_mutually_exclusive_group()
+    gateway_key.add_argument(
+        "--gateway-key",
+        help="the gateway's public key (PEM): accept only identities it vouched for",
+    )
+    gateway_key.add_argument("--gateway-key-file", help="file holding the gateway's public key")
     _observability_args(ex)
 
     gw = sub.add_parser("gateway", help="serve a Flow's gateway (started by the Flow)")
@@ -69,6 +80,11 @@ def _parser() -> argparse.ArgumentParser:
     gw.add_argument("--graphql-port", type=int, help="serve GraphQL over HTTP on this port")
     gw.add_argument("--graphql-limits", default="{}", help="GraphQLLimits fields as JSON")
     gw.add_argument("--auth", help="JWTAuth options as JSON (secrets stay in env/files)")
+    gw.add_argument(
+        "--signing-key-file",
+        help="Ed25519 private key (PEM) the gateway vouches for identities with ('-': stdin); "
+        "needed with --auth",
+    )
     gw.add_argument("--static", help="URL prefix -> folder of static files, as JSON")
     gw.add_argument(
         "--cors", action="append", default=[], help="an origin whose pages may call the door"
@@ -98,6 +114,16 @@ def _parser() -> argparse.ArgumentParser:
     )
     export.add_argument("--hpa", action="store_true", help="kubernetes: autoscale on CPU")
     export.add_argument("--ingress-host", help="kubernetes: an Ingress for this host name")
+    export.add_argument(
+        "--context", help="the project folder copied into the image (default: this folder)"
+    )
+    export.add_argument(
+        "--dockerfile", help="where to write the image's Dockerfile (default: OUTDIR/Dockerfile)"
+    )
+    export.add_argument("--image", help="the image's tag (default: meshflow-FLOW:VERSION)")
+    export.add_argument(
+        "--extras", default="", help="meshflow extras the image installs, e.g. index,models"
+    )
 
     certs = sub.add_parser(
         "certs", help="create a Flow's CA and workload certificates (containers' one-shot job)"
@@ -105,6 +131,15 @@ def _parser() -> argparse.ArgumentParser:
     certs.add_argument("--flow", required=True, help="the Flow's name (in the SPIFFE ids)")
     certs.add_argument("--out", required=True, help="folder of the CA and certificates")
     certs.add_argument("workload", nargs="+", help="workloads: 'gateway' and deployment names")
+    certs.add_argument(
+        "--ca-dir", help="folder of the CA's key and certificate (default: --out); keep it apart"
+    )
+    certs.add_argument(
+        "--signing-key", help="write the gateway's Ed25519 signing key here (only the gateway's)"
+    )
+    certs.add_argument(
+        "--signing-public-key", help="write its public key here (what executors verify with)"
+    )
 
     token = sub.add_parser(
         "token",
@@ -160,9 +195,22 @@ def _observability_args(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("meshflow")
+    except PackageNotFoundError:
+        return "unknown (not installed)"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
+    # The user's own packages, next to where the command runs (a console script's path starts
+    # with its own folder instead); the Flow's processes inherit it.
+    if os.getcwd() not in sys.path and "" not in sys.path:
+        sys.path.insert(0, os.getcwd())
     from meshflow.observability.logs import configure_logging
 
     configure_logging()
@@ -249,39 +297,82 @@ def _flow(args: argparse.Namespace) -> int:
     from meshflow.flow.flow import Flow
 
     flow = Flow.load_config(args.config, port=args.port)
+    if flow.log_dir is None:  # kept after exit, unlike a library Flow's temporary folder
+        flow.log_dir = os.path.join(flow.workspace, ".meshflow", "logs", flow.name)
+    stop = threading.Event()
     with flow:
         print(f"Flow {flow.name!r} serving gRPC on {flow.host}:{flow.port}", flush=True)
         if flow.graphql:
-            print(f"GraphQL on {flow.graphql_url}", flush=True)
+            page = flow.graphql_url.removesuffix("graphql")
+            print(f"GraphQL on {flow.graphql_url} (a page to try queries: {page})", flush=True)
+        print(f"logs in {flow.log_dir}", flush=True)
+        if not args.quiet:
+            _follow_logs(flow.log_dir, stop)
         if flow.auth is not None:
             print(
                 f"JWT auth on (issuer {flow.auth.issuer}, audience {flow.auth.audience}); "
                 f"a dev token: meshflow token --flow {args.config} --sub NAME --scope SCOPE",
                 flush=True,
             )
-        flow.block()
+        try:
+            flow.block()
+        finally:
+            stop.set()
     return 0
+
+
+def _follow_logs(folder: str, stop: threading.Event) -> None:
+    """Print what the Flow's processes log from now on, each line after the process's name
+    (as ``docker compose up`` does); Envoy's own logs stay in their files."""
+
+    def follow() -> None:
+        offsets: dict[str, int] = {}
+        for name in os.listdir(folder):
+            offsets[name] = os.path.getsize(os.path.join(folder, name))
+        while not stop.wait(0.3):
+            for name in sorted(os.listdir(folder)):
+                if not name.endswith(".log") or name.endswith(".envoy.log"):
+                    continue
+                path = os.path.join(folder, name)
+                try:
+                    with open(path, "rb") as fh:
+                        fh.seek(offsets.get(name, 0))
+                        data = fh.read()
+                except OSError:
+                    continue
+                end = data.rfind(b"\n") + 1
+                offsets[name] = offsets.get(name, 0) + end
+                label = name.removesuffix(".log")
+                for line in data[:end].decode("utf-8", "replace").splitlines():
+                    print(f"{label} | {line}", flush=True)
+
+    threading.Thread(target=follow, name="follow-logs", daemon=True).start()
 
 
 def _status(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     from meshflow.flow.status import format_status, read_state, state_file, with_health
 
     if args.config:
-        from meshflow.flow.flow import Flow
+        from meshflow.flow.config import read_flow_header
 
-        flow = Flow.load_config(args.config)
-        name, workspace = flow.name, flow.workspace
+        header = read_flow_header(args.config)
+        name, workspace = header.name, header.workspace
     elif args.name:
         name, workspace = args.name, args.workspace
     else:
         parser.error("status needs the Flow's YAML or --name")
-    data = with_health(read_state(state_file(workspace, name)))
+    try:
+        state = read_state(state_file(workspace, name))
+    except ConfigError as exc:
+        hint = "" if args.config else " (from another folder, give --workspace or the Flow's YAML)"
+        raise ConfigError(f"{exc}{hint}") from None
+    data = with_health(state)
     print(json.dumps(data, indent=1) if args.json else format_status(data))
     return 0
 
 
 def _executor(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
-    from meshflow.executor.executor import RuntimeArgs, instantiate
+    from meshflow.executor.executor import RuntimeArgs, check_replicas, instantiate
     from meshflow.executor.loader import check_executor_class, load_class, read_executor_yaml
     from meshflow.executor.runtime import serve_executor
 
@@ -303,6 +394,7 @@ def _executor(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
             uses_with = {**from_yaml, **uses_with}
         cls = load_class(ref)
     name = args.name or cls.__name__
+    check_replicas(cls, args.replicas, deployment=name)
     address = args.address or f"{args.host}:{args.port}"
     tracing = _start_tracing(
         args,
@@ -323,6 +415,15 @@ def _executor(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         shards=args.shards,
         workspace_root=args.workspace,
     )
+    gateway_key = None
+    if args.gateway_key:
+        gateway_key = args.gateway_key.encode()
+    elif args.gateway_key_file:
+        gateway_key = _read_key(args.gateway_key_file, "--gateway-key-file")
+    if gateway_key is not None:
+        from meshflow.voucher import Verifier
+
+        Verifier(gateway_key)  # a bad key fails before the executor is built
     try:
         executor = instantiate(cls, uses_with, runtime_args)
     except TypeError as exc:
@@ -342,6 +443,7 @@ def _executor(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
             sync_workers=args.sync_workers,
             metrics=None if args.metrics_port is None else (args.metrics_host, args.metrics_port),
             tracing=tracing,
+            gateway_key=gateway_key,
         )
     )
     return 0
@@ -367,62 +469,109 @@ def _start_tracing(
 def _export(args: argparse.Namespace) -> int:
     import re
 
-    from meshflow.flow.config import load_flow
+    from meshflow.flow.config import load_flow, read_flow_header
     from meshflow.observability.prometheus import prometheus_config, write_prometheus_config
 
+    image = {
+        "context": args.context,
+        "dockerfile": args.dockerfile,
+        "image": args.image,
+        "extras": tuple(e.strip() for e in args.extras.split(",") if e.strip()),
+    }
     if args.what == "docker-compose":
         from meshflow.deploy import export_compose
 
         if not args.outdir:
             raise ConfigError("export docker-compose needs OUTDIR: the folder to write into")
         os.makedirs(args.outdir, exist_ok=True)
-        written = export_compose(
-            load_flow(args.config), os.path.join(args.outdir, "docker-compose.yml")
-        )
-        print(f"wrote {len(written)} files; start with: docker compose -f {written[0]} up -d")
+        compose = os.path.join(args.outdir, "docker-compose.yml")
+        written = export_compose(load_flow(args.config), compose, **image)
+        print(f"wrote {len(written)} files; start with: docker compose -f {compose} up -d --build")
         return 0
     if args.what == "kubernetes":
-        from meshflow.deploy import export_kubernetes
+        from meshflow.deploy import export_kubernetes, image_name
 
         if not args.outdir:
             raise ConfigError("export kubernetes needs OUTDIR: the folder to write into")
+        flow = load_flow(args.config)
         written = export_kubernetes(
-            load_flow(args.config),
+            flow,
             args.outdir,
             namespace=args.namespace,
             cert_manager=args.cert_manager,
             hpa=args.hpa,
             ingress_host=args.ingress_host,
+            **image,
         )
+        dockerfile = args.dockerfile or os.path.join(args.outdir, "Dockerfile")
+        tag = args.image or image_name(flow.name)
         print(
-            f"wrote {len(written)} files; apply with: kubectl apply -f {written[-1]} "
-            f"&& kubectl apply -k {args.outdir}"
+            f"wrote {len(written)} files; build and push the image with: docker build -f "
+            f"{dockerfile} -t {tag} {args.context or '.'} && docker push {tag}; then: "
+            f"kubectl apply -f {written[-1]} && kubectl apply -k {args.outdir}"
         )
         return 0
     if args.outdir:
         raise ConfigError("export prometheus takes no OUTDIR (use --out FILE)")
     if not re.fullmatch(r"[0-9]+(ms|s|m|h)", args.scrape_interval):
         raise ConfigError(f"--scrape-interval {args.scrape_interval!r}: expected e.g. 5s or 1m")
-    flow = load_flow(args.config)
-    config = prometheus_config(flow.name, flow.workspace, args.scrape_interval)
+    header = read_flow_header(args.config)  # no executor code needed
+    config = prometheus_config(header.name, header.workspace, args.scrape_interval)
     try:
         write_prometheus_config(args.out, config)
     except OSError as exc:
         raise ConfigError(f"cannot write {args.out!r}: {exc.strerror}") from None
-    print(f"wrote {args.out}: scrapes Flow {flow.name!r} (targets from its workspace)")
+    print(f"wrote {args.out}: scrapes Flow {header.name!r} (targets from its workspace)")
     return 0
 
 
 def _certs(args: argparse.Namespace) -> int:
-    from meshflow.mesh.certs import FlowCA
+    from meshflow.mesh.certs import FlowCA, write_private
 
     try:
-        ca = FlowCA(args.out, args.flow)
+        ca = FlowCA(args.out, args.flow, ca_dir=args.ca_dir)
         for workload in args.workload:
             print(f"{workload}: {ca.identity(workload).spiffe_id}")
+        if args.signing_key:
+            from meshflow.voucher import Signer
+
+            try:
+                with open(args.signing_key, "rb") as fh:
+                    signer = Signer.from_pem(fh.read())  # kept across runs of the job
+            except FileNotFoundError:
+                signer = Signer.generate()
+                write_private(args.signing_key, signer.private_pem, 0o600)
+            if args.signing_public_key:
+                write_private(args.signing_public_key, signer.public_pem, 0o644)
+            print(f"gateway signing key: {args.signing_key}")
+        elif args.signing_public_key:
+            raise ConfigError("--signing-public-key needs --signing-key")
     except OSError as exc:
         raise ConfigError(f"cannot write certificates in {args.out!r}: {exc.strerror}") from None
     return 0
+
+
+def _read_key(path: str, flag: str) -> bytes:
+    """A key from a file, or from standard input for ``-`` (nothing left on disk)."""
+    try:
+        if path == "-":
+            return sys.stdin.buffer.read()
+        with open(path, "rb") as fh:
+            return fh.read()
+    except OSError as exc:
+        raise ConfigError(f"{flag} {path!r}: {exc.strerror}") from None
+
+
+def _not_dumpable() -> None:
+    """Keep other processes of the same user out of this one's memory (/proc/PID/mem,
+    ptrace, core dumps), where the signing key lives (Linux; elsewhere a no-op)."""
+    if not sys.platform.startswith("linux"):
+        return
+    import ctypes
+
+    pr_set_dumpable = 4
+    if ctypes.CDLL(None, use_errno=True).prctl(pr_set_dumpable, 0, 0, 0, 0) != 0:
+        log.warning("could not make the gateway non-dumpable (errno %d)", ctypes.get_errno())
 
 
 def _token(args: argparse.Namespace) -> int:
@@ -431,9 +580,9 @@ def _token(args: argparse.Namespace) -> int:
     issuer, audience = args.iss, args.aud
     secret_file, secret_env = args.secret_file, args.secret_env
     if args.flow:
-        from meshflow.flow.config import load_flow
+        from meshflow.flow.config import read_flow_header
 
-        auth = load_flow(args.flow).auth
+        auth = read_flow_header(args.flow).auth
         if auth is None:
             raise ConfigError(f"{args.flow} has no auth: section under with:")
         issuer = issuer or auth.issuer
@@ -492,6 +641,14 @@ def _gateway(args: argparse.Namespace) -> int:
     from meshflow.gateway.serve import serve_gateway
     from meshflow.gateway.topology import Topology
 
+    signer = None
+    if args.signing_key_file:
+        from meshflow.voucher import Signer
+
+        _not_dumpable()
+        signer = Signer.from_pem(_read_key(args.signing_key_file, "--signing-key-file"))
+    elif args.auth:
+        raise ConfigError("the gateway needs --signing-key-file with --auth")
     if args.topology.lstrip().startswith("{"):  # inline, as a container command gives it
         topology = Topology.from_dict(json.loads(args.topology))
     else:
@@ -511,6 +668,7 @@ def _gateway(args: argparse.Namespace) -> int:
             graphql=None if args.graphql_port is None else (args.host, args.graphql_port),
             limits=GraphQLLimits(**json.loads(args.graphql_limits)),
             auth=JWTAuth.from_dict(json.loads(args.auth)) if args.auth else None,
+            signer=signer,
             static=json.loads(args.static) if args.static else None,
             cors=tuple(args.cors),
             metrics=None if args.metrics_port is None else (args.metrics_host, args.metrics_port),

@@ -12,6 +12,7 @@
         ├── DeadlineExceeded   the request's timeout expired somewhere on its path
         ├── UnavailableError   the gateway or an executor cannot be reached
         ├── UnauthenticatedError  no token, or a token the gateway cannot verify
+        │   └── UnverifiedIdentityError  an executor got an identity the gateway did not vouch for
         └── ForbiddenError     a valid token without the scope the endpoint needs
 
 Each :class:`RequestError` maps to one gRPC status code (``grpc_code``) and one GraphQL
@@ -108,6 +109,12 @@ class UnauthenticatedError(RequestError):
 
     grpc_code = "UNAUTHENTICATED"
     graphql_code = "UNAUTHENTICATED"
+
+
+class UnverifiedIdentityError(UnauthenticatedError):
+    """An executor refused a request whose identity carries no valid voucher of the gateway
+    (no signature, a wrong or expired one, another request's): only the gateway says who
+    the caller is."""
 
 
 class ForbiddenError(RequestError):

@@ -1,7 +1,8 @@
 """Who sent a request: the identity the gateway verified, as executors receive it.
 
-When a Flow checks JWTs (``Flow(auth=JWTAuth(...))``), the gateway puts the token's subject,
-scopes and claims in the request header; an endpoint that takes an ``auth`` argument gets an
+When a Flow checks JWTs (``Flow(auth=JWTAuth(...))``), the gateway vouches for the token's
+subject, scopes and claims in the request header (signed: :mod:`meshflow.voucher`), and
+executors believe nothing else; an endpoint that takes an ``auth`` argument gets an
 :class:`Identity` (or None on a Flow without auth)::
 
     @requests(on='/search')
@@ -14,7 +15,6 @@ from __future__ import annotations
 import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from functools import cached_property
 from typing import Any
 
 from meshflow.document.proto import dict_to_struct, struct_to_dict
@@ -85,10 +85,3 @@ class Identity:
             issuer=pb.issuer,
             claims=struct_to_dict(pb.claims),
         )
-
-    @cached_property
-    def header_bytes(self) -> bytes:
-        """A serialized DataRequest holding only ``header.auth``: appended to a request's
-        bytes, it sets the identity without parsing the documents (protobuf merges)."""
-        request = data_request_pb2.DataRequest(header=data_request_pb2.Header(auth=self.to_proto()))
-        return request.SerializeToString()

@@ -50,6 +50,7 @@ class ManagedProcess:
         ready_file: str,
         env: dict[str, str] | None = None,
         cleanup: Sequence[str] = (),
+        stdin: bytes | None = None,
     ) -> None:
         self.name = name
         self.command = command
@@ -58,6 +59,9 @@ class ManagedProcess:
         self.env = env or {}
         self.cleanup = list(cleanup)
         """Files removed before each (re)start: stale sockets and ready files."""
+        self.stdin = stdin
+        """Written to the child's standard input at each (re)start, then closed: a secret
+        handed over without a file or an environment variable other processes could read."""
         self.popen: subprocess.Popen[bytes] | None = None
         self.info: dict[str, Any] | None = None
         self.restarts = 0
@@ -75,12 +79,21 @@ class ManagedProcess:
         with open(self.log_path, "ab") as log_file:
             self.popen = subprocess.Popen(
                 self.command,
-                stdin=subprocess.DEVNULL,
+                stdin=subprocess.DEVNULL if self.stdin is None else subprocess.PIPE,
                 stdout=log_file,
                 stderr=subprocess.STDOUT,
                 env=env,
                 close_fds=True,
             )
+        if self.stdin is not None:
+            assert self.popen.stdin is not None
+            try:  # a few hundred bytes: fits the pipe's buffer, never blocks
+                self.popen.stdin.write(self.stdin)
+            except BrokenPipeError:
+                pass  # the child died at once: start_error() says why
+            finally:
+                with contextlib.suppress(BrokenPipeError):
+                    self.popen.stdin.close()
         self.started_at = time.monotonic()
 
     @property

@@ -7,8 +7,18 @@ from typing import Any, Literal, TypeAlias
 JSON: TypeAlias = dict[str, Any]
 """A JSON-like mapping: parameters, tags and results."""
 
-Polling: TypeAlias = Literal["ANY", "ALL"]
-"""How a request reaches the shards of a deployment: one of them, or all of them."""
+Polling: TypeAlias = Literal["ANY", "ALL", "ID"]
+"""How a request reaches the shards of a deployment: one of them, all of them, or each
+document to the shard that owns its id (see :mod:`meshflow.gateway.sharding`)."""
+
+ReduceRule: TypeAlias = Literal["sum", "min", "max", "first", "last", "concat", "merge"]
+"""How the values of one results key from several shards become one (``@requests(reduce=)``)."""
+
+StateScope: TypeAlias = Literal["none", "workspace", "process"]
+"""Where an Executor keeps state (``Executor.state_scope``): nowhere, in its workspace (shared
+by the replicas of a shard), or in its process's memory (one replica per shard only)."""
+
+REDUCE_RULES: tuple[ReduceRule, ...] = ("sum", "min", "max", "first", "last", "concat", "merge")
 
 DEFAULT_MAX_DOCS = 1000
 """Documents in one GraphQL operation, by default (``GraphQLLimits.max_docs``)."""

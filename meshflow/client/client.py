@@ -28,9 +28,14 @@ if TYPE_CHECKING:
 PROTOCOLS = ("grpc", "graphql")
 
 
-def _check_protocol(protocol: str, allowed: Sequence[str] = PROTOCOLS) -> None:
+def _check_protocol(protocol: str, allowed: Sequence[str] = PROTOCOLS, who: str = "Client") -> None:
     if protocol not in allowed:
-        raise ConfigError(f"protocol {protocol!r} is not supported; use one of {PROTOCOLS}")
+        hint = ""
+        if protocol in PROTOCOLS:
+            hint = " (Client(protocol='graphql') speaks GraphQL, blocking)"
+        raise ConfigError(
+            f"{who}: protocol {protocol!r} is not supported; use one of {tuple(allowed)}{hint}"
+        )
 
 
 def _merge(responses: Iterable[Response]) -> DocumentArray:
@@ -279,7 +284,7 @@ class AsyncClient:
         max_in_flight: int = 16,
         token: str | None = None,
     ) -> None:
-        _check_protocol(protocol, ("grpc",))
+        _check_protocol(protocol, ("grpc",), "AsyncClient")
         self.target = _target(host, port, "AsyncClient")
         self.timeout = timeout
         self.max_in_flight = max_in_flight

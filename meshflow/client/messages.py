@@ -128,6 +128,11 @@ def rpc_error(exc: grpc.RpcError, target: str) -> RequestError:
     """Map a failed call to the gateway onto meshflow's errors."""
     code = exc.code() if hasattr(exc, "code") else None
     details = (exc.details() if hasattr(exc, "details") else None) or str(exc)
+    if code == grpc.StatusCode.UNIMPLEMENTED:
+        return RequestError(
+            f"{target} is not a Flow's gateway ({details}): a Client talks to the port of a "
+            "Flow (Flow(port=...), `meshflow flow`), not to an executor's own port"
+        )
     if code == grpc.StatusCode.RESOURCE_EXHAUSTED:
         if "larger than max" in details:
             return BadRequestError(f"the request is larger than the gateway accepts: {details}")

@@ -7,7 +7,13 @@ SPIFFE identities) plus Jaeger, Prometheus and Grafana.
 """
 
 from meshflow.deploy.compose import export_compose
-from meshflow.deploy.images import ENVOY_IMAGE, MESHFLOW_IMAGE
+from meshflow.deploy.images import ENVOY_IMAGE, BuildContext, image_name
 from meshflow.deploy.kubernetes import export_kubernetes
 
-__all__ = ["ENVOY_IMAGE", "MESHFLOW_IMAGE", "export_compose", "export_kubernetes"]
+__all__ = [
+    "ENVOY_IMAGE",
+    "BuildContext",
+    "export_compose",
+    "export_kubernetes",
+    "image_name",
+]

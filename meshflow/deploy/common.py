@@ -10,13 +10,31 @@ from typing import Any
 
 import yaml
 
-from meshflow.deploy.images import EXECUTOR_PORT, GATEWAY_PORT, HTTP_PORT, METRICS_PORT
+from meshflow.deploy.images import (
+    ADMIN_SOCKET,
+    EXECUTOR_PORT,
+    GATEWAY_PORT,
+    HTTP_PORT,
+    METRICS_PORT,
+    STATS_PORT,
+    BuildContext,
+)
 from meshflow.errors import ConfigError
 from meshflow.flow.deployment import Deployment
 from meshflow.gateway.topology import Node, Topology
+from meshflow.mesh.config import Admin
 from meshflow.observability.tracing import sampling_arg
 
 EGRESS = "/run/meshflow/egress.sock"
+SIGNING_DIR = "/etc/meshflow/signing"
+SIGNING_KEY = f"{SIGNING_DIR}/gateway.key"
+"""The gateway's Ed25519 signing key (it vouches for identities): mounted into the gateway
+only."""
+GATEWAY_KEY_DIR = "/etc/meshflow/gateway-key"
+GATEWAY_PUBLIC_KEY = f"{GATEWAY_KEY_DIR}/gateway.pub"
+"""Its public key, what executors check vouchers with."""
+SIDECAR_ADMIN = Admin(socket=ADMIN_SOCKET, stats_port=STATS_PORT, stats_host="0.0.0.0")
+"""Every exported sidecar: admin on a 0600 socket in its own container, stats on :15090."""
 
 
 def ref(dep: Deployment) -> str:
@@ -32,10 +50,17 @@ def ref(dep: Deployment) -> str:
 
 
 def executor_command(
-    flow: Any, dep: Deployment, shard: int, replica: int | None = None
+    flow: Any,
+    dep: Deployment,
+    shard: int,
+    replica: int | None = None,
+    *,
+    context: BuildContext | None = None,
 ) -> list[str]:
-    """``meshflow executor ...`` for one replica (``replica`` None: any pod of the shard)."""
-    command = ["executor", "--uses", ref(dep), "--name", dep.name]
+    """``meshflow executor ...`` for one replica (``replica`` None: any pod of the shard);
+    with ``context``, ``uses`` as the image finds it."""
+    uses = ref(dep) if context is None else context.uses(ref(dep), dep.name)
+    command = ["executor", "--uses", uses, "--name", dep.name]
     command += ["--address", f"127.0.0.1:{EXECUTOR_PORT}"]
     command += ["--uses-with", json.dumps(dict(dep.uses_with), sort_keys=True)]
     if replica is not None:
@@ -46,6 +71,8 @@ def executor_command(
         command += ["--metrics-host", "0.0.0.0", "--metrics-port", str(METRICS_PORT)]
     if flow.tracing:
         command.append("--tracing")
+    if flow.auth is not None:
+        command += ["--gateway-key-file", GATEWAY_PUBLIC_KEY]
     return command
 
 
@@ -59,8 +86,11 @@ def node(dep: Deployment, shards: Sequence[tuple[str, ...]]) -> Node:
     )
 
 
-def gateway_command(flow: Any, nodes: list[Node]) -> list[str]:
-    """``meshflow gateway ...`` with the topology inline, behind its sidecar's socket."""
+def gateway_command(
+    flow: Any, nodes: list[Node], *, context: BuildContext | None = None
+) -> list[str]:
+    """``meshflow gateway ...`` with the topology inline, behind its sidecar's socket; with
+    ``context``, static folders as the image holds them."""
     command = [
         "gateway",
         "--topology",
@@ -74,8 +104,14 @@ def gateway_command(flow: Any, nodes: list[Node]) -> list[str]:
         command += ["--graphql-port", str(HTTP_PORT), "--graphql-limits", limits]
         for origin in flow.cors:
             command += ["--cors", origin]
+    if flow.static and context is not None:
+        inside = {
+            prefix: context.inside(folder, f"static[{prefix!r}]")
+            for prefix, folder in sorted(flow.static.items())
+        }
+        command += ["--static", json.dumps(inside, sort_keys=True)]
     if flow.auth is not None:
-        command += ["--auth", auth_json(flow)]
+        command += ["--auth", auth_json(flow), "--signing-key-file", SIGNING_KEY]
     if flow.metrics:
         command += ["--metrics-host", "0.0.0.0", "--metrics-port", str(METRICS_PORT)]
     if flow.tracing:

@@ -21,7 +21,6 @@ Files: ``docker-compose.yml``; ``envoy/compose/<service>.yaml`` (Envoy bootstrap
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 from typing import Any
@@ -30,6 +29,11 @@ import yaml
 
 from meshflow.deploy.common import (
     EGRESS,
+    GATEWAY_KEY_DIR,
+    GATEWAY_PUBLIC_KEY,
+    SIDECAR_ADMIN,
+    SIGNING_DIR,
+    SIGNING_KEY,
     PlainDumper,
     environment,
     executor_command,
@@ -44,9 +48,13 @@ from meshflow.deploy.images import (
     GATEWAY_PORT,
     HTTP_PORT,
     INGRESS_PORT,
-    MESHFLOW_IMAGE,
     METRICS_PORT,
+    STATS_PORT,
     UID,
+    BuildContext,
+    image_name,
+    observability_assets,
+    write_image,
 )
 from meshflow.errors import ConfigError
 from meshflow.flow.deployment import Deployment
@@ -65,8 +73,9 @@ PROMETHEUS_IMAGE = "prom/prometheus:v2.55.1"
 GRAFANA_IMAGE = "grafana/grafana:11.3.0"
 USER = f"{UID}:{UID}"
 PKI = "/pki"
+CA_DIR = "/ca"
+"""The CA's key: in a volume only the certs job mounts."""
 OTLP = "http://jaeger:4317"
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 def _identity(flow: str, workload: str) -> Identity:
@@ -82,18 +91,36 @@ def _label(dep: Deployment, shard: int, replica: int) -> str:
     return f"{dep.name}-s{shard}-r{replica}".lower().replace("_", "-")
 
 
-def export_compose(flow: Any, path: str) -> list[str]:
-    """Write ``flow`` as ``path`` (a docker-compose file) and its Envoy and Prometheus files
-    next to it; return every file written."""
+def export_compose(
+    flow: Any,
+    path: str,
+    *,
+    context: str | None = None,
+    dockerfile: str | None = None,
+    image: str | None = None,
+    extras: tuple[str, ...] = (),
+) -> list[str]:
+    """Write ``flow`` as ``path`` (a docker-compose file), its Envoy and Prometheus files next
+    to it, and the image's ``Dockerfile`` (``dockerfile``, default next to ``path``); return
+    every file written.
+
+    ``context``: the project folder copied into the image (default: the working directory);
+    ``image``: the tag of the image built (default ``meshflow-<flow>:<version>``);
+    ``extras``: meshflow's extras the image installs (``index``, ``models``).
+    """
     from meshflow.flow.flow import Flow
 
     assert isinstance(flow, Flow)
     flow.check()
     if flow.mesh != "envoy":
         raise ConfigError("docker-compose export needs mesh='envoy' (the sidecars are the mesh)")
-    for dep in flow.deployments:
-        ref(dep)  # a script's class is refused before anything is written
+    build_context = BuildContext.at(context)
+    for dep in flow.deployments:  # refused before anything is written
+        build_context.uses(ref(dep), dep.name)
+    for prefix, folder in (flow.static or {}).items():
+        build_context.inside(folder, f"static[{prefix!r}]")
     out_dir = os.path.dirname(os.path.abspath(path))
+    dockerfile = os.path.abspath(dockerfile or os.path.join(out_dir, "Dockerfile"))
     envoy_dir = os.path.join(out_dir, "envoy", "compose")
     obs_dir = os.path.join(out_dir, "observability", "compose")
     os.makedirs(envoy_dir, exist_ok=True)
@@ -120,24 +147,30 @@ def export_compose(flow: Any, path: str) -> list[str]:
 
     common_env = environment(flow, OTLP)
     certs_done = {"certs": {"condition": "service_completed_successfully"}}
-    build: dict[str, Any] = {"image": MESHFLOW_IMAGE}
-    dockerfile = os.path.join(ROOT, "services", "Dockerfile")
-    if os.path.exists(dockerfile):  # a source checkout: compose builds the image from it
-        build["build"] = {
-            "context": _relative(ROOT, out_dir),
-            "dockerfile": "services/Dockerfile",
-        }
+    written += write_image(build_context, dockerfile, extras)
+    build: dict[str, Any] = {
+        "image": image or image_name(flow.name),
+        "build": {
+            "context": _relative(build_context.root, out_dir),
+            "dockerfile": os.path.relpath(dockerfile, build_context.root),
+        },
+    }
+    certs_command = ["certs", "--flow", flow.name, "--out", PKI, "--ca-dir", CA_DIR]
+    certs_volumes = [f"pki:{PKI}", f"ca:{CA_DIR}"]
+    volumes: dict[str, Any] = {"pki": {}, "ca": {}, "gateway-run": {}}
+    if flow.auth is not None:
+        certs_command += ["--signing-key", SIGNING_KEY, "--signing-public-key", GATEWAY_PUBLIC_KEY]
+        certs_volumes += [f"signing:{SIGNING_DIR}", f"gateway-key:{GATEWAY_KEY_DIR}"]
+        volumes.update({"signing": {}, "gateway-key": {}})
     services: dict[str, Any] = {
         "certs": {
             **build,
             "user": USER,
-            "command": ["certs", "--flow", flow.name, "--out", PKI, "gateway"]
-            + [dep.name for dep in flow.deployments],
-            "volumes": [f"pki:{PKI}"],
+            "command": certs_command + ["gateway"] + [dep.name for dep in flow.deployments],
+            "volumes": certs_volumes,
             "restart": "no",
         }
     }
-    volumes: dict[str, Any] = {"pki": {}, "gateway-run": {}}
     gateway_id = spiffe_id(flow.name, "gateway")
     nodes: list[Node] = []
     specs: list[ClusterSpec] = []
@@ -151,7 +184,7 @@ def export_compose(flow: Any, path: str) -> list[str]:
             for replica in range(dep.replicas):
                 label = _label(dep, shard, replica)
                 hosts.append((label, INGRESS_PORT))
-                command = executor_command(flow, dep, shard, replica)
+                command = executor_command(flow, dep, shard, replica, context=build_context)
                 if flow.metrics:
                     scrape.append(f"{label}:{METRICS_PORT}")
                 services[label] = {
@@ -159,10 +192,14 @@ def export_compose(flow: Any, path: str) -> list[str]:
                     "user": USER,
                     "command": command,
                     "environment": {**common_env, **dict(dep.env)},
-                    "volumes": [f"{volume}:/workspace"],
+                    # The gateway's public key only: executors check its vouchers.
+                    "volumes": [f"{volume}:/workspace"]
+                    + ([f"gateway-key:{GATEWAY_KEY_DIR}:ro"] if flow.auth is not None else []),
                     "healthcheck": _ping(EXECUTOR_PORT),
                     "restart": "unless-stopped",
                 }
+                if flow.auth is not None:
+                    services[label]["depends_on"] = {**certs_done}
                 config = envoy_file(
                     f"{label}-sidecar",
                     replica_sidecar(
@@ -173,6 +210,7 @@ def export_compose(flow: Any, path: str) -> list[str]:
                         executor_port=EXECUTOR_PORT,
                         identity=_identity(flow.name, dep.name),
                         allowed_peers=[gateway_id],
+                        admin=SIDECAR_ADMIN,
                         tracing=sidecar_tracing(label),
                     ),
                 )
@@ -180,15 +218,10 @@ def export_compose(flow: Any, path: str) -> list[str]:
             shards.append(tuple(f"{h}:{p}" for h, p in hosts))
             specs.append(shard_cluster(dep, shard, spiffe_id(flow.name, dep.name), hosts=hosts))
         nodes.append(node(dep, shards))
-    gateway = gateway_command(flow, nodes)
+    gateway = gateway_command(flow, nodes, context=build_context)  # static files in the image
     gateway_volumes = ["gateway-run:/run/meshflow"]
-    if flow.static:  # bind-mounted from where they are, relative to the compose file
-        inside = {}
-        for n, (prefix, folder) in enumerate(sorted(flow.static.items())):
-            target = f"/srv/static/{n}"
-            inside[prefix] = target
-            gateway_volumes.append(f"{_relative(folder, out_dir)}:{target}:ro")
-        gateway += ["--static", json.dumps(inside, sort_keys=True)]
+    if flow.auth is not None:  # the signing key: in the gateway's container alone
+        gateway_volumes.append(f"signing:{SIGNING_DIR}:ro")
     if flow.metrics:
         scrape.insert(0, f"gateway:{METRICS_PORT}")
     ports = [f"127.0.0.1:{flow.port or GATEWAY_PORT}:{GATEWAY_PORT}"]
@@ -223,6 +256,7 @@ def export_compose(flow: Any, path: str) -> list[str]:
             listen_socket=EGRESS,
             identity=_identity(flow.name, "gateway"),
             clusters=specs,
+            admin=SIDECAR_ADMIN,
             tracing=sidecar_tracing("gateway"),
         ),
     )
@@ -230,11 +264,17 @@ def export_compose(flow: Any, path: str) -> list[str]:
     sidecar["volumes"].append("gateway-run:/run/meshflow")
     services["gateway-sidecar"] = sidecar
     services.update(_observability(scrape))
-    written.append(_write_prometheus(obs_dir, flow.name, scrape))
+    # A sidecar shares its owner's network namespace: it is reached by the owner's name.
+    sidecars = [
+        f"{name.removesuffix('-sidecar')}:{STATS_PORT}"
+        for name in services
+        if name.endswith("-sidecar")
+    ]
+    written.append(_write_prometheus(obs_dir, flow.name, scrape, sidecars))
     written.append(_write_datasources(obs_dir))
     grafana = os.path.join(out_dir, "observability", "grafana")
-    source = os.path.join(ROOT, "observability", "grafana")
-    if os.path.abspath(grafana) != os.path.abspath(source) and os.path.isdir(source):
+    source = os.path.join(observability_assets(), "grafana")
+    if os.path.abspath(grafana) != os.path.abspath(source):
         shutil.copytree(source, grafana, dirs_exist_ok=True)
     # No top-level `name:` (docker-compose 1.x refuses it): `docker compose -p NAME` sets it.
     document = {"services": services, "volumes": volumes}
@@ -350,14 +390,22 @@ def _write_datasources(directory: str) -> str:
     return path
 
 
-def _write_prometheus(directory: str, flow: str, targets: list[str]) -> str:
+def _write_prometheus(directory: str, flow: str, targets: list[str], sidecars: list[str]) -> str:
     config = {
         "global": {"scrape_interval": "5s"},
         "scrape_configs": [
             {
                 "job_name": f"meshflow-{flow}",
                 "static_configs": [{"targets": targets, "labels": {"flow": flow}}],
-            }
+            },
+            {
+                # Each sidecar's stats listener: GET /stats/prometheus (its admin is a socket).
+                "job_name": f"meshflow-{flow}-sidecars",
+                "metrics_path": "/stats/prometheus",
+                "static_configs": [
+                    {"targets": sidecars, "labels": {"flow": flow, "component": "sidecar"}}
+                ],
+            },
         ],
     }
     path = os.path.join(directory, "prometheus.yml")

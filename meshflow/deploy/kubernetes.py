@@ -10,7 +10,8 @@ Per deployment and shard, ``<deployment>-s<shard>``:
   shard is STRICT_DNS on the Service's name, which resolves to every ready pod);
 - a **ConfigMap** with the sidecar's Envoy bootstrap;
 - a **PodDisruptionBudget** (one pod down at a time), and with ``hpa`` a
-  **HorizontalPodAutoscaler** on CPU.
+  **HorizontalPodAutoscaler** on CPU (not for stateful Executors, whose ``state_scope`` is not
+  ``'none'``: each pod has its own workspace, so they run one pod per shard and refuse more).
 
 The gateway is a Deployment + Service (gRPC 50051, HTTP 8080), with an **Ingress** when
 ``ingress_host`` is given. Certificates are **Secrets** (``kubernetes.io/tls`` plus ``ca.crt``)
@@ -30,6 +31,9 @@ import yaml
 
 from meshflow.deploy.common import (
     EGRESS,
+    GATEWAY_KEY_DIR,
+    SIDECAR_ADMIN,
+    SIGNING_DIR,
     PlainDumper,
     environment,
     executor_command,
@@ -44,9 +48,11 @@ from meshflow.deploy.images import (
     GATEWAY_PORT,
     HTTP_PORT,
     INGRESS_PORT,
-    MESHFLOW_IMAGE,
     METRICS_PORT,
     UID,
+    BuildContext,
+    image_name,
+    write_image,
 )
 from meshflow.errors import ConfigError
 from meshflow.gateway.topology import Node
@@ -84,16 +90,27 @@ def export_kubernetes(
     hpa: bool = False,
     ingress_host: str | None = None,
     otlp_endpoint: str = "http://jaeger-collector.observability:4317",
+    context: str | None = None,
+    dockerfile: str | None = None,
+    image: str | None = None,
+    extras: tuple[str, ...] = (),
 ) -> list[str]:
-    """Write ``flow`` as Kubernetes manifests into ``out_dir``; return the files written."""
+    """Write ``flow`` as Kubernetes manifests into ``out_dir``, and the ``Dockerfile`` of its
+    image (default ``out_dir/Dockerfile``: build it from ``context``, the project folder, and
+    push it as ``image``); return the files written."""
     from meshflow.flow.flow import Flow
 
     assert isinstance(flow, Flow)
     flow.check()
     if flow.mesh != "envoy":
         raise ConfigError("Kubernetes export needs mesh='envoy' (the sidecars are the mesh)")
-    for dep in flow.deployments:
-        ref(dep)  # a script's class is refused before anything is written
+    build_context = BuildContext.at(context)
+    for dep in flow.deployments:  # refused before anything is written
+        build_context.uses(ref(dep), dep.name)
+        _check_state(dep)
+    for prefix, folder in (flow.static or {}).items():
+        build_context.inside(folder, f"static[{prefix!r}]")
+    image = image or image_name(flow.name)
     ns = namespace or _name(flow.name)
     app = _name(flow.name)
     tracing = bool(flow.tracing)
@@ -145,18 +162,31 @@ def export_kubernetes(
                 executor_port=EXECUTOR_PORT,
                 identity=_identity(flow.name, dep.name),
                 allowed_peers=[gateway_id],
+                admin=SIDECAR_ADMIN,
                 tracing=Tracing(f"sidecar {name}", otlp_endpoint) if tracing else None,
             )
-            command = executor_command(flow, dep, shard)
+            command = executor_command(flow, dep, shard, context=build_context)
             ports = [{"name": "mesh", "containerPort": INGRESS_PORT}]
             executor = _container(
                 "executor",
-                MESHFLOW_IMAGE,
+                image,
                 command,
                 common_env + [{"name": k, "value": v} for k, v in sorted(dep.env.items())],
                 EXECUTOR_PORT,
                 [{"name": "workspace", "mountPath": "/workspace"}],
             )
+            pod_volumes: list[dict[str, Any]] = [
+                {"name": "workspace", "emptyDir": {}},
+                {"name": "envoy", "configMap": {"name": f"{name}-envoy"}},
+                {"name": "pki", "secret": {"secretName": _secret(dep.name)}},
+            ]
+            if flow.auth is not None:  # the gateway's public key: executors check vouchers
+                executor["volumeMounts"].append(
+                    {"name": "gateway-key", "mountPath": GATEWAY_KEY_DIR, "readOnly": True}
+                )
+                pod_volumes.append(
+                    {"name": "gateway-key", "secret": {"secretName": _gateway_key(flow.name)}}
+                )
             if flow.metrics:
                 executor["ports"] = [{"name": "metrics", "containerPort": METRICS_PORT}]
             pod_annotations = (
@@ -190,11 +220,7 @@ def export_kubernetes(
                     select,
                     dep.replicas,
                     [executor, _sidecar(f"{name}-envoy", ports)],
-                    [
-                        {"name": "workspace", "emptyDir": {}},
-                        {"name": "envoy", "configMap": {"name": f"{name}-envoy"}},
-                        {"name": "pki", "secret": {"secretName": _secret(dep.name)}},
-                    ],
+                    pod_volumes,
                     pod_annotations,
                 ),
                 {
@@ -204,13 +230,16 @@ def export_kubernetes(
                     "spec": {"maxUnavailable": 1, "selector": {"matchLabels": select}},
                 },
             ]
-            if hpa:
+            if hpa and dep.executor_class.state_scope == "none":  # stateful: fixed
                 docs[f"{name}.yaml"].append(_hpa(meta(name, "executor", **select), dep.replicas))
         nodes.append(node(dep, shards))
+    gateway_args = gateway_command(flow, nodes, context=build_context)
     docs["gateway.yaml"] = _gateway(
-        flow, meta, labels, nodes, specs, common_env, tracing, otlp_endpoint, ingress_host
-    )
+        flow, meta, labels, image, gateway_args, specs, common_env, tracing, otlp_endpoint,
+        ingress_host,
+    )  # fmt: skip
     written = [write_secrets(flow, os.path.join(out_dir, "pki"), ns)]
+    written += write_image(build_context, dockerfile or os.path.join(out_dir, "Dockerfile"), extras)
     for filename, manifests in docs.items():
         path = os.path.join(out_dir, filename)
         with open(path, "w", encoding="utf-8") as fh:
@@ -267,6 +296,45 @@ def _certificates(flow: str, workloads: list[str], meta: Any) -> list[dict[str, 
     return out
 
 
+def _signing_secret(flow: str) -> str:
+    return _name(f"{flow}-gateway-signing")
+
+
+def _gateway_key(flow: str) -> str:
+    return _name(f"{flow}-gateway-key")
+
+
+def _signing_secrets(flow: str, pki_dir: str, meta: Any) -> list[dict[str, Any]]:
+    """The gateway's signing key (kept in ``pki_dir`` across exports) as a Secret only the
+    gateway mounts, and its public key as one the executors mount."""
+    import base64
+
+    from meshflow.mesh.certs import write_private
+    from meshflow.voucher import Signer
+
+    path = os.path.join(pki_dir, "gateway-signing.key")
+    try:
+        with open(path, "rb") as fh:
+            signer = Signer.from_pem(fh.read())
+    except FileNotFoundError:
+        signer = Signer.generate()
+        write_private(path, signer.private_pem, 0o600)
+
+    def secret(name: str, key: str, data: bytes) -> dict[str, Any]:
+        return {
+            "apiVersion": "v1",
+            "kind": "Secret",
+            "type": "Opaque",
+            "metadata": meta(name, "pki"),
+            "data": {key: base64.b64encode(data).decode()},
+        }
+
+    return [
+        secret(_signing_secret(flow), "gateway.key", signer.private_pem),
+        secret(_gateway_key(flow), "gateway.pub", signer.public_pem),
+    ]
+
+
 def _write_secrets(
     flow: str, workloads: list[str], pki_dir: str, meta: Any
 ) -> list[dict[str, Any]]:
@@ -285,7 +353,7 @@ def _write_secrets(
             "kind": "Secret",
             "type": "kubernetes.io/tls",
             "metadata": meta(_name(f"{flow}-ca"), "pki"),
-            "data": {"tls.crt": read(ca.ca_cert_path), "tls.key": read(ca.ca_key_path)},
+            "data": {"tls.crt": read(ca.ca_cert_path), "tls.key": read(str(ca.ca_key_path))},
         }
     ]
     for workload in workloads:
@@ -323,6 +391,8 @@ def write_secrets(flow: Any, out_dir: str, namespace: str | None = None) -> str:
 
     pki = os.path.join(out_dir, "ca")
     secrets = _write_secrets(flow.name, workloads, pki, meta)
+    if flow.auth is not None:
+        secrets += _signing_secrets(flow.name, pki, meta)
     path = os.path.join(out_dir, "secrets.yaml")
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w", encoding="utf-8") as fh:
@@ -422,6 +492,18 @@ def _deployment(
     }
 
 
+def _check_state(dep: Any) -> None:
+    """Refuse several pods of a stateful Executor: each pod has its own workspace here."""
+    cls = dep.executor_class
+    if dep.replicas > 1 and cls.state_scope != "none":
+        raise ConfigError(
+            f"deployment {dep.name!r}: {cls.__name__} keeps state (state_scope="
+            f"{cls.state_scope!r}) and each Kubernetes pod has a workspace of its own, so "
+            f"{dep.replicas} replicas would each hold only the writes they served; export it "
+            "with replicas=1 and scale with shards (polling 'ID' for writes)"
+        )
+
+
 def _hpa(metadata: dict[str, Any], replicas: int) -> dict[str, Any]:
     return {
         "apiVersion": "autoscaling/v2",
@@ -452,7 +534,8 @@ def _gateway(
     flow: Any,
     meta: Any,
     labels: Any,
-    nodes: list[Node],
+    image: str,
+    args: list[str],
     specs: list[ClusterSpec],
     common_env: list[dict[str, Any]],
     tracing: bool,
@@ -460,7 +543,6 @@ def _gateway(
     ingress_host: str | None,
 ) -> list[dict[str, Any]]:
     select = {"meshflow.io/deployment": "gateway"}
-    args = gateway_command(flow, nodes)
     env = list(common_env)
     for var in key_variables(flow):
         env.append(
@@ -469,13 +551,19 @@ def _gateway(
                 "valueFrom": {"secretKeyRef": {"name": _name(f"{flow.name}-jwt"), "key": var}},
             }
         )
-    if flow.static:
-        raise ConfigError(
-            "static files are not exported to Kubernetes yet: serve them from the image or an "
-            "Ingress, and drop `static` from the Flow you export"
-        )
     run = {"name": "run", "mountPath": "/run/meshflow"}
-    gateway = _container("gateway", MESHFLOW_IMAGE, args, env, GATEWAY_PORT, [run])
+    mounts: list[dict[str, Any]] = [run]
+    gateway_volumes: list[dict[str, Any]] = [
+        {"name": "run", "emptyDir": {}},
+        {"name": "envoy", "configMap": {"name": "gateway-envoy"}},
+        {"name": "pki", "secret": {"secretName": _secret("gateway")}},
+    ]
+    if flow.auth is not None:  # the signing key: in the gateway's container alone
+        mounts.append({"name": "signing", "mountPath": SIGNING_DIR, "readOnly": True})
+        gateway_volumes.append(
+            {"name": "signing", "secret": {"secretName": _signing_secret(flow.name)}}
+        )
+    gateway = _container("gateway", image, args, env, GATEWAY_PORT, mounts)
     gateway["ports"] = [{"name": "grpc", "containerPort": GATEWAY_PORT}]
     if flow.graphql:
         gateway["ports"].append({"name": "http", "containerPort": HTTP_PORT})
@@ -486,6 +574,7 @@ def _gateway(
         listen_socket=EGRESS,
         identity=_identity(flow.name, "gateway"),
         clusters=specs,
+        admin=SIDECAR_ADMIN,
         tracing=Tracing("sidecar gateway", otlp_endpoint) if tracing else None,
     )
     annotations = (
@@ -505,11 +594,7 @@ def _gateway(
             select,
             1,
             [gateway, sidecar],
-            [
-                {"name": "run", "emptyDir": {}},
-                {"name": "envoy", "configMap": {"name": "gateway-envoy"}},
-                {"name": "pki", "secret": {"secretName": _secret("gateway")}},
-            ],
+            gateway_volumes,
             annotations,
         ),
         {

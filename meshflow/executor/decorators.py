@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, TypeVar, overload
 
-from meshflow.types import DEFAULT_ENDPOINT
+from meshflow.types import DEFAULT_ENDPOINT, REDUCE_RULES
 
 F = TypeVar("F", bound=Callable[..., Any])
 
 ENDPOINTS_ATTR = "__meshflow_endpoints__"
 READ_ONLY_ATTR = "__meshflow_read_only__"
+REDUCE_ATTR = "__meshflow_reduce__"
 
 
 def _normalise(on: str) -> str:
@@ -19,18 +20,43 @@ def _normalise(on: str) -> str:
     return on if on.startswith("/") else "/" + on
 
 
+def _check_reduce(reduce: Mapping[str, str] | None) -> dict[str, str]:
+    if reduce is None:
+        return {}
+    if not isinstance(reduce, Mapping):
+        raise TypeError(
+            f"@requests(reduce=...) takes a mapping of results key to rule, got {reduce!r}"
+        )
+    rules = {}
+    for key, rule in reduce.items():
+        if not isinstance(key, str) or rule not in REDUCE_RULES:
+            raise TypeError(
+                f"@requests(reduce=...): {key!r}: {rule!r} is not a rule; a results key (str) "
+                f"takes one of {', '.join(REDUCE_RULES)}"
+            )
+        rules[key] = str(rule)
+    return rules
+
+
 @overload
 def requests(func: F) -> F: ...
 
 
 @overload
 def requests(
-    *, on: str | Sequence[str] | None = None, read_only: bool = False
+    *,
+    on: str | Sequence[str] | None = None,
+    read_only: bool = False,
+    reduce: Mapping[str, str] | None = None,
 ) -> Callable[[F], F]: ...
 
 
 def requests(
-    func: F | None = None, *, on: str | Sequence[str] | None = None, read_only: bool = False
+    func: F | None = None,
+    *,
+    on: str | Sequence[str] | None = None,
+    read_only: bool = False,
+    reduce: Mapping[str, str] | None = None,
 ) -> F | Callable[[F], F]:
     """Bind an Executor method to one or more endpoints.
 
@@ -50,7 +76,17 @@ def requests(
     ``read_only=True`` declares that the endpoint changes nothing: the GraphQL door offers it
     as a query field (``query { search(...) }``). A dataclass annotated on ``parameters``
     makes typed parameters (see :mod:`meshflow.executor.parameters`).
+
+    ``reduce`` says how the gateway combines the results dicts of several shards (polling
+    ``ALL`` or ``ID``) key by key: ``'sum'``, ``'min'``, ``'max'``, ``'first'``, ``'last'``,
+    ``'concat'`` (lists) or ``'merge'`` (dicts); a key without a rule keeps the last shard's
+    value::
+
+            @requests(on='/count', read_only=True, reduce={'count': 'sum'})
+            def count(self, **kwargs):
+                return {'count': len(self.store)}
     """
+    rules = _check_reduce(reduce)
     if on is None:
         names = [DEFAULT_ENDPOINT]
     elif isinstance(on, str):
@@ -68,6 +104,10 @@ def requests(
         if read_only:
             marked: list[str] = list(getattr(fn, READ_ONLY_ATTR, []))
             setattr(fn, READ_ONLY_ATTR, marked + names)
+        if rules:
+            declared: dict[str, dict[str, str]] = dict(getattr(fn, REDUCE_ATTR, {}))
+            declared.update(dict.fromkeys(names, rules))
+            setattr(fn, REDUCE_ATTR, declared)
         return fn
 
     if func is not None:

@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import inspect
 import os
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from meshflow.errors import ConfigError
-from meshflow.executor.decorators import ENDPOINTS_ATTR, READ_ONLY_ATTR
+from meshflow.executor.decorators import ENDPOINTS_ATTR, READ_ONLY_ATTR, REDUCE_ATTR
 from meshflow.executor.parameters import params_type
+from meshflow.types import StateScope
+
+STATE_SCOPES: tuple[StateScope, ...] = ("none", "workspace", "process")
 
 if TYPE_CHECKING:
     from opentelemetry.trace import Tracer
@@ -40,6 +43,8 @@ class EndpointMethod:
     read_only: bool = False
     params: type | None = None
     """A dataclass the request's parameters are turned into, if the method declares one."""
+    reduce: Mapping[str, str] = field(default_factory=dict)
+    """How several shards' results combine, per results key (``@requests(reduce=...)``)."""
 
 
 class Executor:
@@ -61,10 +66,24 @@ class Executor:
     """
 
     endpoints: ClassVar[dict[str, EndpointMethod]] = {}
+    state_scope: ClassVar[StateScope] = "none"
+    """Where this Executor keeps state that requests change:
+
+    - ``'none'`` (default): nowhere; replicas are interchangeable.
+    - ``'workspace'``: in ``self.workspace``, which the replicas of a shard share; the
+      Executor itself makes each replica see the others' writes (as ``VectorIndexer`` does).
+    - ``'process'``: in the process's memory; a deployment is refused with more than one
+      replica per shard (use shards, with polling ``ID`` for writes, to scale it).
+    """
     _runtime_args: RuntimeArgs
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
+        if cls.state_scope not in STATE_SCOPES:
+            raise ConfigError(
+                f"{cls.__qualname__}.state_scope is {cls.state_scope!r}; use one of "
+                f"{', '.join(map(repr, STATE_SCOPES))}"
+            )
         found: dict[str, EndpointMethod] = {}
         # Walk the MRO from the base up so that subclasses override their parents' bindings.
         for klass in reversed(cls.__mro__):
@@ -75,9 +94,15 @@ class Executor:
                 spec = _describe(value)
                 read_only = set(getattr(value, READ_ONLY_ATTR, ()))
                 typed = params_type(value)
+                reduce = getattr(value, REDUCE_ATTR, {})
                 for endpoint in names:
                     found[endpoint] = EndpointMethod(
-                        endpoint, attr, *spec, read_only=endpoint in read_only, params=typed
+                        endpoint,
+                        attr,
+                        *spec,
+                        read_only=endpoint in read_only,
+                        params=typed,
+                        reduce=reduce.get(endpoint, {}),
                     )
         cls.endpoints = found
 
@@ -126,6 +151,21 @@ class Executor:
             path = os.path.join(path, f"shard-{args.shard_id}")
         os.makedirs(path, exist_ok=True)
         return path
+
+
+def check_replicas(cls: type[Executor], replicas: int, *, deployment: str) -> None:
+    """Refuse several replicas of an Executor whose state lives in process memory.
+
+    Raises :class:`ConfigError` naming the deployment and what to do instead.
+    """
+    if replicas > 1 and getattr(cls, "state_scope", "none") == "process":
+        raise ConfigError(
+            f"deployment {deployment!r}: {cls.__name__} keeps its state in process memory "
+            f"(state_scope='process'), so {replicas} replicas would each hold only the writes "
+            "they served and answer wrong; use replicas=1 and scale with shards (polling "
+            "{'/index': 'ID', '/update': 'ID', '/delete': 'ID', '*': 'ALL'}), or keep the "
+            "state in the workspace (state_scope='workspace')"
+        )
 
 
 def _describe(fn: Callable[..., Any]) -> tuple[bool, frozenset[str] | None]:

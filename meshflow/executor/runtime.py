@@ -27,14 +27,14 @@ from meshflow.document.proto import (
     struct_to_dict,
     unchanged_on_wire,
 )
-from meshflow.errors import BadRequestError
+from meshflow.errors import BadRequestError, UnverifiedIdentityError
 from meshflow.executor.executor import EndpointMethod, Executor
 from meshflow.executor.parameters import build as build_params
 from meshflow.executor.parameters import describe as describe_params
 from meshflow.executor.parameters import for_executor
-from meshflow.identity import Identity
 from meshflow.proto.v1 import data_request_pb2, services_pb2
 from meshflow.serving import serve_forever
+from meshflow.voucher import Verifier, identity_of
 
 if TYPE_CHECKING:
     from opentelemetry.trace import Tracer
@@ -64,8 +64,12 @@ class ExecutorRuntime:
         sync_workers: int = 1,
         metrics: ExecutorMetrics | None = None,
         tracer: Tracer | None = None,
+        verifier: Verifier | None = None,
     ) -> None:
         self.executor = executor
+        self.verifier = verifier
+        """The gateway's public key: with it, every request needs the gateway's voucher;
+        without it, none may claim an identity."""
         self.name = name
         self.metrics = metrics
         self.tracer = tracer
@@ -105,6 +109,8 @@ class ExecutorRuntime:
         spec = self.endpoint_for(head.header.endpoint)
         if spec is None:
             return data
+        # Before anything is decoded: only the gateway's voucher says who the caller is.
+        identity = identity_of(head.header, self.verifier)
         request = data_request_pb2.DataRequest.FromString(data)
         started = time.perf_counter()
         try:
@@ -124,9 +130,7 @@ class ExecutorRuntime:
             "parameters": parameters,
             "endpoint": request.header.endpoint or "/",
             "request_id": request.header.request_id,
-            "auth": Identity.from_proto(request.header.auth)
-            if request.header.HasField("auth")
-            else None,
+            "auth": identity,
         }
         if spec.accepts is not None:
             kwargs = {k: v for k, v in kwargs.items() if k in spec.accepts}
@@ -229,9 +233,10 @@ class ExecutorRuntime:
         """The serialized answer: the request with the endpoint's documents and results."""
         results = b""
         if isinstance(result, dict):
-            results = data_request_pb2.DataRequest(
-                results={self.name: dict_to_struct(result)}
-            ).SerializeToString()
+            answer = data_request_pb2.DataRequest(results={self.name: dict_to_struct(result)})
+            if spec.reduce:
+                answer.reduce[self.name].rules.update(spec.reduce)
+            results = answer.SerializeToString()
         elif isinstance(result, DocumentArray):
             docs = result
         elif isinstance(result, list | tuple):
@@ -289,6 +294,10 @@ def _handlers(runtime: ExecutorRuntime) -> grpc.GenericRpcHandler:
             raise  # unreachable: abort raises
         except BadRequestError as exc:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+            raise  # unreachable: abort raises
+        except UnverifiedIdentityError as exc:
+            log.warning("executor %r refused a request: %s", runtime.name, exc)
+            await context.abort(grpc.StatusCode.UNAUTHENTICATED, str(exc))
             raise  # unreachable: abort raises
 
     async def endpoints(data: bytes, context: grpc.aio.ServicerContext[Any, Any]) -> bytes:
@@ -355,8 +364,11 @@ async def serve_executor(
     sync_workers: int = 1,
     metrics: tuple[str, int] | None = None,
     tracing: bool = False,
+    gateway_key: bytes | None = None,
 ) -> None:
     """Serve ``executor`` on ``address`` (``host:port`` or ``unix:/path``) until stopped;
+    with ``gateway_key`` (the gateway's public key, PEM), only identities the gateway vouched
+    for, on every request;
     with ``metrics`` (host, port), Prometheus ``/metrics`` too; with ``tracing`` (set up by
     the caller), a span per endpoint call."""
     exporter = None
@@ -370,7 +382,12 @@ async def serve_executor(
 
         tracer = trace.get_tracer("meshflow.executor")
     runtime = ExecutorRuntime(
-        executor, name=name, sync_workers=sync_workers, metrics=exporter, tracer=tracer
+        executor,
+        name=name,
+        sync_workers=sync_workers,
+        metrics=exporter,
+        tracer=tracer,
+        verifier=Verifier(gateway_key) if gateway_key else None,
     )
 
     def register(server: grpc.aio.Server) -> None:

@@ -13,7 +13,7 @@ the file, line and key.
       - name: indexer
         uses: my_pkg.index:Indexer
         shards: 2
-        polling: {/index: ANY, /search: ALL}
+        polling: {/index: ID, /search: ALL}
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ import dataclasses
 import os
 import re
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import yaml
@@ -76,9 +77,12 @@ EXECUTOR_KEYS = {
 class _Located:
     """Python values built from YAML nodes, remembering where each key was written."""
 
-    def __init__(self, path: str) -> None:
+    def __init__(self, path: str, *, strict: bool = True) -> None:
         self.path = path
         self.lines: dict[str, int] = {}
+        self.unset: dict[str, str] = {}
+        """Keys whose value names an unset environment variable (when not ``strict``)."""
+        self.strict = strict
         self._loader = yaml.SafeLoader("")
 
     def error(self, key: str, message: str) -> ConfigError:
@@ -108,7 +112,10 @@ class _Located:
         def repl(match: re.Match[str]) -> str:
             name = match.group(1)
             if name not in os.environ:
-                raise self.error(key, f"environment variable {name} is not set")
+                if self.strict:
+                    raise self.error(key, f"environment variable {name} is not set")
+                self.unset[key] = name
+                return ""
             return os.environ[name]
 
         whole = _ENV.fullmatch(text.strip())
@@ -119,13 +126,43 @@ class _Located:
         return replaced
 
 
-def load_flow(
-    path: str, *, port: int | None = None, overrides: Mapping[str, Any] | None = None
-) -> Flow:
-    """Read a Flow YAML file; ``port`` overrides the gateway port it sets, ``overrides`` any
-    of its ``with:`` options (``workspace``, ``graphql_port``...)."""
-    from meshflow.flow.flow import Flow
+@dataclass(frozen=True)
+class FlowHeader:
+    """What a Flow YAML says about the Flow itself, read without importing any executor."""
 
+    name: str
+    workspace: str
+    auth: JWTAuth | None
+
+
+def read_flow_header(path: str) -> FlowHeader:
+    """The name, workspace and auth of the Flow YAML at ``path``, for commands that talk to a
+    Flow (``meshflow status``, ``meshflow token --flow``) rather than start it: no executor
+    code is imported, and environment variables are needed only by the keys read."""
+    loc = _Located(path, strict=False)
+    data, options = _read(path, loc)
+    here = os.path.dirname(os.path.abspath(path))
+    for key, name in loc.unset.items():
+        if key in ("name", "with.workspace") or key.startswith("with.auth."):
+            raise loc.error(key, f"environment variable {name} is not set")
+    auth = None
+    if options.get("auth") is not None:
+        try:
+            auth = JWTAuth.from_dict(options["auth"]).with_paths_from(here)
+        except ConfigError as exc:
+            raise loc.error("with.auth", str(exc).removeprefix("auth: ")) from None
+    workspace = options.get("workspace", "workspace")
+    if not isinstance(workspace, str):
+        raise loc.error("with.workspace", "must be a folder path")
+    return FlowHeader(
+        name=str(data.get("name") or "flow"),
+        workspace=os.path.join(here, workspace),
+        auth=auth,
+    )
+
+
+def _read(path: str, loc: _Located) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The YAML at ``path`` as a mapping, and its ``with:`` options, keys checked."""
     try:
         with open(path, encoding="utf-8") as fh:
             node = yaml.compose(fh, Loader=yaml.SafeLoader)
@@ -135,7 +172,6 @@ def load_flow(
         mark = exc.problem_mark
         line = f":{mark.line + 1}" if mark is not None else ""
         raise ConfigError(f"{path}{line}: invalid YAML: {exc.problem}") from None
-    loc = _Located(path)
     data = loc.build(node, "") if node is not None else None
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: a Flow config is a mapping with 'executors:' (and 'with:')")
@@ -152,6 +188,24 @@ def load_flow(
             raise loc.error(
                 f"with.{key}", f"unknown option; allowed: {', '.join(sorted(WITH_KEYS))}"
             )
+    return data, options
+
+
+def load_flow(
+    path: str, *, port: int | None = None, overrides: Mapping[str, Any] | None = None
+) -> Flow:
+    """Read a Flow YAML file; ``port`` overrides the gateway port it sets, ``overrides`` any
+    of its ``with:`` options (``workspace``, ``graphql_port``...).
+
+    Paths written in the file (``workspace``, ``static`` folders, ``secret_file``, ``uses``
+    files) are relative to the file; the workspace is ``workspace/`` next to it by default.
+    """
+    from meshflow.flow.flow import Flow
+
+    loc = _Located(path)
+    data, options = _read(path, loc)
+    here = os.path.dirname(os.path.abspath(path))
+    options["workspace"] = os.path.join(here, options.get("workspace", "workspace"))
     if port is not None:
         options["port"] = port
     for key, value in (overrides or {}).items():
@@ -250,8 +304,11 @@ def save_flow(flow: Flow, path: str) -> None:
         "tracing": False,
         "log_format": "text",
     }
+    here = os.path.dirname(os.path.abspath(path))
     for key, default in defaults.items():
         value = flow.port if key == "port" else getattr(flow, key)
+        if key == "workspace":  # relative to the file, as load_flow reads it
+            value = os.path.relpath(os.path.abspath(flow.workspace), here)
         if value != default:
             options[key] = value
     if flow.auth is not None:

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import logging
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from meshflow.errors import ConfigError
-from meshflow.executor.executor import Executor
+from meshflow.executor.executor import Executor, check_replicas
 from meshflow.executor.loader import (
     check_executor_class,
     class_ref,
@@ -25,6 +26,8 @@ from meshflow.mesh.policy import (
     check_lb,
 )
 from meshflow.types import Polling
+
+log = logging.getLogger("meshflow.flow")
 
 POLICIES = ("retries", "health_check", "outlier_detection", "circuit_breaker")
 _NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_-]{0,62}$")
@@ -131,14 +134,20 @@ def make_deployment(
         if uses.endswith((".yml", ".yaml")):
             uses, from_yaml = read_executor_yaml(uses)
             merged_with = {**from_yaml, **merged_with}
-        load_class(uses)  # fails early, with a clear message, for unknown modules or classes
+        # fails early, with a clear message, for unknown modules or classes
+        check_replicas(load_class(uses), replicas, deployment=name)
     elif isinstance(uses, type):
         check_executor_class(uses, getattr(uses, "__qualname__", repr(uses)))
+        check_replicas(uses, replicas, deployment=name)
     else:
         raise ConfigError(
             f"deployment {name!r}: uses must be an Executor class, 'pkg.module:Class', "
             f"'path/file.py:Class' or 'executor.yml', got {uses!r}"
         )
+    polled = normalise_polling(polling, deployment=name)
+    if shards > 1:
+        cls = load_class(uses) if isinstance(uses, str) else uses
+        _warn_writes_to_any_shard(cls, polled, deployment=name)
     needs_tuple = (needs,) if isinstance(needs, str) else tuple(needs)
     if not needs_tuple or not all(isinstance(n, str) for n in needs_tuple):
         raise ConfigError(f"deployment {name!r}: needs must name deployments or 'gateway'")
@@ -149,7 +158,7 @@ def make_deployment(
         replicas=replicas,
         shards=shards,
         needs=needs_tuple,
-        polling=normalise_polling(polling, deployment=name),
+        polling=polled,
         timeout=float(timeout) if timeout is not None else None,
         env=dict(env or {}),
         lb=check_lb(lb, deployment=name),
@@ -162,3 +171,28 @@ def make_deployment(
             circuit_breaker, deployment=name, option="circuit_breaker"
         ),
     )
+
+
+def _warn_writes_to_any_shard(
+    cls: type[Executor], polling: Mapping[str, Polling], *, deployment: str
+) -> None:
+    """Log the endpoints of a stateful sharded Executor that change state but reach one shard
+    whatever the documents' ids: their writes land on a shard the reads may not look at."""
+    if getattr(cls, "state_scope", "none") == "none":
+        return
+    endpoints = getattr(cls, "endpoints", {})
+    astray = sorted(
+        name
+        for name, spec in endpoints.items()
+        if not spec.read_only and (polling.get(name) or polling.get("*", "ANY")) == "ANY"
+    )
+    if astray:
+        log.warning(
+            "deployment %r: %s keeps state (state_scope=%r) in shards, but %s polled ANY "
+            "reach(es) one shard whatever the document ids; poll writes 'ID' so that each "
+            "document goes to the shard owning it",
+            deployment,
+            cls.__name__,
+            cls.state_scope,
+            ", ".join(astray),
+        )

@@ -15,6 +15,7 @@ from typing import Any
 
 from meshflow.client.client import Client, Posting
 from meshflow.errors import ConfigError
+from meshflow.executor.executor import check_replicas
 from meshflow.flow.deployment import Deployment, make_deployment
 from meshflow.flow.local import LocalRuntime
 from meshflow.flow.status import scrape_targets, snapshot, with_health
@@ -22,7 +23,11 @@ from meshflow.gateway.auth import Authenticator, JWTAuth
 from meshflow.gateway.limits import GraphQLLimits
 from meshflow.gateway.topology import GATEWAY, Node, check_graph
 from meshflow.mesh.policy import CircuitBreaker, HealthCheck, OutlierDetection, RetryPolicy
-from meshflow.observability.tracing import parse_sampling
+from meshflow.observability.tracing import (
+    parse_sampling,
+    tracing_requested,
+    warn_if_no_collector,
+)
 
 log = logging.getLogger("meshflow.flow")
 
@@ -195,7 +200,9 @@ class Flow(Posting):
             needs: deployments (or ``'gateway'``) whose output this one takes; default the
                 one added before. Several names make a join that merges by document id.
             polling: ``'ANY'`` (one shard gets a request), ``'ALL'`` (every shard; matches
-                reduced by score) or per endpoint, e.g. ``{'/search': 'ALL', '*': 'ANY'}``.
+                reduced by score, results by the endpoint's ``reduce`` rules), ``'ID'`` (each
+                document to the shard owning its id; no documents: every shard) or per
+                endpoint, e.g. ``{'/index': 'ID', '/search': 'ALL', '*': 'ANY'}``.
             timeout: default deadline in seconds of each call to this deployment.
             env: extra environment variables of its processes.
             lb: how the mesh spreads calls over replicas: ``'least_request'`` (default),
@@ -279,9 +286,14 @@ class Flow(Posting):
         self.check()
         if self.auth is not None:
             Authenticator(self.auth)  # a missing secret or a bad key file fails here, at once
-        for fixed in (self._port, self._graphql_port if self.graphql else None):
+        for label, fixed in (
+            ("port", self._port),
+            ("graphql_port", self._graphql_port if self.graphql else None),
+        ):
             if fixed is not None:
-                _check_port_free(self.host, fixed)
+                _check_port_free(self.host, fixed, label)
+        if tracing_requested(bool(self.tracing)):
+            warn_if_no_collector()
         runtime = LocalRuntime(self)
         self._port = runtime.start()
         self._graphql_port = runtime.graphql_port
@@ -341,6 +353,9 @@ class Flow(Posting):
         if isinstance(replicas, bool) or not isinstance(replicas, int) or replicas < 1:
             raise ConfigError(f"replicas must be a whole number >= 1, got {replicas!r}")
         runtime = self._running()
+        if name in self._deployments:
+            dep = self._deployments[name]
+            check_replicas(dep.executor_class, replicas, deployment=name)
         runtime.scale(name, replicas)
         self._deployments[name] = dataclasses.replace(self._deployments[name], replicas=replicas)
 
@@ -438,13 +453,14 @@ class Flow(Posting):
         return f"<Flow {self.name!r} ({len(self._deployments)} deployments, {state})>"
 
 
-def _check_port_free(host: str, port: int) -> None:
+def _check_port_free(host: str, port: int, label: str = "port") -> None:
     with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as sock:
         try:
             sock.bind((host, port))
         except OSError:
             raise ConfigError(
-                f"port {port} on {host} is already in use; choose another or leave port=None"
+                f"{label}={port}: the port is already in use on {host}; choose another or "
+                f"leave {label}=None (a free one is picked)"
             ) from None
 
 

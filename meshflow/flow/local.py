@@ -23,7 +23,6 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import cloudpickle
-import yaml
 
 from meshflow.errors import ConfigError
 from meshflow.flow.deployment import Deployment
@@ -41,7 +40,7 @@ from meshflow.processes import (
 if TYPE_CHECKING:
     from meshflow.flow.flow import Flow
     from meshflow.mesh.certs import FlowCA
-    from meshflow.mesh.config import Tracing
+    from meshflow.mesh.config import Admin, Tracing
     from meshflow.mesh.sidecar import EnvoyProcess
 
 log = logging.getLogger("meshflow.flow")
@@ -60,7 +59,6 @@ class Replica:
     ingress_port: int | None = None
     """The sidecar's mTLS port: bound by Envoy itself (port 0, no race with other programs),
     learnt from its admin once it is ready, then pinned in its config for restarts."""
-    sidecar_config: str | None = None
 
     @property
     def processes(self) -> list[ManagedProcess]:
@@ -86,6 +84,10 @@ class LocalRuntime:
     port: int | None = None
     graphql_port: int | None = None
     _ca: FlowCA | None = None
+    _signing_key: bytes | None = None
+    """The gateway's private signing key (PEM): in this process's memory and handed to the
+    gateway on its standard input, never written anywhere."""
+    _gateway_key_file: str | None = None
     _eds_version: int = 0
     _published: bool = False
     _supervisor: Supervisor | None = None
@@ -114,6 +116,9 @@ class LocalRuntime:
     def start(self) -> int:
         """Start every process, wait until the Flow serves, return the gateway's port."""
         try:
+            os.chmod(self.run_dir, 0o700)
+            if self.flow.auth is not None:
+                self._prepare_signing()
             if self.envoy:
                 self._prepare_mesh()
             for dep in self.flow.deployments:
@@ -226,6 +231,8 @@ class LocalRuntime:
             ready,
             *self._observability_args(),
         )
+        if self._gateway_key_file is not None:
+            command += ["--gateway-key-file", self._gateway_key_file]
         executor = ManagedProcess(
             name=f"executor {dep.name!r} (shard {shard}, replica {replica})",
             command=command,
@@ -238,35 +245,49 @@ class LocalRuntime:
         if self.envoy:
             where = f"{dep.name!r} (shard {shard}, replica {replica})"
             out.sidecar = self._make_replica_sidecar(dep, where, label, sock, 0)
-            out.sidecar_config = os.path.join(self.run_dir, f"{label}.envoy.yaml")
         return out
 
     def _learn_ingress_ports(self, replicas: list[Replica]) -> None:
-        """Read the port each ready sidecar bound, and pin it in its config (a restarted
-        sidecar comes back on the port the gateway's sidecar knows)."""
-        from meshflow.mesh.config import write_yaml
-        from meshflow.mesh.sidecar import listener_port
-
+        """Take the port each ready sidecar bound for its ingress (the sidecar pins it in its
+        config, so that a restarted sidecar comes back where the gateway's sidecar looks)."""
         for r in replicas:
-            if r.ingress_port or r.sidecar is None or r.sidecar.admin_address is None:
+            if r.ingress_port or r.sidecar is None or r.sidecar.info is None:
                 continue
-            port = listener_port(r.sidecar.admin_address, "ingress")
+            port = r.sidecar.ports.get("ingress")
             if port is None:
                 raise ConfigError(f"{r.sidecar.name} does not report its ingress port")
             r.ingress_port = port
-            if r.sidecar_config:
-                with open(r.sidecar_config, encoding="utf-8") as fh:
-                    config = yaml.safe_load(fh)
-                [listener] = config["static_resources"]["listeners"]
-                listener["address"]["socket_address"]["port_value"] = port
-                write_yaml(r.sidecar_config, config)
+
+    def _prepare_signing(self) -> None:
+        """A new key pair the gateway vouches for identities with: executors get the public
+        half (a file), the gateway the private half (its standard input)."""
+        from meshflow.mesh.certs import write_private
+        from meshflow.voucher import Signer
+
+        signer = Signer.generate()
+        self._signing_key = signer.private_pem
+        self._gateway_key_file = os.path.join(self.run_dir, "gateway-signing.pub")
+        write_private(self._gateway_key_file, signer.public_pem, 0o644)
 
     def _prepare_mesh(self) -> None:
         from meshflow.mesh.certs import FlowCA
 
         os.makedirs(os.path.join(self.run_dir, "eds"), exist_ok=True)
-        pki = os.path.join(os.path.abspath(self.flow.workspace), ".meshflow", "pki", self.flow.name)
-        self._ca = FlowCA(pki, self.flow.name)
+        # Envoy's admin has no authentication: its socket (0600) sits in a folder only the
+        # Flow's user can enter (the run folder is 0700 too).
+        os.makedirs(self._admin_dir, mode=0o700, exist_ok=True)
+        # An ephemeral CA: its key stays in this process; certificates go to the run folder,
+        # never to the workspace that executors are handed.
+        self._ca = FlowCA(os.path.join(self.run_dir, "pki"), self.flow.name, ephemeral=True)
+
+    @property
+    def _admin_dir(self) -> str:
+        return os.path.join(self.run_dir, "admin")
+
+    def _admin(self, label: str) -> Admin:
+        from meshflow.mesh.config import Admin
+
+        return Admin(socket=os.path.join(self._admin_dir, f"{label}.sock"))
 
     def _make_replica_sidecar(
         self, dep: Deployment, where: str, label: str, sock: str, port: int
@@ -278,6 +299,7 @@ class LocalRuntime:
         identity = self._ca.identity(dep.name)
         gateway_id = self._ca.identity("gateway").spiffe_id
         config_path = os.path.join(self.run_dir, f"{label}.envoy.yaml")
+        admin = self._admin(label)
         write_yaml(
             config_path,
             replica_sidecar(
@@ -286,6 +308,7 @@ class LocalRuntime:
                 executor_socket=sock,
                 identity=identity,
                 allowed_peers=[gateway_id],
+                admin=admin,
                 tracing=self._envoy_tracing(f"sidecar {label}"),
             ),
         )
@@ -293,7 +316,7 @@ class LocalRuntime:
             name=f"sidecar of {where}",
             config_path=config_path,
             log_path=os.path.join(self.log_dir, f"{label}.envoy.log"),
-            run_dir=self.run_dir,
+            admin_socket=admin.socket,
             label=label,
             concurrency=self.flow.envoy_concurrency,
         )
@@ -394,7 +417,7 @@ class LocalRuntime:
             for origin in self.flow.cors:
                 args += ["--cors", origin]
         if self.flow.auth is not None:
-            args += ["--auth", self.flow.auth.to_json()]
+            args += ["--auth", self.flow.auth.to_json(), "--signing-key-file", "-"]
         if self.flow.static:
             args += ["--static", json.dumps(self.flow.static)]
         args += self._observability_args(gateway=True)
@@ -411,6 +434,7 @@ class LocalRuntime:
             log_path=os.path.join(self.log_dir, "gateway.log"),
             ready_file=ready,
             env=self._observability_env(),
+            stdin=self._signing_key,
         )
         return _Gateway(process, sidecar, egress, topology_file)
 
@@ -430,6 +454,7 @@ class LocalRuntime:
             for shard in range(dep.shards)
         ]
         config_path = os.path.join(self.run_dir, "gateway.envoy.yaml")
+        admin = self._admin("gateway")
         write_yaml(
             config_path,
             gateway_sidecar(
@@ -437,6 +462,7 @@ class LocalRuntime:
                 listen_socket=egress_sock,
                 identity=self._ca.identity("gateway"),
                 clusters=specs,
+                admin=admin,
                 tracing=self._envoy_tracing("sidecar gateway"),
             ),
         )
@@ -444,14 +470,14 @@ class LocalRuntime:
             name="sidecar of the gateway",
             config_path=config_path,
             log_path=os.path.join(self.log_dir, "gateway.envoy.log"),
-            run_dir=self.run_dir,
+            admin_socket=admin.socket,
             label="gateway",
             concurrency=self.flow.envoy_concurrency,
         )
 
     def _mesh_ready(self, replicas: list[Replica] | None = None) -> bool:
         """True when the gateway's sidecar sends traffic to every replica (of ``replicas``)."""
-        from meshflow.mesh.sidecar import healthy_hosts
+        from meshflow.mesh.admin import healthy_hosts
 
         assert self.gateway is not None and self.gateway.sidecar is not None
         address = self.gateway.sidecar.admin_address
@@ -517,7 +543,7 @@ class LocalRuntime:
             self.save_state()
 
     def _gone(self, leaving: list[Replica]) -> bool:
-        from meshflow.mesh.sidecar import admin_get
+        from meshflow.mesh.admin import admin_get
 
         assert self.gateway is not None and self.gateway.sidecar is not None
         address = self.gateway.sidecar.admin_address

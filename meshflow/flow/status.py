@@ -48,8 +48,9 @@ def _metrics_url(proc: ManagedProcess, host: str) -> str | None:
 
 
 def _sidecar_metrics(proc: EnvoyProcess) -> str | None:
-    admin = proc.admin_address
-    return f"http://{admin}/stats/prometheus" if admin else None
+    """The sidecar's stats listener (its admin is a unix socket that serves no one else)."""
+    port = proc.ports.get("stats")
+    return f"http://127.0.0.1:{port}/stats/prometheus" if port else None
 
 
 def snapshot(runtime: LocalRuntime) -> dict[str, Any]:
@@ -70,7 +71,7 @@ def snapshot(runtime: LocalRuntime) -> dict[str, Any]:
         gw["sidecar"] = {
             **_process(gateway.sidecar),
             "listener": gateway.egress,
-            "admin": gateway.sidecar.admin_address,
+            "admin": gateway.sidecar.admin_socket,
             "config": gateway.sidecar.config_path,
             "metrics": _sidecar_metrics(gateway.sidecar),
         }
@@ -95,7 +96,7 @@ def snapshot(runtime: LocalRuntime) -> dict[str, Any]:
                 entry["sidecar"] = {
                     **_process(r.sidecar),
                     "listener": f"127.0.0.1:{r.ingress_port}",
-                    "admin": r.sidecar.admin_address,
+                    "admin": r.sidecar.admin_socket,
                     "config": r.sidecar.config_path,
                     "metrics": _sidecar_metrics(r.sidecar),
                 }
@@ -203,7 +204,18 @@ def _serving(address: str) -> bool:
 
 def with_health(data: dict[str, Any]) -> dict[str, Any]:
     """``data`` (a :func:`snapshot`) with live ``alive``, ``serving`` and ``healthy`` fields."""
-    from meshflow.mesh.sidecar import admin_get, healthy_hosts
+    from meshflow.mesh.admin import admin_get, healthy_hosts, listeners_stopped
+
+    def check(side: dict[str, Any]) -> None:
+        side["alive"] = _alive(side["pid"])
+        answers = side["alive"] and bool(side["admin"])
+        # A sidecar whose listeners were drained still says /ready: count stopped ones.
+        side["listeners_stopped"] = listeners_stopped(side["admin"]) if answers else 0
+        side["ready"] = (
+            answers
+            and admin_get(side["admin"], "/ready")[0] == 200
+            and not side["listeners_stopped"]
+        )
 
     out: dict[str, Any] = json.loads(json.dumps(data))
     gw = out["gateway"]
@@ -212,10 +224,9 @@ def with_health(data: dict[str, Any]) -> dict[str, Any]:
     hosts: dict[str, list[str]] | None = None
     sidecar = gw.get("sidecar")
     if sidecar:
-        sidecar["alive"] = _alive(sidecar["pid"])
-        sidecar["ready"] = (
-            bool(sidecar["admin"]) and admin_get(sidecar["admin"], "/ready")[0] == 200
-        )
+        check(sidecar)
+        # The gateway's calls all leave through its sidecar: without it, nothing is served.
+        gw["serving"] = gw["serving"] and sidecar["ready"]
         hosts = healthy_hosts(sidecar["admin"]) if sidecar["ready"] else {}
     for dep in out["deployments"]:
         for r in dep["replicas"]:
@@ -224,9 +235,12 @@ def with_health(data: dict[str, Any]) -> dict[str, Any]:
             ex["serving"] = ex["alive"] and _serving(ex["address"])
             side = r.get("sidecar")
             if side:
-                side["alive"] = _alive(side["pid"])
-                side["ready"] = bool(side["admin"]) and admin_get(side["admin"], "/ready")[0] == 200
-                r["healthy"] = hosts is not None and side["listener"] in hosts.get(r["cluster"], [])
+                check(side)
+                r["healthy"] = (
+                    side["ready"]
+                    and hosts is not None
+                    and side["listener"] in hosts.get(r["cluster"], [])
+                )
             else:
                 r["healthy"] = ex["serving"]
     return out

@@ -19,12 +19,15 @@ Strawberry's depth, alias and token limiters:
 - **validate**: then the standard validation, once per text.
 
 Every refusal is a GraphQL error with ``extensions.code``; none is logged as a gateway fault.
+Each refusal but ``FORBIDDEN`` counts against the client's address in a
+:class:`~meshflow.gateway.tarpit.Tarpit`, which slows down a client that keeps sending them.
 """
 
 from __future__ import annotations
 
+import asyncio
 from collections import OrderedDict
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -47,6 +50,7 @@ from strawberry.extensions import SchemaExtension
 from strawberry.schema.schema import validate_document
 
 from meshflow.gateway.limits import GraphQLLimits
+from meshflow.gateway.tarpit import Tarpit
 
 # Introspection's type references nest as deep as a type is wrapped (``[[T!]!]!``): they
 # cost nothing per level, so the standard introspection query fits the depth limit.
@@ -381,6 +385,7 @@ class QueryGuard(SchemaExtension):
         limits: GraphQLLimits,
         cache: QueryCache,
         authorize: Callable[[Any, list[str]], GraphQLError | None] | None = None,
+        tarpit: Tarpit | None = None,
     ) -> None:
         super().__init__()
         self.limits = limits
@@ -388,13 +393,37 @@ class QueryGuard(SchemaExtension):
         self.authorize = authorize
         """Given the request's context and the endpoints its operation names, the refusal
         of a caller who lacks a scope, or None."""
+        self.tarpit = tarpit
+        self.held_back: GraphQLError | None = None
         self.checked: Checked | None = None
 
+    async def on_operation(self) -> AsyncIterator[None]:
+        # HTTP requests wait their turn before their body is read (TarpitGate); the operations
+        # of a WebSocket connection wait here, each in turn.
+        request = _request(self.execution_context.context)
+        if self.tarpit is not None and request is not None and request.scope["type"] == "websocket":
+            wait = self.tarpit.admit(_host(request))
+            if wait is None:  # answered as the parse step's error (as a refusal must be)
+                self.held_back = coded(
+                    "too many of this client's queries were refused: retry later",
+                    "TOO_MANY_REFUSALS",
+                )
+            elif wait:
+                await asyncio.sleep(wait)
+        yield
+
+    def _strike(self) -> None:
+        if self.tarpit is not None:
+            self.tarpit.strike(_host(_request(self.execution_context.context)))
+
     def on_parse(self) -> Iterator[None]:
+        if self.held_back is not None:
+            raise self.held_back
         context = self.execution_context
         if context.graphql_document is None and context.query is not None:
             self.checked = self.cache.get(context.query, self.limits)
             if self.checked.parse_error is not None:
+                self._strike()
                 raise _fresh(self.checked.parse_error)
             context.graphql_document = self.checked.document
         yield
@@ -410,7 +439,9 @@ class QueryGuard(SchemaExtension):
         if refusal is None:
             counted = count_documents(document, context.operation_name, context.variables)
             refusal = check_documents(*counted, self.limits)
-        if refusal is None and self.authorize is not None:
+        if refusal is not None:
+            self._strike()
+        elif self.authorize is not None:
             # Before the variables are coerced: a caller without the scope of the endpoint
             # it names costs no conversion of its documents.
             named = endpoints(document, context.operation_name, context.variables)
@@ -420,5 +451,16 @@ class QueryGuard(SchemaExtension):
         else:
             if checked.errors is None:
                 checked.errors = _validate(context, document)
+            if checked.errors:
+                self._strike()
             context.pre_execution_errors = checked.errors
         yield
+
+
+def _request(context: Any) -> Any:
+    return context.get("request") if isinstance(context, dict) else None
+
+
+def _host(request: Any) -> str | None:
+    client = getattr(request, "client", None)
+    return client.host if client is not None else None

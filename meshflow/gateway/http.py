@@ -16,11 +16,13 @@ refused token and 4403 for a missing scope. ``/``, ``/health`` need none.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import json
+import math
 import os
 import socket
-from collections.abc import Mapping
+from collections.abc import AsyncIterator, Mapping
 from typing import Any
 
 import strawberry
@@ -49,6 +51,7 @@ from strawberry.subscriptions.protocols.graphql_transport_ws.types import (
     Message as WSMessage,
 )
 from strawberry.types import ExecutionResult
+from strawberry.types.execution import PreExecutionError
 
 from meshflow.errors import ForbiddenError, RequestError, UnauthenticatedError
 from meshflow.gateway.discovery import EndpointCatalog
@@ -67,6 +70,7 @@ from meshflow.gateway.graphql import (
 from meshflow.gateway.guards import QueryCache, QueryGuard
 from meshflow.gateway.limits import GraphQLLimits
 from meshflow.gateway.server import Gateway
+from meshflow.gateway.tarpit import Tarpit
 from meshflow.observability.tracing import current_trace_id
 from meshflow.proto.v1 import services_pb2
 
@@ -86,6 +90,21 @@ class _Schema(strawberry.Schema):
             super().process_errors(unexpected, execution_context)
         for error in unexpected:  # a bug of the gateway: still a coded answer
             error.extensions = {**(error.extensions or {}), "code": "INTERNAL_SERVER_ERROR"}
+
+    async def stream(self, *args: Any, **kwargs: Any) -> Any:
+        """As Strawberry's, with the guard's refusals before parsing (a refused query text, a
+        client held back) answered as errors: over WebSockets Strawberry would end the
+        operation without a word."""
+        return _refusals_answered(await super().stream(*args, **kwargs))
+
+
+async def _refusals_answered(source: Any) -> AsyncIterator[Any]:
+    try:
+        async with contextlib.aclosing(source):
+            async for result in source:
+                yield result
+    except GraphQLError as error:
+        yield PreExecutionError(data=None, errors=[error])
 
 
 def _close_span(result: ExecutionResult, response: GraphQLHTTPResponse) -> None:
@@ -143,12 +162,18 @@ class TraceRequests:
                 span.set_status(Status(StatusCode.ERROR))
 
 
-def make_schema(limits: GraphQLLimits, query: type = Query) -> strawberry.Schema:
+def make_schema(
+    limits: GraphQLLimits, query: type = Query, tarpit: Tarpit | None = None
+) -> strawberry.Schema:
     # The guard parses, measures and validates each distinct query text once (cached), before
     # any resolver runs; one cache per schema, as validation depends on the schema.
     extensions: list[Any] = [
         functools.partial(
-            QueryGuard, limits=limits, cache=QueryCache(), authorize=_authorize_endpoints
+            QueryGuard,
+            limits=limits,
+            cache=QueryCache(),
+            authorize=_authorize_endpoints,
+            tarpit=tarpit,
         )
     ]
     return _Schema(
@@ -222,6 +247,16 @@ def _ws_token(payload: dict[str, Any]) -> str | None:
     return None
 
 
+def _wants_page(scope: Scope) -> bool:
+    """A browser's GET of the GraphQL URL, no query in it: it gets the page (no token
+    needed: the page holds no data)."""
+    return (
+        scope["method"] == "GET"
+        and b"query=" not in scope.get("query_string", b"")
+        and "text/html" in (_header(scope, b"accept") or "")
+    )
+
+
 def _header(scope: Scope, name: bytes) -> str | None:
     for key, value in scope.get("headers", ()):
         if key == name:
@@ -242,6 +277,7 @@ class _GraphQLApp(GraphQL[dict[str, Any], None]):
         gateway: Gateway,
         limits: GraphQLLimits,
         allowed_origins: tuple[str, ...] = (),
+        tarpit: Tarpit | None = None,
     ) -> None:
         # graphql-transport-ws only: the legacy graphql-ws protocol has no auth step.
         # A browser page on another origin may open a WebSocket only when CORS allows it.
@@ -254,6 +290,7 @@ class _GraphQLApp(GraphQL[dict[str, Any], None]):
         )
         self.gateway = gateway
         self.limits = limits
+        self.tarpit = tarpit
         self._fields: dict[str, Any] = {}
         self.catalog = EndpointCatalog(
             gateway.traversal.topology, gateway.traversal.transport, self._new_endpoints
@@ -264,7 +301,7 @@ class _GraphQLApp(GraphQL[dict[str, Any], None]):
         fields = read_only_endpoints(answers)
         if fields != self._fields:
             self._fields = fields
-            self.schema = make_schema(self.limits, query_type(fields))
+            self.schema = make_schema(self.limits, query_type(fields), self.tarpit)
 
     async def execute_single(self, *args: Any, **kwargs: Any) -> ExecutionResult:
         result = await super().execute_single(*args, **kwargs)
@@ -280,6 +317,9 @@ class _GraphQLApp(GraphQL[dict[str, Any], None]):
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await super().__call__(scope, receive, send)
+            return
+        if _wants_page(scope):  # a browser opening the URL meshflow printed: the page of /
+            await HTMLResponse(_GRAPHIQL)(scope, receive, send)
             return
         try:
             response = await self.run(Request(scope=scope, receive=receive))
@@ -364,7 +404,7 @@ class AuthGate:
         self.protected = protected
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http" and scope["path"] in self.protected:
+        if scope["type"] == "http" and scope["path"] in self.protected and not _wants_page(scope):
             try:
                 identity = await self.gateway.identify(_header(scope, b"authorization"), "http")
             except UnauthenticatedError as exc:
@@ -391,6 +431,33 @@ def forbidden(exc: ForbiddenError) -> Response:
         challenge += f', scope="{exc.scope}"'
     response.headers["WWW-Authenticate"] = challenge
     return response
+
+
+class TarpitGate:
+    """Holds the HTTP requests to ``path`` of a client whose queries were refused too often
+    (see :class:`Tarpit`) before their body is read, or answers 429 with ``Retry-After``."""
+
+    def __init__(self, app: ASGIApp, tarpit: Tarpit, path: str) -> None:
+        self.app = app
+        self.tarpit = tarpit
+        self.path = path
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["path"] == self.path:
+            client = scope.get("client")
+            wait = self.tarpit.admit(client[0] if client else None)
+            if wait is None:
+                response = _error(
+                    429,
+                    "too many of this client's queries were refused: retry later",
+                    "TOO_MANY_REFUSALS",
+                )
+                response.headers["Retry-After"] = str(math.ceil(self.tarpit.max_wait))
+                await response(scope, receive, send)
+                return
+            if wait:
+                await asyncio.sleep(wait)
+        await self.app(scope, receive, send)
 
 
 class BodyLimit:
@@ -526,7 +593,10 @@ def make_app(
 ) -> ASGIApp:
     """The ASGI app of the HTTP door; ``static`` mounts folders of files (no token needed,
     no dotfiles); ``cors`` lists the origins whose pages may call it (none by default)."""
-    graphql_app = _GraphQLApp(make_schema(limits), gateway, limits, allowed_origins=cors)
+    tarpit = Tarpit(rate=limits.refusals_per_second, burst=limits.refusal_burst)
+    graphql_app = _GraphQLApp(
+        make_schema(limits, tarpit=tarpit), gateway, limits, allowed_origins=cors, tarpit=tarpit
+    )
 
     async def post(request: Request) -> Response:
         # JSON only: a cross-site page can send text/plain or a form without asking (no
@@ -633,6 +703,7 @@ def make_app(
     outer: ASGIApp = BodyLimit(app, limits.max_body_bytes)
     if gateway.auth is not None:
         outer = AuthGate(outer, gateway, ("/graphql", "/post"))
+    outer = TarpitGate(outer, tarpit, "/graphql")
     if cors:
         outer = CORSMiddleware(
             outer,
@@ -691,6 +762,9 @@ class HttpDoor:
             log_level="warning",
             lifespan="off",
             access_log=False,
+            # A client's address is its socket's: X-Forwarded-For from anyone on loopback
+            # (uvicorn's default trust) would let a client choose its own tarpit key.
+            proxy_headers=False,
             http=bounded_http_protocol(max_header_bytes),
             h11_max_incomplete_event_size=max_header_bytes,
             ws_max_size=max_message_bytes,

@@ -26,7 +26,10 @@ class GraphQLLimits:
         max_docs: documents in one operation, over all its fields, aliases and stream
             batches together (and in one ``POST /post``).
         max_batches: batches of one ``stream`` subscription.
-        max_json_depth: nesting of JSON values (variables, parameters, tags).
+        refusals_per_second: queries one client address may have refused each second, after
+            a first ``refusal_burst``; past that its requests wait their turn (429 with
+            ``Retry-After`` when the wait would pass 5 s). Clients never refused never wait.
+        refusal_burst: refusals one client address may have at once.
     """
 
     max_depth: int = 10
@@ -38,7 +41,8 @@ class GraphQLLimits:
     max_body_bytes: int = 16 * 1024 * 1024
     max_docs: int = DEFAULT_MAX_DOCS
     max_batches: int = DEFAULT_MAX_BATCHES
-    max_json_depth: int = 64
+    refusals_per_second: int = 2
+    refusal_burst: int = 20
 
     def __post_init__(self) -> None:
         for spec in fields(self):

@@ -6,6 +6,10 @@ id, and for every other field a later non-empty value wins (tags and scores key 
 Shards polled with ``ALL`` are merged the same way, then each document's matches (and each
 of its chunks' matches) are sorted by their score and cut to the top-k.
 
+The ``results`` dicts of one executor's shards combine key by key: by the rule the endpoint
+declares (``@requests(on='/count', reduce={'count': 'sum'})``, carried in the answer's
+``reduce`` field), or else the last shard's value wins.
+
 Which score ranks the matches (a match may carry several, and a protobuf map has no order):
 the request parameter ``score_name`` when it is a string; otherwise the score name the most
 matches of that document carry, ties broken by alphabetical order. Distances
@@ -19,7 +23,11 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from meshflow.document.array import score_is_ascending
+from meshflow.document.proto import dict_to_struct, struct_to_dict
 from meshflow.proto.v1 import data_request_pb2, document_pb2
+
+Answer = data_request_pb2.DataRequest | data_request_pb2.DataRequestParts
+"""A decoded answer: whole, or with its documents left serialized."""
 
 _SCALARS = ("parent_id", "text", "blob", "uri", "mime_type")
 
@@ -68,10 +76,75 @@ def merge_requests(outputs: Sequence[data_request_pb2.DataRequest]) -> data_requ
                 index[added.id] = added
             else:
                 merge_document(mine, doc)
-        for name, result in out.results.items():
-            # Several shards of one executor: their dicts merge key by key.
-            merged.results[name].MergeFrom(result)
+    merge_results(merged, outputs)
     return merged
+
+
+def merge_results(target: Answer, outputs: Sequence[Answer]) -> None:
+    """Set ``target``'s results to those of ``outputs`` combined, each executor's dict key by
+    key: by the rule its answer declares for the key, or else the last value wins."""
+    names: dict[str, None] = {}
+    for out in outputs:
+        names.update(dict.fromkeys(out.results))
+    for name in names:
+        rules: dict[str, str] = {}
+        for out in outputs:
+            if name in out.reduce:
+                rules.update(out.reduce[name].rules)
+        present = [out.results[name] for out in outputs if name in out.results]
+        target.results[name].Clear()
+        if not rules:
+            for result in present:  # today's rule: key by key, the last value wins
+                target.results[name].MergeFrom(result)
+            continue
+        target.results[name].CopyFrom(
+            dict_to_struct(reduce_dicts([struct_to_dict(r) for r in present], rules))
+        )
+        target.reduce[name].rules.update(rules)
+
+
+def reduce_dicts(dicts: Sequence[Mapping[str, Any]], rules: Mapping[str, str]) -> dict[str, Any]:
+    """Combine several shards' results dicts key by key (a key without a rule: last wins).
+
+    >>> reduce_dicts([{"count": 3, "shard": 0}, {"count": 4, "shard": 1}], {"count": "sum"})
+    {'count': 7, 'shard': 1}
+    """
+    values: dict[str, list[Any]] = {}
+    for one in dicts:
+        for key, value in one.items():
+            values.setdefault(key, []).append(value)
+    return {key: reduce_values(rules.get(key, "last"), found) for key, found in values.items()}
+
+
+def reduce_values(rule: str, values: Sequence[Any]) -> Any:
+    """One value from several shards' ``values`` (in shard order) by ``rule``: ``sum``,
+    ``min``, ``max`` (of the numbers), ``first``, ``last``, ``concat`` (lists, one after the
+    other) or ``merge`` (dicts, later keys win). A rule that does not fit the values (``sum``
+    of strings, or an unknown rule) keeps the last value."""
+    if rule in ("sum", "min", "max"):
+        numbers = [v for v in values if isinstance(v, int | float) and not isinstance(v, bool)]
+        if not numbers:
+            return values[-1]
+        if rule == "sum":
+            return sum(numbers)
+        return min(numbers) if rule == "min" else max(numbers)
+    if rule == "first":
+        return values[0]
+    if rule == "concat":
+        joined: list[Any] = []
+        for value in values:
+            if isinstance(value, list):
+                joined.extend(value)
+            else:
+                joined.append(value)
+        return joined
+    if rule == "merge":
+        merged: dict[str, Any] = {}
+        for value in values:
+            if isinstance(value, Mapping):
+                merged.update(value)
+        return merged
+    return values[-1]
 
 
 def reduce_shards(

@@ -7,6 +7,7 @@ from typing import Any
 
 import grpc
 
+from meshflow.errors import ConfigError
 from meshflow.gateway.auth import Authenticator, JWTAuth
 from meshflow.gateway.limits import GraphQLLimits
 from meshflow.gateway.server import Gateway
@@ -14,6 +15,7 @@ from meshflow.gateway.topology import Topology, cluster_name
 from meshflow.gateway.transport import DirectTransport, EnvoyTransport, Transport
 from meshflow.gateway.traversal import Traversal
 from meshflow.serving import serve_forever
+from meshflow.voucher import Signer
 
 DEFAULT_MAX_REQUEST_BYTES = 64 * 1024 * 1024
 
@@ -48,6 +50,7 @@ async def serve_gateway(
     graphql: tuple[str, int] | None = None,
     limits: GraphQLLimits | None = None,
     auth: JWTAuth | None = None,
+    signer: Signer | None = None,
     static: Mapping[str, str] | None = None,
     cors: tuple[str, ...] = (),
     metrics: tuple[str, int] | None = None,
@@ -55,11 +58,16 @@ async def serve_gateway(
 ) -> None:
     """Serve ``GatewayService`` for ``topology`` on ``address`` until SIGTERM/SIGINT, and
     GraphQL over HTTP on ``graphql`` (host, port; port 0 picks one) in the same loop; with
-    ``auth``, every door checks JWTs; with ``metrics`` (host, port), Prometheus ``/metrics``
+    ``auth``, every door checks JWTs and ``signer`` (required then) vouches for the caller's
+    identity to the executors; with ``metrics`` (host, port), Prometheus ``/metrics``
     there and on the HTTP door; with ``static`` (URL prefix -> folder), static files on the
     HTTP door; browser pages of the ``cors`` origins may call it; with ``tracing`` (set up
     by the caller), spans per request and per traversal step."""
     authenticator = Authenticator(auth) if auth is not None else None  # bad keys fail here
+    if authenticator is not None and signer is None:
+        raise ConfigError(
+            "serve_gateway(auth=...) needs signer=: the key it vouches for identities with"
+        )
     exporter = None
     if metrics is not None:
         from meshflow.observability.metrics import GatewayMetrics
@@ -77,6 +85,7 @@ async def serve_gateway(
         Traversal(topology, transport, metrics=exporter, tracer=tracer),
         max_in_flight=max_in_flight,
         auth=authenticator,
+        signer=signer,
         metrics=exporter,
         tracing=tracing,
     )

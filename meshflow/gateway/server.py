@@ -7,8 +7,9 @@ simply stops reading until a slot frees, which is backpressure on that stream).
 
 With an :class:`~meshflow.gateway.auth.Authenticator`, every request is checked before its
 traversal starts: the door passes the caller's verified identity (gRPC: the ``authorization``
-metadata), the gateway checks the endpoint's scope and writes the identity into the request
-header for the executors. Whatever identity a client wrote there itself is dropped.
+metadata), the gateway checks the endpoint's scope and vouches for the identity in the request
+header (:mod:`meshflow.voucher`: signed with a key only the gateway holds), which is the only
+identity executors believe. Whatever voucher a client wrote there itself is dropped.
 """
 
 from __future__ import annotations
@@ -23,7 +24,13 @@ from typing import TYPE_CHECKING, Any, TypeAlias
 import grpc
 from google.protobuf.message import DecodeError
 
-from meshflow.errors import BadRequestError, ForbiddenError, OverloadedError, RequestError
+from meshflow.errors import (
+    BadRequestError,
+    ConfigError,
+    ForbiddenError,
+    OverloadedError,
+    RequestError,
+)
 from meshflow.gateway.auth import Authenticator
 from meshflow.gateway.traversal import Traversal, internal_error
 from meshflow.identity import Identity
@@ -33,6 +40,7 @@ from meshflow.wire import GATEWAY_POST, GATEWAY_STREAM, MISSING_SCOPE
 
 if TYPE_CHECKING:
     from meshflow.observability.metrics import GatewayMetrics
+    from meshflow.voucher import Signer
 
 log = logging.getLogger("meshflow.gateway")
 access = logging.getLogger("meshflow.access")
@@ -50,13 +58,20 @@ class Gateway:
         *,
         max_in_flight: int = 1024,
         auth: Authenticator | None = None,
+        signer: Signer | None = None,
         metrics: GatewayMetrics | None = None,
         tracing: bool = False,
     ) -> None:
         if max_in_flight < 1:
             raise ValueError("max_in_flight must be at least 1")
+        if auth is not None and signer is None:
+            raise ConfigError(
+                "a gateway that checks tokens needs a signing key to vouch for identities "
+                "(--signing-key-file; a local Flow makes one)"
+            )
         self.traversal = traversal
         self.auth = auth
+        self.signer = signer
         self.metrics = metrics
         self.tracing = tracing
         self.max_in_flight = max_in_flight
@@ -230,12 +245,13 @@ class Gateway:
         started = time.perf_counter()
         status = "ok"
         try:
-            if header.HasField("auth"):
-                data = _without_identity(data)  # only the gateway says who the caller is
+            if header.HasField("voucher"):
+                data = _without_voucher(data)  # only the gateway says who the caller is
             if self.auth is not None:
                 self.auth.authorize(identity, endpoint, door=door)
                 assert identity is not None  # authorize refuses a request without one
-                data += identity.header_bytes
+                assert self.signer is not None  # __init__ refuses auth without a signer
+                data += self.signer.header_bytes(request_id, identity)
             answer = await self.traversal.run(
                 data, header.endpoint, deadline, pushdown=bool(header.fields)
             )
@@ -311,9 +327,9 @@ def _authorization(context: _Context) -> str | None:
     return None
 
 
-def _without_identity(data: bytes) -> bytes:
+def _without_voucher(data: bytes) -> bytes:
     request = data_request_pb2.DataRequest.FromString(data)
-    request.header.ClearField("auth")
+    request.header.ClearField("voucher")
     return request.SerializeToString()
 
 

@@ -13,7 +13,7 @@ from meshflow.types import Polling
 GATEWAY = "gateway"
 """The name of the Flow's entry point in ``needs``."""
 
-POLLINGS = ("ANY", "ALL")
+POLLINGS: tuple[Polling, ...] = ("ANY", "ALL", "ID")
 
 
 def cluster_name(deployment: str, shard: int) -> str:
@@ -25,22 +25,27 @@ def cluster_name(deployment: str, shard: int) -> str:
 
 
 def normalise_polling(polling: str | Mapping[str, str], *, deployment: str) -> dict[str, Polling]:
-    """Turn ``'ANY'`` or ``{'/index': 'ANY', '/search': 'ALL', '*': 'ANY'}`` into a mapping."""
+    """Turn ``'ANY'`` or ``{'/index': 'ID', '/search': 'ALL', '*': 'ANY'}`` into a mapping.
+
+    ``ANY``: one shard gets the request; ``ALL``: every shard, answers merged; ``ID``: each
+    document goes to the shard owning its id (:mod:`meshflow.gateway.sharding`).
+    """
     raw: Mapping[str, str] = {"*": polling} if isinstance(polling, str) else polling
     if not isinstance(raw, Mapping):
         raise ConfigError(
-            f"deployment {deployment!r}: polling must be 'ANY', 'ALL' or a mapping of endpoint "
-            f"to one of them, got {polling!r}"
+            f"deployment {deployment!r}: polling must be 'ANY', 'ALL', 'ID' or a mapping of "
+            f"endpoint to one of them, got {polling!r}"
         )
     out: dict[str, Polling] = {}
     for endpoint, value in raw.items():
         upper = str(value).upper()
-        if upper not in POLLINGS:
+        chosen = next((p for p in POLLINGS if p == upper), None)
+        if chosen is None:
             raise ConfigError(
                 f"deployment {deployment!r}: polling {value!r} for {endpoint!r} "
-                "is not 'ANY' or 'ALL'"
+                "is not 'ANY', 'ALL' or 'ID'"
             )
-        out[str(endpoint)] = "ANY" if upper == "ANY" else "ALL"
+        out[str(endpoint)] = chosen
     out.setdefault("*", "ANY")
     return out
 

@@ -3,8 +3,9 @@
 Both doors of the gateway (gRPC today, GraphQL next) hand it serialized DataRequests. A
 deployment fires when all of its ``needs`` have answered; a chain forwards the bytes from hop
 to hop without decoding documents; joins and shards polled with ``ALL`` decode and merge (see
-:mod:`meshflow.gateway.merge`). The first failure stops the walk and its status, naming the
-executor, is the answer; other requests are unaffected.
+:mod:`meshflow.gateway.merge`); shards polled with ``ID`` each get the documents they own,
+still serialized (see :mod:`meshflow.gateway.sharding`). The first failure stops the walk and
+its status, naming the executor, is the answer; other requests are unaffected.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from typing import TYPE_CHECKING
 from meshflow.document.proto import struct_to_dict
 from meshflow.errors import BadRequestError, DeadlineExceeded, RequestError
 from meshflow.gateway.merge import merge_requests, reduce_shards
+from meshflow.gateway.sharding import reassemble, split
 from meshflow.gateway.topology import GATEWAY, Node, Topology
 from meshflow.gateway.transport import Transport
 from meshflow.proto.v1 import data_request_pb2
@@ -131,9 +133,17 @@ class Traversal:
         try:
             if len(node.shards) == 1:
                 return await self._send(node.name, 0, data, timeout)
-            if node.polling_for(endpoint or "/") == "ANY":
+            polling = node.polling_for(endpoint or "/")
+            if polling == "ANY":
                 shard = next(self._shard_cursor[node.name])
                 return await self._send(node.name, shard, data, timeout)
+            parts = split(data, len(node.shards)) if polling == "ID" else None
+            if parts is not None:
+                owned = await asyncio.gather(
+                    *(self._send(node.name, p.shard, p.data, timeout) for p in parts)
+                )
+                failed = next((a for a in owned if _failed(a)), None)
+                return failed if failed is not None else reassemble(parts, owned)
             answers = await asyncio.gather(
                 *(self._send(node.name, shard, data, timeout) for shard in range(len(node.shards)))
             )

@@ -1,8 +1,12 @@
 """The Flow's own certificate authority and one SPIFFE identity per workload.
 
-Kept under ``<workspace>/.meshflow/pki/<flow>/`` and reused across restarts: the CA and every
-certificate it issued stay valid until 30 days before they expire, then they are renewed.
-Private keys are written 0600. Identities are ``spiffe://meshflow/<flow>/<workload>``; the
+A local Flow makes an *ephemeral* CA at each start (``FlowCA(..., ephemeral=True)``): its key
+lives only in the Flow's memory, never on disk, and the certificates it issues go to the
+Flow's private run folder (``<run>/pki``), each sidecar's config naming only its own key.
+``meshflow certs`` (the exports' one-shot job) keeps a CA in ``--ca-dir`` (apart from the
+certificates it hands out) and reuses it across runs: the CA and every certificate it issued
+stay valid until 30 days before they expire, then they are renewed. Private keys are written
+0600. Identities are ``spiffe://meshflow/<flow>/<workload>``; the
 gateway is the workload ``gateway``, each deployment is the workload named like it.
 """
 
@@ -41,17 +45,30 @@ class Identity:
 class FlowCA:
     """Creates (once) and uses the certificate authority of one Flow."""
 
-    def __init__(self, directory: str, flow: str) -> None:
+    def __init__(
+        self, directory: str, flow: str, *, ca_dir: str | None = None, ephemeral: bool = False
+    ) -> None:
         self.directory = directory
         self.flow = flow
+        self.ephemeral = ephemeral
         os.makedirs(directory, mode=0o700, exist_ok=True)
         self.ca_cert_path = os.path.join(directory, "ca.crt")
-        self.ca_key_path = os.path.join(directory, "ca.key")
+        """The trust anchor every workload gets (public)."""
+        ca_dir = ca_dir or directory
+        self.ca_key_path: str | None = None if ephemeral else os.path.join(ca_dir, "ca.key")
+        """Where the CA's key is kept; None for an ephemeral CA (never written)."""
+        self._ca_store = os.path.join(ca_dir, "ca.crt")
+        if not ephemeral:
+            os.makedirs(ca_dir, mode=0o700, exist_ok=True)
         self._ca_cert, self._ca_key = self._load_or_create_ca()
 
     def _load_or_create_ca(self) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
-        loaded = _load(self.ca_cert_path, self.ca_key_path)
+        loaded = None if self.ca_key_path is None else _load(self._ca_store, self.ca_key_path)
         if loaded is not None and _fresh(loaded[0]):
+            if self._ca_store != self.ca_cert_path:
+                write_private(
+                    self.ca_cert_path, loaded[0].public_bytes(serialization.Encoding.PEM), 0o644
+                )
             return loaded
         key = ec.generate_private_key(ec.SECP256R1())
         name = x509.Name(
@@ -86,7 +103,10 @@ class FlowCA:
             )
             .sign(key, hashes.SHA256())
         )
-        _write(self.ca_cert_path, self.ca_key_path, cert, key)
+        cert_pem = cert.public_bytes(serialization.Encoding.PEM)
+        if self.ca_key_path is not None:
+            _write(self._ca_store, self.ca_key_path, cert, key)
+        write_private(self.ca_cert_path, cert_pem, 0o644)
         return cert, key
 
     def identity(self, workload: str) -> Identity:
@@ -173,13 +193,15 @@ def _write(
         serialization.PrivateFormat.PKCS8,
         serialization.NoEncryption(),
     )
-    for path, data, mode in (
-        (key_path, key_bytes, 0o600),
-        (cert_path, cert.public_bytes(serialization.Encoding.PEM), 0o644),
-    ):
-        tmp = f"{path}.{os.getpid()}.tmp"
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-        os.chmod(tmp, mode)
-        os.replace(tmp, path)
+    write_private(key_path, key_bytes, 0o600)
+    write_private(cert_path, cert.public_bytes(serialization.Encoding.PEM), 0o644)
+
+
+def write_private(path: str, data: bytes, mode: int) -> None:
+    """Write ``data`` to ``path`` with ``mode`` from the first byte on, atomically."""
+    tmp = f"{path}.{os.getpid()}.tmp"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+    with os.fdopen(fd, "wb") as fh:
+        fh.write(data)
+    os.chmod(tmp, mode)
+    os.replace(tmp, path)

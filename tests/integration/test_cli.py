@@ -307,3 +307,46 @@ def test_token_command_bad_input_exits_2(args: list[str], message: str) -> None:
     assert out.returncode == 2
     assert message in out.stderr
     assert out.stderr.count("\n") == 1 and "Traceback" not in out.stderr
+
+
+def test_a_client_pointed_at_an_executor_is_told_it_needs_a_gateway(free_port: int) -> None:
+    from meshflow.errors import RequestError
+
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "meshflow",
+            "executor",
+            "--uses",
+            "executors:Append",
+            "--port",
+            str(free_port),
+        ],
+        env={**os.environ, "PYTHONPATH": TESTS},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 20
+        while meshflow("ping", f"127.0.0.1:{free_port}", "--timeout", "0.5").returncode != 0:
+            assert time.monotonic() < deadline, "executor never became healthy"
+            time.sleep(0.1)
+        with (
+            Client(port=free_port, timeout=10) as client,
+            pytest.raises(RequestError, match="not a Flow's gateway"),
+        ):
+            client.post("/", Document(text="a"))
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+def test_async_client_names_the_protocols_it_speaks() -> None:
+    from meshflow import AsyncClient
+    from meshflow.errors import ConfigError
+
+    with pytest.raises(
+        ConfigError, match=r"AsyncClient.*\('grpc',\).*Client\(protocol='graphql'\)"
+    ):
+        AsyncClient(port=1, protocol="graphql")

@@ -8,6 +8,7 @@ import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from typing import Any
 
 import grpc
 import pytest
@@ -18,6 +19,7 @@ from meshflow import (
     Client,
     ConfigError,
     DeadlineExceeded,
+    Document,
     DocumentArray,
     ExecutorError,
     Flow,
@@ -70,9 +72,30 @@ def test_port_in_use_is_refused_before_starting_anything() -> None:
         sock.listen()
         port = sock.getsockname()[1]
         f = Flow(port=port).add(uses="executors:Append")
-        with pytest.raises(ConfigError, match=f"port {port} on 127.0.0.1 is already in use"):
+        with pytest.raises(ConfigError, match=f"port={port}: the port is already in use"):
             f.start()
         assert f.pids == {}
+        g = Flow(graphql_port=port).add(uses="executors:Append")
+        with pytest.raises(ConfigError, match=f"graphql_port={port}: the port is already in use"):
+            g.start()
+        assert g.pids == {}
+
+
+def test_tracing_without_a_collector_warns_at_start_and_exits_promptly(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture, tmp_path: Any
+) -> None:
+    with socket.socket() as sock:  # a port nothing listens on
+        sock.bind(("127.0.0.1", 0))
+        nowhere = sock.getsockname()[1]
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", f"http://127.0.0.1:{nowhere}")
+    f = Flow(tracing=True, mesh="direct", log_dir=str(tmp_path)).add(uses="executors:Append")
+    with caplog.at_level("WARNING", logger="meshflow.tracing"), f:
+        f.post("/", Document(text="a"))
+        leaving = time.monotonic()
+    # Before: the exporters' retries held the exit for 11.5 s, silently.
+    assert time.monotonic() - leaving < 8
+    assert "no collector answers" in caplog.text
+    assert "dropped" in (tmp_path / "gateway.log").read_text()
 
 
 def test_executor_failing_in_init_names_it_with_its_log(workspace: str) -> None:

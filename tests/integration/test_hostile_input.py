@@ -3,6 +3,7 @@ the gateway keeps serving everybody else, and without the memory an attacker ask
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import signal
@@ -19,7 +20,7 @@ from websockets.exceptions import InvalidStatus
 from websockets.sync.client import connect
 from websockets.typing import Subprotocol
 
-from meshflow import Client, Document, DocumentArray, Flow, JWTAuth, mint_token
+from meshflow import Client, Document, DocumentArray, Flow, GraphQLLimits, JWTAuth, mint_token
 from meshflow.proto.v1 import data_request_pb2
 from meshflow.wire import GATEWAY_POST
 
@@ -86,7 +87,8 @@ def test_fragment_bombs_are_refused_while_normal_requests_flow(flow: Flow) -> No
     refusals: list[list[str]] = []
 
     def attack() -> None:
-        with httpx.Client() as client:
+        # From an address of its own: the gateway slows down the address it keeps refusing.
+        with httpx.Client(transport=httpx.HTTPTransport(local_address="127.0.0.2")) as client:
             while not stop.is_set():
                 for levels in (7, 8, 9):
                     body = client.post(flow.graphql_url, json={"query": fragment_bomb(levels)})
@@ -105,7 +107,8 @@ def test_fragment_bombs_are_refused_while_normal_requests_flow(flow: Flow) -> No
         for thread in attackers:
             thread.join(timeout=30)
     assert all(a["data"]["post"]["docs"][0]["text"] == "ax" for a in answers)
-    assert refusals and all(r == ["FIELD_LIMIT_EXCEEDED"] for r in refusals)
+    assert ["FIELD_LIMIT_EXCEEDED"] in refusals
+    assert all(r in (["FIELD_LIMIT_EXCEEDED"], ["TOO_MANY_REFUSALS"]) for r in refusals)
     log = gateway_log(flow)
     assert "Traceback" not in log and "ERROR" not in log
 
@@ -114,6 +117,59 @@ def test_fragment_bombs_are_refused_while_normal_requests_flow(flow: Flow) -> No
 def test_a_huge_comment_is_refused_before_parsing(flow: Flow) -> None:
     body = gql(flow, "{ __typename } #" + "x" * (2 << 20))
     assert codes(body) == ["QUERY_TOO_LARGE"]
+
+
+@pytest.mark.mesh("direct")
+def test_a_client_refused_again_and_again_waits_its_turn_and_others_do_not(
+    start_flow: StartFlow, tmp_path: Any
+) -> None:
+    limits = GraphQLLimits(refusals_per_second=1, refusal_burst=2)
+    flow = start_flow(
+        Flow(log_dir=str(tmp_path / "logs"), graphql_limits=limits).add(uses="executors:Append")
+    )
+    bomb = {"query": fragment_bomb(7)}
+    with httpx.Client(transport=httpx.HTTPTransport(local_address="127.0.0.2")) as bomber:
+        for _ in range(3):  # the burst, then one more
+            assert codes(bomber.post(flow.graphql_url, json=bomb).json()) == [
+                "FIELD_LIMIT_EXCEEDED"
+            ]
+
+    async def flood() -> list[httpx.Response]:
+        transport = httpx.AsyncHTTPTransport(local_address="127.0.0.2")
+        async with httpx.AsyncClient(transport=transport, timeout=30) as client:
+            # A forwarded-for header of its choosing does not make it another client.
+            forged = [{"x-forwarded-for": f"10.0.0.{i}"} for i in range(12)]
+            return await asyncio.gather(
+                *(client.post(flow.graphql_url, json=bomb, headers=h) for h in forged)
+            )
+
+    flooding = asyncio.run(flood())
+    # Each waits its turn, one a second, and past 5 s of waiting is told when to come back.
+    held = [r for r in flooding if r.status_code == 429]
+    assert held and all(r.headers["retry-after"] == "5" for r in held)
+    assert all(codes(r.json()) == ["TOO_MANY_REFUSALS"] for r in held)
+    served = [r for r in flooding if r.status_code == 200]
+    assert served and all(codes(r.json()) == ["FIELD_LIMIT_EXCEEDED"] for r in served)
+    # Meanwhile, and after, another address is served at once.
+    assert gql(flow, POST, on="/", docs=[{"text": "a"}])["data"]["post"]["docs"] == [{"text": "ax"}]
+    # The WebSocket door counts the operations of an address the same way.
+    url = flow.graphql_url.replace("http://", "ws://")
+    sock = socket.socket()
+    sock.bind(("127.0.0.3", 0))
+    sock.connect(("127.0.0.1", flow.graphql_port))
+    with connect(url, sock=sock, subprotocols=[Subprotocol("graphql-transport-ws")]) as ws:
+        ws.send(json.dumps({"type": "connection_init"}))
+        assert json.loads(ws.recv(timeout=10))["type"] == "connection_ack"
+        ws.send(json.dumps({"id": "p", "type": "subscribe", "payload": {"query": "{"}}))
+        parse_error = json.loads(ws.recv(timeout=10))
+        assert parse_error["payload"][0]["extensions"]["code"] == "GRAPHQL_PARSE_FAILED"
+        for i in range(12):
+            payload = {"query": "subscription { nothing }"}
+            ws.send(json.dumps({"id": str(i), "type": "subscribe", "payload": payload}))
+        found = [json.loads(ws.recv(timeout=15)) for _ in range(12)]
+    assert all(m["type"] == "error" for m in found)
+    answered = [m["payload"][0]["extensions"]["code"] for m in found]
+    assert "GRAPHQL_VALIDATION_FAILED" in answered and "TOO_MANY_REFUSALS" in answered
 
 
 # -- memory: arrays, documents, batches -------------------------------------------------------

@@ -18,6 +18,7 @@ import pytest
 from meshflow import (
     CircuitBreaker,
     ConfigError,
+    Document,
     DocumentArray,
     Flow,
     FlowStartError,
@@ -76,7 +77,7 @@ def test_describe_lists_every_process_and_its_health(start_flow: StartFlow) -> N
     for r in dep["replicas"]:
         assert r["healthy"] and r["executor"]["serving"] and r["sidecar"]["ready"]
         assert r["sidecar"]["listener"].startswith("127.0.0.1:")
-        assert r["sidecar"]["admin"].startswith("127.0.0.1:")
+        assert r["sidecar"]["admin"].endswith(".sock") and not r["sidecar"]["listeners_stopped"]
         assert r["executor"]["address"].startswith("unix:")
 
 
@@ -113,22 +114,160 @@ def test_executor_is_reachable_only_through_its_sidecar(start_flow: StartFlow) -
     assert stat.S_IMODE(os.stat(os.path.dirname(path)).st_mode) == 0o700
 
 
+# -- the sidecars' admin ------------------------------------------------------------------
+
+
+def _sidecars(status: dict[str, object]) -> list[dict[str, object]]:
+    gateway = status["gateway"]["sidecar"]  # type: ignore[index]
+    return [gateway] + [
+        r["sidecar"]
+        for d in status["deployments"]  # type: ignore[attr-defined]
+        for r in d["replicas"]
+    ]
+
+
+def test_sidecar_admin_is_a_0600_socket_in_a_0700_folder(start_flow: StartFlow) -> None:
+    f = start_flow(Flow().add(uses="executors:Append", name="a"))
+    for sidecar in _sidecars(f.describe()):
+        path = str(sidecar["admin"])
+        assert stat.S_ISSOCK(os.stat(path).st_mode)
+        assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
+        folder = os.path.dirname(path)
+        while folder != os.path.dirname(folder):  # a 0700 folder on the way shuts others out
+            if stat.S_IMODE(os.stat(folder).st_mode) == 0o700:
+                break
+            folder = os.path.dirname(folder)
+        else:
+            pytest.fail(f"no 0700 folder above {path}")
+
+
+def _http(port: int, method: str, path: str) -> int:
+    import http.client
+
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+    try:
+        conn.request(method, path)
+        return conn.getresponse().status
+    finally:
+        conn.close()
+
+
+def _tcp_ports(pid: int) -> set[int]:
+    """The loopback TCP ports process ``pid`` listens on (from /proc)."""
+    inodes = set()
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        try:
+            target = os.readlink(f"/proc/{pid}/fd/{fd}")
+        except OSError:
+            continue
+        if target.startswith("socket:["):
+            inodes.add(target[8:-1])
+    ports = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with open(table, encoding="ascii") as fh:
+            for line in fh.readlines()[1:]:
+                fields = line.split()
+                if fields[3] == "0A" and fields[9] in inodes:  # LISTEN
+                    ports.add(int(fields[1].rsplit(":", 1)[1], 16))
+    return ports
+
+
+def test_drain_listeners_is_impossible_over_tcp(start_flow: StartFlow) -> None:
+    f = start_flow(Flow().add(uses="executors:Append", name="a"))
+    status = f.describe()
+    for sidecar in _sidecars(status):
+        stats_port = int(str(sidecar["metrics"]).split(":")[2].split("/")[0])
+        listener = str(sidecar["listener"])
+        ingress = {int(listener.rsplit(":", 1)[1])} if listener.startswith("127.") else set()
+        # Envoy listens on its stats port and (replicas) its mTLS ingress, nothing else.
+        assert _tcp_ports(int(sidecar["pid"])) == {stats_port} | ingress  # type: ignore[call-overload]
+        for method, path in [
+            ("POST", "/drain_listeners"),
+            ("POST", "/quitquitquit"),
+            ("POST", "/runtime_modify?x=1"),
+            ("GET", "/config_dump"),
+            ("POST", "/stats/prometheus"),
+        ]:
+            assert _http(stats_port, method, path) == 404, (method, path)
+        assert _http(stats_port, "GET", "/ready") == 200
+    time.sleep(0.5)  # a drain, had one been taken, stops listeners within this
+    [doc] = f.post("/", DocumentArray.empty(1))
+    assert doc.text == "x"
+    assert all(not s["listeners_stopped"] for s in _sidecars(f.describe()))
+
+
+def test_sidecar_stats_are_still_scraped_over_http(start_flow: StartFlow) -> None:
+    import urllib.request
+
+    f = start_flow(Flow().add(uses="executors:Append", name="a"))
+    f.post("/", DocumentArray.empty(1))
+    targets = [t for t in f.describe()["scrape_targets"] if t["component"] == "sidecar"]
+    assert len(targets) == 2
+    for target in targets:
+        with urllib.request.urlopen(target["url"], timeout=5) as answer:
+            body = answer.read().decode()
+        assert "# TYPE envoy_" in body and "envoy_server_live" in body
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to act as another user")
+def test_another_user_cannot_reach_the_admin(start_flow: StartFlow) -> None:
+    f = start_flow(Flow().add(uses="executors:Append", name="a"))
+    admin = str(f.describe()["gateway"]["sidecar"]["admin"])
+    pid = os.fork()
+    if pid == 0:  # the child becomes nobody and tries to drain the gateway's sidecar
+        code = 1
+        try:
+            os.setgroups([])
+            os.setgid(65534)
+            os.setuid(65534)
+            with socket.socket(socket.AF_UNIX) as sock:
+                sock.connect(admin)
+                sock.sendall(b"POST /drain_listeners HTTP/1.0\r\n\r\n")
+                code = 0
+        except PermissionError:
+            code = 13
+        finally:
+            os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 13
+    assert f.describe()["gateway"]["sidecar"]["listeners_stopped"] == 0
+
+
+def test_describe_shows_a_drained_sidecar_as_not_serving(start_flow: StartFlow) -> None:
+    from meshflow.mesh.admin import admin_request
+
+    f = start_flow(Flow().add(uses="executors:Append", name="a"))
+    admin = str(f.describe()["gateway"]["sidecar"]["admin"])
+    # The Flow's own user still can (the socket is theirs): describe() must then tell.
+    assert admin_request(admin, "/drain_listeners", method="POST")[0] == 200
+    status = f.describe()
+    sidecar = status["gateway"]["sidecar"]
+    assert sidecar["listeners_stopped"] >= 1 and not sidecar["ready"]
+    assert not status["gateway"]["serving"]
+
+
 # -- mTLS ----------------------------------------------------------------------------------
 
 
 @pytest.fixture
 def guarded(start_flow: StartFlow, workspace: str, tmp_path: object) -> Iterator[dict[str, str]]:
-    f = start_flow(Flow(name="guarded").add(uses="executors:Append", name="a"))
+    f = start_flow(
+        Flow(name="guarded")
+        .add(uses="executors:Append", name="a")
+        .add(uses="executors:Append", name="b")
+    )
     [replica] = f.describe()["deployments"][0]["replicas"]
-    ca = FlowCA(os.path.join(workspace, ".meshflow", "pki", "guarded"), "guarded")
+    # The Flow's CA lives in its memory only; its certificates are in the run folder.
+    pki = os.path.join(os.path.dirname(f.describe()["gateway"]["sidecar"]["config"]), "pki")
     other = FlowCA(os.path.join(str(tmp_path), "other-ca"), "guarded")
     yield {
         "listener": replica["sidecar"]["listener"],
         "admin": replica["sidecar"]["admin"],
-        "gateway_cert": ca.identity("gateway").cert,
-        "gateway_key": ca.identity("gateway").key,
-        "intruder_cert": ca.identity("intruder").cert,
-        "intruder_key": ca.identity("intruder").key,
+        "gateway_cert": os.path.join(pki, "gateway.crt"),
+        "gateway_key": os.path.join(pki, "gateway.key"),
+        # A certificate of the same CA, but another workload's (deployment b's).
+        "intruder_cert": os.path.join(pki, "b.crt"),
+        "intruder_key": os.path.join(pki, "b.key"),
         "foreign_cert": other.identity("gateway").cert,
         "foreign_key": other.identity("gateway").key,
     }
@@ -317,3 +456,11 @@ def test_envoy_concurrency_is_configurable(start_flow: StartFlow) -> None:
         args = fh.read().split(b"\0")
     assert args[args.index(b"--concurrency") + 1] == b"2"
     assert f.post("/", DocumentArray.empty(1)).texts == ["x"]
+
+
+def test_new_replicas_take_traffic_as_soon_as_scale_returns(start_flow: StartFlow) -> None:
+    f = start_flow(Flow().add(uses="executors:Who", name="w"))
+    f.scale("w", replicas=3)
+    # No sleep: scale() returns once the gateway's sidecar routes to every new replica.
+    answered = {int(f.post("/", Document(text="a"))[0].tags["replica"]) for _ in range(60)}
+    assert answered == {0, 1, 2}

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import os
 import re
-import shutil
 import subprocess
 import sys
 import time
@@ -15,14 +14,11 @@ from typing import Any
 import httpx
 import pytest
 from dashboards import dashboard_queries
+from systemtools import system_tool
 
 from meshflow import Document, ExecutorError, Flow
 
 TESTS = os.path.dirname(os.path.abspath(__file__))
-PROMETHEUS = shutil.which("prometheus")
-needs_prometheus = pytest.mark.skipif(
-    PROMETHEUS is None and not os.environ.get("CI"), reason="the prometheus package is missing"
-)
 
 
 @pytest.fixture
@@ -31,12 +27,12 @@ def prometheus(tmp_path: Any, free_port: int) -> Iterator[Any]:
     procs: list[subprocess.Popen[bytes]] = []
 
     def start(config: str) -> str:
-        assert PROMETHEUS is not None, "install Debian's prometheus package (.ci/run does)"
+        binary = system_tool("prometheus", "prometheus")
         port = free_port
         log = open(os.path.join(str(tmp_path), "prometheus.log"), "wb")  # noqa: SIM115
         proc = subprocess.Popen(
             [
-                PROMETHEUS,
+                binary,
                 f"--config.file={config}",
                 f"--storage.tsdb.path={tmp_path}/tsdb",
                 f"--web.listen-address=127.0.0.1:{port}",
@@ -90,7 +86,6 @@ def by(result: list[dict[str, Any]], label: str) -> dict[str, float]:
     return {r["metric"].get(label, ""): float(r["value"][1]) for r in result}
 
 
-@needs_prometheus
 def test_prometheus_scrapes_gateway_executors_and_sidecars(tmp_path: Any, prometheus: Any) -> None:
     folder = str(tmp_path)
     config = os.path.join(folder, "flow.yml")

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import os
 import queue
-import shutil
 import signal
 import subprocess
 import sys
@@ -16,6 +15,7 @@ from dataclasses import dataclass
 
 import httpx
 import pytest
+from systemtools import system_tool
 
 from meshflow import Flow
 from services.shop_the_look import app, catalog
@@ -140,8 +140,9 @@ def test_page_and_thumbnails_are_served_without_a_token(shop: Shop) -> None:
     assert httpx.get(f"{shop.base}/ui/nothing.js", timeout=10).status_code == 404
 
 
-@pytest.mark.skipif(not shutil.which("chromedriver"), reason="needs Debian chromium-driver")
 def test_web_page_in_headless_chromium(shop: Shop, tmp_path: object) -> None:
+    chromedriver = system_tool("chromedriver", "chromium-driver")
+    chromium = system_tool("chromium", "chromium")
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
     from selenium.webdriver.common.by import By
@@ -152,10 +153,10 @@ def test_web_page_in_headless_chromium(shop: Shop, tmp_path: object) -> None:
     catalog.render(query).save(photo_path)
 
     options = webdriver.ChromeOptions()
-    options.binary_location = shutil.which("chromium") or "/usr/bin/chromium"
+    options.binary_location = chromium
     for flag in CHROMIUM_FLAGS:
         options.add_argument(flag)
-    driver = webdriver.Chrome(service=Service(shutil.which("chromedriver")), options=options)
+    driver = webdriver.Chrome(service=Service(chromedriver), options=options)
     try:
         driver.set_page_load_timeout(30)
         wait = WebDriverWait(driver, 60)

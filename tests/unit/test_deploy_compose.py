@@ -5,7 +5,6 @@ identities, and the top-level docker-compose.yml is the export of the shop-the-l
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -13,6 +12,7 @@ from typing import Any
 
 import pytest
 import yaml
+from systemtools import system_tool
 
 from meshflow import ConfigError, Executor, Flow, JWTAuth
 from meshflow.mesh.certs import FlowCA, spiffe_id
@@ -58,8 +58,7 @@ def check_compose(path: str, env: dict[str, str]) -> None:
         timeout=60,
     )
     assert schema.returncode == 0, schema.stdout + schema.stderr
-    compose = shutil.which("docker-compose")
-    assert compose, "docker-compose (Debian package) is needed: .ci/run installs it"
+    compose = system_tool("docker-compose", "docker-compose")
     config = subprocess.run(
         [compose, "-f", path, "config", "-q"],
         capture_output=True,
@@ -166,6 +165,7 @@ def test_top_level_docker_compose_is_the_export_of_the_shop_app(tmp_path: Any) -
             *(sys.executable, "-m", "meshflow", "export", "docker-compose"),
             os.path.join(ROOT, "services", "shop_the_look", "flow.yml"),
             out,
+            *("--dockerfile", os.path.join(out, "Dockerfile"), "--extras", "index,models"),
         ],
         capture_output=True,
         text=True,
@@ -177,11 +177,21 @@ def test_top_level_docker_compose_is_the_export_of_the_shop_app(tmp_path: Any) -
     # paths in the file are relative to it: map this folder's onto the project root's
     up = os.path.relpath(ROOT, out)
     stale = []
-    for relative in ["docker-compose.yml", "observability/compose/prometheus.yml"] + [
-        f"envoy/compose/{n}" for n in sorted(os.listdir(os.path.join(out, "envoy", "compose")))
+    dockerfile = os.path.relpath(os.path.join(out, "Dockerfile"), ROOT)
+    committed_as = {"Dockerfile": "services/Dockerfile"}
+    committed_as["Dockerfile.dockerignore"] = "services/Dockerfile.dockerignore"
+    for relative in [
+        "docker-compose.yml",
+        "observability/compose/prometheus.yml",
+        *committed_as,
+        *(f"envoy/compose/{n}" for n in sorted(os.listdir(os.path.join(out, "envoy", "compose")))),
     ]:
         with open(os.path.join(out, relative), encoding="utf-8") as fh:
-            fresh = fh.read().replace(f"{up}/", "./").replace(f"context: {up}", "context: .")
+            fresh = fh.read().replace(
+                f"dockerfile: {dockerfile}", "dockerfile: services/Dockerfile"
+            )
+            fresh = fresh.replace(f"{up}/", "./").replace(f"context: {up}", "context: .")
+        relative = committed_as.get(relative, relative)
         try:
             with open(os.path.join(ROOT, relative), encoding="utf-8") as fh:
                 committed = fh.read()
@@ -191,7 +201,8 @@ def test_top_level_docker_compose_is_the_export_of_the_shop_app(tmp_path: Any) -
             stale.append(relative)
     assert not stale, (
         f"{stale} differ from the export of services/shop_the_look/flow.yml: run "
-        "`PYTHONPATH=. meshflow export docker-compose services/shop_the_look/flow.yml .`"
+        "`PYTHONPATH=. meshflow export docker-compose services/shop_the_look/flow.yml . "
+        "--dockerfile services/Dockerfile --extras index,models`"
     )
     check_compose(os.path.join(ROOT, "docker-compose.yml"), {"SHOP_THE_LOOK_SECRET": "x" * 40})
 
@@ -253,3 +264,33 @@ def test_the_image_is_multi_stage_pinned_and_non_root() -> None:
     users = [line for line in lines if line.startswith("USER ")]
     assert users == ["USER 10001:10001"]
     assert lines[-2:] == ['ENTRYPOINT ["meshflow"]', 'CMD ["--help"]']
+
+
+def test_only_the_gateway_mounts_the_signing_key_and_only_certs_the_ca(
+    tmp_path: Any, secret_env: None
+) -> None:
+    written = sample_flow().to_docker_compose_yaml(str(tmp_path / "docker-compose.yml"))
+    services = load(written[0])["services"]
+    mounting = {
+        volume: sorted(
+            name
+            for name, s in services.items()
+            if any(v.startswith(f"{volume}:") for v in s.get("volumes", []))
+        )
+        for volume in ("ca", "signing", "gateway-key")
+    }
+    executors = sorted(n for n, s in services.items() if "executor" in s.get("command", [])[:1])
+    assert mounting["ca"] == ["certs"]
+    assert mounting["signing"] == ["certs", "gateway"]
+    assert mounting["gateway-key"] == sorted(["certs", *executors])
+    assert "--signing-key-file" in services["gateway"]["command"]
+    for name in executors:
+        command = services[name]["command"]
+        assert command[command.index("--gateway-key-file") + 1].endswith("gateway.pub")
+    # sidecars: admin on a socket in their container, stats on :15090
+    for name, service in services.items():
+        if name.endswith("-sidecar"):
+            config = os.path.join(str(tmp_path), service["volumes"][0].split(":")[0])
+            with open(config, encoding="utf-8") as fh:
+                text = fh.read()
+            assert "/tmp/envoy-admin.sock" in text and "port_value: 15090" in text

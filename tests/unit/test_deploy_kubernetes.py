@@ -166,7 +166,7 @@ def test_bad_input_is_refused_with_advice(tmp_path: Any) -> None:
 
     with pytest.raises(ConfigError, match="Move it into a module"):
         Flow(name="x").add(uses=Local).to_kubernetes_yaml(str(tmp_path / "a"))
-    with pytest.raises(ConfigError, match="static files are not exported"):
+    with pytest.raises(ConfigError, match="outside the build context"):
         Flow(name="x", static={"/ui": str(tmp_path)}).add(
             uses="services.ranker:Ranker"
         ).to_kubernetes_yaml(str(tmp_path / "b"))
@@ -177,3 +177,53 @@ def test_bad_input_is_refused_with_advice(tmp_path: Any) -> None:
         timeout=60,
     )
     assert done.returncode == 2 and "needs OUTDIR" in done.stderr
+
+
+def test_the_signing_key_is_mounted_into_the_gateway_alone(tmp_path: Any, secret_env: None) -> None:
+    out = str(tmp_path / "k8s")
+    written = sample_flow().to_kubernetes_yaml(out)
+    secrets = {
+        m["metadata"]["name"]: m for m in manifests(os.path.join(out, "pki", "secrets.yaml"))
+    }
+    assert "gateway.key" in secrets["kube-test-gateway-signing"]["data"]
+    assert "gateway.pub" in secrets["kube-test-gateway-key"]["data"]
+    mounted: dict[str, list[str]] = {}
+    for path in written[1:]:
+        if not path.endswith(".yaml"):  # the image's Dockerfile and its ignore file
+            continue
+        for m in manifests(path):
+            if not isinstance(m, dict) or m.get("kind") != "Deployment":
+                continue
+            pod = m["spec"]["template"]["spec"]
+            for volume in pod["volumes"]:
+                secret = volume.get("secret", {}).get("secretName")
+                if secret:
+                    users = [
+                        c["name"]
+                        for c in pod["containers"]
+                        if any(v["name"] == volume["name"] for v in c["volumeMounts"])
+                    ]
+                    mounted.setdefault(secret, []).extend(users)
+    assert mounted["kube-test-gateway-signing"] == ["gateway"]
+    assert set(mounted["kube-test-gateway-key"]) == {"executor"}
+    assert "kube-test-ca" not in mounted
+
+
+def test_stateful_executors_get_one_pod_per_shard_and_no_autoscaler(
+    tmp_path: Any, secret_env: None
+) -> None:
+    replicated = Flow(name="x").add(
+        uses="services.vector_indexer:VectorIndexer", name="index", shards=2, replicas=2
+    )
+    with pytest.raises(ConfigError, match="each Kubernetes pod has a workspace of its own"):
+        replicated.to_kubernetes_yaml(str(tmp_path / "a"))
+    flow = Flow(name="x").add(uses="services.vector_indexer:VectorIndexer", name="index", shards=2)
+    flow.add(uses="services.ranker:Ranker", name="rank")
+    out = str(tmp_path / "b")
+    flow.to_kubernetes_yaml(out, hpa=True)
+    kinds = {
+        name: [d["kind"] for d in manifests(os.path.join(out, name))]
+        for name in ("index-s0.yaml", "index-s1.yaml", "rank-s0.yaml")
+    }
+    assert "HorizontalPodAutoscaler" not in kinds["index-s0.yaml"] + kinds["index-s1.yaml"]
+    assert "HorizontalPodAutoscaler" in kinds["rank-s0.yaml"]

@@ -6,13 +6,12 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 
-import pytest
 import yaml
 from dashboards import DASHBOARD, OBS
+from systemtools import system_tool
 
 
 def test_docker_compose_passes_the_compose_spec_schema() -> None:
@@ -41,10 +40,10 @@ def test_docker_compose_mounts_files_that_exist() -> None:
     assert compose["services"]["jaeger"]["environment"]["COLLECTOR_OTLP_ENABLED"] == "true"
 
 
-@pytest.mark.skipif(shutil.which("promtool") is None, reason="promtool comes with prometheus")
 def test_prometheus_config_is_valid() -> None:
+    promtool = system_tool("promtool", "prometheus")
     out = subprocess.run(
-        ["promtool", "check", "config", os.path.join(OBS, "prometheus.yml")],
+        [promtool, "check", "config", os.path.join(OBS, "prometheus.yml")],
         capture_output=True,
         text=True,
         timeout=60,

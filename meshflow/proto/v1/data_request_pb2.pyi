@@ -11,20 +11,38 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class Header(_message.Message):
-    __slots__ = ("request_id", "endpoint", "target_executor", "fields", "last_hop", "auth")
+    __slots__ = ("request_id", "endpoint", "target_executor", "fields", "last_hop", "voucher")
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     ENDPOINT_FIELD_NUMBER: _ClassVar[int]
     TARGET_EXECUTOR_FIELD_NUMBER: _ClassVar[int]
     FIELDS_FIELD_NUMBER: _ClassVar[int]
     LAST_HOP_FIELD_NUMBER: _ClassVar[int]
-    AUTH_FIELD_NUMBER: _ClassVar[int]
+    VOUCHER_FIELD_NUMBER: _ClassVar[int]
     request_id: str
     endpoint: str
     target_executor: str
     fields: _containers.RepeatedScalarFieldContainer[str]
     last_hop: bool
+    voucher: Voucher
+    def __init__(self, request_id: _Optional[str] = ..., endpoint: _Optional[str] = ..., target_executor: _Optional[str] = ..., fields: _Optional[_Iterable[str]] = ..., last_hop: bool = ..., voucher: _Optional[_Union[Voucher, _Mapping]] = ...) -> None: ...
+
+class Voucher(_message.Message):
+    __slots__ = ("vouched", "signature")
+    VOUCHED_FIELD_NUMBER: _ClassVar[int]
+    SIGNATURE_FIELD_NUMBER: _ClassVar[int]
+    vouched: bytes
+    signature: bytes
+    def __init__(self, vouched: _Optional[bytes] = ..., signature: _Optional[bytes] = ...) -> None: ...
+
+class Vouched(_message.Message):
+    __slots__ = ("request_id", "auth", "expires_at")
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    AUTH_FIELD_NUMBER: _ClassVar[int]
+    EXPIRES_AT_FIELD_NUMBER: _ClassVar[int]
+    request_id: str
     auth: Auth
-    def __init__(self, request_id: _Optional[str] = ..., endpoint: _Optional[str] = ..., target_executor: _Optional[str] = ..., fields: _Optional[_Iterable[str]] = ..., last_hop: bool = ..., auth: _Optional[_Union[Auth, _Mapping]] = ...) -> None: ...
+    expires_at: float
+    def __init__(self, request_id: _Optional[str] = ..., auth: _Optional[_Union[Auth, _Mapping]] = ..., expires_at: _Optional[float] = ...) -> None: ...
 
 class Auth(_message.Message):
     __slots__ = ("subject", "scopes", "issuer", "claims")
@@ -59,7 +77,7 @@ class Status(_message.Message):
     def __init__(self, code: _Optional[_Union[Status.Code, str]] = ..., message: _Optional[str] = ..., executor: _Optional[str] = ..., endpoint: _Optional[str] = ..., exception_type: _Optional[str] = ...) -> None: ...
 
 class DataRequest(_message.Message):
-    __slots__ = ("header", "parameters", "docs", "status", "results")
+    __slots__ = ("header", "parameters", "docs", "status", "results", "reduce")
     class ResultsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -67,17 +85,39 @@ class DataRequest(_message.Message):
         key: str
         value: _struct_pb2.Struct
         def __init__(self, key: _Optional[str] = ..., value: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ...) -> None: ...
+    class ReduceEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: ReduceRules
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[_Union[ReduceRules, _Mapping]] = ...) -> None: ...
     HEADER_FIELD_NUMBER: _ClassVar[int]
     PARAMETERS_FIELD_NUMBER: _ClassVar[int]
     DOCS_FIELD_NUMBER: _ClassVar[int]
     STATUS_FIELD_NUMBER: _ClassVar[int]
     RESULTS_FIELD_NUMBER: _ClassVar[int]
+    REDUCE_FIELD_NUMBER: _ClassVar[int]
     header: Header
     parameters: _struct_pb2.Struct
     docs: _containers.RepeatedCompositeFieldContainer[_document_pb2.Document]
     status: Status
     results: _containers.MessageMap[str, _struct_pb2.Struct]
-    def __init__(self, header: _Optional[_Union[Header, _Mapping]] = ..., parameters: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., docs: _Optional[_Iterable[_Union[_document_pb2.Document, _Mapping]]] = ..., status: _Optional[_Union[Status, _Mapping]] = ..., results: _Optional[_Mapping[str, _struct_pb2.Struct]] = ...) -> None: ...
+    reduce: _containers.MessageMap[str, ReduceRules]
+    def __init__(self, header: _Optional[_Union[Header, _Mapping]] = ..., parameters: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., docs: _Optional[_Iterable[_Union[_document_pb2.Document, _Mapping]]] = ..., status: _Optional[_Union[Status, _Mapping]] = ..., results: _Optional[_Mapping[str, _struct_pb2.Struct]] = ..., reduce: _Optional[_Mapping[str, ReduceRules]] = ...) -> None: ...
+
+class ReduceRules(_message.Message):
+    __slots__ = ("rules",)
+    class RulesEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    RULES_FIELD_NUMBER: _ClassVar[int]
+    rules: _containers.ScalarMap[str, str]
+    def __init__(self, rules: _Optional[_Mapping[str, str]] = ...) -> None: ...
 
 class DataRequestHead(_message.Message):
     __slots__ = ("header", "status")
@@ -86,3 +126,44 @@ class DataRequestHead(_message.Message):
     header: Header
     status: Status
     def __init__(self, header: _Optional[_Union[Header, _Mapping]] = ..., status: _Optional[_Union[Status, _Mapping]] = ...) -> None: ...
+
+class DataRequestParts(_message.Message):
+    __slots__ = ("header", "parameters", "docs", "status", "results", "reduce")
+    class ResultsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: _struct_pb2.Struct
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ...) -> None: ...
+    class ReduceEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: ReduceRules
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[_Union[ReduceRules, _Mapping]] = ...) -> None: ...
+    HEADER_FIELD_NUMBER: _ClassVar[int]
+    PARAMETERS_FIELD_NUMBER: _ClassVar[int]
+    DOCS_FIELD_NUMBER: _ClassVar[int]
+    STATUS_FIELD_NUMBER: _ClassVar[int]
+    RESULTS_FIELD_NUMBER: _ClassVar[int]
+    REDUCE_FIELD_NUMBER: _ClassVar[int]
+    header: Header
+    parameters: _struct_pb2.Struct
+    docs: _containers.RepeatedScalarFieldContainer[bytes]
+    status: Status
+    results: _containers.MessageMap[str, _struct_pb2.Struct]
+    reduce: _containers.MessageMap[str, ReduceRules]
+    def __init__(self, header: _Optional[_Union[Header, _Mapping]] = ..., parameters: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., docs: _Optional[_Iterable[bytes]] = ..., status: _Optional[_Union[Status, _Mapping]] = ..., results: _Optional[_Mapping[str, _struct_pb2.Struct]] = ..., reduce: _Optional[_Mapping[str, ReduceRules]] = ...) -> None: ...
+
+class DocumentIds(_message.Message):
+    __slots__ = ("docs",)
+    class Id(_message.Message):
+        __slots__ = ("id",)
+        ID_FIELD_NUMBER: _ClassVar[int]
+        id: str
+        def __init__(self, id: _Optional[str] = ...) -> None: ...
+    DOCS_FIELD_NUMBER: _ClassVar[int]
+    docs: _containers.RepeatedCompositeFieldContainer[DocumentIds.Id]
+    def __init__(self, docs: _Optional[_Iterable[_Union[DocumentIds.Id, _Mapping]]] = ...) -> None: ...

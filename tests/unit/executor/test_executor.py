@@ -70,3 +70,10 @@ def test_runtime_args_are_set_before_init(tmp_path: object) -> None:
 def test_instantiate_refuses_non_executors() -> None:
     with pytest.raises(ConfigError, match="not an Executor subclass"):
         instantiate(dict, {}, RuntimeArgs(name="x"))  # type: ignore[arg-type]
+
+
+def test_state_scope_is_checked_when_the_class_is_defined() -> None:
+    with pytest.raises(ConfigError, match="state_scope is 'disk'"):
+
+        class Bad(Executor):
+            state_scope = "disk"  # type: ignore[assignment]

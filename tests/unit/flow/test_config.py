@@ -58,6 +58,42 @@ def test_save_then_load_round_trips(tmp_path: object) -> None:
     assert (g.name, g.port) == ("rt", 34567)
 
 
+def test_save_keeps_limits_cors_static_and_the_workspace(
+    tmp_path: object, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from meshflow import GraphQLLimits
+
+    web = os.path.join(str(tmp_path), "web")
+    os.makedirs(web)
+    monkeypatch.chdir(str(tmp_path))
+    f = Flow(
+        name="rt",
+        workspace="data",
+        graphql_limits=GraphQLLimits(max_depth=3, refusal_burst=5),
+        cors=["https://shop.example"],
+        static={"/ui": web},
+    ).add(uses="executors:Append")
+    saved = os.path.join(str(tmp_path), "conf", "flow.yml")
+    os.makedirs(os.path.dirname(saved))
+    f.save_config(saved)
+    monkeypatch.chdir("/")  # loaded from anywhere: paths are relative to the file
+    g = Flow.load_config(saved)
+    assert g.graphql_limits == GraphQLLimits(max_depth=3, refusal_burst=5)
+    assert tuple(g.cors) == ("https://shop.example",)
+    assert os.path.realpath(g.static["/ui"]) == os.path.realpath(web)
+    assert os.path.realpath(g.workspace) == os.path.realpath(os.path.join(str(tmp_path), "data"))
+
+
+def test_a_yaml_workspace_is_relative_to_the_file(
+    tmp_path: object, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = write(tmp_path, "with: {workspace: ws}\nexecutors:\n  - uses: executors:Append\n")
+    monkeypatch.chdir("/")
+    assert Flow.load_config(path).workspace == os.path.join(str(tmp_path), "ws")
+    default = write(tmp_path, "executors:\n  - uses: executors:Append\n", "default.yml")
+    assert Flow.load_config(default).workspace == os.path.join(str(tmp_path), "workspace")
+
+
 def test_mesh_policies_load_from_yaml_and_round_trip(tmp_path: object) -> None:
     from meshflow import CircuitBreaker, HealthCheck, OutlierDetection, RetryPolicy
 

@@ -130,7 +130,7 @@ def test_stream_batches_and_their_documents_are_capped() -> None:
 def test_every_limit_must_be_a_positive_whole_number() -> None:
     from meshflow.errors import ConfigError
 
-    for name in ("max_fields", "max_query_bytes", "max_batches", "max_json_depth"):
+    for name in ("max_fields", "max_query_bytes", "max_batches", "refusals_per_second"):
         with pytest.raises(ConfigError, match=name):
             GraphQLLimits(**{name: 0})
 

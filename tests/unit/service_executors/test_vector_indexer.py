@@ -4,6 +4,7 @@ exact and HNSW indexes."""
 from __future__ import annotations
 
 import os
+import sqlite3
 from typing import Any
 
 import numpy as np
@@ -248,3 +249,59 @@ def test_spaces_refuse_documents_without_a_known_vector(workspace: str) -> None:
     with pytest.raises(ValueError, match="positive integer size"):
         make(workspace, spaces={"image": 0})
     assert index.count() == {"count": 0}
+
+
+def ids_found(index: VectorIndexer, docs: DocumentArray) -> list[str]:
+    queries = DocumentArray(Document(embedding=d.embedding) for d in docs)
+    index.search(queries, SearchParams(limit=1))
+    return [q.matches[0].id if len(q.matches) else "" for q in queries]
+
+
+def test_replicas_sharing_a_workspace_see_each_others_writes(workspace: str) -> None:
+    one, two = make(workspace), make(workspace)
+    docs = catalog(40)
+    one.index_docs(docs[:20])
+    two.index_docs(docs[20:])
+    assert ids_found(one, docs) == docs.ids == ids_found(two, docs)
+    assert one.count() == two.count() == {"count": 40}
+
+    moved = Document(id="item-3", embedding=docs[30].embedding)
+    two.update(DocumentArray([moved]))
+    two.delete(DocumentArray([Document(id="item-5")]))
+    found = ids_found(one, DocumentArray([docs[5], docs[30]]))
+    assert "item-5" not in found
+    q = DocumentArray([Document(embedding=docs[30].embedding)])
+    one.search(q, SearchParams(limit=2))
+    assert {m.id for m in q[0].matches} == {"item-3", "item-30"}
+    with pytest.raises(KeyError, match="item-5"):
+        one.update(DocumentArray([Document(id="item-5", text="x")]))
+    assert one.count() == {"count": 39}
+
+
+def test_a_replica_behind_the_change_log_rebuilds(workspace: str) -> None:
+    one, two = make(workspace, log_size=5), make(workspace, log_size=5)
+    docs = catalog(30)
+    for start in range(0, 30, 3):  # 10 writes of 3 rows: the log keeps the last 5 changes
+        one.index_docs(docs[start : start + 3])
+    assert ids_found(two, docs) == docs.ids
+    (logged,) = two.db.execute("SELECT COUNT(*) FROM changes").fetchone()
+    assert logged == 5
+
+
+def test_hnsw_replicas_catch_up_with_deletes(workspace: str) -> None:
+    one, two = make(workspace, hnsw_threshold=10), make(workspace, hnsw_threshold=10)
+    docs = catalog(30)
+    one.index_docs(docs)
+    assert ids_found(two, docs[:5]) == docs.ids[:5] and two.hnsw
+    one.delete(DocumentArray([Document(id="item-2")]))
+    assert "item-2" not in ids_found(two, docs[:5])
+
+
+def test_a_replica_catches_up_with_more_rows_than_sqlite_takes_parameters(
+    workspace: str,
+) -> None:
+    one, two = make(workspace), make(workspace)
+    two.db.setlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER, 32_766)  # SQLite's usual default
+    docs = catalog(40_000, seed=3)
+    one.index_docs(docs)
+    assert ids_found(two, docs[::4_000]) == docs.ids[::4_000]

@@ -1,0 +1,198 @@
+"""The README's snippets, run as they are written, from a user's own project folder with
+nothing but meshflow installed (no PYTHONPATH). The package they name (``my_pkg``) is the
+user's: this test writes a small one."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+BIN = Path(sys.executable).parent
+
+MY_PKG = {
+    "__init__.py": "",
+    "encoders.py": """
+import hashlib
+
+import numpy as np
+
+from meshflow import DocumentArray, Executor, requests
+
+
+def vector(text: str) -> np.ndarray:
+    seed = int.from_bytes(hashlib.sha256(text.encode()).digest()[:4], "big")
+    return np.random.default_rng(seed).random(16).astype(np.float32)
+
+
+class ImageEncoder(Executor):
+    @requests
+    def encode(self, docs: DocumentArray, **kwargs):
+        for doc in docs:
+            doc.embedding = vector(doc.text)
+
+
+class TextEncoder(ImageEncoder):
+    pass
+""",
+    "index.py": """
+from meshflow import DocumentArray, Executor, requests
+
+
+class Indexer(Executor):
+    @requests(on="/index")
+    def index(self, docs: DocumentArray, **kwargs):
+        return {"indexed": len(docs)}
+
+    @requests(on="/search")
+    def search(self, docs: DocumentArray, **kwargs):
+        for doc in docs:
+            doc.text += " (searched)"
+""",
+}
+MY_PKG["indexer.py"] = MY_PKG["index.py"]
+
+
+def sections() -> dict[str, list[tuple[str, str]]]:
+    """The README's fenced blocks by section title, as (language, text)."""
+    text = (ROOT / "README.md").read_text(encoding="utf-8")
+    found: dict[str, list[tuple[str, str]]] = {}
+    for part in re.split(r"^## ", text, flags=re.M)[1:]:
+        title = part.splitlines()[0].strip()
+        found[title] = re.findall(r"^```(\w*)\n(.*?)^```", part, flags=re.M | re.S)
+    return found
+
+
+def block(section: str, language: str, index: int = 0) -> str:
+    return [code for lang, code in sections()[section] if lang == language][index]
+
+
+@pytest.fixture
+def project(tmp_path: Path) -> Path:
+    root = tmp_path / "project"
+    (root / "my_pkg").mkdir(parents=True)
+    for name, source in MY_PKG.items():
+        (root / "my_pkg" / name).write_text(source)
+    return root
+
+
+def env() -> dict[str, str]:
+    path = f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}"
+    return {**{k: v for k, v in os.environ.items() if k != "PYTHONPATH"}, "PATH": path}
+
+
+def python(project: Path, source: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    script = project / "snippet.py"
+    script.write_text(source)
+    done = subprocess.run(
+        [sys.executable, str(script)],
+        cwd=project,
+        env=env(),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    return done
+
+
+def stop_group(pgid: int, grace: float = 30) -> None:
+    """SIGTERM a process group, wait until it is gone, SIGKILL what is left."""
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(pgid, signal.SIGTERM)
+        deadline = time.monotonic() + grace
+        while time.monotonic() < deadline:
+            os.killpg(pgid, 0)
+            time.sleep(0.2)
+        os.killpg(pgid, signal.SIGKILL)
+
+
+def test_hello_world_prints_what_the_readme_says(project: Path) -> None:
+    code = block("Hello, world", "python")
+    expected = code.split("print(r.texts)  # ")[1].splitlines()[0]
+    assert python(project, code).stdout.strip() == expected
+
+
+def test_documents_snippet_runs(project: Path) -> None:
+    python(project, block("Documents", "python"))
+
+
+def test_executors_and_flows_snippets_run_together(project: Path) -> None:
+    given = (
+        "from meshflow import Document, DocumentArray, Flow\n"
+        "catalog = DocumentArray(Document(text=f'item {i}') for i in range(20))\n"
+        "queries = DocumentArray([Document(text='item 3')])\n"
+    )
+    tail = "\nprint(results.texts)\n"
+    code = given + block("Executors", "python") + block("Flows", "python") + tail
+    assert python(project, code, timeout=180).stdout.strip() == "['item 3']"
+
+
+def test_flow_yaml_snippet_serves(project: Path, free_port: int) -> None:
+    (project / "flow.yml").write_text(block("Flows", "yaml"))
+    proc = subprocess.Popen(
+        [str(BIN / "meshflow"), "flow", "flow.yml", "--quiet"],
+        cwd=project,
+        env={**env(), "SHOP_PORT": str(free_port)},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        assert proc.stdout is not None
+        lines = []
+        for line in proc.stdout:
+            lines.append(line)
+            if "serving gRPC" in line:
+                break
+        assert f"127.0.0.1:{free_port}" in "".join(lines), "".join(lines)
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(timeout=30) == 0
+    finally:
+        proc.kill()
+        proc.wait()
+        if proc.stdout is not None:
+            proc.stdout.close()
+
+
+def test_auth_walkthrough_and_its_client_line(project: Path) -> None:
+    """The shell lines of the Auth section, then its Python line with the token they made."""
+    client = block("Auth", "python")
+    script = (
+        block("Auth", "bash")
+        + "\necho\nexport TOKEN\n"
+        + f"{sys.executable} - <<'PY'\n"
+        + "import os\nfrom meshflow import Document, DocumentArray\n"
+        + "TOKEN = os.environ['TOKEN']\nqueries = DocumentArray([Document(text='red dress')])\n"
+        + client
+        + "print(docs.texts)\nPY\n"
+    )
+    log = project / "walkthrough.log"
+    with open(log, "w", encoding="utf-8") as out_file:
+        proc = subprocess.Popen(
+            ["bash", "-e", "-c", script],
+            cwd=project,
+            env=env(),
+            stdout=out_file,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        try:
+            proc.wait(timeout=100)  # the background Flow keeps the output open: not communicate
+        finally:
+            # `meshflow flow flow.yml &` is still serving: stop the whole group (SIGTERM: a
+            # background job of a script ignores SIGINT).
+            stop_group(proc.pid)
+            proc.wait()
+    out = log.read_text()
+    assert proc.returncode == 0, out
+    assert '"text":"red dress (searched)"' in out, out
+    assert "['red dress (searched)']" in out, out
