@@ -50,7 +50,7 @@ from strawberry.extensions import SchemaExtension
 from strawberry.schema.schema import validate_document
 
 from meshflow.gateway.limits import GraphQLLimits
-from meshflow.gateway.tarpit import Tarpit
+from meshflow.gateway.tarpit import HELD, Tarpit
 
 # Introspection's type references nest as deep as a type is wrapped (``[[T!]!]!``): they
 # cost nothing per level, so the standard introspection query fits the depth limit.
@@ -395,6 +395,7 @@ class QueryGuard(SchemaExtension):
         of a caller who lacks a scope, or None."""
         self.tarpit = tarpit
         self.held_back: GraphQLError | None = None
+        self.held = False
         self.checked: Checked | None = None
 
     async def on_operation(self) -> AsyncIterator[None]:
@@ -409,12 +410,18 @@ class QueryGuard(SchemaExtension):
                     "TOO_MANY_REFUSALS",
                 )
             elif wait:
+                self.held = True
                 await asyncio.sleep(wait)
         yield
 
     def _strike(self) -> None:
-        if self.tarpit is not None:
-            self.tarpit.strike(_host(_request(self.execution_context.context)))
+        """Count a refusal, unless the request already took its turn waiting for it."""
+        request = _request(self.execution_context.context)
+        if self.tarpit is None or self.held:
+            return
+        if request is not None and request.scope.get("state", {}).get(HELD):
+            return
+        self.tarpit.strike(_host(request))
 
     def on_parse(self) -> Iterator[None]:
         if self.held_back is not None:

@@ -70,7 +70,7 @@ from meshflow.gateway.graphql import (
 from meshflow.gateway.guards import QueryCache, QueryGuard
 from meshflow.gateway.limits import GraphQLLimits
 from meshflow.gateway.server import Gateway
-from meshflow.gateway.tarpit import Tarpit
+from meshflow.gateway.tarpit import HELD, Tarpit
 from meshflow.observability.tracing import current_trace_id
 from meshflow.proto.v1 import services_pb2
 
@@ -456,6 +456,8 @@ class TarpitGate:
                 await response(scope, receive, send)
                 return
             if wait:
+                # Its turn is taken: refused, it counts no second time (the guard looks here).
+                scope.setdefault("state", {})[HELD] = True
                 await asyncio.sleep(wait)
         await self.app(scope, receive, send)
 

@@ -19,6 +19,10 @@ import ipaddress
 import time
 from collections import OrderedDict
 
+HELD = "meshflow_tarpit_held"
+"""Set in an ASGI scope's state when the request waited its turn: the turn it took is the
+refusal it may get, which then counts no second time."""
+
 
 class Tarpit:
     """Per-client budget of refusals; see the module's docstring for the rule."""
@@ -54,7 +58,8 @@ class Tarpit:
         """Seconds ``client`` waits before its request may start (0.0 for most), or None when
         it would wait longer than ``max_wait``: refuse it now.
 
-        A waiting request takes its turn: the next one from the same client waits behind it.
+        A waiting request takes its turn (as if it were refused): the next one from the same
+        client waits behind it, and its own refusal, if it comes, is not counted again.
         """
         if client is None:
             return 0.0

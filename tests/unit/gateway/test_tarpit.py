@@ -35,8 +35,11 @@ def test_refusals_past_the_burst_make_the_client_wait_its_turn(clock: Clock) -> 
     # The burst is spent: one more refusal each half second.
     pit.strike("10.0.0.1")
     assert pit.admit("10.0.0.1") == pytest.approx(0.5)
-    # A second request waiting at the same time waits behind the first.
+    # A second request waiting at the same time waits behind the first (the turn the first
+    # took is its refusal: the guard does not count it again).
     assert pit.admit("10.0.0.1") == pytest.approx(1.0)
+    clock.now += 1.0
+    assert pit.admit("10.0.0.1") == pytest.approx(0.5)
     # Another client is not slowed down.
     assert pit.admit("10.0.0.2") == 0.0
     clock.now += 10
