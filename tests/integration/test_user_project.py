@@ -16,6 +16,8 @@ import pytest
 
 from meshflow import Client, Document
 
+ROOT = Path(__file__).resolve().parents[2]
+BIN = Path(sys.executable).parent
 EXECUTOR = """
 from meshflow import DocumentArray, Executor, requests
 
@@ -128,6 +130,26 @@ def test_the_cli_finds_the_users_package_without_pythonpath(project: Path, free_
     assert (logs / "gateway.log").exists()
 
 
+def test_executor_command_serves_the_users_class(project: Path, free_port: int) -> None:
+    command = [str(BIN / "meshflow"), "executor", "--uses", "my_pkg.shout:Shout"]
+    proc = subprocess.Popen(
+        [*command, "--port", str(free_port)],
+        cwd=project,
+        env=user_env(),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        for _ in range(100):
+            pinged = run(project, "ping", f"127.0.0.1:{free_port}", "--timeout", "0.5")
+            if pinged.returncode == 0:
+                break
+        assert pinged.returncode == 0 and "SERVING" in pinged.stdout
+    finally:
+        proc.kill()
+        proc.wait()
+
+
 def test_token_and_status_never_import_executor_code(project: Path, tmp_path: Path) -> None:
     (project / "my_pkg" / "shout.py").write_text("raise SystemExit('imported')\n")
     minted = run(tmp_path, "token", "--flow", "project/flow.yml", "--sub", "ana")
@@ -156,8 +178,6 @@ def test_version_and_help_are_plain_text(project: Path) -> None:
 
 # -- exports -------------------------------------------------------------------------------------
 
-ROOT = Path(__file__).resolve().parents[2]
-BIN = Path(sys.executable).parent
 TOOL = """
 from meshflow import DocumentArray, Executor, requests
 
