@@ -5,6 +5,7 @@ user's: this test writes a small one."""
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import re
 import signal
@@ -196,3 +197,49 @@ def test_auth_walkthrough_and_its_client_line(project: Path) -> None:
     assert proc.returncode == 0, out
     assert '"text":"red dress (searched)"' in out, out
     assert "['red dress (searched)']" in out, out
+
+
+def test_mesh_options_snippet_scales(project: Path) -> None:
+    given = (
+        "from meshflow import Flow\n"
+        "from my_pkg.encoders import TextEncoder as Encoder\n"
+        "f = Flow()\n"
+    )
+    tail = "\n    print(len(f.describe()['deployments'][0]['replicas']))\n"
+    code = given + block("Flows", "python", 1).rstrip("\n") + tail
+    assert python(project, code, timeout=180).stdout.strip() == "5"
+
+
+SERVE = """
+import os, subprocess, sys
+from meshflow import Document, DocumentArray, Flow
+queries = DocumentArray([Document(text='red dress')])
+many_docs = DocumentArray(Document(text=str(i)) for i in range(100))
+f = Flow(port=50051).add(uses='my_pkg.index:Indexer')
+with f:
+    URL = f.graphql_url
+"""
+
+
+def test_clients_snippet_runs_against_a_flow(project: Path) -> None:
+    sync, _, rest = block("Clients", "python").partition("async with")
+    wrapped = "async def main():\n    async with" + rest.replace("\n", "\n    ").rstrip()
+    code = (
+        SERVE
+        + "".join(f"    {line}\n" for line in sync.splitlines())
+        + "".join(f"    {line}\n" for line in wrapped.splitlines())
+        + "    import asyncio\n    asyncio.run(main())\n    print(docs.texts)\n"
+    )
+    assert python(project, code).stdout.strip() == "['red dress (searched)']"
+
+
+def test_graphql_curl_snippet_answers(project: Path) -> None:
+    curl = block("GraphQL", "bash")
+    code = SERVE + (
+        f"    out = subprocess.run(['bash', '-c', {curl!r}], env={{**os.environ, 'URL': URL}},\n"
+        "                         capture_output=True, text=True, timeout=60)\n"
+        "    print(out.stdout)\n"
+    )
+    answer = json.loads(python(project, code).stdout)
+    [doc] = answer["data"]["post"]["docs"]
+    assert set(doc) == {"id", "matches"} and doc["matches"] == []

@@ -227,3 +227,36 @@ def test_stateful_executors_get_one_pod_per_shard_and_no_autoscaler(
     }
     assert "HorizontalPodAutoscaler" not in kinds["index-s0.yaml"] + kinds["index-s1.yaml"]
     assert "HorizontalPodAutoscaler" in kinds["rank-s0.yaml"]
+
+
+def test_the_app_goes_to_kubernetes_with_its_web_page(tmp_path: Any) -> None:
+    """The main job: shop-the-look's Flow (static files included) exports, and its gateway
+    serves the page from the image."""
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    out = str(tmp_path / "k8s")
+    done = subprocess.run(
+        [
+            *(sys.executable, "-m", "meshflow", "export", "kubernetes"),
+            *(os.path.join(root, "services", "shop_the_look", "flow.yml"), out),
+            *("--extras", "index,models", "--image", "registry.example/shop:1"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=root,
+        env={**os.environ, "SHOP_THE_LOOK_SECRET": "x" * 40},
+    )
+    assert done.returncode == 0, done.stderr
+    [deployment] = [
+        m for m in manifests(os.path.join(out, "gateway.yaml")) if m["kind"] == "Deployment"
+    ]
+    [gateway] = [
+        c for c in deployment["spec"]["template"]["spec"]["containers"] if c["name"] == "gateway"
+    ]
+    assert gateway["image"] == "registry.example/shop:1"
+    static = gateway["args"][gateway["args"].index("--static") + 1]
+    assert static == '{"/ui": "/app/services/shop_the_look/web"}'
+    with open(os.path.join(out, "Dockerfile"), encoding="utf-8") as fh:
+        dockerfile = fh.read()
+    assert "COPY . /app" in dockerfile and "/src/meshflow[index,models]" in dockerfile
+    validate([os.path.join(out, name) for name in os.listdir(out) if name.endswith(".yaml")])
