@@ -37,6 +37,7 @@ from meshflow.deploy.common import (
     PlainDumper,
     environment,
     executor_command,
+    flow_spec,
     gateway_command,
     key_variables,
     node,
@@ -57,7 +58,7 @@ from meshflow.deploy.images import (
     write_image,
 )
 from meshflow.errors import ConfigError
-from meshflow.flow.deployment import Deployment
+from meshflow.flow.flow import Flow
 from meshflow.gateway.topology import Node
 from meshflow.mesh.certs import Identity, spiffe_id
 from meshflow.mesh.config import (
@@ -67,6 +68,7 @@ from meshflow.mesh.config import (
     replica_sidecar,
     shard_cluster,
 )
+from meshflow.spec.flow import DeploymentSpec, FlowSpec
 
 JAEGER_IMAGE = "jaegertracing/all-in-one:1.62.0"
 PROMETHEUS_IMAGE = "prom/prometheus:v2.55.1"
@@ -87,12 +89,12 @@ def _identity(flow: str, workload: str) -> Identity:
     )
 
 
-def _label(dep: Deployment, shard: int, replica: int) -> str:
+def _label(dep: DeploymentSpec, shard: int, replica: int) -> str:
     return f"{dep.name}-s{shard}-r{replica}".lower().replace("_", "-")
 
 
 def export_compose(
-    flow: Any,
+    flow: Flow | FlowSpec,
     path: str,
     *,
     context: str | None = None,
@@ -108,10 +110,7 @@ def export_compose(
     ``image``: the tag of the image built (default ``meshflow-<flow>:<version>``);
     ``extras``: meshflow's extras the image installs (``index``, ``models``).
     """
-    from meshflow.flow.flow import Flow
-
-    assert isinstance(flow, Flow)
-    flow.check()
+    flow = flow_spec(flow)
     if flow.mesh != "envoy":
         raise ConfigError("docker-compose export needs mesh='envoy' (the sidecars are the mesh)")
     build_context = BuildContext.at(context)

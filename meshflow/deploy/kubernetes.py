@@ -37,6 +37,7 @@ from meshflow.deploy.common import (
     PlainDumper,
     environment,
     executor_command,
+    flow_spec,
     gateway_command,
     key_variables,
     node,
@@ -55,6 +56,7 @@ from meshflow.deploy.images import (
     write_image,
 )
 from meshflow.errors import ConfigError
+from meshflow.flow.flow import Flow
 from meshflow.gateway.topology import Node
 from meshflow.mesh.certs import FlowCA, Identity, spiffe_id
 from meshflow.mesh.config import (
@@ -64,6 +66,7 @@ from meshflow.mesh.config import (
     replica_sidecar,
     shard_cluster,
 )
+from meshflow.spec.flow import DeploymentSpec, FlowSpec
 
 PKI = "/etc/meshflow/pki"
 
@@ -82,7 +85,7 @@ def _identity(flow: str, workload: str) -> Identity:
 
 
 def export_kubernetes(
-    flow: Any,
+    flow: Flow | FlowSpec,
     out_dir: str,
     *,
     namespace: str | None = None,
@@ -98,10 +101,7 @@ def export_kubernetes(
     """Write ``flow`` as Kubernetes manifests into ``out_dir``, and the ``Dockerfile`` of its
     image (default ``out_dir/Dockerfile``: build it from ``context``, the project folder, and
     push it as ``image``); return the files written."""
-    from meshflow.flow.flow import Flow
-
-    assert isinstance(flow, Flow)
-    flow.check()
+    flow = flow_spec(flow)
     if flow.mesh != "envoy":
         raise ConfigError("Kubernetes export needs mesh='envoy' (the sidecars are the mesh)")
     build_context = BuildContext.at(context)
@@ -374,8 +374,9 @@ def _write_secrets(
     return out
 
 
-def write_secrets(flow: Any, out_dir: str, namespace: str | None = None) -> str:
+def write_secrets(flow: Flow | FlowSpec, out_dir: str, namespace: str | None = None) -> str:
     """The certificate Secrets of ``flow`` (from the CA in ``out_dir``), one file, 0600."""
+    flow = flow.spec if isinstance(flow, Flow) else flow
     ns = namespace or _name(flow.name)
     workloads = ["gateway"] + [dep.name for dep in flow.deployments]
 
@@ -492,7 +493,7 @@ def _deployment(
     }
 
 
-def _check_state(dep: Any) -> None:
+def _check_state(dep: DeploymentSpec) -> None:
     """Refuse several pods of a stateful Executor: each pod has its own workspace here."""
     cls = dep.executor_class
     if dep.replicas > 1 and cls.state_scope != "none":
@@ -531,7 +532,7 @@ def _hpa(metadata: dict[str, Any], replicas: int) -> dict[str, Any]:
 
 
 def _gateway(
-    flow: Any,
+    flow: FlowSpec,
     meta: Any,
     labels: Any,
     image: str,
