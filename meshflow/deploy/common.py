@@ -26,7 +26,7 @@ from meshflow.mesh.config import Admin
 from meshflow.observability.tracing import sampling_arg
 from meshflow.spec.auth import JWTAuth
 from meshflow.spec.flow import DeploymentSpec, FlowSpec
-from meshflow.spec.launch import ExecutorLaunch, GatewayLaunch
+from meshflow.spec.launch import ExecutorLaunch, GatewayLaunch, Observability
 from meshflow.spec.limits import GraphQLLimits
 
 EGRESS = "/run/meshflow/egress.sock"
@@ -70,15 +70,12 @@ def executor_command(
 ) -> list[str]:
     """``meshflow executor ...`` for one replica (``replica`` None: any pod of the shard);
     with ``context``, ``uses`` as the image finds it."""
-    launch = ExecutorLaunch(
+    launch = ExecutorLaunch.of(
+        dep,
+        shard,
+        replica,
         uses=ref(dep) if context is None else context.uses(ref(dep), dep.name),
-        name=dep.name,
         address=f"127.0.0.1:{EXECUTOR_PORT}",
-        uses_with=dict(dep.uses_with),
-        replica_id=replica,
-        shard_id=shard,
-        replicas=dep.replicas,
-        shards=dep.shards,
         workspace="/workspace",
         gateway_key_file=GATEWAY_PUBLIC_KEY if flow.auth is not None else None,
         **_observability(flow),
@@ -87,14 +84,10 @@ def executor_command(
 
 
 def _observability(flow: FlowSpec, *, gateway: bool = False) -> dict[str, Any]:
-    options: dict[str, Any] = {}
-    if flow.metrics:
-        options.update(metrics_host="0.0.0.0", metrics_port=METRICS_PORT)
-    if flow.tracing:
-        options["tracing"] = True
-        if gateway:  # the gateway samples; every other process follows its decision
-            options["trace_sampling"] = sampling_arg(flow.tracing)
-    return options
+    sampling = sampling_arg(flow.tracing) if gateway and flow.tracing else None
+    return Observability.options_of(
+        flow, metrics_host="0.0.0.0", metrics_port=METRICS_PORT, trace_sampling=sampling
+    )
 
 
 def node(dep: DeploymentSpec, shards: Sequence[tuple[str, ...]]) -> Node:

@@ -36,7 +36,7 @@ from meshflow.processes import (
     wait_all_ready,
 )
 from meshflow.spec.flow import DeploymentSpec, FlowSpec
-from meshflow.spec.launch import ExecutorLaunch, GatewayLaunch
+from meshflow.spec.launch import ExecutorLaunch, GatewayLaunch, Observability
 
 if TYPE_CHECKING:
     from meshflow.mesh.certs import FlowCA
@@ -213,15 +213,12 @@ class LocalRuntime:
         label = self._label(dep, shard, replica)
         sock = os.path.join(self.run_dir, f"{label}.sock")
         ready = os.path.join(self.run_dir, f"{label}.ready")
-        launch = ExecutorLaunch(
+        launch = ExecutorLaunch.of(
+            dep,
+            shard,
+            replica,
             **self._uses(dep),
-            name=dep.name,
             address=f"unix:{sock}",
-            uses_with=dict(dep.uses_with),
-            replica_id=replica,
-            shard_id=shard,
-            replicas=dep.replicas,
-            shards=dep.shards,
             workspace=os.path.abspath(self.spec.workspace),
             ready_file=ready,
             gateway_key_file=self._gateway_key_file,
@@ -344,14 +341,10 @@ class LocalRuntime:
 
     def _observability(self, gateway: bool = False) -> dict[str, Any]:
         """The metrics and tracing options of a process's launch."""
-        options: dict[str, Any] = {}
-        if self.spec.metrics:
-            options.update(metrics_host=self.spec.host, metrics_port=0)
-        if self.spec.tracing:
-            options["tracing"] = True
-            if gateway:  # the gateway samples; every other process follows its decision
-                options["trace_sampling"] = sampling_arg(self.spec.tracing)
-        return options
+        sampling = sampling_arg(self.spec.tracing) if gateway and self.spec.tracing else None
+        return Observability.options_of(
+            self.spec, metrics_host=self.spec.host, metrics_port=0, trace_sampling=sampling
+        )
 
     def _observability_env(self) -> dict[str, str]:
         env = {"MESHFLOW_LOG_FORMAT": self.spec.log_format}

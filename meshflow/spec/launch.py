@@ -20,6 +20,7 @@ from typing import Any
 
 from meshflow.errors import ConfigError
 from meshflow.spec.auth import JWTAuth
+from meshflow.spec.flow import DeploymentSpec, FlowSpec
 from meshflow.spec.limits import GraphQLLimits
 from meshflow.types import DEFAULT_MAX_REQUEST_BYTES
 
@@ -78,6 +79,20 @@ class Observability:
             help="new traces to sample: a share of requests in (0, 1], or a rate such as 10/s "
             "(default: OTEL_TRACES_SAMPLER's choice)",
         )
+
+    @staticmethod
+    def options_of(
+        spec: FlowSpec, *, metrics_host: str, metrics_port: int, trace_sampling: str | None = None
+    ) -> dict[str, Any]:
+        """The observability options of a process of the Flow ``spec``: metrics served on
+        ``metrics_host:metrics_port`` when the Flow has metrics; ``trace_sampling`` (the
+        gateway's: it samples, every other process follows its decision) when it traces."""
+        options: dict[str, Any] = {}
+        if spec.metrics:
+            options.update(metrics_host=metrics_host, metrics_port=metrics_port)
+        if spec.tracing:
+            options.update(tracing=True, trace_sampling=trace_sampling)
+        return options
 
     @staticmethod
     def _observability_of(args: argparse.Namespace) -> dict[str, Any]:
@@ -146,6 +161,22 @@ class ExecutorLaunch(Observability):
         if self.gateway_key_file is not None:
             argv += ["--gateway-key-file", self.gateway_key_file]
         return argv
+
+    @classmethod
+    def of(
+        cls, dep: DeploymentSpec, shard: int, replica: int | None, **place: Any
+    ) -> ExecutorLaunch:
+        """The launch of one replica of ``dep`` (``replica`` None: any); ``place``: where and
+        how this replica runs (``uses``, ``address``, ``workspace``...)."""
+        return cls(
+            name=dep.name,
+            uses_with=dict(dep.uses_with),
+            replica_id=replica,
+            shard_id=shard,
+            replicas=dep.replicas,
+            shards=dep.shards,
+            **place,
+        )
 
     @staticmethod
     def add_arguments(
