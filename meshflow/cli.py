@@ -95,6 +95,15 @@ def make_parser() -> argparse.ArgumentParser:
         "--signing-public-key", help="write its public key here (what executors verify with)"
     )
 
+    _add_token_parser(sub)
+
+    ping = sub.add_parser("ping", help="exit 0 when HOST:PORT serves gRPC health, 1 when not")
+    ping.add_argument("target", help="HOST:PORT")
+    ping.add_argument("--timeout", type=float, default=3.0)
+    return parser
+
+
+def _add_token_parser(sub: Any) -> None:
     token = sub.add_parser(
         "token",
         help="mint a JWT for development (production tokens come from your identity provider)",
@@ -116,11 +125,6 @@ def make_parser() -> argparse.ArgumentParser:
     token.add_argument(
         "--claim", action="append", default=[], help="extra claim NAME=VALUE (e.g. tenant=acme)"
     )
-
-    ping = sub.add_parser("ping", help="exit 0 when HOST:PORT serves gRPC health, 1 when not")
-    ping.add_argument("target", help="HOST:PORT")
-    ping.add_argument("--timeout", type=float, default=3.0)
-    return parser
 
 
 def _sampling(text: str) -> str:
