@@ -55,17 +55,20 @@ def plain(value: Any) -> Any:
     """The YAML form of a typed value: dataclasses as their non-default fields, tuples as
     lists, mappings as dicts."""
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        out = {}
-        for f in dataclasses.fields(value):
-            item = getattr(value, f.name)
-            if f.default is dataclasses.MISSING or item != f.default:
-                out[f.name] = plain(item)
-        return out
+        return {
+            f.name: plain(getattr(value, f.name))
+            for f in dataclasses.fields(value)
+            if _required(f) or getattr(value, f.name) != _default(f)
+        }
     if isinstance(value, tuple | list):
         return [plain(v) for v in value]
     if isinstance(value, Mapping):
         return {k: plain(v) for k, v in value.items()}
     return value
+
+
+def _required(f: dataclasses.Field[Any]) -> bool:
+    return f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
 
 
 def _default(f: dataclasses.Field[Any]) -> Any:
@@ -81,9 +84,7 @@ def saved_fields(spec: Any) -> dict[str, Any]:
         if not f.metadata.get("yaml", True):
             continue
         value = getattr(spec, f.name)
-        if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
-            pass  # a required field: always written
-        elif value == _default(f):
+        if not _required(f) and value == _default(f):
             continue
         save = f.metadata.get("save")
         out[f.name] = save(value) if save is not None else plain(value)
