@@ -21,11 +21,11 @@ from meshflow.errors import (
 )
 from meshflow.executor import Executor, RuntimeArgs, requests
 from meshflow.flow import Flow
-from meshflow.gateway.auth import JWTAuth
 from meshflow.gateway.auth import mint as mint_token
-from meshflow.gateway.limits import GraphQLLimits
 from meshflow.identity import Identity
-from meshflow.mesh.policy import CircuitBreaker, HealthCheck, OutlierDetection, RetryPolicy
+from meshflow.spec.auth import JWTAuth
+from meshflow.spec.limits import GraphQLLimits
+from meshflow.spec.policy import CircuitBreaker, HealthCheck, OutlierDetection, RetryPolicy
 
 __version__ = "0.1.0"
 

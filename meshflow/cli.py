@@ -19,6 +19,7 @@ from collections.abc import Sequence
 from typing import Any, NoReturn
 
 from meshflow.errors import ConfigError, MeshflowError
+from meshflow.spec.launch import ExecutorLaunch, GatewayLaunch, Observability
 
 log = logging.getLogger("meshflow.cli")
 
@@ -28,7 +29,7 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
-def _parser() -> argparse.ArgumentParser:
+def make_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="meshflow", description=__doc__.splitlines()[0])
     parser.add_argument("--version", action="version", version=f"meshflow {_version()}")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
@@ -41,56 +42,9 @@ def _parser() -> argparse.ArgumentParser:
     )
 
     ex = sub.add_parser("executor", help="serve one executor over gRPC")
-    uses = ex.add_mutually_exclusive_group(required=True)
-    uses.add_argument("--uses", help="'pkg.module:Class', 'file.py:Class' or 'executor.yml'")
-    uses.add_argument("--uses-pickle", help=argparse.SUPPRESS)
-    ex.add_argument("--name", help="deployment name (default: the class name)")
-    ex.add_argument("--uses-with", default="{}", help="constructor arguments as a JSON object")
-    where = ex.add_mutually_exclusive_group(required=True)
-    where.add_argument("--port", type=int, help="TCP port on --host")
-    where.add_argument("--address", help="'host:port' or 'unix:/path/to.sock'")
-    ex.add_argument("--host", default="127.0.0.1")
-    ex.add_argument("--replica-id", type=int, default=0)
-    ex.add_argument("--shard-id", type=int, default=0)
-    ex.add_argument("--replicas", type=int, default=1)
-    ex.add_argument("--shards", type=int, default=1)
-    ex.add_argument("--workspace", default="workspace")
-    ex.add_argument("--sync-workers", type=int, default=1)
-    ex.add_argument("--drain-timeout", type=float, default=10.0)
-    ex.add_argument("--ready-file", help=argparse.SUPPRESS)
-    gateway_key = ex.add_mutually_exclusive_group()
-    gateway_key.add_argument(
-        "--gateway-key",
-        help="the gateway's public key (PEM): accept only identities it vouched for",
-    )
-    gateway_key.add_argument("--gateway-key-file", help="file holding the gateway's public key")
-    _observability_args(ex)
-
+    ExecutorLaunch.add_arguments(ex, sampling=_sampling)
     gw = sub.add_parser("gateway", help="serve a Flow's gateway (started by the Flow)")
-    gw.add_argument(
-        "--topology", required=True, help="topology JSON written by the Flow (a file, or inline)"
-    )
-    gw.add_argument("--host", default="127.0.0.1")
-    gw.add_argument("--port", type=int, default=0)
-    gw.add_argument("--mesh", default="direct", choices=["direct", "envoy"])
-    gw.add_argument("--egress", help="address of the gateway's Envoy sidecar (mesh envoy)")
-    gw.add_argument("--max-in-flight", type=int, default=1024)
-    gw.add_argument("--max-request-bytes", type=int, default=64 * 1024 * 1024)
-    gw.add_argument("--drain-timeout", type=float, default=10.0)
-    gw.add_argument("--graphql-port", type=int, help="serve GraphQL over HTTP on this port")
-    gw.add_argument("--graphql-limits", default="{}", help="GraphQLLimits fields as JSON")
-    gw.add_argument("--auth", help="JWTAuth options as JSON (secrets stay in env/files)")
-    gw.add_argument(
-        "--signing-key-file",
-        help="Ed25519 private key (PEM) the gateway vouches for identities with ('-': stdin); "
-        "needed with --auth",
-    )
-    gw.add_argument("--static", help="URL prefix -> folder of static files, as JSON")
-    gw.add_argument(
-        "--cors", action="append", default=[], help="an origin whose pages may call the door"
-    )
-    _observability_args(gw)
-    gw.add_argument("--ready-file", help=argparse.SUPPRESS)
+    GatewayLaunch.add_arguments(gw, sampling=_sampling)
 
     status = sub.add_parser("status", help="show the processes of a running Flow and their health")
     status.add_argument("config", nargs="?", help="the Flow YAML it was started from")
@@ -141,6 +95,15 @@ def _parser() -> argparse.ArgumentParser:
         "--signing-public-key", help="write its public key here (what executors verify with)"
     )
 
+    _add_token_parser(sub)
+
+    ping = sub.add_parser("ping", help="exit 0 when HOST:PORT serves gRPC health, 1 when not")
+    ping.add_argument("target", help="HOST:PORT")
+    ping.add_argument("--timeout", type=float, default=3.0)
+    return parser
+
+
+def _add_token_parser(sub: Any) -> None:
     token = sub.add_parser(
         "token",
         help="mint a JWT for development (production tokens come from your identity provider)",
@@ -163,11 +126,6 @@ def _parser() -> argparse.ArgumentParser:
         "--claim", action="append", default=[], help="extra claim NAME=VALUE (e.g. tenant=acme)"
     )
 
-    ping = sub.add_parser("ping", help="exit 0 when HOST:PORT serves gRPC health, 1 when not")
-    ping.add_argument("target", help="HOST:PORT")
-    ping.add_argument("--timeout", type=float, default=3.0)
-    return parser
-
 
 def _sampling(text: str) -> str:
     from meshflow.observability.tracing import parse_sampling
@@ -177,22 +135,6 @@ def _sampling(text: str) -> str:
     except ValueError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from None
     return text
-
-
-def _observability_args(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--metrics-port", type=int, help="serve Prometheus /metrics on this port (0: any free)"
-    )
-    parser.add_argument("--metrics-host", default="127.0.0.1", help="interface of /metrics")
-    parser.add_argument(
-        "--tracing", action="store_true", help="export OpenTelemetry spans over OTLP/gRPC"
-    )
-    parser.add_argument(
-        "--trace-sampling",
-        type=_sampling,
-        help="new traces to sample: a share of requests in (0, 1], or a rate such as 10/s "
-        "(default: OTEL_TRACES_SAMPLER's choice)",
-    )
 
 
 def _version() -> str:
@@ -205,7 +147,7 @@ def _version() -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = _parser()
+    parser = make_parser()
     args = parser.parse_args(argv)
     # The user's own packages, next to where the command runs (a console script's path starts
     # with its own folder instead); the Flow's processes inherit it.
@@ -230,7 +172,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         _die_with_parent()
         if args.command == "executor":
             return _executor(args, parser)
-        return _gateway(args)
+        return _gateway(args, parser)
     except ConfigError as exc:
         _report(args, exc, "ConfigError")
         print(f"meshflow: error: {exc}", file=sys.stderr)
@@ -377,49 +319,50 @@ def _executor(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     from meshflow.executor.runtime import serve_executor
 
     try:
-        uses_with: Any = json.loads(args.uses_with)
-    except ValueError:
-        parser.error(f"--uses-with is not valid JSON: {args.uses_with!r}")
-    if not isinstance(uses_with, dict):
-        parser.error("--uses-with must be a JSON object")
-    if args.uses_pickle:
+        launch = ExecutorLaunch.from_args(args)
+    except ConfigError as exc:
+        parser.error(str(exc))
+    uses_with = dict(launch.uses_with)
+    if launch.uses_pickle:
         import cloudpickle
 
-        with open(args.uses_pickle, "rb") as fh:
-            cls = check_executor_class(cloudpickle.load(fh), args.uses_pickle)
+        with open(launch.uses_pickle, "rb") as fh:
+            cls = check_executor_class(cloudpickle.load(fh), launch.uses_pickle)
     else:
-        ref = args.uses
+        assert launch.uses is not None
+        ref = launch.uses
         if ref.endswith((".yml", ".yaml")):
             ref, from_yaml = read_executor_yaml(ref)
             uses_with = {**from_yaml, **uses_with}
         cls = load_class(ref)
-    name = args.name or cls.__name__
-    check_replicas(cls, args.replicas, deployment=name)
-    address = args.address or f"{args.host}:{args.port}"
+    name = launch.name or cls.__name__
+    replica = launch.replica_id or 0
+    check_replicas(cls, launch.replicas, deployment=name)
+    address = launch.address or f"{launch.host}:{launch.port}"
     tracing = _start_tracing(
-        args,
+        launch,
         f"{name}",
         {
             "meshflow.deployment": name,
-            "meshflow.shard": args.shard_id,
-            "meshflow.replica": args.replica_id,
-            "service.instance.id": f"{name}-s{args.shard_id}-r{args.replica_id}",
+            "meshflow.shard": launch.shard_id,
+            "meshflow.replica": replica,
+            "service.instance.id": f"{name}-s{launch.shard_id}-r{replica}",
         },
         door=False,
     )
     runtime_args = RuntimeArgs(
         name=name,
-        replica_id=args.replica_id,
-        shard_id=args.shard_id,
-        replicas=args.replicas,
-        shards=args.shards,
-        workspace_root=args.workspace,
+        replica_id=replica,
+        shard_id=launch.shard_id,
+        replicas=launch.replicas,
+        shards=launch.shards,
+        workspace_root=launch.workspace,
     )
     gateway_key = None
-    if args.gateway_key:
-        gateway_key = args.gateway_key.encode()
-    elif args.gateway_key_file:
-        gateway_key = _read_key(args.gateway_key_file, "--gateway-key-file")
+    if launch.gateway_key:
+        gateway_key = launch.gateway_key.encode()
+    elif launch.gateway_key_file:
+        gateway_key = _read_key(launch.gateway_key_file, "--gateway-key-file")
     if gateway_key is not None:
         from meshflow.voucher import Verifier
 
@@ -438,10 +381,12 @@ def _executor(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
             executor,
             name=name,
             address=address,
-            ready_file=args.ready_file,
-            drain_timeout=args.drain_timeout,
-            sync_workers=args.sync_workers,
-            metrics=None if args.metrics_port is None else (args.metrics_host, args.metrics_port),
+            ready_file=launch.ready_file,
+            drain_timeout=launch.drain_timeout,
+            sync_workers=launch.sync_workers,
+            metrics=None
+            if launch.metrics_port is None
+            else (launch.metrics_host, launch.metrics_port),
             tracing=tracing,
             gateway_key=gateway_key,
         )
@@ -450,7 +395,7 @@ def _executor(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
 
 
 def _start_tracing(
-    args: argparse.Namespace, service: str, attributes: dict[str, Any], *, door: bool
+    args: Observability, service: str, attributes: dict[str, Any], *, door: bool
 ) -> bool:
     from meshflow.observability.tracing import setup_tracing, tracing_requested
 
@@ -635,43 +580,48 @@ class _StartError(MeshflowError):
     pass
 
 
-def _gateway(args: argparse.Namespace) -> int:
-    from meshflow.gateway.auth import JWTAuth
-    from meshflow.gateway.limits import GraphQLLimits
+def _gateway(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     from meshflow.gateway.serve import serve_gateway
     from meshflow.gateway.topology import Topology
 
+    try:
+        launch = GatewayLaunch.from_args(args)
+    except ConfigError as exc:
+        parser.error(str(exc))
     signer = None
-    if args.signing_key_file:
+    if launch.signing_key_file:
         from meshflow.voucher import Signer
 
         _not_dumpable()
-        signer = Signer.from_pem(_read_key(args.signing_key_file, "--signing-key-file"))
-    elif args.auth:
+        signer = Signer.from_pem(_read_key(launch.signing_key_file, "--signing-key-file"))
+    elif launch.auth is not None:
         raise ConfigError("the gateway needs --signing-key-file with --auth")
-    if args.topology.lstrip().startswith("{"):  # inline, as a container command gives it
-        topology = Topology.from_dict(json.loads(args.topology))
+    if launch.topology.lstrip().startswith("{"):  # inline, as a container command gives it
+        topology = Topology.from_dict(json.loads(launch.topology))
     else:
-        with open(args.topology, encoding="utf-8") as fh:
+        with open(launch.topology, encoding="utf-8") as fh:
             topology = Topology.from_dict(json.load(fh))
-    tracing = _start_tracing(args, "meshflow-gateway", {"meshflow.component": "gateway"}, door=True)
+    tracing = _start_tracing(
+        launch, "meshflow-gateway", {"meshflow.component": "gateway"}, door=True
+    )
+    metrics = None if launch.metrics_port is None else (launch.metrics_host, launch.metrics_port)
     asyncio.run(
         serve_gateway(
             topology,
-            address=f"{args.host}:{args.port}",
-            mesh=args.mesh,
-            egress=args.egress,
-            ready_file=args.ready_file,
-            max_in_flight=args.max_in_flight,
-            max_request_bytes=args.max_request_bytes,
-            drain_timeout=args.drain_timeout,
-            graphql=None if args.graphql_port is None else (args.host, args.graphql_port),
-            limits=GraphQLLimits(**json.loads(args.graphql_limits)),
-            auth=JWTAuth.from_dict(json.loads(args.auth)) if args.auth else None,
+            address=f"{launch.host}:{launch.port}",
+            mesh=launch.mesh,
+            egress=launch.egress,
+            ready_file=launch.ready_file,
+            max_in_flight=launch.max_in_flight,
+            max_request_bytes=launch.max_request_bytes,
+            drain_timeout=launch.drain_timeout,
+            graphql=None if launch.graphql_port is None else (launch.host, launch.graphql_port),
+            limits=launch.graphql_limits,
+            auth=launch.auth,
             signer=signer,
-            static=json.loads(args.static) if args.static else None,
-            cors=tuple(args.cors),
-            metrics=None if args.metrics_port is None else (args.metrics_host, args.metrics_port),
+            static=launch.static,
+            cors=launch.cors,
+            metrics=metrics,
             tracing=tracing,
         )
     )

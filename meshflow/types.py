@@ -26,5 +26,8 @@ DEFAULT_MAX_DOCS = 1000
 DEFAULT_MAX_BATCHES = 100
 """Batches of one GraphQL ``stream`` subscription, by default (``GraphQLLimits.max_batches``)."""
 
+DEFAULT_MAX_REQUEST_BYTES = 64 * 1024 * 1024
+"""The largest request a gateway accepts unless told otherwise (``max_request_bytes``)."""
+
 DEFAULT_ENDPOINT = "/default"
 """The endpoint a bare ``@requests`` binds; it serves every endpoint not bound explicitly."""

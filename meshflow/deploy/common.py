@@ -1,9 +1,8 @@
-"""What the docker-compose and Kubernetes exports share: the commands that start executors and
-the gateway in a container, and the gateway sidecar's view of a shard."""
+"""What the docker-compose and Kubernetes exports share: the launches of executors and the
+gateway in a container, and the gateway sidecar's view of a shard."""
 
 from __future__ import annotations
 
-import dataclasses
 import json
 from collections.abc import Sequence
 from typing import Any
@@ -20,10 +19,15 @@ from meshflow.deploy.images import (
     BuildContext,
 )
 from meshflow.errors import ConfigError
-from meshflow.flow.deployment import Deployment
+from meshflow.flow.deployment import check_spec
+from meshflow.flow.flow import Flow
 from meshflow.gateway.topology import Node, Topology
 from meshflow.mesh.config import Admin
 from meshflow.observability.tracing import sampling_arg
+from meshflow.spec.auth import JWTAuth
+from meshflow.spec.flow import DeploymentSpec, FlowSpec
+from meshflow.spec.launch import ExecutorLaunch, GatewayLaunch, Observability
+from meshflow.spec.limits import GraphQLLimits
 
 EGRESS = "/run/meshflow/egress.sock"
 SIGNING_DIR = "/etc/meshflow/signing"
@@ -37,7 +41,14 @@ SIDECAR_ADMIN = Admin(socket=ADMIN_SOCKET, stats_port=STATS_PORT, stats_host="0.
 """Every exported sidecar: admin on a 0600 socket in its own container, stats on :15090."""
 
 
-def ref(dep: Deployment) -> str:
+def flow_spec(flow: Flow | FlowSpec) -> FlowSpec:
+    """The spec an export writes out: the graph checked, the mesh Envoy."""
+    spec = flow.spec if isinstance(flow, Flow) else flow
+    check_spec(spec)
+    return spec
+
+
+def ref(dep: DeploymentSpec) -> str:
     """How a container imports the deployment's class; refused for a script's class."""
     if dep.ref is None:
         cls = dep.uses if isinstance(dep.uses, type) else type(dep.uses)
@@ -50,8 +61,8 @@ def ref(dep: Deployment) -> str:
 
 
 def executor_command(
-    flow: Any,
-    dep: Deployment,
+    flow: FlowSpec,
+    dep: DeploymentSpec,
     shard: int,
     replica: int | None = None,
     *,
@@ -59,24 +70,27 @@ def executor_command(
 ) -> list[str]:
     """``meshflow executor ...`` for one replica (``replica`` None: any pod of the shard);
     with ``context``, ``uses`` as the image finds it."""
-    uses = ref(dep) if context is None else context.uses(ref(dep), dep.name)
-    command = ["executor", "--uses", uses, "--name", dep.name]
-    command += ["--address", f"127.0.0.1:{EXECUTOR_PORT}"]
-    command += ["--uses-with", json.dumps(dict(dep.uses_with), sort_keys=True)]
-    if replica is not None:
-        command += ["--replica-id", str(replica)]
-    command += ["--shard-id", str(shard), "--replicas", str(dep.replicas)]
-    command += ["--shards", str(dep.shards), "--workspace", "/workspace"]
-    if flow.metrics:
-        command += ["--metrics-host", "0.0.0.0", "--metrics-port", str(METRICS_PORT)]
-    if flow.tracing:
-        command.append("--tracing")
-    if flow.auth is not None:
-        command += ["--gateway-key-file", GATEWAY_PUBLIC_KEY]
-    return command
+    launch = ExecutorLaunch.of(
+        dep,
+        shard,
+        replica,
+        uses=ref(dep) if context is None else context.uses(ref(dep), dep.name),
+        address=f"127.0.0.1:{EXECUTOR_PORT}",
+        workspace="/workspace",
+        gateway_key_file=GATEWAY_PUBLIC_KEY if flow.auth is not None else None,
+        **_observability(flow),
+    )
+    return launch.to_argv()
 
 
-def node(dep: Deployment, shards: Sequence[tuple[str, ...]]) -> Node:
+def _observability(flow: FlowSpec, *, gateway: bool = False) -> dict[str, Any]:
+    sampling = sampling_arg(flow.tracing) if gateway and flow.tracing else None
+    return Observability.options_of(
+        flow, metrics_host="0.0.0.0", metrics_port=METRICS_PORT, trace_sampling=sampling
+    )
+
+
+def node(dep: DeploymentSpec, shards: Sequence[tuple[str, ...]]) -> Node:
     return Node(
         name=dep.name,
         needs=dep.needs,
@@ -87,58 +101,55 @@ def node(dep: Deployment, shards: Sequence[tuple[str, ...]]) -> Node:
 
 
 def gateway_command(
-    flow: Any, nodes: list[Node], *, context: BuildContext | None = None
+    flow: FlowSpec, nodes: list[Node], *, context: BuildContext | None = None
 ) -> list[str]:
     """``meshflow gateway ...`` with the topology inline, behind its sidecar's socket; with
     ``context``, static folders as the image holds them."""
-    command = [
-        "gateway",
-        "--topology",
-        json.dumps(Topology(tuple(nodes)).to_dict(), sort_keys=True),
-    ]
-    command += ["--host", "0.0.0.0", "--port", str(GATEWAY_PORT), "--mesh", "envoy"]
-    command += ["--egress", f"unix:{EGRESS}", "--max-in-flight", str(flow.max_in_flight)]
-    command += ["--max-request-bytes", str(flow.max_request_bytes)]
-    if flow.graphql:
-        limits = json.dumps(dataclasses.asdict(flow.graphql_limits), sort_keys=True)
-        command += ["--graphql-port", str(HTTP_PORT), "--graphql-limits", limits]
-        for origin in flow.cors:
-            command += ["--cors", origin]
+    static = None
     if flow.static and context is not None:
-        inside = {
+        static = {
             prefix: context.inside(folder, f"static[{prefix!r}]")
             for prefix, folder in sorted(flow.static.items())
         }
-        command += ["--static", json.dumps(inside, sort_keys=True)]
     if flow.auth is not None:
-        command += ["--auth", auth_json(flow), "--signing-key-file", SIGNING_KEY]
-    if flow.metrics:
-        command += ["--metrics-host", "0.0.0.0", "--metrics-port", str(METRICS_PORT)]
-    if flow.tracing:
-        command += ["--tracing", "--trace-sampling", sampling_arg(flow.tracing)]
-    return command
+        check_container_auth(flow.auth)
+    launch = GatewayLaunch(
+        topology=json.dumps(Topology(tuple(nodes)).to_dict(), sort_keys=True),
+        host="0.0.0.0",
+        port=GATEWAY_PORT,
+        mesh="envoy",
+        egress=f"unix:{EGRESS}",
+        max_in_flight=flow.max_in_flight,
+        max_request_bytes=flow.max_request_bytes,
+        graphql_port=HTTP_PORT if flow.graphql else None,
+        graphql_limits=flow.graphql_limits if flow.graphql else GraphQLLimits(),
+        cors=flow.cors if flow.graphql else (),
+        static=static,
+        auth=flow.auth,
+        signing_key_file=SIGNING_KEY if flow.auth is not None else None,
+        **_observability(flow, gateway=True),
+    )
+    return launch.to_argv()
 
 
-def auth_json(flow: Any) -> str:
+def check_container_auth(auth: JWTAuth) -> None:
     """The gateway's auth options; keys must come from the environment in containers."""
-    data = dict(json.loads(flow.auth.to_json()))
     for key in ("secret_file", "public_key_file", "jwks_file"):
-        if data.get(key):
+        if getattr(auth, key):
             raise ConfigError(
                 f"auth.{key} names a file on this machine; in containers give the key by "
                 "environment (secret_env, public_key_env), which the export passes through"
             )
-    return json.dumps(data, sort_keys=True)
 
 
-def key_variables(flow: Any) -> list[str]:
+def key_variables(flow: FlowSpec) -> list[str]:
     """The environment variables holding the gateway's JWT keys."""
     if flow.auth is None:
         return []
     return [v for v in (flow.auth.secret_env, flow.auth.public_key_env) if v]
 
 
-def environment(flow: Any, otlp_endpoint: str) -> dict[str, str]:
+def environment(flow: FlowSpec, otlp_endpoint: str) -> dict[str, str]:
     """What every meshflow container's environment holds: log format, OTLP endpoint."""
     env = {"MESHFLOW_LOG_FORMAT": flow.log_format}
     if flow.tracing:

@@ -25,6 +25,8 @@ lists every manifest.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import yaml
@@ -37,6 +39,7 @@ from meshflow.deploy.common import (
     PlainDumper,
     environment,
     executor_command,
+    flow_spec,
     gateway_command,
     key_variables,
     node,
@@ -54,9 +57,18 @@ from meshflow.deploy.images import (
     image_name,
     write_image,
 )
+from meshflow.deploy.secrets import (
+    certificates,
+    gateway_key_secret,
+    k8s_name,
+    signing_secret,
+    tls_secret,
+    write_secrets,
+)
 from meshflow.errors import ConfigError
+from meshflow.flow.flow import Flow
 from meshflow.gateway.topology import Node
-from meshflow.mesh.certs import FlowCA, Identity, spiffe_id
+from meshflow.mesh.certs import Identity, spiffe_id
 from meshflow.mesh.config import (
     ClusterSpec,
     Tracing,
@@ -64,12 +76,9 @@ from meshflow.mesh.config import (
     replica_sidecar,
     shard_cluster,
 )
+from meshflow.spec.flow import DeploymentSpec, FlowSpec
 
 PKI = "/etc/meshflow/pki"
-
-
-def _name(text: str) -> str:
-    return text.lower().replace("_", "-").replace(".", "-")
 
 
 def _identity(flow: str, workload: str) -> Identity:
@@ -82,7 +91,7 @@ def _identity(flow: str, workload: str) -> Identity:
 
 
 def export_kubernetes(
-    flow: Any,
+    flow: Flow | FlowSpec,
     out_dir: str,
     *,
     namespace: str | None = None,
@@ -98,10 +107,7 @@ def export_kubernetes(
     """Write ``flow`` as Kubernetes manifests into ``out_dir``, and the ``Dockerfile`` of its
     image (default ``out_dir/Dockerfile``: build it from ``context``, the project folder, and
     push it as ``image``); return the files written."""
-    from meshflow.flow.flow import Flow
-
-    assert isinstance(flow, Flow)
-    flow.check()
+    flow = flow_spec(flow)
     if flow.mesh != "envoy":
         raise ConfigError("Kubernetes export needs mesh='envoy' (the sidecars are the mesh)")
     build_context = BuildContext.at(context)
@@ -111,8 +117,8 @@ def export_kubernetes(
     for prefix, folder in (flow.static or {}).items():
         build_context.inside(folder, f"static[{prefix!r}]")
     image = image or image_name(flow.name)
-    ns = namespace or _name(flow.name)
-    app = _name(flow.name)
+    ns = namespace or k8s_name(flow.name)
+    app = k8s_name(flow.name)
     tracing = bool(flow.tracing)
     os.makedirs(out_dir, exist_ok=True)
     docs: dict[str, list[dict[str, Any]]] = {}
@@ -128,24 +134,23 @@ def export_kubernetes(
     def meta(name: str, component: str, **extra: str) -> dict[str, Any]:
         return {"name": name, "namespace": ns, "labels": labels(component, **extra)}
 
+    namespace_doc = {"apiVersion": "v1", "kind": "Namespace"}
     docs["namespace.yaml"] = [
-        {
-            "apiVersion": "v1",
-            "kind": "Namespace",
-            "metadata": {"name": ns, "labels": labels("namespace")},
-        }
+        {**namespace_doc, "metadata": {"name": ns, "labels": labels("namespace")}}
     ]
     common_env = [{"name": k, "value": v} for k, v in environment(flow, otlp_endpoint).items()]
     workloads = ["gateway"] + [dep.name for dep in flow.deployments]
     if cert_manager:
-        docs["certificates.yaml"] = _certificates(flow.name, workloads, meta)
+        docs["certificates.yaml"] = certificates(flow.name, workloads, meta)
     gateway_id = spiffe_id(flow.name, "gateway")
+    site = _Site(flow, meta, image, common_env, otlp_endpoint, build_context, hpa)
     nodes: list[Node] = []
     specs: list[ClusterSpec] = []
     for dep in flow.deployments:
         shards = []
         for shard in range(dep.shards):
-            name = _name(f"{dep.name}-s{shard}")
+            name, manifests = _shard(site, dep, shard, gateway_id)
+            docs[f"{name}.yaml"] = manifests
             host = f"{name}.{ns}.svc.cluster.local"
             shards.append((f"{host}:{INGRESS_PORT}",))
             specs.append(
@@ -153,85 +158,6 @@ def export_kubernetes(
                     dep, shard, spiffe_id(flow.name, dep.name), hosts=[(host, INGRESS_PORT)]
                 )
             )
-            select = {"meshflow.io/deployment": _name(dep.name), "meshflow.io/shard": str(shard)}
-            bootstrap = replica_sidecar(
-                node=name,
-                listen_port=INGRESS_PORT,
-                listen_host="0.0.0.0",
-                executor_socket=None,
-                executor_port=EXECUTOR_PORT,
-                identity=_identity(flow.name, dep.name),
-                allowed_peers=[gateway_id],
-                admin=SIDECAR_ADMIN,
-                tracing=Tracing(f"sidecar {name}", otlp_endpoint) if tracing else None,
-            )
-            command = executor_command(flow, dep, shard, context=build_context)
-            ports = [{"name": "mesh", "containerPort": INGRESS_PORT}]
-            executor = _container(
-                "executor",
-                image,
-                command,
-                common_env + [{"name": k, "value": v} for k, v in sorted(dep.env.items())],
-                EXECUTOR_PORT,
-                [{"name": "workspace", "mountPath": "/workspace"}],
-            )
-            pod_volumes: list[dict[str, Any]] = [
-                {"name": "workspace", "emptyDir": {}},
-                {"name": "envoy", "configMap": {"name": f"{name}-envoy"}},
-                {"name": "pki", "secret": {"secretName": _secret(dep.name)}},
-            ]
-            if flow.auth is not None:  # the gateway's public key: executors check vouchers
-                executor["volumeMounts"].append(
-                    {"name": "gateway-key", "mountPath": GATEWAY_KEY_DIR, "readOnly": True}
-                )
-                pod_volumes.append(
-                    {"name": "gateway-key", "secret": {"secretName": _gateway_key(flow.name)}}
-                )
-            if flow.metrics:
-                executor["ports"] = [{"name": "metrics", "containerPort": METRICS_PORT}]
-            pod_annotations = (
-                {"prometheus.io/scrape": "true", "prometheus.io/port": str(METRICS_PORT)}
-                if flow.metrics
-                else {}
-            )
-            docs[f"{name}.yaml"] = [
-                {
-                    "apiVersion": "v1",
-                    "kind": "ConfigMap",
-                    "metadata": meta(f"{name}-envoy", "sidecar-config", **select),
-                    "data": {
-                        "envoy.yaml": yaml.dump(bootstrap, Dumper=PlainDumper, sort_keys=False)
-                    },
-                },
-                {
-                    "apiVersion": "v1",
-                    "kind": "Service",
-                    "metadata": meta(name, "executor", **select),
-                    "spec": {
-                        "clusterIP": "None",  # headless: the name resolves to every pod
-                        "selector": select,
-                        "ports": [
-                            {"name": "grpc-mesh", "port": INGRESS_PORT, "targetPort": "mesh"}
-                        ],
-                    },
-                },
-                _deployment(
-                    meta(name, "executor", **select),
-                    select,
-                    dep.replicas,
-                    [executor, _sidecar(f"{name}-envoy", ports)],
-                    pod_volumes,
-                    pod_annotations,
-                ),
-                {
-                    "apiVersion": "policy/v1",
-                    "kind": "PodDisruptionBudget",
-                    "metadata": meta(name, "executor", **select),
-                    "spec": {"maxUnavailable": 1, "selector": {"matchLabels": select}},
-                },
-            ]
-            if hpa and dep.executor_class.state_scope == "none":  # stateful: fixed
-                docs[f"{name}.yaml"].append(_hpa(meta(name, "executor", **select), dep.replicas))
         nodes.append(node(dep, shards))
     gateway_args = gateway_command(flow, nodes, context=build_context)
     docs["gateway.yaml"] = _gateway(
@@ -240,10 +166,24 @@ def export_kubernetes(
     )  # fmt: skip
     written = [write_secrets(flow, os.path.join(out_dir, "pki"), ns)]
     written += write_image(build_context, dockerfile or os.path.join(out_dir, "Dockerfile"), extras)
+    path = _write_manifests(out_dir, flow.name, ns, app, docs, written)
+    return [path, *written[1:], written[0]]
+
+
+def _write_manifests(
+    out_dir: str,
+    flow: str,
+    ns: str,
+    app: str,
+    docs: dict[str, list[dict[str, Any]]],
+    written: list[str],
+) -> str:
+    """Write each manifest of ``docs`` (their paths appended to ``written``) and the
+    ``kustomization.yaml`` listing them; return the latter's path."""
     for filename, manifests in docs.items():
         path = os.path.join(out_dir, filename)
         with open(path, "w", encoding="utf-8") as fh:
-            fh.write(f"# Generated by meshflow from Flow {flow.name!r}: do not edit.\n")
+            fh.write(f"# Generated by meshflow from Flow {flow!r}: do not edit.\n")
             yaml.dump_all(manifests, fh, Dumper=PlainDumper, sort_keys=False, width=100)
         written.append(path)
     kustomization = {
@@ -256,149 +196,113 @@ def export_kubernetes(
     path = os.path.join(out_dir, "kustomization.yaml")
     with open(path, "w", encoding="utf-8") as fh:
         yaml.dump(kustomization, fh, Dumper=PlainDumper, sort_keys=False)
-    return [path, *written[1:], written[0]]
-
-
-def _secret(workload: str) -> str:
-    return _name(f"meshflow-tls-{workload}")
-
-
-def _certificates(flow: str, workloads: list[str], meta: Any) -> list[dict[str, Any]]:
-    """cert-manager: a CA Issuer (the Flow's CA, from the Secret ``<flow>-ca``) and one
-    Certificate per workload with its SPIFFE id as URI SAN."""
-    issuer = _name(f"{flow}-ca")
-    out: list[dict[str, Any]] = [
-        {
-            "apiVersion": "cert-manager.io/v1",
-            "kind": "Issuer",
-            "metadata": meta(issuer, "pki"),
-            "spec": {"ca": {"secretName": issuer}},
-        }
-    ]
-    for workload in workloads:
-        out.append(
-            {
-                "apiVersion": "cert-manager.io/v1",
-                "kind": "Certificate",
-                "metadata": meta(_secret(workload), "pki"),
-                "spec": {
-                    "secretName": _secret(workload),
-                    "uris": [spiffe_id(flow, workload)],
-                    "commonName": f"{flow}/{workload}",
-                    "duration": "8760h",
-                    "renewBefore": "720h",
-                    "privateKey": {"algorithm": "ECDSA", "size": 256},
-                    "usages": ["server auth", "client auth"],
-                    "issuerRef": {"name": issuer, "kind": "Issuer"},
-                },
-            }
-        )
-    return out
-
-
-def _signing_secret(flow: str) -> str:
-    return _name(f"{flow}-gateway-signing")
-
-
-def _gateway_key(flow: str) -> str:
-    return _name(f"{flow}-gateway-key")
-
-
-def _signing_secrets(flow: str, pki_dir: str, meta: Any) -> list[dict[str, Any]]:
-    """The gateway's signing key (kept in ``pki_dir`` across exports) as a Secret only the
-    gateway mounts, and its public key as one the executors mount."""
-    import base64
-
-    from meshflow.mesh.certs import write_private
-    from meshflow.voucher import Signer
-
-    path = os.path.join(pki_dir, "gateway-signing.key")
-    try:
-        with open(path, "rb") as fh:
-            signer = Signer.from_pem(fh.read())
-    except FileNotFoundError:
-        signer = Signer.generate()
-        write_private(path, signer.private_pem, 0o600)
-
-    def secret(name: str, key: str, data: bytes) -> dict[str, Any]:
-        return {
-            "apiVersion": "v1",
-            "kind": "Secret",
-            "type": "Opaque",
-            "metadata": meta(name, "pki"),
-            "data": {key: base64.b64encode(data).decode()},
-        }
-
-    return [
-        secret(_signing_secret(flow), "gateway.key", signer.private_pem),
-        secret(_gateway_key(flow), "gateway.pub", signer.public_pem),
-    ]
-
-
-def _write_secrets(
-    flow: str, workloads: list[str], pki_dir: str, meta: Any
-) -> list[dict[str, Any]]:
-    """Secrets of the Flow's CA (kept in ``pki_dir``): the CA itself (``<flow>-ca``, for a
-    cert-manager Issuer), then one per workload."""
-    import base64
-
-    def read(path: str) -> str:
-        with open(path, "rb") as fh:
-            return base64.b64encode(fh.read()).decode()
-
-    ca = FlowCA(pki_dir, flow)
-    out = [
-        {
-            "apiVersion": "v1",
-            "kind": "Secret",
-            "type": "kubernetes.io/tls",
-            "metadata": meta(_name(f"{flow}-ca"), "pki"),
-            "data": {"tls.crt": read(ca.ca_cert_path), "tls.key": read(str(ca.ca_key_path))},
-        }
-    ]
-    for workload in workloads:
-        identity = ca.identity(workload)
-        out.append(
-            {
-                "apiVersion": "v1",
-                "kind": "Secret",
-                "type": "kubernetes.io/tls",
-                "metadata": meta(_secret(workload), "pki"),
-                "data": {
-                    "tls.crt": read(identity.cert),
-                    "tls.key": read(identity.key),
-                    "ca.crt": read(identity.ca),
-                },
-            }
-        )
-    return out
-
-
-def write_secrets(flow: Any, out_dir: str, namespace: str | None = None) -> str:
-    """The certificate Secrets of ``flow`` (from the CA in ``out_dir``), one file, 0600."""
-    ns = namespace or _name(flow.name)
-    workloads = ["gateway"] + [dep.name for dep in flow.deployments]
-
-    def meta(name: str, component: str) -> dict[str, Any]:
-        return {
-            "name": name,
-            "namespace": ns,
-            "labels": {
-                "app.kubernetes.io/part-of": _name(flow.name),
-                "app.kubernetes.io/component": component,
-            },
-        }
-
-    pki = os.path.join(out_dir, "ca")
-    secrets = _write_secrets(flow.name, workloads, pki, meta)
-    if flow.auth is not None:
-        secrets += _signing_secrets(flow.name, pki, meta)
-    path = os.path.join(out_dir, "secrets.yaml")
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w", encoding="utf-8") as fh:
-        fh.write("# Certificates of the Flow's CA: apply, never commit.\n")
-        yaml.dump_all(secrets, fh, Dumper=PlainDumper, sort_keys=False)
     return path
+
+
+@dataclass(frozen=True)
+class _Site:
+    """What every shard's manifests share."""
+
+    flow: FlowSpec
+    meta: Callable[..., dict[str, Any]]
+    image: str
+    common_env: list[dict[str, Any]]
+    otlp_endpoint: str
+    build_context: BuildContext
+    hpa: bool
+
+
+def _shard(
+    site: _Site, dep: DeploymentSpec, shard: int, gateway_id: str
+) -> tuple[str, list[dict[str, Any]]]:
+    """The manifests of one shard of ``dep``: its name and them."""
+    flow, meta = site.flow, site.meta
+    name = k8s_name(f"{dep.name}-s{shard}")
+    select = {"meshflow.io/deployment": k8s_name(dep.name), "meshflow.io/shard": str(shard)}
+    bootstrap = replica_sidecar(
+        node=name,
+        listen_port=INGRESS_PORT,
+        listen_host="0.0.0.0",
+        executor_socket=None,
+        executor_port=EXECUTOR_PORT,
+        identity=_identity(flow.name, dep.name),
+        allowed_peers=[gateway_id],
+        admin=SIDECAR_ADMIN,
+        tracing=Tracing(f"sidecar {name}", site.otlp_endpoint) if flow.tracing else None,
+    )
+    command = executor_command(flow, dep, shard, context=site.build_context)
+    ports = [{"name": "mesh", "containerPort": INGRESS_PORT}]
+    executor, pod_volumes, pod_annotations = _executor_pod(site, dep, name, command)
+    manifests: list[dict[str, Any]] = [
+        {
+            "apiVersion": "v1",
+            "kind": "ConfigMap",
+            "metadata": meta(f"{name}-envoy", "sidecar-config", **select),
+            "data": {"envoy.yaml": yaml.dump(bootstrap, Dumper=PlainDumper, sort_keys=False)},
+        },
+        {
+            "apiVersion": "v1",
+            "kind": "Service",
+            "metadata": meta(name, "executor", **select),
+            "spec": {
+                "clusterIP": "None",  # headless: the name resolves to every pod
+                "selector": select,
+                "ports": [{"name": "grpc-mesh", "port": INGRESS_PORT, "targetPort": "mesh"}],
+            },
+        },
+        _deployment(
+            meta(name, "executor", **select),
+            select,
+            dep.replicas,
+            [executor, _sidecar(f"{name}-envoy", ports)],
+            pod_volumes,
+            pod_annotations,
+        ),
+        {
+            "apiVersion": "policy/v1",
+            "kind": "PodDisruptionBudget",
+            "metadata": meta(name, "executor", **select),
+            "spec": {"maxUnavailable": 1, "selector": {"matchLabels": select}},
+        },
+    ]
+    if site.hpa and dep.executor_class.state_scope == "none":  # stateful: fixed
+        manifests.append(_hpa(meta(name, "executor", **select), dep.replicas))
+    return name, manifests
+
+
+def _executor_pod(
+    site: _Site, dep: DeploymentSpec, name: str, command: list[str]
+) -> tuple[dict[str, Any], list[dict[str, Any]], dict[str, str]]:
+    """The executor container of a shard's pods, their volumes and annotations."""
+    flow, image, common_env = site.flow, site.image, site.common_env
+    executor = _container(
+        "executor",
+        image,
+        command,
+        common_env + [{"name": k, "value": v} for k, v in sorted(dep.env.items())],
+        EXECUTOR_PORT,
+        [{"name": "workspace", "mountPath": "/workspace"}],
+    )
+    pod_volumes: list[dict[str, Any]] = [
+        {"name": "workspace", "emptyDir": {}},
+        {"name": "envoy", "configMap": {"name": f"{name}-envoy"}},
+        {"name": "pki", "secret": {"secretName": tls_secret(dep.name)}},
+    ]
+    if flow.auth is not None:  # the gateway's public key: executors check vouchers
+        executor["volumeMounts"].append(
+            {"name": "gateway-key", "mountPath": GATEWAY_KEY_DIR, "readOnly": True}
+        )
+        pod_volumes.append(
+            {"name": "gateway-key", "secret": {"secretName": gateway_key_secret(flow.name)}}
+        )
+    if flow.metrics:
+        executor["ports"] = [{"name": "metrics", "containerPort": METRICS_PORT}]
+    pod_annotations = (
+        {"prometheus.io/scrape": "true", "prometheus.io/port": str(METRICS_PORT)}
+        if flow.metrics
+        else {}
+    )
+    return executor, pod_volumes, pod_annotations
 
 
 def _probe(port: int) -> dict[str, Any]:
@@ -492,7 +396,7 @@ def _deployment(
     }
 
 
-def _check_state(dep: Any) -> None:
+def _check_state(dep: DeploymentSpec) -> None:
     """Refuse several pods of a stateful Executor: each pod has its own workspace here."""
     cls = dep.executor_class
     if dep.replicas > 1 and cls.state_scope != "none":
@@ -531,7 +435,7 @@ def _hpa(metadata: dict[str, Any], replicas: int) -> dict[str, Any]:
 
 
 def _gateway(
-    flow: Any,
+    flow: FlowSpec,
     meta: Any,
     labels: Any,
     image: str,
@@ -548,7 +452,7 @@ def _gateway(
         env.append(
             {
                 "name": var,
-                "valueFrom": {"secretKeyRef": {"name": _name(f"{flow.name}-jwt"), "key": var}},
+                "valueFrom": {"secretKeyRef": {"name": k8s_name(f"{flow.name}-jwt"), "key": var}},
             }
         )
     run = {"name": "run", "mountPath": "/run/meshflow"}
@@ -556,12 +460,12 @@ def _gateway(
     gateway_volumes: list[dict[str, Any]] = [
         {"name": "run", "emptyDir": {}},
         {"name": "envoy", "configMap": {"name": "gateway-envoy"}},
-        {"name": "pki", "secret": {"secretName": _secret("gateway")}},
+        {"name": "pki", "secret": {"secretName": tls_secret("gateway")}},
     ]
     if flow.auth is not None:  # the signing key: in the gateway's container alone
         mounts.append({"name": "signing", "mountPath": SIGNING_DIR, "readOnly": True})
         gateway_volumes.append(
-            {"name": "signing", "secret": {"secretName": _signing_secret(flow.name)}}
+            {"name": "signing", "secret": {"secretName": signing_secret(flow.name)}}
         )
     gateway = _container("gateway", image, args, env, GATEWAY_PORT, mounts)
     gateway["ports"] = [{"name": "grpc", "containerPort": GATEWAY_PORT}]
@@ -597,47 +501,37 @@ def _gateway(
             gateway_volumes,
             annotations,
         ),
-        {
-            "apiVersion": "v1",
-            "kind": "Service",
-            "metadata": meta("gateway", "gateway", **select),
-            "spec": {
-                "selector": select,
-                "ports": [{"name": "grpc", "port": GATEWAY_PORT, "targetPort": "grpc"}]
-                + (
-                    [{"name": "http", "port": HTTP_PORT, "targetPort": "http"}]
-                    if flow.graphql
-                    else []
-                ),
-            },
-        },
+        _gateway_service(meta("gateway", "gateway", **select), select, flow.graphql),
     ]
     if ingress_host:
         if not flow.graphql:
             raise ConfigError("an Ingress needs the GraphQL (HTTP) door: Flow(graphql=True)")
-        out.append(
-            {
-                "apiVersion": "networking.k8s.io/v1",
-                "kind": "Ingress",
-                "metadata": meta("gateway", "gateway", **select),
-                "spec": {
-                    "rules": [
-                        {
-                            "host": ingress_host,
-                            "http": {
-                                "paths": [
-                                    {
-                                        "path": "/",
-                                        "pathType": "Prefix",
-                                        "backend": {
-                                            "service": {"name": "gateway", "port": {"name": "http"}}
-                                        },
-                                    }
-                                ]
-                            },
-                        }
-                    ]
-                },
-            }
-        )
+        out.append(_ingress(ingress_host, meta("gateway", "gateway", **select)))
     return out
+
+
+def _ingress(host: str, metadata: dict[str, Any]) -> dict[str, Any]:
+    """An Ingress sending every path of ``host`` to the gateway's HTTP door."""
+    backend = {"service": {"name": "gateway", "port": {"name": "http"}}}
+    path = {"path": "/", "pathType": "Prefix", "backend": backend}
+    return {
+        "apiVersion": "networking.k8s.io/v1",
+        "kind": "Ingress",
+        "metadata": metadata,
+        "spec": {"rules": [{"host": host, "http": {"paths": [path]}}]},
+    }
+
+
+def _gateway_service(
+    metadata: dict[str, Any], select: dict[str, str], graphql: bool
+) -> dict[str, Any]:
+    """The gateway's Service: gRPC, and HTTP with the GraphQL door."""
+    ports = [{"name": "grpc", "port": GATEWAY_PORT, "targetPort": "grpc"}]
+    if graphql:
+        ports.append({"name": "http", "port": HTTP_PORT, "targetPort": "http"})
+    return {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": metadata,
+        "spec": {"selector": select, "ports": ports},
+    }

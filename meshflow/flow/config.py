@@ -28,50 +28,15 @@ from typing import TYPE_CHECKING, Any
 import yaml
 
 from meshflow.errors import ConfigError
-from meshflow.gateway.auth import SECRET_KEYS, JWTAuth
-from meshflow.gateway.limits import GraphQLLimits
+from meshflow.flow.deployment import check_spec
+from meshflow.spec.auth import SECRET_KEYS, JWTAuth
+from meshflow.spec.flow import EXECUTOR_KEYS, WITH_KEYS, FlowSpec
 
 if TYPE_CHECKING:
     from meshflow.flow.flow import Flow
 
 _ENV = re.compile(r"\$\{\{\s*ENV\.([A-Za-z_][A-Za-z0-9_]*)\s*\}\}")
 FLOW_KEYS = {"jtype", "version", "name", "with", "executors"}
-WITH_KEYS = {
-    "port",
-    "mesh",
-    "host",
-    "workspace",
-    "timeout_ready",
-    "max_in_flight",
-    "max_request_bytes",
-    "log_dir",
-    "graphql",
-    "graphql_port",
-    "graphql_limits",
-    "envoy_concurrency",
-    "auth",
-    "metrics",
-    "tracing",
-    "log_format",
-    "static",
-    "cors",
-}
-EXECUTOR_KEYS = {
-    "name",
-    "uses",
-    "uses_with",
-    "replicas",
-    "shards",
-    "needs",
-    "polling",
-    "timeout",
-    "env",
-    "lb",
-    "retries",
-    "health_check",
-    "outlier_detection",
-    "circuit_breaker",
-}
 
 
 class _Located:
@@ -284,53 +249,16 @@ def _relative(uses: str, base: str) -> str:
     return os.path.join(base, uses)
 
 
-def save_flow(flow: Flow, path: str) -> None:
-    """Write ``flow`` as YAML that :func:`load_flow` reads back."""
-    flow.check()
-    options: dict[str, Any] = {}
-    defaults = {
-        "port": None,
-        "mesh": "envoy",
-        "host": "127.0.0.1",
-        "workspace": "workspace",
-        "timeout_ready": 60.0,
-        "max_in_flight": 1024,
-        "max_request_bytes": 64 * 1024 * 1024,
-        "log_dir": None,
-        "graphql": True,
-        "graphql_port": None,
-        "envoy_concurrency": 1,
-        "metrics": False,
-        "tracing": False,
-        "log_format": "text",
-    }
+def save_flow(spec: FlowSpec, path: str) -> None:
+    """Write ``spec`` as YAML that :func:`load_flow` reads back: every option that differs
+    from its default (the workspace relative to the file, as :func:`load_flow` reads it)."""
+    check_spec(spec)
     here = os.path.dirname(os.path.abspath(path))
-    for key, default in defaults.items():
-        value = flow.port if key == "port" else getattr(flow, key)
-        if key == "workspace":  # relative to the file, as load_flow reads it
-            value = os.path.relpath(os.path.abspath(flow.workspace), here)
-        if value != default:
-            options[key] = value
-    if flow.auth is not None:
-        defaults_auth = JWTAuth(issuer="i", audience="a", secret_env="X").to_dict()
-        options["auth"] = {
-            k: v
-            for k, v in flow.auth.to_dict().items()
-            if k in ("issuer", "audience") or (v != defaults_auth.get(k) and v not in (None, {}))
-        }
-    if flow.static:
-        options["static"] = dict(flow.static)
-    if flow.cors:
-        options["cors"] = list(flow.cors)
-    if flow.graphql_limits != GraphQLLimits():
-        options["graphql_limits"] = {
-            k: v
-            for k, v in dataclasses.asdict(flow.graphql_limits).items()
-            if v != getattr(GraphQLLimits(), k)
-        }
-    data: dict[str, Any] = {"jtype": "Flow", "name": flow.name}
+    workspace = os.path.relpath(os.path.abspath(spec.workspace), here)
+    options = dataclasses.replace(spec, workspace=workspace).options()
+    data: dict[str, Any] = {"jtype": "Flow", "name": spec.name}
     if options:
         data["with"] = options
-    data["executors"] = [d.to_dict() for d in flow.deployments]
+    data["executors"] = [d.to_dict() for d in spec.deployments]
     with open(path, "w", encoding="utf-8") as fh:
         yaml.safe_dump(data, fh, sort_keys=False)

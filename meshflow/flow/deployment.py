@@ -1,11 +1,11 @@
-"""One deployment of a Flow: an Executor with its replicas, shards, needs and polling."""
+"""Building one deployment of a Flow (``Flow.add``): its arguments checked, its Executor
+imported to check it, into a :class:`~meshflow.spec.flow.DeploymentSpec`."""
 
 from __future__ import annotations
 
 import logging
 import re
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
 from typing import Any
 
 from meshflow.errors import ConfigError
@@ -16,11 +16,11 @@ from meshflow.executor.loader import (
     load_class,
     read_executor_yaml,
 )
-from meshflow.gateway.topology import normalise_polling
-from meshflow.mesh.policy import (
+from meshflow.gateway.topology import Node, check_graph, normalise_polling
+from meshflow.spec.flow import DeploymentSpec, FlowSpec
+from meshflow.spec.policy import (
     CircuitBreaker,
     HealthCheck,
-    LoadBalancing,
     OutlierDetection,
     RetryPolicy,
     check_lb,
@@ -29,73 +29,14 @@ from meshflow.types import Polling
 
 log = logging.getLogger("meshflow.flow")
 
-POLICIES = ("retries", "health_check", "outlier_detection", "circuit_breaker")
 _NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_-]{0,62}$")
 
 
-@dataclass(frozen=True)
-class Deployment:
-    """What ``Flow.add(...)`` describes; validated when it is built."""
-
-    name: str
-    uses: str | type[Executor]
-    uses_with: Mapping[str, Any] = field(default_factory=dict)
-    replicas: int = 1
-    shards: int = 1
-    needs: tuple[str, ...] = ()
-    polling: Mapping[str, Polling] = field(default_factory=lambda: {"*": "ANY"})
-    timeout: float | None = None
-    env: Mapping[str, str] = field(default_factory=dict)
-    lb: LoadBalancing = "least_request"
-    retries: RetryPolicy = field(default_factory=RetryPolicy)
-    health_check: HealthCheck = field(default_factory=HealthCheck)
-    outlier_detection: OutlierDetection = field(default_factory=OutlierDetection)
-    circuit_breaker: CircuitBreaker = field(default_factory=CircuitBreaker)
-
-    @property
-    def executor_class(self) -> type[Executor]:
-        """The Executor class (imported in this process to check it)."""
-        if isinstance(self.uses, str):
-            return load_class(self.uses)
-        return self.uses
-
-    @property
-    def ref(self) -> str | None:
-        """How a fresh interpreter imports the class, or None when it must be shipped pickled."""
-        if isinstance(self.uses, str):
-            return self.uses
-        return class_ref(self.uses)
-
-    def to_dict(self) -> dict[str, Any]:
-        """The YAML form of this deployment."""
-        ref = self.ref
-        if ref is None:
-            raise ConfigError(
-                f"deployment {self.name!r} uses {self.uses!r}, a class defined in a script; "
-                "a Flow YAML can only name importable classes: move it into a module"
-            )
-        out: dict[str, Any] = {"name": self.name, "uses": ref}
-        if self.uses_with:
-            out["uses_with"] = dict(self.uses_with)
-        if self.replicas != 1:
-            out["replicas"] = self.replicas
-        if self.shards != 1:
-            out["shards"] = self.shards
-        out["needs"] = list(self.needs) if len(self.needs) > 1 else self.needs[0]
-        polling = dict(self.polling)
-        if polling != {"*": "ANY"}:
-            out["polling"] = polling if set(polling) != {"*"} else polling["*"]
-        if self.timeout is not None:
-            out["timeout"] = self.timeout
-        if self.env:
-            out["env"] = dict(self.env)
-        if self.lb != "least_request":
-            out["lb"] = self.lb
-        for key in POLICIES:
-            policy = getattr(self, key)
-            if policy != type(policy)():
-                out[key] = policy.to_dict()
-        return out
+def check_spec(spec: FlowSpec) -> None:
+    """Validate the graph of ``spec`` (unknown needs, cycles) without starting anything."""
+    if not spec.deployments:
+        raise ConfigError("the Flow has no deployments; add one with f.add(uses=...)")
+    check_graph(Node(name=d.name, needs=d.needs, shards=((),) * d.shards) for d in spec.deployments)
 
 
 def make_deployment(
@@ -114,8 +55,8 @@ def make_deployment(
     health_check: Any = None,
     outlier_detection: Any = None,
     circuit_breaker: Any = None,
-) -> Deployment:
-    """Validate the arguments of ``Flow.add`` and build a :class:`Deployment`."""
+) -> DeploymentSpec:
+    """Validate the arguments of ``Flow.add`` and build a :class:`DeploymentSpec`."""
     if not isinstance(name, str) or not _NAME.match(name):
         raise ConfigError(
             f"deployment name {name!r} is invalid: use a letter, then letters, digits, '_' or '-'"
@@ -151,9 +92,11 @@ def make_deployment(
     needs_tuple = (needs,) if isinstance(needs, str) else tuple(needs)
     if not needs_tuple or not all(isinstance(n, str) for n in needs_tuple):
         raise ConfigError(f"deployment {name!r}: needs must name deployments or 'gateway'")
-    return Deployment(
+    return DeploymentSpec(
         name=name,
         uses=uses,
+        ref=uses if isinstance(uses, str) else class_ref(uses),
+        resolved=load_class(uses) if isinstance(uses, str) else uses,
         uses_with=merged_with,
         replicas=replicas,
         shards=shards,

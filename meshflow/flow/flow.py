@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import os
-import re
 import signal
 import socket
 import threading
@@ -16,22 +14,20 @@ from typing import Any
 from meshflow.client.client import Client, Posting
 from meshflow.errors import ConfigError
 from meshflow.executor.executor import check_replicas
-from meshflow.flow.deployment import Deployment, make_deployment
+from meshflow.flow.deployment import check_spec, make_deployment
 from meshflow.flow.local import LocalRuntime
 from meshflow.flow.status import scrape_targets, snapshot, with_health
-from meshflow.gateway.auth import Authenticator, JWTAuth
-from meshflow.gateway.limits import GraphQLLimits
-from meshflow.gateway.topology import GATEWAY, Node, check_graph
-from meshflow.mesh.policy import CircuitBreaker, HealthCheck, OutlierDetection, RetryPolicy
+from meshflow.gateway.auth import Authenticator
+from meshflow.gateway.topology import GATEWAY
 from meshflow.observability.tracing import (
     parse_sampling,
     tracing_requested,
     warn_if_no_collector,
 )
+from meshflow.spec.flow import DeploymentSpec, FlowSpec, coerced
+from meshflow.spec.policy import CircuitBreaker, HealthCheck, OutlierDetection, RetryPolicy
 
 log = logging.getLogger("meshflow.flow")
-
-MESHES = ("envoy", "direct")
 
 
 class Flow(Posting):
@@ -83,90 +79,40 @@ class Flow(Posting):
         log_dir: keep the processes' logs there (default: a temporary folder, removed on exit).
     """
 
-    def __init__(
-        self,
-        *,
-        port: int | None = None,
-        name: str | None = None,
-        mesh: str = "envoy",
-        host: str = "127.0.0.1",
-        workspace: str = "workspace",
-        timeout_ready: float = 60.0,
-        max_in_flight: int = 1024,
-        max_request_bytes: int = 64 * 1024 * 1024,
-        log_dir: str | None = None,
-        graphql: bool = True,
-        graphql_port: int | None = None,
-        graphql_limits: GraphQLLimits | Mapping[str, Any] | None = None,
-        envoy_concurrency: int = 1,
-        auth: JWTAuth | Mapping[str, Any] | None = None,
-        metrics: bool = False,
-        tracing: bool | float | str = False,
-        log_format: str = "text",
-        static: Mapping[str, str] | None = None,
-        cors: Sequence[str] = (),
-    ) -> None:
-        for label, value in (("port", port), ("graphql_port", graphql_port)):
-            if value is not None and (
-                isinstance(value, bool) or not isinstance(value, int) or not 0 < value < 65536
-            ):
-                raise ConfigError(
-                    f"{label} must be a number from 1 to 65535 or None, got {value!r}"
-                )
-        if isinstance(graphql_limits, Mapping):
+    def __init__(self, **options: Any) -> None:
+        spec = FlowSpec.build(**options)
+        if not isinstance(spec.tracing, bool):
             try:
-                graphql_limits = GraphQLLimits(**graphql_limits)
-            except TypeError as exc:
-                raise ConfigError(f"graphql_limits: {exc}") from None
-        if mesh not in MESHES:
-            raise ConfigError(f"mesh={mesh!r} is not supported; use one of {MESHES}")
-        if max_in_flight < 1 or max_request_bytes < 1024:
-            raise ConfigError("max_in_flight must be >= 1 and max_request_bytes >= 1024")
-        self.name = name or "flow"
-        self.mesh = mesh
-        self.host = host
-        self.workspace = workspace
-        self.timeout_ready = timeout_ready
-        self.max_in_flight = max_in_flight
-        self.max_request_bytes = max_request_bytes
-        self.log_dir = log_dir
-        if (
-            isinstance(envoy_concurrency, bool)
-            or not isinstance(envoy_concurrency, int)
-            or (envoy_concurrency < 1)
-        ):
-            raise ConfigError("envoy_concurrency must be a whole number >= 1")
-        self.envoy_concurrency = envoy_concurrency
-        if isinstance(auth, Mapping):
-            auth = JWTAuth.from_dict(auth)
-        if auth is not None and not isinstance(auth, JWTAuth):
-            raise ConfigError(f"auth must be a JWTAuth or a mapping of its options, got {auth!r}")
-        self.auth = auth.with_paths_from(".") if auth is not None else None
-        if log_format not in ("text", "json"):
-            raise ConfigError(f"log_format must be 'text' or 'json', got {log_format!r}")
-        if not isinstance(metrics, bool):
-            raise ConfigError(f"metrics must be true or false, got {metrics!r}")
-        if not isinstance(tracing, bool):
-            try:
-                parse_sampling(tracing)
+                parse_sampling(spec.tracing)
             except ValueError:
                 raise ConfigError(
                     f"tracing must be true, false, the share of requests to trace (0 to 1] "
-                    f"or a rate such as '10/s', got {tracing!r}"
+                    f"or a rate such as '10/s', got {spec.tracing!r}"
                 ) from None
-        self.metrics = metrics
-        self.tracing = tracing
-        self.static = check_static(static)
-        self.cors = check_cors(cors)
-        self.log_format = log_format
+        self._spec = spec
         self._token: str | None = None
-        self.graphql = graphql
-        self.graphql_limits = graphql_limits or GraphQLLimits()
-        self._graphql_port = graphql_port
-        self._port = port
-        self._deployments: dict[str, Deployment] = {}
         self._runtime: LocalRuntime | None = None
         self._client: Client | None = None
+
+    # The spec's options read (and, before start, write) as the Flow's own: f.mesh, f.metrics.
+
+    def __getattr__(self, name: str) -> Any:
+        if name in _OPTIONS and "_spec" in self.__dict__:
+            return getattr(self.__dict__["_spec"], name)
+        raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if name in _OPTIONS:
+            changes = coerced(FlowSpec, {name: value})
+            object.__setattr__(self, "_spec", dataclasses.replace(self._spec, **changes))
+        else:
+            object.__setattr__(self, name, value)
+
+    @property
+    def spec(self) -> FlowSpec:
+        """What this Flow is, as one frozen :class:`~meshflow.spec.flow.FlowSpec` (with the
+        ports it bound once started)."""
+        return self._spec
 
     # -- building -----------------------------------------------------------------------
 
@@ -215,12 +161,13 @@ class Flow(Posting):
         """
         if self._runtime is not None:
             raise ConfigError("cannot add deployments to a running Flow; stop it first")
-        name = name if name is not None else f"executor{len(self._deployments)}"
-        if name in self._deployments:
+        names = [d.name for d in self._spec.deployments]
+        name = name if name is not None else f"executor{len(names)}"
+        if name in names:
             raise ConfigError(f"two deployments are named {name!r}; names must be unique")
         if needs is None:
-            needs = list(self._deployments)[-1] if self._deployments else GATEWAY
-        self._deployments[name] = make_deployment(
+            needs = names[-1] if names else GATEWAY
+        dep = make_deployment(
             uses=uses,
             name=name,
             uses_with=uses_with,
@@ -236,69 +183,62 @@ class Flow(Posting):
             outlier_detection=outlier_detection,
             circuit_breaker=circuit_breaker,
         )
+        self._spec = self._spec.with_deployment(dep)
         return self
 
     @property
-    def deployments(self) -> list[Deployment]:
-        return list(self._deployments.values())
+    def deployments(self) -> list[DeploymentSpec]:
+        return list(self._spec.deployments)
 
     @property
     def port(self) -> int | None:
         """The gateway's gRPC port: as configured, or the one it bound once started."""
-        return self._port
+        return self._spec.port
 
     @property
     def graphql_port(self) -> int | None:
         """The gateway's HTTP (GraphQL) port: as configured, or the one it bound."""
-        return self._graphql_port
+        return self._spec.graphql_port
 
     @property
     def graphql_url(self) -> str:
         """Where the running Flow answers GraphQL, e.g. ``http://127.0.0.1:8080/graphql``."""
         self._running()
-        if not self.graphql or self._graphql_port is None:
+        if not self._spec.graphql or self.graphql_port is None:
             raise ConfigError("this Flow serves no GraphQL (Flow(graphql=False))")
-        return f"http://{self.host}:{self._graphql_port}/graphql"
+        return f"http://{self._spec.host}:{self.graphql_port}/graphql"
 
     def check(self) -> None:
         """Validate the graph (unknown needs, cycles) without starting anything."""
-        if not self._deployments:
-            raise ConfigError("the Flow has no deployments; add one with f.add(uses=...)")
-        check_graph(
-            Node(name=d.name, needs=d.needs, shards=((),) * d.shards)
-            for d in self._deployments.values()
-        )
+        check_spec(self._spec)
 
     # -- running ------------------------------------------------------------------------
 
-    def deployment(self, name: str) -> Deployment:
+    def deployment(self, name: str) -> DeploymentSpec:
         """The deployment called ``name``."""
-        try:
-            return self._deployments[name]
-        except KeyError:
-            known = ", ".join(self._deployments) or "none"
-            raise ConfigError(f"no deployment named {name!r} (known: {known})") from None
+        return self._spec.deployment(name)
 
     def start(self) -> Flow:
         """Start every process in parallel and return when all serve."""
         if self._runtime is not None:
             raise ConfigError("the Flow is already running")
         self.check()
-        if self.auth is not None:
-            Authenticator(self.auth)  # a missing secret or a bad key file fails here, at once
+        spec = self._spec
+        if spec.auth is not None:
+            Authenticator(spec.auth)  # a missing secret or a bad key file fails here, at once
         for label, fixed in (
-            ("port", self._port),
-            ("graphql_port", self._graphql_port if self.graphql else None),
+            ("port", spec.port),
+            ("graphql_port", spec.graphql_port if spec.graphql else None),
         ):
             if fixed is not None:
-                _check_port_free(self.host, fixed, label)
-        if tracing_requested(bool(self.tracing)):
+                _check_port_free(spec.host, fixed, label)
+        if tracing_requested(bool(spec.tracing)):
             warn_if_no_collector()
-        runtime = LocalRuntime(self)
-        self._port = runtime.start()
-        self._graphql_port = runtime.graphql_port
+        runtime = LocalRuntime(spec)
+        port = runtime.start()
+        self._spec = dataclasses.replace(spec, port=port, graphql_port=runtime.graphql_port)
         self._runtime = runtime
-        log.info("Flow %r ready: gateway on %s:%d", self.name, self.host, self._port)
+        log.info("Flow %r ready: gateway on %s:%d", spec.name, spec.host, port)
         return self
 
     def close(self) -> None:
@@ -353,11 +293,10 @@ class Flow(Posting):
         if isinstance(replicas, bool) or not isinstance(replicas, int) or replicas < 1:
             raise ConfigError(f"replicas must be a whole number >= 1, got {replicas!r}")
         runtime = self._running()
-        if name in self._deployments:
-            dep = self._deployments[name]
-            check_replicas(dep.executor_class, replicas, deployment=name)
+        dep = self._spec.deployment(name)
+        check_replicas(dep.executor_class, replicas, deployment=name)
         runtime.scale(name, replicas)
-        self._deployments[name] = dataclasses.replace(self._deployments[name], replicas=replicas)
+        self._spec = self._spec.with_deployment(dataclasses.replace(dep, replicas=replicas))
 
     def describe(self) -> dict[str, Any]:
         """Every process of the running Flow and its health, as a JSON-like dict.
@@ -411,9 +350,9 @@ class Flow(Posting):
     def client(self) -> Client:
         """A :class:`Client` connected to this Flow's gateway."""
         self._running()
-        assert self._port is not None
+        assert self.port is not None
         if self._client is None:
-            self._client = Client(self.host, self._port, token=self._token)
+            self._client = Client(self._spec.host, self.port, token=self._token)
         return self._client
 
     # -- configuration files --------------------------------------------------------------
@@ -432,7 +371,7 @@ class Flow(Posting):
         next to it, see ``docs/deploy.md``); return the files written."""
         from meshflow.deploy import export_compose
 
-        return export_compose(self, path)
+        return export_compose(self.spec, path)
 
     def to_kubernetes_yaml(self, directory: str, **options: Any) -> list[str]:
         """Write this Flow as Kubernetes manifests (with ``kustomization.yaml``) into
@@ -440,17 +379,17 @@ class Flow(Posting):
         ``ingress_host``. See ``docs/deploy.md``."""
         from meshflow.deploy import export_kubernetes
 
-        return export_kubernetes(self, directory, **options)
+        return export_kubernetes(self.spec, directory, **options)
 
     def save_config(self, path: str) -> None:
         """Write this Flow as YAML that :meth:`load_config` reads back."""
         from meshflow.flow.config import save_flow
 
-        save_flow(self, path)
+        save_flow(self.spec, path)
 
     def __repr__(self) -> str:
-        state = f"running on port {self._port}" if self._runtime else "stopped"
-        return f"<Flow {self.name!r} ({len(self._deployments)} deployments, {state})>"
+        state = f"running on port {self.port}" if self._runtime else "stopped"
+        return f"<Flow {self._spec.name!r} ({len(self._spec.deployments)} deployments, {state})>"
 
 
 def _check_port_free(host: str, port: int, label: str = "port") -> None:
@@ -464,41 +403,8 @@ def _check_port_free(host: str, port: int, label: str = "port") -> None:
             ) from None
 
 
-RESERVED_PATHS = ("/graphql", "/post", "/health", "/metrics")
-
-
-def check_cors(cors: Sequence[str]) -> tuple[str, ...]:
-    """``cors`` checked: origins as browsers send them (scheme://host[:port]), or ``'*'``."""
-    if isinstance(cors, str) or not isinstance(cors, Sequence):
-        raise ConfigError(f"cors must be a list of origins, got {cors!r}")
-    for origin in cors:
-        if origin == "*":
-            continue
-        if not isinstance(origin, str) or not _ORIGIN.match(origin):
-            raise ConfigError(
-                f"cors: {origin!r} is not an origin such as 'https://shop.example' or "
-                "'http://localhost:3000' (scheme, host and port only, no path)"
-            )
-    return tuple(cors)
-
-
-_ORIGIN = re.compile(r"^https?://[A-Za-z0-9.\-\[\]:]+$")
-
-
-def check_static(static: Mapping[str, str] | None) -> dict[str, str]:
-    """``static`` checked: URL prefixes (not the gateway's own routes) -> existing folders."""
-    if static is None:
-        return {}
-    if not isinstance(static, Mapping):
-        raise ConfigError(f"static must map URL prefixes to folders, got {static!r}")
-    checked: dict[str, str] = {}
-    for prefix, folder in static.items():
-        if not isinstance(prefix, str) or not prefix.startswith("/") or prefix == "/":
-            raise ConfigError(f"static: {prefix!r} is not a URL prefix like '/ui'")
-        prefix = prefix.rstrip("/")
-        if any(prefix == r or prefix.startswith(r + "/") for r in RESERVED_PATHS):
-            raise ConfigError(f"static: {prefix!r} is one of the gateway's own routes")
-        if not isinstance(folder, str) or not os.path.isdir(folder):
-            raise ConfigError(f"static: {prefix!r} -> {folder!r} is not a folder")
-        checked[prefix] = os.path.abspath(folder)
-    return checked
+_OPTIONS = frozenset(f.name for f in dataclasses.fields(FlowSpec)) - {
+    "port",
+    "graphql_port",
+    "deployments",
+}

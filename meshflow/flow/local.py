@@ -25,7 +25,6 @@ from typing import TYPE_CHECKING, Any
 import cloudpickle
 
 from meshflow.errors import ConfigError
-from meshflow.flow.deployment import Deployment
 from meshflow.flow.status import file_sd, snapshot, state_file, targets_file, write_state
 from meshflow.gateway.topology import Node, Topology, cluster_name
 from meshflow.observability.tracing import sampling_arg
@@ -36,9 +35,10 @@ from meshflow.processes import (
     stop_all,
     wait_all_ready,
 )
+from meshflow.spec.flow import DeploymentSpec, FlowSpec
+from meshflow.spec.launch import ExecutorLaunch, GatewayLaunch, Observability
 
 if TYPE_CHECKING:
-    from meshflow.flow.flow import Flow
     from meshflow.mesh.certs import FlowCA
     from meshflow.mesh.config import Admin, Tracing
     from meshflow.mesh.sidecar import EnvoyProcess
@@ -55,6 +55,7 @@ class Replica:
     replica: int
     socket: str
     executor: ManagedProcess
+    launch: ExecutorLaunch
     sidecar: EnvoyProcess | None = None
     ingress_port: int | None = None
     """The sidecar's mTLS port: bound by Envoy itself (port 0, no race with other programs),
@@ -68,6 +69,7 @@ class Replica:
 @dataclass
 class _Gateway:
     process: ManagedProcess
+    launch: GatewayLaunch
     sidecar: EnvoyProcess | None = None
     egress: str | None = None
     topology_file: str = ""
@@ -77,7 +79,7 @@ class _Gateway:
 class LocalRuntime:
     """The processes of one running Flow."""
 
-    flow: Flow
+    spec: FlowSpec
     run_dir: str = field(default_factory=lambda: tempfile.mkdtemp(prefix="meshflow-"))
     replicas: list[Replica] = field(default_factory=list)
     gateway: _Gateway | None = None
@@ -97,11 +99,11 @@ class LocalRuntime:
 
     @property
     def envoy(self) -> bool:
-        return self.flow.mesh == "envoy"
+        return self.spec.mesh == "envoy"
 
     @property
     def log_dir(self) -> str:
-        path = self.flow.log_dir or self.run_dir
+        path = self.spec.log_dir or self.run_dir
         os.makedirs(path, exist_ok=True)
         return path
 
@@ -117,11 +119,11 @@ class LocalRuntime:
         """Start every process, wait until the Flow serves, return the gateway's port."""
         try:
             os.chmod(self.run_dir, 0o700)
-            if self.flow.auth is not None:
+            if self.spec.auth is not None:
                 self._prepare_signing()
             if self.envoy:
                 self._prepare_mesh()
-            for dep in self.flow.deployments:
+            for dep in self.spec.deployments:
                 for shard in range(dep.shards):
                     for replica in range(dep.replicas):
                         self.replicas.append(self._make_replica(dep, shard, replica))
@@ -135,7 +137,7 @@ class LocalRuntime:
                 proc.start()
             wait_all_ready(
                 self.processes(),
-                self.flow.timeout_ready,
+                self.spec.timeout_ready,
                 also=self._mesh_ready if self.envoy else None,
                 what="the gateway's sidecar (waiting for every replica to pass health checks)",
             )
@@ -145,14 +147,18 @@ class LocalRuntime:
         assert self.gateway.process.info is not None
         info = self.gateway.process.info
         self.port = int(info["port"])
-        # A restarted gateway must come back on the same ports.
-        command = self.gateway.process.command
-        command[command.index("--port") + 1] = str(self.port)
         if "graphql_port" in info:
             self.graphql_port = int(info["graphql_port"])
-            command[command.index("--graphql-port") + 1] = str(self.graphql_port)
-        for proc in self.processes():
-            _pin_metrics_port(proc)
+        # A restarted gateway must come back on the same ports.
+        gateway = self.gateway
+        gateway.launch = dataclasses.replace(
+            gateway.launch,
+            port=self.port,
+            graphql_port=self.graphql_port,
+            metrics_port=_metrics_port(gateway.process, gateway.launch),
+        )
+        gateway.process.command = meshflow_command(*gateway.launch.to_argv())
+        self._pin_ports(self.replicas)
         self._supervisor = Supervisor(self.processes, on_restart=lambda _: self.save_state())
         self._supervisor.start()
         self.save_state()
@@ -160,7 +166,7 @@ class LocalRuntime:
 
     @property
     def state_path(self) -> str:
-        return state_file(self.flow.workspace, self.flow.name)
+        return state_file(self.spec.workspace, self.spec.name)
 
     def save_state(self) -> None:
         """Keep :func:`~meshflow.flow.status.snapshot` where ``meshflow status`` finds it, and
@@ -168,14 +174,14 @@ class LocalRuntime:
         with self._state_lock:  # the supervisor's thread and the caller's: latest wins
             data = snapshot(self)
             write_state(self.state_path, data)
-            write_state(targets_file(self.flow.workspace, self.flow.name), file_sd(data))
+            write_state(targets_file(self.spec.workspace, self.spec.name), file_sd(data))
 
     def stop(self) -> None:
         with contextlib.suppress(FileNotFoundError):
             if self.port is not None:
                 os.unlink(self.state_path)
                 # An empty target list: Prometheus stops scraping a Flow that is gone.
-                write_state(targets_file(self.flow.workspace, self.flow.name), [])
+                write_state(targets_file(self.spec.workspace, self.spec.name), [])
         if self._supervisor is not None:
             self._supervisor.stop()
             self._supervisor = None
@@ -190,62 +196,55 @@ class LocalRuntime:
 
     # -- building ---------------------------------------------------------------------------
 
-    def _label(self, dep: Deployment, shard: int, replica: int) -> str:
+    def _label(self, dep: DeploymentSpec, shard: int, replica: int) -> str:
         return f"{dep.name}-s{shard}-r{replica}"
 
-    def _uses_args(self, dep: Deployment) -> list[str]:
-        ref = dep.ref
-        if ref is not None:
-            return ["--uses", ref]
+    def _uses(self, dep: DeploymentSpec) -> dict[str, Any]:
+        if dep.ref is not None:
+            return {"uses": dep.ref}
         # A class defined in a script (or a function body): ship it by value.
         path = os.path.join(self.run_dir, f"{dep.name}.pickle")
         if not os.path.exists(path):
             with open(path, "wb") as fh:
                 cloudpickle.dump(dep.uses, fh)
-        return ["--uses-pickle", path]
+        return {"uses_pickle": path}
 
-    def _make_replica(self, dep: Deployment, shard: int, replica: int) -> Replica:
+    def _make_replica(self, dep: DeploymentSpec, shard: int, replica: int) -> Replica:
         label = self._label(dep, shard, replica)
         sock = os.path.join(self.run_dir, f"{label}.sock")
         ready = os.path.join(self.run_dir, f"{label}.ready")
-        command = meshflow_command(
-            "executor",
-            *self._uses_args(dep),
-            "--name",
-            dep.name,
-            "--address",
-            f"unix:{sock}",
-            "--uses-with",
-            json.dumps(dict(dep.uses_with)),
-            "--replica-id",
-            str(replica),
-            "--shard-id",
-            str(shard),
-            "--replicas",
-            str(dep.replicas),
-            "--shards",
-            str(dep.shards),
-            "--workspace",
-            os.path.abspath(self.flow.workspace),
-            "--ready-file",
-            ready,
-            *self._observability_args(),
+        launch = ExecutorLaunch.of(
+            dep,
+            shard,
+            replica,
+            **self._uses(dep),
+            address=f"unix:{sock}",
+            workspace=os.path.abspath(self.spec.workspace),
+            ready_file=ready,
+            gateway_key_file=self._gateway_key_file,
+            **self._observability(),
         )
-        if self._gateway_key_file is not None:
-            command += ["--gateway-key-file", self._gateway_key_file]
         executor = ManagedProcess(
             name=f"executor {dep.name!r} (shard {shard}, replica {replica})",
-            command=command,
+            command=meshflow_command(*launch.to_argv()),
             log_path=os.path.join(self.log_dir, f"{label}.log"),
             ready_file=ready,
             env={**self._observability_env(), **dep.env},
             cleanup=[sock],
         )
-        out = Replica(dep.name, shard, replica, sock, executor)
+        out = Replica(dep.name, shard, replica, sock, executor, launch)
         if self.envoy:
             where = f"{dep.name!r} (shard {shard}, replica {replica})"
             out.sidecar = self._make_replica_sidecar(dep, where, label, sock, 0)
         return out
+
+    def _pin_ports(self, replicas: list[Replica]) -> None:
+        """A restarted executor serves /metrics on the port it had: scrape targets stay
+        valid."""
+        for r in replicas:
+            port = _metrics_port(r.executor, r.launch)
+            r.launch = dataclasses.replace(r.launch, metrics_port=port)
+            r.executor.command = meshflow_command(*r.launch.to_argv())
 
     def _learn_ingress_ports(self, replicas: list[Replica]) -> None:
         """Take the port each ready sidecar bound for its ingress (the sidecar pins it in its
@@ -278,7 +277,7 @@ class LocalRuntime:
         os.makedirs(self._admin_dir, mode=0o700, exist_ok=True)
         # An ephemeral CA: its key stays in this process; certificates go to the run folder,
         # never to the workspace that executors are handed.
-        self._ca = FlowCA(os.path.join(self.run_dir, "pki"), self.flow.name, ephemeral=True)
+        self._ca = FlowCA(os.path.join(self.run_dir, "pki"), self.spec.name, ephemeral=True)
 
     @property
     def _admin_dir(self) -> str:
@@ -290,7 +289,7 @@ class LocalRuntime:
         return Admin(socket=os.path.join(self._admin_dir, f"{label}.sock"))
 
     def _make_replica_sidecar(
-        self, dep: Deployment, where: str, label: str, sock: str, port: int
+        self, dep: DeploymentSpec, where: str, label: str, sock: str, port: int
     ) -> EnvoyProcess:
         from meshflow.mesh.config import replica_sidecar, write_yaml
         from meshflow.mesh.sidecar import EnvoyProcess
@@ -318,7 +317,7 @@ class LocalRuntime:
             log_path=os.path.join(self.log_dir, f"{label}.envoy.log"),
             admin_socket=admin.socket,
             label=label,
-            concurrency=self.flow.envoy_concurrency,
+            concurrency=self.spec.envoy_concurrency,
         )
 
     def _eds_path(self, cluster: str) -> str:
@@ -330,7 +329,7 @@ class LocalRuntime:
 
         members_of = self.replicas if published is None else published
         self._eds_version += 1
-        for dep in self.flow.deployments:
+        for dep in self.spec.deployments:
             for shard in range(dep.shards):
                 cluster = cluster_name(dep.name, shard)
                 members = [
@@ -340,26 +339,23 @@ class LocalRuntime:
                 ]
                 write_yaml(self._eds_path(cluster), endpoints(cluster, members, self._eds_version))
 
-    def _observability_args(self, gateway: bool = False) -> list[str]:
-        args = []
-        if self.flow.metrics:
-            args += ["--metrics-host", self.flow.host, "--metrics-port", "0"]
-        if self.flow.tracing:
-            args.append("--tracing")
-            if gateway:  # the gateway samples; every other process follows its decision
-                args += ["--trace-sampling", sampling_arg(self.flow.tracing)]
-        return args
+    def _observability(self, gateway: bool = False) -> dict[str, Any]:
+        """The metrics and tracing options of a process's launch."""
+        sampling = sampling_arg(self.spec.tracing) if gateway and self.spec.tracing else None
+        return Observability.options_of(
+            self.spec, metrics_host=self.spec.host, metrics_port=0, trace_sampling=sampling
+        )
 
     def _observability_env(self) -> dict[str, str]:
-        env = {"MESHFLOW_LOG_FORMAT": self.flow.log_format}
-        if self.flow.tracing:
+        env = {"MESHFLOW_LOG_FORMAT": self.spec.log_format}
+        if self.spec.tracing:
             from meshflow.observability.tracing import otlp_endpoint
 
             env["OTEL_EXPORTER_OTLP_ENDPOINT"] = otlp_endpoint()
         return env
 
     def _envoy_tracing(self, service: str) -> Tracing | None:
-        if not self.flow.tracing:
+        if not self.spec.tracing:
             return None
         from meshflow.mesh.config import Tracing
         from meshflow.observability.tracing import otlp_endpoint
@@ -368,7 +364,7 @@ class LocalRuntime:
 
     def _make_gateway(self) -> _Gateway:
         nodes = []
-        for dep in self.flow.deployments:
+        for dep in self.spec.deployments:
             shards = tuple(
                 tuple(
                     f"unix:{r.socket}"
@@ -390,53 +386,39 @@ class LocalRuntime:
         with open(topology_file, "w", encoding="utf-8") as fh:
             json.dump(Topology(tuple(nodes)).to_dict(), fh)
         ready = os.path.join(self.run_dir, "gateway.ready")
-        args = [
-            "gateway",
-            "--topology",
-            topology_file,
-            "--host",
-            self.flow.host,
-            "--port",
-            str(self.flow.port or 0),
-            "--mesh",
-            self.flow.mesh,
-            "--max-in-flight",
-            str(self.flow.max_in_flight),
-            "--max-request-bytes",
-            str(self.flow.max_request_bytes),
-            "--ready-file",
-            ready,
-        ]
-        if self.flow.graphql:
-            args += [
-                "--graphql-port",
-                str(self.flow.graphql_port or 0),
-                "--graphql-limits",
-                json.dumps(dataclasses.asdict(self.flow.graphql_limits)),
-            ]
-            for origin in self.flow.cors:
-                args += ["--cors", origin]
-        if self.flow.auth is not None:
-            args += ["--auth", self.flow.auth.to_json(), "--signing-key-file", "-"]
-        if self.flow.static:
-            args += ["--static", json.dumps(self.flow.static)]
-        args += self._observability_args(gateway=True)
+        spec = self.spec
         sidecar = None
         egress = None
         if self.envoy:
             egress_sock = os.path.join(self.run_dir, "gateway-egress.sock")
             egress = f"unix:{egress_sock}"
-            args += ["--egress", egress]
             sidecar = self._make_gateway_sidecar(egress_sock)
+        launch = GatewayLaunch(
+            topology=topology_file,
+            host=spec.host,
+            port=spec.port or 0,
+            mesh=spec.mesh,
+            egress=egress,
+            max_in_flight=spec.max_in_flight,
+            max_request_bytes=spec.max_request_bytes,
+            graphql_port=(spec.graphql_port or 0) if spec.graphql else None,
+            graphql_limits=spec.graphql_limits,
+            cors=spec.cors if spec.graphql else (),
+            static=dict(spec.static) if spec.static else None,
+            auth=spec.auth,
+            signing_key_file="-" if spec.auth is not None else None,
+            ready_file=ready,
+            **self._observability(gateway=True),
+        )
         process = ManagedProcess(
             name="gateway",
-            command=meshflow_command(*args),
+            command=meshflow_command(*launch.to_argv()),
             log_path=os.path.join(self.log_dir, "gateway.log"),
             ready_file=ready,
             env=self._observability_env(),
             stdin=self._signing_key,
         )
-        return _Gateway(process, sidecar, egress, topology_file)
+        return _Gateway(process, launch, sidecar, egress, topology_file)
 
     def _make_gateway_sidecar(self, egress_sock: str) -> EnvoyProcess:
         from meshflow.mesh.config import gateway_sidecar, shard_cluster, write_yaml
@@ -450,7 +432,7 @@ class LocalRuntime:
                 self._ca.identity(dep.name).spiffe_id,
                 eds_path=self._eds_path(cluster_name(dep.name, shard)),
             )
-            for dep in self.flow.deployments
+            for dep in self.spec.deployments
             for shard in range(dep.shards)
         ]
         config_path = os.path.join(self.run_dir, "gateway.envoy.yaml")
@@ -472,7 +454,7 @@ class LocalRuntime:
             log_path=os.path.join(self.log_dir, "gateway.envoy.log"),
             admin_socket=admin.socket,
             label="gateway",
-            concurrency=self.flow.envoy_concurrency,
+            concurrency=self.spec.envoy_concurrency,
         )
 
     def _mesh_ready(self, replicas: list[Replica] | None = None) -> bool:
@@ -502,7 +484,7 @@ class LocalRuntime:
         """Start or stop replicas of ``name``; the gateway's sidecar follows without restart."""
         if not self.envoy:
             raise ConfigError("f.scale() needs mesh='envoy' (the gateway's sidecar balances)")
-        dep = self.flow.deployment(name)
+        dep = self.spec.deployment(name)
         current = [r for r in self.replicas if r.deployment == name]
         have = max((r.replica for r in current), default=-1) + 1
         assert self._supervisor is not None
@@ -516,18 +498,16 @@ class LocalRuntime:
             for proc in new_procs:
                 proc.start()
             try:
-                wait_all_ready(new_procs, self.flow.timeout_ready)
+                wait_all_ready(new_procs, self.spec.timeout_ready)
             except BaseException:
                 stop_all(new_procs, timeout=5.0)
                 raise
-            for proc in new_procs:
-                _pin_metrics_port(proc)
+            self._pin_ports(added)
             self._learn_ingress_ports(added)
             with self._supervisor.lock:
                 self.replicas.extend(added)
             self._write_endpoints()
             self._wait(lambda: self._mesh_ready(added), "new replicas to pass health checks")
-            self.save_state()
         elif replicas < have:
             leaving = [r for r in current if r.replica >= replicas]
             with self._supervisor.lock:
@@ -540,7 +520,10 @@ class LocalRuntime:
             # Let calls already routed to them finish: executors drain, then their sidecars go.
             stop_all([r.executor for r in leaving], timeout=10.0)
             stop_all([r.sidecar for r in leaving if r.sidecar is not None], timeout=5.0)
-            self.save_state()
+        else:
+            return
+        self.spec = self.spec.with_deployment(dataclasses.replace(dep, replicas=replicas))
+        self.save_state()
 
     def _gone(self, leaving: list[Replica]) -> bool:
         from meshflow.mesh.admin import admin_get
@@ -552,15 +535,16 @@ class LocalRuntime:
         return not any(f"127.0.0.1:{r.ingress_port}::" in body for r in leaving)
 
     def _wait(self, condition: Any, what: str) -> None:
-        deadline = time.monotonic() + self.flow.timeout_ready
+        deadline = time.monotonic() + self.spec.timeout_ready
         while not condition():
             if time.monotonic() > deadline:
                 raise ConfigError(f"timed out waiting for {what}")
             time.sleep(0.05)
 
 
-def _pin_metrics_port(proc: ManagedProcess) -> None:
-    """A restarted process serves /metrics on the port it had: scrape targets stay valid."""
+def _metrics_port(proc: ManagedProcess, launch: ExecutorLaunch | GatewayLaunch) -> int | None:
+    """The port a process bound for /metrics (0 asked for any), else what its launch says."""
     info = proc.info or {}
-    if "metrics_port" in info and "--metrics-port" in proc.command:
-        proc.command[proc.command.index("--metrics-port") + 1] = str(info["metrics_port"])
+    if "metrics_port" in info and launch.metrics_port is not None:
+        return int(info["metrics_port"])
+    return launch.metrics_port

@@ -55,7 +55,7 @@ def _sidecar_metrics(proc: EnvoyProcess) -> str | None:
 
 def snapshot(runtime: LocalRuntime) -> dict[str, Any]:
     """The static description of a running Flow."""
-    flow = runtime.flow
+    flow = runtime.spec
     gateway = runtime.gateway
     assert gateway is not None
     gw: dict[str, Any] = {

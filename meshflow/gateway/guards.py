@@ -49,8 +49,8 @@ from graphql import (
 from strawberry.extensions import SchemaExtension
 from strawberry.schema.schema import validate_document
 
-from meshflow.gateway.limits import GraphQLLimits
 from meshflow.gateway.tarpit import HELD, Tarpit
+from meshflow.spec.limits import GraphQLLimits
 
 # Introspection's type references nest as deep as a type is wrapped (``[[T!]!]!``): they
 # cost nothing per level, so the standard introspection query fits the depth limit.

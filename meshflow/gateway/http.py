@@ -68,11 +68,11 @@ from meshflow.gateway.graphql import (
     run_post,
 )
 from meshflow.gateway.guards import QueryCache, QueryGuard
-from meshflow.gateway.limits import GraphQLLimits
 from meshflow.gateway.server import Gateway
 from meshflow.gateway.tarpit import HELD, Tarpit
 from meshflow.observability.tracing import current_trace_id
 from meshflow.proto.v1 import services_pb2
+from meshflow.spec.limits import GraphQLLimits
 
 
 def error_code(has_path: bool) -> str:

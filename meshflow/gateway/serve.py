@@ -8,16 +8,16 @@ from typing import Any
 import grpc
 
 from meshflow.errors import ConfigError
-from meshflow.gateway.auth import Authenticator, JWTAuth
-from meshflow.gateway.limits import GraphQLLimits
+from meshflow.gateway.auth import Authenticator
 from meshflow.gateway.server import Gateway
 from meshflow.gateway.topology import Topology, cluster_name
 from meshflow.gateway.transport import DirectTransport, EnvoyTransport, Transport
 from meshflow.gateway.traversal import Traversal
 from meshflow.serving import serve_forever
+from meshflow.spec.auth import JWTAuth
+from meshflow.spec.limits import GraphQLLimits
+from meshflow.types import DEFAULT_MAX_REQUEST_BYTES
 from meshflow.voucher import Signer
-
-DEFAULT_MAX_REQUEST_BYTES = 64 * 1024 * 1024
 
 
 def make_transport(topology: Topology, mesh: str, egress: str | None = None) -> Transport:

@@ -29,7 +29,7 @@ import yaml
 from meshflow.gateway.topology import cluster_name
 from meshflow.mesh.admin import STATS_LISTENER, STATS_PATHS
 from meshflow.mesh.certs import Identity
-from meshflow.mesh.policy import (
+from meshflow.spec.policy import (
     CircuitBreaker,
     HealthCheck,
     LoadBalancing,

@@ -11,11 +11,11 @@ from typing import Any
 import pytest
 
 from meshflow.gateway.http import make_schema
-from meshflow.gateway.limits import GraphQLLimits
 from meshflow.gateway.server import Gateway
 from meshflow.gateway.topology import Node, Topology
 from meshflow.gateway.transport import DirectTransport
 from meshflow.gateway.traversal import Traversal
+from meshflow.spec.limits import GraphQLLimits
 
 
 class BrokenGateway(Gateway):

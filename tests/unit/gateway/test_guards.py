@@ -10,7 +10,7 @@ from graphql import get_introspection_query, parse
 
 from meshflow.gateway.guards import count_documents, measure
 from meshflow.gateway.http import make_schema
-from meshflow.gateway.limits import GraphQLLimits
+from meshflow.spec.limits import GraphQLLimits
 
 
 def fragment_bomb(levels: int, width: int = 10) -> str:

@@ -1,4 +1,4 @@
-"""Limits of the gateway's GraphQL door (kept apart so that importing them is cheap)."""
+"""Limits of the gateway's GraphQL door, part of a Flow's spec."""
 
 from __future__ import annotations
 
