@@ -99,7 +99,10 @@ def make_parser() -> argparse.ArgumentParser:
 
     ping = sub.add_parser("ping", help="exit 0 when HOST:PORT serves gRPC health, 1 when not")
     ping.add_argument("target", help="HOST:PORT")
-    ping.add_argument("--timeout", type=float, default=3.0)
+    ping.add_argument("--timeout", type=float, default=3.0, help="seconds per check")
+    ping.add_argument(
+        "--wait", type=float, default=0.0, help="keep trying up to this many seconds (a start)"
+    )
     return parser
 
 
@@ -158,7 +161,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     configure_logging()
     try:
         if args.command == "ping":
-            return _ping(args.target, args.timeout, parser)
+            return _ping(args.target, args.timeout, parser, wait=args.wait)
         if args.command == "flow":
             return _flow(args)
         if args.command == "status":
@@ -216,23 +219,32 @@ def _die_with_parent() -> None:
     threading.Thread(target=watch, name="parent-watch", daemon=True).start()
 
 
-def _ping(target: str, timeout: float, parser: argparse.ArgumentParser) -> int:
+def _ping(
+    target: str, timeout: float, parser: argparse.ArgumentParser, *, wait: float = 0.0
+) -> int:
+    """0 when ``target`` serves gRPC health; with ``wait``, ask again until it does or
+    ``wait`` seconds have passed (what a script needs after starting a Flow)."""
     host, sep, port = target.rpartition(":")
     if not sep or not host or not port.isdigit():
         parser.error(f"ping takes HOST:PORT, got {target!r}")
     import grpc
     from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+    deadline = time.monotonic() + wait
     with grpc.insecure_channel(target) as channel:
         stub = health_pb2_grpc.HealthStub(channel)
-        try:
-            answer = stub.Check(health_pb2.HealthCheckRequest(), timeout=timeout)
-        except grpc.RpcError as exc:
-            print(f"{target}: not serving ({exc.code().name})")
-            return 1
-    status = health_pb2.HealthCheckResponse.ServingStatus.Name(answer.status)
+        while True:
+            try:
+                answer = stub.Check(health_pb2.HealthCheckRequest(), timeout=timeout)
+                status = health_pb2.HealthCheckResponse.ServingStatus.Name(answer.status)
+                serving = answer.status == health_pb2.HealthCheckResponse.SERVING
+            except grpc.RpcError as exc:
+                status, serving = f"not serving ({exc.code().name})", False
+            if serving or time.monotonic() >= deadline:
+                break
+            time.sleep(0.2)
     print(f"{target}: {status}")
-    return 0 if answer.status == health_pb2.HealthCheckResponse.SERVING else 1
+    return 0 if serving else 1
 
 
 def _flow(args: argparse.Namespace) -> int:
@@ -242,25 +254,36 @@ def _flow(args: argparse.Namespace) -> int:
     if flow.log_dir is None:  # kept after exit, unlike a library Flow's temporary folder
         flow.log_dir = os.path.join(flow.workspace, ".meshflow", "logs", flow.name)
     stop = threading.Event()
-    with flow:
-        print(f"Flow {flow.name!r} serving gRPC on {flow.host}:{flow.port}", flush=True)
-        if flow.graphql:
-            page = flow.graphql_url.removesuffix("graphql")
-            print(f"GraphQL on {flow.graphql_url} (a page to try queries: {page})", flush=True)
-        print(f"logs in {flow.log_dir}", flush=True)
-        if not args.quiet:
-            _follow_logs(flow.log_dir, stop)
-        if flow.auth is not None:
-            print(
-                f"JWT auth on (issuer {flow.auth.issuer}, audience {flow.auth.audience}); "
-                f"a dev token: meshflow token --flow {args.config} --sub NAME --scope SCOPE",
-                flush=True,
-            )
-        try:
-            flow.block()
-        finally:
-            stop.set()
+    try:
+        flow.start()
+    except KeyboardInterrupt:  # Ctrl-C while starting: the Flow stopped what it started
+        return 130
+    try:
+        _serve(flow, args, stop)
+    except KeyboardInterrupt:  # Ctrl-C before block() took over the signal: same as after
+        pass
+    finally:
+        stop.set()
+        flow.close()
     return 0
+
+
+def _serve(flow: Any, args: argparse.Namespace, stop: threading.Event) -> None:
+    """Tell where the running Flow is, follow its logs, serve until Ctrl-C or SIGTERM."""
+    print(f"Flow {flow.name!r} serving gRPC on {flow.host}:{flow.port}", flush=True)
+    if flow.graphql:
+        page = flow.graphql_url.removesuffix("graphql")
+        print(f"GraphQL on {flow.graphql_url} (a page to try queries: {page})", flush=True)
+    print(f"logs in {flow.log_dir}", flush=True)
+    if not args.quiet:
+        _follow_logs(flow.log_dir, stop)
+    if flow.auth is not None:
+        print(
+            f"JWT auth on (issuer {flow.auth.issuer}, audience {flow.auth.audience}); "
+            f"a dev token: meshflow token --flow {args.config} --sub NAME --scope SCOPE",
+            flush=True,
+        )
+    flow.block()
 
 
 def _follow_logs(folder: str, stop: threading.Event) -> None:

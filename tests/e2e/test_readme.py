@@ -9,6 +9,7 @@ import json
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -76,6 +77,25 @@ def block(section: str, language: str, index: int = 0) -> str:
     return [code for lang, code in sections()[section] if lang == language][index]
 
 
+def port_free(port: int) -> bool:
+    with socket.socket() as sock:
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+@pytest.fixture(autouse=True)
+def readme_ports() -> None:
+    """The README names ports 50051 and 8080: wait for them to be free (another run of these
+    tests on the same machine may hold them a while) rather than fail on a neighbour."""
+    deadline = time.monotonic() + 60
+    while not (port_free(50051) and port_free(8080)):
+        assert time.monotonic() < deadline, "ports 50051 and 8080 stayed in use"
+        time.sleep(0.5)
+
+
 @pytest.fixture
 def project(tmp_path: Path) -> Path:
     root = tmp_path / "project"
@@ -105,15 +125,18 @@ def python(project: Path, source: str, timeout: float = 120) -> subprocess.Compl
     return done
 
 
-def stop_group(pgid: int, grace: float = 30) -> None:
-    """SIGTERM a process group, wait until it is gone, SIGKILL what is left."""
+def stop_group(leader: subprocess.Popen[str], grace: float = 15) -> None:
+    """SIGTERM the process group ``leader`` heads, wait until it is gone (reaping the leader,
+    whose zombie would keep the group alive), SIGKILL what is left."""
     with contextlib.suppress(ProcessLookupError):
-        os.killpg(pgid, signal.SIGTERM)
+        os.killpg(leader.pid, signal.SIGTERM)
         deadline = time.monotonic() + grace
         while time.monotonic() < deadline:
-            os.killpg(pgid, 0)
+            leader.poll()
+            os.killpg(leader.pid, 0)
             time.sleep(0.2)
-        os.killpg(pgid, signal.SIGKILL)
+        os.killpg(leader.pid, signal.SIGKILL)
+    leader.wait()
 
 
 def test_hello_world_prints_what_the_readme_says(project: Path) -> None:
@@ -187,12 +210,11 @@ def test_auth_walkthrough_and_its_client_line(project: Path) -> None:
             start_new_session=True,
         )
         try:
-            proc.wait(timeout=100)  # the background Flow keeps the output open: not communicate
+            proc.wait(timeout=60)  # the background Flow keeps the output open: not communicate
         finally:
             # `meshflow flow flow.yml &` is still serving: stop the whole group (SIGTERM: a
             # background job of a script ignores SIGINT).
-            stop_group(proc.pid)
-            proc.wait()
+            stop_group(proc)
     out = log.read_text()
     assert proc.returncode == 0, out
     assert '"text":"red dress (searched)"' in out, out

@@ -61,6 +61,24 @@ def test_executor_with_unknown_class_exits_2() -> None:
 def test_ping_exits_1_when_nothing_serves(free_port: int) -> None:
     out = meshflow("ping", f"127.0.0.1:{free_port}", "--timeout", "0.5")
     assert out.returncode == 1
+    waited = meshflow("ping", f"127.0.0.1:{free_port}", "--timeout", "0.2", "--wait", "1")
+    assert waited.returncode == 1 and "not serving" in waited.stdout
+
+
+def test_ping_wait_returns_once_a_starting_server_serves(free_port: int) -> None:
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "meshflow", "executor", "--uses", "executors:Append",
+         "--port", str(free_port)],
+        env={**os.environ, "PYTHONPATH": TESTS},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        out = meshflow("ping", f"127.0.0.1:{free_port}", "--wait", "30", timeout=60)
+        assert out.returncode == 0 and "SERVING" in out.stdout
+    finally:
+        proc.kill()
+        proc.wait()
 
 
 def test_executor_serves_health_and_drains_on_sigterm(free_port: int) -> None:
