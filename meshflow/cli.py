@@ -315,7 +315,8 @@ def _follow_logs(folder: str, stop: threading.Event) -> None:
 
 
 def _status(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
-    from meshflow.flow.status import format_status, read_state, state_file, with_health
+    from meshflow.flow.status import format_status, read_state, with_health
+    from meshflow.spec.names import state_file
 
     if args.config:
         from meshflow.flow.config import read_flow_header

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, Protocol
 
 import yaml
 
@@ -19,9 +19,7 @@ from meshflow.deploy.images import (
     BuildContext,
 )
 from meshflow.errors import ConfigError
-from meshflow.flow.deployment import check_spec
-from meshflow.flow.flow import Flow
-from meshflow.gateway.topology import Node, Topology
+from meshflow.gateway.topology import Node, Topology, check_spec
 from meshflow.mesh.config import Admin
 from meshflow.observability.tracing import sampling_arg
 from meshflow.spec.auth import JWTAuth
@@ -41,9 +39,17 @@ SIDECAR_ADMIN = Admin(socket=ADMIN_SOCKET, stats_port=STATS_PORT, stats_host="0.
 """Every exported sidecar: admin on a 0600 socket in its own container, stats on :15090."""
 
 
-def flow_spec(flow: Flow | FlowSpec) -> FlowSpec:
-    """The spec an export writes out: the graph checked, the mesh Envoy."""
-    spec = flow.spec if isinstance(flow, Flow) else flow
+class HasSpec(Protocol):
+    """What exports take besides a FlowSpec: a :class:`~meshflow.Flow` (its ``spec``). The
+    exports sit below the Flow builder and never import it."""
+
+    @property
+    def spec(self) -> FlowSpec: ...
+
+
+def flow_spec(flow: HasSpec | FlowSpec) -> FlowSpec:
+    """The spec an export writes out, its graph checked."""
+    spec = flow if isinstance(flow, FlowSpec) else flow.spec
     check_spec(spec)
     return spec
 

@@ -34,6 +34,7 @@ from meshflow.deploy.common import (
     SIDECAR_ADMIN,
     SIGNING_DIR,
     SIGNING_KEY,
+    HasSpec,
     PlainDumper,
     environment,
     executor_command,
@@ -58,7 +59,6 @@ from meshflow.deploy.images import (
     write_image,
 )
 from meshflow.errors import ConfigError
-from meshflow.flow.flow import Flow
 from meshflow.gateway.topology import Node
 from meshflow.mesh.certs import Identity, spiffe_id
 from meshflow.mesh.config import (
@@ -94,7 +94,7 @@ def _label(dep: DeploymentSpec, shard: int, replica: int) -> str:
 
 
 def export_compose(
-    flow: Flow | FlowSpec,
+    flow: HasSpec | FlowSpec,
     path: str,
     *,
     context: str | None = None,

@@ -36,6 +36,7 @@ from meshflow.deploy.common import (
     GATEWAY_KEY_DIR,
     SIDECAR_ADMIN,
     SIGNING_DIR,
+    HasSpec,
     PlainDumper,
     environment,
     executor_command,
@@ -66,7 +67,6 @@ from meshflow.deploy.secrets import (
     write_secrets,
 )
 from meshflow.errors import ConfigError
-from meshflow.flow.flow import Flow
 from meshflow.gateway.topology import Node
 from meshflow.mesh.certs import Identity, spiffe_id
 from meshflow.mesh.config import (
@@ -91,7 +91,7 @@ def _identity(flow: str, workload: str) -> Identity:
 
 
 def export_kubernetes(
-    flow: Flow | FlowSpec,
+    flow: HasSpec | FlowSpec,
     out_dir: str,
     *,
     namespace: str | None = None,

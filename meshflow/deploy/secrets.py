@@ -10,8 +10,7 @@ from typing import Any
 
 import yaml
 
-from meshflow.deploy.common import PlainDumper
-from meshflow.flow.flow import Flow
+from meshflow.deploy.common import HasSpec, PlainDumper
 from meshflow.mesh.certs import FlowCA, spiffe_id
 from meshflow.spec.flow import FlowSpec
 
@@ -131,9 +130,9 @@ def tls_secrets(flow: str, workloads: list[str], pki_dir: str, meta: Any) -> lis
     return out
 
 
-def write_secrets(flow: Flow | FlowSpec, out_dir: str, namespace: str | None = None) -> str:
+def write_secrets(flow: HasSpec | FlowSpec, out_dir: str, namespace: str | None = None) -> str:
     """The certificate Secrets of ``flow`` (from the CA in ``out_dir``), one file, 0600."""
-    flow = flow.spec if isinstance(flow, Flow) else flow
+    flow = flow if isinstance(flow, FlowSpec) else flow.spec
     ns = namespace or k8s_name(flow.name)
     workloads = ["gateway"] + [dep.name for dep in flow.deployments]
 

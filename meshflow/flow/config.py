@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any
 import yaml
 
 from meshflow.errors import ConfigError
-from meshflow.flow.deployment import check_spec
+from meshflow.gateway.topology import check_spec
 from meshflow.spec.auth import SECRET_KEYS, JWTAuth
 from meshflow.spec.flow import EXECUTOR_KEYS, WITH_KEYS, FlowSpec
 

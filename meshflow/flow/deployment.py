@@ -16,8 +16,8 @@ from meshflow.executor.loader import (
     load_class,
     read_executor_yaml,
 )
-from meshflow.gateway.topology import Node, check_graph, normalise_polling
-from meshflow.spec.flow import DeploymentSpec, FlowSpec
+from meshflow.gateway.topology import normalise_polling
+from meshflow.spec.flow import DeploymentSpec
 from meshflow.spec.policy import (
     CircuitBreaker,
     HealthCheck,
@@ -30,13 +30,6 @@ from meshflow.types import Polling
 log = logging.getLogger("meshflow.flow")
 
 _NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_-]{0,62}$")
-
-
-def check_spec(spec: FlowSpec) -> None:
-    """Validate the graph of ``spec`` (unknown needs, cycles) without starting anything."""
-    if not spec.deployments:
-        raise ConfigError("the Flow has no deployments; add one with f.add(uses=...)")
-    check_graph(Node(name=d.name, needs=d.needs, shards=((),) * d.shards) for d in spec.deployments)
 
 
 def make_deployment(

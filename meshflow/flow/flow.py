@@ -14,11 +14,11 @@ from typing import Any
 from meshflow.client.client import Client, Posting
 from meshflow.errors import ConfigError
 from meshflow.executor.executor import check_replicas
-from meshflow.flow.deployment import check_spec, make_deployment
+from meshflow.flow.deployment import make_deployment
 from meshflow.flow.local import LocalRuntime
 from meshflow.flow.status import scrape_targets, snapshot, with_health
 from meshflow.gateway.auth import Authenticator
-from meshflow.gateway.topology import GATEWAY
+from meshflow.gateway.topology import GATEWAY, check_spec
 from meshflow.observability.tracing import (
     parse_sampling,
     tracing_requested,

@@ -25,8 +25,8 @@ from typing import TYPE_CHECKING, Any
 import cloudpickle
 
 from meshflow.errors import ConfigError
-from meshflow.flow.status import file_sd, snapshot, state_file, targets_file, write_state
-from meshflow.gateway.topology import Node, Topology, cluster_name
+from meshflow.flow.status import file_sd, snapshot, write_state
+from meshflow.gateway.topology import Node, Topology
 from meshflow.observability.tracing import sampling_arg
 from meshflow.processes import (
     ManagedProcess,
@@ -37,6 +37,7 @@ from meshflow.processes import (
 )
 from meshflow.spec.flow import DeploymentSpec, FlowSpec
 from meshflow.spec.launch import ExecutorLaunch, GatewayLaunch, Observability
+from meshflow.spec.names import cluster_name, state_file, targets_file
 
 if TYPE_CHECKING:
     from meshflow.mesh.certs import FlowCA

@@ -20,22 +20,12 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from meshflow.errors import ConfigError
-from meshflow.gateway.topology import cluster_name
+from meshflow.spec.names import cluster_name
 
 if TYPE_CHECKING:
     from meshflow.flow.local import LocalRuntime
     from meshflow.mesh.sidecar import EnvoyProcess
     from meshflow.processes import ManagedProcess
-
-
-def state_file(workspace: str, flow: str) -> str:
-    """Where a running Flow keeps its :func:`snapshot`."""
-    return os.path.join(os.path.abspath(workspace), ".meshflow", "run", f"{flow}.json")
-
-
-def targets_file(workspace: str, flow: str) -> str:
-    """Where a running Flow keeps its Prometheus scrape targets (``file_sd_configs`` format)."""
-    return os.path.join(os.path.abspath(workspace), ".meshflow", "run", f"{flow}.targets.json")
 
 
 def _process(proc: ManagedProcess) -> dict[str, Any]:

@@ -10,12 +10,13 @@ import grpc
 from meshflow.errors import ConfigError
 from meshflow.gateway.auth import Authenticator
 from meshflow.gateway.server import Gateway
-from meshflow.gateway.topology import Topology, cluster_name
+from meshflow.gateway.topology import Topology
 from meshflow.gateway.transport import DirectTransport, EnvoyTransport, Transport
 from meshflow.gateway.traversal import Traversal
 from meshflow.serving import serve_forever
 from meshflow.spec.auth import JWTAuth
 from meshflow.spec.limits import GraphQLLimits
+from meshflow.spec.names import cluster_name
 from meshflow.types import DEFAULT_MAX_REQUEST_BYTES
 from meshflow.voucher import Signer
 

@@ -8,20 +8,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from meshflow.errors import ConfigError
+from meshflow.spec.flow import FlowSpec
 from meshflow.types import Polling
 
 GATEWAY = "gateway"
 """The name of the Flow's entry point in ``needs``."""
 
 POLLINGS: tuple[Polling, ...] = ("ANY", "ALL", "ID")
-
-
-def cluster_name(deployment: str, shard: int) -> str:
-    """The mesh's name of one shard of a deployment (its Envoy cluster and gRPC authority).
-
-    Deployment names cannot hold a dot, so these never collide with one another.
-    """
-    return f"{deployment}.shard{shard}"
 
 
 def normalise_polling(polling: str | Mapping[str, str], *, deployment: str) -> dict[str, Polling]:
@@ -120,6 +113,13 @@ class Topology:
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> Topology:
         return cls(tuple(Node.from_dict(n) for n in data["nodes"]))
+
+
+def check_spec(spec: FlowSpec) -> None:
+    """Validate the graph of ``spec`` (unknown needs, cycles) without starting anything."""
+    if not spec.deployments:
+        raise ConfigError("the Flow has no deployments; add one with f.add(uses=...)")
+    check_graph(Node(name=d.name, needs=d.needs, shards=((),) * d.shards) for d in spec.deployments)
 
 
 def check_graph(nodes: Iterable[Node]) -> list[Node]:

@@ -26,9 +26,9 @@ from urllib.parse import urlsplit
 
 import yaml
 
-from meshflow.gateway.topology import cluster_name
 from meshflow.mesh.admin import STATS_LISTENER, STATS_PATHS
 from meshflow.mesh.certs import Identity
+from meshflow.spec.names import cluster_name
 from meshflow.spec.policy import (
     CircuitBreaker,
     HealthCheck,

@@ -13,7 +13,7 @@ from typing import Any
 
 import yaml
 
-from meshflow.flow.status import targets_file
+from meshflow.spec.names import targets_file
 
 
 def prometheus_config(flow: str, workspace: str, scrape_interval: str = "5s") -> dict[str, Any]:
