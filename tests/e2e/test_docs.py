@@ -1,0 +1,309 @@
+"""The snippets of docs/ and services/*/README.md, run as they are written from a user's own
+project folder (no PYTHONPATH), against real Flows. Each test gives a snippet only the context
+its page states ("given a Flow f", "your package my_pkg"); the package the pages name is the
+user's, and this test writes a small one. Snippets that need a container engine or kubectl
+are checked statically: the commands and flags exist, the files they name are written by the
+export. ``CHECKED`` says how each fenced block of every page is covered; a block that is in no
+test fails ``test_every_block_is_run_or_checked``."""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+BIN = Path(sys.executable).parent
+PAGES = sorted(
+    [str(p.relative_to(ROOT)) for p in (ROOT / "docs").glob("*.md")]
+    + [str(p.relative_to(ROOT)) for p in (ROOT / "services").glob("*/README.md")]
+)
+RUNNABLE = {"python", "bash", "sh", "yaml", "graphql", "console", "shell", ""}
+
+# (page, index of the fenced block on the page) -> how it is covered.
+CHECKED: dict[tuple[str, int], str] = {
+    ("docs/architecture.md", 0): "text: the package tree",
+    ("docs/auth.md", 0): "run: test_auth_page",
+    ("docs/auth.md", 1): "run: test_auth_page (the JWKS Flow)",
+    ("docs/auth.md", 2): "output: test_auth_page (the gateway's log)",
+    ("docs/auth.md", 3): "run: test_auth_page (the Catalog executor)",
+    ("docs/auth.md", 4): "run: test_auth_page",
+    ("docs/auth.md", 5): "run: test_auth_page",
+    ("docs/auth.md", 6): "run: test_auth_page",
+    ("docs/auth.md", 7): "run: test_auth_page",
+}
+
+MY_PKG = {
+    "__init__.py": "",
+    "encoders.py": """
+import hashlib
+
+import numpy as np
+
+from meshflow import DocumentArray, Executor, requests
+
+
+def vector(text: str) -> np.ndarray:
+    seed = int.from_bytes(hashlib.sha256(text.encode()).digest()[:4], "big")
+    return np.random.default_rng(seed).random(16).astype(np.float32)
+
+
+class Encoder(Executor):
+    def __init__(self, model: str = "base", **kwargs):
+        super().__init__(**kwargs)
+        self.model = model
+
+    @requests
+    def encode(self, docs: DocumentArray, **kwargs):
+        for doc in docs:
+            doc.embedding = vector(doc.text)
+
+
+TextEncoder = Encoder
+""",
+    "index.py": """
+from meshflow import DocumentArray, Executor, requests
+
+
+class Indexer(Executor):
+    @requests(on="/index")
+    def index(self, docs: DocumentArray, **kwargs):
+        return {"indexed": len(docs)}
+
+    @requests(on="/search")
+    def search(self, docs: DocumentArray, **kwargs):
+        for doc in docs:
+            doc.text += " (searched)"
+""",
+}
+
+
+def fenced(page: str) -> list[tuple[str, str]]:
+    """Every fenced block of a page, in order, as (language, text)."""
+    text = (ROOT / page).read_text(encoding="utf-8")
+    return re.findall(r"^```(\w*)\n(.*?)^```", text, flags=re.M | re.S)
+
+
+def block(page: str, index: int, language: str) -> str:
+    lang, code = fenced(page)[index]
+    assert lang == language, f"{page} block {index} is {lang!r}, not {language!r}: {code[:80]}"
+    assert (page, index) in CHECKED
+    return code
+
+
+@functools.cache
+def base_env() -> dict[str, str]:
+    """The environment of a user's shell: no PYTHONPATH. When the meshflow that the bare
+    interpreter imports is not this checkout's (a git worktree of a checkout installed in
+    editable mode), this checkout is put first on the path: the user's own folder still
+    reaches Python only as the working directory."""
+    path = f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}"
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    env["PATH"] = path
+    found = subprocess.run(
+        [sys.executable, "-c", "import meshflow; print(meshflow.__file__)"],
+        cwd="/",
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    ).stdout.strip()
+    if Path(found).resolve() != (ROOT / "meshflow" / "__init__.py").resolve():
+        env["PYTHONPATH"] = str(ROOT)
+    return env
+
+
+@pytest.fixture
+def project(tmp_path: Path) -> Path:
+    root = tmp_path / "my-project"
+    (root / "my_pkg").mkdir(parents=True)
+    for name, source in MY_PKG.items():
+        (root / "my_pkg" / name).write_text(source)
+    return root
+
+
+def python(
+    project: Path, source: str, timeout: float = 90, **env: str
+) -> subprocess.CompletedProcess[str]:
+    script = project / "snippet.py"
+    script.write_text(source)
+    done = subprocess.run(
+        [sys.executable, str(script)],
+        cwd=project,
+        env={**base_env(), **env},
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        start_new_session=True,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    return done
+
+
+def shell(project: Path, script: str, timeout: float = 60, **env: str) -> str:
+    done = subprocess.run(
+        ["bash", "-e", "-o", "pipefail", "-c", script],
+        cwd=project,
+        env={**base_env(), **env},
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    return done.stdout
+
+
+def stop_group(pgid: int, grace: float = 30) -> None:
+    """SIGTERM a process group, wait until it is gone, SIGKILL what is left."""
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(pgid, signal.SIGTERM)
+        deadline = time.monotonic() + grace
+        while time.monotonic() < deadline:
+            os.killpg(pgid, 0)
+            time.sleep(0.2)
+        os.killpg(pgid, signal.SIGKILL)
+
+
+def listening(port: int) -> bool:
+    with socket.socket() as sock:
+        sock.settimeout(1)
+        return sock.connect_ex(("127.0.0.1", port)) == 0
+
+
+@pytest.fixture(autouse=True, scope="module")
+def fixed_ports_left_free() -> Iterator[None]:
+    """The pages use ports 50051 and 8080 as written: nothing may still listen there after."""
+    yield
+    deadline = time.monotonic() + 10
+    while any(listening(p) for p in (50051, 8080)) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not any(listening(p) for p in (50051, 8080))
+
+
+def indent(code: str, by: str = "    ") -> str:
+    return "".join(f"{by}{line}\n" if line.strip() else "\n" for line in code.splitlines())
+
+
+def test_every_block_is_run_or_checked() -> None:
+    missing = [
+        (page, i, lang, code.splitlines()[0] if code else "")
+        for page in PAGES
+        for i, (lang, code) in enumerate(fenced(page))
+        if lang in RUNNABLE and (page, i) not in CHECKED
+    ]
+    assert not missing, missing
+    stale = [key for key in CHECKED if key[1] >= len(fenced(key[0]))]
+    assert not stale, stale
+
+
+# --- docs/auth.md ------------------------------------------------------------------------
+
+AUTH = "docs/auth.md"
+
+AUTH_FLOW = """
+with:
+  port: 50051
+  graphql_port: 8080
+  auth:
+    secret_file: jwt.secret
+    issuer: https://id.example
+    audience: shop
+    scopes: {/index: index:write, /search: search:read}
+executors:
+  - name: catalog
+    uses: my_pkg.catalog:Catalog
+"""
+
+
+def test_auth_page(project: Path) -> None:
+    """Every snippet of the page in turn: the Flow of its first snippet starts (its key is
+    loaded); the JWKS YAML serves and takes a token of the page's RSA key; the dev tokens,
+    the curl and the clients work against a Flow on 50051/8080 reading `jwt.secret`; the
+    refusals log the lines the page shows."""
+    (project / "my_pkg" / "catalog.py").write_text(block(AUTH, 3, "python"))
+    (project / "flow.yml").write_text(AUTH_FLOW)
+    tokens = block(AUTH, 4, "bash")
+    minted = shell(project, tokens).split()
+    assert len(minted) == 3 and all(t.count(".") == 2 for t in minted), minted
+    # the JWKS Flow of the page's YAML, trusting private.pem's public key as 'k2'
+    (project / "jwks").mkdir()
+    (project / "jwks" / "flow.yml").write_text(
+        block(AUTH, 1, "yaml") + "executors:\n  - uses: my_pkg.catalog:Catalog\n"
+    )
+    curl = block(AUTH, 6, "bash")
+    code = f"""
+import json, os, subprocess, sys, urllib.request
+from pathlib import Path
+import jwt
+from meshflow import Document, DocumentArray, Flow, ForbiddenError, UnauthenticatedError
+
+{block(AUTH, 0, "python")}
+f.add(uses='my_pkg.catalog:Catalog')
+with f:
+    assert f.describe()['gateway']['serving']
+
+pem = Path('private.pem').read_bytes()
+from cryptography.hazmat.primitives.serialization import load_pem_private_key
+public = json.loads(
+    jwt.algorithms.RSAAlgorithm.to_jwk(load_pem_private_key(pem, None).public_key())
+)
+Path('jwks/keys').mkdir()
+Path('jwks/keys/jwks.json').write_text(json.dumps({{'keys': [{{**public, 'kid': 'k2'}}]}}))
+g = Flow.load_config('jwks/flow.yml')
+with g:
+    g.token = os.environ['SVC_TOKEN']   # the page's `--key-file private.pem --kid k2`
+    g.post('/index', DocumentArray([Document(text='x')]))   # index:write is k2's token's scope
+    g.token = None
+    try:
+        g.post('/index', DocumentArray([Document(text='x')]))
+        raise SystemExit('no token, yet served')
+    except UnauthenticatedError:
+        pass
+
+f = Flow.load_config('flow.yml', log_dir='logs')
+with f:
+    env = dict(os.environ)
+    env['TOKEN'] = subprocess.run(
+        ['meshflow', 'token', '--flow', 'flow.yml', '--sub', 'alice', '--scope', 'search:read'],
+        capture_output=True, text=True, check=True).stdout.strip()
+    out = subprocess.run(['bash', '-e', '-c', {curl!r}], env=env, capture_output=True,
+                         text=True, timeout=30, check=True).stdout
+    assert json.loads(out)['docs'][0]['text'] == 'red dress', out
+
+{indent(block(AUTH, 5, "python"))}
+{indent(block(AUTH, 7, "python"))}
+    queries = DocumentArray([Document(text='red dress')])
+    assert client.post('/search', queries).texts == ['red dress']
+    assert web.post('/search', queries).texts == ['red dress']
+    assert f.post('/search', queries).texts == ['red dress']
+    try:
+        client.post('/index', queries)
+        raise SystemExit('alice indexed')
+    except ForbiddenError as exc:
+        assert exc.scope == 'index:write', exc.scope
+    bob = mint_token(key=secret_bytes, subject='bob', issuer='https://id.example',
+                     audience='another', scopes=('search:read',))
+    request = urllib.request.Request(f.graphql_url, data=b'{{"query": "{{ __typename }}"}}',
+                                     headers={{'authorization': 'Bearer ' + bob,
+                                               'content-type': 'application/json'}})
+    try:
+        urllib.request.urlopen(request, timeout=10)
+        raise SystemExit('a wrong audience served')
+    except urllib.error.HTTPError as exc:
+        assert exc.code == 401
+log = '\\n'.join(p.read_text() for p in Path('logs').rglob('*gateway*'))
+print(log)
+"""
+    log = python(project, code, MESHFLOW_JWT_SECRET="s" * 32, SVC_TOKEN=minted[2]).stdout
+    for line in block(AUTH, 2, "").splitlines():
+        assert line in log, (line, log)
