@@ -41,6 +41,9 @@ CHECKED: dict[tuple[str, int], str] = {
     ("docs/auth.md", 5): "run: test_auth_page",
     ("docs/auth.md", 6): "run: test_auth_page",
     ("docs/auth.md", 7): "run: test_auth_page",
+    ("docs/flow.md", 0): "run: test_flow_page_shards_and_reduce",
+    ("docs/flow.md", 1): "run: test_flow_page_shards_and_reduce",
+    ("docs/flow.md", 2): "run: test_flow_page_yaml_serves",
 }
 
 MY_PKG = {
@@ -76,7 +79,7 @@ from meshflow import DocumentArray, Executor, requests
 
 
 class Indexer(Executor):
-    @requests(on="/index")
+    @requests(on="/index", reduce={"indexed": "sum"})
     def index(self, docs: DocumentArray, **kwargs):
         return {"indexed": len(docs)}
 
@@ -307,3 +310,92 @@ print(log)
     log = python(project, code, MESHFLOW_JWT_SECRET="s" * 32, SVC_TOKEN=minted[2]).stdout
     for line in block(AUTH, 2, "").splitlines():
         assert line in log, (line, log)
+
+
+# --- docs/flow.md ------------------------------------------------------------------------
+
+FLOW = "docs/flow.md"
+
+
+def test_flow_page_shards_and_reduce(project: Path) -> None:
+    """The sharded, replicated VectorIndexer and the Store with its `reduce` rules, in one
+    Flow f: an id is stored once, by the shard that owns it, and both find it; the shards'
+    counts add up."""
+    code = f"""
+import numpy as np
+from meshflow import Document, DocumentArray, Flow
+f = Flow()
+{block(FLOW, 0, "python")}
+{block(FLOW, 1, "python")}
+rng = np.random.default_rng(0)
+vectors = rng.random((10, 512), dtype=np.float32)
+docs = DocumentArray(Document(id=f'd{{i}}', embedding=v) for i, v in enumerate(vectors))
+with f:
+    [indexed] = f.post('/index', docs, return_responses=True)
+    assert indexed.results['store'] == {{'indexed': 10}}, indexed.results
+    assert indexed.results['executor0'] == {{'indexed': 10}}, indexed.results
+    [counted] = f.post('/count', return_responses=True)
+    assert counted.results['store'] == {{'count': 10}}, counted.results
+    assert counted.results['executor0'] == {{'count': 10}}, counted.results
+    [found] = f.post('/search', DocumentArray([Document(embedding=docs[3].embedding)]))
+    assert found.matches[0].id == 'd3', found.matches
+"""
+    python(project, code)
+
+
+def test_flow_page_yaml_serves(project: Path, free_port: int) -> None:
+    """The page's Flow YAML served by `meshflow flow` from the project folder, its port from
+    ${{ ENV.PORT }}; the error format the page shows, for a mistyped key."""
+    (project / "flow.yml").write_text(block(FLOW, 2, "yaml"))
+    proc = subprocess.Popen(
+        [str(BIN / "meshflow"), "flow", "flow.yml", "--quiet"],
+        cwd=project,
+        env={**base_env(), "PORT": str(free_port)},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
+    try:
+        assert proc.stdout is not None
+        lines = []
+        for line in proc.stdout:
+            lines.append(line)
+            if "serving gRPC" in line:
+                break
+        assert f"127.0.0.1:{free_port}" in "".join(lines), "".join(lines)
+        code = f"""
+from meshflow import Client, Document, DocumentArray
+client = Client(port={free_port})
+[r] = client.post('/index', DocumentArray(Document(text=str(i)) for i in range(6)),
+                  return_responses=True)
+assert r.results['index'] == {{'indexed': 6}}, r.results
+assert client.post('/search', DocumentArray([Document(text='a')])).texts == ['a (searched)']
+"""
+        python(project, code)
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(timeout=30) == 0
+    finally:
+        stop_group(proc.pid)
+        proc.wait()
+        if proc.stdout is not None:
+            proc.stdout.close()
+    shown = re.search(r"`(flow\.yml:7: executors\[1\]\.replica: [^`]*)`", (ROOT / FLOW).read_text())
+    assert shown is not None
+    typo = project / "typo"
+    typo.mkdir()
+    (typo / "my_pkg").symlink_to(project / "my_pkg")
+    (typo / "flow.yml").write_text(
+        "name: shop\nexecutors:\n  - name: encoder\n    uses: my_pkg.encoders:TextEncoder\n"
+        "  - name: index\n    uses: my_pkg.index:Indexer\n    replica: 2\n"
+    )
+    done = subprocess.run(
+        [str(BIN / "meshflow"), "flow", "flow.yml"],
+        cwd=typo,
+        env=base_env(),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode != 0
+    assert " ".join(shown.group(1).removesuffix("...").split()) in done.stderr, done.stderr
