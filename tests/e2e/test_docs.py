@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import json
 import os
 import re
 import signal
 import socket
 import subprocess
 import sys
+import textwrap
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -44,6 +46,14 @@ CHECKED: dict[tuple[str, int], str] = {
     ("docs/flow.md", 0): "run: test_flow_page_shards_and_reduce",
     ("docs/flow.md", 1): "run: test_flow_page_shards_and_reduce",
     ("docs/flow.md", 2): "run: test_flow_page_yaml_serves",
+    ("docs/graphql.md", 0): "static: test_graphql_page (the schema's types, fields and arguments)",
+    ("docs/graphql.md", 1): "run: test_graphql_page",
+    ("docs/graphql.md", 2): "run: test_graphql_page",
+    ("docs/graphql.md", 3): "run: test_graphql_page",
+    ("docs/graphql.md", 4): "run: test_graphql_page (over the WebSocket)",
+    ("docs/graphql.md", 5): "run: test_graphql_page (the typed executor)",
+    ("docs/graphql.md", 6): "run: test_graphql_page",
+    ("docs/graphql.md", 7): "run: test_graphql_page",
 }
 
 MY_PKG = {
@@ -94,7 +104,8 @@ class Indexer(Executor):
 def fenced(page: str) -> list[tuple[str, str]]:
     """Every fenced block of a page, in order, as (language, text)."""
     text = (ROOT / page).read_text(encoding="utf-8")
-    return re.findall(r"^```(\w*)\n(.*?)^```", text, flags=re.M | re.S)
+    found = re.findall(r"^( *)```(\w*)\n(.*?)^\1```", text, flags=re.M | re.S)
+    return [(lang, textwrap.dedent(code)) for _, lang, code in found]
 
 
 def block(page: str, index: int, language: str) -> str:
@@ -399,3 +410,134 @@ assert client.post('/search', DocumentArray([Document(text='a')])).texts == ['a 
     )
     assert done.returncode != 0
     assert " ".join(shown.group(1).removesuffix("...").split()) in done.stderr, done.stderr
+
+
+# --- docs/graphql.md ---------------------------------------------------------------------
+
+GRAPHQL = "docs/graphql.md"
+
+STORE = """
+from meshflow import Document, DocumentArray, Executor, requests
+
+
+class Store(Executor):
+    state_scope = "process"
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.items = DocumentArray()
+
+    @requests(on="/index")
+    def index(self, docs, **kwargs):
+        self.items.extend(Document(id=d.id, text=d.text) for d in docs)
+
+    @requests(on="/search", read_only=True)
+    def search(self, docs, parameters, **kwargs):
+        for doc in docs:
+            words = set(doc.text.split())
+            for item in self.items:
+                if words & set(item.text.split()):
+                    doc.matches.append(Document(id=item.id, text=item.text, scores={"words": 1.0}))
+            doc.matches = doc.matches[: int(parameters.get("limit", 10))]
+"""
+
+GRAPHQL_CLIENT = """
+import json, subprocess, sys, urllib.request
+from websockets.sync.client import connect
+from meshflow import Flow
+
+INTROSPECT = (
+    "{ __schema { types { name fields { name args { name } } inputFields { name } } } }"
+)
+QUERIES, SUBSCRIPTION, CURL = json.loads(sys.argv[1])
+
+
+def ask(url, query):
+    body = json.dumps({'query': query}).encode()
+    request = urllib.request.Request(url, data=body, headers={'content-type': 'application/json'})
+    with urllib.request.urlopen(request, timeout=30) as answer:
+        out = json.loads(answer.read())
+    assert 'errors' not in out, out
+    return out['data']
+
+
+f = (Flow(graphql_port=8080)
+     .add(uses='my_pkg.store:Store', name='store')
+     .add(uses='my_pkg.shop:Indexer', name='indexer'))
+with f:
+    url = f.graphql_url
+    assert url == 'http://127.0.0.1:8080/graphql', url
+    print(json.dumps([ask(url, q) for q in QUERIES]))
+    with connect(url.replace('http', 'ws', 1), subprotocols=['graphql-transport-ws']) as ws:
+        ws.send(json.dumps({'type': 'connection_init', 'payload': {}}))
+        assert json.loads(ws.recv(timeout=30))['type'] == 'connection_ack'
+        ws.send(json.dumps({'id': '1', 'type': 'subscribe', 'payload': {'query': SUBSCRIPTION}}))
+        pushed = []
+        while (message := json.loads(ws.recv(timeout=30)))['type'] == 'next':
+            pushed.append(message['payload'])
+        assert message['type'] == 'complete', message
+    print(json.dumps(pushed))
+    print(subprocess.run(['bash', '-e', '-c', CURL], capture_output=True, text=True,
+                         timeout=30, check=True).stdout.strip())
+    print(json.dumps(ask(url, INTROSPECT)))
+"""
+
+
+def sdl_fields(sdl: str) -> dict[str, dict[str, set[str]]]:
+    """The schema block's types: type name -> field name -> argument names."""
+    types: dict[str, dict[str, set[str]]] = {}
+    sdl = re.sub(r"#[^\n]*", "", sdl).replace("(base64)", "")
+    for name, body in re.findall(r"(?:type|input) (\w+) \{(.*?)\}", sdl, flags=re.S):
+        fields: dict[str, set[str]] = {}
+        for field, args in re.findall(r"(\w+)(?:\(([^)]*)\))?\s*:", body):
+            fields[field] = set(re.findall(r"(\w+)\s*:", args))
+        types[name] = fields
+    return types
+
+
+def test_graphql_page(project: Path) -> None:
+    """A Flow on 8080 with a store and the page's typed Indexer: its mutations, topology
+    query, subscription, typed query field and curl answer; the schema has the types, fields
+    and arguments the page shows."""
+    (project / "my_pkg" / "store.py").write_text(STORE)
+    (project / "my_pkg" / "shop.py").write_text(block(GRAPHQL, 5, "python"))
+    (project / "snippet.py").write_text(GRAPHQL_CLIENT)
+    given = [
+        [block(GRAPHQL, i, "graphql") for i in (1, 2, 3, 6)],
+        block(GRAPHQL, 4, "graphql"),
+        block(GRAPHQL, 7, "bash"),
+    ]
+    done = subprocess.run(
+        [sys.executable, "snippet.py", json.dumps(given)],
+        cwd=project,
+        env=base_env(),
+        capture_output=True,
+        text=True,
+        timeout=90,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    lines = done.stdout.splitlines()
+    indexed, searched, topology, typed = json.loads(lines[0])
+    assert indexed["post"]["requestId"]
+    [doc] = searched["post"]["docs"]
+    assert [m["id"] for m in doc["matches"]] == ["red-dress"], doc
+    assert topology["flow"]["healthy"] is True
+    assert [d["name"] for d in topology["flow"]["deployments"]] == ["store", "indexer"]
+    assert [m["id"] for m in typed["search"]["docs"][0]["matches"]] == ["red-dress"]
+    pushed = json.loads(lines[1])
+    assert len(pushed) == 2 and all(len(p["data"]["stream"]["docs"]) == 1 for p in pushed)
+    posted = json.loads(lines[2])
+    [doc] = posted["docs"]
+    assert [m["id"] for m in doc["matches"]] == ["red-dress"], posted
+    real = {
+        t["name"]: {
+            f["name"]: {a["name"] for a in f.get("args") or []}
+            for f in (t["fields"] or t["inputFields"] or [])
+        }
+        for t in json.loads(lines[3])["__schema"]["types"]
+    }
+    for name, fields in sdl_fields(block(GRAPHQL, 0, "graphql")).items():
+        assert name in real, name
+        for field, args in fields.items():
+            assert field in real[name], (name, field, sorted(real[name]))
+            assert args == real[name][field], (name, field, args, real[name][field])
