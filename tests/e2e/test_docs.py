@@ -8,11 +8,13 @@ test fails ``test_every_block_is_run_or_checked``."""
 
 from __future__ import annotations
 
+import ast
 import contextlib
 import functools
 import json
 import os
 import re
+import shlex
 import signal
 import socket
 import subprocess
@@ -54,6 +56,11 @@ CHECKED: dict[tuple[str, int], str] = {
     ("docs/graphql.md", 5): "run: test_graphql_page (the typed executor)",
     ("docs/graphql.md", 6): "run: test_graphql_page",
     ("docs/graphql.md", 7): "run: test_graphql_page",
+    ("docs/mesh.md", 0): "text: the topology drawing",
+    ("docs/mesh.md", 1): "run: test_mesh_page_traffic_options (and its defaults)",
+    ("docs/mesh.md", 2): "run: test_mesh_page_yaml_and_status",
+    ("docs/mesh.md", 3): "run: test_mesh_page_traffic_options",
+    ("docs/mesh.md", 4): "output: test_mesh_page_yaml_and_status",
 }
 
 MY_PKG = {
@@ -177,15 +184,18 @@ def shell(project: Path, script: str, timeout: float = 60, **env: str) -> str:
     return done.stdout
 
 
-def stop_group(pgid: int, grace: float = 30) -> None:
-    """SIGTERM a process group, wait until it is gone, SIGKILL what is left."""
+def stop_group(proc: subprocess.Popen[str], grace: float = 30) -> None:
+    """SIGTERM a process's group, wait until it is gone, SIGKILL what is left. The process
+    itself is reaped on the way (a zombie still counts as a member of its group)."""
     with contextlib.suppress(ProcessLookupError):
-        os.killpg(pgid, signal.SIGTERM)
+        os.killpg(proc.pid, signal.SIGTERM)
         deadline = time.monotonic() + grace
         while time.monotonic() < deadline:
-            os.killpg(pgid, 0)
+            proc.poll()
+            os.killpg(proc.pid, 0)
             time.sleep(0.2)
-        os.killpg(pgid, signal.SIGKILL)
+        os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
 
 
 def listening(port: int) -> bool:
@@ -387,8 +397,7 @@ assert client.post('/search', DocumentArray([Document(text='a')])).texts == ['a 
         proc.send_signal(signal.SIGINT)
         assert proc.wait(timeout=30) == 0
     finally:
-        stop_group(proc.pid)
-        proc.wait()
+        stop_group(proc)
         if proc.stdout is not None:
             proc.stdout.close()
     shown = re.search(r"`(flow\.yml:7: executors\[1\]\.replica: [^`]*)`", (ROOT / FLOW).read_text())
@@ -541,3 +550,96 @@ def test_graphql_page(project: Path) -> None:
         for field, args in fields.items():
             assert field in real[name], (name, field, sorted(real[name]))
             assert args == real[name][field], (name, field, args, real[name][field])
+
+
+# --- docs/mesh.md ------------------------------------------------------------------------
+
+MESH = "docs/mesh.md"
+
+
+def test_mesh_page_traffic_options(project: Path) -> None:
+    """The traffic options serve (three replicas, each behind its sidecar), their policy
+    values are the defaults as the page says, describe() shows every replica and its sidecar,
+    and Envoy's stats answer on the admin socket with curl."""
+    import meshflow
+
+    snippet = block(MESH, 1, "python")
+    names = ("RetryPolicy", "HealthCheck", "OutlierDetection", "CircuitBreaker")
+    calls = [
+        (node.func.id, node)
+        for node in ast.walk(ast.parse(snippet))
+        if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id in names
+    ]
+    assert len(calls) == 4
+    for name, call in calls:
+        shown = eval(compile(ast.Expression(call), MESH, "eval"), vars(meshflow))
+        assert shown == getattr(meshflow, name)(), shown
+    code = f"""
+import json, subprocess
+from meshflow import Document, DocumentArray
+{snippet}
+with f:
+    assert f.post('/', DocumentArray([Document(text='a')]))[0].embedding.shape == (16,)
+{indent(block(MESH, 3, "python"))}
+    described = f.describe()
+    admin = described['gateway']['sidecar']['admin']
+    stats = subprocess.run(['curl', '-s', '--unix-socket', admin, 'http://x/stats'],
+                           capture_output=True, text=True, timeout=30, check=True).stdout
+    assert 'cluster.' in stats, stats[:500]
+    print(json.dumps(described, default=str))
+"""
+    described = json.loads(python(project, code).stdout.splitlines()[-1])
+    [deployment] = described["deployments"]
+    assert len(deployment["replicas"]) == 3
+    assert all(r["sidecar"]["pid"] and r["healthy"] for r in deployment["replicas"]), deployment
+
+
+def status_pattern(shown: str) -> re.Pattern[str]:
+    """A shown line of `meshflow status` as a pattern: any numbers, any run folder."""
+    parts = []
+    for token in shown.split():
+        escaped = re.sub(r"\d+", r"\\d+", re.escape(token.replace("/tmp/meshflow-x/", "RUN/")))
+        parts.append(escaped.replace("RUN/", r"\S+/"))
+    return re.compile(r"\s*" + r"\s+".join(parts) + "$")
+
+
+def test_mesh_page_yaml_and_status(project: Path) -> None:
+    """The page's YAML serves with `meshflow flow`; `meshflow status --name shop` and, from
+    another folder, `meshflow status flow.yml` print what the page shows."""
+    (project / "flow.yml").write_text(block(MESH, 2, "yaml"))
+    shown = block(MESH, 4, "").splitlines()
+    assert shown[0].startswith("$ meshflow status --name shop ")
+    patterns = [status_pattern(line) for line in shown[1:]]
+    proc = subprocess.Popen(
+        [str(BIN / "meshflow"), "flow", "flow.yml", "--quiet"],
+        cwd=project,
+        env=base_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
+    try:
+        assert proc.stdout is not None
+        lines = []
+        for line in proc.stdout:
+            lines.append(line)
+            if "serving gRPC" in line:
+                break
+        assert "Flow 'shop' serving gRPC" in "".join(lines), "".join(lines)
+        for folder, command in (
+            (project, shlex.split(shown[0].split("#")[0].removeprefix("$ "))),
+            (project.parent, ["meshflow", "status", "my-project/flow.yml"]),
+        ):
+            out = shell(folder, shlex.join(command)).rstrip("\n").splitlines()
+            assert len(out) == len(shown) - 1 + 2, out  # three replicas where one is shown
+            for line in out:
+                assert any(p.match(line) for p in patterns), (line, shown)
+            for pattern in patterns:
+                assert any(pattern.match(line) for line in out), (pattern.pattern, out)
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(timeout=30) == 0
+    finally:
+        stop_group(proc)
+        if proc.stdout is not None:
+            proc.stdout.close()
