@@ -61,6 +61,10 @@ CHECKED: dict[tuple[str, int], str] = {
     ("docs/mesh.md", 2): "run: test_mesh_page_yaml_and_status",
     ("docs/mesh.md", 3): "run: test_mesh_page_traffic_options",
     ("docs/mesh.md", 4): "output: test_mesh_page_yaml_and_status",
+    ("docs/observability.md", 0): "run: test_observability_page",
+    ("docs/observability.md", 1): "run: test_observability_page",
+    ("docs/observability.md", 2): "static: test_observability_stack_files (needs docker)",
+    ("docs/observability.md", 3): "output: test_observability_page (the access lines)",
 }
 
 MY_PKG = {
@@ -643,3 +647,78 @@ def test_mesh_page_yaml_and_status(project: Path) -> None:
         stop_group(proc)
         if proc.stdout is not None:
             proc.stdout.close()
+
+
+# --- docs/observability.md ---------------------------------------------------------------
+
+OBSERVABILITY = "docs/observability.md"
+
+
+def test_observability_page(project: Path) -> None:
+    """The Python Flow (metrics, tracing, no collector running) and the YAML's options serve,
+    with `/metrics` and the targets file the page names; the access lines of both log
+    formats look as shown; `meshflow export prometheus` writes a config from the YAML."""
+    (project / "flow.yml").write_text(
+        block(OBSERVABILITY, 1, "yaml") + "executors:\n  - uses: my_pkg.encoders:Encoder\n"
+    )
+    code = f"""
+import json, pathlib, urllib.request
+from meshflow import Document, DocumentArray, Flow
+{block(OBSERVABILITY, 0, "python")}
+f.log_dir = 'logs/text'
+f.add(uses='my_pkg.encoders:Encoder', name='encoder')
+g = Flow.load_config('flow.yml', log_dir='logs/json')
+for flow in (f, g):
+    with flow:
+        post = 'mutation {{ post(on: "/", docs: [{{text: "a"}}]) {{ requestId }} }}'
+        ask = json.dumps({{'query': post}}).encode()
+        request = urllib.request.Request(flow.graphql_url, data=ask,
+                                         headers={{'content-type': 'application/json'}})
+        assert json.loads(urllib.request.urlopen(request, timeout=30).read())['data']
+        flow.post('/', DocumentArray([Document(text='a')]))
+        metrics = urllib.request.urlopen(flow.graphql_url.replace('/graphql', '/metrics'),
+                                         timeout=30).read().decode()
+        assert 'meshflow_gateway_requests_total' in metrics, metrics[:300]
+        targets = json.loads(pathlib.Path(f'workspace/.meshflow/run/{{flow.name}}.targets.json')
+                             .read_text())
+        assert {{t['labels']['component'] for t in targets}} >= {{'gateway', 'executor'}}, targets
+"""
+    python(project, code)
+    text, as_json = block(OBSERVABILITY, 3, "").splitlines()
+    logs = {
+        fmt: [
+            line
+            for path in (project / "logs" / fmt).rglob("*")
+            if path.is_file()
+            for line in path.read_text().splitlines()
+            if "meshflow.access" in line
+        ]
+        for fmt in ("text", "json")
+    }
+    shown = re.sub(r"\d", "D", text.split(" trace=")[0].replace("5f0c...", "ID"))
+    found = [re.sub(r"\d", "D", re.sub(r": \S+ ", ": ID ", line)) for line in logs["text"]]
+    assert any(re.sub(r" D+\.D+ ms", " D.DD ms", line).startswith(shown) for line in found), (
+        text,
+        logs["text"],
+    )
+    keys = set(json.loads(as_json.replace('"...",', '"x",').replace('"5f0c..."', '"x"')))
+    records = [json.loads(line) for line in logs["json"]]
+    assert any(keys <= set(r) and r["door"] == "graphql" for r in records), (keys, records)
+    done = shell(
+        project, "meshflow export prometheus flow.yml --out prometheus.yml --scrape-interval 5s"
+    )
+    assert "targets.json" in (project / "prometheus.yml").read_text(), done
+    assert listening(4317) is False  # the page's default collector was indeed absent
+
+
+def test_observability_stack_files() -> None:
+    """Needs docker: the files the commands name are the repository's, the stack's
+    Prometheus reads the targets files of ./workspace (the Flow's default), and the gateway
+    flags the page names exist."""
+    commands = block(OBSERVABILITY, 2, "bash")
+    compose = ROOT / re.search(r"-f (\S+)", commands).group(1)  # type: ignore[union-attr]
+    assert compose.is_file()
+    assert "../workspace/.meshflow/run:/meshflow/run" in compose.read_text()
+    assert "/meshflow/run/*.targets.json" in (ROOT / "observability/prometheus.yml").read_text()
+    help_text = shell(ROOT, "meshflow gateway --help")
+    assert "--tracing" in help_text and "--trace-sampling" in help_text
