@@ -25,6 +25,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import yaml
 
 ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
@@ -61,6 +62,8 @@ CHECKED: dict[tuple[str, int], str] = {
     ("docs/mesh.md", 2): "run: test_mesh_page_yaml_and_status",
     ("docs/mesh.md", 3): "run: test_mesh_page_traffic_options",
     ("docs/mesh.md", 4): "output: test_mesh_page_yaml_and_status",
+    ("docs/deploy.md", 0): "run + static: test_deploy_page_compose (the export runs; docker)",
+    ("docs/deploy.md", 1): "run + static: test_deploy_page_kubernetes (the export runs; kubectl)",
     ("docs/observability.md", 0): "run: test_observability_page",
     ("docs/observability.md", 1): "run: test_observability_page",
     ("docs/observability.md", 2): "static: test_observability_stack_files (needs docker)",
@@ -722,3 +725,108 @@ def test_observability_stack_files() -> None:
     assert "/meshflow/run/*.targets.json" in (ROOT / "observability/prometheus.yml").read_text()
     help_text = shell(ROOT, "meshflow gateway --help")
     assert "--tracing" in help_text and "--trace-sampling" in help_text
+
+
+# --- docs/deploy.md ----------------------------------------------------------------------
+
+DEPLOY = "docs/deploy.md"
+
+DEPLOY_FLOW = """
+name: shop
+with:
+  metrics: true
+  tracing: true
+  auth:
+    secret_env: MY_JWT_SECRET
+    issuer: https://id.example
+    audience: shop
+executors:
+  - name: encoder
+    uses: my_pkg.encoders:Encoder
+    replicas: 2
+  - name: index
+    uses: my_pkg.index:Indexer
+    shards: 2
+"""
+
+
+def runnable_lines(commands: str, tool: str) -> tuple[str, list[str]]:
+    """The lines of a block that run here, and those of `tool` (no container engine or
+    kubectl on this machine), which are checked statically."""
+    here, there = [], []
+    for line in commands.splitlines():
+        (there if line.startswith(tool) else here).append(line)
+    return "\n".join(here), there
+
+
+def table_column(page: str, header: str) -> list[str]:
+    """The first column of the table whose header starts with `header`, without backticks."""
+    text = (ROOT / page).read_text()
+    rows = text.split(f"| {header} |", 1)[1].split("\n\n", 1)[0].splitlines()[2:]
+    return [re.findall(r"`([^`]+)`", row.split("|")[1]) for row in rows]  # type: ignore[misc]
+
+
+def test_deploy_page_compose(project: Path) -> None:
+    """The export lines run from the project folder (and its Python form writes the same
+    files); the files the page lists are written, the services it lists are in the compose
+    file, and the `docker compose` line names a file that exists."""
+    (project / "flow.yml").write_text(DEPLOY_FLOW)
+    here, docker = runnable_lines(block(DEPLOY, 0, "bash"), "docker ")
+    shell(project.parent, here.replace("=...", "=s3cr3t-s3cr3t-s3cr3t-s3cr3t-s3cr3t"))
+    out = project / "deploy"
+    written = {str(p.relative_to(out)) for p in out.rglob("*") if p.is_file()}
+    for names in table_column(DEPLOY, "file"):
+        for name in names:
+            pattern = re.escape(name).replace("<service>", r"[\w-]+")
+            assert any(re.match(pattern, w) for w in written), (name, sorted(written))
+    services = set(yaml.safe_load((out / "docker-compose.yml").read_text())["services"])
+    expected = {"certs", "gateway", "gateway-sidecar", "jaeger", "prometheus", "grafana"}
+    expected |= {f"encoder-s0-r{r}" for r in (0, 1)} | {f"index-s{s}-r0" for s in (0, 1)}
+    expected |= {f"{name}-sidecar" for name in expected if name.startswith(("encoder", "index"))}
+    assert services == expected, services
+    [command] = docker
+    assert "-f deploy/docker-compose.yml" in command
+    python(
+        project,
+        "from meshflow import Flow\n"
+        "f = Flow.load_config('flow.yml')\n"
+        + re.search(r"# or (f\.to_docker_compose_yaml\([^)]*\))", here)
+        .group(1)  # type: ignore[union-attr]
+        .replace("deploy/", "again/")
+        + "\n",
+    )
+    again = {
+        str(p.relative_to(project / "again")) for p in (project / "again").rglob("*") if p.is_file()
+    }
+    assert again == written, again ^ written
+
+
+def test_deploy_page_kubernetes(project: Path) -> None:
+    """The export line runs with every option the page shows; the files the kubectl lines
+    apply exist, the JWT Secret they create is the one the gateway reads, and the export
+    prints how to build and push the image."""
+    (project / "flow.yml").write_text(DEPLOY_FLOW)
+    here, kubectl = runnable_lines(block(DEPLOY, 1, "bash"), "kubectl ")
+    export = here.splitlines()[0].replace("[", "").replace("]", "")
+    printed = shell(project, export)
+    assert "docker build -f" in printed and "docker push" in printed, printed
+    out = project / "k8s"
+    for line in kubectl:
+        for name in re.findall(r"-f (\S+)", line):
+            assert (project / name).is_file(), name
+        if "-k" in line:
+            assert (out / "kustomization.yaml").is_file()
+    assert (out / "certificates.yaml").is_file()  # --cert-manager
+    secret = re.search(r"create secret generic (\S+) --from-literal=(\w+)=", " ".join(kubectl))
+    assert secret is not None
+    manifests = "\n".join(p.read_text() for p in out.glob("*.yaml"))
+    assert f"name: {secret.group(1)}" in manifests and f"key: {secret.group(2)}" in manifests
+    assert "namespace: shop" in manifests
+    python(
+        project,
+        "from meshflow import Flow\n"
+        "f = Flow.load_config('flow.yml')\n"
+        + here.splitlines()[1].removeprefix("# or ").replace("k8s/", "again/")
+        + "\n",
+    )
+    assert (project / "again" / "kustomization.yaml").is_file()
