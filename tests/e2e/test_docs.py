@@ -24,6 +24,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import numpy as np
 import pytest
 import yaml
 
@@ -68,6 +69,17 @@ CHECKED: dict[tuple[str, int], str] = {
     ("docs/observability.md", 1): "run: test_observability_page",
     ("docs/observability.md", 2): "static: test_observability_stack_files (needs docker)",
     ("docs/observability.md", 3): "output: test_observability_page (the access lines)",
+    ("services/image_encoder/README.md", 0): "static: test_services_encoders (pip installs)",
+    ("services/image_encoder/README.md", 1): "run: test_services_encoders",
+    ("services/ranker/README.md", 0): "run: test_services_indexer_and_ranker",
+    ("services/shop_the_look/README.md", 0): "static: test_shop_the_look_commands (the demo)",
+    ("services/shop_the_look/README.md", 1): "text: the graph",
+    ("services/shop_the_look/README.md", 2): "run: test_services_indexer_and_ranker (validated"
+    " against the served schema; it is app.SEARCH, which test_shop_the_look.py runs)",
+    ("services/text_encoder/README.md", 0): "static: test_services_encoders (pip installs)",
+    ("services/text_encoder/README.md", 1): "run: test_services_encoders",
+    ("services/vector_indexer/README.md", 0): "static: test_services_encoders (pip installs)",
+    ("services/vector_indexer/README.md", 1): "run: test_services_indexer_and_ranker",
 }
 
 MY_PKG = {
@@ -830,3 +842,144 @@ def test_deploy_page_kubernetes(project: Path) -> None:
         + "\n",
     )
     assert (project / "again" / "kustomization.yaml").is_file()
+
+
+# --- services/*/README.md ----------------------------------------------------------------
+
+IMAGE, TEXT = "services/image_encoder/README.md", "services/text_encoder/README.md"
+VECTORS, RANKER = "services/vector_indexer/README.md", "services/ranker/README.md"
+SHOP = "services/shop_the_look/README.md"
+
+
+def test_services_encoders(project: Path) -> None:
+    """Each encoder's Flow, as its README writes it, embeds a document (two Flows at once);
+    the install lines name the torch pin and the extras meshflow declares."""
+    pyproject = (ROOT / "pyproject.toml").read_text()
+    section = pyproject.split("[project.optional-dependencies]")[1].split("\n[")[0]
+    extras = re.findall(r"^([\w-]+) = \[", section, flags=re.M)
+    assert "models" in extras and "index" in extras, extras
+    torch_pin = re.search(r"TORCH_PIN := (\S+)", (ROOT / "Makefile").read_text())
+    assert torch_pin is not None
+    for page, index in ((IMAGE, 0), (TEXT, 0), (VECTORS, 0)):
+        for line in block(page, index, "bash").splitlines():
+            package = shlex.split(line.split("#")[0])[2]
+            if package.startswith("meshflow["):
+                assert set(package[9:-1].split(",")) <= set(extras), line
+            else:
+                assert package == torch_pin.group(1), line
+    image = np.random.default_rng(0).random((48, 64, 3)).tolist()
+    procs = []
+    for page, modality, dim in ((IMAGE, "image", 1280), (TEXT, "text", 384)):
+        code = f"""
+import numpy as np
+from meshflow import Document, DocumentArray
+{block(page, 1, "python")}
+with f:
+    doc = Document(text='red summer dress', tensor=np.array({image}, dtype=np.float32))
+    [done] = f.post('/index', DocumentArray([doc]))
+    [chunk] = done.chunks
+    assert chunk.id == done.id + '/{modality}' and chunk.tags == {{'modality': '{modality}'}}
+    assert chunk.embedding.shape == ({dim},), chunk.embedding.shape
+    assert abs(float(np.linalg.norm(chunk.embedding)) - 1) < 1e-4
+"""
+        (project / f"{modality}.py").write_text(code)
+        procs.append(
+            subprocess.Popen(
+                [sys.executable, f"{modality}.py"],
+                cwd=project,
+                env=base_env(),
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                text=True,
+                start_new_session=True,
+            )
+        )
+    try:
+        for proc in procs:
+            out, _ = proc.communicate(timeout=120)
+            assert proc.returncode == 0, out
+    finally:
+        for proc in procs:
+            stop_group(proc)
+            if proc.stdout is not None:
+                proc.stdout.close()
+
+
+def test_services_indexer_and_ranker(project: Path) -> None:
+    """The VectorIndexer's Flow indexes, searches and counts; the Ranker after an indexer
+    named `indexer` fuses a two-modality query's matches; the shop's GraphQL query runs
+    against that Flow with its variables."""
+    code = f"""
+import json, urllib.request
+import numpy as np
+from meshflow import Document, DocumentArray
+{block(VECTORS, 1, "python")}
+rng = np.random.default_rng(0)
+docs = DocumentArray(Document(id=f'd{{i}}', embedding=v)
+                     for i, v in enumerate(rng.random((12, 512), dtype=np.float32)))
+with f:
+    [indexed] = f.post('/index', docs, return_responses=True)
+    assert indexed.results['executor0'] == {{'indexed': 12}}, indexed.results
+    [counted] = f.post('/count', return_responses=True)
+    assert counted.results['executor0'] == {{'count': 12}}, counted.results
+    [found] = f.post('/search', DocumentArray([Document(embedding=docs[5].embedding)]),
+                     parameters={{'limit': 3}})
+    assert [m.id for m in found.matches][:1] == ['d5'] and len(found.matches) == 3
+
+from meshflow import Flow
+f = Flow().add(uses='services.vector_indexer:VectorIndexer', name='indexer',
+               uses_with={{'spaces': {{'image': 4, 'text': 4}}}})
+{block(RANKER, 0, "python")}
+
+def item(i, image, text):
+    doc = Document(id=f'item{{i}}', text=f'item {{i}}')
+    for modality, vector in (('image', image), ('text', text)):
+        if vector is not None:
+            doc.chunks.append(Document(id=f'item{{i}}/{{modality}}', tags={{'modality': modality}},
+                                       embedding=np.array(vector, dtype=np.float32)))
+    return doc
+
+with f:
+    f.post('/index', DocumentArray([item(0, [1, 0.1, 0, 0], [0, 1, 0.1, 0]),
+                                    item(1, [1, 0, 0, 0], None),
+                                    item(2, None, [0, 1, 0, 0]),
+                                    item(3, [0, 0, 1, 0], [0, 0, 0, 1])]))
+    [query] = f.post('/search', DocumentArray([item(9, [1, 0, 0, 0], [0, 1, 0, 0])]))
+    assert query.matches[0].id == 'item0', [(m.id, m.scores) for m in query.matches]
+    assert set(query.matches[0].scores) >= {{'fused', 'image', 'text'}}
+    body = json.dumps({{'query': {block(SHOP, 2, "graphql")!r},
+                       'variables': {{'docs': [{{'text': 'red striped t-shirt'}}], 'limit': 5,
+                                     'filter': {{'category': 'bag'}}}}}}).encode()
+    request = urllib.request.Request(f.graphql_url, data=body,
+                                     headers={{'content-type': 'application/json'}})
+    answer = json.loads(urllib.request.urlopen(request, timeout=30).read())
+    # valid against the schema; a text query needs the app's encoders to have vectors
+    [error] = answer['errors']
+    assert error['extensions']['code'] == 'EXECUTOR_ERROR', answer
+    assert 'has no embedding in any space' in error['message'], answer
+"""
+    python(project, code)
+    # the query `app.search` sends, which tests/integration/test_shop_the_look.py runs
+    from services.shop_the_look.app import SEARCH
+
+    assert block(SHOP, 2, "graphql").strip() == SEARCH.strip()
+
+
+def test_shop_the_look_commands() -> None:
+    """The demo's commands (minutes of indexing: run by tests/integration/test_shop_the_look.py)
+    are the Makefile's and the options of the README's table are the command's."""
+    commands = block(SHOP, 0, "bash").splitlines()
+    assert commands[0].startswith("make demo ") and commands[0].endswith(
+        "= python -m services.shop_the_look"
+    )
+    assert "\t$(PY) -m services.shop_the_look\n" in (ROOT / "Makefile").read_text()
+    assert "--catalog DIR" in commands[1]
+    run = [sys.executable, "-m", "services.shop_the_look"]
+    env = {**base_env(), "PYTHONPATH": str(ROOT)}
+    usage = subprocess.run(
+        [*run, "--help"], env=env, capture_output=True, text=True, timeout=60, check=True
+    ).stdout
+    options = [names[0].split()[0] for names in table_column(SHOP, "option")]
+    assert options and all(option in usage for option in options), (options, usage)
+    bad = subprocess.run([*run, "--bogus"], env=env, capture_output=True, text=True, timeout=60)
+    assert bad.returncode == 2 and bad.stderr.splitlines()[-1].endswith("--bogus")
