@@ -455,6 +455,9 @@ class Flow(Posting):
 
 def _check_port_free(host: str, port: int, label: str = "port") -> None:
     with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as sock:
+        # As the servers themselves bind (gRPC, uvicorn): the connections a Flow that just
+        # stopped left in TIME_WAIT do not hold the port, only a listener does.
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             sock.bind((host, port))
         except OSError:

@@ -344,6 +344,8 @@ with f:
         raise SystemExit('a wrong audience served')
     except urllib.error.HTTPError as exc:
         assert exc.code == 401
+        shown = 'Bearer realm="meshflow", error="invalid_token", error_description="'
+        assert exc.headers['www-authenticate'].startswith(shown), exc.headers
 log = '\\n'.join(p.read_text() for p in Path('logs').rglob('*gateway*'))
 print(log)
 """
@@ -508,6 +510,12 @@ with f:
     print(subprocess.run(['bash', '-e', '-c', CURL], capture_output=True, text=True,
                          timeout=30, check=True).stdout.strip())
     print(json.dumps(ask(url, INTROSPECT)))
+    root = url.removesuffix('/graphql')
+    health = json.loads(urllib.request.urlopen(root + '/health', timeout=30).read())
+    assert health == {'status': 'SERVING'}, health
+    page = urllib.request.urlopen(root + '/', timeout=30)
+    assert page.headers['content-type'].startswith('text/html')
+    assert 'http://' not in page.read().decode().replace(root, '')  # no CDN
 """
 
 
