@@ -420,7 +420,7 @@ class Flow(Posting):
 
     @classmethod
     def load_config(cls, path: str, *, port: int | None = None, **overrides: Any) -> Flow:
-        """Build a Flow from a YAML file (see ``docs/flow-yaml.md``); ``port`` overrides its
+        """Build a Flow from a YAML file (see ``docs/flow.md``, YAML); ``port`` overrides its
         gateway port, keyword arguments any of its ``with:`` options, e.g.
         ``Flow.load_config('flow.yml', workspace='/data', graphql_port=0)``."""
         from meshflow.flow.config import load_flow
