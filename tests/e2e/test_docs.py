@@ -513,6 +513,20 @@ with f:
     root = url.removesuffix('/graphql')
     health = json.loads(urllib.request.urlopen(root + '/health', timeout=30).read())
     assert health == {'status': 'SERVING'}, health
+    for body, kind, status, code in (
+        (b'[1]', 'application/json', 400, 'BAD_REQUEST'),
+        (b'{"on": "/search", "doc": []}', 'application/json', 400, 'BAD_USER_INPUT'),
+        (b'{"docs": []}', 'application/json', 400, 'BAD_USER_INPUT'),
+        (b'{"on": "/search"}', 'text/plain', 415, 'UNSUPPORTED_MEDIA_TYPE'),
+    ):
+        request = urllib.request.Request(root + '/post', data=body, headers={'content-type': kind})
+        try:
+            urllib.request.urlopen(request, timeout=30)
+            raise SystemExit(f'{body!r} served')
+        except urllib.error.HTTPError as exc:
+            answer = json.loads(exc.read())
+            assert exc.code == status, (body, exc.code, answer)
+            assert answer['errors'][0]['extensions']['code'] == code, (body, answer)
     page = urllib.request.urlopen(root + '/', timeout=30)
     assert page.headers['content-type'].startswith('text/html')
     assert 'http://' not in page.read().decode().replace(root, '')  # no CDN
