@@ -359,7 +359,7 @@ class Flow(Posting):
 
     @classmethod
     def load_config(cls, path: str, *, port: int | None = None, **overrides: Any) -> Flow:
-        """Build a Flow from a YAML file (see ``docs/flow-yaml.md``); ``port`` overrides its
+        """Build a Flow from a YAML file (see ``docs/flow.md``, YAML); ``port`` overrides its
         gateway port, keyword arguments any of its ``with:`` options, e.g.
         ``Flow.load_config('flow.yml', workspace='/data', graphql_port=0)``."""
         from meshflow.flow.config import load_flow
@@ -394,6 +394,9 @@ class Flow(Posting):
 
 def _check_port_free(host: str, port: int, label: str = "port") -> None:
     with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as sock:
+        # As the servers themselves bind (gRPC, uvicorn): the connections a Flow that just
+        # stopped left in TIME_WAIT do not hold the port, only a listener does.
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             sock.bind((host, port))
         except OSError:

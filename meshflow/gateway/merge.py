@@ -62,8 +62,11 @@ def _union(base: Any, other: Any) -> None:
             merge_document(mine, doc)
 
 
-def merge_requests(outputs: Sequence[data_request_pb2.DataRequest]) -> data_request_pb2.DataRequest:
-    """Merge the answers of several branches (or shards) to one request by document id."""
+def merge_requests(
+    outputs: Sequence[data_request_pb2.DataRequest], *, deployment: str | None = None
+) -> data_request_pb2.DataRequest:
+    """Merge the answers of several branches, or of ``deployment``'s shards, to one request
+    by document id (results: see :func:`merge_results`)."""
     merged = data_request_pb2.DataRequest()
     merged.CopyFrom(outputs[0])
     index = {d.id: d for d in merged.docs}
@@ -76,13 +79,20 @@ def merge_requests(outputs: Sequence[data_request_pb2.DataRequest]) -> data_requ
                 index[added.id] = added
             else:
                 merge_document(mine, doc)
-    merge_results(merged, outputs)
+    merge_results(merged, outputs, deployment=deployment)
     return merged
 
 
-def merge_results(target: Answer, outputs: Sequence[Answer]) -> None:
+def merge_results(
+    target: Answer, outputs: Sequence[Answer], *, deployment: str | None = None
+) -> None:
     """Set ``target``'s results to those of ``outputs`` combined, each executor's dict key by
-    key: by the rule its answer declares for the key, or else the last value wins."""
+    key: by the rule its answer declares for the key, or else the last value wins.
+
+    Only ``deployment``'s dicts (the answers are its shards') are reduced by their rules: what
+    executors before it returned travels in every shard's answer as the same copy, taken once
+    (a ``sum`` would count it once per shard). Without ``deployment`` (branches meeting at a
+    join) nothing is reduced: each dict comes from one branch, or is one copy in several."""
     names: dict[str, None] = {}
     for out in outputs:
         names.update(dict.fromkeys(out.results))
@@ -93,9 +103,11 @@ def merge_results(target: Answer, outputs: Sequence[Answer]) -> None:
                 rules.update(out.reduce[name].rules)
         present = [out.results[name] for out in outputs if name in out.results]
         target.results[name].Clear()
-        if not rules:
+        if not rules or name != deployment:
             for result in present:  # today's rule: key by key, the last value wins
                 target.results[name].MergeFrom(result)
+            if rules:
+                target.reduce[name].rules.update(rules)
             continue
         target.results[name].CopyFrom(
             dict_to_struct(reduce_dicts([struct_to_dict(r) for r in present], rules))
@@ -148,9 +160,13 @@ def reduce_values(rule: str, values: Sequence[Any]) -> Any:
 
 
 def reduce_shards(
-    outputs: Sequence[data_request_pb2.DataRequest], parameters: Mapping[str, Any] | None = None
+    outputs: Sequence[data_request_pb2.DataRequest],
+    parameters: Mapping[str, Any] | None = None,
+    *,
+    deployment: str | None = None,
 ) -> data_request_pb2.DataRequest:
-    """Merge the answers of all shards and keep each document's top-k matches by score.
+    """Merge the answers of all of ``deployment``'s shards and keep each document's top-k
+    matches by score.
 
     k is the request parameter ``limit`` (or ``top_k``) when set; otherwise the largest number
     of matches a single shard returned for that document, i.e. each shard's own top-k.
@@ -160,7 +176,7 @@ def reduce_shards(
         for doc in out.docs:
             for key, holder in _match_holders(doc):
                 per_shard_counts[key] = max(per_shard_counts.get(key, 0), len(holder.matches))
-    merged = merge_requests(outputs)
+    merged = merge_requests(outputs, deployment=deployment)
     limit = _limit(parameters)
     declared = (parameters or {}).get("score_name")
     declared = declared if isinstance(declared, str) else None

@@ -79,9 +79,10 @@ def split(data: bytes, shards: int) -> list[Part] | None:
     return parts
 
 
-def reassemble(parts: Sequence[Part], answers: Sequence[bytes]) -> bytes:
-    """One answer from each part's answer: documents back in the request's order, results
-    combined by their declared rules (see :func:`~meshflow.gateway.merge.merge_results`).
+def reassemble(parts: Sequence[Part], answers: Sequence[bytes], deployment: str) -> bytes:
+    """One answer from each part's answer: documents back in the request's order,
+    ``deployment``'s results combined by their declared rules (see
+    :func:`~meshflow.gateway.merge.merge_results`).
 
     An executor that answered a part with other documents than it got (fewer, more) keeps
     them: the parts' documents then follow one another in shard order.
@@ -99,5 +100,5 @@ def reassemble(parts: Sequence[Part], answers: Sequence[bytes]) -> bytes:
     else:
         for answer in decoded:
             merged.docs.extend(answer.docs)
-    merge_results(merged, decoded)
+    merge_results(merged, decoded, deployment=deployment)
     return merged.SerializeToString()

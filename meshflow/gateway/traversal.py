@@ -143,7 +143,7 @@ class Traversal:
                     *(self._send(node.name, p.shard, p.data, timeout) for p in parts)
                 )
                 failed = next((a for a in owned if _failed(a)), None)
-                return failed if failed is not None else reassemble(parts, owned)
+                return failed if failed is not None else reassemble(parts, owned, node.name)
             answers = await asyncio.gather(
                 *(self._send(node.name, shard, data, timeout) for shard in range(len(node.shards)))
             )
@@ -165,7 +165,8 @@ class Traversal:
                 return answer
         with _step(node.name, endpoint, "reducing the shards' answers"):
             decoded = [data_request_pb2.DataRequest.FromString(a) for a in answers]
-            reduced = reduce_shards(decoded, struct_to_dict(decoded[0].parameters))
+            parameters = struct_to_dict(decoded[0].parameters)
+            reduced = reduce_shards(decoded, parameters, deployment=node.name)
             return reduced.SerializeToString()
 
     async def _observed_call(

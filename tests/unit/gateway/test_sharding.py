@@ -14,7 +14,7 @@ from meshflow.document.proto import (
     struct_to_dict,
 )
 from meshflow.gateway.merge import merge_requests, reduce_dicts
-from meshflow.gateway.sharding import jump_hash, reassemble, shard_of, split
+from meshflow.gateway.sharding import Part, jump_hash, reassemble, shard_of, split
 from meshflow.gateway.topology import normalise_polling
 from meshflow.proto.v1 import data_request_pb2
 
@@ -101,7 +101,7 @@ def test_reassembly_restores_request_order_and_sums_declared_results() -> None:
                 reduce={"index": data_request_pb2.ReduceRules(rules={"indexed": "sum"})},
             )
         )
-    answer = data_request_pb2.DataRequest.FromString(reassemble(parts, answers))
+    answer = data_request_pb2.DataRequest.FromString(reassemble(parts, answers, "index"))
     back = documents_from_proto(answer.docs)
     assert back.ids == [f"p{i}" for i in range(8)]
     assert [d.text for d in back] == [f"shard {shard_of(d.id, 2)}" for d in back]
@@ -112,7 +112,7 @@ def test_answers_with_other_documents_follow_one_another() -> None:
     parts = split(request([Document(id=f"p{i}") for i in range(4)]), 2)
     assert parts is not None
     answers = [request([Document(id=f"new{p.shard}")]) for p in parts]
-    back = data_request_pb2.DataRequest.FromString(reassemble(parts, answers))
+    back = data_request_pb2.DataRequest.FromString(reassemble(parts, answers, "indexer"))
     assert [d.id for d in back.docs] == ["new0", "new1"]
 
 
@@ -158,11 +158,46 @@ def test_all_polling_counts_add_up_with_a_sum_rule() -> None:
         )
         for n in (10_029, 9_971)
     ]
-    merged = merge_requests(shards)
+    merged = merge_requests(shards, deployment="indexer")
     assert struct_to_dict(merged.results["indexer"]) == {"count": 20_000}
     assert dict(merged.reduce["indexer"].rules) == {"count": "sum"}
     undeclared = [data_request_pb2.DataRequest(results=s.results) for s in shards]
-    assert struct_to_dict(merge_requests(undeclared).results["indexer"]) == {"count": 9_971}
+    last = merge_requests(undeclared, deployment="indexer")
+    assert struct_to_dict(last.results["indexer"]) == {"count": 9_971}
+
+
+def test_results_of_executors_before_the_shards_are_not_reduced_again() -> None:
+    """A sharded deployment after another: each shard's answer carries the earlier executor's
+    results (and its rules) as the same copy; they are taken once, not summed per shard."""
+    rules = {
+        "encoder": data_request_pb2.ReduceRules(rules={"indexed": "sum"}),
+        "store": data_request_pb2.ReduceRules(rules={"indexed": "sum"}),
+    }
+    shards = [
+        data_request_pb2.DataRequest(
+            results={
+                "encoder": dict_to_struct({"indexed": 10}),
+                "store": dict_to_struct({"indexed": n}),
+            },
+            reduce=rules,
+        )
+        for n in (4, 6)
+    ]
+    for merged in (
+        merge_requests(shards, deployment="store"),
+        data_request_pb2.DataRequest.FromString(
+            reassemble(
+                [Part(0, (), b""), Part(1, (), b"")],
+                [s.SerializeToString() for s in shards],
+                "store",
+            )
+        ),
+    ):
+        assert struct_to_dict(merged.results["encoder"]) == {"indexed": 10}
+        assert struct_to_dict(merged.results["store"]) == {"indexed": 10}
+        assert dict(merged.reduce["encoder"].rules) == {"indexed": "sum"}
+    # branches meeting at a join: the dict both carry from before the fork is one copy
+    assert struct_to_dict(merge_requests(shards).results["encoder"]) == {"indexed": 10}
 
 
 def test_endpoint_declares_reduce_rules() -> None:
