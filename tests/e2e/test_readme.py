@@ -78,7 +78,10 @@ def block(section: str, language: str, index: int = 0) -> str:
 
 
 def port_free(port: int) -> bool:
+    """Nothing listens on ``port`` (connections of an earlier Flow in TIME_WAIT do not count:
+    the servers bind with SO_REUSEADDR too)."""
     with socket.socket() as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             sock.bind(("127.0.0.1", port))
         except OSError:
