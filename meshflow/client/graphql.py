@@ -22,14 +22,13 @@ from websockets.typing import Subprotocol
 from meshflow.client.messages import Response
 from meshflow.document import Document, DocumentArray
 from meshflow.errors import (
-    REFUSALS,
     BadRequestError,
     DeadlineExceeded,
     ExecutorError,
     ForbiddenError,
-    RequestError,
     UnauthenticatedError,
     UnavailableError,
+    for_graphql_code,
 )
 from meshflow.types import DEFAULT_MAX_BATCHES, DEFAULT_MAX_DOCS
 
@@ -105,28 +104,24 @@ def response(raw: dict[str, Any]) -> Response:
     )
 
 
-_BY_CODE: dict[str, type[RequestError]] = {
-    cls.graphql_code: cls for cls in REFUSALS if cls is not ForbiddenError
-}
-
-
 def raise_errors(errors: Sequence[dict[str, Any]]) -> None:
-    """Turn GraphQL errors into meshflow's exceptions."""
+    """Turn GraphQL errors into meshflow's exceptions (the class from ``extensions.code``;
+    a code of the GraphQL guards, which no class has, is a :class:`BadRequestError`)."""
     error = errors[0]
     ext = error.get("extensions") or {}
     code = ext.get("code", "")
     message = error.get("message", "GraphQL error")
-    if code == "EXECUTOR_ERROR":
+    kind = for_graphql_code(code)
+    if kind is ExecutorError:
         raise ExecutorError(
             message,
             executor=ext.get("executor", ""),
             endpoint=ext.get("endpoint", ""),
             exception_type=ext.get("exceptionType", ""),
         )
-    if code == "FORBIDDEN":
+    if kind is ForbiddenError:
         raise ForbiddenError(message, scope=ext.get("scope"))
-    kind = _BY_CODE.get(code, BadRequestError)
-    raise kind(f"{message} ({code or 'no code'})")
+    raise (kind or BadRequestError)(f"{message} ({code or 'no code'})")
 
 
 def subscriptions(

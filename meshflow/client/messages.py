@@ -24,8 +24,8 @@ from meshflow.errors import (
     ForbiddenError,
     OverloadedError,
     RequestError,
-    UnauthenticatedError,
     UnavailableError,
+    for_grpc_code,
 )
 from meshflow.proto.v1 import data_request_pb2
 from meshflow.wire import MISSING_SCOPE
@@ -124,31 +124,34 @@ def request_id_of(data: bytes) -> str:
     return data_request_pb2.DataRequestHead.FromString(data).header.request_id
 
 
+# How the client words a status the gateway answered with (``details`` is the gateway's own
+# message); which error it is comes from the status code (errors.for_grpc_code).
+_WORDING: dict[type[RequestError], str] = {
+    OverloadedError: "the gateway at {target} is overloaded: {details}",
+    DeadlineExceeded: "the request to {target} timed out: {details}",
+    UnavailableError: "the gateway at {target} is unreachable: {details}",
+    RequestError: "the request to {target} failed with {code}: {details}",
+}
+
+
 def rpc_error(exc: grpc.RpcError, target: str) -> RequestError:
     """Map a failed call to the gateway onto meshflow's errors."""
     code = exc.code() if hasattr(exc, "code") else None
+    name = code.name if code is not None else "UNKNOWN"
     details = (exc.details() if hasattr(exc, "details") else None) or str(exc)
     if code == grpc.StatusCode.UNIMPLEMENTED:
         return RequestError(
             f"{target} is not a Flow's gateway ({details}): a Client talks to the port of a "
             "Flow (Flow(port=...), `meshflow flow`), not to an executor's own port"
         )
-    if code == grpc.StatusCode.RESOURCE_EXHAUSTED:
-        if "larger than max" in details:
-            return BadRequestError(f"the request is larger than the gateway accepts: {details}")
-        return OverloadedError(f"the gateway at {target} is overloaded: {details}")
-    if code == grpc.StatusCode.INVALID_ARGUMENT:
-        return BadRequestError(details)
-    if code == grpc.StatusCode.DEADLINE_EXCEEDED:
-        return DeadlineExceeded(f"the request to {target} timed out: {details}")
-    if code == grpc.StatusCode.UNAVAILABLE:
-        return UnavailableError(f"the gateway at {target} is unreachable: {details}")
-    if code == grpc.StatusCode.UNAUTHENTICATED:
-        return UnauthenticatedError(details)
-    if code == grpc.StatusCode.PERMISSION_DENIED:
-        return ForbiddenError(details, scope=_trailer(exc, MISSING_SCOPE))
-    name = code.name if code is not None else "UNKNOWN"
-    return RequestError(f"the request to {target} failed with {name}: {details}")
+    if code == grpc.StatusCode.RESOURCE_EXHAUSTED and "larger than max" in details:
+        # gRPC's own message size limit, not the gateway's in-flight limit
+        return BadRequestError(f"the request is larger than the gateway accepts: {details}")
+    kind = for_grpc_code(name, REFUSALS)
+    message = _WORDING.get(kind, "{details}").format(target=target, code=name, details=details)
+    if kind is ForbiddenError:
+        return ForbiddenError(message, scope=_trailer(exc, MISSING_SCOPE))
+    return kind(message)
 
 
 def _trailer(exc: grpc.RpcError, key: str) -> str | None:
