@@ -24,7 +24,7 @@ from strawberry.types import Info
 from strawberry.types.nodes import FragmentSpread, InlineFragment, SelectedField, Selection
 
 from meshflow.document.proto import struct_to_dict
-from meshflow.errors import RequestError
+from meshflow.errors import BadRequestError, RequestError
 from meshflow.gateway.post import array_values, run_post
 from meshflow.gateway.server import Gateway
 from meshflow.proto.v1 import data_request_pb2, document_pb2, services_pb2
@@ -370,7 +370,7 @@ class Subscription:
         max_in_flight: int = 16,
     ) -> AsyncGenerator[ResponseType, None]:
         if not 1 <= max_in_flight <= 1024:
-            raise graphql_error("maxInFlight must be 1 to 1024", "BAD_USER_INPUT")
+            raise request_error(BadRequestError("maxInFlight must be 1 to 1024"))
         gateway = _gateway(info)
         if gateway.auth is not None:  # refuse before the first batch is sent
             _require(info, gateway.auth.config.scope_for(on), on)

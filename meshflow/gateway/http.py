@@ -77,7 +77,7 @@ from meshflow.proto.v1 import services_pb2
 def error_code(has_path: bool) -> str:
     """The ``extensions.code`` of an error that came without one: the guards code every
     refusal before execution, so what is left failed in a resolver or in validation."""
-    return "INTERNAL_SERVER_ERROR" if has_path else "GRAPHQL_VALIDATION_FAILED"
+    return RequestError.graphql_code if has_path else "GRAPHQL_VALIDATION_FAILED"
 
 
 class _Schema(strawberry.Schema):
@@ -88,7 +88,7 @@ class _Schema(strawberry.Schema):
         if unexpected:
             super().process_errors(unexpected, execution_context)
         for error in unexpected:  # a bug of the gateway: still a coded answer
-            error.extensions = {**(error.extensions or {}), "code": "INTERNAL_SERVER_ERROR"}
+            error.extensions = {**(error.extensions or {}), "code": RequestError.graphql_code}
 
     async def stream(self, *args: Any, **kwargs: Any) -> Any:
         """As Strawberry's, with the guard's refusals before parsing (a refused query text, a
