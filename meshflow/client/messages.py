@@ -26,6 +26,7 @@ from meshflow.errors import (
     RequestError,
     UnavailableError,
     for_grpc_code,
+    request_errors,
 )
 from meshflow.proto.v1 import data_request_pb2
 from meshflow.wire import MISSING_SCOPE
@@ -88,10 +89,10 @@ def build_request(
     return request_id, request.SerializeToString()
 
 
-# A failure of the gateway itself (not of an executor) on a stream: a refusal, or an internal
-# error (a plain RequestError naming the step where the gateway failed).
-_GATEWAY_REFUSALS: dict[str, type[RequestError]] = {
-    cls.__name__: cls for cls in (*REFUSALS, RequestError)
+# A failure of the gateway itself (not of an executor) on a stream, by class name: a refusal,
+# or an internal error (a plain RequestError naming the step where the gateway failed).
+_GATEWAY_FAILURES: dict[str, type[RequestError]] = {
+    cls.__name__: cls for cls in request_errors() if cls is not ExecutorError
 }
 
 
@@ -100,7 +101,7 @@ def read_response(data: bytes) -> Response:
     answer = data_request_pb2.DataRequest.FromString(data)
     status = answer.status
     if status.code != data_request_pb2.Status.OK:
-        refused = _GATEWAY_REFUSALS.get(status.exception_type)
+        refused = _GATEWAY_FAILURES.get(status.exception_type)
         if status.executor == "gateway" and refused is not None:
             # Refused on a stream, before any executor.
             if refused is ForbiddenError:
