@@ -26,6 +26,7 @@ from meshflow.errors import (
     DeadlineExceeded,
     ExecutorError,
     ForbiddenError,
+    RequestError,
     UnauthenticatedError,
     UnavailableError,
     for_graphql_code,
@@ -102,6 +103,17 @@ def response(raw: dict[str, Any]) -> Response:
         docs=DocumentArray(doc_output(d) for d in raw["docs"]),
         results=raw.get("results") or {},
     )
+
+
+# The gateway closes a WebSocket whose token or scope it refuses with 4000 + the HTTP status
+# of the error (4401, 4403, as graphql-transport-ws servers do).
+_CLOSED_FOR: dict[int, tuple[type[RequestError], str]] = {
+    4000 + UnauthenticatedError.http_status: (
+        UnauthenticatedError,
+        "the gateway refused the token",
+    ),
+    4000 + ForbiddenError.http_status: (ForbiddenError, "the token lacks a scope"),
+}
 
 
 def raise_errors(errors: Sequence[dict[str, Any]]) -> None:
@@ -213,10 +225,9 @@ class GraphQLSession:
             except ConnectionClosed as exc:
                 code = exc.rcvd.code if exc.rcvd is not None else None
                 reason = exc.rcvd.reason if exc.rcvd is not None else ""
-                if code == 4401:
-                    raise UnauthenticatedError(reason or "the gateway refused the token") from None
-                if code == 4403:
-                    raise ForbiddenError(reason or "the token lacks a scope") from None
+                refused = _CLOSED_FOR.get(code or 0)
+                if refused is not None:
+                    raise refused[0](reason or refused[1]) from None
                 raise UnavailableError(
                     f"{self.ws_url} closed the GraphQL connection ({code} {reason})"
                 ) from None
