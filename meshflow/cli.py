@@ -18,7 +18,7 @@ import time
 from collections.abc import Sequence
 from typing import Any, NoReturn
 
-from meshflow.errors import ConfigError, MeshflowError
+from meshflow.errors import ConfigError, FlowStartError, MeshflowError
 from meshflow.spec.launch import ExecutorLaunch, GatewayLaunch, Observability
 
 log = logging.getLogger("meshflow.cli")
@@ -397,8 +397,9 @@ def _executor(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         raise ConfigError(f"executor {name!r} ({cls.__name__}) cannot be built: {exc}") from None
     except Exception as exc:
         log.exception("executor %r (%s) failed in __init__", name, cls.__name__)
-        raise _StartError(
-            f"executor {name!r} ({cls.__name__}) failed in __init__: {type(exc).__name__}: {exc}"
+        raise FlowStartError(
+            f"executor {name!r} ({cls.__name__}) failed in __init__: {type(exc).__name__}: {exc}",
+            process=f"executor {name!r}",
         ) from None
     asyncio.run(
         serve_executor(
@@ -598,10 +599,6 @@ def _token(args: argparse.Namespace) -> int:
         )
     )
     return 0
-
-
-class _StartError(MeshflowError):
-    pass
 
 
 def _gateway(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:

@@ -8,6 +8,7 @@
     └── RequestError           one request failed; the Flow keeps serving
         ├── ExecutorError      an executor endpoint raised, or its process died mid-request
         ├── BadRequestError    the request is malformed or too large
+        │   └── TooManyDocumentsError  more documents in one request than the gateway takes
         ├── OverloadedError    the gateway is at its in-flight limit and shed the request
         ├── DeadlineExceeded   the request's timeout expired somewhere on its path
         ├── UnavailableError   the gateway or an executor cannot be reached
@@ -15,8 +16,30 @@
         │   └── UnverifiedIdentityError  an executor got an identity the gateway did not vouch for
         └── ForbiddenError     a valid token without the scope the endpoint needs
 
-Each :class:`RequestError` maps to one gRPC status code (``grpc_code``) and one GraphQL
-error code (``graphql_code``), so every door of the gateway answers the same failure alike.
+Every class carries its three codes, the one place they are written:
+
+=========================  ====================  =======================  ====
+class                      ``grpc_code``         ``graphql_code``         HTTP
+=========================  ====================  =======================  ====
+MeshflowError              INTERNAL              INTERNAL_SERVER_ERROR    500
+ConfigError                FAILED_PRECONDITION   CONFIG_ERROR             500
+FlowStartError             UNAVAILABLE           FLOW_START_FAILED        503
+RequestError               INTERNAL              INTERNAL_SERVER_ERROR    500
+ExecutorError              INTERNAL              EXECUTOR_ERROR           502
+BadRequestError            INVALID_ARGUMENT      BAD_USER_INPUT           400
+TooManyDocumentsError      INVALID_ARGUMENT      TOO_MANY_DOCUMENTS       413
+OverloadedError            RESOURCE_EXHAUSTED    OVERLOADED               503
+DeadlineExceeded           DEADLINE_EXCEEDED     TIMEOUT                  504
+UnavailableError           UNAVAILABLE           UNAVAILABLE              503
+UnauthenticatedError       UNAUTHENTICATED       UNAUTHENTICATED          401
+UnverifiedIdentityError    UNAUTHENTICATED       UNAUTHENTICATED          401
+ForbiddenError             PERMISSION_DENIED     FORBIDDEN                403
+=========================  ====================  =======================  ====
+
+Every door and client derives its mapping from these attributes (the gRPC door aborts with
+``grpc_code``, GraphQL errors carry ``graphql_code`` in ``extensions.code``, ``POST /post``
+answers with ``http_status``; clients read a status back with :func:`for_grpc_code` and
+:func:`for_graphql_code`): adding an error is adding one class here, with its three codes.
 """
 
 from __future__ import annotations
@@ -25,15 +48,31 @@ from typing import ClassVar
 
 
 class MeshflowError(Exception):
-    """Base of every error meshflow raises on purpose."""
+    """Base of every error meshflow raises on purpose.
+
+    ``grpc_code`` is the name of a ``grpc.StatusCode`` member, ``graphql_code`` the
+    ``extensions.code`` of a GraphQL error, ``http_status`` the status of an HTTP answer.
+    """
+
+    grpc_code: ClassVar[str] = "INTERNAL"
+    graphql_code: ClassVar[str] = "INTERNAL_SERVER_ERROR"
+    http_status: ClassVar[int] = 500
 
 
 class ConfigError(MeshflowError):
     """A Flow, Executor or configuration file is invalid."""
 
+    grpc_code = "FAILED_PRECONDITION"
+    graphql_code = "CONFIG_ERROR"
+    http_status = 500
+
 
 class FlowStartError(MeshflowError):
     """A process of the Flow failed to start or to become healthy."""
+
+    grpc_code = "UNAVAILABLE"
+    graphql_code = "FLOW_START_FAILED"
+    http_status = 503
 
     def __init__(self, message: str, *, process: str, log_tail: str = "") -> None:
         self.process = process
@@ -45,10 +84,16 @@ class FlowStartError(MeshflowError):
 
 
 class RequestError(MeshflowError):
-    """A request failed. ``grpc_code`` is the name of the matching ``grpc.StatusCode``."""
+    """A request failed (in the gateway, unless a subclass says where)."""
 
-    grpc_code: ClassVar[str] = "INTERNAL"
-    graphql_code: ClassVar[str] = "INTERNAL_SERVER_ERROR"
+    grpc_code = "INTERNAL"
+    graphql_code = "INTERNAL_SERVER_ERROR"
+    http_status = 500
+
+    def extensions(self) -> dict[str, object]:
+        """What a JSON answer says of this error beside its message: its ``code`` and the
+        fields a subclass adds (the executor that failed, the missing scope)."""
+        return {"code": self.graphql_code}
 
 
 class ExecutorError(RequestError):
@@ -56,6 +101,7 @@ class ExecutorError(RequestError):
 
     grpc_code = "INTERNAL"
     graphql_code = "EXECUTOR_ERROR"
+    http_status = 502
 
     def __init__(
         self,
@@ -75,12 +121,29 @@ class ExecutorError(RequestError):
         kind = f"{exception_type}: " if exception_type else ""
         super().__init__(f"{where} failed: {kind}{message}")
 
+    def extensions(self) -> dict[str, object]:
+        return {
+            **super().extensions(),
+            "executor": self.executor,
+            "endpoint": self.endpoint,
+            "exceptionType": self.exception_type,
+        }
+
 
 class BadRequestError(RequestError):
     """The request is malformed, or larger than the gateway accepts."""
 
     grpc_code = "INVALID_ARGUMENT"
     graphql_code = "BAD_USER_INPUT"
+    http_status = 400
+
+
+class TooManyDocumentsError(BadRequestError):
+    """One request holds more documents than the gateway takes (``GraphQLLimits.max_docs``)."""
+
+    grpc_code = "INVALID_ARGUMENT"
+    graphql_code = "TOO_MANY_DOCUMENTS"
+    http_status = 413
 
 
 class OverloadedError(RequestError):
@@ -88,6 +151,7 @@ class OverloadedError(RequestError):
 
     grpc_code = "RESOURCE_EXHAUSTED"
     graphql_code = "OVERLOADED"
+    http_status = 503
 
 
 class DeadlineExceeded(RequestError):
@@ -95,6 +159,7 @@ class DeadlineExceeded(RequestError):
 
     grpc_code = "DEADLINE_EXCEEDED"
     graphql_code = "TIMEOUT"
+    http_status = 504
 
 
 class UnavailableError(RequestError):
@@ -102,6 +167,7 @@ class UnavailableError(RequestError):
 
     grpc_code = "UNAVAILABLE"
     graphql_code = "UNAVAILABLE"
+    http_status = 503
 
 
 class UnauthenticatedError(RequestError):
@@ -109,6 +175,7 @@ class UnauthenticatedError(RequestError):
 
     grpc_code = "UNAUTHENTICATED"
     graphql_code = "UNAUTHENTICATED"
+    http_status = 401
 
 
 class UnverifiedIdentityError(UnauthenticatedError):
@@ -116,21 +183,65 @@ class UnverifiedIdentityError(UnauthenticatedError):
     (no signature, a wrong or expired one, another request's): only the gateway says who
     the caller is."""
 
+    grpc_code = "UNAUTHENTICATED"
+    graphql_code = "UNAUTHENTICATED"
+    http_status = 401
+
 
 class ForbiddenError(RequestError):
     """The token is valid but lacks the scope the endpoint (or operation) needs."""
 
     grpc_code = "PERMISSION_DENIED"
     graphql_code = "FORBIDDEN"
+    http_status = 403
 
     def __init__(self, message: str, *, scope: str | None = None) -> None:
         self.scope = scope
         """The scope that was missing, when one was."""
         super().__init__(message)
 
+    def extensions(self) -> dict[str, object]:
+        if not self.scope:
+            return super().extensions()
+        return {**super().extensions(), "scope": self.scope}
+
+
+def request_errors() -> tuple[type[RequestError], ...]:
+    """Every :class:`RequestError` of this module, each parent before its subclasses."""
+    found: list[type[RequestError]] = []
+
+    def walk(cls: type[RequestError]) -> None:
+        if cls.__module__ == __name__:  # not a user's subclass
+            found.append(cls)
+            for sub in cls.__subclasses__():
+                walk(sub)
+
+    walk(RequestError)
+    return tuple(found)
+
+
+def for_grpc_code(
+    name: str, among: tuple[type[RequestError], ...] | None = None
+) -> type[RequestError]:
+    """The most general error (of ``among``, by default every request error) whose
+    ``grpc_code`` is ``name``; :class:`RequestError` when none has it."""
+    for cls in among if among is not None else request_errors():
+        if cls.grpc_code == name:
+            return cls
+    return RequestError
+
+
+def for_graphql_code(code: str) -> type[RequestError] | None:
+    """The most general request error whose ``graphql_code`` is ``code``, if one has it."""
+    for cls in request_errors():
+        if cls.graphql_code == code:
+            return cls
+    return None
+
 
 REFUSALS: tuple[type[RequestError], ...] = (
     BadRequestError,
+    TooManyDocumentsError,
     OverloadedError,
     DeadlineExceeded,
     UnavailableError,

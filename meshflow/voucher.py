@@ -42,7 +42,7 @@ class Signer:
 
     def __init__(self, key: Ed25519PrivateKey, *, ttl: float = VOUCHER_TTL) -> None:
         if ttl <= 0:
-            raise ValueError("the voucher ttl must be positive")
+            raise ConfigError(f"the voucher ttl must be a positive number of seconds, got {ttl}")
         self._key = key
         self.ttl = ttl
 

@@ -22,7 +22,6 @@ from websockets.typing import Subprotocol
 from meshflow.client.messages import Response
 from meshflow.document import Document, DocumentArray
 from meshflow.errors import (
-    REFUSALS,
     BadRequestError,
     DeadlineExceeded,
     ExecutorError,
@@ -30,6 +29,7 @@ from meshflow.errors import (
     RequestError,
     UnauthenticatedError,
     UnavailableError,
+    for_graphql_code,
 )
 from meshflow.types import DEFAULT_MAX_BATCHES, DEFAULT_MAX_DOCS
 
@@ -105,28 +105,35 @@ def response(raw: dict[str, Any]) -> Response:
     )
 
 
-_BY_CODE: dict[str, type[RequestError]] = {
-    cls.graphql_code: cls for cls in REFUSALS if cls is not ForbiddenError
+# The gateway closes a WebSocket whose token or scope it refuses with 4000 + the HTTP status
+# of the error (4401, 4403, as graphql-transport-ws servers do).
+_CLOSED_FOR: dict[int, tuple[type[RequestError], str]] = {
+    4000 + UnauthenticatedError.http_status: (
+        UnauthenticatedError,
+        "the gateway refused the token",
+    ),
+    4000 + ForbiddenError.http_status: (ForbiddenError, "the token lacks a scope"),
 }
 
 
 def raise_errors(errors: Sequence[dict[str, Any]]) -> None:
-    """Turn GraphQL errors into meshflow's exceptions."""
+    """Turn GraphQL errors into meshflow's exceptions (the class from ``extensions.code``;
+    a code of the GraphQL guards, which no class has, is a :class:`BadRequestError`)."""
     error = errors[0]
     ext = error.get("extensions") or {}
     code = ext.get("code", "")
     message = error.get("message", "GraphQL error")
-    if code == "EXECUTOR_ERROR":
+    kind = for_graphql_code(code)
+    if kind is ExecutorError:
         raise ExecutorError(
             message,
             executor=ext.get("executor", ""),
             endpoint=ext.get("endpoint", ""),
             exception_type=ext.get("exceptionType", ""),
         )
-    if code == "FORBIDDEN":
+    if kind is ForbiddenError:
         raise ForbiddenError(message, scope=ext.get("scope"))
-    kind = _BY_CODE.get(code, BadRequestError)
-    raise kind(f"{message} ({code or 'no code'})")
+    raise (kind or BadRequestError)(f"{message} ({code or 'no code'})")
 
 
 def subscriptions(
@@ -218,10 +225,9 @@ class GraphQLSession:
             except ConnectionClosed as exc:
                 code = exc.rcvd.code if exc.rcvd is not None else None
                 reason = exc.rcvd.reason if exc.rcvd is not None else ""
-                if code == 4401:
-                    raise UnauthenticatedError(reason or "the gateway refused the token") from None
-                if code == 4403:
-                    raise ForbiddenError(reason or "the token lacks a scope") from None
+                refused = _CLOSED_FOR.get(code or 0)
+                if refused is not None:
+                    raise refused[0](reason or refused[1]) from None
                 raise UnavailableError(
                     f"{self.ws_url} closed the GraphQL connection ({code} {reason})"
                 ) from None

@@ -24,8 +24,9 @@ from meshflow.errors import (
     ForbiddenError,
     OverloadedError,
     RequestError,
-    UnauthenticatedError,
     UnavailableError,
+    for_grpc_code,
+    request_errors,
 )
 from meshflow.proto.v1 import data_request_pb2
 from meshflow.wire import MISSING_SCOPE
@@ -88,10 +89,10 @@ def build_request(
     return request_id, request.SerializeToString()
 
 
-# A failure of the gateway itself (not of an executor) on a stream: a refusal, or an internal
-# error (a plain RequestError naming the step where the gateway failed).
-_GATEWAY_REFUSALS: dict[str, type[RequestError]] = {
-    cls.__name__: cls for cls in (*REFUSALS, RequestError)
+# A failure of the gateway itself (not of an executor) on a stream, by class name: a refusal,
+# or an internal error (a plain RequestError naming the step where the gateway failed).
+_GATEWAY_FAILURES: dict[str, type[RequestError]] = {
+    cls.__name__: cls for cls in request_errors() if cls is not ExecutorError
 }
 
 
@@ -100,7 +101,7 @@ def read_response(data: bytes) -> Response:
     answer = data_request_pb2.DataRequest.FromString(data)
     status = answer.status
     if status.code != data_request_pb2.Status.OK:
-        refused = _GATEWAY_REFUSALS.get(status.exception_type)
+        refused = _GATEWAY_FAILURES.get(status.exception_type)
         if status.executor == "gateway" and refused is not None:
             # Refused on a stream, before any executor.
             if refused is ForbiddenError:
@@ -124,31 +125,34 @@ def request_id_of(data: bytes) -> str:
     return data_request_pb2.DataRequestHead.FromString(data).header.request_id
 
 
+# How the client words a status the gateway answered with (``details`` is the gateway's own
+# message); which error it is comes from the status code (errors.for_grpc_code).
+_WORDING: dict[type[RequestError], str] = {
+    OverloadedError: "the gateway at {target} is overloaded: {details}",
+    DeadlineExceeded: "the request to {target} timed out: {details}",
+    UnavailableError: "the gateway at {target} is unreachable: {details}",
+    RequestError: "the request to {target} failed with {code}: {details}",
+}
+
+
 def rpc_error(exc: grpc.RpcError, target: str) -> RequestError:
     """Map a failed call to the gateway onto meshflow's errors."""
     code = exc.code() if hasattr(exc, "code") else None
+    name = code.name if code is not None else "UNKNOWN"
     details = (exc.details() if hasattr(exc, "details") else None) or str(exc)
     if code == grpc.StatusCode.UNIMPLEMENTED:
         return RequestError(
             f"{target} is not a Flow's gateway ({details}): a Client talks to the port of a "
             "Flow (Flow(port=...), `meshflow flow`), not to an executor's own port"
         )
-    if code == grpc.StatusCode.RESOURCE_EXHAUSTED:
-        if "larger than max" in details:
-            return BadRequestError(f"the request is larger than the gateway accepts: {details}")
-        return OverloadedError(f"the gateway at {target} is overloaded: {details}")
-    if code == grpc.StatusCode.INVALID_ARGUMENT:
-        return BadRequestError(details)
-    if code == grpc.StatusCode.DEADLINE_EXCEEDED:
-        return DeadlineExceeded(f"the request to {target} timed out: {details}")
-    if code == grpc.StatusCode.UNAVAILABLE:
-        return UnavailableError(f"the gateway at {target} is unreachable: {details}")
-    if code == grpc.StatusCode.UNAUTHENTICATED:
-        return UnauthenticatedError(details)
-    if code == grpc.StatusCode.PERMISSION_DENIED:
-        return ForbiddenError(details, scope=_trailer(exc, MISSING_SCOPE))
-    name = code.name if code is not None else "UNKNOWN"
-    return RequestError(f"the request to {target} failed with {name}: {details}")
+    if code == grpc.StatusCode.RESOURCE_EXHAUSTED and "larger than max" in details:
+        # gRPC's own message size limit, not the gateway's in-flight limit
+        return BadRequestError(f"the request is larger than the gateway accepts: {details}")
+    kind = for_grpc_code(name, REFUSALS)
+    message = _WORDING.get(kind, "{details}").format(target=target, code=name, details=details)
+    if kind is ForbiddenError:
+        return ForbiddenError(message, scope=_trailer(exc, MISSING_SCOPE))
+    return kind(message)
 
 
 def _trailer(exc: grpc.RpcError, key: str) -> str | None:

@@ -41,7 +41,7 @@ if TYPE_CHECKING:
 
     from meshflow.observability.metrics import ExecutorMetrics
 from meshflow.types import DEFAULT_ENDPOINT
-from meshflow.wire import EXECUTOR_ENDPOINTS, EXECUTOR_PROCESS
+from meshflow.wire import EXECUTOR_ENDPOINTS, EXECUTOR_PROCESS, grpc_status
 
 log = logging.getLogger("meshflow.executor")
 
@@ -290,14 +290,12 @@ def _handlers(runtime: ExecutorRuntime) -> grpc.GenericRpcHandler:
                 return await _traced_process(runtime, data, context)
             return await runtime.process(data)
         except DecodeError:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "malformed DataRequest")
+            await context.abort(grpc_status(BadRequestError), "malformed DataRequest")
             raise  # unreachable: abort raises
-        except BadRequestError as exc:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
-            raise  # unreachable: abort raises
-        except UnverifiedIdentityError as exc:
-            log.warning("executor %r refused a request: %s", runtime.name, exc)
-            await context.abort(grpc.StatusCode.UNAUTHENTICATED, str(exc))
+        except (BadRequestError, UnverifiedIdentityError) as exc:
+            if isinstance(exc, UnverifiedIdentityError):
+                log.warning("executor %r refused a request: %s", runtime.name, exc)
+            await context.abort(grpc_status(exc), str(exc))
             raise  # unreachable: abort raises
 
     async def endpoints(data: bytes, context: grpc.aio.ServicerContext[Any, Any]) -> bytes:

@@ -11,26 +11,22 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import binascii
 import inspect
 import keyword
 import logging
-import time
-import uuid
-from collections.abc import AsyncGenerator, Iterable, Sequence
+from collections.abc import AsyncGenerator, Awaitable, Iterable
 from typing import Any, NewType, cast
 
-import numpy as np
 import strawberry
 from graphql import GraphQLError
 from strawberry.scalars import JSON
 from strawberry.types import Info
 from strawberry.types.nodes import FragmentSpread, InlineFragment, SelectedField, Selection
 
-from meshflow.document.proto import dict_to_struct, struct_to_dict
-from meshflow.errors import ForbiddenError, RequestError
+from meshflow.document.proto import struct_to_dict
+from meshflow.errors import BadRequestError, RequestError
+from meshflow.gateway.post import array_values, run_post
 from meshflow.gateway.server import Gateway
-from meshflow.identity import Identity
 from meshflow.proto.v1 import data_request_pb2, document_pb2, services_pb2
 
 log = logging.getLogger("meshflow.gateway")
@@ -92,13 +88,7 @@ class NdArrayType:
 
     @strawberry.field(description="All values in C order, as floats.")
     def data(self) -> Floats:
-        values: list[float] = (
-            np.frombuffer(self._pb.buffer, dtype=np.dtype(self._pb.dtype))
-            .astype(np.float64)
-            .ravel()
-            .tolist()
-        )
-        return Floats(values)
+        return Floats(array_values(self._pb))
 
 
 @strawberry.type(name="Document")
@@ -214,10 +204,9 @@ def _gateway(info: Info[Any, Any]) -> Gateway:
 
 
 def request_error(exc: RequestError) -> GraphQLError:
-    """The GraphQL error for a refused or failed request, with its code."""
-    if isinstance(exc, ForbiddenError) and exc.scope:
-        return graphql_error(str(exc), exc.graphql_code, scope=exc.scope)
-    return graphql_error(str(exc), exc.graphql_code)
+    """The GraphQL error for a refused or failed request: its code and the fields its class
+    adds (the executor that failed, the missing scope)."""
+    return GraphQLError(str(exc), extensions=exc.extensions())
 
 
 def _caller(info: Info[Any, Any]) -> dict[str, Any]:
@@ -248,89 +237,6 @@ def _require(info: Info[Any, Any], scope: str | None, what: str) -> None:
         auth.require(info.context.get("identity"), scope, what=what, door=_caller(info)["door"])
     except RequestError as exc:
         raise request_error(exc) from None
-
-
-_INPUT_KINDS = "biuf"  # bool, signed and unsigned integers, floats
-
-
-def _array(value: NdArrayInput, where: str) -> np.ndarray[Any, Any]:
-    """The numpy array of an input; its dtype must be a plain number type and its shape
-    must hold exactly the values given, so an input never allocates more than it sends."""
-    try:
-        dtype = np.dtype(value.dtype)
-    except (TypeError, ValueError):
-        dtype = None
-    if dtype is None or dtype.kind not in _INPUT_KINDS or dtype.subdtype is not None:
-        raise graphql_error(
-            f"{where}.dtype {value.dtype!r} is not a number type: use e.g. 'float32', "
-            "'float64', 'int64', 'uint8' or 'bool'",
-            "BAD_USER_INPUT",
-        )
-    if value.shape is not None:
-        size = 1
-        for dim in value.shape:
-            size *= dim
-        if any(dim < 0 for dim in value.shape) or size != len(value.data):
-            raise graphql_error(
-                f"{where}.shape {value.shape} does not hold the {len(value.data)} values given",
-                "BAD_USER_INPUT",
-            )
-    try:
-        array = np.asarray(value.data, dtype=dtype)
-    except (TypeError, ValueError, OverflowError) as exc:
-        raise graphql_error(f"{where}: {exc}", "BAD_USER_INPUT") from None
-    return array if value.shape is None else array.reshape(value.shape)
-
-
-def build_request(
-    on: str,
-    docs: Sequence[DocumentInput],
-    parameters: Any,
-    target_executor: str | None,
-    fields: Iterable[str],
-) -> bytes:
-    """Serialize the DataRequest for a ``post``; bad input raises a GraphQL error."""
-    if parameters is not None and not isinstance(parameters, dict):
-        raise graphql_error("parameters must be a JSON object", "BAD_USER_INPUT")
-    request = data_request_pb2.DataRequest(
-        header=data_request_pb2.Header(
-            request_id=uuid.uuid4().hex,
-            endpoint=on,
-            target_executor=target_executor or "",
-            fields=sorted(fields),
-        )
-    )
-    try:
-        if parameters:
-            request.parameters.CopyFrom(dict_to_struct(parameters))
-        for i, doc in enumerate(docs):
-            pb = request.docs.add()
-            pb.id = doc.id or uuid.uuid4().hex
-            for name in ("parent_id", "text", "uri", "mime_type"):
-                value = getattr(doc, name)
-                if value:
-                    setattr(pb, name, value)
-            if doc.blob:
-                pb.blob = base64.b64decode(doc.blob, validate=True)
-            if doc.tags:
-                if not isinstance(doc.tags, dict):
-                    raise graphql_error(f"docs[{i}].tags must be a JSON object", "BAD_USER_INPUT")
-                pb.tags.CopyFrom(dict_to_struct(doc.tags))
-            for name in ("tensor", "embedding"):
-                value = getattr(doc, name)
-                if value is not None:
-                    array = _array(value, f"docs[{i}].{name}")
-                    target = getattr(pb, name)
-                    target.buffer = array.tobytes()
-                    target.dtype = array.dtype.str
-                    target.shape.extend(array.shape)
-    except binascii.Error:
-        raise graphql_error("a document's blob is not valid base64", "BAD_USER_INPUT") from None
-    except (TypeError, ValueError) as exc:
-        raise graphql_error(
-            f"parameters or tags are not JSON-like: {exc}", "BAD_USER_INPUT"
-        ) from None
-    return request.SerializeToString()
 
 
 def wanted_fields(selections: Iterable[Selection], prefix: str = "") -> set[str]:
@@ -368,50 +274,13 @@ def _find_docs(sel: Selection) -> set[str] | None:
     return None
 
 
-async def run_post(
-    gateway: Gateway,
-    *,
-    on: str,
-    docs: Sequence[DocumentInput],
-    parameters: Any,
-    target_executor: str | None,
-    fields: Iterable[str],
-    max_docs: int,
-    timeout: float | None = None,
-    identity: Identity | None = None,
-    door: str = "",
-) -> ResponseType:
-    """Run one ``post`` through the Flow; failures become GraphQL errors with a code.
-
-    The caller's scope for ``on`` is checked before the request is built: a refused caller
-    costs no conversion of its documents.
-    """
-    if len(docs) > max_docs:
-        raise graphql_error(
-            f"{len(docs)} documents in one request; the gateway accepts at most {max_docs}",
-            "TOO_MANY_DOCUMENTS",
-        )
+async def response(post: Awaitable[data_request_pb2.DataRequest]) -> ResponseType:
+    """The answer of a ``post`` run through the Flow (:func:`~meshflow.gateway.post.run_post`);
+    its failures become GraphQL errors with their code."""
     try:
-        gateway.authorize(identity, on, door)
+        answer = await post
     except RequestError as exc:
         raise request_error(exc) from None
-    data = build_request(on, docs, parameters, target_executor, fields)
-    deadline = None if timeout is None else time.monotonic() + timeout
-    try:
-        raw = await gateway.run(data, deadline, identity, door=door)
-    except RequestError as exc:
-        raise request_error(exc) from None
-    answer = data_request_pb2.DataRequest.FromString(raw)
-    status = answer.status
-    if status.code != data_request_pb2.Status.OK:
-        raise graphql_error(
-            f"executor {status.executor!r} failed at {status.endpoint!r}: "
-            f"{status.exception_type}: {status.message}",
-            "EXECUTOR_ERROR",
-            executor=status.executor,
-            endpoint=status.endpoint,
-            exceptionType=status.exception_type,
-        )
     return ResponseType(
         request_id=answer.header.request_id,
         docs=[DocumentType(_pb=d) for d in answer.docs],
@@ -471,15 +340,17 @@ class Mutation:
         parameters: JSON | None = None,
         target_executor: str | None = None,
     ) -> ResponseType:
-        return await run_post(
-            _gateway(info),
-            on=on,
-            docs=docs or [],
-            parameters=parameters,
-            target_executor=target_executor,
-            fields=_docs_selection(info) or (),
-            max_docs=info.context["max_docs"],
-            **_caller(info),
+        return await response(
+            run_post(
+                _gateway(info),
+                on=on,
+                docs=docs or [],
+                parameters=parameters,
+                target_executor=target_executor,
+                fields=_docs_selection(info) or (),
+                max_docs=info.context["max_docs"],
+                **_caller(info),
+            )
         )
 
 
@@ -499,7 +370,7 @@ class Subscription:
         max_in_flight: int = 16,
     ) -> AsyncGenerator[ResponseType, None]:
         if not 1 <= max_in_flight <= 1024:
-            raise graphql_error("maxInFlight must be 1 to 1024", "BAD_USER_INPUT")
+            raise request_error(BadRequestError("maxInFlight must be 1 to 1024"))
         gateway = _gateway(info)
         if gateway.auth is not None:  # refuse before the first batch is sent
             _require(info, gateway.auth.config.scope_for(on), on)
@@ -521,15 +392,17 @@ class Subscription:
             async with slots:
                 answer: ResponseType | GraphQLError
                 try:
-                    answer = await run_post(
-                        gateway,
-                        on=on,
-                        docs=batch,
-                        parameters=parameters,
-                        target_executor=target_executor,
-                        fields=fields,
-                        max_docs=info.context["max_docs"],
-                        **_caller(info),
+                    answer = await response(
+                        run_post(
+                            gateway,
+                            on=on,
+                            docs=batch,
+                            parameters=parameters,
+                            target_executor=target_executor,
+                            fields=fields,
+                            max_docs=info.context["max_docs"],
+                            **_caller(info),
+                        )
                     )
                     answer.batch = index
                 except GraphQLError as exc:
@@ -612,15 +485,17 @@ def _resolver(endpoint: str, params: dict[str, services_pb2.Parameter]) -> Any:
         docs = kwargs.pop("docs", None) or []
         target = kwargs.pop("target_executor", None)
         parameters = {k: v for k, v in kwargs.items() if v is not None}
-        return await run_post(
-            _gateway(info),
-            on=endpoint,
-            docs=docs,
-            parameters=parameters or None,
-            target_executor=target,
-            fields=_docs_selection(info) or (),
-            max_docs=info.context["max_docs"],
-            **_caller(info),
+        return await response(
+            run_post(
+                _gateway(info),
+                on=endpoint,
+                docs=docs,
+                parameters=parameters or None,
+                target_executor=target,
+                fields=_docs_selection(info) or (),
+                max_docs=info.context["max_docs"],
+                **_caller(info),
+            )
         )
 
     annotations: dict[str, Any] = {

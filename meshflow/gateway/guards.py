@@ -49,6 +49,7 @@ from graphql import (
 from strawberry.extensions import SchemaExtension
 from strawberry.schema.schema import validate_document
 
+from meshflow.errors import TooManyDocumentsError
 from meshflow.gateway.tarpit import HELD, Tarpit
 from meshflow.spec.limits import GraphQLLimits
 
@@ -282,7 +283,7 @@ def check_documents(docs: int, batches: int, limits: GraphQLLimits) -> GraphQLEr
         return coded(
             f"{docs} documents in one operation (all fields, aliases and batches together); "
             f"the gateway accepts at most {limits.max_docs} (GraphQLLimits.max_docs)",
-            "TOO_MANY_DOCUMENTS",
+            TooManyDocumentsError.graphql_code,
         )
     return None
 

@@ -23,6 +23,7 @@ import math
 import os
 import socket
 from collections.abc import AsyncIterator, Mapping
+from http import HTTPStatus
 from typing import Any
 
 import strawberry
@@ -57,17 +58,15 @@ from meshflow.errors import ForbiddenError, RequestError, UnauthenticatedError
 from meshflow.gateway.discovery import EndpointCatalog
 from meshflow.gateway.graphql import (
     SCALARS,
-    DocumentInput,
     Mutation,
-    NdArrayInput,
     Query,
     Subscription,
     query_type,
     read_only_endpoints,
     request_error,
-    run_post,
 )
 from meshflow.gateway.guards import QueryCache, QueryGuard
+from meshflow.gateway.rest import coded, decode_json, error_response, post_route
 from meshflow.gateway.server import Gateway
 from meshflow.gateway.tarpit import HELD, Tarpit
 from meshflow.observability.tracing import current_trace_id
@@ -78,7 +77,7 @@ from meshflow.spec.limits import GraphQLLimits
 def error_code(has_path: bool) -> str:
     """The ``extensions.code`` of an error that came without one: the guards code every
     refusal before execution, so what is left failed in a resolver or in validation."""
-    return "INTERNAL_SERVER_ERROR" if has_path else "GRAPHQL_VALIDATION_FAILED"
+    return RequestError.graphql_code if has_path else "GRAPHQL_VALIDATION_FAILED"
 
 
 class _Schema(strawberry.Schema):
@@ -89,7 +88,7 @@ class _Schema(strawberry.Schema):
         if unexpected:
             super().process_errors(unexpected, execution_context)
         for error in unexpected:  # a bug of the gateway: still a coded answer
-            error.extensions = {**(error.extensions or {}), "code": "INTERNAL_SERVER_ERROR"}
+            error.extensions = {**(error.extensions or {}), "code": RequestError.graphql_code}
 
     async def stream(self, *args: Any, **kwargs: Any) -> Any:
         """As Strawberry's, with the guard's refusals before parsing (a refused query text, a
@@ -198,7 +197,12 @@ def _authorize_endpoints(context: Any, endpoints: list[str]) -> GraphQLError | N
     return None
 
 
-_WS_CLOSE = {"UNAUTHENTICATED": (4401, "Unauthorized"), "FORBIDDEN": (4403, "Forbidden")}
+# An operation refused for its token or its scope closes the socket with 4000 + the HTTP
+# status of its error (4401, 4403), and that status's phrase.
+_WS_CLOSE = {
+    cls.graphql_code: (4000 + cls.http_status, HTTPStatus(cls.http_status).phrase)
+    for cls in (UnauthenticatedError, ForbiddenError)
+}
 
 
 class _TransportWS(BaseGraphQLTransportWSHandler[dict[str, Any], None]):
@@ -215,7 +219,8 @@ class _TransportWS(BaseGraphQLTransportWSHandler[dict[str, Any], None]):
             try:
                 self.context["identity"] = await gateway.identify(token, "websocket")
             except UnauthenticatedError as exc:
-                await self.websocket.close(code=4401, reason=_reason("Unauthorized", exc))
+                code, phrase = _WS_CLOSE[exc.graphql_code]
+                await self.websocket.close(code=code, reason=_reason(phrase, exc))
                 return
         await super().handle_connection_init(message)
 
@@ -325,7 +330,7 @@ class _GraphQLApp(GraphQL[dict[str, Any], None]):
             response = await self.run(Request(scope=scope, receive=receive))
         except HTTPException as exc:  # Strawberry's refusals, as coded JSON errors
             code = _HTTP_CODES.get(exc.status_code, "BAD_REQUEST")
-            response = _error(exc.status_code, exc.reason, code)
+            response = coded(exc.status_code, exc.reason, code)
         await response(scope, receive, send)
 
     def parse_json(self, data: str | bytes) -> Any:
@@ -377,23 +382,6 @@ def _names_unknown_field(result: ExecutionResult) -> bool:
 _HTTP_CODES = {404: "NOT_FOUND", 405: "METHOD_NOT_ALLOWED", 413: "REQUEST_TOO_LARGE"}
 
 
-def decode_json(data: str | bytes) -> Any:
-    """Parse JSON that came from the network.
-
-    Raises:
-        json.JSONDecodeError: not UTF-8, not JSON, or nested past what the parser takes.
-    """
-    if isinstance(data, bytes):
-        try:
-            data = data.decode("utf-8")
-        except UnicodeDecodeError as exc:
-            raise json.JSONDecodeError(f"not UTF-8 ({exc.reason})", "", exc.start) from None
-    try:
-        return json.loads(data)
-    except RecursionError:
-        raise json.JSONDecodeError("nested too deeply", "", 0) from None
-
-
 class AuthGate:
     """Refuses HTTP requests to the protected paths without a valid token (401 with
     ``WWW-Authenticate``) before reading their body; passes the identity on in the scope."""
@@ -408,29 +396,10 @@ class AuthGate:
             try:
                 identity = await self.gateway.identify(_header(scope, b"authorization"), "http")
             except UnauthenticatedError as exc:
-                await unauthorized(exc)(scope, receive, send)
+                await error_response(exc)(scope, receive, send)
                 return
             scope.setdefault("state", {})["meshflow_identity"] = identity
         await self.app(scope, receive, send)
-
-
-def unauthorized(exc: UnauthenticatedError) -> Response:
-    challenge = 'Bearer realm="meshflow"'
-    if str(exc) != "no token":
-        description = str(exc).replace('"', "'").replace("\\", "")
-        challenge += f', error="invalid_token", error_description="{description}"'
-    response = _error(401, str(exc), "UNAUTHENTICATED")
-    response.headers["WWW-Authenticate"] = challenge
-    return response
-
-
-def forbidden(exc: ForbiddenError) -> Response:
-    response = _error(403, str(exc), "FORBIDDEN")
-    challenge = 'Bearer realm="meshflow", error="insufficient_scope"'
-    if exc.scope:
-        challenge += f', scope="{exc.scope}"'
-    response.headers["WWW-Authenticate"] = challenge
-    return response
 
 
 class TarpitGate:
@@ -447,7 +416,7 @@ class TarpitGate:
             client = scope.get("client")
             wait = self.tarpit.admit(client[0] if client else None)
             if wait is None:
-                response = _error(
+                response = coded(
                     429,
                     "too many of this client's queries were refused: retry later",
                     "TOO_MANY_REFUSALS",
@@ -502,89 +471,7 @@ class BodyLimit:
 
 
 def _too_large(limit: int) -> Response:
-    return _error(413, f"request body larger than {limit} bytes", "REQUEST_TOO_LARGE")
-
-
-def _error(status: int, message: str, code: str) -> JSONResponse:
-    return JSONResponse(
-        {"errors": [{"message": message, "extensions": {"code": code}}]}, status_code=status
-    )
-
-
-def _doc_input(raw: Any, i: int) -> DocumentInput:
-    if not isinstance(raw, dict):
-        raise ValueError(f"docs[{i}] must be a JSON object")
-    known = {
-        "id",
-        "parentId",
-        "text",
-        "blob",
-        "uri",
-        "mimeType",
-        "tags",
-        "tensor",
-        "embedding",
-    }
-    unknown = set(raw) - known
-    if unknown:
-        raise ValueError(f"docs[{i}] has unknown field(s) {', '.join(sorted(unknown))}")
-    arrays = {}
-    for name in ("tensor", "embedding"):
-        value = raw.get(name)
-        if value is None:
-            continue
-        if isinstance(value, list):
-            value = {"data": value}
-        if not isinstance(value, dict) or not isinstance(value.get("data"), list):
-            raise ValueError(
-                f"docs[{i}].{name} must be a list of numbers or {{data, shape, dtype}}"
-            )
-        arrays[name] = NdArrayInput(
-            data=value["data"], shape=value.get("shape"), dtype=value.get("dtype", "float32")
-        )
-    return DocumentInput(
-        id=raw.get("id"),
-        parent_id=raw.get("parentId"),
-        text=raw.get("text"),
-        blob=raw.get("blob"),
-        uri=raw.get("uri"),
-        mime_type=raw.get("mimeType"),
-        tags=raw.get("tags"),
-        **arrays,
-    )
-
-
-def _doc_json(doc: Any) -> dict[str, Any]:
-    """A response Document as plain JSON, every field."""
-    out: dict[str, Any] = {"id": doc.id()}
-    for name, key in (("parent_id", "parentId"), ("text", "text"), ("uri", "uri")):
-        value = getattr(doc, name)()
-        if value:
-            out[key] = value
-    if doc._pb.mime_type:
-        out["mimeType"] = doc._pb.mime_type
-    if doc._pb.blob:
-        out["blob"] = doc.blob()
-    for name in ("tensor", "embedding"):
-        array = getattr(doc, name)()
-        if array is not None:
-            out[name] = {"data": array.data(), "shape": array.shape(), "dtype": array.dtype()}
-    if doc._pb.HasField("tags"):
-        out["tags"] = doc.tags()
-    if doc._pb.scores:
-        out["scores"] = doc.scores()
-    if doc._pb.matches:
-        out["matches"] = [_doc_json(m) for m in doc.matches()]
-    if doc._pb.chunks:
-        out["chunks"] = [_doc_json(c) for c in doc.chunks()]
-    return out
-
-
-_POST_KEYS = frozenset({"on", "docs", "parameters", "targetExecutor", "fields"})
-_POST_BODY = (
-    'it takes "on" (the endpoint), and optionally "docs", "parameters", "targetExecutor" '
-    'and "fields"'
-)
+    return coded(413, f"request body larger than {limit} bytes", "REQUEST_TOO_LARGE")
 
 
 def make_app(
@@ -600,82 +487,6 @@ def make_app(
         make_schema(limits, tarpit=tarpit), gateway, limits, allowed_origins=cors, tarpit=tarpit
     )
 
-    async def post(request: Request) -> Response:
-        # JSON only: a cross-site page can send text/plain or a form without asking (no
-        # CORS preflight), never application/json.
-        media_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
-        if media_type != "application/json":
-            return _error(
-                415, "POST /post takes application/json bodies only", "UNSUPPORTED_MEDIA_TYPE"
-            )
-        try:
-            body = decode_json(await request.body())
-        except json.JSONDecodeError as exc:
-            return _error(400, f"the body is not valid JSON: {exc.msg}", "BAD_REQUEST")
-        if not isinstance(body, dict):
-            return _error(400, f"the body must be a JSON object: {_POST_BODY}", "BAD_REQUEST")
-        unknown = sorted(set(body) - _POST_KEYS)
-        if unknown:
-            return _error(
-                400,
-                f"unknown key(s) {', '.join(map(repr, unknown))} in the body; {_POST_BODY}",
-                "BAD_USER_INPUT",
-            )
-        if not isinstance(body.get("on"), str):
-            return _error(400, f'"on" must be a string; {_POST_BODY}', "BAD_USER_INPUT")
-        identity = request.scope.get("state", {}).get("meshflow_identity")
-        try:
-            gateway.authorize(identity, body["on"], "http")
-        except ForbiddenError as exc:
-            return forbidden(exc)
-        except UnauthenticatedError as exc:
-            return unauthorized(exc)
-        docs = body.get("docs") or []
-        fields = body.get("fields") or []
-        if not isinstance(docs, list) or not isinstance(fields, list):
-            return _error(400, '"docs" and "fields" must be lists', "BAD_USER_INPUT")
-        if len(docs) > limits.max_docs:
-            return _error(
-                413,
-                f"{len(docs)} documents in one request; the gateway accepts at most "
-                f"{limits.max_docs}",
-                "TOO_MANY_DOCUMENTS",
-            )
-        try:
-            inputs = [_doc_input(d, i) for i, d in enumerate(docs)]
-        except ValueError as exc:
-            return _error(400, str(exc), "BAD_USER_INPUT")
-        try:
-            answer = await run_post(
-                gateway,
-                identity=identity,
-                door="http",
-                on=body["on"],
-                docs=inputs,
-                parameters=body.get("parameters"),
-                target_executor=body.get("targetExecutor"),
-                fields=[str(f) for f in fields],
-                max_docs=limits.max_docs,
-            )
-        except GraphQLError as exc:
-            extensions = exc.extensions or {}
-            code = extensions.get("code", "INTERNAL_SERVER_ERROR")
-            if code == "FORBIDDEN":
-                return forbidden(ForbiddenError(exc.message, scope=extensions.get("scope")))
-            if code == "UNAUTHENTICATED":
-                return unauthorized(UnauthenticatedError(exc.message))
-            status = {"BAD_USER_INPUT": 400, "TOO_MANY_DOCUMENTS": 413, "OVERLOADED": 503}.get(
-                code, 500 if code != "EXECUTOR_ERROR" else 502
-            )
-            return JSONResponse({"errors": [exc.formatted]}, status_code=status)
-        return JSONResponse(
-            {
-                "requestId": answer.request_id,
-                "docs": [_doc_json(d) for d in answer.docs],
-                "results": answer.results,
-            }
-        )
-
     async def ide(request: Request) -> Response:
         return HTMLResponse(_GRAPHIQL)
 
@@ -684,13 +495,13 @@ def make_app(
 
     async def metrics(request: Request) -> Response:
         if gateway.metrics is None:
-            return _error(404, "metrics are off: Flow(metrics=True) serves them", "NOT_FOUND")
+            return coded(404, "metrics are off: Flow(metrics=True) serves them", "NOT_FOUND")
         return Response(gateway.metrics.exposition(), media_type=CONTENT_TYPE_LATEST)
 
     app = Starlette(
         routes=[
             Route("/", ide, methods=["GET"]),
-            Route("/post", post, methods=["POST"]),
+            Route("/post", post_route(gateway, limits), methods=["POST"]),
             Route("/health", health, methods=["GET"]),
             Route("/metrics", metrics, methods=["GET"]),
             Route("/graphql", graphql_app, methods=["GET", "POST"]),

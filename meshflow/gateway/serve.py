@@ -28,14 +28,14 @@ def make_transport(topology: Topology, mesh: str, egress: str | None = None) -> 
         return DirectTransport({n.name: n.shards for n in topology.nodes})
     if mesh == "envoy":
         if not egress:
-            raise ValueError("mesh='envoy' needs the address of the gateway's sidecar")
+            raise ConfigError("mesh='envoy' needs the address of the gateway's sidecar")
         clusters = {
             (n.name, shard): cluster_name(n.name, shard)
             for n in topology.nodes
             for shard in range(len(n.shards))
         }
         return EnvoyTransport(egress, clusters)
-    raise ValueError(f"unknown mesh {mesh!r}; expected 'envoy' or 'direct'")
+    raise ConfigError(f"unknown mesh {mesh!r}; expected 'envoy' or 'direct'")
 
 
 async def serve_gateway(

@@ -36,7 +36,7 @@ from meshflow.gateway.traversal import Traversal, internal_error
 from meshflow.identity import Identity
 from meshflow.observability.tracing import current_trace_id
 from meshflow.proto.v1 import data_request_pb2
-from meshflow.wire import GATEWAY_POST, GATEWAY_STREAM, MISSING_SCOPE
+from meshflow.wire import GATEWAY_POST, GATEWAY_STREAM, MISSING_SCOPE, grpc_status
 
 if TYPE_CHECKING:
     from meshflow.observability.metrics import GatewayMetrics
@@ -63,7 +63,7 @@ class Gateway:
         tracing: bool = False,
     ) -> None:
         if max_in_flight < 1:
-            raise ValueError("max_in_flight must be at least 1")
+            raise ConfigError(f"max_in_flight must be at least 1, got {max_in_flight}")
         if auth is not None and signer is None:
             raise ConfigError(
                 "a gateway that checks tokens needs a signing key to vouch for identities "
@@ -163,10 +163,10 @@ class Gateway:
         data = None
         async for message in requests:
             if data is not None:
-                await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "Post takes one request")
+                await context.abort(grpc_status(BadRequestError), "Post takes one request")
             data = message
         if data is None:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "Post got no request")
+            await context.abort(grpc_status(BadRequestError), "Post got no request")
             raise AssertionError("unreachable: abort raises")
         try:
             return await self.run(data, _deadline(context), identity, door="grpc")
@@ -312,7 +312,7 @@ async def _abort(context: _Context, exc: Exception) -> None:
     trailers: tuple[tuple[str, str], ...] = ()
     if isinstance(exc, ForbiddenError) and exc.scope:
         trailers = ((MISSING_SCOPE, exc.scope),)
-    await context.abort(getattr(grpc.StatusCode, exc.grpc_code), str(exc), trailers)
+    await context.abort(grpc_status(exc), str(exc), trailers)
 
 
 def _deadline(context: _Context) -> float | None:

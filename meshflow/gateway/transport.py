@@ -15,7 +15,13 @@ from typing import Protocol, TypeAlias
 
 import grpc
 
-from meshflow.errors import BadRequestError, DeadlineExceeded, RequestError, UnavailableError
+from meshflow.errors import (
+    BadRequestError,
+    DeadlineExceeded,
+    RequestError,
+    UnavailableError,
+    for_grpc_code,
+)
 from meshflow.proto.v1 import services_pb2
 from meshflow.wire import EXECUTOR_ENDPOINTS, EXECUTOR_PROCESS, channel_options
 
@@ -182,15 +188,21 @@ class EnvoyTransport:
         return await _endpoints(self._endpoints[(deployment, shard)])
 
 
+# The statuses an executor ends a call with that are the caller's failure, and how the gateway
+# words them; any other status (an executor refusing the gateway's voucher, say) is the
+# gateway's own failure. Which error it is comes from the status code (errors.for_grpc_code).
+_PASSED_ON: dict[type[RequestError], str] = {
+    DeadlineExceeded: "{where} did not answer before the request's deadline",
+    BadRequestError: "{where} refused the request: {detail}",
+    UnavailableError: "{where} is unreachable: {detail}",
+}
+
+
 def rpc_error_to_meshflow(exc: grpc.aio.AioRpcError, deployment: str) -> RequestError:
     """Map a failed call to an executor onto meshflow's errors."""
     code = exc.code()
     detail = exc.details() or code.name
     where = f"executor {deployment!r}"
-    if code == grpc.StatusCode.DEADLINE_EXCEEDED:
-        return DeadlineExceeded(f"{where} did not answer before the request's deadline")
-    if code == grpc.StatusCode.INVALID_ARGUMENT:
-        return BadRequestError(f"{where} refused the request: {detail}")
-    if code == grpc.StatusCode.UNAVAILABLE:
-        return UnavailableError(f"{where} is unreachable: {detail}")
-    return RequestError(f"{where} failed with gRPC status {code.name}: {detail}")
+    kind = for_grpc_code(code.name, tuple(_PASSED_ON))
+    wording = _PASSED_ON.get(kind, "{where} failed with gRPC status {code}: {detail}")
+    return kind(wording.format(where=where, code=code.name, detail=detail))
