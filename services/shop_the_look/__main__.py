@@ -1,4 +1,4 @@
-"""``python -m services.shop_the_look``: index the catalog, start the Flow, search, serve.
+"""python -m services.shop_the_look: index the catalog, start the Flow, search, serve.
 
     python -m services.shop_the_look                  # the generated catalog (256 products)
     python -m services.shop_the_look --catalog DIR    # your own folder of images
@@ -22,7 +22,11 @@ from services.shop_the_look import app, catalog
 
 
 def parse(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m services.shop_the_look", description=__doc__)
+    p = argparse.ArgumentParser(
+        prog="python -m services.shop_the_look",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,  # the usage lines as written
+    )
     p.add_argument("--catalog", metavar="DIR", help="index this folder of images instead")
     p.add_argument("--workspace", default=os.path.join("workspace", "shop-the-look"))
     p.add_argument("--port", type=int, default=8080, help="HTTP port (0: any free one)")
