@@ -5,18 +5,23 @@ executor answers is scripted)."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Awaitable
+from collections.abc import AsyncIterator, Coroutine
+from typing import Any, TypeVar
 
 import grpc
 import pytest
 
+from meshflow import Document
 from meshflow.client.messages import build_request, read_response
-from meshflow.errors import RequestError
+from meshflow.errors import BadRequestError, RequestError, UnavailableError
 from meshflow.gateway.server import Gateway
 from meshflow.gateway.testing import Call, Handler, ScriptedTransport, echo
 from meshflow.gateway.topology import Node, Topology
 from meshflow.gateway.traversal import Traversal
+from meshflow.proto.v1 import data_request_pb2
 from meshflow.wire import GATEWAY_POST, GATEWAY_STREAM
+
+T = TypeVar("T")
 
 
 def gateway(handler: Handler, *nodes: Node, max_in_flight: int = 8) -> Gateway:
@@ -32,11 +37,11 @@ async def serve(gw: Gateway) -> tuple[grpc.aio.Server, grpc.aio.Channel]:
     return server, grpc.aio.insecure_channel(f"127.0.0.1:{port}")
 
 
-def run(coro: Awaitable[None]) -> None:
-    async def bounded() -> None:
-        await asyncio.wait_for(coro, 30)
+def run(coro: Coroutine[Any, Any, T]) -> T:
+    async def bounded() -> T:
+        return await asyncio.wait_for(coro, 30)
 
-    asyncio.run(bounded())
+    return asyncio.run(bounded())
 
 
 def test_unexpected_exception_of_a_step_is_internal_and_names_it() -> None:
@@ -67,8 +72,6 @@ def test_a_stream_answers_every_request_when_one_step_crashes() -> None:
         return call.data
 
     async def main() -> None:
-        from meshflow import Document
-
         server, channel = await serve(gateway(crash_on_second))
         try:
             stream = channel.stream_stream(GATEWAY_STREAM)
@@ -151,3 +154,44 @@ def test_requests_cancelled_before_they_start_give_back_their_slots() -> None:
         assert len(answers) == gw.max_in_flight
 
     run(main())
+
+
+def test_a_stream_answers_every_request_whatever_each_executor_raises() -> None:
+    def handler(call: Call) -> bytes:
+        message = call.request
+        kind = message.docs[0].text
+        if kind == "down":
+            raise UnavailableError("connection refused")
+        if kind == "bad":
+            raise BadRequestError("malformed")
+        if kind == "bug":
+            raise KeyError("surprise")
+        if kind == "failed":
+            message.status.code = data_request_pb2.Status.ERROR
+            message.status.executor = "exec0"
+            message.status.exception_type = "ValueError"
+        return message.SerializeToString()
+
+    kinds = ["ok", "down", "bad", "bug", "failed", "ok2"]
+    gw = gateway(handler)
+
+    async def main() -> list[bytes]:
+        async def requests() -> AsyncIterator[bytes]:
+            for kind in kinds:
+                yield build_request("/", [Document(text=kind)], request_id=kind)[1]
+
+        return [a async for a in gw.stream(requests(), _Context())]  # type: ignore[arg-type]
+
+    statuses = {}
+    for raw in run(main()):
+        answer = data_request_pb2.DataRequest.FromString(raw)
+        statuses[answer.header.request_id] = (answer.status.executor, answer.status.exception_type)
+    assert statuses == {
+        "ok": ("", ""),
+        "down": ("exec0", "UnavailableError"),
+        "bad": ("gateway", "BadRequestError"),
+        "bug": ("gateway", "RequestError"),
+        "failed": ("exec0", "ValueError"),
+        "ok2": ("", ""),
+    }
+    assert gw.in_flight == 0
