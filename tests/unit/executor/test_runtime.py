@@ -97,12 +97,17 @@ def request(
     return message.SerializeToString()
 
 
-def process(executor: Executor, data: bytes, name: str = "shop") -> data_request_pb2.DataRequest:
+def process_raw(executor: Executor, data: bytes, name: str = "shop") -> bytes:
+    """``ExecutorRuntime.process`` on ``data``: the answer's bytes."""
     runtime = ExecutorRuntime(executor, name=name)
     try:
-        return data_request_pb2.DataRequest.FromString(run(runtime.process(data)))
+        return run(runtime.process(data))
     finally:
         runtime.close()
+
+
+def process(executor: Executor, data: bytes, name: str = "shop") -> data_request_pb2.DataRequest:
+    return data_request_pb2.DataRequest.FromString(process_raw(executor, data, name))
 
 
 def test_the_endpoint_changes_the_documents_of_the_answer() -> None:
@@ -120,11 +125,7 @@ def test_parameters_reach_the_endpoint_with_the_executors_own_overrides() -> Non
 
 def test_unchanged_documents_answer_with_the_request_bytes_and_the_results() -> None:
     data = request("/count", "a", "b", "c")
-    runtime = ExecutorRuntime(Shop(), name="shop")
-    try:
-        raw = run(runtime.process(data))
-    finally:
-        runtime.close()
+    raw = process_raw(Shop(), data)
     assert raw.startswith(data)  # the documents were not re-encoded
     answer = data_request_pb2.DataRequest.FromString(raw)
     assert dict(answer.results["shop"]) == {"count": 3}
@@ -147,22 +148,14 @@ def test_returned_documents_replace_the_requests() -> None:
 def test_requests_not_for_this_executor_come_back_byte_for_byte(
     cls: type[Executor], data: bytes
 ) -> None:
-    runtime = ExecutorRuntime(cls(), name="shop")
-    try:
-        assert run(runtime.process(data)) == data
-    finally:
-        runtime.close()
+    assert process_raw(cls(), data) == data
 
 
 def test_a_request_that_already_failed_comes_back_byte_for_byte() -> None:
     failed = data_request_pb2.DataRequest.FromString(request("/upper", "a"))
     failed.status.code = data_request_pb2.Status.ERROR
     data = failed.SerializeToString()
-    runtime = ExecutorRuntime(Shop(), name="shop")
-    try:
-        assert run(runtime.process(data)) == data
-    finally:
-        runtime.close()
+    assert process_raw(Shop(), data) == data
 
 
 def test_the_default_endpoint_serves_endpoints_without_their_own() -> None:
@@ -201,12 +194,8 @@ def test_an_array_whose_bytes_and_shape_disagree_is_a_bad_request() -> None:
     message.docs.add(id="x").embedding.CopyFrom(
         document_pb2.NdArray(buffer=b"\x00" * 3, dtype="<f4", shape=[2])
     )
-    runtime = ExecutorRuntime(Shop(), name="shop")
-    try:
-        with pytest.raises(BadRequestError, match="'shop'"):
-            run(runtime.process(message.SerializeToString()))
-    finally:
-        runtime.close()
+    with pytest.raises(BadRequestError, match="'shop'"):
+        process_raw(Shop(), message.SerializeToString())
 
 
 def test_sync_endpoints_run_in_the_runtimes_worker_thread() -> None:
