@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import inspect
 import keyword
 import logging
@@ -25,6 +26,7 @@ from strawberry.types.nodes import FragmentSpread, InlineFragment, SelectedField
 
 from meshflow.document.proto import struct_to_dict
 from meshflow.errors import BadRequestError, RequestError
+from meshflow.gateway.fanout import fan_out
 from meshflow.gateway.post import array_values, run_post
 from meshflow.gateway.server import Gateway
 from meshflow.proto.v1 import data_request_pb2, document_pb2, services_pb2
@@ -377,60 +379,60 @@ class Subscription:
         fields = _docs_selection(info) or ()
         slots = asyncio.Semaphore(max_in_flight)
         span = _subscription_span(on) if gateway.tracing else None
-        answers: asyncio.Queue[ResponseType | GraphQLError] = asyncio.Queue()
 
-        async def one(index: int, batch: list[DocumentInput]) -> None:
-            if span is not None:
-                from opentelemetry import trace
+        async def send(batch: tuple[int, list[DocumentInput]]) -> ResponseType:
+            index, docs = batch
+            answer = await response(
+                run_post(
+                    gateway,
+                    on=on,
+                    docs=docs,
+                    parameters=parameters,
+                    target_executor=target_executor,
+                    fields=fields,
+                    max_docs=info.context["max_docs"],
+                    **_caller(info),
+                )
+            )
+            answer.batch = index
+            return answer
 
-                with trace.use_span(span, end_on_exit=False):
-                    await send(index, batch)
-            else:
-                await send(index, batch)
+        async def one(batch: tuple[int, list[DocumentInput]]) -> ResponseType | GraphQLError:
+            if span is None:
+                return await send(batch)
+            from opentelemetry import trace
 
-        async def send(index: int, batch: list[DocumentInput]) -> None:
-            async with slots:
-                answer: ResponseType | GraphQLError
-                try:
-                    answer = await response(
-                        run_post(
-                            gateway,
-                            on=on,
-                            docs=batch,
-                            parameters=parameters,
-                            target_executor=target_executor,
-                            fields=fields,
-                            max_docs=info.context["max_docs"],
-                            **_caller(info),
-                        )
-                    )
-                    answer.batch = index
-                except GraphQLError as exc:
-                    answer = exc
-                except Exception as exc:  # a bug: still an answer, or the subscription hangs
-                    log.error("stream %r: batch %d failed in the gateway", on, index, exc_info=exc)
-                    answer = graphql_error(
-                        f"the gateway failed on batch {index} of the stream on {on!r}: "
-                        f"{type(exc).__name__}: {exc}; its log has the traceback",
-                        RequestError.graphql_code,
-                        batch=index,
-                    )
-                await answers.put(answer)
+            with trace.use_span(span, end_on_exit=False):
+                return await send(batch)
 
-        tasks = [asyncio.ensure_future(one(i, batch)) for i, batch in enumerate(batches)]
+        def failed(
+            batch: tuple[int, list[DocumentInput]], exc: Exception
+        ) -> ResponseType | GraphQLError:
+            if isinstance(exc, GraphQLError):
+                return exc
+            index = batch[0]  # a bug: still an answer, or the subscription hangs
+            log.error("stream %r: batch %d failed in the gateway", on, index, exc_info=exc)
+            return graphql_error(
+                f"the gateway failed on batch {index} of the stream on {on!r}: "
+                f"{type(exc).__name__}: {exc}; its log has the traceback",
+                RequestError.graphql_code,
+                batch=index,
+            )
+
+        answers = fan_out(
+            enumerate(batches), one, failed, admit=slots.acquire, release=slots.release
+        )
         try:
-            for _ in tasks:
-                item = await answers.get()
-                if isinstance(item, GraphQLError):
-                    if span is not None:
-                        from opentelemetry.trace import Status, StatusCode
+            async with contextlib.aclosing(answers):
+                async for item in answers:
+                    if isinstance(item, GraphQLError):
+                        if span is not None:
+                            from opentelemetry.trace import Status, StatusCode
 
-                        span.set_status(Status(StatusCode.ERROR, item.message))
-                    raise item
-                yield item
+                            span.set_status(Status(StatusCode.ERROR, item.message))
+                        raise item
+                    yield item
         finally:
-            for task in tasks:
-                task.cancel()
             if span is not None:
                 span.end()
 

@@ -15,6 +15,7 @@ identity executors believe. Whatever voucher a client wrote there itself is drop
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 import uuid
@@ -32,6 +33,7 @@ from meshflow.errors import (
     RequestError,
 )
 from meshflow.gateway.auth import Authenticator
+from meshflow.gateway.fanout import fan_out
 from meshflow.gateway.traversal import Traversal, internal_error
 from meshflow.identity import Identity
 from meshflow.observability.tracing import current_trace_id
@@ -177,52 +179,28 @@ class Gateway:
     async def stream(
         self, requests: AsyncIterator[bytes], context: _Context
     ) -> AsyncIterator[bytes]:
-        answers: asyncio.Queue[bytes | None] = asyncio.Queue()
         deadline = _deadline(context)
-        pending: set[asyncio.Task[None]] = set()
         try:
             identity = await self.identify(_authorization(context), "grpc")
         except Exception as exc:
             await _abort(context, exc)
             raise  # unreachable: abort raises
 
-        async def one(data: bytes) -> None:
-            try:
-                answer = await self._run(data, deadline, identity, "grpc")
-            except RequestError as exc:
-                answer = _failure(data, exc)
-            except Exception as exc:  # every request gets an answer, or the client waits
-                answer = _failure(data, internal_error(exc, "gateway", "", "streaming"))
-            await answers.put(answer)
+        async def one(data: bytes) -> bytes:
+            return await self._run(data, deadline, identity, "grpc")
 
-        def release(task: asyncio.Task[None]) -> None:
-            # A done callback, not a ``finally`` in ``one``: it also runs for a task cancelled
-            # before it started, which never enters its body.
-            pending.discard(task)
+        async def admit() -> None:
+            await self._slots.acquire()
+            self.in_flight += 1
+
+        def release() -> None:
             self.in_flight -= 1
             self._slots.release()
 
-        async def read() -> None:
-            try:
-                async for data in requests:
-                    await self._slots.acquire()
-                    self.in_flight += 1
-                    task = asyncio.ensure_future(one(data))
-                    pending.add(task)
-                    task.add_done_callback(release)
-                if pending:
-                    await asyncio.wait(set(pending))
-            finally:
-                await answers.put(None)
-
-        reader = asyncio.ensure_future(read())
-        try:
-            while (answer := await answers.get()) is not None:
+        answers = fan_out(requests, one, _stream_failure, admit=admit, release=release)
+        async with contextlib.aclosing(answers):
+            async for answer in answers:
                 yield answer
-        finally:
-            reader.cancel()
-            for task in list(pending):
-                task.cancel()
 
     async def _run(
         self, data: bytes, deadline: float | None, identity: Identity | None, door: str
@@ -331,6 +309,13 @@ def _without_voucher(data: bytes) -> bytes:
     request = data_request_pb2.DataRequest.FromString(data)
     request.header.ClearField("voucher")
     return request.SerializeToString()
+
+
+def _stream_failure(data: bytes, exc: Exception) -> bytes:
+    """The answer on a stream for a request whose run raised ``exc``."""
+    if not isinstance(exc, RequestError):
+        exc = internal_error(exc, "gateway", "", "streaming")
+    return _failure(data, exc)
 
 
 def _failure(data: bytes, exc: RequestError) -> bytes:

@@ -27,26 +27,18 @@ from meshflow.errors import (
 )
 from meshflow.gateway.http import make_app
 from meshflow.gateway.server import Gateway
+from meshflow.gateway.testing import Call, ScriptedTransport
 from meshflow.gateway.topology import Node, Topology
 from meshflow.gateway.traversal import Traversal
 from meshflow.identity import Identity
-from meshflow.proto.v1 import data_request_pb2, services_pb2
+from meshflow.proto.v1 import data_request_pb2
 from meshflow.spec.limits import GraphQLLimits
 
 ERRORS = request_errors()
 
 
-class _NoExecutors:
-    """A transport no request reaches (the scripted gateway answers first)."""
-
-    async def call(self, *args: Any, **kwargs: Any) -> bytes:
-        raise AssertionError("no executor is called")
-
-    async def close(self) -> None:
-        pass
-
-    async def describe(self, deployment: str, shard: int) -> services_pb2.EndpointsResponse | None:
-        return services_pb2.EndpointsResponse()
+def _no_executor(call: Call) -> bytes:
+    raise AssertionError("no executor is called (the scripted gateway answers first)")
 
 
 class _Scripted(Gateway):
@@ -54,7 +46,7 @@ class _Scripted(Gateway):
 
     def __init__(self, answer: Callable[[bytes], bytes]) -> None:
         topology = Topology((Node(name="exec0", needs=("gateway",), shards=(("x",),)),))
-        super().__init__(Traversal(topology, _NoExecutors()))
+        super().__init__(Traversal(topology, ScriptedTransport(_no_executor)))
         self.answer = answer
 
     async def _run(

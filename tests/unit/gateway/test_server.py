@@ -1,51 +1,32 @@
 """The gRPC door of the gateway, served in-process by a real grpc.aio server over a
-traversal whose transport is a test double (what an executor answers is scripted)."""
+traversal whose transport is :class:`~meshflow.gateway.testing.ScriptedTransport` (what an
+executor answers is scripted)."""
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any
+from collections.abc import AsyncIterator, Coroutine
+from typing import Any, TypeVar
 
 import grpc
 import pytest
 
+from meshflow import Document
 from meshflow.client.messages import build_request, read_response
-from meshflow.errors import RequestError
+from meshflow.errors import BadRequestError, RequestError, UnavailableError
 from meshflow.gateway.server import Gateway
+from meshflow.gateway.testing import Call, Handler, ScriptedTransport, echo
 from meshflow.gateway.topology import Node, Topology
 from meshflow.gateway.traversal import Traversal
-from meshflow.proto.v1 import services_pb2
+from meshflow.proto.v1 import data_request_pb2
 from meshflow.wire import GATEWAY_POST, GATEWAY_STREAM
 
-Behaviour = Callable[[str, bytes], Awaitable[bytes]]
+T = TypeVar("T")
 
 
-class ScriptedTransport:
-    """Answers each call with ``behaviour(deployment, data)``."""
-
-    def __init__(self, behaviour: Behaviour) -> None:
-        self.behaviour = behaviour
-
-    async def call(
-        self, deployment: str, shard: int, data: bytes, timeout: float | None, metadata: Any = None
-    ) -> bytes:
-        return await self.behaviour(deployment, data)
-
-    async def close(self) -> None:
-        pass
-
-    async def describe(self, deployment: str, shard: int) -> services_pb2.EndpointsResponse | None:
-        return services_pb2.EndpointsResponse()
-
-
-async def echo(deployment: str, data: bytes) -> bytes:
-    return data
-
-
-def gateway(behaviour: Behaviour, *nodes: Node, max_in_flight: int = 8) -> Gateway:
+def gateway(handler: Handler, *nodes: Node, max_in_flight: int = 8) -> Gateway:
     topology = Topology(nodes or (Node(name="exec0", needs=("gateway",), shards=(("x",),)),))
-    return Gateway(Traversal(topology, ScriptedTransport(behaviour)), max_in_flight=max_in_flight)
+    return Gateway(Traversal(topology, ScriptedTransport(handler)), max_in_flight=max_in_flight)
 
 
 async def serve(gw: Gateway) -> tuple[grpc.aio.Server, grpc.aio.Channel]:
@@ -56,15 +37,15 @@ async def serve(gw: Gateway) -> tuple[grpc.aio.Server, grpc.aio.Channel]:
     return server, grpc.aio.insecure_channel(f"127.0.0.1:{port}")
 
 
-def run(coro: Awaitable[None]) -> None:
-    async def bounded() -> None:
-        await asyncio.wait_for(coro, 30)
+def run(coro: Coroutine[Any, Any, T]) -> T:
+    async def bounded() -> T:
+        return await asyncio.wait_for(coro, 30)
 
-    asyncio.run(bounded())
+    return asyncio.run(bounded())
 
 
 def test_unexpected_exception_of_a_step_is_internal_and_names_it() -> None:
-    async def crash(deployment: str, data: bytes) -> bytes:
+    def crash(call: Call) -> bytes:
         raise KeyError("surprise")
 
     async def main() -> None:
@@ -85,14 +66,12 @@ def test_unexpected_exception_of_a_step_is_internal_and_names_it() -> None:
 
 
 def test_a_stream_answers_every_request_when_one_step_crashes() -> None:
-    async def crash_on_second(deployment: str, data: bytes) -> bytes:
-        if read_response(data).docs.texts == ["1"]:
+    def crash_on_second(call: Call) -> bytes:
+        if read_response(call.data).docs.texts == ["1"]:
             raise ZeroDivisionError("bug")
-        return data
+        return call.data
 
     async def main() -> None:
-        from meshflow import Document
-
         server, channel = await serve(gateway(crash_on_second))
         try:
             stream = channel.stream_stream(GATEWAY_STREAM)
@@ -133,9 +112,9 @@ class _Context:
 
 
 def test_requests_cancelled_before_they_start_give_back_their_slots() -> None:
-    async def slow(deployment: str, data: bytes) -> bytes:
+    async def slow(call: Call) -> bytes:
         await asyncio.sleep(30)
-        return data
+        return call.data
 
     gw = gateway(slow, max_in_flight=4)
 
@@ -167,11 +146,52 @@ def test_requests_cancelled_before_they_start_give_back_their_slots() -> None:
                 await asyncio.sleep(0.01)
             assert gw.in_flight == 0
         # Every slot is free: max_in_flight requests run at once again.
-        gw.traversal.transport = ScriptedTransport(echo)
-        gw.traversal._send = gw.traversal.transport.call
+        assert isinstance(gw.traversal.transport, ScriptedTransport)
+        gw.traversal.transport.handler = echo
         answers = await asyncio.gather(
             *(gw.run(build_request("/", [])[1], None) for _ in range(gw.max_in_flight))
         )
         assert len(answers) == gw.max_in_flight
 
     run(main())
+
+
+def test_a_stream_answers_every_request_whatever_each_executor_raises() -> None:
+    def handler(call: Call) -> bytes:
+        message = call.request
+        kind = message.docs[0].text
+        if kind == "down":
+            raise UnavailableError("connection refused")
+        if kind == "bad":
+            raise BadRequestError("malformed")
+        if kind == "bug":
+            raise KeyError("surprise")
+        if kind == "failed":
+            message.status.code = data_request_pb2.Status.ERROR
+            message.status.executor = "exec0"
+            message.status.exception_type = "ValueError"
+        return message.SerializeToString()
+
+    kinds = ["ok", "down", "bad", "bug", "failed", "ok2"]
+    gw = gateway(handler)
+
+    async def main() -> list[bytes]:
+        async def requests() -> AsyncIterator[bytes]:
+            for kind in kinds:
+                yield build_request("/", [Document(text=kind)], request_id=kind)[1]
+
+        return [a async for a in gw.stream(requests(), _Context())]  # type: ignore[arg-type]
+
+    statuses = {}
+    for raw in run(main()):
+        answer = data_request_pb2.DataRequest.FromString(raw)
+        statuses[answer.header.request_id] = (answer.status.executor, answer.status.exception_type)
+    assert statuses == {
+        "ok": ("", ""),
+        "down": ("exec0", "UnavailableError"),
+        "bad": ("gateway", "BadRequestError"),
+        "bug": ("gateway", "RequestError"),
+        "failed": ("exec0", "ValueError"),
+        "ok2": ("", ""),
+    }
+    assert gw.in_flight == 0
