@@ -35,11 +35,11 @@ from meshflow.flow.flow import Flow
 from meshflow.flow.status import format_status, read_state, with_health
 from meshflow.gateway.auth import mint, parse_ttl, read_key_material
 from meshflow.gateway.topology import Topology
+from meshflow.grpc_lifecycle import write_ready_file
 from meshflow.mesh.certs import FlowCA, write_private
 from meshflow.observability.logs import configure_logging
 from meshflow.observability.prometheus import prometheus_config, write_prometheus_config
 from meshflow.observability.tracing import parse_sampling, setup_tracing, tracing_requested
-from meshflow.serving import write_ready_file
 from meshflow.spec.launch import ExecutorLaunch, GatewayLaunch, Observability
 from meshflow.spec.names import state_file
 from meshflow.voucher import Signer, Verifier
@@ -588,7 +588,7 @@ def _token(args: argparse.Namespace) -> int:
 
 def _gateway(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     # lazy: the gateway's servers (gRPC doors, Strawberry/uvicorn behind them) load only to serve
-    from meshflow.gateway.serve import serve_gateway
+    from meshflow.gateway.process import serve_gateway
 
     try:
         launch = GatewayLaunch.from_args(args)

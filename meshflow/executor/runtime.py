@@ -34,10 +34,10 @@ from meshflow.executor.executor import EndpointMethod, Executor
 from meshflow.executor.parameters import build as build_params
 from meshflow.executor.parameters import describe as describe_params
 from meshflow.executor.parameters import for_executor
+from meshflow.grpc_lifecycle import serve_forever
 from meshflow.observability.metrics import ExecutorMetrics
 from meshflow.observability.tracing import shutdown_tracing
 from meshflow.proto.v1 import data_request_pb2, services_pb2
-from meshflow.serving import serve_forever
 from meshflow.types import DEFAULT_ENDPOINT
 from meshflow.voucher import Verifier, identity_of
 from meshflow.wire import EXECUTOR_ENDPOINTS, EXECUTOR_PROCESS, grpc_status

@@ -41,7 +41,7 @@ if TYPE_CHECKING:
     from opentelemetry.sdk.trace.sampling import Sampler
     from opentelemetry.trace import Tracer
 
-DEFAULT_ENDPOINT = "http://127.0.0.1:4317"
+DEFAULT_OTLP_ENDPOINT = "http://127.0.0.1:4317"
 DEFAULT_SAMPLING = "10/s"
 """What ``Flow(tracing=True)`` samples: up to 10 new traces a second."""
 _ENDPOINT_VARS = ("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "OTEL_EXPORTER_OTLP_ENDPOINT")
@@ -63,7 +63,7 @@ def otlp_endpoint() -> str:
         value = os.environ.get(name)
         if value:
             return value
-    return DEFAULT_ENDPOINT
+    return DEFAULT_OTLP_ENDPOINT
 
 
 def warn_if_no_collector(timeout: float = 0.5) -> bool:

@@ -14,9 +14,9 @@ from meshflow.gateway.server import Gateway
 from meshflow.gateway.topology import Topology
 from meshflow.gateway.transport import DirectTransport, EnvoyTransport, Transport
 from meshflow.gateway.traversal import Traversal
+from meshflow.grpc_lifecycle import serve_forever
 from meshflow.observability.metrics import GatewayMetrics
 from meshflow.observability.tracing import shutdown_tracing
-from meshflow.serving import serve_forever
 from meshflow.spec.auth import JWTAuth
 from meshflow.spec.limits import GraphQLLimits
 from meshflow.spec.names import cluster_name
