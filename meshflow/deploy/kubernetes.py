@@ -68,7 +68,7 @@ from meshflow.deploy.secrets import (
 )
 from meshflow.errors import ConfigError
 from meshflow.gateway.topology import Node
-from meshflow.mesh.certs import Identity, spiffe_id
+from meshflow.mesh.certs import WorkloadCert, spiffe_id
 from meshflow.mesh.config import (
     ClusterSpec,
     Tracing,
@@ -81,8 +81,8 @@ from meshflow.spec.flow import DeploymentSpec, FlowSpec
 PKI = "/etc/meshflow/pki"
 
 
-def _identity(flow: str, workload: str) -> Identity:
-    return Identity(
+def _identity(flow: str, workload: str) -> WorkloadCert:
+    return WorkloadCert(
         spiffe_id=spiffe_id(flow, workload),
         cert=f"{PKI}/tls.crt",
         key=f"{PKI}/tls.key",

@@ -11,8 +11,9 @@ from typing import Any
 import yaml
 
 from meshflow.deploy.common import HasSpec, PlainDumper
-from meshflow.mesh.certs import FlowCA, spiffe_id
+from meshflow.mesh.certs import FlowCA, spiffe_id, write_private
 from meshflow.spec.flow import FlowSpec
+from meshflow.voucher import Signer
 
 
 def k8s_name(text: str) -> str:
@@ -67,9 +68,6 @@ def gateway_key_secret(flow: str) -> str:
 def signing_secrets(flow: str, pki_dir: str, meta: Any) -> list[dict[str, Any]]:
     """The gateway's signing key (kept in ``pki_dir`` across exports) as a Secret only the
     gateway mounts, and its public key as one the executors mount."""
-
-    from meshflow.mesh.certs import write_private
-    from meshflow.voucher import Signer
 
     path = os.path.join(pki_dir, "gateway-signing.key")
     try:

@@ -10,6 +10,7 @@ import numpy as np
 import numpy.typing as npt
 
 from meshflow.document.document import Document
+from meshflow.proto.v1 import document_pb2
 
 Metric = Literal["cosine", "euclidean", "dot"]
 
@@ -393,8 +394,8 @@ class DocumentArray(MutableSequence[Document]):
 
     def to_bytes(self) -> bytes:
         """Serialize to the bytes of a ``meshflow.v1.DocumentList`` protobuf message."""
+        # lazy: document/proto.py imports this module (it builds DocumentArrays)
         from meshflow.document.proto import documents_to_proto
-        from meshflow.proto.v1 import document_pb2
 
         message = document_pb2.DocumentList()
         documents_to_proto(self._docs, message.docs)
@@ -403,8 +404,8 @@ class DocumentArray(MutableSequence[Document]):
     @classmethod
     def from_bytes(cls, data: bytes) -> DocumentArray:
         """Read the bytes written by :meth:`to_bytes`."""
+        # lazy: document/proto.py imports this module (it builds DocumentArrays)
         from meshflow.document.proto import documents_from_proto
-        from meshflow.proto.v1 import document_pb2
 
         return documents_from_proto(document_pb2.DocumentList.FromString(data).docs)
 

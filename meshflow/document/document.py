@@ -10,6 +10,7 @@ import numpy as np
 import numpy.typing as npt
 
 if TYPE_CHECKING:
+    # lazy: array.py imports this module (Documents and DocumentArrays nest in each other)
     from meshflow.document.array import DocumentArray
 
 _REPR_WIDTH = 40
@@ -128,6 +129,7 @@ class Document:
     def matches(self) -> DocumentArray:
         """Documents found for this one by a search, best first."""
         if self._matches is None:
+            # lazy: array.py imports this module (Documents and DocumentArrays nest in each other)
             from meshflow.document.array import DocumentArray
 
             self._matches = DocumentArray()
@@ -141,6 +143,7 @@ class Document:
     def chunks(self) -> DocumentArray:
         """Parts of this document."""
         if self._chunks is None:
+            # lazy: array.py imports this module (Documents and DocumentArrays nest in each other)
             from meshflow.document.array import DocumentArray
 
             self._chunks = DocumentArray()
@@ -220,6 +223,7 @@ class Document:
 
 
 def _as_array(docs: Iterable[Document]) -> DocumentArray:
+    # lazy: array.py imports this module (Documents and DocumentArrays nest in each other)
     from meshflow.document.array import DocumentArray
 
     return docs if isinstance(docs, DocumentArray) else DocumentArray(docs)

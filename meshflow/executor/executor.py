@@ -132,6 +132,7 @@ class Executor:
         """
         tracer: Tracer | None = self.__dict__.get("_tracer")
         if tracer is None:
+            # lazy: keeps `import meshflow` cheap: OpenTelemetry loads only for executors that trace
             from opentelemetry import trace
 
             tracer = trace.get_tracer(f"meshflow.executor.{self.runtime_args.name}")

@@ -17,6 +17,8 @@ from typing import TYPE_CHECKING, Any
 
 import grpc
 from google.protobuf.message import DecodeError
+from opentelemetry import propagate, trace
+from opentelemetry.trace import SpanKind
 
 from meshflow.document import DocumentArray
 from meshflow.document.proto import (
@@ -32,16 +34,16 @@ from meshflow.executor.executor import EndpointMethod, Executor
 from meshflow.executor.parameters import build as build_params
 from meshflow.executor.parameters import describe as describe_params
 from meshflow.executor.parameters import for_executor
+from meshflow.grpc_lifecycle import serve_forever
+from meshflow.observability.metrics import ExecutorMetrics
+from meshflow.observability.tracing import shutdown_tracing
 from meshflow.proto.v1 import data_request_pb2, services_pb2
-from meshflow.serving import serve_forever
+from meshflow.types import DEFAULT_ENDPOINT
 from meshflow.voucher import Verifier, identity_of
+from meshflow.wire import EXECUTOR_ENDPOINTS, EXECUTOR_PROCESS, grpc_status
 
 if TYPE_CHECKING:
     from opentelemetry.trace import Tracer
-
-    from meshflow.observability.metrics import ExecutorMetrics
-from meshflow.types import DEFAULT_ENDPOINT
-from meshflow.wire import EXECUTOR_ENDPOINTS, EXECUTOR_PROCESS, grpc_status
 
 log = logging.getLogger("meshflow.executor")
 
@@ -311,8 +313,6 @@ def _handlers(runtime: ExecutorRuntime) -> grpc.GenericRpcHandler:
 
 
 def _in_trace() -> bool:
-    from opentelemetry import trace
-
     return trace.get_current_span().is_recording()
 
 
@@ -329,8 +329,6 @@ async def _traced_process(
 ) -> bytes:
     """:meth:`ExecutorRuntime.process` in the call's server span, continuing the caller's
     W3C ``traceparent`` from the call's metadata."""
-    from opentelemetry import propagate
-    from opentelemetry.trace import SpanKind
 
     assert runtime.tracer is not None
     carrier = {k: v for k, v in context.invocation_metadata() or () if isinstance(v, str)}
@@ -371,13 +369,9 @@ async def serve_executor(
     the caller), a span per endpoint call."""
     exporter = None
     if metrics is not None:
-        from meshflow.observability.metrics import ExecutorMetrics
-
         exporter = ExecutorMetrics(name)
     tracer = None
     if tracing:
-        from opentelemetry import trace
-
         tracer = trace.get_tracer("meshflow.executor")
     runtime = ExecutorRuntime(
         executor,
@@ -401,8 +395,6 @@ async def serve_executor(
         if exporter is not None:
             exporter.stop()
         if tracing:
-            from meshflow.observability.tracing import shutdown_tracing
-
             shutdown_tracing()
 
     await serve_forever(

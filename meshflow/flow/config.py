@@ -23,17 +23,15 @@ import os
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import yaml
 
 from meshflow.errors import ConfigError
+from meshflow.flow.flow import Flow
 from meshflow.gateway.topology import check_spec
 from meshflow.spec.auth import SECRET_KEYS, JWTAuth
 from meshflow.spec.flow import EXECUTOR_KEYS, WITH_KEYS, FlowSpec
-
-if TYPE_CHECKING:
-    from meshflow.flow.flow import Flow
 
 _ENV = re.compile(r"\$\{\{\s*ENV\.([A-Za-z_][A-Za-z0-9_]*)\s*\}\}")
 FLOW_KEYS = {"jtype", "version", "name", "with", "executors"}
@@ -165,7 +163,6 @@ def load_flow(
     Paths written in the file (``workspace``, ``static`` folders, ``secret_file``, ``uses``
     files) are relative to the file; the workspace is ``workspace/`` next to it by default.
     """
-    from meshflow.flow.flow import Flow
 
     loc = _Located(path)
     data, options = _read(path, loc)

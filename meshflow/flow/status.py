@@ -194,6 +194,7 @@ def _serving(address: str) -> bool:
 
 def with_health(data: dict[str, Any]) -> dict[str, Any]:
     """``data`` (a :func:`snapshot`) with live ``alive``, ``serving`` and ``healthy`` fields."""
+    # lazy: keeps `import meshflow` cheap: the Envoy admin client loads only to ask sidecars
     from meshflow.mesh.admin import admin_get, healthy_hosts, listeners_stopped
 
     def check(side: dict[str, Any]) -> None:

@@ -20,6 +20,8 @@ from typing import Any, NewType, cast
 
 import strawberry
 from graphql import GraphQLError
+from opentelemetry import trace
+from opentelemetry.trace import Status, StatusCode
 from strawberry.scalars import JSON
 from strawberry.types import Info
 from strawberry.types.nodes import FragmentSpread, InlineFragment, SelectedField, Selection
@@ -220,7 +222,6 @@ def _caller(info: Info[Any, Any]) -> dict[str, Any]:
 
 def _name_span(info: Info[Any, Any]) -> None:
     """Name the request's span after its GraphQL operation (``graphql mutation post``)."""
-    from opentelemetry import trace
 
     span = trace.get_current_span()
     if span.is_recording():
@@ -400,7 +401,6 @@ class Subscription:
         async def one(batch: tuple[int, list[DocumentInput]]) -> ResponseType | GraphQLError:
             if span is None:
                 return await send(batch)
-            from opentelemetry import trace
 
             with trace.use_span(span, end_on_exit=False):
                 return await send(batch)
@@ -427,8 +427,6 @@ class Subscription:
                 async for item in answers:
                     if isinstance(item, GraphQLError):
                         if span is not None:
-                            from opentelemetry.trace import Status, StatusCode
-
                             span.set_status(Status(StatusCode.ERROR, item.message))
                         raise item
                     yield item
@@ -439,7 +437,6 @@ class Subscription:
 
 def _subscription_span(on: str) -> Any:
     """The span of a ``stream`` subscription over a WebSocket: its batches are its children."""
-    from opentelemetry import trace
 
     tracer = trace.get_tracer("meshflow.gateway")
     return tracer.start_span(

@@ -30,6 +30,8 @@ import strawberry
 import uvicorn
 from cross_web import HTTPException  # what Strawberry's views raise for a bad request
 from graphql import GraphQLError
+from opentelemetry import propagate, trace
+from opentelemetry.trace import SpanKind, Status, StatusCode
 from prometheus_client import CONTENT_TYPE_LATEST
 from starlette.applications import Starlette
 from starlette.middleware.cors import CORSMiddleware
@@ -108,8 +110,6 @@ async def _refusals_answered(source: Any) -> AsyncIterator[Any]:
 
 def _close_span(result: ExecutionResult, response: GraphQLHTTPResponse) -> None:
     """The request's span gets the first error; the answer gets the trace id."""
-    from opentelemetry import trace
-    from opentelemetry.trace import Status, StatusCode
 
     if result.errors:
         code = (result.errors[0].extensions or {}).get("code", "")
@@ -126,8 +126,6 @@ class TraceRequests:
     ``traceparent`` when it sends one."""
 
     def __init__(self, app: ASGIApp) -> None:
-        from opentelemetry import trace
-
         self.app = app
         self.tracer = trace.get_tracer("meshflow.gateway")  # ~8 us each time it is asked for
 
@@ -135,8 +133,6 @@ class TraceRequests:
         if scope["type"] != "http" or scope["path"] in ("/health", "/metrics"):
             await self.app(scope, receive, send)
             return
-        from opentelemetry import propagate
-        from opentelemetry.trace import SpanKind, Status, StatusCode
 
         carrier = {
             bytes(k).decode("latin-1"): bytes(v).decode("latin-1")
@@ -610,6 +606,7 @@ def bounded_http_protocol(limit: int) -> type[asyncio.Protocol] | str:
     and is closed. Without httptools, uvicorn's h11 protocol bounds heads itself.
     """
     try:
+        # lazy: optional: httptools may be absent (then uvicorn's h11 bounds heads)
         from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
     except ImportError:  # pragma: no cover - uvicorn[standard] brings httptools
         return "h11"

@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any, TypeAlias
 
 import grpc
 from google.protobuf.message import DecodeError
+from opentelemetry import trace
 
 from meshflow.errors import (
     BadRequestError,
@@ -272,7 +273,6 @@ class Gateway:
 
 def _annotate_span(request_id: str, endpoint: str, door: str) -> None:
     """Name the endpoint on the door's span (the gRPC server span or the GraphQL operation)."""
-    from opentelemetry import trace
 
     span = trace.get_current_span()
     span.set_attribute("meshflow.endpoint", endpoint)

@@ -14,6 +14,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from typing import Protocol, TypeAlias
 
 import grpc
+from opentelemetry import trace
 
 from meshflow.errors import (
     BadRequestError,
@@ -138,8 +139,6 @@ class DirectTransport:
 
 
 def _note_replica(index: int, address: str) -> None:
-    from opentelemetry import trace
-
     span = trace.get_current_span()
     span.set_attribute("meshflow.replica", index)
     span.set_attribute("server.address", address)

@@ -19,6 +19,9 @@ import uuid
 from collections.abc import Awaitable, Callable, Iterator
 from typing import TYPE_CHECKING
 
+from opentelemetry import propagate, trace
+from opentelemetry.trace import SpanKind, Status, StatusCode
+
 from meshflow.document.proto import struct_to_dict
 from meshflow.errors import BadRequestError, DeadlineExceeded, RequestError
 from meshflow.gateway.merge import merge_requests, reduce_shards
@@ -188,9 +191,6 @@ class Traversal:
     async def _traced_call(
         self, name: str, shard: int, data: bytes, timeout: float | None
     ) -> bytes:
-        from opentelemetry import propagate
-        from opentelemetry.trace import SpanKind, Status, StatusCode
-
         assert self.tracer is not None
         attributes: dict[str, str | int] = {
             "meshflow.deployment": name,
@@ -248,8 +248,6 @@ def _step(step: str, endpoint: str, doing: str = "merging its inputs") -> Iterat
 
 
 def _sampled() -> bool:
-    from opentelemetry import trace
-
     return trace.get_current_span().get_span_context().trace_flags.sampled
 
 

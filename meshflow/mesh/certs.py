@@ -33,7 +33,7 @@ def spiffe_id(flow: str, workload: str) -> str:
 
 
 @dataclass(frozen=True)
-class Identity:
+class WorkloadCert:
     """A workload's certificate and key files, and the SPIFFE id in its SAN."""
 
     spiffe_id: str
@@ -109,7 +109,7 @@ class FlowCA:
         write_private(self.ca_cert_path, cert_pem, 0o644)
         return cert, key
 
-    def identity(self, workload: str) -> Identity:
+    def identity(self, workload: str) -> WorkloadCert:
         """The certificate of ``workload``: reused when still valid for this CA, else issued."""
         uri = spiffe_id(self.flow, workload)
         cert_path = os.path.join(self.directory, f"{workload}.crt")
@@ -117,7 +117,7 @@ class FlowCA:
         loaded = _load(cert_path, key_path)
         if loaded is None or not self._issued_here(loaded[0], uri):
             self._issue(uri, workload, cert_path, key_path)
-        return Identity(spiffe_id=uri, cert=cert_path, key=key_path, ca=self.ca_cert_path)
+        return WorkloadCert(spiffe_id=uri, cert=cert_path, key=key_path, ca=self.ca_cert_path)
 
     def _issued_here(self, cert: x509.Certificate, uri: str) -> bool:
         if not _fresh(cert) or cert.issuer != self._ca_cert.subject:

@@ -27,7 +27,7 @@ from urllib.parse import urlsplit
 import yaml
 
 from meshflow.mesh.admin import STATS_LISTENER, STATS_PATHS
-from meshflow.mesh.certs import Identity
+from meshflow.mesh.certs import WorkloadCert
 from meshflow.spec.names import cluster_name
 from meshflow.spec.policy import (
     CircuitBreaker,
@@ -102,7 +102,7 @@ def _seconds(value: float) -> str:
     return f"{value:.3f}s"
 
 
-def _tls_context(identity: Identity, peers: Sequence[str]) -> dict[str, Any]:
+def _tls_context(identity: WorkloadCert, peers: Sequence[str]) -> dict[str, Any]:
     return {
         "tls_certificates": [
             {
@@ -329,7 +329,7 @@ def _route(spec: ClusterSpec) -> dict[str, Any]:
     }
 
 
-def _cluster(spec: ClusterSpec, identity: Identity) -> dict[str, Any]:
+def _cluster(spec: ClusterSpec, identity: WorkloadCert) -> dict[str, Any]:
     hc, od, cb = spec.health_check, spec.outlier_detection, spec.circuit_breaker
     return {
         "name": spec.name,
@@ -417,7 +417,7 @@ def gateway_sidecar(
     *,
     node: str,
     listen_socket: str,
-    identity: Identity,
+    identity: WorkloadCert,
     clusters: Sequence[ClusterSpec],
     admin: Admin,
     tracing: Tracing | None = None,
@@ -452,7 +452,7 @@ def replica_sidecar(
     node: str,
     listen_port: int,
     executor_socket: str | None,
-    identity: Identity,
+    identity: WorkloadCert,
     allowed_peers: Sequence[str],
     admin: Admin,
     tracing: Tracing | None = None,

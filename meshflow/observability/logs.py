@@ -10,6 +10,10 @@ from __future__ import annotations
 import logging
 import os
 
+from pythonjsonlogger.json import JsonFormatter
+
+from meshflow.observability.tracing import current_trace_id
+
 TEXT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
 
@@ -18,8 +22,6 @@ class _TraceIds(logging.Filter):
 
     def filter(self, record: logging.LogRecord) -> bool:
         if getattr(record, "trace_id", None) is None:
-            from meshflow.observability.tracing import current_trace_id
-
             trace_id = current_trace_id()
             if trace_id is not None:
                 record.trace_id = trace_id
@@ -41,8 +43,6 @@ def configure_logging(level: str | None = None, fmt: str | None = None) -> None:
     fmt = fmt or os.environ.get("MESHFLOW_LOG_FORMAT") or "text"
     handler = logging.StreamHandler()
     if fmt == "json":
-        from pythonjsonlogger.json import JsonFormatter
-
         handler.setFormatter(
             JsonFormatter(
                 "%(asctime)s %(levelname)s %(name)s %(message)s",

@@ -41,7 +41,7 @@ if TYPE_CHECKING:
     from opentelemetry.sdk.trace.sampling import Sampler
     from opentelemetry.trace import Tracer
 
-DEFAULT_ENDPOINT = "http://127.0.0.1:4317"
+DEFAULT_OTLP_ENDPOINT = "http://127.0.0.1:4317"
 DEFAULT_SAMPLING = "10/s"
 """What ``Flow(tracing=True)`` samples: up to 10 new traces a second."""
 _ENDPOINT_VARS = ("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "OTEL_EXPORTER_OTLP_ENDPOINT")
@@ -63,7 +63,7 @@ def otlp_endpoint() -> str:
         value = os.environ.get(name)
         if value:
             return value
-    return DEFAULT_ENDPOINT
+    return DEFAULT_OTLP_ENDPOINT
 
 
 def warn_if_no_collector(timeout: float = 0.5) -> bool:
@@ -120,6 +120,7 @@ def sampling_arg(tracing: bool | float | str) -> str:
 def make_sampler(sampling: object, clock: Callable[[], float] = time.monotonic) -> Sampler:
     """The gateway's sampler for a sampling setting (see :func:`parse_sampling`): new traces
     by share or by rate; a request that comes with a ``traceparent`` follows its decision."""
+    # lazy: keeps `import meshflow` cheap: the OpenTelemetry SDK loads only when tracing is set up
     from opentelemetry.sdk.trace.sampling import ParentBased, TraceIdRatioBased
 
     from meshflow.observability.sampling import RateLimitedSampler
@@ -148,19 +149,19 @@ def setup_tracing(
     decides which requests are traced).
     """
     global _provider, _exporter_shutdown
+    # lazy: keeps `import meshflow` cheap: OpenTelemetry loads only when tracing is used
     from opentelemetry import trace
     from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
     from opentelemetry.instrumentation.grpc import GrpcAioInstrumentorServer, filters
     from opentelemetry.sdk.resources import Resource
     from opentelemetry.sdk.trace import TracerProvider
     from opentelemetry.sdk.trace.export import BatchSpanProcessor
+    from opentelemetry.sdk.trace.sampling import ALWAYS_OFF, ParentBased
 
     if _provider is None:
         resource = Resource.create({"service.name": service, **(attributes or {})})
         endpoint = otlp_endpoint()
         exporter = OTLPSpanExporter(endpoint=endpoint, insecure=endpoint.startswith("http://"))
-        from opentelemetry.sdk.trace.sampling import ALWAYS_OFF, ParentBased
-
         sampler: Sampler | None = None
         if follow_only:
             sampler = ParentBased(ALWAYS_OFF)
@@ -215,6 +216,7 @@ def current_trace_id() -> str | None:
     a trace, or a request the sampler left out: its id would lead nowhere)."""
     if _provider is None:
         return None
+    # lazy: keeps `import meshflow` cheap: OpenTelemetry loads only when tracing is used
     from opentelemetry import trace
 
     context = trace.get_current_span().get_span_context()

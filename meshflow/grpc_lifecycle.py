@@ -20,7 +20,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from meshflow.wire import server_options
 
-log = logging.getLogger("meshflow.serving")
+log = logging.getLogger("meshflow.grpc_lifecycle")
 
 
 def write_ready_file(path: str, payload: dict[str, Any]) -> None:
