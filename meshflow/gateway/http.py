@@ -1,5 +1,6 @@
-"""The HTTP door of the gateway: GraphQL (queries, mutations), ``POST /post`` for curl users,
-and an offline GraphiQL page, served by uvicorn in the gateway's event loop.
+"""The HTTP door of the gateway: GraphQL (queries, mutations), ``POST /post`` for curl users
+(``gateway/rest.py``), and an offline query page (``gateway/graphiql.html``), served by uvicorn
+in the gateway's event loop, behind the ASGI pieces of ``gateway/middleware.py``.
 
 Guards, each configurable and each answered with an error carrying ``extensions.code``:
 request body size (413, ``REQUEST_TOO_LARGE``), query depth (``DEPTH_LIMIT_EXCEEDED``),
@@ -19,27 +20,25 @@ import asyncio
 import contextlib
 import functools
 import json
-import math
-import os
 import socket
 from collections.abc import AsyncIterator, Mapping
 from http import HTTPStatus
+from importlib import resources
 from typing import Any
 
 import strawberry
 import uvicorn
 from cross_web import HTTPException  # what Strawberry's views raise for a bad request
 from graphql import GraphQLError
-from opentelemetry import propagate, trace
-from opentelemetry.trace import SpanKind, Status, StatusCode
+from opentelemetry import trace
+from opentelemetry.trace import Status, StatusCode
 from prometheus_client import CONTENT_TYPE_LATEST
 from starlette.applications import Starlette
 from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.routing import Mount, Route, WebSocketRoute
-from starlette.staticfiles import StaticFiles
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.types import ASGIApp, Receive, Scope, Send
 from strawberry.asgi import GraphQL
 from strawberry.http import GraphQLHTTPResponse
 from strawberry.schema.config import StrawberryConfig
@@ -68,9 +67,18 @@ from meshflow.gateway.graphql import (
     request_error,
 )
 from meshflow.gateway.guards import QueryCache, QueryGuard
-from meshflow.gateway.rest import coded, decode_json, error_response, post_route
+from meshflow.gateway.middleware import (
+    AuthGate,
+    BodyLimit,
+    NoDotfiles,
+    TarpitGate,
+    TraceRequests,
+    header,
+    wants_page,
+)
+from meshflow.gateway.rest import coded, decode_json, post_route
 from meshflow.gateway.server import Gateway
-from meshflow.gateway.tarpit import HELD, Tarpit
+from meshflow.gateway.tarpit import Tarpit
 from meshflow.observability.tracing import current_trace_id
 from meshflow.proto.v1 import services_pb2
 from meshflow.spec.limits import GraphQLLimits
@@ -119,42 +127,6 @@ def _close_span(result: ExecutionResult, response: GraphQLHTTPResponse) -> None:
     trace_id = current_trace_id()
     if trace_id:
         response["extensions"] = {**(response.get("extensions") or {}), "traceId": trace_id}
-
-
-class TraceRequests:
-    """A server span per HTTP request to the GraphQL door, continuing the caller's
-    ``traceparent`` when it sends one."""
-
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
-        self.tracer = trace.get_tracer("meshflow.gateway")  # ~8 us each time it is asked for
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["path"] in ("/health", "/metrics"):
-            await self.app(scope, receive, send)
-            return
-
-        carrier = {
-            bytes(k).decode("latin-1"): bytes(v).decode("latin-1")
-            for k, v in scope.get("headers", ())
-        }
-        tracer = self.tracer
-        name = f"{scope['method']} {scope['path']}"
-        attributes = {"http.request.method": scope["method"], "url.path": scope["path"]}
-        with tracer.start_as_current_span(
-            name, context=propagate.extract(carrier), kind=SpanKind.SERVER, attributes=attributes
-        ) as span:
-            code = [0]
-
-            async def sending(message: Message) -> None:
-                if message["type"] == "http.response.start":
-                    code[0] = message["status"]
-                await send(message)
-
-            await self.app(scope, receive, sending)
-            span.set_attribute("http.response.status_code", code[0])
-            if code[0] >= 500:
-                span.set_status(Status(StatusCode.ERROR))
 
 
 def make_schema(
@@ -211,7 +183,7 @@ class _TransportWS(BaseGraphQLTransportWSHandler[dict[str, Any], None]):
             payload = message.get("payload")
             token = _ws_token(payload) if isinstance(payload, dict) else None
             if token is None:  # a non-browser client may have sent the header instead
-                token = _header(self.context["request"].scope, b"authorization")
+                token = header(self.context["request"].scope, b"authorization")
             try:
                 self.context["identity"] = await gateway.identify(token, "websocket")
             except UnauthenticatedError as exc:
@@ -245,23 +217,6 @@ def _ws_token(payload: dict[str, Any]) -> str | None:
         value = payload.get(key)
         if isinstance(value, str):
             return value
-    return None
-
-
-def _wants_page(scope: Scope) -> bool:
-    """A browser's GET of the GraphQL URL, no query in it: it gets the page (no token
-    needed: the page holds no data)."""
-    return (
-        scope["method"] == "GET"
-        and b"query=" not in scope.get("query_string", b"")
-        and "text/html" in (_header(scope, b"accept") or "")
-    )
-
-
-def _header(scope: Scope, name: bytes) -> str | None:
-    for key, value in scope.get("headers", ()):
-        if key == name:
-            return bytes(value).decode("latin-1")
     return None
 
 
@@ -319,7 +274,7 @@ class _GraphQLApp(GraphQL[dict[str, Any], None]):
         if scope["type"] != "http":
             await super().__call__(scope, receive, send)
             return
-        if _wants_page(scope):  # a browser opening the URL meshflow printed: the page of /
+        if wants_page(scope):  # a browser opening the URL meshflow printed: the page of /
             await HTMLResponse(_GRAPHIQL)(scope, receive, send)
             return
         try:
@@ -378,98 +333,6 @@ def _names_unknown_field(result: ExecutionResult) -> bool:
 _HTTP_CODES = {404: "NOT_FOUND", 405: "METHOD_NOT_ALLOWED", 413: "REQUEST_TOO_LARGE"}
 
 
-class AuthGate:
-    """Refuses HTTP requests to the protected paths without a valid token (401 with
-    ``WWW-Authenticate``) before reading their body; passes the identity on in the scope."""
-
-    def __init__(self, app: ASGIApp, gateway: Gateway, protected: tuple[str, ...]) -> None:
-        self.app = app
-        self.gateway = gateway
-        self.protected = protected
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http" and scope["path"] in self.protected and not _wants_page(scope):
-            try:
-                identity = await self.gateway.identify(_header(scope, b"authorization"), "http")
-            except UnauthenticatedError as exc:
-                await error_response(exc)(scope, receive, send)
-                return
-            scope.setdefault("state", {})["meshflow_identity"] = identity
-        await self.app(scope, receive, send)
-
-
-class TarpitGate:
-    """Holds the HTTP requests to ``path`` of a client whose queries were refused too often
-    (see :class:`Tarpit`) before their body is read, or answers 429 with ``Retry-After``."""
-
-    def __init__(self, app: ASGIApp, tarpit: Tarpit, path: str) -> None:
-        self.app = app
-        self.tarpit = tarpit
-        self.path = path
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http" and scope["path"] == self.path:
-            client = scope.get("client")
-            wait = self.tarpit.admit(client[0] if client else None)
-            if wait is None:
-                response = coded(
-                    429,
-                    "too many of this client's queries were refused: retry later",
-                    "TOO_MANY_REFUSALS",
-                )
-                response.headers["Retry-After"] = str(math.ceil(self.tarpit.max_wait))
-                await response(scope, receive, send)
-                return
-            if wait:
-                # Its turn is taken: refused, it counts no second time (the guard looks here).
-                scope.setdefault("state", {})[HELD] = True
-                await asyncio.sleep(wait)
-        await self.app(scope, receive, send)
-
-
-class BodyLimit:
-    """Reads a request's body, up to ``limit`` bytes, before the app runs: a larger body
-    (declared or sent chunked) is answered with 413 and never reaches the app."""
-
-    def __init__(self, app: ASGIApp, limit: int) -> None:
-        self.app = app
-        self.limit = limit
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["method"] in ("GET", "HEAD", "OPTIONS"):
-            await self.app(scope, receive, send)
-            return
-        declared = _header(scope, b"content-length")
-        if declared is not None and (not declared.isdigit() or int(declared) > self.limit):
-            await _too_large(self.limit)(scope, receive, send)
-            return
-        chunks: list[bytes] = []
-        size = 0
-        while True:
-            message = await receive()
-            if message["type"] == "http.disconnect":
-                return
-            chunk = message.get("body", b"")
-            size += len(chunk)
-            if size > self.limit:
-                await _too_large(self.limit)(scope, receive, send)
-                return
-            chunks.append(chunk)
-            if not message.get("more_body", False):
-                break
-        body = [{"type": "http.request", "body": b"".join(chunks), "more_body": False}]
-        del chunks
-
-        async def replay() -> Message:
-            return body.pop() if body else await receive()
-
-        await self.app(scope, replay, send)
-
-
-def _too_large(limit: int) -> Response:
-    return coded(413, f"request body larger than {limit} bytes", "REQUEST_TOO_LARGE")
-
-
 def make_app(
     gateway: Gateway,
     limits: GraphQLLimits,
@@ -503,7 +366,7 @@ def make_app(
             Route("/graphql", graphql_app, methods=["GET", "POST"]),
             WebSocketRoute("/graphql", graphql_app),
             *(
-                Mount(prefix, _NoDotfiles(directory=folder, html=True))
+                Mount(prefix, NoDotfiles(directory=folder, html=True))
                 for prefix, folder in (static or {}).items()
             ),
         ]
@@ -522,16 +385,6 @@ def make_app(
             max_age=600,
         )
     return TraceRequests(outer) if gateway.tracing else outer
-
-
-class _NoDotfiles(StaticFiles):
-    """Static files, without dotfiles or hidden folders (``.env``, ``.git/config``)."""
-
-    def lookup_path(self, path: str) -> tuple[str, os.stat_result | None]:
-        parts = path.replace("\\", "/").split("/")
-        if any(part.startswith(".") and part != "." for part in parts):
-            return "", None
-        return super().lookup_path(path)
 
 
 class HttpDoor:
@@ -645,40 +498,5 @@ def bounded_http_protocol(limit: int) -> type[asyncio.Protocol] | str:
     return BoundedHeads
 
 
-_GRAPHIQL = """<!doctype html>
-<html lang="en"><head><meta charset="utf-8"><title>meshflow GraphQL</title>
-<style>
-body{font-family:system-ui,sans-serif;margin:0;display:flex;flex-direction:column;height:100vh}
-header{padding:.5em 1em;background:#1d3557;color:#fff}
-main{flex:1;display:flex;gap:.5em;padding:.5em}
-section{flex:1;display:flex;flex-direction:column}
-textarea,pre{flex:1;font-family:ui-monospace,monospace;font-size:13px;border:1px solid #ccc;
-padding:.5em;margin:0;overflow:auto}
-button{margin:.3em 0;padding:.4em 1em}
-</style></head><body>
-<header>meshflow GraphQL &mdash; this page works offline;
-queries go to <code>/graphql</code></header>
-<main><section><label for="q">Query</label>
-<textarea id="q">query {
-  flow { healthy deployments { name replicas shards endpoints healthy } }
-}</textarea>
-<label for="v">Variables (JSON)</label><textarea id="v" style="flex:.3">{}</textarea>
-<label for="t">Authorization token (optional)</label><input id="t">
-<button id="run">Run (Ctrl-Enter)</button></section>
-<section><label for="out">Result</label><pre id="out"></pre></section></main>
-<script>
-async function run(){
-  const out=document.getElementById('out');let variables={};
-  try{variables=JSON.parse(document.getElementById('v').value||'{}')}
-  catch(e){out.textContent='Variables are not valid JSON: '+e;return}
-  const headers={'content-type':'application/json'};
-  const token=document.getElementById('t').value.trim();
-  if(token){headers['authorization']='Bearer '+token}
-  const r=await fetch('graphql',{method:'POST',headers,
-    body:JSON.stringify({query:document.getElementById('q').value,variables})});
-  out.textContent=JSON.stringify(await r.json(),null,2);
-}
-document.getElementById('run').onclick=run;
-document.addEventListener('keydown',e=>{if(e.ctrlKey&&e.key==='Enter'){run()}});
-</script></body></html>
-"""
+# The page of ``/`` (and of a browser's GET of ``/graphql``): package data, works offline.
+_GRAPHIQL = resources.files("meshflow.gateway").joinpath("graphiql.html").read_text("utf-8")
