@@ -41,6 +41,38 @@ def make_transport(topology: Topology, mesh: str, egress: str | None = None) -> 
     raise ConfigError(f"unknown mesh {mesh!r}; expected 'envoy' or 'direct'")
 
 
+def _make_gateway(
+    topology: Topology,
+    mesh: str,
+    egress: str | None,
+    max_in_flight: int,
+    auth: JWTAuth | None,
+    signer: Signer | None,
+    metrics: bool,
+    tracing: bool,
+) -> tuple[Gateway, Transport, GatewayMetrics | None]:
+    """The gateway of ``topology``, its transport to the executors and its metrics."""
+    authenticator = Authenticator(auth) if auth is not None else None  # bad keys fail here
+    if authenticator is not None and signer is None:
+        raise ConfigError(
+            "serve_gateway(auth=...) needs signer=: the key it vouches for identities with"
+        )
+    exporter = GatewayMetrics() if metrics else None
+    tracer = trace.get_tracer("meshflow.gateway") if tracing else None
+    transport = make_transport(topology, mesh, egress)
+    if tracing and isinstance(transport, DirectTransport):
+        transport.tracing = True  # with Envoy, the replica's sidecar span tells which one
+    gateway = Gateway(
+        Traversal(topology, transport, metrics=exporter, tracer=tracer),
+        max_in_flight=max_in_flight,
+        auth=authenticator,
+        signer=signer,
+        metrics=exporter,
+        tracing=tracing,
+    )
+    return gateway, transport, exporter
+
+
 async def serve_gateway(
     topology: Topology,
     *,
@@ -67,31 +99,11 @@ async def serve_gateway(
     there and on the HTTP door; with ``static`` (URL prefix -> folder), static files on the
     HTTP door; browser pages of the ``cors`` origins may call it; with ``tracing`` (set up
     by the caller), spans per request and per traversal step."""
-    authenticator = Authenticator(auth) if auth is not None else None  # bad keys fail here
-    if authenticator is not None and signer is None:
-        raise ConfigError(
-            "serve_gateway(auth=...) needs signer=: the key it vouches for identities with"
-        )
-    exporter = None
-    if metrics is not None:
-        exporter = GatewayMetrics()
-    tracer = None
-    if tracing:
-        tracer = trace.get_tracer("meshflow.gateway")
-    transport = make_transport(topology, mesh, egress)
-    if tracing and isinstance(transport, DirectTransport):
-        transport.tracing = True  # with Envoy, the replica's sidecar span tells which one
-    gateway = Gateway(
-        Traversal(topology, transport, metrics=exporter, tracer=tracer),
-        max_in_flight=max_in_flight,
-        auth=authenticator,
-        signer=signer,
-        metrics=exporter,
-        tracing=tracing,
+    gateway, transport, exporter = _make_gateway(
+        topology, mesh, egress, max_in_flight, auth, signer, metrics is not None, tracing
     )
     door = None
     if graphql is not None:
-        # Imported here: Strawberry and uvicorn are the gateway's alone.
         # lazy: Strawberry and uvicorn (~200 ms) load only when the GraphQL door is on
         from meshflow.gateway.http import HttpDoor, make_app
 

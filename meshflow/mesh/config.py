@@ -468,6 +468,38 @@ def replica_sidecar(
         executor = _endpoint("127.0.0.1", executor_port)
     else:
         raise ValueError("replica_sidecar needs executor_socket or executor_port")
+    routes = _ingress_routes(node, tracing)
+    return {
+        "node": {"id": node, "cluster": "meshflow"},
+        "admin": _admin(admin),
+        **_tracer_runtime(tracing),
+        "static_resources": {
+            "listeners": [
+                _ingress_listener(
+                    listen_host, listen_port, routes, identity, allowed_peers, tracing
+                ),
+                _stats_listener(admin),
+            ],
+            "clusters": [
+                _admin_cluster(admin),
+                {
+                    "name": "executor",
+                    "type": "STATIC",
+                    "connect_timeout": "1s",
+                    "typed_extension_protocol_options": _http2_options(),
+                    "load_assignment": {
+                        "cluster_name": "executor",
+                        "endpoints": [{"lb_endpoints": [executor]}],
+                    },
+                },
+            ]
+            + ([_collector(tracing)] if tracing is not None else []),
+        },
+    }
+
+
+def _ingress_routes(node: str, tracing: Tracing | None) -> list[dict[str, Any]]:
+    """Every call to the executor, its health checks left out of traces."""
     to_executor = {
         "cluster": "executor",
         "timeout": "0s",
@@ -495,54 +527,40 @@ def replica_sidecar(
                 },
             },
         )
+    return routes
+
+
+def _ingress_listener(
+    host: str,
+    port: int,
+    routes: list[dict[str, Any]],
+    identity: WorkloadCert,
+    allowed_peers: Sequence[str],
+    tracing: Tracing | None,
+) -> dict[str, Any]:
+    """mTLS on ``host:port``, only ``allowed_peers`` admitted."""
     return {
-        "node": {"id": node, "cluster": "meshflow"},
-        "admin": _admin(admin),
-        **_tracer_runtime(tracing),
-        "static_resources": {
-            "listeners": [
-                {
-                    "name": "ingress",
-                    "address": {
-                        "socket_address": {"address": listen_host, "port_value": listen_port}
-                    },
-                    "filter_chains": [
-                        {
-                            "filters": [
-                                _hcm(
-                                    "ingress",
-                                    [{"name": "executor", "domains": ["*"], "routes": routes}],
-                                    tracing,
-                                )
-                            ],
-                            "transport_socket": {
-                                "name": "envoy.transport_sockets.tls",
-                                "typed_config": {
-                                    "@type": _DOWNSTREAM_TLS,
-                                    "require_client_certificate": True,
-                                    "common_tls_context": _tls_context(identity, allowed_peers),
-                                },
-                            },
-                        }
-                    ],
-                },
-                _stats_listener(admin),
-            ],
-            "clusters": [
-                _admin_cluster(admin),
-                {
-                    "name": "executor",
-                    "type": "STATIC",
-                    "connect_timeout": "1s",
-                    "typed_extension_protocol_options": _http2_options(),
-                    "load_assignment": {
-                        "cluster_name": "executor",
-                        "endpoints": [{"lb_endpoints": [executor]}],
+        "name": "ingress",
+        "address": {"socket_address": {"address": host, "port_value": port}},
+        "filter_chains": [
+            {
+                "filters": [
+                    _hcm(
+                        "ingress",
+                        [{"name": "executor", "domains": ["*"], "routes": routes}],
+                        tracing,
+                    )
+                ],
+                "transport_socket": {
+                    "name": "envoy.transport_sockets.tls",
+                    "typed_config": {
+                        "@type": _DOWNSTREAM_TLS,
+                        "require_client_certificate": True,
+                        "common_tls_context": _tls_context(identity, allowed_peers),
                     },
                 },
-            ]
-            + ([_collector(tracing)] if tracing is not None else []),
-        },
+            }
+        ],
     }
 
 
