@@ -223,7 +223,7 @@ def test_exports_of_a_users_project_hold_its_code_at_image_paths(project: Path) 
     assert "COPY . /app" in dockerfile and "PYTHONPATH=/app" in dockerfile
     assert "COPY requirements.txt" in dockerfile
     dist = deploy / ".meshflow-dist"
-    assert (dist / "meshflow" / "cli.py").exists()
+    assert (dist / "meshflow" / "cli" / "__init__.py").exists()
     assert (dist / "services" / "vector_indexer" / "executor.py").exists()
     assert "grpcio" in (dist / "pyproject.toml").read_text()
     assert (deploy / "observability" / "grafana" / "dashboards" / "meshflow.json").exists()
@@ -324,7 +324,7 @@ def test_an_export_from_an_installed_wheel_builds_the_same(project: Path, tmp_pa
     )  # fmt: skip
     assert done.returncode == 0, done.stderr
     deploy = project / "deploy"
-    assert (deploy / ".meshflow-dist" / "meshflow" / "cli.py").exists()
+    assert (deploy / ".meshflow-dist" / "meshflow" / "cli" / "__init__.py").exists()
     assert (deploy / ".meshflow-dist" / "services" / "ranker" / "executor.py").exists()
     assert (deploy / "observability" / "grafana" / "dashboards" / "meshflow.json").exists()
     where = subprocess.run(

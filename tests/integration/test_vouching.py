@@ -217,7 +217,7 @@ def test_executors_get_only_the_public_key(vouched: Flow) -> None:
 def test_the_gateway_process_is_not_dumpable() -> None:
     probe = (
         "import ctypes\n"
-        "from meshflow.cli import _not_dumpable\n"
+        "from meshflow.cli.run import _not_dumpable\n"
         "_not_dumpable()\n"
         "print(ctypes.CDLL(None).prctl(3, 0, 0, 0, 0))\n"  # PR_GET_DUMPABLE
     )
