@@ -9,7 +9,6 @@ test fails ``test_every_block_is_run_or_checked``."""
 from __future__ import annotations
 
 import ast
-import contextlib
 import functools
 import json
 import os
@@ -27,6 +26,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
+from procs import meshflow_flow, stop_group
 
 ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
@@ -204,20 +204,6 @@ def shell(project: Path, script: str, timeout: float = 60, **env: str) -> str:
     return done.stdout
 
 
-def stop_group(proc: subprocess.Popen[str], grace: float = 30) -> None:
-    """SIGTERM a process's group, wait until it is gone, SIGKILL what is left. The process
-    itself is reaped on the way (a zombie still counts as a member of its group)."""
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(proc.pid, signal.SIGTERM)
-        deadline = time.monotonic() + grace
-        while time.monotonic() < deadline:
-            proc.poll()
-            os.killpg(proc.pid, 0)
-            time.sleep(0.2)
-        os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait()
-
-
 def listening(port: int) -> bool:
     with socket.socket() as sock:
         sock.settimeout(1)
@@ -390,22 +376,8 @@ def test_flow_page_yaml_serves(project: Path, free_port: int) -> None:
     """The page's Flow YAML served by `meshflow flow` from the project folder, its port from
     ${{ ENV.PORT }}; the error format the page shows, for a mistyped key."""
     (project / "flow.yml").write_text(block(FLOW, 2, "yaml"))
-    proc = subprocess.Popen(
-        [str(BIN / "meshflow"), "flow", "flow.yml", "--quiet"],
-        cwd=project,
-        env={**base_env(), "PORT": str(free_port)},
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        start_new_session=True,
-    )
-    try:
-        assert proc.stdout is not None
-        lines = []
-        for line in proc.stdout:
-            lines.append(line)
-            if "serving gRPC" in line:
-                break
+    env = {**base_env(), "PORT": str(free_port)}
+    with meshflow_flow("flow.yml", "--quiet", cwd=project, env=env) as (proc, lines):
         assert f"127.0.0.1:{free_port}" in "".join(lines), "".join(lines)
         code = f"""
 from meshflow import Client, Document, DocumentArray
@@ -418,10 +390,6 @@ assert client.post('/search', DocumentArray([Document(text='a')])).texts == ['a 
         python(project, code)
         proc.send_signal(signal.SIGINT)
         assert proc.wait(timeout=30) == 0
-    finally:
-        stop_group(proc)
-        if proc.stdout is not None:
-            proc.stdout.close()
     shown = re.search(r"`(flow\.yml:7: executors\[1\]\.replica: [^`]*)`", (ROOT / FLOW).read_text())
     assert shown is not None
     typo = project / "typo"
@@ -652,22 +620,7 @@ def test_mesh_page_yaml_and_status(project: Path) -> None:
     shown = block(MESH, 4, "").splitlines()
     assert shown[0].startswith("$ meshflow status --name shop ")
     patterns = [status_pattern(line) for line in shown[1:]]
-    proc = subprocess.Popen(
-        [str(BIN / "meshflow"), "flow", "flow.yml", "--quiet"],
-        cwd=project,
-        env=base_env(),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        start_new_session=True,
-    )
-    try:
-        assert proc.stdout is not None
-        lines = []
-        for line in proc.stdout:
-            lines.append(line)
-            if "serving gRPC" in line:
-                break
+    with meshflow_flow("flow.yml", "--quiet", cwd=project, env=base_env()) as (proc, lines):
         assert "Flow 'shop' serving gRPC" in "".join(lines), "".join(lines)
         for folder, command in (
             (project, shlex.split(shown[0].split("#")[0].removeprefix("$ "))),
@@ -681,10 +634,6 @@ def test_mesh_page_yaml_and_status(project: Path) -> None:
                 assert any(pattern.match(line) for line in out), (pattern.pattern, out)
         proc.send_signal(signal.SIGINT)
         assert proc.wait(timeout=30) == 0
-    finally:
-        stop_group(proc)
-        if proc.stdout is not None:
-            proc.stdout.close()
 
 
 # --- docs/observability.md ---------------------------------------------------------------

@@ -4,7 +4,6 @@ user's: this test writes a small one."""
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import re
@@ -16,6 +15,7 @@ import time
 from pathlib import Path
 
 import pytest
+from procs import meshflow_flow, stop_group
 
 ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
@@ -128,20 +128,6 @@ def python(project: Path, source: str, timeout: float = 120) -> subprocess.Compl
     return done
 
 
-def stop_group(leader: subprocess.Popen[str], grace: float = 15) -> None:
-    """SIGTERM the process group ``leader`` heads, wait until it is gone (reaping the leader,
-    whose zombie would keep the group alive), SIGKILL what is left."""
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(leader.pid, signal.SIGTERM)
-        deadline = time.monotonic() + grace
-        while time.monotonic() < deadline:
-            leader.poll()
-            os.killpg(leader.pid, 0)
-            time.sleep(0.2)
-        os.killpg(leader.pid, signal.SIGKILL)
-    leader.wait()
-
-
 def test_hello_world_prints_what_the_readme_says(project: Path) -> None:
     code = block("Hello, world", "python")
     expected = code.split("print(r.texts)  # ")[1].splitlines()[0]
@@ -165,29 +151,11 @@ def test_executors_and_flows_snippets_run_together(project: Path) -> None:
 
 def test_flow_yaml_snippet_serves(project: Path, free_port: int) -> None:
     (project / "flow.yml").write_text(block("Flows", "yaml"))
-    proc = subprocess.Popen(
-        [str(BIN / "meshflow"), "flow", "flow.yml", "--quiet"],
-        cwd=project,
-        env={**env(), "SHOP_PORT": str(free_port)},
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-    try:
-        assert proc.stdout is not None
-        lines = []
-        for line in proc.stdout:
-            lines.append(line)
-            if "serving gRPC" in line:
-                break
+    env_ = {**env(), "SHOP_PORT": str(free_port)}
+    with meshflow_flow("flow.yml", "--quiet", cwd=project, env=env_) as (proc, lines):
         assert f"127.0.0.1:{free_port}" in "".join(lines), "".join(lines)
         proc.send_signal(signal.SIGINT)
         assert proc.wait(timeout=30) == 0
-    finally:
-        proc.kill()
-        proc.wait()
-        if proc.stdout is not None:
-            proc.stdout.close()
 
 
 def test_auth_walkthrough_and_its_client_line(project: Path) -> None:
