@@ -141,8 +141,9 @@ def metadata_version() -> str:
 
 
 def write_image(context: BuildContext, dockerfile: str, extras: tuple[str, ...] = ()) -> list[str]:
-    """Write ``dockerfile`` (inside the context) and its ignore file; return the files
-    written."""
+    """Write ``dockerfile`` (anywhere: ``docker build -f`` names it) and its ignore file, and,
+    when the context holds no meshflow checkout, the copy of meshflow next to it (which must
+    then be inside the context); return the files written."""
     dockerfile = os.path.abspath(dockerfile)
     checkout = _checkout_root()
     if checkout is not None and _within(checkout, context.root):
