@@ -109,6 +109,8 @@ def _follow_logs(folder: str, stop: threading.Event) -> None:
                     continue
                 path = os.path.join(folder, name)
                 try:
+                    if os.path.getsize(path) <= offsets.get(name, 0):
+                        continue  # nothing new: no open and read every 0.3 s
                     with open(path, "rb") as fh:
                         fh.seek(offsets.get(name, 0))
                         data = fh.read()

@@ -54,6 +54,17 @@ def flow_spec(flow: HasSpec | FlowSpec) -> FlowSpec:
     return spec
 
 
+def image_context(spec: FlowSpec, folder: str | None) -> BuildContext:
+    """The build context of ``spec``'s image, every path and package the Flow names checked
+    against it before anything is written."""
+    context = BuildContext.at(folder)
+    for dep in spec.deployments:
+        context.uses(ref(dep), dep.name)
+    for prefix, static in (spec.static or {}).items():
+        context.inside(static, f"static[{prefix!r}]")
+    return context
+
+
 def ref(dep: DeploymentSpec) -> str:
     """How a container imports the deployment's class; refused for a script's class."""
     if dep.ref is None:

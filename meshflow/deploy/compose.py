@@ -40,9 +40,9 @@ from meshflow.deploy.common import (
     executor_command,
     flow_spec,
     gateway_command,
+    image_context,
     key_variables,
     node,
-    ref,
 )
 from meshflow.deploy.images import (
     ENVOY_IMAGE,
@@ -113,11 +113,7 @@ def export_compose(
     spec = flow_spec(flow)
     if spec.mesh != "envoy":
         raise ConfigError("docker-compose export needs mesh='envoy' (the sidecars are the mesh)")
-    build_context = BuildContext.at(context)
-    for dep in spec.deployments:  # refused before anything is written
-        build_context.uses(ref(dep), dep.name)
-    for prefix, folder in (spec.static or {}).items():
-        build_context.inside(folder, f"static[{prefix!r}]")
+    build_context = image_context(spec, context)
     out_dir = os.path.dirname(os.path.abspath(path))
     dockerfile = os.path.abspath(dockerfile or os.path.join(out_dir, "Dockerfile"))
     export = _Export(spec, out_dir, build_context)

@@ -42,9 +42,9 @@ from meshflow.deploy.common import (
     executor_command,
     flow_spec,
     gateway_command,
+    image_context,
     key_variables,
     node,
-    ref,
 )
 from meshflow.deploy.images import (
     ENVOY_IMAGE,
@@ -110,12 +110,9 @@ def export_kubernetes(
     flow = flow_spec(flow)
     if flow.mesh != "envoy":
         raise ConfigError("Kubernetes export needs mesh='envoy' (the sidecars are the mesh)")
-    build_context = BuildContext.at(context)
+    build_context = image_context(flow, context)
     for dep in flow.deployments:  # refused before anything is written
-        build_context.uses(ref(dep), dep.name)
         _check_state(dep)
-    for prefix, folder in (flow.static or {}).items():
-        build_context.inside(folder, f"static[{prefix!r}]")
     image = image or image_name(flow.name)
     ns = namespace or k8s_name(flow.name)
     app = k8s_name(flow.name)
