@@ -1,10 +1,9 @@
 """Running a Flow as local processes: executors, their sidecars, the gateway and its sidecar.
 
 Everything starts at once. Executors listen on unix sockets in a private temporary
-directory. With ``mesh='envoy'`` each replica gets an ingress Envoy (mTLS, loopback TCP) in
-front of its socket and the gateway reaches them only through its own egress Envoy; with
-``mesh='direct'`` the gateway calls the sockets itself. The Flow is ready when every process
-is, and (with Envoy) when the gateway's sidecar sees every replica healthy. A
+directory; the Flow's :class:`~meshflow.mesh.local.LocalMesh` adds what its mesh needs (with
+``mesh='envoy'``, a sidecar per replica and one beside the gateway) and says when it routes to
+every replica. The Flow is ready when every process is and its mesh routes. A
 :class:`~meshflow.processes.Supervisor` restarts whatever exits on its own.
 """
 
@@ -18,7 +17,6 @@ import os
 import shutil
 import tempfile
 import threading
-import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -27,6 +25,7 @@ import cloudpickle
 from meshflow.errors import ConfigError
 from meshflow.flow.status import file_sd, snapshot, write_state
 from meshflow.gateway.topology import Node, Topology
+from meshflow.mesh.local import Ingress, LocalMesh, local_mesh
 from meshflow.observability.tracing import otlp_endpoint, sampling_arg
 from meshflow.processes import (
     ManagedProcess,
@@ -37,11 +36,9 @@ from meshflow.processes import (
 )
 from meshflow.spec.flow import DeploymentSpec, FlowSpec
 from meshflow.spec.launch import ExecutorLaunch, GatewayLaunch, Observability
-from meshflow.spec.names import cluster_name, state_file, targets_file
+from meshflow.spec.names import state_file, targets_file
 
 if TYPE_CHECKING:
-    from meshflow.mesh.certs import FlowCA
-    from meshflow.mesh.config import Admin, Tracing
     from meshflow.mesh.sidecar import EnvoyProcess
 
 log = logging.getLogger("meshflow.flow")
@@ -49,7 +46,7 @@ log = logging.getLogger("meshflow.flow")
 
 @dataclass
 class Replica:
-    """One replica of one shard: its executor process and, with Envoy, its sidecar."""
+    """One replica of one shard: its executor process and its door into the mesh, if any."""
 
     deployment: str
     shard: int
@@ -57,10 +54,11 @@ class Replica:
     socket: str
     executor: ManagedProcess
     launch: ExecutorLaunch
-    sidecar: EnvoyProcess | None = None
-    ingress_port: int | None = None
-    """The sidecar's mTLS port: bound by Envoy itself (port 0, no race with other programs),
-    learnt from its admin once it is ready, then pinned in its config for restarts."""
+    ingress: Ingress | None = None
+
+    @property
+    def sidecar(self) -> EnvoyProcess | None:
+        return self.ingress.sidecar if self.ingress is not None else None
 
     @property
     def processes(self) -> list[ManagedProcess]:
@@ -86,21 +84,15 @@ class LocalRuntime:
     gateway: _Gateway | None = None
     port: int | None = None
     graphql_port: int | None = None
-    _ca: FlowCA | None = None
+    mesh: LocalMesh | None = None
     _signing_key: bytes | None = None
     """The gateway's private signing key (PEM): in this process's memory and handed to the
     gateway on its standard input, never written anywhere."""
     _gateway_key_file: str | None = None
-    _eds_version: int = 0
-    _published: bool = False
     _supervisor: Supervisor | None = None
     _state_lock: threading.Lock = field(default_factory=threading.Lock)
 
     # -- start and stop ---------------------------------------------------------------------
-
-    @property
-    def envoy(self) -> bool:
-        return self.spec.mesh == "envoy"
 
     @property
     def log_dir(self) -> str:
@@ -122,25 +114,20 @@ class LocalRuntime:
             os.chmod(self.run_dir, 0o700)
             if self.spec.auth is not None:
                 self._prepare_signing()
-            if self.envoy:
-                self._prepare_mesh()
+            self.mesh = local_mesh(self.spec, self.run_dir, self.log_dir)
+            self.mesh.prepare()
             for dep in self.spec.deployments:
                 for shard in range(dep.shards):
                     for replica in range(dep.replicas):
                         self.replicas.append(self._make_replica(dep, shard, replica))
-            if self.envoy:
-                # Empty at first: a replica joins once it serves, so that the first health
-                # check of the gateway's sidecar finds it up (a host that fails that check
-                # reaches the sidecar's worker threads only a check interval later).
-                self._write_endpoints(published=[])
             self.gateway = self._make_gateway()
             for proc in self.processes():
                 proc.start()
             wait_all_ready(
                 self.processes(),
                 self.spec.timeout_ready,
-                also=self._mesh_ready if self.envoy else None,
-                what="the gateway's sidecar (waiting for every replica to pass health checks)",
+                also=self.mesh.ready,
+                what=self.mesh.waiting_for,
             )
         except BaseException:
             self.stop()
@@ -233,11 +220,10 @@ class LocalRuntime:
             env={**self._observability_env(), **dep.env},
             cleanup=[sock],
         )
-        out = Replica(dep.name, shard, replica, sock, executor, launch)
-        if self.envoy:
-            where = f"{dep.name!r} (shard {shard}, replica {replica})"
-            out.sidecar = self._make_replica_sidecar(dep, where, label, sock, 0)
-        return out
+        assert self.mesh is not None
+        where = f"{dep.name!r} (shard {shard}, replica {replica})"
+        ingress = self.mesh.join(dep, shard, label, where, sock)
+        return Replica(dep.name, shard, replica, sock, executor, launch, ingress)
 
     def _pin_ports(self, replicas: list[Replica]) -> None:
         """A restarted executor serves /metrics on the port it had: scrape targets stay
@@ -246,17 +232,6 @@ class LocalRuntime:
             port = _metrics_port(r.executor, r.launch)
             r.launch = dataclasses.replace(r.launch, metrics_port=port)
             r.executor.command = meshflow_command(*r.launch.to_argv())
-
-    def _learn_ingress_ports(self, replicas: list[Replica]) -> None:
-        """Take the port each ready sidecar bound for its ingress (the sidecar pins it in its
-        config, so that a restarted sidecar comes back where the gateway's sidecar looks)."""
-        for r in replicas:
-            if r.ingress_port or r.sidecar is None or r.sidecar.info is None:
-                continue
-            port = r.sidecar.ports.get("ingress")
-            if port is None:
-                raise ConfigError(f"{r.sidecar.name} does not report its ingress port")
-            r.ingress_port = port
 
     def _prepare_signing(self) -> None:
         """A new key pair the gateway vouches for identities with: executors get the public
@@ -270,81 +245,6 @@ class LocalRuntime:
         self._gateway_key_file = os.path.join(self.run_dir, "gateway-signing.pub")
         write_private(self._gateway_key_file, signer.public_pem, 0o644)
 
-    def _prepare_mesh(self) -> None:
-        # lazy: keeps `import meshflow` cheap (~10 ms of Envoy config and certs)
-        from meshflow.mesh.certs import FlowCA
-
-        os.makedirs(os.path.join(self.run_dir, "eds"), exist_ok=True)
-        # Envoy's admin has no authentication: its socket (0600) sits in a folder only the
-        # Flow's user can enter (the run folder is 0700 too).
-        os.makedirs(self._admin_dir, mode=0o700, exist_ok=True)
-        # An ephemeral CA: its key stays in this process; certificates go to the run folder,
-        # never to the workspace that executors are handed.
-        self._ca = FlowCA(os.path.join(self.run_dir, "pki"), self.spec.name, ephemeral=True)
-
-    @property
-    def _admin_dir(self) -> str:
-        return os.path.join(self.run_dir, "admin")
-
-    def _admin(self, label: str) -> Admin:
-        # lazy: keeps `import meshflow` cheap (~10 ms of Envoy config and certs)
-        from meshflow.mesh.config import Admin
-
-        return Admin(socket=os.path.join(self._admin_dir, f"{label}.sock"))
-
-    def _make_replica_sidecar(
-        self, dep: DeploymentSpec, where: str, label: str, sock: str, port: int
-    ) -> EnvoyProcess:
-        # lazy: keeps `import meshflow` cheap (~10 ms of Envoy config and certs)
-        from meshflow.mesh.config import replica_sidecar, write_yaml
-        from meshflow.mesh.sidecar import EnvoyProcess
-
-        assert self._ca is not None
-        identity = self._ca.identity(dep.name)
-        gateway_id = self._ca.identity("gateway").spiffe_id
-        config_path = os.path.join(self.run_dir, f"{label}.envoy.yaml")
-        admin = self._admin(label)
-        write_yaml(
-            config_path,
-            replica_sidecar(
-                node=label,
-                listen_port=port,
-                executor_socket=sock,
-                identity=identity,
-                allowed_peers=[gateway_id],
-                admin=admin,
-                tracing=self._envoy_tracing(f"sidecar {label}"),
-            ),
-        )
-        return EnvoyProcess(
-            name=f"sidecar of {where}",
-            config_path=config_path,
-            log_path=os.path.join(self.log_dir, f"{label}.envoy.log"),
-            admin_socket=admin.socket,
-            label=label,
-            concurrency=self.spec.envoy_concurrency,
-        )
-
-    def _eds_path(self, cluster: str) -> str:
-        return os.path.join(self.run_dir, "eds", f"{cluster}.yaml")
-
-    def _write_endpoints(self, published: list[Replica] | None = None) -> None:
-        """(Re)write every cluster's endpoint file: the Flow's replicas, or ``published``."""
-        # lazy: keeps `import meshflow` cheap (~10 ms of Envoy config and certs)
-        from meshflow.mesh.config import endpoints, write_yaml
-
-        members_of = self.replicas if published is None else published
-        self._eds_version += 1
-        for dep in self.spec.deployments:
-            for shard in range(dep.shards):
-                cluster = cluster_name(dep.name, shard)
-                members = [
-                    ("127.0.0.1", r.ingress_port)
-                    for r in members_of
-                    if r.deployment == dep.name and r.shard == shard and r.ingress_port
-                ]
-                write_yaml(self._eds_path(cluster), endpoints(cluster, members, self._eds_version))
-
     def _observability(self, gateway: bool = False) -> dict[str, Any]:
         """The metrics and tracing options of a process's launch."""
         sampling = sampling_arg(self.spec.tracing) if gateway and self.spec.tracing else None
@@ -357,14 +257,6 @@ class LocalRuntime:
         if self.spec.tracing:
             env["OTEL_EXPORTER_OTLP_ENDPOINT"] = otlp_endpoint()
         return env
-
-    def _envoy_tracing(self, service: str) -> Tracing | None:
-        if not self.spec.tracing:
-            return None
-        # lazy: keeps `import meshflow` cheap (~10 ms of Envoy config and certs)
-        from meshflow.mesh.config import Tracing
-
-        return Tracing(service=service, endpoint=otlp_endpoint())
 
     def _make_gateway(self) -> _Gateway:
         nodes = []
@@ -391,12 +283,8 @@ class LocalRuntime:
             json.dump(Topology(tuple(nodes)).to_dict(), fh)
         ready = os.path.join(self.run_dir, "gateway.ready")
         spec = self.spec
-        sidecar = None
-        egress = None
-        if self.envoy:
-            egress_sock = os.path.join(self.run_dir, "gateway-egress.sock")
-            egress = f"unix:{egress_sock}"
-            sidecar = self._make_gateway_sidecar(egress_sock)
+        assert self.mesh is not None
+        egress, sidecar = self.mesh.gateway_sidecar()
         launch = GatewayLaunch(
             topology=topology_file,
             host=spec.host,
@@ -424,76 +312,16 @@ class LocalRuntime:
         )
         return _Gateway(process, launch, sidecar, egress, topology_file)
 
-    def _make_gateway_sidecar(self, egress_sock: str) -> EnvoyProcess:
-        # lazy: keeps `import meshflow` cheap (~10 ms of Envoy config and certs)
-        from meshflow.mesh.config import gateway_sidecar, shard_cluster, write_yaml
-        from meshflow.mesh.sidecar import EnvoyProcess
-
-        assert self._ca is not None
-        specs = [
-            shard_cluster(
-                dep,
-                shard,
-                self._ca.identity(dep.name).spiffe_id,
-                eds_path=self._eds_path(cluster_name(dep.name, shard)),
-            )
-            for dep in self.spec.deployments
-            for shard in range(dep.shards)
-        ]
-        config_path = os.path.join(self.run_dir, "gateway.envoy.yaml")
-        admin = self._admin("gateway")
-        write_yaml(
-            config_path,
-            gateway_sidecar(
-                node="gateway",
-                listen_socket=egress_sock,
-                identity=self._ca.identity("gateway"),
-                clusters=specs,
-                admin=admin,
-                tracing=self._envoy_tracing("sidecar gateway"),
-            ),
-        )
-        return EnvoyProcess(
-            name="sidecar of the gateway",
-            config_path=config_path,
-            log_path=os.path.join(self.log_dir, "gateway.envoy.log"),
-            admin_socket=admin.socket,
-            label="gateway",
-            concurrency=self.spec.envoy_concurrency,
-        )
-
-    def _mesh_ready(self, replicas: list[Replica] | None = None) -> bool:
-        """True when the gateway's sidecar sends traffic to every replica (of ``replicas``)."""
-        # lazy: keeps `import meshflow` cheap (~10 ms of Envoy config and certs)
-        from meshflow.mesh.admin import healthy_hosts
-
-        assert self.gateway is not None and self.gateway.sidecar is not None
-        address = self.gateway.sidecar.admin_address
-        if address is None:
-            return False
-        if replicas is None and not self._published:
-            if not all(p.info is not None for r in self.replicas for p in r.processes):
-                return False
-            self._learn_ingress_ports(self.replicas)
-            self._write_endpoints()
-            self._published = True
-        hosts = healthy_hosts(address)
-        for r in self.replicas if replicas is None else replicas:
-            cluster = cluster_name(r.deployment, r.shard)
-            if f"127.0.0.1:{r.ingress_port}" not in hosts.get(cluster, []):
-                return False
-        return True
-
     # -- scaling ----------------------------------------------------------------------------
 
     def scale(self, name: str, replicas: int) -> None:
         """Start or stop replicas of ``name``; the gateway's sidecar follows without restart."""
-        if not self.envoy:
+        assert self.mesh is not None and self._supervisor is not None
+        if not self.mesh.scalable:
             raise ConfigError("f.scale() needs mesh='envoy' (the gateway's sidecar balances)")
         dep = self.spec.deployment(name)
         current = [r for r in self.replicas if r.deployment == name]
         have = max((r.replica for r in current), default=-1) + 1
-        assert self._supervisor is not None
         if replicas > have:
             added = [
                 self._make_replica(dep, shard, index)
@@ -509,11 +337,9 @@ class LocalRuntime:
                 stop_all(new_procs, timeout=5.0)
                 raise
             self._pin_ports(added)
-            self._learn_ingress_ports(added)
             with self._supervisor.lock:
                 self.replicas.extend(added)
-            self._write_endpoints()
-            self._wait(lambda: self._mesh_ready(added), "new replicas to pass health checks")
+            self.mesh.admit([r.ingress for r in added if r.ingress is not None])
         elif replicas < have:
             leaving = [r for r in current if r.replica >= replicas]
             with self._supervisor.lock:
@@ -521,8 +347,7 @@ class LocalRuntime:
                 for r in leaving:
                     for proc in r.processes:
                         proc.stopping = True
-            self._write_endpoints()
-            self._wait(lambda: self._gone(leaving), "the gateway's sidecar to drop old replicas")
+            self.mesh.retire([r.ingress for r in leaving if r.ingress is not None])
             # Let calls already routed to them finish: executors drain, then their sidecars go.
             stop_all([r.executor for r in leaving], timeout=10.0)
             stop_all([r.sidecar for r in leaving if r.sidecar is not None], timeout=5.0)
@@ -530,23 +355,6 @@ class LocalRuntime:
             return
         self.spec = self.spec.with_deployment(dataclasses.replace(dep, replicas=replicas))
         self.save_state()
-
-    def _gone(self, leaving: list[Replica]) -> bool:
-        # lazy: keeps `import meshflow` cheap (~10 ms of Envoy config and certs)
-        from meshflow.mesh.admin import admin_get
-
-        assert self.gateway is not None and self.gateway.sidecar is not None
-        address = self.gateway.sidecar.admin_address
-        assert address is not None
-        _, body = admin_get(address, "/clusters")
-        return not any(f"127.0.0.1:{r.ingress_port}::" in body for r in leaving)
-
-    def _wait(self, condition: Any, what: str) -> None:
-        deadline = time.monotonic() + self.spec.timeout_ready
-        while not condition():
-            if time.monotonic() > deadline:
-                raise ConfigError(f"timed out waiting for {what}")
-            time.sleep(0.05)
 
 
 def _metrics_port(proc: ManagedProcess, launch: ExecutorLaunch | GatewayLaunch) -> int | None:

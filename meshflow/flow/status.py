@@ -82,13 +82,14 @@ def snapshot(runtime: LocalRuntime) -> dict[str, Any]:
                 },
                 "sidecar": None,
             }
-            if r.sidecar is not None:
+            if r.ingress is not None:
+                sidecar = r.ingress.sidecar
                 entry["sidecar"] = {
-                    **_process(r.sidecar),
-                    "listener": f"127.0.0.1:{r.ingress_port}",
-                    "admin": r.sidecar.admin_socket,
-                    "config": r.sidecar.config_path,
-                    "metrics": _sidecar_metrics(r.sidecar),
+                    **_process(sidecar),
+                    "listener": r.ingress.address,
+                    "admin": sidecar.admin_socket,
+                    "config": sidecar.config_path,
+                    "metrics": _sidecar_metrics(sidecar),
                 }
             replicas.append(entry)
         deployments.append({"name": dep.name, "shards": dep.shards, "replicas": replicas})

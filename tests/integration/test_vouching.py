@@ -19,6 +19,7 @@ from authkeys import AUDIENCE, ISSUER, SCOPES, Keys
 
 from meshflow import DocumentArray, Flow, JWTAuth
 from meshflow.identity import Identity
+from meshflow.mesh.local_envoy import EnvoyMesh
 from meshflow.proto.v1 import data_request_pb2
 from meshflow.voucher import Signer
 from meshflow.wire import EXECUTOR_PROCESS
@@ -176,18 +177,19 @@ def _files(*roots: str) -> Iterator[str]:
 
 def test_no_file_holds_the_ca_key_or_the_signing_key(vouched: Flow) -> None:
     runtime = vouched._runtime  # the Flow's own process holds both keys
-    assert runtime is not None and runtime._ca is not None
-    ca_key = runtime._ca._ca_key.private_numbers().private_value.to_bytes(32, "big")
+    assert runtime is not None and isinstance(runtime.mesh, EnvoyMesh)
+    assert runtime.mesh.ca is not None
+    ca_key = runtime.mesh.ca._ca_key.private_numbers().private_value.to_bytes(32, "big")
     signing = runtime._signing_key
     assert signing is not None
     from cryptography.hazmat.primitives import serialization
 
-    ca_pem = runtime._ca._ca_key.private_bytes(
+    ca_pem = runtime.mesh.ca._ca_key.private_bytes(
         serialization.Encoding.PEM,
         serialization.PrivateFormat.PKCS8,
         serialization.NoEncryption(),
     )
-    assert runtime._ca.ca_key_path is None
+    assert runtime.mesh.ca.ca_key_path is None
     for path in _files(vouched.workspace, runtime.run_dir, str(vouched.log_dir)):
         if os.path.islink(path) or not os.path.isfile(path):
             continue

@@ -1,0 +1,203 @@
+"""``mesh='envoy'`` for a local Flow: sidecars, the Flow's CA, endpoint files, readiness.
+
+Each replica gets an ingress Envoy that terminates mTLS on a loopback TCP port and forwards to
+the executor's unix socket, accepting only the gateway's SPIFFE identity. The gateway gets an
+egress Envoy on a unix socket with one cluster per shard, whose members come from an endpoint
+(EDS) file per cluster: rewriting the file moves traffic without a restart. The CA is
+ephemeral: its key lives in this process only; certificates go to the run folder, never to
+the workspace executors are handed.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable, Sequence
+
+from meshflow.errors import ConfigError
+from meshflow.mesh.admin import admin_get, healthy_hosts
+from meshflow.mesh.certs import FlowCA
+from meshflow.mesh.config import (
+    Admin,
+    Tracing,
+    endpoints,
+    gateway_sidecar,
+    replica_sidecar,
+    shard_cluster,
+    write_yaml,
+)
+from meshflow.mesh.local import Ingress
+from meshflow.mesh.sidecar import EnvoyProcess
+from meshflow.observability.tracing import otlp_endpoint
+from meshflow.spec.flow import DeploymentSpec, FlowSpec
+from meshflow.spec.names import cluster_name
+
+
+class EnvoyMesh:
+    """The sidecars of one local Flow and the files they read."""
+
+    scalable = True
+    waiting_for = "the gateway's sidecar (waiting for every replica to pass health checks)"
+
+    def __init__(self, spec: FlowSpec, run_dir: str, log_dir: str) -> None:
+        self.spec = spec
+        self.run_dir = run_dir
+        self.log_dir = log_dir
+        self.ca: FlowCA | None = None
+        self.members: list[Ingress] = []
+        self.gateway: EnvoyProcess | None = None
+        self._eds_version = 0
+        self._published = False
+
+    def prepare(self) -> None:
+        os.makedirs(os.path.join(self.run_dir, "eds"), exist_ok=True)
+        # Envoy's admin has no authentication: its socket (0600) sits in a folder only the
+        # Flow's user can enter (the run folder is 0700 too).
+        os.makedirs(self._admin_dir, mode=0o700, exist_ok=True)
+        self.ca = FlowCA(os.path.join(self.run_dir, "pki"), self.spec.name, ephemeral=True)
+
+    def join(self, dep: DeploymentSpec, shard: int, label: str, where: str, socket: str) -> Ingress:
+        assert self.ca is not None
+        config_path = os.path.join(self.run_dir, f"{label}.envoy.yaml")
+        admin = self._admin(label)
+        write_yaml(
+            config_path,
+            replica_sidecar(
+                node=label,
+                listen_port=0,
+                executor_socket=socket,
+                identity=self.ca.identity(dep.name),
+                allowed_peers=[self.ca.identity("gateway").spiffe_id],
+                admin=admin,
+                tracing=self._tracing(f"sidecar {label}"),
+            ),
+        )
+        sidecar = EnvoyProcess(
+            name=f"sidecar of {where}",
+            config_path=config_path,
+            log_path=os.path.join(self.log_dir, f"{label}.envoy.log"),
+            admin_socket=admin.socket,
+            label=label,
+            concurrency=self.spec.envoy_concurrency,
+        )
+        member = Ingress(dep.name, shard, sidecar)
+        self.members.append(member)
+        return member
+
+    def gateway_sidecar(self) -> tuple[str, EnvoyProcess]:
+        assert self.ca is not None
+        # Empty at first: a replica joins once it serves, so that the first health check of
+        # the gateway's sidecar finds it up (a host that fails that check reaches the
+        # sidecar's worker threads only a check interval later).
+        self._write_endpoints(published=[])
+        egress_sock = os.path.join(self.run_dir, "gateway-egress.sock")
+        clusters = [
+            shard_cluster(
+                dep,
+                shard,
+                self.ca.identity(dep.name).spiffe_id,
+                eds_path=self._eds_path(cluster_name(dep.name, shard)),
+            )
+            for dep in self.spec.deployments
+            for shard in range(dep.shards)
+        ]
+        config_path = os.path.join(self.run_dir, "gateway.envoy.yaml")
+        admin = self._admin("gateway")
+        write_yaml(
+            config_path,
+            gateway_sidecar(
+                node="gateway",
+                listen_socket=egress_sock,
+                identity=self.ca.identity("gateway"),
+                clusters=clusters,
+                admin=admin,
+                tracing=self._tracing("sidecar gateway"),
+            ),
+        )
+        self.gateway = EnvoyProcess(
+            name="sidecar of the gateway",
+            config_path=config_path,
+            log_path=os.path.join(self.log_dir, "gateway.envoy.log"),
+            admin_socket=admin.socket,
+            label="gateway",
+            concurrency=self.spec.envoy_concurrency,
+        )
+        return f"unix:{egress_sock}", self.gateway
+
+    def ready(self) -> bool:
+        if not self._published:
+            if not all(m.sidecar.info is not None for m in self.members):
+                return False
+            self._learn_ports(self.members)
+            self._write_endpoints()
+            self._published = True
+        return self._routed(self.members)
+
+    def admit(self, members: Sequence[Ingress]) -> None:
+        self._learn_ports(members)
+        self._write_endpoints()
+        self._wait(lambda: self._routed(members), "new replicas to pass health checks")
+
+    def retire(self, members: Sequence[Ingress]) -> None:
+        self.members = [m for m in self.members if m not in members]
+        self._write_endpoints()
+        self._wait(lambda: self._gone(members), "the gateway's sidecar to drop old replicas")
+
+    # -- the files and the admin ------------------------------------------------------------
+
+    @property
+    def _admin_dir(self) -> str:
+        return os.path.join(self.run_dir, "admin")
+
+    def _admin(self, label: str) -> Admin:
+        return Admin(socket=os.path.join(self._admin_dir, f"{label}.sock"))
+
+    def _tracing(self, service: str) -> Tracing | None:
+        return Tracing(service=service, endpoint=otlp_endpoint()) if self.spec.tracing else None
+
+    def _eds_path(self, cluster: str) -> str:
+        return os.path.join(self.run_dir, "eds", f"{cluster}.yaml")
+
+    def _learn_ports(self, members: Sequence[Ingress]) -> None:
+        """Take the port each ready sidecar bound for its ingress."""
+        for m in members:
+            if m.port or m.sidecar.info is None:
+                continue
+            port = m.sidecar.ports.get("ingress")
+            if port is None:
+                raise ConfigError(f"{m.sidecar.name} does not report its ingress port")
+            m.port = port
+
+    def _write_endpoints(self, published: list[Ingress] | None = None) -> None:
+        """(Re)write every cluster's endpoint file: the members, or ``published``."""
+        members = self.members if published is None else published
+        self._eds_version += 1
+        for dep in self.spec.deployments:
+            for shard in range(dep.shards):
+                cluster = cluster_name(dep.name, shard)
+                hosts = [
+                    ("127.0.0.1", m.port)
+                    for m in members
+                    if m.deployment == dep.name and m.shard == shard and m.port
+                ]
+                write_yaml(self._eds_path(cluster), endpoints(cluster, hosts, self._eds_version))
+
+    def _routed(self, members: Sequence[Ingress]) -> bool:
+        """True when the gateway's sidecar sends traffic to every one of ``members``."""
+        address = self.gateway.admin_address if self.gateway is not None else None
+        if address is None:
+            return False
+        hosts = healthy_hosts(address)
+        return all(m.address in hosts.get(cluster_name(m.deployment, m.shard), []) for m in members)
+
+    def _gone(self, members: Sequence[Ingress]) -> bool:
+        assert self.gateway is not None and self.gateway.admin_address is not None
+        _, body = admin_get(self.gateway.admin_address, "/clusters")
+        return not any(f"{m.address}::" in body for m in members)
+
+    def _wait(self, condition: Callable[[], bool], what: str) -> None:
+        deadline = time.monotonic() + self.spec.timeout_ready
+        while not condition():
+            if time.monotonic() > deadline:
+                raise ConfigError(f"timed out waiting for {what}")
+            time.sleep(0.05)
