@@ -16,6 +16,7 @@ from meshflow.errors import (
     MeshflowError,
     OverloadedError,
     RequestError,
+    ShareExceededError,
     UnauthenticatedError,
     UnavailableError,
 )
@@ -23,6 +24,7 @@ from meshflow.executor import Executor, RuntimeArgs, requests
 from meshflow.flow import Flow
 from meshflow.gateway.auth import mint as mint_token
 from meshflow.identity import Identity
+from meshflow.spec.admission import AdmissionPolicy
 from meshflow.spec.auth import JWTAuth
 from meshflow.spec.limits import GraphQLLimits
 from meshflow.spec.policy import CircuitBreaker, HealthCheck, OutlierDetection, RetryPolicy
@@ -30,6 +32,7 @@ from meshflow.spec.policy import CircuitBreaker, HealthCheck, OutlierDetection, 
 __version__ = "0.1.0"
 
 __all__ = [
+    "AdmissionPolicy",
     "AsyncClient",
     "BadRequestError",
     "CircuitBreaker",
@@ -54,6 +57,7 @@ __all__ = [
     "Response",
     "RetryPolicy",
     "RuntimeArgs",
+    "ShareExceededError",
     "UnauthenticatedError",
     "UnavailableError",
     "__version__",

@@ -9,7 +9,8 @@
         ├── ExecutorError      an executor endpoint raised, or its process died mid-request
         ├── BadRequestError    the request is malformed or too large
         │   └── TooManyDocumentsError  more documents in one request than the gateway takes
-        ├── OverloadedError    the gateway is at its in-flight limit and shed the request
+        ├── OverloadedError    the gateway is full (in flight and queued) and shed the request
+        │   └── ShareExceededError  one caller holds its whole share of the gateway's queue
         ├── DeadlineExceeded   the request's timeout expired somewhere on its path
         ├── UnavailableError   the gateway or an executor cannot be reached
         ├── UnauthenticatedError  no token, or a token the gateway cannot verify
@@ -29,6 +30,7 @@ ExecutorError              INTERNAL              EXECUTOR_ERROR           502
 BadRequestError            INVALID_ARGUMENT      BAD_USER_INPUT           400
 TooManyDocumentsError      INVALID_ARGUMENT      TOO_MANY_DOCUMENTS       413
 OverloadedError            RESOURCE_EXHAUSTED    OVERLOADED               503
+ShareExceededError         RESOURCE_EXHAUSTED    TOO_MANY_REQUESTS        429
 DeadlineExceeded           DEADLINE_EXCEEDED     TIMEOUT                  504
 UnavailableError           UNAVAILABLE           UNAVAILABLE              503
 UnauthenticatedError       UNAUTHENTICATED       UNAUTHENTICATED          401
@@ -147,11 +149,30 @@ class TooManyDocumentsError(BadRequestError):
 
 
 class OverloadedError(RequestError):
-    """The gateway has as many requests in flight as it allows and refused this one."""
+    """The gateway has as many requests in flight and waiting as it allows, or this one
+    could not start before its deadline, and refused it without doing any of its work.
+
+    ``retry_after`` (seconds) is when a retry has a fair chance: HTTP answers carry it as
+    ``Retry-After``, gRPC as the ``grpc-retry-pushback-ms`` trailer, which gRPC clients and
+    Envoy honour; :class:`~meshflow.Client` retries these within the call's deadline.
+    """
 
     grpc_code = "RESOURCE_EXHAUSTED"
     graphql_code = "OVERLOADED"
     http_status = 503
+
+    def __init__(self, message: str, *, retry_after: float = 1.0) -> None:
+        self.retry_after = retry_after
+        super().__init__(message)
+
+
+class ShareExceededError(OverloadedError):
+    """One caller (a token's subject) already has its whole share of the gateway's queue
+    waiting: a per-client limit, so that one client's flood does not starve the others."""
+
+    grpc_code = "RESOURCE_EXHAUSTED"
+    graphql_code = "TOO_MANY_REQUESTS"
+    http_status = 429
 
 
 class DeadlineExceeded(RequestError):
@@ -243,6 +264,7 @@ REFUSALS: tuple[type[RequestError], ...] = (
     BadRequestError,
     TooManyDocumentsError,
     OverloadedError,
+    ShareExceededError,
     DeadlineExceeded,
     UnavailableError,
     UnauthenticatedError,

@@ -266,6 +266,7 @@ def _gateway(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
             egress=launch.egress,
             ready_file=launch.ready_file,
             max_in_flight=launch.max_in_flight,
+            admission=launch.admission,
             max_request_bytes=launch.max_request_bytes,
             drain_timeout=launch.drain_timeout,
             graphql=None if launch.graphql_port is None else (launch.host, launch.graphql_port),

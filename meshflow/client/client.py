@@ -20,7 +20,7 @@ from meshflow.client.messages import (
 )
 from meshflow.document import DocumentArray
 from meshflow.errors import ConfigError
-from meshflow.wire import GATEWAY_POST, GATEWAY_STREAM, channel_options
+from meshflow.wire import GATEWAY_POST, GATEWAY_STREAM, client_channel_options
 
 if TYPE_CHECKING:
     from meshflow.client.graphql import GraphQLSession
@@ -141,6 +141,11 @@ class Posting:
         return responses if return_responses else _merge(responses)
 
 
+def _check_retries(retries: int) -> None:
+    if isinstance(retries, bool) or not isinstance(retries, int) or retries < 0:
+        raise ConfigError(f"retries must be a whole number >= 0, got {retries!r}")
+
+
 class Client(Posting):
     """A blocking client of a Flow's gateway.
 
@@ -154,7 +159,11 @@ class Client(Posting):
     (mutations over HTTP, several requests as one subscription over a WebSocket). ``timeout``
     (seconds) becomes the deadline of the call and of every hop behind it. ``token`` (a JWT)
     is sent with every call: ``authorization`` metadata on gRPC, the ``Authorization`` header
-    on HTTP, the ``connection_init`` payload on a WebSocket.
+    on HTTP, the ``connection_init`` payload on a WebSocket. A request the gateway refuses
+    for overload (``RESOURCE_EXHAUSTED``, HTTP 503 or 429) is sent again up to ``retries``
+    times (4 at most over gRPC), after the wait the gateway asks for (``grpc-retry-pushback-ms``,
+    ``Retry-After``) with jitter, and only while the wait fits the call's ``timeout``;
+    then :class:`~meshflow.OverloadedError` is raised.
     """
 
     def __init__(
@@ -166,6 +175,7 @@ class Client(Posting):
         timeout: float | None = None,
         max_in_flight: int = 16,
         token: str | None = None,
+        retries: int = 3,
     ) -> None:
         _check_protocol(protocol)
         self.target = _target(host, port, "Client")
@@ -173,13 +183,16 @@ class Client(Posting):
         self.timeout = timeout
         self.max_in_flight = max_in_flight
         self._metadata = _metadata(token)
+        _check_retries(retries)
         self._graphql: GraphQLSession | None = None
         if protocol == "graphql":
             # lazy: keeps `import meshflow` cheap: httpx and websockets (~110 ms) only for GraphQL
             from meshflow.client.graphql import GraphQLSession
 
-            self._graphql = GraphQLSession(host, port, timeout, max_in_flight, token=token)
-        self._channel = grpc.insecure_channel(self.target, options=channel_options())
+            self._graphql = GraphQLSession(
+                host, port, timeout, max_in_flight, token=token, retries=retries
+            )
+        self._channel = grpc.insecure_channel(self.target, options=client_channel_options(retries))
         self._post = self._channel.unary_unary(GATEWAY_POST)
         self._stream = self._channel.stream_stream(GATEWAY_STREAM)
 
@@ -273,6 +286,8 @@ class AsyncClient:
             docs = await client.post('/index', docs)
             async for response in client.stream('/search', many_docs, request_size=10):
                 ...
+
+    Overload refusals are retried as :class:`Client` does (``retries``).
     """
 
     def __init__(
@@ -284,13 +299,17 @@ class AsyncClient:
         timeout: float | None = None,
         max_in_flight: int = 16,
         token: str | None = None,
+        retries: int = 3,
     ) -> None:
         _check_protocol(protocol, ("grpc",), "AsyncClient")
         self.target = _target(host, port, "AsyncClient")
         self.timeout = timeout
         self.max_in_flight = max_in_flight
         self._metadata = _metadata(token)
-        self._channel = grpc.aio.insecure_channel(self.target, options=channel_options())
+        _check_retries(retries)
+        self._channel = grpc.aio.insecure_channel(
+            self.target, options=client_channel_options(retries)
+        )
         self._post = self._channel.unary_unary(GATEWAY_POST)
         self._stream = self._channel.stream_stream(GATEWAY_STREAM)
 

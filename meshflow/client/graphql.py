@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import base64
 import json
+import random
+import time
 import uuid
 from collections.abc import Iterator, Sequence
 from typing import Any
@@ -32,6 +34,7 @@ from meshflow.errors import (
     for_graphql_code,
 )
 from meshflow.types import DEFAULT_MAX_BATCHES, DEFAULT_MAX_DOCS
+from meshflow.wire import TIMEOUT_HEADER
 
 _ARRAY = "{ data shape dtype }"
 _DOC = f"id parentId text blob uri mimeType tags scores tensor {_ARRAY} embedding {_ARRAY}"
@@ -116,6 +119,14 @@ _CLOSED_FOR: dict[int, tuple[type[RequestError], str]] = {
 }
 
 
+def _retry_after(answer: httpx.Response) -> float | None:
+    """The seconds an overload refusal asks the client to wait, None for any other answer."""
+    if answer.status_code not in (429, 503):
+        return None
+    value = answer.headers.get("retry-after", "")
+    return float(value) if value.isdigit() else None
+
+
 def raise_errors(errors: Sequence[dict[str, Any]]) -> None:
     """Turn GraphQL errors into meshflow's exceptions (the class from ``extensions.code``;
     a code of the GraphQL guards, which no class has, is a :class:`BadRequestError`)."""
@@ -164,7 +175,9 @@ class GraphQLSession:
         max_in_flight: int,
         *,
         token: str | None = None,
+        retries: int = 3,
     ) -> None:
+        self.retries = retries
         self.url = f"http://{host}:{port}/graphql"
         self.ws_url = f"ws://{host}:{port}/graphql"
         self.timeout = timeout
@@ -174,6 +187,32 @@ class GraphQLSession:
         if token is not None:
             headers["authorization"] = self._init["authorization"] = f"Bearer {token}"
         self._http = httpx.Client(timeout=timeout, headers=headers)
+
+    def _post(self, payload: dict[str, Any], timeout: float | None) -> httpx.Response:
+        """POST ``payload``; an overload refusal (503 or 429 with ``Retry-After``) is sent
+        again after the wait it asks for, times a random 1 to 1.5, up to ``retries`` times
+        and only while that wait fits ``timeout``."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        attempt = 0
+        while True:
+            left = None if deadline is None else deadline - time.monotonic()
+            if left is not None and left <= 0:
+                raise DeadlineExceeded(f"the request to {self.url} timed out")
+            headers = {} if left is None else {TIMEOUT_HEADER: str(max(1, int(left * 1000)))}
+            try:
+                answer = self._http.post(self.url, json=payload, timeout=left, headers=headers)
+            except httpx.TimeoutException:
+                raise DeadlineExceeded(f"the request to {self.url} timed out") from None
+            except httpx.TransportError as exc:
+                raise UnavailableError(f"the gateway at {self.url} is unreachable: {exc}") from None
+            wait = _retry_after(answer)
+            if wait is None or attempt >= self.retries:
+                return answer
+            wait *= random.uniform(1.0, 1.5)
+            if deadline is not None and time.monotonic() + wait >= deadline:
+                return answer  # no time to wait for: the refusal is the answer
+            time.sleep(wait)
+            attempt += 1
 
     def close(self) -> None:
         self._http.close()
@@ -189,16 +228,7 @@ class GraphQLSession:
         variables: dict[str, Any] = {"on": on, "parameters": parameters, "target": target_executor}
         if len(batches) == 1:
             variables["docs"] = [doc_input(d) for d in batches[0]]
-            try:
-                answer = self._http.post(
-                    self.url,
-                    json={"query": POST, "variables": variables},
-                    timeout=timeout or self.timeout,
-                )
-            except httpx.TimeoutException:
-                raise DeadlineExceeded(f"the request to {self.url} timed out") from None
-            except httpx.TransportError as exc:
-                raise UnavailableError(f"the gateway at {self.url} is unreachable: {exc}") from None
+            answer = self._post({"query": POST, "variables": variables}, timeout or self.timeout)
             body: dict[str, Any] = (
                 answer.json()
                 if answer.headers.get("content-type", "").startswith("application/json")

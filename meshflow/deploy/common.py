@@ -137,6 +137,7 @@ def gateway_command(
         mesh="envoy",
         egress=f"unix:{EGRESS}",
         max_in_flight=flow.max_in_flight,
+        admission=flow.admission,
         max_request_bytes=flow.max_request_bytes,
         graphql_port=HTTP_PORT if flow.graphql else None,
         graphql_limits=flow.graphql_limits if flow.graphql else GraphQLLimits(),

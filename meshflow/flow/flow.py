@@ -51,7 +51,11 @@ class Flow(Posting):
         host: the interface the gateway binds; loopback by default.
         workspace: root folder of the executors' workspaces.
         timeout_ready: seconds to wait for every process to serve.
-        max_in_flight: requests the gateway holds at once before it sheds load.
+        max_in_flight: the most requests the gateway runs at once (the ceiling of its
+            adaptive limit).
+        admission: :class:`~meshflow.AdmissionPolicy` (adaptive in-flight limit, the queue of
+            waiting requests and how long they may wait, each caller's share): past them a
+            request is refused at once with 503 / ``RESOURCE_EXHAUSTED`` and a retry hint.
         max_request_bytes: the largest request the gateway accepts.
         graphql: serve GraphQL over HTTP beside gRPC (``f.graphql_url``).
         graphql_port: its port; None picks a free one.

@@ -292,6 +292,7 @@ class LocalRuntime:
             mesh=spec.mesh,
             egress=egress,
             max_in_flight=spec.max_in_flight,
+            admission=spec.admission,
             max_request_bytes=spec.max_request_bytes,
             graphql_port=(spec.graphql_port or 0) if spec.graphql else None,
             graphql_limits=spec.graphql_limits,

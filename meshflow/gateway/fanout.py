@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncGenerator, AsyncIterable, Awaitable, Callable, Iterable
-from typing import TypeVar
+from typing import Any, TypeVar
 
 Item = TypeVar("Item")
 Answer = TypeVar("Answer")
@@ -25,14 +25,15 @@ async def fan_out(
     answer: Callable[[Item], Awaitable[Answer]],
     failed: Callable[[Item, Exception], Answer],
     *,
-    admit: Callable[[], Awaitable[object]] | None = None,
-    release: Callable[[], object] | None = None,
+    admit: Callable[[], Awaitable[Any]] | None = None,
+    release: Callable[[Any], object] | None = None,
 ) -> AsyncGenerator[Answer, None]:
     """Yield ``answer(item)`` for every item, or ``failed(item, exc)`` when it raises.
 
     ``admit`` is awaited before each item's task starts (so a slow consumer of answers holds
-    back the reading of items: backpressure) and ``release`` called when the task ends, also
-    when it is cancelled before it started. Closing the generator cancels what still runs.
+    back the reading of items: backpressure) and ``release`` called with what it returned
+    when the task ends, also when it is cancelled before it started. Closing the generator
+    cancels what still runs.
     """
     answers: asyncio.Queue[Answer | _Done] = asyncio.Queue()
     pending: set[asyncio.Task[None]] = set()
@@ -44,19 +45,18 @@ async def fan_out(
             result = failed(item, exc)
         answers.put_nowait(result)
 
-    def finished(task: asyncio.Task[None]) -> None:
+    def finished(task: asyncio.Task[None], admitted: Any) -> None:
         # A done callback, not a ``finally`` in ``one``: it also runs for a task cancelled
         # before it started, which never enters its body.
         pending.discard(task)
         if release is not None:
-            release()
+            release(admitted)
 
     async def start(item: Item) -> None:
-        if admit is not None:
-            await admit()
+        admitted = await admit() if admit is not None else None
         task = asyncio.ensure_future(one(item))
         pending.add(task)
-        task.add_done_callback(finished)
+        task.add_done_callback(lambda done: finished(done, admitted))
 
     async def read() -> None:
         try:

@@ -399,11 +399,14 @@ class Subscription:
             return answer
 
         async def one(batch: tuple[int, list[DocumentInput]]) -> ResponseType | GraphQLError:
-            if span is None:
-                return await send(batch)
-
-            with trace.use_span(span, end_on_exit=False):
-                return await send(batch)
+            # A batch waits for its slot (backpressure, as on a gRPC stream): never refused
+            # for a busy gateway, while the subscription's own maxInFlight bounds its share.
+            identity = info.context.get("identity")
+            async with gateway.admitted(identity, None, "websocket", patient=True):
+                if span is None:
+                    return await send(batch)
+                with trace.use_span(span, end_on_exit=False):
+                    return await send(batch)
 
         def failed(
             batch: tuple[int, list[DocumentInput]], exc: Exception
@@ -420,7 +423,7 @@ class Subscription:
             )
 
         answers = fan_out(
-            enumerate(batches), one, failed, admit=slots.acquire, release=slots.release
+            enumerate(batches), one, failed, admit=slots.acquire, release=lambda _: slots.release()
         )
         try:
             async with contextlib.aclosing(answers):

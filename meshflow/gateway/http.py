@@ -68,6 +68,7 @@ from meshflow.gateway.graphql import (
 )
 from meshflow.gateway.guards import QueryCache, QueryGuard
 from meshflow.gateway.middleware import (
+    AdmissionGate,
     AuthGate,
     BodyLimit,
     NoDotfiles,
@@ -330,6 +331,9 @@ def _names_unknown_field(result: ExecutionResult) -> bool:
     return any(e.message.startswith("Cannot query field") for e in result.errors or ())
 
 
+_ADMITTED = ("/graphql", "/post")
+"""The paths whose requests take a slot of the gateway's admission before their body is read."""
+
 _HTTP_CODES = {404: "NOT_FOUND", 405: "METHOD_NOT_ALLOWED", 413: "REQUEST_TOO_LARGE"}
 
 
@@ -372,7 +376,7 @@ def make_app(
         ]
     )
     # The body is read (up to its limit) only after the token is checked.
-    outer: ASGIApp = BodyLimit(app, limits.max_body_bytes)
+    outer: ASGIApp = AdmissionGate(BodyLimit(app, limits.max_body_bytes), gateway, _ADMITTED)
     if gateway.auth is not None:
         outer = AuthGate(outer, gateway, ("/graphql", "/post"))
     outer = TarpitGate(outer, tarpit, "/graphql")

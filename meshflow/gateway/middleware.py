@@ -1,12 +1,14 @@
 """The ASGI pieces in front of the HTTP door, outermost first: tracing of each request,
-the tarpit of clients refused again and again, the token check, the body limit; and the
-static files that refuse dotfiles. Each decides before the body is read or parsed."""
+the tarpit of clients refused again and again, the token check, admission (a slot of the
+gateway, or 503 / 429 with ``Retry-After``), the body limit; and the static files that refuse
+dotfiles. Each decides before the body is read or parsed."""
 
 from __future__ import annotations
 
 import asyncio
 import math
 import os
+import time
 
 from opentelemetry import propagate, trace
 from opentelemetry.trace import SpanKind, Status, StatusCode
@@ -14,10 +16,11 @@ from starlette.responses import Response
 from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from meshflow.errors import UnauthenticatedError
+from meshflow.errors import OverloadedError, UnauthenticatedError
 from meshflow.gateway.rest import coded, error_response
-from meshflow.gateway.server import Gateway
+from meshflow.gateway.server import ADMITTED, Gateway
 from meshflow.gateway.tarpit import HELD, Tarpit
+from meshflow.wire import TIMEOUT_HEADER
 
 
 class TraceRequests:
@@ -91,6 +94,43 @@ class AuthGate:
                 return
             scope.setdefault("state", {})["meshflow_identity"] = identity
         await self.app(scope, receive, send)
+
+
+class AdmissionGate:
+    """Takes a slot of the gateway's admission for each request to ``paths`` before its body
+    is read, and holds it until the answer is sent; a refused request is answered at once
+    (503, or 429 for a caller's share, with ``Retry-After`` and the code in the body), its
+    body never read or parsed."""
+
+    def __init__(self, app: ASGIApp, gateway: Gateway, paths: tuple[str, ...]) -> None:
+        self.app = app
+        self.gateway = gateway
+        self.paths = paths
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["path"] not in self.paths or wants_page(scope):
+            await self.app(scope, receive, send)
+            return
+        identity = scope.get("state", {}).get("meshflow_identity")
+        door = "http" if scope["path"] == "/post" else "graphql"
+        try:
+            ticket = await self.gateway.admit(identity, _deadline(scope), door)
+        except OverloadedError as exc:
+            await error_response(exc)(scope, receive, send)
+            return
+        token = ADMITTED.set(True)
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            ADMITTED.reset(token)
+            self.gateway.admission.release(ticket)
+
+
+def _deadline(scope: Scope) -> float | None:
+    value = header(scope, TIMEOUT_HEADER.encode())
+    if value is None or not value.isdigit() or len(value) > 9:
+        return None
+    return time.monotonic() + int(value) / 1000
 
 
 class TarpitGate:

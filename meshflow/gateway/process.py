@@ -17,6 +17,7 @@ from meshflow.gateway.traversal import Traversal
 from meshflow.grpc_lifecycle import serve_forever
 from meshflow.observability.metrics import GatewayMetrics
 from meshflow.observability.tracing import shutdown_tracing
+from meshflow.spec.admission import AdmissionPolicy
 from meshflow.spec.auth import JWTAuth
 from meshflow.spec.limits import GraphQLLimits
 from meshflow.spec.names import cluster_name
@@ -46,6 +47,7 @@ def _make_gateway(
     mesh: str,
     egress: str | None,
     max_in_flight: int,
+    admission: AdmissionPolicy | None,
     auth: JWTAuth | None,
     signer: Signer | None,
     metrics: bool,
@@ -65,6 +67,7 @@ def _make_gateway(
     gateway = Gateway(
         Traversal(topology, transport, metrics=exporter, tracer=tracer),
         max_in_flight=max_in_flight,
+        admission=admission,
         auth=authenticator,
         signer=signer,
         metrics=exporter,
@@ -81,6 +84,7 @@ async def serve_gateway(
     egress: str | None = None,
     ready_file: str | None = None,
     max_in_flight: int = 1024,
+    admission: AdmissionPolicy | None = None,
     max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES,
     drain_timeout: float = 10.0,
     graphql: tuple[str, int] | None = None,
@@ -100,7 +104,15 @@ async def serve_gateway(
     HTTP door; browser pages of the ``cors`` origins may call it; with ``tracing`` (set up
     by the caller), spans per request and per traversal step."""
     gateway, transport, exporter = _make_gateway(
-        topology, mesh, egress, max_in_flight, auth, signer, metrics is not None, tracing
+        topology,
+        mesh,
+        egress,
+        max_in_flight,
+        admission,
+        auth,
+        signer,
+        metrics is not None,
+        tracing,
     )
     door = None
     if graphql is not None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import json
+import math
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -20,6 +21,7 @@ from meshflow.document.proto import struct_to_dict
 from meshflow.errors import (
     BadRequestError,
     ForbiddenError,
+    OverloadedError,
     RequestError,
     UnauthenticatedError,
 )
@@ -187,6 +189,8 @@ def error_response(exc: RequestError) -> JSONResponse:
             description = str(exc).replace('"', "'").replace("\\", "")
             challenge += f', error="invalid_token", error_description="{description}"'
         response.headers["WWW-Authenticate"] = challenge
+    elif isinstance(exc, OverloadedError):
+        response.headers["Retry-After"] = str(max(1, math.ceil(exc.retry_after)))
     return response
 
 

@@ -1,9 +1,11 @@
 """The gRPC door of the gateway: ``GatewayService`` (unary ``Post``, bidirectional ``Stream``).
 
 The gateway reads only the header of each request, hands the bytes to the traversal engine and
-answers with what the last executors sent back. It bounds the requests it holds: past
-``max_in_flight`` a ``Post`` is refused at once with ``RESOURCE_EXHAUSTED`` (a ``Stream``
-simply stops reading until a slot frees, which is backpressure on that stream).
+answers with what the last executors sent back. It bounds the requests it holds
+(:mod:`meshflow.gateway.admission`): a ``Post`` that finds no slot waits in the admission
+queue or is refused at once with ``RESOURCE_EXHAUSTED`` and a ``grpc-retry-pushback-ms``
+trailer (a ``Stream`` simply stops reading until a slot frees, which is backpressure on that
+stream).
 
 With an :class:`~meshflow.gateway.auth.Authenticator`, every request is checked before its
 traversal starts: the door passes the caller's verified identity (gRPC: the ``authorization``
@@ -14,9 +16,10 @@ identity executors believe. Whatever voucher a client wrote there itself is drop
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
+import contextvars
 import logging
+import math
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -33,13 +36,21 @@ from meshflow.errors import (
     OverloadedError,
     RequestError,
 )
+from meshflow.gateway.admission import Admission, Ticket
 from meshflow.gateway.auth import Authenticator
 from meshflow.gateway.fanout import fan_out
 from meshflow.gateway.traversal import Traversal, internal_error
 from meshflow.identity import Identity
 from meshflow.observability.tracing import current_trace_id
 from meshflow.proto.v1 import data_request_pb2
-from meshflow.wire import GATEWAY_POST, GATEWAY_STREAM, MISSING_SCOPE, grpc_status
+from meshflow.spec.admission import AdmissionPolicy
+from meshflow.wire import (
+    GATEWAY_POST,
+    GATEWAY_STREAM,
+    MISSING_SCOPE,
+    RETRY_PUSHBACK,
+    grpc_status,
+)
 
 if TYPE_CHECKING:
     from meshflow.observability.metrics import GatewayMetrics
@@ -49,6 +60,10 @@ log = logging.getLogger("meshflow.gateway")
 access = logging.getLogger("meshflow.access")
 
 _SERVICE = "meshflow.v1.GatewayService"
+
+ADMITTED: contextvars.ContextVar[bool] = contextvars.ContextVar("admitted", default=False)
+"""True inside a request a door already holds a slot for (the HTTP door takes it before
+reading the body): :meth:`Gateway.run` takes none then."""
 _Context: TypeAlias = "grpc.aio.ServicerContext[Any, Any]"
 
 
@@ -60,6 +75,7 @@ class Gateway:
         traversal: Traversal,
         *,
         max_in_flight: int = 1024,
+        admission: AdmissionPolicy | None = None,
         auth: Authenticator | None = None,
         signer: Signer | None = None,
         metrics: GatewayMetrics | None = None,
@@ -78,10 +94,17 @@ class Gateway:
         self.metrics = metrics
         self.tracing = tracing
         self.max_in_flight = max_in_flight
-        self.in_flight = 0
-        self._slots = asyncio.Semaphore(max_in_flight)
-        if metrics is not None:  # the gauge reads the counter when scraped
-            metrics.in_flight.set_function(lambda: self.in_flight)
+        self.admission = Admission(
+            admission or AdmissionPolicy(), max_in_flight, fair=auth is not None
+        )
+        if metrics is not None:  # the gauges read the counters when scraped
+            metrics.in_flight.set_function(lambda: self.admission.in_flight)
+            metrics.limit.set_function(lambda: self.admission.limit)
+            metrics.queued.set_function(lambda: self.admission.queued)
+
+    @property
+    def in_flight(self) -> int:
+        return self.admission.in_flight
 
     def handler(self) -> grpc.GenericRpcHandler:
         # With auth, Post is served as a client-streaming handler: gRPC then reads the
@@ -110,25 +133,43 @@ class Gateway:
         *,
         door: str = "",
     ) -> bytes:
-        """Run one serialized request through the Flow, within the in-flight limit.
+        """Run one serialized request through the Flow, in a slot of its admission.
 
         Every door calls this, with the caller's verified ``identity`` when the Flow checks
-        tokens. Raises :class:`OverloadedError` at once past the limit, the auth errors, and
-        other :class:`RequestError` subclasses; executor failures come back as a status.
+        tokens. Raises :class:`OverloadedError` when admission refuses it, the auth errors,
+        and other :class:`RequestError` subclasses; executor failures come back as a status.
         """
-        if self._slots.locked():
+        if ADMITTED.get():
+            return await self._run(data, deadline, identity, door)
+        async with self.admitted(identity, deadline, door):
+            return await self._run(data, deadline, identity, door)
+
+    async def admit(
+        self, identity: Identity | None, deadline: float | None, door: str, *, patient: bool = False
+    ) -> Ticket:
+        """A slot of the gateway's admission (see
+        :class:`~meshflow.gateway.admission.Admission`), given back with
+        ``admission.release``; refusals are counted in the metrics and raised."""
+        subject = identity.subject if identity is not None else ""
+        try:
+            return await self.admission.acquire(subject, deadline, patient=patient)
+        except OverloadedError as exc:
             if self.metrics is not None:
-                self.metrics.observe(door, "-", "overloaded", 0.0)
-            raise OverloadedError(
-                f"the gateway has {self.max_in_flight} requests in flight, its limit; "
-                "retry later or raise max_in_flight"
-            )
-        async with self._slots:
-            self.in_flight += 1
-            try:
-                return await self._run(data, deadline, identity, door)
-            finally:
-                self.in_flight -= 1
+                self.metrics.observe(door, "-", exc.graphql_code.lower(), 0.0)
+            raise
+
+    @contextlib.asynccontextmanager
+    async def admitted(
+        self, identity: Identity | None, deadline: float | None, door: str, *, patient: bool = False
+    ) -> AsyncIterator[None]:
+        """Hold a slot for the body of the ``with`` (:meth:`run` inside takes none)."""
+        ticket = await self.admit(identity, deadline, door, patient=patient)
+        token = ADMITTED.set(True)
+        try:
+            yield
+        finally:
+            ADMITTED.reset(token)
+            self.admission.release(ticket)
 
     def authorize(self, identity: Identity | None, endpoint: str, door: str) -> None:
         """Refuse ``identity`` for ``endpoint`` without its scope (doors call this before
@@ -190,15 +231,12 @@ class Gateway:
         async def one(data: bytes) -> bytes:
             return await self._run(data, deadline, identity, "grpc")
 
-        async def admit() -> None:
-            await self._slots.acquire()
-            self.in_flight += 1
+        async def admit() -> Ticket:
+            return await self.admit(identity, deadline, "grpc", patient=True)
 
-        def release() -> None:
-            self.in_flight -= 1
-            self._slots.release()
-
-        answers = fan_out(requests, one, _stream_failure, admit=admit, release=release)
+        answers = fan_out(
+            requests, one, _stream_failure, admit=admit, release=self.admission.release
+        )
         async with contextlib.aclosing(answers):
             async for answer in answers:
                 yield answer
@@ -290,6 +328,8 @@ async def _abort(context: _Context, exc: Exception) -> None:
     trailers: tuple[tuple[str, str], ...] = ()
     if isinstance(exc, ForbiddenError) and exc.scope:
         trailers = ((MISSING_SCOPE, exc.scope),)
+    if isinstance(exc, OverloadedError):
+        trailers = ((RETRY_PUSHBACK, str(math.ceil(exc.retry_after * 1000))),)
     await context.abort(grpc_status(exc), str(exc), trailers)
 
 

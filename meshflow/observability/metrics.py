@@ -19,7 +19,8 @@ Gateway series, labelled ``door`` (grpc, graphql, websocket, http) and ``endpoin
 
 - ``meshflow_gateway_requests_total`` (also ``status``: ``ok`` or the error's GraphQL code)
 - ``meshflow_gateway_request_seconds``
-- ``meshflow_gateway_requests_in_flight`` (no labels)
+- ``meshflow_gateway_requests_in_flight``, ``meshflow_gateway_in_flight_limit`` and
+  ``meshflow_gateway_requests_queued`` (no labels): admission (see docs/flow.md, Overload)
 - ``meshflow_gateway_hop_seconds`` (``deployment``): each call to an executor, as the gateway
   saw it (sidecars included)
 
@@ -193,6 +194,16 @@ class GatewayMetrics(_Metrics):
         )
         self.in_flight = Gauge(
             "meshflow_gateway_requests_in_flight", "Requests the gateway holds now", registry=r
+        )
+        self.limit = Gauge(
+            "meshflow_gateway_in_flight_limit",
+            "Requests the gateway runs at once now (its adaptive limit)",
+            registry=r,
+        )
+        self.queued = Gauge(
+            "meshflow_gateway_requests_queued",
+            "Requests waiting for a slot of the gateway's admission",
+            registry=r,
         )
         self.hops = Histogram(
             "meshflow_gateway_hop_seconds",

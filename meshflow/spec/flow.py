@@ -17,9 +17,10 @@ import os
 import re
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from meshflow.errors import ConfigError
+from meshflow.spec.admission import AdmissionPolicy
 from meshflow.spec.auth import JWTAuth
 from meshflow.spec.limits import GraphQLLimits
 from meshflow.spec.policy import (
@@ -213,12 +214,28 @@ def check_static(static: Mapping[str, str] | None) -> dict[str, str]:
 
 
 def _limits(value: Any) -> GraphQLLimits:
+    return _typed(value, GraphQLLimits, "graphql_limits")
+
+
+def _admission(value: Any) -> AdmissionPolicy:
+    return _typed(value, AdmissionPolicy, "admission")
+
+
+_Options = TypeVar("_Options", GraphQLLimits, AdmissionPolicy)
+
+
+def _typed(value: Any, cls: type[_Options], name: str) -> _Options:
+    """An options object from itself, a mapping of its fields, or None (its defaults)."""
     if isinstance(value, Mapping):
         try:
-            return GraphQLLimits(**value)
+            return cls(**value)
         except TypeError as exc:
-            raise ConfigError(f"graphql_limits: {exc}") from None
-    return GraphQLLimits() if value is None else value
+            raise ConfigError(f"{name}: {exc}") from None
+    if value is None:
+        return cls()
+    if not isinstance(value, cls):
+        raise ConfigError(f"{name} must be a {cls.__name__} or a mapping of its fields")
+    return value
 
 
 def _auth(value: Any) -> JWTAuth | None:
@@ -265,6 +282,9 @@ class FlowSpec:
     graphql_port: int | None = None
     graphql_limits: GraphQLLimits = field(
         default_factory=GraphQLLimits, metadata=meta(coerce=_limits)
+    )
+    admission: AdmissionPolicy = field(
+        default_factory=AdmissionPolicy, metadata=meta(coerce=_admission)
     )
     envoy_concurrency: int = 1
     auth: JWTAuth | None = field(default=None, metadata=meta(coerce=_auth, save=_save_auth))

@@ -16,15 +16,18 @@ import dataclasses
 import json
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 from meshflow.errors import ConfigError
+from meshflow.spec.admission import AdmissionPolicy
 from meshflow.spec.auth import JWTAuth
 from meshflow.spec.flow import DeploymentSpec, FlowSpec
 from meshflow.spec.limits import GraphQLLimits
 from meshflow.types import DEFAULT_MAX_REQUEST_BYTES
 
 LOCALHOST = "127.0.0.1"
+
+_Options = TypeVar("_Options", GraphQLLimits, AdmissionPolicy)
 
 
 def _json(value: Any) -> str:
@@ -250,6 +253,7 @@ class GatewayLaunch(Observability):
     mesh: str = "direct"
     egress: str | None = None
     max_in_flight: int = 1024
+    admission: AdmissionPolicy = field(default_factory=AdmissionPolicy)
     max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES
     drain_timeout: float = 10.0
     graphql_port: int | None = None
@@ -266,6 +270,8 @@ class GatewayLaunch(Observability):
         argv += ["--port", str(self.port), "--mesh", self.mesh]
         argv += ["--egress", self.egress] if self.egress is not None else []
         argv += ["--max-in-flight", str(self.max_in_flight)]
+        if self.admission != AdmissionPolicy():
+            argv += ["--admission", _json(dataclasses.asdict(self.admission))]
         argv += ["--max-request-bytes", str(self.max_request_bytes)]
         argv += ["--drain-timeout", str(self.drain_timeout)] if self.drain_timeout != 10.0 else []
         argv += ["--graphql-port", str(self.graphql_port)] if self.graphql_port is not None else []
@@ -295,6 +301,7 @@ class GatewayLaunch(Observability):
         parser.add_argument("--mesh", default="direct", choices=["direct", "envoy"])
         parser.add_argument("--egress", help="address of the gateway's Envoy sidecar (mesh envoy)")
         parser.add_argument("--max-in-flight", type=int, default=1024)
+        parser.add_argument("--admission", default="{}", help="AdmissionPolicy fields as JSON")
         parser.add_argument("--max-request-bytes", type=int, default=DEFAULT_MAX_REQUEST_BYTES)
         parser.add_argument("--drain-timeout", type=float, default=10.0)
         parser.add_argument("--graphql-port", type=int, help="serve GraphQL over HTTP on this port")
@@ -315,11 +322,8 @@ class GatewayLaunch(Observability):
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> GatewayLaunch:
         """What :meth:`add_arguments`' flags parsed into; ConfigError for bad JSON."""
-        limits = _json_object(args.graphql_limits, "--graphql-limits")
-        try:
-            graphql_limits = GraphQLLimits(**limits)
-        except TypeError as exc:
-            raise ConfigError(f"--graphql-limits: {exc}") from None
+        graphql_limits = _options(GraphQLLimits, args.graphql_limits, "--graphql-limits")
+        admission = _options(AdmissionPolicy, args.admission, "--admission")
         auth = JWTAuth.from_dict(_json_object(args.auth, "--auth")) if args.auth else None
         return cls(
             topology=args.topology,
@@ -328,6 +332,7 @@ class GatewayLaunch(Observability):
             mesh=args.mesh,
             egress=args.egress,
             max_in_flight=args.max_in_flight,
+            admission=admission,
             max_request_bytes=args.max_request_bytes,
             drain_timeout=args.drain_timeout,
             graphql_port=args.graphql_port,
@@ -339,3 +344,11 @@ class GatewayLaunch(Observability):
             ready_file=args.ready_file,
             **cls._observability_of(args),
         )
+
+
+def _options(cls: type[_Options], text: str, flag: str) -> _Options:
+    """An options object from a flag's JSON (its fields); ConfigError for a bad one."""
+    try:
+        return cls(**_json_object(text, flag))
+    except TypeError as exc:
+        raise ConfigError(f"{flag}: {exc}") from None

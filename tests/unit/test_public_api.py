@@ -11,6 +11,7 @@ import meshflow
 def test_exported_names() -> None:
     assert sorted(meshflow.__all__) == sorted(
         [
+            "AdmissionPolicy",
             "AsyncClient",
             "BadRequestError",
             "CircuitBreaker",
@@ -35,6 +36,7 @@ def test_exported_names() -> None:
             "Response",
             "RetryPolicy",
             "RuntimeArgs",
+            "ShareExceededError",
             "UnauthenticatedError",
             "UnavailableError",
             "__version__",

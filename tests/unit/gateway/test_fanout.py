@@ -86,7 +86,7 @@ def test_admit_bounds_the_tasks_at_once_and_each_task_releases_its_slot() -> Non
         running.remove(item)
         return str(item)
 
-    def release() -> None:
+    def release(_: object) -> None:
         nonlocal released
         released += 1
         slots.release()
@@ -114,7 +114,9 @@ def test_a_slow_reader_of_answers_holds_back_the_reading_of_items() -> None:
         return str(item)
 
     async def main() -> None:
-        answers = fan_out(items(), answer, failed, admit=slots.acquire, release=slots.release)
+        answers = fan_out(
+            items(), answer, failed, admit=slots.acquire, release=lambda _: slots.release()
+        )
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(anext(answers), 0.05)
         await answers.aclose()
@@ -129,14 +131,18 @@ def test_closing_the_stream_cancels_running_tasks_and_gives_back_their_slots() -
     released = 0
     cancelled: list[int] = []
 
-    async def admit() -> None:
+    async def admit() -> int:
         nonlocal admitted
         await slots.acquire()
         admitted += 1
+        return admitted
 
-    def release() -> None:
+    given_back: list[object] = []
+
+    def release(ticket: object) -> None:
         nonlocal released
         released += 1
+        given_back.append(ticket)
         slots.release()
 
     async def answer(item: int) -> str:
@@ -159,3 +165,4 @@ def test_closing_the_stream_cancels_running_tasks_and_gives_back_their_slots() -
     run(main())
     assert sorted(cancelled) == [1, 2, 3]
     assert admitted == released == 4
+    assert sorted(given_back) == [1, 2, 3, 4]  # each task gives back what admit gave it

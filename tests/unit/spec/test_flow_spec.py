@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 
 from meshflow import (
+    AdmissionPolicy,
     CircuitBreaker,
     ConfigError,
     Flow,
@@ -39,6 +40,7 @@ def flow_values(tmp_path: str) -> dict[str, Any]:
         "graphql": False,
         "graphql_port": 23457,
         "graphql_limits": GraphQLLimits(max_depth=3, refusal_burst=5, max_docs=12),
+        "admission": AdmissionPolicy(adaptive=False, max_queue=9, caller_share=0.25),
         "envoy_concurrency": 2,
         "auth": JWTAuth(
             issuer="https://id.example",
