@@ -3,8 +3,9 @@
 One :class:`Admission` per gateway, shared by every door. A request takes a slot
 (:meth:`Admission.acquire`, :meth:`Admission.release`) for as long as the gateway works on
 it. When every slot is taken it waits in a queue; the next free slot goes to the waiting
-caller (token subject; one caller without auth) with the fewest requests running, oldest
-request first. It is refused at once, before any of its work is done, when
+caller (token subject; one caller without auth) with the fewest requests running, then the
+one served longest ago (callers take turns), oldest request first. It is refused at once,
+before any of its work is done, when
 
 - the queue holds ``max_queue`` requests (:class:`~meshflow.errors.OverloadedError`),
 - its caller already has its share of the queue waiting
@@ -56,7 +57,6 @@ class Ticket:
 @dataclass(eq=False)
 class _Waiter:
     subject: str
-    since: float
     granted: asyncio.Future[None] = field(
         default_factory=lambda: asyncio.get_running_loop().create_future()
     )
@@ -88,6 +88,9 @@ class Admission:
         self.in_flight = 0
         self.queued = 0
         self._running: dict[str, int] = {}
+        self._turn: dict[str, int] = {}
+        """When each caller with requests running last got a slot (a count of grants)."""
+        self._grants = 0
         self._waiting: dict[str, deque[_Waiter]] = {}
         self._share = max(1, math.ceil(policy.max_queue * policy.caller_share))
         now = clock()
@@ -126,7 +129,7 @@ class Admission:
             self._refuse_at_once(subject, budget)
             budget = self.policy.max_queue_wait if budget is None else budget
             budget = min(budget, self.policy.max_queue_wait)
-        waiter = _Waiter(subject, now)
+        waiter = _Waiter(subject)
         self._waiting.setdefault(subject, deque()).append(waiter)
         self.queued += 1
         try:
@@ -155,6 +158,8 @@ class Admission:
             self._running[subject] = left
         else:
             self._running.pop(subject, None)
+            if subject not in self._waiting:
+                self._turn.pop(subject, None)  # nothing running or waiting: not competing
         self._done_since += 1
         if latency is not None:
             self._sample(latency, epoch)
@@ -163,14 +168,17 @@ class Admission:
     def _take(self, subject: str) -> None:
         self.in_flight += 1
         self._running[subject] = self._running.get(subject, 0) + 1
+        self._grants += 1
+        self._turn[subject] = self._grants
         self._peak = max(self._peak, self.in_flight)
 
     def _dispatch(self) -> None:
-        """Hand free slots to waiters: the caller with the fewest running, oldest first."""
+        """Hand free slots to waiters: the caller with the fewest running, then the one
+        served longest ago (callers take turns), its oldest request first."""
         while self.queued and self.in_flight < self.limit:
             subject = min(
                 self._waiting,
-                key=lambda s: (self._running.get(s, 0), self._waiting[s][0].since),
+                key=lambda s: (self._running.get(s, 0), self._turn.get(s, 0)),
             )
             line = self._waiting[subject]
             waiter = line.popleft()
@@ -194,6 +202,8 @@ class Admission:
             self.queued -= 1
             if not line:
                 del self._waiting[waiter.subject]
+                if waiter.subject not in self._running:
+                    self._turn.pop(waiter.subject, None)
 
     # -- refusals ---------------------------------------------------------------------------
 

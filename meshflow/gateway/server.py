@@ -329,7 +329,12 @@ async def _abort(context: _Context, exc: Exception) -> None:
     if isinstance(exc, ForbiddenError) and exc.scope:
         trailers = ((MISSING_SCOPE, exc.scope),)
     if isinstance(exc, OverloadedError):
-        trailers = ((RETRY_PUSHBACK, str(math.ceil(exc.retry_after * 1000))),)
+        # A retry that cannot fit the call's deadline is not asked for: a negative pushback
+        # tells gRPC clients not to retry (gRFC A6), so the caller hears the refusal now.
+        left = context.time_remaining()
+        fits = left is None or exc.retry_after < left
+        pushback = str(math.ceil(exc.retry_after * 1000)) if fits else "-1"
+        trailers = ((RETRY_PUSHBACK, pushback),)
     await context.abort(grpc_status(exc), str(exc), trailers)
 
 

@@ -12,12 +12,12 @@ class AdmissionPolicy:
     """The gateway's admission: how many requests run at once, how many wait, for how long.
 
     A request runs when a slot is free. Otherwise it waits in a queue, in arrival order (with
-    auth on, one queue per token subject, served fairly: the next free slot goes to the
-    waiting subject with the fewest requests running). A request is refused at once, before
-    any of its work is done, when the queue is full, when its caller's share of the queue is
-    full, or when, at the rate slots free up, it could not start before its deadline (or
-    within ``max_queue_wait``). Refusals are HTTP 503 (429 for a caller's share) with
-    ``Retry-After`` and gRPC ``RESOURCE_EXHAUSTED`` with ``grpc-retry-pushback-ms``.
+    auth on, one queue per token subject, served fairly: the next free slot goes to the waiting
+    subject with the fewest requests running, then the one served longest ago). A request is
+    refused at once, before any of its work is done, when the queue is full, when its caller's
+    share of the queue is full, or when, at the rate slots free up, it could not start before
+    its deadline (or within ``max_queue_wait``). Refusals are HTTP 503 (429 for a caller's
+    share) with ``Retry-After`` and gRPC ``RESOURCE_EXHAUSTED`` with ``grpc-retry-pushback-ms``.
 
     With ``adaptive`` the number of slots follows measured latency, as Envoy's adaptive
     concurrency filter does: every ``update_interval`` the limit becomes
