@@ -130,9 +130,7 @@ def test_a_success_is_200_in_the_negotiated_media_type(accept: str) -> None:
     [{"raw": b"{"}, {"raw": b"[1]"}, {"variables": {}}, {"query": 7}],
     ids=["bad-json", "not-an-object", "no-query", "query-not-a-string"],
 )
-def test_a_malformed_request_is_400_in_both_media_types(
-    accept: str, body: dict[str, Any]
-) -> None:
+def test_a_malformed_request_is_400_in_both_media_types(accept: str, body: dict[str, Any]) -> None:
     response = _ask(accept, **body)
     assert response.status_code == 400
     assert response.headers["content-type"].split(";")[0] == accept
