@@ -17,6 +17,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
+import httpx
 import pytest
 from authkeys import AUDIENCE, ISSUER, Keys
 from systemtools import system_tool
@@ -167,6 +168,26 @@ def test_the_audit_passes_with_auth_on_and_a_valid_token(
     assert secured.graphql_url is not None
     summary = audit(node, secured.graphql_url, token=keys.token(scope="default:use"))
     assert summary["MAY"][0] >= 25
+
+
+@pytest.mark.parametrize(
+    ("accept", "status"), [("application/graphql-response+json", 403), ("application/json", 200)]
+)
+def test_a_missing_scope_is_403_only_for_graphql_response_json_clients(
+    secured: Flow, keys: Keys, accept: str, status: int
+) -> None:
+    assert secured.graphql_url is not None
+    answer = httpx.post(
+        secured.graphql_url,
+        json={"query": 'mutation { post(on: "/") { requestId } }'},
+        headers={"authorization": f"Bearer {keys.token(scope='other')}", "accept": accept},
+        timeout=30,
+    )
+    assert answer.status_code == status
+    assert answer.headers["content-type"].startswith(accept)
+    body = answer.json()
+    assert ("data" in body) is (accept == "application/json")  # refused before execution
+    assert [e["extensions"]["code"] for e in body["errors"]] == ["FORBIDDEN"]
 
 
 # -- graphql-ws ---------------------------------------------------------------------------------
