@@ -7,11 +7,16 @@ request body size (413, ``REQUEST_TOO_LARGE``), query depth (``DEPTH_LIMIT_EXCEE
 aliases (``ALIAS_LIMIT_EXCEEDED``), operation tokens (``TOKEN_LIMIT_EXCEEDED``) and documents
 per request (``TOO_MANY_DOCUMENTS``). Malformed JSON gets a 400 with a message.
 
+``/graphql`` answers in ``application/graphql-response+json`` when the client's ``Accept``
+prefers it (a request refused before execution: 4xx, no ``data``), else in
+``application/json`` (200 for every GraphQL answer): ``gateway/negotiation.py``.
+
 With JWT auth on, ``/graphql`` and ``/post`` need ``Authorization: Bearer <token>``: a missing
 or refused token gets a 401 with ``WWW-Authenticate: Bearer`` before the body is read, a
-missing scope a ``FORBIDDEN`` error (403 on ``/post``). A WebSocket carries the token in its
-``connection_init`` payload (``{"authorization": "Bearer ..."}``); it is closed with 4401 for a
-refused token and 4403 for a missing scope. ``/``, ``/health`` need none.
+missing scope a ``FORBIDDEN`` error (403 on ``/post`` and in graphql-response+json). A
+WebSocket carries the token in its ``connection_init`` payload (``{"authorization": "Bearer
+..."}``); it is closed with 4401 for a refused token and 4403 for a missing scope. ``/``,
+``/health`` need none.
 """
 
 from __future__ import annotations
