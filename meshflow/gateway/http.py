@@ -360,7 +360,8 @@ class _GraphQLApp(GraphQL[dict[str, Any], None]):
                 code = error_code(bool(error.path))
                 error.extensions = {**(error.extensions or {}), "code": code}
         response = await super().process_result(request, result)
-        if request.state.graphql_media == GRAPHQL_RESPONSE and is_request_error(result):
+        media = getattr(request.state, "graphql_media", None)
+        if media == GRAPHQL_RESPONSE and is_request_error(result):
             # Not executed: a 4xx and no data entry, so that a client (and any proxy on the
             # way) can trust the status. application/json keeps 200 and "data": null.
             request.state.graphql_status = request_error_status(result.errors or ())
