@@ -7,11 +7,16 @@ request body size (413, ``REQUEST_TOO_LARGE``), query depth (``DEPTH_LIMIT_EXCEE
 aliases (``ALIAS_LIMIT_EXCEEDED``), operation tokens (``TOKEN_LIMIT_EXCEEDED``) and documents
 per request (``TOO_MANY_DOCUMENTS``). Malformed JSON gets a 400 with a message.
 
+``/graphql`` answers in ``application/graphql-response+json`` when the client's ``Accept``
+prefers it (a request refused before execution: 4xx, no ``data``), else in
+``application/json`` (200 for every GraphQL answer): ``gateway/negotiation.py``.
+
 With JWT auth on, ``/graphql`` and ``/post`` need ``Authorization: Bearer <token>``: a missing
 or refused token gets a 401 with ``WWW-Authenticate: Bearer`` before the body is read, a
-missing scope a ``FORBIDDEN`` error (403 on ``/post``). A WebSocket carries the token in its
-``connection_init`` payload (``{"authorization": "Bearer ..."}``); it is closed with 4401 for a
-refused token and 4403 for a missing scope. ``/``, ``/health`` need none.
+missing scope a ``FORBIDDEN`` error (403 on ``/post`` and in graphql-response+json). A
+WebSocket carries the token in its ``connection_init`` payload (``{"authorization": "Bearer
+..."}``); it is closed with 4401 for a refused token and 4403 for a missing scope. ``/``,
+``/health`` need none.
 """
 
 from __future__ import annotations
@@ -29,7 +34,7 @@ from typing import Any
 import strawberry
 import uvicorn
 from cross_web import HTTPException  # what Strawberry's views raise for a bad request
-from graphql import GraphQLError
+from graphql import GraphQLError, VariableDefinitionNode
 from opentelemetry import trace
 from opentelemetry.trace import Status, StatusCode
 from prometheus_client import CONTENT_TYPE_LATEST
@@ -55,7 +60,7 @@ from strawberry.subscriptions.protocols.graphql_transport_ws.types import (
 from strawberry.types import ExecutionResult
 from strawberry.types.execution import PreExecutionError
 
-from meshflow.errors import ForbiddenError, RequestError, UnauthenticatedError
+from meshflow.errors import BadRequestError, ForbiddenError, RequestError, UnauthenticatedError
 from meshflow.gateway.discovery import EndpointCatalog
 from meshflow.gateway.graphql import (
     SCALARS,
@@ -77,6 +82,13 @@ from meshflow.gateway.middleware import (
     header,
     wants_page,
 )
+from meshflow.gateway.negotiation import (
+    GRAPHQL_RESPONSE,
+    GRAPHQL_RESPONSE_CONTENT_TYPE,
+    is_request_error,
+    negotiate,
+    request_error_status,
+)
 from meshflow.gateway.rest import coded, decode_json, post_route
 from meshflow.gateway.server import Gateway
 from meshflow.gateway.tarpit import Tarpit
@@ -95,7 +107,13 @@ class _Schema(strawberry.Schema):
     def process_errors(self, errors: list[GraphQLError], execution_context: Any = None) -> None:
         """Log only unexpected errors: a refused token, a bad input or an executor failure
         (errors meshflow raised with a code) is the caller's answer, not a gateway fault."""
-        unexpected = [e for e in errors if not (e.extensions and "code" in e.extensions)]
+        for error in errors:
+            if _uncoded(error) and _names_variable(error):  # its variables did not coerce
+                error.extensions = {
+                    **(error.extensions or {}),
+                    "code": BadRequestError.graphql_code,
+                }
+        unexpected = [e for e in errors if _uncoded(e)]
         if unexpected:
             super().process_errors(unexpected, execution_context)
         for error in unexpected:  # a bug of the gateway: still a coded answer
@@ -106,6 +124,17 @@ class _Schema(strawberry.Schema):
         client held back) answered as errors: over WebSockets Strawberry would end the
         operation without a word."""
         return _refusals_answered(await super().stream(*args, **kwargs))
+
+
+def _uncoded(error: GraphQLError) -> bool:
+    return not (error.extensions and "code" in error.extensions)
+
+
+def _names_variable(error: GraphQLError) -> bool:
+    """graphql-core's error for a variable value that does not coerce (or a required one
+    missing) points at the variable's definition: a bad input, found before execution."""
+    nodes = error.nodes or []
+    return error.path is None and bool(nodes) and isinstance(nodes[0], VariableDefinitionNode)
 
 
 async def _refusals_answered(source: Any) -> AsyncIterator[Any]:
@@ -278,11 +307,21 @@ class _GraphQLApp(GraphQL[dict[str, Any], None]):
         if wants_page(scope):  # a browser opening the URL meshflow printed: the page of /
             await HTMLResponse(_GRAPHIQL)(scope, receive, send)
             return
+        request = Request(scope=scope, receive=receive)
+        # The media type of the answer, from Accept (see gateway/negotiation.py); the status
+        # of a request error in application/graphql-response+json is set by process_result.
+        media = request.state.graphql_media = negotiate(header(scope, b"accept"))
         try:
-            response = await self.run(Request(scope=scope, receive=receive))
+            response = await self.run(request)
         except HTTPException as exc:  # Strawberry's refusals, as coded JSON errors
             code = _HTTP_CODES.get(exc.status_code, "BAD_REQUEST")
             response = coded(exc.status_code, exc.reason, code)
+        if media == GRAPHQL_RESPONSE:
+            response.headers["content-type"] = GRAPHQL_RESPONSE_CONTENT_TYPE
+            status = getattr(request.state, "graphql_status", None)
+            if status is not None:
+                response.status_code = status
+        response.headers.add_vary_header("accept")
         await response(scope, receive, send)
 
     def parse_json(self, data: str | bytes) -> Any:
@@ -322,6 +361,12 @@ class _GraphQLApp(GraphQL[dict[str, Any], None]):
                 code = error_code(bool(error.path))
                 error.extensions = {**(error.extensions or {}), "code": code}
         response = await super().process_result(request, result)
+        media = getattr(request.state, "graphql_media", None)
+        if media == GRAPHQL_RESPONSE and is_request_error(result):
+            # Not executed: a 4xx and no data entry, so that a client (and any proxy on the
+            # way) can trust the status. application/json keeps 200 and "data": null.
+            request.state.graphql_status = request_error_status(result.errors or ())
+            response.pop("data", None)
         if self.gateway.tracing:
             _close_span(result, response)
         return response

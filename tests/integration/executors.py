@@ -298,3 +298,28 @@ class KeyValue(Executor):
     @requests(on="/count", read_only=True, reduce={"count": "sum", "largest": "max"})
     def count(self, **kwargs: Any) -> dict[str, Any]:
         return {"count": len(self.stored), "largest": len(self.stored)}
+
+
+class Ordered(Executor):
+    """Each doc with ``tags['after']`` waits until the doc of that id has been served (at
+    most 10 s), then 0.3 s more, so that concurrent requests are answered in an order the
+    test chooses."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.served: dict[str, asyncio.Event] = {}
+
+    def _event(self, doc_id: str) -> asyncio.Event:
+        return self.served.setdefault(doc_id, asyncio.Event())
+
+    @requests
+    async def serve(self, docs: DocumentArray, **kwargs: Any) -> None:
+        for d in docs:
+            after = d.tags.get("after")
+            if after:
+                await asyncio.wait_for(self._event(str(after)).wait(), 10)
+                # The answer of the doc waited for is still on its way back to the gateway:
+                # a head start keeps the two answers from crossing on the way.
+                await asyncio.sleep(0.3)
+            d.text = f"served {d.id}"
+            self._event(d.id).set()
