@@ -213,9 +213,7 @@ def fairness(args: argparse.Namespace, mesh: str, folder: str) -> list[dict[str,
     flow.add(uses=Noop).add(uses=Noop)
 
     def token(subject: str) -> str:
-        return mint_token(
-            key=secret.encode(), subject=subject, issuer="bench", audience="overload"
-        )
+        return mint_token(key=secret.encode(), subject=subject, issuer="bench", audience="overload")
 
     rows = []
     with flow:
