@@ -88,6 +88,7 @@ async def _client(args: argparse.Namespace) -> dict[str, Any]:
         await asyncio.sleep(args.ramp * index / max(args.connections, 1))
         connection: tuple[asyncio.StreamReader, asyncio.StreamWriter] | None = None
         while time.monotonic() < stop_at:
+            reused = connection is not None
             try:
                 if connection is None:
                     connection = await asyncio.open_connection("127.0.0.1", args.port)
@@ -96,10 +97,13 @@ async def _client(args: argparse.Namespace) -> dict[str, Any]:
                 writer.write(request)
                 status, headers, body = await _answer(reader)
             except (OSError, asyncio.IncompleteReadError, ValueError):
-                count("connection errors")
                 if connection is not None:
                     connection[1].close()
                 connection = None
+                if reused:  # the server closed it while idle (keep-alive timeout): reconnect
+                    count("reconnects")
+                    continue
+                count("connection errors")
                 await asyncio.sleep(0.1)
                 continue
             done = time.monotonic()
@@ -188,7 +192,14 @@ def capacity(args: argparse.Namespace, mesh: str, folder: str) -> list[dict[str,
 
     from meshflow import Flow
 
-    flow = Flow(name="overload", workspace=folder, mesh=mesh).add(uses=Noop).add(uses=Noop)
+    flow = Flow(
+        name="overload",
+        workspace=folder,
+        mesh=mesh,
+        admission=args.admission,
+        max_in_flight=args.max_in_flight,
+    )
+    flow.add(uses=Noop).add(uses=Noop)
     rows = []
     with flow:
         assert flow.graphql_port is not None
@@ -209,7 +220,14 @@ def fairness(args: argparse.Namespace, mesh: str, folder: str) -> list[dict[str,
     secret = os.urandom(32).hex()
     os.environ[SECRET_ENV] = secret
     auth = JWTAuth(issuer="bench", audience="overload", secret_env=SECRET_ENV)
-    flow = Flow(name="fairness", workspace=folder, mesh=mesh, auth=auth)
+    flow = Flow(
+        name="fairness",
+        workspace=folder,
+        mesh=mesh,
+        auth=auth,
+        admission=args.admission,
+        max_in_flight=args.max_in_flight,
+    )
     flow.add(uses=Noop).add(uses=Noop)
 
     def token(subject: str) -> str:
@@ -281,14 +299,20 @@ def main() -> None:
     p.add_argument("--warmup", type=float, default=3.0)
     p.add_argument("--hold", type=int, default=1000, help="connections the gateway holds")
     p.add_argument("--skip-fairness", action="store_true")
+    p.add_argument("--skip-capacity", action="store_true")
     p.add_argument("--ignore-retry-after", action="store_true")
+    p.add_argument("--max-in-flight", type=int, default=1024, help="Flow(max_in_flight=...)")
+    p.add_argument(
+        "--admission", type=json.loads, default={}, help="AdmissionPolicy fields as JSON"
+    )
     args = p.parse_args()
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, min(hard, 16384)), hard))
     rows: list[dict[str, Any]] = []
     for mesh in args.mesh:
         with tempfile.TemporaryDirectory(prefix="overload-bench-") as folder:
-            rows += capacity(args, mesh, folder)
+            if not args.skip_capacity:
+                rows += capacity(args, mesh, folder)
             if not args.skip_fairness:
                 rows += fairness(args, mesh, folder)
     summary(rows, args.hold)

@@ -26,6 +26,7 @@ waits behind all the others and no deadline can be checked before work is spent.
 from __future__ import annotations
 
 import asyncio
+import heapq
 import math
 import random
 import statistics
@@ -43,6 +44,10 @@ _PROBE_LONGEST = 1.0
 """Seconds a probe lasts at most, however few requests finish in it."""
 _MIN_SAMPLES = 5
 """Latencies an interval needs before the limit moves on them."""
+_REFUSAL_SHARE = 0.1
+"""Refused clients should come back at most at this share of the rate requests are served."""
+_MAX_WAKES = 100_000
+"""The most refused clients tracked (a heap of when each comes back)."""
 
 
 @dataclass(frozen=True)
@@ -98,6 +103,7 @@ class Admission:
         self._rate = 0.0
         self._done_since = 0
         self._rate_since = now
+        self._wakes: list[float] = []
         # The adaptive limit: it starts by measuring the unloaded latency.
         floor = min(policy.min_in_flight, max_in_flight)
         self.limit = max_in_flight if not policy.adaptive else floor
@@ -256,11 +262,26 @@ class Admission:
         return (ahead + 1) / rate
 
     def retry_after(self) -> float:
-        """When a refused request has a fair chance: the time the queue takes to drain,
-        from 50 ms to 30 s, times a random 1 to 1.5 (jitter)."""
+        """When a refused request has a fair chance, from 50 ms to 30 s, times a random 1 to
+        1.5 (jitter); each call counts one more refused client waiting to come back.
+
+        At least the time the queue takes to drain; and when many refused clients wait, long
+        enough that they come back at no more than a tenth of the rate requests are served
+        (``waiting / (0.1 * rate)``): an overloaded gateway spends its time answering, not
+        refusing the same clients again and again."""
+        now = self.clock()
+        wakes = self._wakes
+        while wakes and wakes[0] <= now:
+            heapq.heappop(wakes)
         rate = self._current_rate()
-        drain = (self.queued + 1) / rate if rate > 0 else 1.0
-        return min(30.0, max(0.05, drain)) * random.uniform(1.0, 1.5)
+        if rate > 0:
+            wait = max((self.queued + 1) / rate, len(wakes) / (_REFUSAL_SHARE * rate))
+        else:
+            wait = 1.0
+        hint = min(30.0, max(0.05, wait)) * random.uniform(1.0, 1.5)
+        if len(wakes) < _MAX_WAKES:
+            heapq.heappush(wakes, now + max(1.0, hint))  # HTTP rounds up to whole seconds
+        return hint
 
     def _current_rate(self) -> float:
         now = self.clock()

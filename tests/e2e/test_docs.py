@@ -51,6 +51,7 @@ CHECKED: dict[tuple[str, int], str] = {
     ("docs/flow.md", 0): "run: test_flow_page_shards_and_reduce",
     ("docs/flow.md", 1): "run: test_flow_page_shards_and_reduce",
     ("docs/flow.md", 2): "run: test_flow_page_yaml_serves",
+    ("docs/flow.md", 3): "run: test_flow_page_admission_policy",
     ("docs/graphql.md", 0): "static: test_graphql_page (the schema's types, fields and arguments)",
     ("docs/graphql.md", 1): "run: test_graphql_page",
     ("docs/graphql.md", 2): "run: test_graphql_page",
@@ -409,6 +410,21 @@ assert client.post('/search', DocumentArray([Document(text='a')])).texts == ['a 
     )
     assert done.returncode != 0
     assert " ".join(shown.group(1).removesuffix("...").split()) in done.stderr, done.stderr
+
+
+def test_flow_page_admission_policy(project: Path) -> None:
+    """The page's AdmissionPolicy: the Flow serves with it, and it survives save and load."""
+    code = f"""
+{block(FLOW, 3, "python")}
+from meshflow import DocumentArray
+f.add(uses='my_pkg.index:Indexer')
+assert f.max_in_flight == 256 and f.admission.max_queue_wait == 0.25, f.admission
+f.save_config('saved.yml')
+assert Flow.load_config('saved.yml').admission == f.admission
+with f:
+    assert f.post('/search', DocumentArray.empty(1)).texts == [' (searched)']
+"""
+    python(project, code)
 
 
 # --- docs/graphql.md ---------------------------------------------------------------------
