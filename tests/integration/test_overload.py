@@ -185,7 +185,9 @@ def shared(keys: Keys, tmp_path: Any, mesh: str) -> Iterator[Flow]:
         mesh=mesh,
         workspace=os.path.join(str(tmp_path), "ws"),
         max_in_flight=1,
-        admission=AdmissionPolicy(adaptive=False, max_queue=4, caller_share=0.5),
+        admission=AdmissionPolicy(
+            adaptive=False, max_queue=4, caller_share=0.5, max_queue_wait=30.0
+        ),
         auth=JWTAuth(
             issuer=ISSUER, audience=AUDIENCE, jwks_file=paths["jwks"], default_scope="use"
         ),
