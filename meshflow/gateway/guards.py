@@ -443,7 +443,7 @@ class QueryGuard(SchemaExtension):
         checked = self.checked
         if checked is None or checked.document is not document:  # not parsed by the guard
             checked = Checked(document=document, cost=measure(document))
-        refusal = check_cost(checked.cost, self.limits)
+        refusal = check_cost(checked.cost, self.limits) or _unnamed_choice(context, document)
         if refusal is None:
             counted = count_documents(document, context.operation_name, context.variables)
             refusal = check_documents(*counted, self.limits)
@@ -463,6 +463,21 @@ class QueryGuard(SchemaExtension):
                 self._strike()
             context.pre_execution_errors = checked.errors
         yield
+
+
+def _unnamed_choice(context: Any, document: DocumentNode) -> GraphQLError | None:
+    """The refusal of a document of several operations without ``operationName`` (the
+    GraphQL spec's request error; Strawberry would run the first)."""
+    # Strawberry keeps what the request named privately; without that attribute, no check.
+    if getattr(context, "_provided_operation_name", "") is not None:
+        return None
+    operations = sum(isinstance(d, OperationDefinitionNode) for d in document.definitions)
+    if operations < 2:
+        return None
+    return coded(
+        f"the document holds {operations} operations: say which to run with operationName",
+        "BAD_REQUEST",
+    )
 
 
 def _request(context: Any) -> Any:

@@ -71,11 +71,13 @@ def _ask(accept: str | None, **body: Any) -> httpx.Response:
 
 COERCION = {"query": "query Q($n: String!) { __type(name: $n) { name } }", "variables": {"n": None}}
 TOO_MANY = 'mutation { post(on: "/x", docs: [{id: "a"}, {id: "b"}, {id: "c"}]) { requestId } }'
+TWO = "query A { __typename } query B { __schema { queryType { name } } }"
 REQUEST_ERRORS = [
     pytest.param({"query": "{"}, 400, "GRAPHQL_PARSE_FAILED", id="parse"),
     pytest.param({"query": "{ nope }"}, 400, "GRAPHQL_VALIDATION_FAILED", id="validation"),
     pytest.param(COERCION, 400, "BAD_USER_INPUT", id="variable-coercion"),
     pytest.param({"query": TOO_MANY}, 413, "TOO_MANY_DOCUMENTS", id="guard"),
+    pytest.param({"query": TWO}, 400, "BAD_REQUEST", id="two-operations-unnamed"),
 ]
 
 
@@ -136,3 +138,9 @@ def test_a_malformed_request_is_400_in_both_media_types(accept: str, body: dict[
     assert response.headers["content-type"].split(";")[0] == accept
     [error] = response.json()["errors"]
     assert error["extensions"]["code"] == "BAD_REQUEST"
+
+
+def test_a_named_operation_of_several_runs_alone() -> None:
+    answer = _ask(NEW, query=TWO, operationName="B")
+    assert answer.status_code == 200
+    assert answer.json() == {"data": {"__schema": {"queryType": {"name": "Query"}}}}
