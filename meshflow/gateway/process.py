@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import grpc
 from opentelemetry import trace
@@ -23,6 +23,9 @@ from meshflow.spec.limits import GraphQLLimits
 from meshflow.spec.names import cluster_name
 from meshflow.types import DEFAULT_MAX_REQUEST_BYTES
 from meshflow.voucher import Signer
+
+if TYPE_CHECKING:
+    from meshflow.gateway.http import HttpDoor
 
 
 def make_transport(topology: Topology, mesh: str, egress: str | None = None) -> Transport:
@@ -76,6 +79,26 @@ def _make_gateway(
     return gateway, transport, exporter
 
 
+def _http_door(
+    gateway: Gateway,
+    address: tuple[str, int],
+    limits: GraphQLLimits | None,
+    static: Mapping[str, str] | None,
+    cors: tuple[str, ...],
+) -> HttpDoor:
+    """The GraphQL (HTTP and WebSocket) door of ``gateway`` on ``address`` (host, port)."""
+    # lazy: Strawberry and uvicorn (~200 ms) load only when the GraphQL door is on
+    from meshflow.gateway.http import HttpDoor, make_app
+
+    limits = limits or GraphQLLimits()
+    return HttpDoor(
+        make_app(gateway, limits, static, cors),
+        *address,
+        max_header_bytes=limits.max_header_bytes,
+        max_message_bytes=limits.max_body_bytes,
+    )
+
+
 async def serve_gateway(
     topology: Topology,
     *,
@@ -114,18 +137,7 @@ async def serve_gateway(
         metrics is not None,
         tracing,
     )
-    door = None
-    if graphql is not None:
-        # lazy: Strawberry and uvicorn (~200 ms) load only when the GraphQL door is on
-        from meshflow.gateway.http import HttpDoor, make_app
-
-        limits = limits or GraphQLLimits()
-        door = HttpDoor(
-            make_app(gateway, limits, static, cors),
-            *graphql,
-            max_header_bytes=limits.max_header_bytes,
-            max_message_bytes=limits.max_body_bytes,
-        )
+    door = None if graphql is None else _http_door(gateway, graphql, limits, static, cors)
 
     def register(server: grpc.aio.Server) -> None:
         server.add_generic_rpc_handlers((gateway.handler(),))
