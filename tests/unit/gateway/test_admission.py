@@ -233,3 +233,25 @@ def test_policy_values_are_checked() -> None:
         AdmissionPolicy(max_queue=0)
     with pytest.raises(ConfigError, match="adaptive"):
         AdmissionPolicy(adaptive="yes")  # type: ignore[arg-type]
+
+
+def test_the_retry_hint_grows_with_the_refused_clients_waiting_to_come_back() -> None:
+    async def main() -> None:
+        clock = Clock()
+        admission = Admission(AdmissionPolicy(adaptive=False, max_queue=1), 1, clock=clock)
+        for _ in range(100):  # 100 requests done in 1 s: 100 served a second
+            admission.release(await admission.acquire())
+        clock.now += 1.0
+        held = await admission.acquire()
+        first = admission.retry_after()
+        assert 0.05 <= first <= 0.1 * 1.5  # nobody waits yet: about the queue's drain time
+        hints = [admission.retry_after() for _ in range(199)]
+        # 200 refused clients wait to come back; at 10 a second (a tenth of 100/s) the last
+        # is told about 20 s.
+        assert 19 <= hints[-1] <= 20 * 1.5
+        assert all(0.05 <= h <= 45 for h in hints)
+        clock.now += 60  # they all came back: the hint falls back
+        assert admission.retry_after() < 5
+        admission.release(held)
+
+    run(main())
