@@ -27,6 +27,7 @@ from meshflow.identity import Identity
 from meshflow.spec.admission import AdmissionPolicy
 from meshflow.spec.auth import JWTAuth
 from meshflow.spec.limits import GraphQLLimits
+from meshflow.spec.persisted import PersistedQueries
 from meshflow.spec.policy import CircuitBreaker, HealthCheck, OutlierDetection, RetryPolicy
 
 __version__ = "0.1.0"
@@ -53,6 +54,7 @@ __all__ = [
     "MeshflowError",
     "OutlierDetection",
     "OverloadedError",
+    "PersistedQueries",
     "RequestError",
     "Response",
     "RetryPolicy",

@@ -271,6 +271,7 @@ def _gateway(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
             drain_timeout=launch.drain_timeout,
             graphql=None if launch.graphql_port is None else (launch.host, launch.graphql_port),
             limits=launch.graphql_limits,
+            persisted=launch.persisted_queries,
             auth=launch.auth,
             signer=signer,
             static=launch.static,

@@ -3,6 +3,7 @@ gateway in a container, and the gateway sidecar's view of a shard."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections.abc import Sequence
 from typing import Any, Protocol
@@ -26,6 +27,7 @@ from meshflow.spec.auth import JWTAuth
 from meshflow.spec.flow import DeploymentSpec, FlowSpec
 from meshflow.spec.launch import ExecutorLaunch, GatewayLaunch, Observability
 from meshflow.spec.limits import GraphQLLimits
+from meshflow.spec.persisted import PersistedQueries
 
 EGRESS = "/run/meshflow/egress.sock"
 SIGNING_DIR = "/etc/meshflow/signing"
@@ -62,7 +64,12 @@ def image_context(spec: FlowSpec, folder: str | None) -> BuildContext:
         context.uses(ref(dep), dep.name)
     for prefix, static in (spec.static or {}).items():
         context.inside(static, f"static[{prefix!r}]")
+    if spec.persisted_queries.manifest is not None:
+        context.inside(spec.persisted_queries.manifest, _MANIFEST)
     return context
+
+
+_MANIFEST = "persisted_queries.manifest"
 
 
 def ref(dep: DeploymentSpec) -> str:
@@ -121,13 +128,17 @@ def gateway_command(
     flow: FlowSpec, nodes: list[Node], *, context: BuildContext | None = None
 ) -> list[str]:
     """``meshflow gateway ...`` with the topology inline, behind its sidecar's socket; with
-    ``context``, static folders as the image holds them."""
+    ``context``, static folders and the persisted query manifest as the image holds them."""
     static = None
     if flow.static and context is not None:
         static = {
             prefix: context.inside(folder, f"static[{prefix!r}]")
             for prefix, folder in sorted(flow.static.items())
         }
+    persisted = flow.persisted_queries
+    if persisted.manifest is not None and context is not None:
+        manifest = context.inside(persisted.manifest, _MANIFEST)
+        persisted = dataclasses.replace(persisted, manifest=manifest)
     if flow.auth is not None:
         check_container_auth(flow.auth)
     launch = GatewayLaunch(
@@ -141,6 +152,7 @@ def gateway_command(
         max_request_bytes=flow.max_request_bytes,
         graphql_port=HTTP_PORT if flow.graphql else None,
         graphql_limits=flow.graphql_limits if flow.graphql else GraphQLLimits(),
+        persisted_queries=persisted if flow.graphql else PersistedQueries(),
         cors=flow.cors if flow.graphql else (),
         static=static,
         auth=flow.auth,

@@ -161,7 +161,8 @@ def load_flow(
     of its ``with:`` options (``workspace``, ``graphql_port``...).
 
     Paths written in the file (``workspace``, ``static`` folders, ``secret_file``, ``uses``
-    files) are relative to the file; the workspace is ``workspace/`` next to it by default.
+    files, the persisted query manifest) are relative to the file; the workspace is
+    ``workspace/`` next to it by default.
     """
 
     loc = _Located(path)
@@ -195,6 +196,13 @@ def load_flow(
         options["static"] = {
             k: os.path.join(here, v) if isinstance(v, str) else v
             for k, v in options["static"].items()
+        }
+    persisted = options.get("persisted_queries")
+    if isinstance(persisted, dict) and isinstance(persisted.get("manifest"), str):
+        here = os.path.dirname(os.path.abspath(path))  # relative to this file
+        options["persisted_queries"] = {
+            **persisted,
+            "manifest": os.path.join(here, persisted["manifest"]),
         }
     try:
         flow = Flow(name=data.get("name"), **options)

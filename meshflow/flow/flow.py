@@ -61,6 +61,9 @@ class Flow(Posting):
         graphql_port: its port; None picks a free one.
         graphql_limits: :class:`~meshflow.GraphQLLimits` (depth, aliases, tokens, body size,
             documents per request).
+        persisted_queries: :class:`~meshflow.PersistedQueries`: Apollo's automatic persisted
+            queries (the default), a safelist of a manifest's operations for production, or
+            off; and the ``Cache-Control`` of persisted queries sent with GET.
         envoy_concurrency: worker threads of each Envoy sidecar (``--concurrency``).
         auth: :class:`~meshflow.JWTAuth`: every door of the gateway checks a JWT and the
             endpoint's scope (see ``docs/auth.md``); ``f.token`` is what ``f.post`` sends.

@@ -296,6 +296,7 @@ class LocalRuntime:
             max_request_bytes=spec.max_request_bytes,
             graphql_port=(spec.graphql_port or 0) if spec.graphql else None,
             graphql_limits=spec.graphql_limits,
+            persisted_queries=spec.persisted_queries,
             cors=spec.cors if spec.graphql else (),
             static=dict(spec.static) if spec.static else None,
             auth=spec.auth,

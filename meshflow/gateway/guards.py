@@ -50,6 +50,7 @@ from strawberry.extensions import SchemaExtension
 from strawberry.schema.schema import validate_document
 
 from meshflow.errors import TooManyDocumentsError
+from meshflow.gateway.persisted import PROTOCOL_STEPS, PersistedOperations
 from meshflow.gateway.tarpit import HELD, Tarpit
 from meshflow.spec.limits import GraphQLLimits
 
@@ -387,6 +388,7 @@ class QueryGuard(SchemaExtension):
         cache: QueryCache,
         authorize: Callable[[Any, list[str]], GraphQLError | None] | None = None,
         tarpit: Tarpit | None = None,
+        persisted: PersistedOperations | None = None,
     ) -> None:
         super().__init__()
         self.limits = limits
@@ -395,6 +397,9 @@ class QueryGuard(SchemaExtension):
         """Given the request's context and the endpoints its operation names, the refusal
         of a caller who lacks a scope, or None."""
         self.tarpit = tarpit
+        self.persisted = persisted
+        """Persisted operations: the text of a hash, the safelist, APQ registration."""
+        self.register: str | None = None
         self.held_back: GraphQLError | None = None
         self.held = False
         self.checked: Checked | None = None
@@ -413,7 +418,30 @@ class QueryGuard(SchemaExtension):
             elif wait:
                 self.held = True
                 await asyncio.sleep(wait)
+        if self.held_back is None and self.persisted is not None:
+            self._resolve(self.persisted)
         yield
+
+    def _resolve(self, persisted: PersistedOperations) -> None:
+        """The text of a persisted operation, or its refusal (raised by the parse step, before
+        any parsing)."""
+        context = self.execution_context
+        request = _request(context.context)
+        if (context.operation_extensions or {}).get("persistedQuery") is not None and hasattr(
+            request, "state"
+        ):
+            request.state.meshflow_persisted = True  # its GET answer may be cached
+        try:
+            resolved = persisted.resolve(context.query, context.operation_extensions)
+        except GraphQLError as refusal:
+            if refusal.extensions and refusal.extensions.get("code") not in PROTOCOL_STEPS:
+                self._strike()
+            self.held_back = refusal
+            if not context.query:  # else Strawberry would refuse a missing query first
+                context.graphql_document = _NOTHING
+            return
+        context.query = resolved.query
+        self.register = resolved.register
 
     def _strike(self) -> None:
         """Count a refusal, unless the request already took its turn waiting for it."""
@@ -461,8 +489,14 @@ class QueryGuard(SchemaExtension):
                 checked.errors = _validate(context, document)
             if checked.errors:
                 self._strike()
+            elif self.register is not None and self.persisted is not None and context.query:
+                self.persisted.register(self.register, context.query)
             context.pre_execution_errors = checked.errors
         yield
+
+
+_NOTHING = parse("{ __typename }")
+"""Stands for the document of a refused persisted operation that came without a text."""
 
 
 def _unnamed_choice(context: Any, document: DocumentNode) -> GraphQLError | None:

@@ -89,12 +89,14 @@ from meshflow.gateway.negotiation import (
     negotiate,
     request_error_status,
 )
+from meshflow.gateway.persisted import PersistedOperations
 from meshflow.gateway.rest import coded, decode_json, post_route
 from meshflow.gateway.server import Gateway
 from meshflow.gateway.tarpit import Tarpit
 from meshflow.observability.tracing import current_trace_id
 from meshflow.proto.v1 import services_pb2
 from meshflow.spec.limits import GraphQLLimits
+from meshflow.spec.persisted import PersistedQueries
 
 
 def error_code(has_path: bool) -> str:
@@ -160,10 +162,14 @@ def _close_span(result: ExecutionResult, response: GraphQLHTTPResponse) -> None:
 
 
 def make_schema(
-    limits: GraphQLLimits, query: type = Query, tarpit: Tarpit | None = None
+    limits: GraphQLLimits,
+    query: type = Query,
+    tarpit: Tarpit | None = None,
+    persisted: PersistedOperations | None = None,
 ) -> strawberry.Schema:
     # The guard parses, measures and validates each distinct query text once (cached), before
-    # any resolver runs; one cache per schema, as validation depends on the schema.
+    # any resolver runs; one cache per schema, as validation depends on the schema. The
+    # persisted operations outlive a schema: a registered text is validated again anyway.
     extensions: list[Any] = [
         functools.partial(
             QueryGuard,
@@ -171,6 +177,7 @@ def make_schema(
             cache=QueryCache(),
             authorize=_authorize_endpoints,
             tarpit=tarpit,
+            persisted=persisted,
         )
     ]
     return _Schema(
@@ -264,6 +271,7 @@ class _GraphQLApp(GraphQL[dict[str, Any], None]):
         limits: GraphQLLimits,
         allowed_origins: tuple[str, ...] = (),
         tarpit: Tarpit | None = None,
+        persisted: PersistedOperations | None = None,
     ) -> None:
         # graphql-transport-ws only: the legacy graphql-ws protocol has no auth step.
         # A browser page on another origin may open a WebSocket only when CORS allows it.
@@ -277,6 +285,7 @@ class _GraphQLApp(GraphQL[dict[str, Any], None]):
         self.gateway = gateway
         self.limits = limits
         self.tarpit = tarpit
+        self.persisted = persisted
         self._fields: dict[str, Any] = {}
         self.catalog = EndpointCatalog(
             gateway.traversal.topology, gateway.traversal.transport, self._new_endpoints
@@ -287,7 +296,7 @@ class _GraphQLApp(GraphQL[dict[str, Any], None]):
         fields = read_only_endpoints(answers)
         if fields != self._fields:
             self._fields = fields
-            self.schema = make_schema(self.limits, query_type(fields), self.tarpit)
+            self.schema = make_schema(self.limits, query_type(fields), self.tarpit, self.persisted)
 
     async def execute_single(self, *args: Any, **kwargs: Any) -> ExecutionResult:
         result = await super().execute_single(*args, **kwargs)
@@ -304,7 +313,8 @@ class _GraphQLApp(GraphQL[dict[str, Any], None]):
         if scope["type"] != "http":
             await super().__call__(scope, receive, send)
             return
-        if wants_page(scope):  # a browser opening the URL meshflow printed: the page of /
+        if wants_page(scope) and b"extensions=" not in scope.get("query_string", b""):
+            # a browser opening the URL meshflow printed: the page of /
             await HTMLResponse(_GRAPHIQL)(scope, receive, send)
             return
         request = Request(scope=scope, receive=receive)
@@ -322,7 +332,21 @@ class _GraphQLApp(GraphQL[dict[str, Any], None]):
             if status is not None:
                 response.status_code = status
         response.headers.add_vary_header("accept")
+        if scope["method"] == "GET" and getattr(request.state, "meshflow_persisted", False):
+            self._cache_control(request, response)
         await response(scope, receive, send)
+
+    def _cache_control(self, request: Request, response: Response) -> None:
+        """A persisted query's GET answer: cacheable as configured when it succeeded, never
+        when refused (a cached refusal would outlive the registration that fixes it)."""
+        failed = response.status_code != 200 or getattr(request.state, "graphql_errors", True)
+        if failed:
+            response.headers["cache-control"] = "no-store"
+        elif self.persisted is not None and self.persisted.options.cache_control:
+            response.headers["cache-control"] = self.persisted.options.cache_control
+
+    def should_render_graphql_ide(self, request: Any) -> bool:
+        return False  # browsers get the page in __call__; a GET by hash has no query
 
     def parse_json(self, data: str | bytes) -> Any:
         """An HTTP body or the ``variables`` of a GET: a JSON object, or a 400."""
@@ -361,6 +385,7 @@ class _GraphQLApp(GraphQL[dict[str, Any], None]):
                 code = error_code(bool(error.path))
                 error.extensions = {**(error.extensions or {}), "code": code}
         response = await super().process_result(request, result)
+        request.state.graphql_errors = bool(result.errors)
         media = getattr(request.state, "graphql_media", None)
         if media == GRAPHQL_RESPONSE and is_request_error(result):
             # Not executed: a 4xx and no data entry, so that a client (and any proxy on the
@@ -387,12 +412,20 @@ def make_app(
     limits: GraphQLLimits,
     static: Mapping[str, str] | None = None,
     cors: tuple[str, ...] = (),
+    persisted: PersistedQueries | None = None,
 ) -> ASGIApp:
     """The ASGI app of the HTTP door; ``static`` mounts folders of files (no token needed,
-    no dotfiles); ``cors`` lists the origins whose pages may call it (none by default)."""
+    no dotfiles); ``cors`` lists the origins whose pages may call it (none by default);
+    ``persisted``: automatic persisted queries by default (ConfigError for a bad manifest)."""
     tarpit = Tarpit(rate=limits.refusals_per_second, burst=limits.refusal_burst)
+    operations = PersistedOperations(persisted or PersistedQueries(), limits)
     graphql_app = _GraphQLApp(
-        make_schema(limits, tarpit=tarpit), gateway, limits, allowed_origins=cors, tarpit=tarpit
+        make_schema(limits, tarpit=tarpit, persisted=operations),
+        gateway,
+        limits,
+        allowed_origins=cors,
+        tarpit=tarpit,
+        persisted=operations,
     )
 
     async def ide(request: Request) -> Response:

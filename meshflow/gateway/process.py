@@ -21,6 +21,7 @@ from meshflow.spec.admission import AdmissionPolicy
 from meshflow.spec.auth import JWTAuth
 from meshflow.spec.limits import GraphQLLimits
 from meshflow.spec.names import cluster_name
+from meshflow.spec.persisted import PersistedQueries
 from meshflow.types import DEFAULT_MAX_REQUEST_BYTES
 from meshflow.voucher import Signer
 
@@ -85,6 +86,7 @@ def _http_door(
     limits: GraphQLLimits | None,
     static: Mapping[str, str] | None,
     cors: tuple[str, ...],
+    persisted: PersistedQueries | None = None,
 ) -> HttpDoor:
     """The GraphQL (HTTP and WebSocket) door of ``gateway`` on ``address`` (host, port)."""
     # lazy: Strawberry and uvicorn (~200 ms) load only when the GraphQL door is on
@@ -92,7 +94,7 @@ def _http_door(
 
     limits = limits or GraphQLLimits()
     return HttpDoor(
-        make_app(gateway, limits, static, cors),
+        make_app(gateway, limits, static, cors, persisted),
         *address,
         max_header_bytes=limits.max_header_bytes,
         max_message_bytes=limits.max_body_bytes,
@@ -112,6 +114,7 @@ async def serve_gateway(
     drain_timeout: float = 10.0,
     graphql: tuple[str, int] | None = None,
     limits: GraphQLLimits | None = None,
+    persisted: PersistedQueries | None = None,
     auth: JWTAuth | None = None,
     signer: Signer | None = None,
     static: Mapping[str, str] | None = None,
@@ -124,8 +127,9 @@ async def serve_gateway(
     ``auth``, every door checks JWTs and ``signer`` (required then) vouches for the caller's
     identity to the executors; with ``metrics`` (host, port), Prometheus ``/metrics``
     there and on the HTTP door; with ``static`` (URL prefix -> folder), static files on the
-    HTTP door; browser pages of the ``cors`` origins may call it; with ``tracing`` (set up
-    by the caller), spans per request and per traversal step."""
+    HTTP door; browser pages of the ``cors`` origins may call it; ``persisted``: the
+    door's persisted queries (automatic by default); with ``tracing`` (set up by the
+    caller), spans per request and per traversal step."""
     gateway, transport, exporter = _make_gateway(
         topology,
         mesh,
@@ -137,7 +141,9 @@ async def serve_gateway(
         metrics is not None,
         tracing,
     )
-    door = None if graphql is None else _http_door(gateway, graphql, limits, static, cors)
+    door = None
+    if graphql is not None:
+        door = _http_door(gateway, graphql, limits, static, cors, persisted)
 
     def register(server: grpc.aio.Server) -> None:
         server.add_generic_rpc_handlers((gateway.handler(),))

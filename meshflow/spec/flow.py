@@ -23,6 +23,7 @@ from meshflow.errors import ConfigError
 from meshflow.spec.admission import AdmissionPolicy
 from meshflow.spec.auth import JWTAuth
 from meshflow.spec.limits import GraphQLLimits
+from meshflow.spec.persisted import PersistedQueries, read_manifest
 from meshflow.spec.policy import (
     CircuitBreaker,
     HealthCheck,
@@ -221,7 +222,17 @@ def _admission(value: Any) -> AdmissionPolicy:
     return _typed(value, AdmissionPolicy, "admission")
 
 
-_Options = TypeVar("_Options", GraphQLLimits, AdmissionPolicy)
+def _persisted(value: Any) -> PersistedQueries:
+    """The persisted queries option, its manifest's path made absolute (from the working
+    folder; a Flow YAML's is relative to the file) and its manifest read once to check it."""
+    options = _typed(value, PersistedQueries, "persisted_queries")
+    if options.manifest is None:
+        return options
+    read_manifest(options.manifest)
+    return dataclasses.replace(options, manifest=os.path.abspath(options.manifest))
+
+
+_Options = TypeVar("_Options", GraphQLLimits, AdmissionPolicy, PersistedQueries)
 
 
 def _typed(value: Any, cls: type[_Options], name: str) -> _Options:
@@ -285,6 +296,9 @@ class FlowSpec:
     )
     admission: AdmissionPolicy = field(
         default_factory=AdmissionPolicy, metadata=meta(coerce=_admission)
+    )
+    persisted_queries: PersistedQueries = field(
+        default_factory=PersistedQueries, metadata=meta(coerce=_persisted)
     )
     envoy_concurrency: int = 1
     auth: JWTAuth | None = field(default=None, metadata=meta(coerce=_auth, save=_save_auth))

@@ -23,11 +23,12 @@ from meshflow.spec.admission import AdmissionPolicy
 from meshflow.spec.auth import JWTAuth
 from meshflow.spec.flow import DeploymentSpec, FlowSpec
 from meshflow.spec.limits import GraphQLLimits
+from meshflow.spec.persisted import PersistedQueries
 from meshflow.types import DEFAULT_MAX_REQUEST_BYTES
 
 LOCALHOST = "127.0.0.1"
 
-_Options = TypeVar("_Options", GraphQLLimits, AdmissionPolicy)
+_Options = TypeVar("_Options", GraphQLLimits, AdmissionPolicy, PersistedQueries)
 
 
 def _json(value: Any) -> str:
@@ -258,6 +259,7 @@ class GatewayLaunch(Observability):
     drain_timeout: float = 10.0
     graphql_port: int | None = None
     graphql_limits: GraphQLLimits = field(default_factory=GraphQLLimits)
+    persisted_queries: PersistedQueries = field(default_factory=PersistedQueries)
     cors: tuple[str, ...] = ()
     static: Mapping[str, str] | None = None
     auth: JWTAuth | None = None
@@ -277,6 +279,8 @@ class GatewayLaunch(Observability):
         argv += ["--graphql-port", str(self.graphql_port)] if self.graphql_port is not None else []
         if self.graphql_port is not None or self.graphql_limits != GraphQLLimits():
             argv += ["--graphql-limits", _json(dataclasses.asdict(self.graphql_limits))]
+        if self.persisted_queries != PersistedQueries():
+            argv += ["--persisted-queries", _json(dataclasses.asdict(self.persisted_queries))]
         for origin in self.cors:
             argv += ["--cors", origin]
         argv += ["--static", _json(dict(self.static))] if self.static is not None else []
@@ -306,6 +310,11 @@ class GatewayLaunch(Observability):
         parser.add_argument("--drain-timeout", type=float, default=10.0)
         parser.add_argument("--graphql-port", type=int, help="serve GraphQL over HTTP on this port")
         parser.add_argument("--graphql-limits", default="{}", help="GraphQLLimits fields as JSON")
+        parser.add_argument(
+            "--persisted-queries",
+            default="{}",
+            help="PersistedQueries fields as JSON (the manifest is a path the gateway reads)",
+        )
         parser.add_argument("--auth", help="JWTAuth options as JSON (secrets stay in env/files)")
         parser.add_argument(
             "--signing-key-file",
@@ -324,6 +333,7 @@ class GatewayLaunch(Observability):
         """What :meth:`add_arguments`' flags parsed into; ConfigError for bad JSON."""
         graphql_limits = _options(GraphQLLimits, args.graphql_limits, "--graphql-limits")
         admission = _options(AdmissionPolicy, args.admission, "--admission")
+        persisted = _options(PersistedQueries, args.persisted_queries, "--persisted-queries")
         auth = JWTAuth.from_dict(_json_object(args.auth, "--auth")) if args.auth else None
         return cls(
             topology=args.topology,
@@ -337,6 +347,7 @@ class GatewayLaunch(Observability):
             drain_timeout=args.drain_timeout,
             graphql_port=args.graphql_port,
             graphql_limits=graphql_limits,
+            persisted_queries=persisted,
             cors=tuple(args.cors),
             static=_json_object(args.static, "--static") if args.static else None,
             auth=auth,

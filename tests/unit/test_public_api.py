@@ -32,6 +32,7 @@ def test_exported_names() -> None:
             "MeshflowError",
             "OutlierDetection",
             "OverloadedError",
+            "PersistedQueries",
             "RequestError",
             "Response",
             "RetryPolicy",

@@ -21,12 +21,20 @@ from meshflow import (
 )
 from meshflow.flow.config import load_flow, save_flow
 from meshflow.spec.flow import EXECUTOR_KEYS, WITH_KEYS, DeploymentSpec, FlowSpec
+from meshflow.spec.persisted import PersistedQueries, sha256_hex
 
 
 def flow_values(tmp_path: str) -> dict[str, Any]:
     """A value other than the default for every ``with:`` option (a new option without one
     fails :func:`test_every_option_has_a_sample_value`)."""
     web = os.path.join(tmp_path, "web")
+    manifest = os.path.join(tmp_path, "persisted-queries.json")
+    with open(manifest, "w", encoding="utf-8") as fh:
+        body = "{ __typename }"
+        fh.write(
+            '{"format": "apollo-persisted-query-manifest", "version": 1, "operations": '
+            f'[{{"id": "{sha256_hex(body)}", "body": "{body}", "name": "T", "type": "query"}}]}}'
+        )
     os.makedirs(web, exist_ok=True)
     return {
         "port": 23456,
@@ -41,6 +49,9 @@ def flow_values(tmp_path: str) -> dict[str, Any]:
         "graphql_port": 23457,
         "graphql_limits": GraphQLLimits(max_depth=3, refusal_burst=5, max_docs=12),
         "admission": AdmissionPolicy(adaptive=False, max_queue=9, caller_share=0.25),
+        "persisted_queries": PersistedQueries(
+            mode="safelist", manifest=manifest, max_entries=5, cache_control="public, max-age=5"
+        ),
         "envoy_concurrency": 2,
         "auth": JWTAuth(
             issuer="https://id.example",

@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from meshflow import AdmissionPolicy, GraphQLLimits, JWTAuth
+from meshflow import AdmissionPolicy, GraphQLLimits, JWTAuth, PersistedQueries
 from meshflow.cli import make_parser
 from meshflow.errors import ConfigError
 from meshflow.spec.launch import ExecutorLaunch, GatewayLaunch
@@ -54,6 +54,9 @@ GATEWAY_VALUES: dict[str, Any] = {
     "graphql_port": 8080,
     "graphql_limits": GraphQLLimits(max_depth=3, refusal_burst=5),
     "admission": AdmissionPolicy(adaptive=False, max_queue=9, caller_share=0.25),
+    "persisted_queries": PersistedQueries(
+        mode="safelist", manifest="/app/pq.json", max_bytes=1000, cache_control="max-age=9"
+    ),
     "cors": ("https://shop.example", "http://localhost:3000"),
     "static": {"/ui": "/app/web"},
     "auth": JWTAuth(issuer="i", audience="a", secret_env="SECRET", scopes={"/x": "x:r"}),
