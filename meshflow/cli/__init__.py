@@ -17,6 +17,7 @@ from collections.abc import Sequence
 from importlib.metadata import PackageNotFoundError, version
 from typing import Any, NoReturn
 
+from meshflow.cli.graphql import _graphql, add_graphql_parser
 from meshflow.cli.run import _executor, _flow, _gateway, _ping, _status
 from meshflow.cli.tools import _certs, _export, _token
 from meshflow.errors import ConfigError, MeshflowError
@@ -100,6 +101,7 @@ def make_parser() -> argparse.ArgumentParser:
     )
 
     _add_token_parser(sub)
+    add_graphql_parser(sub)
 
     ping = sub.add_parser("ping", help="exit 0 when HOST:PORT serves gRPC health, 1 when not")
     ping.add_argument("target", help="HOST:PORT")
@@ -171,6 +173,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _certs(args)
         if args.command == "export":
             return _export(args)
+        if args.command == "graphql":
+            return _graphql(args)
         _die_with_parent()
         if args.command == "executor":
             return _executor(args, parser)

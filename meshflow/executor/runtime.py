@@ -30,9 +30,9 @@ from meshflow.document.proto import (
     unchanged_on_wire,
 )
 from meshflow.errors import BadRequestError, UnverifiedIdentityError
+from meshflow.executor.describe import describe_endpoints
 from meshflow.executor.executor import EndpointMethod, Executor
 from meshflow.executor.parameters import build as build_params
-from meshflow.executor.parameters import describe as describe_params
 from meshflow.executor.parameters import for_executor
 from meshflow.grpc_lifecycle import serve_forever
 from meshflow.observability.metrics import ExecutorMetrics
@@ -258,21 +258,7 @@ class ExecutorRuntime:
 
     def describe(self) -> services_pb2.EndpointsResponse:
         """The endpoints this executor serves, with their read-only flag and parameters."""
-        return services_pb2.EndpointsResponse(
-            executor=self.name,
-            endpoints=[
-                services_pb2.Endpoint(
-                    name=e.name,
-                    method=e.method,
-                    read_only=e.read_only,
-                    parameters=[
-                        services_pb2.Parameter(**p)
-                        for p in (describe_params(e.params) if e.params else [])
-                    ],
-                )
-                for e in sorted(self._endpoints.values(), key=lambda e: e.name)
-            ],
-        )
+        return describe_endpoints(self.name, self._endpoints)
 
 
 def _failure(request: data_request_pb2.DataRequest, executor: str, exc: Exception) -> bytes:

@@ -1,0 +1,22 @@
+"""The gateway's GraphQL schema as an artifact: its SDL for a Flow, without starting it.
+
+The running gateway adds a query field for each read-only endpoint as its executors tell of
+them (the ``Endpoints`` RPC); offline, the same answers come from the Executor classes the
+Flow's deployments name (:func:`~meshflow.executor.describe.describe_endpoints`), so the SDL
+printed here is the schema the gateway serves once every deployment answered.
+"""
+
+from __future__ import annotations
+
+from meshflow.executor.describe import describe_endpoints
+from meshflow.gateway.graphql import query_type, read_only_endpoints
+from meshflow.gateway.http import make_schema
+from meshflow.spec.flow import FlowSpec
+
+
+def schema_sdl(spec: FlowSpec) -> str:
+    """The SDL of the GraphQL schema the gateway of ``spec`` serves (its deployments'
+    classes imported, as the Flow builder does)."""
+    answers = [describe_endpoints(d.name, d.executor_class.endpoints) for d in spec.deployments]
+    schema = make_schema(spec.graphql_limits, query_type(read_only_endpoints(answers)))
+    return schema.as_str() + "\n"
