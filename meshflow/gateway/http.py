@@ -53,6 +53,7 @@ from strawberry.subscriptions.protocols.graphql_transport_ws.handlers import (
 )
 from strawberry.subscriptions.protocols.graphql_transport_ws.types import (
     ConnectionInitMessage,
+    SubscribeMessage,
 )
 from strawberry.subscriptions.protocols.graphql_transport_ws.types import (
     Message as WSMessage,
@@ -228,6 +229,32 @@ class _TransportWS(BaseGraphQLTransportWSHandler[dict[str, Any], None]):
                 await self.websocket.close(code=code, reason=_reason(phrase, exc))
                 return
         await super().handle_connection_init(message)
+
+    async def handle_subscribe(self, message: SubscribeMessage) -> None:
+        """A ``subscribe`` whose payload names its operation by ``extensions.persistedQuery``
+        runs the text of that hash (Strawberry passes no extensions on): the same lookups
+        and refusals as over HTTP, answered as an ``error`` message. A WebSocket does not
+        register texts (register over HTTP); the safelist also holds for plain texts, in
+        the guard."""
+        payload: Any = message.get("payload")
+        persisted = self.view.persisted if isinstance(self.view, _GraphQLApp) else None
+        extensions = payload.get("extensions") if isinstance(payload, dict) else None
+        if persisted is not None and isinstance(extensions, dict) and extensions:
+            try:
+                resolved = persisted.resolve(payload.get("query"), extensions)
+            except GraphQLError as refusal:
+                if self.connection_acknowledged:
+                    error: WSMessage = {
+                        "id": message["id"],
+                        "type": "error",
+                        "payload": [refusal.formatted],
+                    }
+                    await self.send_message(error)
+                    return
+            else:
+                payload = {**payload, "query": resolved.query}
+                message = SubscribeMessage(id=message["id"], type="subscribe", payload=payload)
+        await super().handle_subscribe(message)
 
     closed = False
 

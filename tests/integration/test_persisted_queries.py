@@ -38,6 +38,17 @@ def _codes(response: httpx.Response) -> list[str]:
     return [e["extensions"]["code"] for e in response.json().get("errors") or ()]
 
 
+def _manifest(folder: str, *bodies: str) -> str:
+    path = os.path.join(folder, "persisted-queries.json")
+    operations = [{"id": sha256_hex(b), "body": b, "name": "Op", "type": "query"} for b in bodies]
+    with open(path, "w", encoding="utf-8") as fh:
+        json.dump(
+            {"format": "apollo-persisted-query-manifest", "version": 1, "operations": operations},
+            fh,
+        )
+    return path
+
+
 def _catalog(**options: Any) -> Flow:
     return Flow(**options).add(uses="executors:Catalog", name="catalog")
 
@@ -93,18 +104,7 @@ def test_abuse_of_persisted_queries_is_refused_with_codes(start_flow: StartFlow)
 
 @pytest.mark.mesh("direct")
 def test_safelist_runs_the_manifest_only(start_flow: StartFlow, tmp_path: Any) -> None:
-    manifest = os.path.join(tmp_path, "persisted-queries.json")
-    with open(manifest, "w", encoding="utf-8") as fh:
-        json.dump(
-            {
-                "format": "apollo-persisted-query-manifest",
-                "version": 1,
-                "operations": [
-                    {"id": sha256_hex(SEARCH), "body": SEARCH, "name": "Coats", "type": "query"}
-                ],
-            },
-            fh,
-        )
+    manifest = _manifest(str(tmp_path), SEARCH)
     f = start_flow(_catalog(persisted_queries=PersistedQueries(mode="safelist", manifest=manifest)))
     assert _post(f, query=SEARCH).json() == {"data": COATS}  # the text of a listed operation
     assert _post(f, extensions=_ext(SEARCH)).json() == {"data": COATS}
@@ -118,3 +118,43 @@ def test_safelist_runs_the_manifest_only(start_flow: StartFlow, tmp_path: Any) -
         _post(f, query=INDEX),
     ):
         assert _codes(refused) == ["PERSISTED_QUERY_NOT_IN_SAFELIST"], refused.text
+
+
+def _subscribe(flow: Flow, payload: dict[str, Any]) -> dict[str, Any]:
+    """The first message answering one ``subscribe`` over graphql-transport-ws."""
+    from websockets.sync.client import connect
+    from websockets.typing import Subprotocol
+
+    url = flow.graphql_url.replace("http://", "ws://")
+    with connect(url, subprotocols=[Subprotocol("graphql-transport-ws")], open_timeout=10) as ws:
+        ws.send(json.dumps({"type": "connection_init"}))
+        assert json.loads(ws.recv(timeout=10))["type"] == "connection_ack"
+        ws.send(json.dumps({"id": "1", "type": "subscribe", "payload": payload}))
+        answer: dict[str, Any] = json.loads(ws.recv(timeout=10))
+        return answer
+
+
+@pytest.mark.mesh("direct")
+def test_a_websocket_runs_persisted_queries_by_hash(start_flow: StartFlow) -> None:
+    f = start_flow(_catalog())
+    assert _post(f, query=SEARCH, extensions=_ext(SEARCH)).json() == {"data": COATS}
+    hit = _subscribe(f, {"extensions": _ext(SEARCH)})
+    assert hit["type"] == "next" and hit["payload"] == {"data": COATS}
+    miss = _subscribe(f, {"extensions": _ext("{ flow { healthy } }")})
+    assert miss["type"] == "error"
+    assert miss["payload"][0]["extensions"]["code"] == "PERSISTED_QUERY_NOT_FOUND"
+    wrong = _subscribe(f, {"query": "{ flow { healthy } }", "extensions": _ext(SEARCH)})
+    assert wrong["payload"][0]["extensions"]["code"] == "PERSISTED_QUERY_HASH_MISMATCH"
+
+
+@pytest.mark.mesh("direct")
+def test_a_websocket_obeys_the_safelist(start_flow: StartFlow, tmp_path: Any) -> None:
+    manifest = _manifest(str(tmp_path), SEARCH)
+    f = start_flow(_catalog(persisted_queries={"mode": "safelist", "manifest": manifest}))
+    # Over HTTP first: the door learns the read-only fields at its first HTTP request.
+    assert _post(f, extensions=_ext(SEARCH)).json() == {"data": COATS}
+    assert _subscribe(f, {"extensions": _ext(SEARCH)})["payload"] == {"data": COATS}
+    assert _subscribe(f, {"query": SEARCH})["payload"] == {"data": COATS}
+    refused = _subscribe(f, {"query": "{ flow { healthy } }"})
+    assert refused["type"] == "error"
+    assert refused["payload"][0]["extensions"]["code"] == "PERSISTED_QUERY_NOT_IN_SAFELIST"
