@@ -7,6 +7,11 @@ request body size (413, ``REQUEST_TOO_LARGE``), query depth (``DEPTH_LIMIT_EXCEE
 aliases (``ALIAS_LIMIT_EXCEEDED``), operation tokens (``TOKEN_LIMIT_EXCEEDED``) and documents
 per request (``TOO_MANY_DOCUMENTS``). Malformed JSON gets a 400 with a message.
 
+Persisted operations (Apollo's automatic persisted queries, or a safelist): the guard resolves
+``extensions.persistedQuery`` before parsing (``gateway/persisted.py``), over POST, GET and
+WebSocket ``subscribe`` messages; a GET answer to a persisted query gets the configured
+``Cache-Control`` (``no-store`` when refused).
+
 ``/graphql`` answers in ``application/graphql-response+json`` when the client's ``Accept``
 prefers it (a request refused before execution: 4xx, no ``data``), else in
 ``application/json`` (200 for every GraphQL answer): ``gateway/negotiation.py``.

@@ -60,6 +60,8 @@ CHECKED: dict[tuple[str, int], str] = {
     ("docs/graphql.md", 5): "run: test_graphql_page (the typed executor)",
     ("docs/graphql.md", 6): "run: test_graphql_page",
     ("docs/graphql.md", 7): "run: test_graphql_page",
+    ("docs/graphql.md", 8): "run: test_graphql_page_persisted_queries (the options build)",
+    ("docs/graphql.md", 9): "static: test_graphql_page_persisted_queries (the manifest's keys)",
     ("docs/mesh.md", 0): "text: the topology drawing",
     ("docs/mesh.md", 1): "run: test_mesh_page_traffic_options (and its defaults)",
     ("docs/mesh.md", 2): "run: test_mesh_page_yaml_and_status",
@@ -528,6 +530,29 @@ def sdl_fields(sdl: str) -> dict[str, dict[str, set[str]]]:
             fields[field] = set(re.findall(r"(\w+)\s*:", args))
         types[name] = fields
     return types
+
+
+def test_graphql_page_persisted_queries(project: Path) -> None:
+    """The page's persisted query options build Flows (a manifest of the page's format next
+    to them), and its manifest has the keys of Apollo's format."""
+    from meshflow.spec.persisted import MANIFEST_FORMAT, sha256_hex
+
+    manifest = json.loads(block(GRAPHQL, 9, "json"))
+    assert manifest["format"] == MANIFEST_FORMAT and manifest["version"] == 1
+    assert set(manifest["operations"][0]) == {"id", "name", "type", "body"}
+    body = "query Coats { flow { healthy } }"
+    manifest["operations"][0].update(id=sha256_hex(body), body=body)
+    (project / "persisted-queries.json").write_text(json.dumps(manifest))
+    snippet = block(GRAPHQL, 8, "python") + "\nprint('built')\n"
+    done = subprocess.run(
+        [sys.executable, "-c", snippet],
+        cwd=project,
+        env=base_env(),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0 and done.stdout == "built\n", done.stderr
 
 
 def test_graphql_page(project: Path) -> None:
