@@ -228,3 +228,31 @@ def test_class_defined_in_a_script_cannot_be_saved(tmp_path: object) -> None:
     f = Flow().add(uses=Inline)
     with pytest.raises(ConfigError, match="defined in a script"):
         f.save_config(os.path.join(str(tmp_path), "x.yml"))
+
+
+def test_a_yaml_manifest_of_persisted_queries_is_relative_to_the_file(
+    tmp_path: object, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import json
+
+    from meshflow.spec.persisted import sha256_hex
+
+    body = "{ __typename }"
+    os.makedirs(os.path.join(str(tmp_path), "ops"))
+    manifest = {
+        "format": "apollo-persisted-query-manifest",
+        "version": 1,
+        "operations": [{"id": sha256_hex(body), "body": body, "name": "T", "type": "query"}],
+    }
+    write(tmp_path, json.dumps(manifest), name="ops/pq.json")
+    path = write(
+        tmp_path,
+        "with:\n  persisted_queries: {mode: safelist, manifest: ops/pq.json}\n"
+        "executors:\n  - uses: executors:Append\n",
+    )
+    monkeypatch.chdir("/")
+    f = Flow.load_config(path)
+    assert f.persisted_queries.manifest == os.path.join(str(tmp_path), "ops", "pq.json")
+    bad = write(tmp_path, "with:\n  persisted_queries: {mode: safelist, manifest: nope.json}\n")
+    with pytest.raises(ConfigError, match=r"flow\.yml:\d+: with: persisted query manifest"):
+        Flow.load_config(bad)
