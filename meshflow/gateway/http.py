@@ -26,18 +26,15 @@ WebSocket carries the token in its ``connection_init`` payload (``{"authorizatio
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import functools
 import json
-import socket
 from collections.abc import AsyncIterator, Mapping
 from http import HTTPStatus
 from importlib import resources
 from typing import Any
 
 import strawberry
-import uvicorn
 from cross_web import HTTPException  # what Strawberry's views raise for a bad request
 from graphql import GraphQLError, VariableDefinitionNode
 from opentelemetry import trace
@@ -501,116 +498,4 @@ def make_app(
     return TraceRequests(outer) if gateway.tracing else outer
 
 
-class HttpDoor:
-    """uvicorn serving :func:`make_app` on an already bound socket, in the running loop.
-
-    Request heads (request line and headers) larger than ``max_header_bytes`` are refused
-    with 431 before the app sees them; WebSocket messages are bounded by
-    ``max_message_bytes`` as HTTP bodies are.
-    """
-
-    def __init__(
-        self,
-        app: ASGIApp,
-        host: str,
-        port: int,
-        *,
-        max_header_bytes: int,
-        max_message_bytes: int,
-    ) -> None:
-        family = socket.AF_INET6 if ":" in host else socket.AF_INET
-        # IPPROTO_TCP, not 0: asyncio sets TCP_NODELAY on accepted connections only for
-        # listening sockets made so; without it each answer waits ~40 ms for a delayed ACK.
-        self.sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
-        # A restarted gateway binds its port again at once, even while connections of the
-        # previous process linger in TIME_WAIT (as every server does).
-        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            self.sock.bind((host, port))
-        except OSError as exc:
-            self.sock.close()
-            raise OSError(
-                f"the GraphQL door cannot listen on {host}:{port}: {exc.strerror}"
-            ) from None
-        self.port: int = self.sock.getsockname()[1]
-        self.config = uvicorn.Config(
-            app,
-            log_level="warning",
-            lifespan="off",
-            access_log=False,
-            # A client's address is its socket's: X-Forwarded-For from anyone on loopback
-            # (uvicorn's default trust) would let a client choose its own tarpit key.
-            proxy_headers=False,
-            http=bounded_http_protocol(max_header_bytes),
-            h11_max_incomplete_event_size=max_header_bytes,
-            ws_max_size=max_message_bytes,
-        )
-        self.server = uvicorn.Server(self.config)
-        self._ticks: asyncio.Task[None] | None = None
-
-    async def start(self) -> None:
-        # uvicorn.Server.serve() would install its own signal handlers; the gateway owns
-        # those, so run its parts: load, start on our socket, tick in the background.
-        if not self.config.loaded:
-            self.config.load()
-        self.server.lifespan = self.config.lifespan_class(self.config)
-        await self.server.startup(sockets=[self.sock])
-        self._ticks = asyncio.ensure_future(self.server.main_loop())
-
-    async def stop(self) -> None:
-        self.server.should_exit = True
-        if self._ticks is not None:
-            await self._ticks
-        await self.server.shutdown(sockets=[self.sock])
-        self.sock.close()
-
-
-def bounded_http_protocol(limit: int) -> type[asyncio.Protocol] | str:
-    """uvicorn's fast HTTP protocol (httptools) with a bound on request heads.
-
-    httptools buffers a header until it is complete, so the bound is kept on the bytes
-    received while a request's head is being read: past ``limit`` the connection gets a 431
-    and is closed. Without httptools, uvicorn's h11 protocol bounds heads itself.
-    """
-    try:
-        # lazy: optional: httptools may be absent (then uvicorn's h11 bounds heads)
-        from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
-    except ImportError:  # pragma: no cover - uvicorn[standard] brings httptools
-        return "h11"
-
-    class BoundedHeads(HttpToolsProtocol):
-        head_bytes = 0
-        in_head = True
-
-        def data_received(self, data: bytes) -> None:
-            if self.in_head:
-                end = data.find(b"\r\n\r\n")  # a body sent with the head is not head
-                self.head_bytes += len(data) if end < 0 else end + 4
-                if self.head_bytes > limit:
-                    self._refuse_head()
-                    return
-            super().data_received(data)
-
-        def on_headers_complete(self) -> None:
-            self.in_head = False
-            super().on_headers_complete()
-
-        def on_message_complete(self) -> None:
-            super().on_message_complete()
-            self.in_head, self.head_bytes = True, 0
-
-        def _refuse_head(self) -> None:
-            body = f"request head larger than {limit} bytes".encode()
-            self.transport.write(
-                b"HTTP/1.1 431 Request Header Fields Too Large\r\n"
-                b"content-type: text/plain; charset=utf-8\r\n"
-                b"content-length: " + str(len(body)).encode() + b"\r\n"
-                b"connection: close\r\n\r\n" + body
-            )
-            self.transport.close()
-
-    return BoundedHeads
-
-
-# The page of ``/`` (and of a browser's GET of ``/graphql``): package data, works offline.
 _GRAPHIQL = resources.files("meshflow.gateway").joinpath("graphiql.html").read_text("utf-8")

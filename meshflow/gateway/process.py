@@ -26,7 +26,7 @@ from meshflow.types import DEFAULT_MAX_REQUEST_BYTES
 from meshflow.voucher import Signer
 
 if TYPE_CHECKING:
-    from meshflow.gateway.http import HttpDoor
+    from meshflow.gateway.httpserver import HttpDoor
 
 
 def make_transport(topology: Topology, mesh: str, egress: str | None = None) -> Transport:
@@ -90,7 +90,8 @@ def _http_door(
 ) -> HttpDoor:
     """The GraphQL (HTTP and WebSocket) door of ``gateway`` on ``address`` (host, port)."""
     # lazy: Strawberry and uvicorn (~200 ms) load only when the GraphQL door is on
-    from meshflow.gateway.http import HttpDoor, make_app
+    from meshflow.gateway.http import make_app
+    from meshflow.gateway.httpserver import HttpDoor
 
     limits = limits or GraphQLLimits()
     return HttpDoor(
