@@ -8,6 +8,9 @@ from collections.abc import Callable, Coroutine
 from typing import Any, TypeVar
 
 import pytest
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from meshflow import (
     ConfigError,
@@ -20,6 +23,7 @@ from meshflow import (
 )
 from meshflow.executor.batching import Batcher, CallCost
 from meshflow.executor.runtime import ExecutorRuntime
+from meshflow.observability.metrics import ExecutorMetrics
 from meshflow.proto.v1 import data_request_pb2
 
 T = TypeVar("T")
@@ -419,3 +423,62 @@ def test_the_deployment_option_wins_over_the_decorator() -> None:
         runtime.close()
     with pytest.raises(ConfigError, match="does not serve"):
         ExecutorRuntime(Recorder(), name="enc", batching={"/nope": DynamicBatching()})
+
+
+def test_the_batched_call_is_one_span_linked_to_the_requests_it_served() -> None:
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    tracer = provider.get_tracer("test")
+
+    async def traced(runtime: ExecutorRuntime, rid: str, *texts: str) -> bytes:
+        with tracer.start_as_current_span(f"request {rid}"):
+            return await runtime.process(request(rid, *texts))
+
+    async def main() -> None:
+        executor = Recorder()
+        executor.gate = asyncio.Event()
+        runtime = ExecutorRuntime(executor, name="enc", tracer=tracer)
+        batcher = runtime.batcher("/encode")
+        assert batcher is not None
+        try:
+            first = asyncio.ensure_future(traced(runtime, "first", "f"))
+            await until(lambda: len(executor.calls) == 1)
+            rest = [asyncio.ensure_future(traced(runtime, r, r + "0")) for r in "abc"]
+            await until(lambda: batcher.waiting == 3)
+            executor.gate.set()
+            await asyncio.gather(first, *rest)
+        finally:
+            runtime.close()
+
+    run(main())
+    finished = exporter.get_finished_spans()
+    spans = {s.name: s for s in finished}
+    batches = [s for s in finished if s.name == "enc /encode batch"]
+    assert len(batches) == 2  # the first request alone, then a, b and c together
+    shared = next(s for s in batches if s.attributes["meshflow.batch.requests"] == 3)
+    served = [spans[f"request {r}"].context.span_id for r in "abc"]
+    assert [link.context.span_id for link in shared.links] == served
+    assert shared.parent is not None and shared.parent.span_id == served[0]
+    assert shared.attributes["meshflow.batch.docs"] == 3
+    assert spans["request b"].attributes["meshflow.batch.requests"] == 3
+
+
+def test_batch_sizes_and_waits_are_in_the_executor_metrics() -> None:
+    metrics = ExecutorMetrics("enc")
+
+    async def main() -> None:
+        executor = Recorder()
+        runtime = ExecutorRuntime(executor, name="enc", metrics=metrics)
+        try:
+            await gated(runtime, executor, [request(r, r + "0", r + "1") for r in "abc"])
+        finally:
+            runtime.close()
+
+    run(main())
+    text = metrics.exposition().decode()
+    labels = '{deployment="enc",endpoint="/encode"}'
+    assert f"meshflow_executor_batch_size_count{labels} 2.0" in text
+    assert f"meshflow_executor_batch_size_sum{labels} 7.0" in text  # 1, then 3 x 2
+    assert f"meshflow_executor_batch_requests_sum{labels} 4.0" in text
+    assert f"meshflow_executor_batch_wait_seconds_count{labels} 4.0" in text
