@@ -18,6 +18,7 @@ from meshflow.executor.loader import (
 )
 from meshflow.gateway.topology import normalise_polling
 from meshflow.spec.batching import DynamicBatching, batching_by_endpoint
+from meshflow.spec.devices import check_devices
 from meshflow.spec.flow import DeploymentSpec
 from meshflow.spec.policy import (
     CircuitBreaker,
@@ -50,6 +51,8 @@ def make_deployment(
     outlier_detection: Any = None,
     circuit_breaker: Any = None,
     uses_dynamic_batching: Any = None,
+    gpus: Any = 0,
+    devices: Any = None,
 ) -> DeploymentSpec:
     """Validate the arguments of ``Flow.add`` and build a :class:`DeploymentSpec`."""
     if not isinstance(name, str) or not _NAME.match(name):
@@ -85,6 +88,9 @@ def make_deployment(
     if shards > 1:
         _warn_writes_to_any_shard(cls, polled, deployment=name)
     batching = _batching(cls, uses_dynamic_batching, deployment=name)
+    if env is not None and not isinstance(env, Mapping):
+        raise ConfigError(f"deployment {name!r}: env must be a mapping of variables")
+    gpus, devices = check_devices(gpus, devices, env or {}, deployment=name)
     needs_tuple = (needs,) if isinstance(needs, str) else tuple(needs)
     if not needs_tuple or not all(isinstance(n, str) for n in needs_tuple):
         raise ConfigError(f"deployment {name!r}: needs must name deployments or 'gateway'")
@@ -110,6 +116,8 @@ def make_deployment(
             circuit_breaker, deployment=name, option="circuit_breaker"
         ),
         uses_dynamic_batching=batching,
+        gpus=gpus,
+        devices=devices,
     )
 
 

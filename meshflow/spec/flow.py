@@ -153,6 +153,10 @@ class DeploymentSpec:
         default_factory=dict, metadata=meta(coerce=_batching, save=_save_batching)
     )
     """Dynamic batching per endpoint, over the methods' own ``@dynamic_batching``."""
+    gpus: int = 0
+    """Accelerators per replica (see :mod:`meshflow.spec.devices`)."""
+    devices: tuple[str, ...] = ()
+    """Device ids the replicas take in turn; empty: the Flow's ``CUDA_VISIBLE_DEVICES``."""
     ref: str | None = field(default=None, metadata=meta(yaml=False))
     """How a fresh interpreter imports the class (``'pkg.module:Class'``), or None when it
     must be shipped pickled (a class defined in a script)."""

@@ -77,6 +77,8 @@ DEPLOYMENT_VALUES: dict[str, Any] = {
     "outlier_detection": OutlierDetection(consecutive_failures=9),
     "circuit_breaker": CircuitBreaker(max_requests=10),
     "uses_dynamic_batching": {"/default": DynamicBatching(preferred_batch_size=8, timeout=2.5)},
+    "gpus": 1,
+    "devices": ("0", "3"),
 }
 
 
