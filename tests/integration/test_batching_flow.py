@@ -24,7 +24,8 @@ mutation($on: String!, $docs: [DocumentInput!], $parameters: JSON) {
 
 def sizes(flow: Flow) -> list[int]:
     [results] = [r.results for r in flow.post("/sizes", return_responses=True)]
-    return [int(n) for n in results["batches"]["sizes"]]
+    [report] = results.values()  # the one deployment's
+    return [int(n) for n in report["sizes"]]
 
 
 def docs_of(rid: str, n: int) -> DocumentArray:
@@ -34,7 +35,7 @@ def docs_of(rid: str, n: int) -> DocumentArray:
 def test_concurrent_requests_share_one_call_and_get_their_own_documents(
     start_flow: StartFlow,
 ) -> None:
-    f = start_flow(Flow().add(uses="executors:Batches", name="batches"))
+    f = start_flow(Flow().add(uses="batching_executors:Batches", name="batches"))
 
     async def send() -> list[DocumentArray]:
         async with AsyncClient(port=f.port, timeout=60) as client:
@@ -58,9 +59,8 @@ def test_concurrent_requests_share_one_call_and_get_their_own_documents(
 @pytest.mark.mesh("direct")
 def test_requests_with_different_parameters_go_in_separate_calls(start_flow: StartFlow) -> None:
     batching = {"/encode": {"preferred_batch_size": 6, "timeout": 300}}
-    f = start_flow(
-        Flow().add(uses="executors:Batches", name="batches", uses_dynamic_batching=batching)
-    )
+    flow = Flow().add(uses="batching_executors:Batches", name="b", uses_dynamic_batching=batching)
+    f = start_flow(flow)
 
     async def send() -> list[DocumentArray]:
         async with AsyncClient(port=f.port, timeout=60) as client:
@@ -78,7 +78,7 @@ def test_requests_with_different_parameters_go_in_separate_calls(start_flow: Sta
 
 
 def test_graphql_posts_share_one_call(start_flow: StartFlow) -> None:
-    f = start_flow(Flow().add(uses="executors:Batches", name="batches"))
+    f = start_flow(Flow().add(uses="batching_executors:Batches", name="batches"))
 
     def post(rid: str) -> dict[str, Any]:
         docs = [{"id": f"{rid}{i}", "text": f"{rid}{i}"} for i in range(2)]

@@ -29,7 +29,7 @@ def test_replicas_are_spread_over_the_flows_devices(
 ) -> None:
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "4,7")
     flow = Flow().add(
-        uses="executors:Environment", name="gpu", replicas=3, gpus=1, lb="round_robin"
+        uses="batching_executors:Environment", name="gpu", replicas=3, gpus=1, lb="round_robin"
     )
     f = start_flow(flow)
     assert seen(f, 3) == {0: "4", 1: "7", 2: "4"}
@@ -38,7 +38,7 @@ def test_replicas_are_spread_over_the_flows_devices(
 @pytest.mark.mesh("direct")
 def test_jinas_round_robin_and_explicit_devices(start_flow: StartFlow) -> None:
     f = Flow()
-    f.add(uses="executors:Environment", name="rr", replicas=2, needs="gateway",
+    f.add(uses="batching_executors:Environment", name="rr", replicas=2, needs="gateway",
           env={"CUDA_VISIBLE_DEVICES": "RR"}, devices=["2", "3"])  # fmt: skip
     f = start_flow(f)
     assert seen(f, 2) == {0: "2", 1: "3"}
