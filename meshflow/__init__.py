@@ -20,12 +20,13 @@ from meshflow.errors import (
     UnauthenticatedError,
     UnavailableError,
 )
-from meshflow.executor import Executor, RuntimeArgs, requests
+from meshflow.executor import Executor, RuntimeArgs, dynamic_batching, requests
 from meshflow.flow import Flow
 from meshflow.gateway.auth import mint as mint_token
 from meshflow.identity import Identity
 from meshflow.spec.admission import AdmissionPolicy
 from meshflow.spec.auth import JWTAuth
+from meshflow.spec.batching import DynamicBatching
 from meshflow.spec.limits import GraphQLLimits
 from meshflow.spec.persisted import PersistedQueries
 from meshflow.spec.policy import CircuitBreaker, HealthCheck, OutlierDetection, RetryPolicy
@@ -42,6 +43,7 @@ __all__ = [
     "DeadlineExceeded",
     "Document",
     "DocumentArray",
+    "DynamicBatching",
     "Executor",
     "ExecutorError",
     "Flow",
@@ -63,6 +65,7 @@ __all__ = [
     "UnauthenticatedError",
     "UnavailableError",
     "__version__",
+    "dynamic_batching",
     "mint_token",
     "requests",
 ]

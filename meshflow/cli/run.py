@@ -215,6 +215,7 @@ def _executor(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
             else (launch.metrics_host, launch.metrics_port),
             tracing=tracing,
             gateway_key=gateway_key,
+            batching=launch.dynamic_batching,
         )
     )
     return 0

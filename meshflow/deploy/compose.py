@@ -68,6 +68,7 @@ from meshflow.mesh.config import (
     replica_sidecar,
     shard_cluster,
 )
+from meshflow.spec.devices import gpus_per_replica, without_round_robin
 from meshflow.spec.flow import DeploymentSpec, FlowSpec
 
 JAEGER_IMAGE = "jaegertracing/all-in-one:1.62.0"
@@ -214,13 +215,22 @@ class _Export:
             **self.build,
             "user": USER,
             "command": command,
-            "environment": {**self.common_env, **dict(dep.env)},
+            "environment": {**self.common_env, **without_round_robin(dep.env)},
             # The gateway's public key only: executors check its vouchers.
             "volumes": [f"{volume}:/workspace"]
             + ([f"gateway-key:{GATEWAY_KEY_DIR}:ro"] if spec.auth is not None else []),
             "healthcheck": _ping(EXECUTOR_PORT),
             "restart": "unless-stopped",
         }
+        gpus = gpus_per_replica(dep.gpus, dep.env)
+        if gpus:
+            self.services[label]["deploy"] = {
+                "resources": {
+                    "reservations": {
+                        "devices": [{"driver": "nvidia", "count": gpus, "capabilities": ["gpu"]}]
+                    }
+                }
+            }
         if spec.auth is not None:
             self.services[label]["depends_on"] = {**self.certs_done}
         config = self.envoy_file(

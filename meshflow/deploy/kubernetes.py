@@ -76,6 +76,7 @@ from meshflow.mesh.config import (
     replica_sidecar,
     shard_cluster,
 )
+from meshflow.spec.devices import gpus_per_replica, without_round_robin
 from meshflow.spec.flow import DeploymentSpec, FlowSpec
 
 PKI = "/etc/meshflow/pki"
@@ -276,10 +277,14 @@ def _executor_pod(
         "executor",
         image,
         command,
-        common_env + [{"name": k, "value": v} for k, v in sorted(dep.env.items())],
+        common_env
+        + [{"name": k, "value": v} for k, v in sorted(without_round_robin(dep.env).items())],
         EXECUTOR_PORT,
         [{"name": "workspace", "mountPath": "/workspace"}],
     )
+    gpus = gpus_per_replica(dep.gpus, dep.env)
+    if gpus:  # the device plugin picks them and sets CUDA_VISIBLE_DEVICES
+        executor["resources"]["limits"]["nvidia.com/gpu"] = str(gpus)
     pod_volumes: list[dict[str, Any]] = [
         {"name": "workspace", "emptyDir": {}},
         {"name": "envoy", "configMap": {"name": f"{name}-envoy"}},

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any, TypeVar, overload
+from typing import Any, Literal, TypeVar, overload
 
+from meshflow.spec.batching import AUTO, DynamicBatching
 from meshflow.types import DEFAULT_ENDPOINT, REDUCE_RULES
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -12,6 +13,7 @@ F = TypeVar("F", bound=Callable[..., Any])
 ENDPOINTS_ATTR = "__meshflow_endpoints__"
 READ_ONLY_ATTR = "__meshflow_read_only__"
 REDUCE_ATTR = "__meshflow_reduce__"
+BATCHING_ATTR = "__meshflow_batching__"
 
 
 def _normalise(on: str) -> str:
@@ -112,4 +114,41 @@ def requests(
 
     if func is not None:
         return mark(func)
+    return mark
+
+
+def dynamic_batching(
+    *, preferred_batch_size: int = 16, timeout: float | Literal["auto"] = AUTO
+) -> Callable[[F], F]:
+    """Let concurrent requests to this endpoint share one call of the method (per replica).
+
+    The runtime gathers the documents of requests that arrive together, calls the method once
+    with one DocumentArray, and answers each request with exactly its own documents, in its
+    order. ``timeout`` is the most milliseconds the first waiting request waits for
+    ``preferred_batch_size`` documents (Jina's meaning); ``'auto'`` (the default) waits only
+    while a call of the endpoint is running, so a lone request never waits::
+
+        class Encoder(Executor):
+            @requests(on='/encode')
+            @dynamic_batching(preferred_batch_size=32, timeout='auto')
+            def encode(self, docs, **kwargs):
+                docs.embeddings = self.model.encode(docs.texts)
+
+    Requests with different ``parameters`` (or, for methods that take ``auth``, different
+    callers) are never merged; a request with more documents than ``preferred_batch_size``
+    runs alone. The method must change the documents in place or return as many documents
+    as it got, in the same order; a returned dict goes to every request of the batch. A
+    Flow's ``uses_dynamic_batching`` overrides this per deployment. See ``docs/batching.md``.
+    """
+    options = DynamicBatching(
+        preferred_batch_size=preferred_batch_size,
+        timeout=timeout,
+    )
+
+    def mark(fn: F) -> F:
+        if not callable(fn):
+            raise TypeError(f"@dynamic_batching decorates methods, got {fn!r}")
+        setattr(fn, BATCHING_ATTR, options)
+        return fn
+
     return mark

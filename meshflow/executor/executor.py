@@ -9,8 +9,14 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from meshflow.errors import ConfigError
-from meshflow.executor.decorators import ENDPOINTS_ATTR, READ_ONLY_ATTR, REDUCE_ATTR
+from meshflow.executor.decorators import (
+    BATCHING_ATTR,
+    ENDPOINTS_ATTR,
+    READ_ONLY_ATTR,
+    REDUCE_ATTR,
+)
 from meshflow.executor.parameters import params_type
+from meshflow.spec.batching import DynamicBatching
 from meshflow.types import StateScope
 
 STATE_SCOPES: tuple[StateScope, ...] = ("none", "workspace", "process")
@@ -45,6 +51,8 @@ class EndpointMethod:
     """A dataclass the request's parameters are turned into, if the method declares one."""
     reduce: Mapping[str, str] = field(default_factory=dict)
     """How several shards' results combine, per results key (``@requests(reduce=...)``)."""
+    batching: DynamicBatching | None = None
+    """``@dynamic_batching`` of the method, if it has one."""
 
 
 class Executor:
@@ -95,6 +103,7 @@ class Executor:
                 read_only = set(getattr(value, READ_ONLY_ATTR, ()))
                 typed = params_type(value)
                 reduce = getattr(value, REDUCE_ATTR, {})
+                batching = getattr(value, BATCHING_ATTR, None)
                 for endpoint in names:
                     found[endpoint] = EndpointMethod(
                         endpoint,
@@ -103,6 +112,7 @@ class Executor:
                         read_only=endpoint in read_only,
                         params=typed,
                         reduce=reduce.get(endpoint, {}),
+                        batching=batching,
                     )
         cls.endpoints = found
 

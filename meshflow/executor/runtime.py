@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import functools
+import json
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Hashable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
 
@@ -29,7 +31,8 @@ from meshflow.document.proto import (
     struct_to_dict,
     unchanged_on_wire,
 )
-from meshflow.errors import BadRequestError, UnverifiedIdentityError
+from meshflow.errors import BadRequestError, ConfigError, UnverifiedIdentityError
+from meshflow.executor.batching import Batcher
 from meshflow.executor.describe import describe_endpoints
 from meshflow.executor.executor import EndpointMethod, Executor
 from meshflow.executor.parameters import build as build_params
@@ -38,6 +41,7 @@ from meshflow.grpc_lifecycle import serve_forever
 from meshflow.observability.metrics import ExecutorMetrics
 from meshflow.observability.tracing import shutdown_tracing
 from meshflow.proto.v1 import data_request_pb2, services_pb2
+from meshflow.spec.batching import DynamicBatching
 from meshflow.types import DEFAULT_ENDPOINT
 from meshflow.voucher import Verifier, identity_of
 from meshflow.wire import EXECUTOR_ENDPOINTS, EXECUTOR_PROCESS, grpc_status
@@ -49,6 +53,8 @@ log = logging.getLogger("meshflow.executor")
 
 _SERVICE = "meshflow.v1.ExecutorService"
 
+TimeRemaining = Callable[[], float | None]
+
 
 class ExecutorRuntime:
     """Runs requests against one Executor instance.
@@ -56,6 +62,9 @@ class ExecutorRuntime:
     Async endpoints run on the event loop; sync endpoints run in a thread pool of
     ``sync_workers`` threads (one by default, so an Executor's state is never touched by two
     threads at once), so that health checks keep answering while a sync model works.
+
+    Endpoints with dynamic batching (``@dynamic_batching`` on the method, or ``batching``, the
+    deployment's ``uses_dynamic_batching``, which wins) go through a :class:`Batcher` each.
     """
 
     def __init__(
@@ -67,6 +76,7 @@ class ExecutorRuntime:
         metrics: ExecutorMetrics | None = None,
         tracer: Tracer | None = None,
         verifier: Verifier | None = None,
+        batching: Mapping[str, DynamicBatching] | None = None,
     ) -> None:
         self.executor = executor
         self.verifier = verifier
@@ -77,8 +87,44 @@ class ExecutorRuntime:
         self.tracer = tracer
         self._pool = ThreadPoolExecutor(max_workers=sync_workers, thread_name_prefix=name)
         self._endpoints = type(executor).endpoints
+        self._batchers = self._make_batchers(batching or {}, sync_workers)
+
+    def _make_batchers(
+        self, overrides: Mapping[str, DynamicBatching], sync_workers: int
+    ) -> dict[str, Batcher]:
+        unknown = sorted(set(overrides) - set(self._endpoints))
+        if unknown:
+            raise ConfigError(
+                f"executor {self.name!r}: dynamic batching for {', '.join(unknown)}, which "
+                f"{type(self.executor).__name__} does not serve (its endpoints: "
+                f"{', '.join(sorted(self._endpoints)) or 'none'})"
+            )
+        batchers = {}
+        for name, spec in self._endpoints.items():
+            options = overrides.get(name) or spec.batching
+            if options is None:
+                continue
+            on_batch = None
+            if self.metrics is not None:
+                on_batch = functools.partial(self.metrics.observe_batch, name)
+            batchers[name] = Batcher(
+                options,
+                functools.partial(self._batch_call, spec),
+                concurrency=1 if spec.is_async else sync_workers,
+                deployment=self.name,
+                endpoint=name,
+                tracer=self.tracer,
+                on_batch=on_batch,
+            )
+        return batchers
+
+    def batcher(self, endpoint: str) -> Batcher | None:
+        """The batcher of ``endpoint``, if it batches."""
+        return self._batchers.get(endpoint)
 
     def close(self) -> None:
+        for batcher in self._batchers.values():
+            batcher.close()
         self._pool.shutdown(wait=False, cancel_futures=True)
 
     def endpoint_for(self, endpoint: str) -> EndpointMethod | None:
@@ -87,22 +133,28 @@ class ExecutorRuntime:
             endpoint = DEFAULT_ENDPOINT
         return self._endpoints.get(endpoint) or self._endpoints.get(DEFAULT_ENDPOINT)
 
-    async def process(self, data: bytes) -> bytes:
+    async def process(self, data: bytes, time_remaining: TimeRemaining | None = None) -> bytes:
         """Run one serialized DataRequest and return the serialized answer.
 
         On the last hop of a traversal (``header.last_hop``) with ``header.fields`` set, the
         answer keeps only those document fields: embeddings and tensors nobody asked for never
-        leave the mesh.
+        leave the mesh. ``time_remaining``: the call's (seconds or None), for a request that
+        waits for its batch.
         """
         head = data_request_pb2.DataRequestHead.FromString(data)
-        answer = await self._process(data, head)
+        answer = await self._process(data, head, time_remaining)
         if head.header.last_hop and head.header.fields:
             pruned = data_request_pb2.DataRequest.FromString(answer)
             prune(pruned.docs, head.header.fields)
             return pruned.SerializeToString()
         return answer
 
-    async def _process(self, data: bytes, head: data_request_pb2.DataRequestHead) -> bytes:
+    async def _process(
+        self,
+        data: bytes,
+        head: data_request_pb2.DataRequestHead,
+        time_remaining: TimeRemaining | None = None,
+    ) -> bytes:
         target = head.header.target_executor
         if target and target != self.name:
             return data
@@ -119,7 +171,8 @@ class ExecutorRuntime:
             docs = documents_from_proto(request.docs)
         except ValueError as exc:  # an array whose bytes, dtype and shape disagree
             raise BadRequestError(f"executor {self.name!r}: {exc}") from None
-        parameters: Any = for_executor(struct_to_dict(request.parameters), self.name)
+        raw_parameters = for_executor(struct_to_dict(request.parameters), self.name)
+        parameters: Any = raw_parameters
         if spec.params is not None:
             try:
                 parameters = build_params(spec.params, parameters, spec.name)
@@ -134,7 +187,8 @@ class ExecutorRuntime:
             "request_id": request.header.request_id,
             "auth": identity,
         }
-        if spec.accepts is not None:
+        batcher = self._batchers.get(spec.name) if self._batchers else None
+        if spec.accepts is not None and batcher is None:
             kwargs = {k: v for k, v in kwargs.items() if k in spec.accepts}
         method: Callable[..., Any] = getattr(self.executor, spec.method)
         timing = [started, started]  # when the method started and ended
@@ -143,7 +197,11 @@ class ExecutorRuntime:
             self.metrics.in_flight.inc()
         try:
             try:
-                if self.tracer is not None and _in_trace():
+                if batcher is not None:
+                    docs, result = await self._batched(
+                        batcher, spec, docs, kwargs, raw_parameters, timing, time_remaining
+                    )
+                elif self.tracer is not None and _in_trace():
                     result = await self._traced(spec, method, kwargs, timing, len(request.docs))
                 else:
                     result = await self._invoke(spec, method, kwargs, timing)
@@ -178,6 +236,53 @@ class ExecutorRuntime:
             (time.perf_counter() - started) * 1e3,
         )
         return answer
+
+    async def _batched(
+        self,
+        batcher: Batcher,
+        spec: EndpointMethod,
+        docs: DocumentArray,
+        kwargs: dict[str, Any],
+        raw_parameters: Any,
+        timing: list[float],
+        time_remaining: TimeRemaining | None,
+    ) -> tuple[DocumentArray, Any]:
+        """Run the request in a batch: its own documents back, and the method's result."""
+        # Requests that would see different arguments never share a call.
+        same = json.dumps(raw_parameters, sort_keys=True, default=str)
+        key: Hashable = (kwargs["endpoint"], same)
+        if spec.accepts is None or "auth" in spec.accepts:
+            key = (kwargs["endpoint"], same, kwargs["auth"])
+        span = None
+        if self.tracer is not None and _in_trace():
+            span = trace.get_current_span().get_span_context()
+        served = await batcher.submit(
+            docs,
+            key=key,
+            kwargs=kwargs,
+            time_remaining=time_remaining() if time_remaining is not None else None,
+            span=span,
+        )
+        timing[0], timing[1] = served.started, served.ended
+        if self.metrics is not None:
+            self.metrics.observe_batch_wait(spec.name, served.waited)
+        if span is not None:
+            current = trace.get_current_span()
+            current.set_attribute("meshflow.batch.docs", served.batch_docs)
+            current.set_attribute("meshflow.batch.requests", served.batch_requests)
+        return served.docs, served.result
+
+    async def _batch_call(
+        self, spec: EndpointMethod, docs: DocumentArray, kwargs: dict[str, Any]
+    ) -> tuple[Any, float, float]:
+        """One call of ``spec``'s method on a batch, with its first request's arguments."""
+        kwargs = {**kwargs, "docs": docs}
+        if spec.accepts is not None:
+            kwargs = {k: v for k, v in kwargs.items() if k in spec.accepts}
+        method: Callable[..., Any] = getattr(self.executor, spec.method)
+        timing = [0.0, 0.0]
+        result = await self._invoke(spec, method, kwargs, timing)
+        return result, timing[0], timing[1]
 
     async def _invoke(
         self,
@@ -276,7 +381,7 @@ def _handlers(runtime: ExecutorRuntime) -> grpc.GenericRpcHandler:
         try:
             if runtime.tracer is not None:
                 return await _traced_process(runtime, data, context)
-            return await runtime.process(data)
+            return await runtime.process(data, context.time_remaining)
         except DecodeError:
             await context.abort(grpc_status(BadRequestError), "malformed DataRequest")
             raise  # unreachable: abort raises
@@ -321,7 +426,7 @@ async def _traced_process(
     if not _sampled_parent(carrier.get("traceparent", "")):
         # Envoy's ingress span passes an unsampled traceparent on every request the gateway
         # did not trace: no span for those (nor for a request without one).
-        return await runtime.process(data)
+        return await runtime.process(data, context.time_remaining)
     with runtime.tracer.start_as_current_span(
         EXECUTOR_PROCESS,
         context=propagate.extract(carrier),
@@ -333,7 +438,7 @@ async def _traced_process(
             "meshflow.deployment": runtime.name,
         },
     ):
-        return await runtime.process(data)
+        return await runtime.process(data, context.time_remaining)
 
 
 async def serve_executor(
@@ -347,12 +452,14 @@ async def serve_executor(
     metrics: tuple[str, int] | None = None,
     tracing: bool = False,
     gateway_key: bytes | None = None,
+    batching: Mapping[str, DynamicBatching] | None = None,
 ) -> None:
     """Serve ``executor`` on ``address`` (``host:port`` or ``unix:/path``) until stopped;
     with ``gateway_key`` (the gateway's public key, PEM), only identities the gateway vouched
     for, on every request;
     with ``metrics`` (host, port), Prometheus ``/metrics`` too; with ``tracing`` (set up by
-    the caller), a span per endpoint call."""
+    the caller), a span per endpoint call; ``batching``: dynamic batching per endpoint, over
+    the methods' own ``@dynamic_batching``."""
     exporter = None
     if metrics is not None:
         exporter = ExecutorMetrics(name)
@@ -366,6 +473,7 @@ async def serve_executor(
         metrics=exporter,
         tracer=tracer,
         verifier=Verifier(gateway_key) if gateway_key else None,
+        batching=batching,
     )
 
     def register(server: grpc.aio.Server) -> None:

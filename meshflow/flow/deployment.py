@@ -17,6 +17,8 @@ from meshflow.executor.loader import (
     read_executor_yaml,
 )
 from meshflow.gateway.topology import normalise_polling
+from meshflow.spec.batching import DynamicBatching, batching_by_endpoint
+from meshflow.spec.devices import check_devices
 from meshflow.spec.flow import DeploymentSpec
 from meshflow.spec.policy import (
     CircuitBreaker,
@@ -48,6 +50,9 @@ def make_deployment(
     health_check: Any = None,
     outlier_detection: Any = None,
     circuit_breaker: Any = None,
+    uses_dynamic_batching: Any = None,
+    gpus: Any = 0,
+    devices: Any = None,
 ) -> DeploymentSpec:
     """Validate the arguments of ``Flow.add`` and build a :class:`DeploymentSpec`."""
     if not isinstance(name, str) or not _NAME.match(name):
@@ -79,9 +84,13 @@ def make_deployment(
             f"'path/file.py:Class' or 'executor.yml', got {uses!r}"
         )
     polled = normalise_polling(polling, deployment=name)
+    cls = load_class(uses) if isinstance(uses, str) else uses
     if shards > 1:
-        cls = load_class(uses) if isinstance(uses, str) else uses
         _warn_writes_to_any_shard(cls, polled, deployment=name)
+    batching = _batching(cls, uses_dynamic_batching, deployment=name)
+    if env is not None and not isinstance(env, Mapping):
+        raise ConfigError(f"deployment {name!r}: env must be a mapping of variables")
+    gpus, devices = check_devices(gpus, devices, env or {}, deployment=name)
     needs_tuple = (needs,) if isinstance(needs, str) else tuple(needs)
     if not needs_tuple or not all(isinstance(n, str) for n in needs_tuple):
         raise ConfigError(f"deployment {name!r}: needs must name deployments or 'gateway'")
@@ -89,7 +98,7 @@ def make_deployment(
         name=name,
         uses=uses,
         ref=uses if isinstance(uses, str) else class_ref(uses),
-        resolved=load_class(uses) if isinstance(uses, str) else uses,
+        resolved=cls,
         uses_with=merged_with,
         replicas=replicas,
         shards=shards,
@@ -106,7 +115,25 @@ def make_deployment(
         circuit_breaker=CircuitBreaker.from_value(
             circuit_breaker, deployment=name, option="circuit_breaker"
         ),
+        uses_dynamic_batching=batching,
+        gpus=gpus,
+        devices=devices,
     )
+
+
+def _batching(cls: type[Executor], value: Any, *, deployment: str) -> dict[str, DynamicBatching]:
+    """``uses_dynamic_batching`` checked: typed options, for endpoints ``cls`` serves."""
+    where = f"deployment {deployment!r}: uses_dynamic_batching"
+    batching = batching_by_endpoint(value, where=where)
+    endpoints = getattr(cls, "endpoints", {})
+    unknown = sorted(set(batching) - set(endpoints))
+    if unknown:
+        raise ConfigError(
+            f"deployment {deployment!r}: uses_dynamic_batching names {', '.join(unknown)}, "
+            f"which {cls.__name__} does not serve; its endpoints: "
+            f"{', '.join(sorted(endpoints)) or 'none'}"
+        )
+    return batching
 
 
 def _warn_writes_to_any_shard(

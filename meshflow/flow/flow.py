@@ -24,6 +24,7 @@ from meshflow.observability.tracing import (
     tracing_requested,
     warn_if_no_collector,
 )
+from meshflow.spec.batching import DynamicBatching
 from meshflow.spec.flow import DeploymentSpec, FlowSpec, coerced
 from meshflow.spec.policy import CircuitBreaker, HealthCheck, OutlierDetection, RetryPolicy
 
@@ -140,6 +141,9 @@ class Flow(Posting):
         health_check: HealthCheck | Mapping[str, Any] | None = None,
         outlier_detection: OutlierDetection | Mapping[str, Any] | None = None,
         circuit_breaker: CircuitBreaker | Mapping[str, Any] | None = None,
+        uses_dynamic_batching: Mapping[str, DynamicBatching | Mapping[str, Any]] | None = None,
+        gpus: int = 0,
+        devices: Sequence[str] | None = None,
     ) -> Flow:
         """Add a deployment of the Executor ``uses`` and return the Flow, to chain calls.
 
@@ -165,6 +169,16 @@ class Flow(Posting):
             health_check: :class:`~meshflow.HealthCheck` (active gRPC health checks).
             outlier_detection: :class:`~meshflow.OutlierDetection` (eject failing replicas).
             circuit_breaker: :class:`~meshflow.CircuitBreaker` (limits on calls in flight).
+            uses_dynamic_batching: per endpoint, a :class:`~meshflow.DynamicBatching` (or a
+                mapping of its fields): concurrent requests to it share one call of the
+                method, in each replica; wins over the method's ``@dynamic_batching``, e.g.
+                ``{'/encode': {'preferred_batch_size': 16, 'timeout': 'auto'}}``.
+            gpus: accelerators per replica: the replicas take devices in turn from
+                ``devices`` (or the Flow process's ``CUDA_VISIBLE_DEVICES``), and each sees
+                only its own through ``CUDA_VISIBLE_DEVICES``; exports request
+                ``nvidia.com/gpu``. ``env={'CUDA_VISIBLE_DEVICES': 'RR'}`` (Jina's) is
+                ``gpus=1``.
+            devices: device ids to spread the replicas over, e.g. ``['0', '1']``.
         """
         if self._runtime is not None:
             raise ConfigError("cannot add deployments to a running Flow; stop it first")
@@ -189,6 +203,9 @@ class Flow(Posting):
             health_check=health_check,
             outlier_detection=outlier_detection,
             circuit_breaker=circuit_breaker,
+            uses_dynamic_batching=uses_dynamic_batching,
+            gpus=gpus,
+            devices=devices,
         )
         self._spec = self._spec.with_deployment(dep)
         return self

@@ -34,6 +34,7 @@ from meshflow.processes import (
     stop_all,
     wait_all_ready,
 )
+from meshflow.spec.devices import replica_devices
 from meshflow.spec.flow import DeploymentSpec, FlowSpec
 from meshflow.spec.launch import ExecutorLaunch, GatewayLaunch, Observability
 from meshflow.spec.names import state_file, targets_file
@@ -217,7 +218,18 @@ class LocalRuntime:
             command=meshflow_command(*launch.to_argv()),
             log_path=os.path.join(self.log_dir, f"{label}.log"),
             ready_file=ready,
-            env={**self._observability_env(), **dep.env},
+            env={
+                **self._observability_env(),
+                **dep.env,
+                **replica_devices(
+                    gpus=dep.gpus,
+                    devices=dep.devices,
+                    env=dep.env,
+                    index=shard * dep.replicas + replica,
+                    environ=os.environ,
+                    deployment=dep.name,
+                ),
+            },
             cleanup=[sock],
         )
         assert self.mesh is not None

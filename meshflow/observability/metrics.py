@@ -10,10 +10,14 @@ Executor series, labelled ``deployment`` and ``endpoint``:
 - ``meshflow_executor_requests_total`` (also ``status``: ``ok`` / ``error``)
 - ``meshflow_executor_errors_total`` (also ``exception``: the exception's type name)
 - ``meshflow_executor_request_seconds``: time in the executor, queue included
-- ``meshflow_executor_queue_seconds``: waiting for a worker thread (0 for async endpoints)
+- ``meshflow_executor_queue_seconds``: waiting before the method ran: for a worker thread,
+  and for its batch (0 for async endpoints without batching)
 - ``meshflow_executor_processing_seconds``: the endpoint method itself
 - ``meshflow_executor_documents_total``
 - ``meshflow_executor_requests_in_flight`` (``deployment`` only)
+- ``meshflow_executor_batch_size``: documents per call of a batching endpoint
+- ``meshflow_executor_batch_requests``: requests one call of a batching endpoint served
+- ``meshflow_executor_batch_wait_seconds``: time a request waited in its batch queue
 
 Gateway series, labelled ``door`` (grpc, graphql, websocket, http) and ``endpoint``:
 
@@ -37,6 +41,7 @@ from typing import Any
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 from prometheus_client.exposition import generate_latest
 
+BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
 BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 MAX_ENDPOINTS = 64
 
@@ -136,7 +141,38 @@ class ExecutorMetrics(_Metrics):
             ("deployment",),
             registry=r,
         ).labels(deployment)
+        self.batch_size = Histogram(
+            "meshflow_executor_batch_size",
+            "Documents per call of a batching endpoint",
+            labels,
+            buckets=BATCH_BUCKETS,
+            registry=r,
+        )
+        self.batch_requests = Histogram(
+            "meshflow_executor_batch_requests",
+            "Requests one call of a batching endpoint served",
+            labels,
+            buckets=BATCH_BUCKETS,
+            registry=r,
+        )
+        self.batch_wait = Histogram(
+            "meshflow_executor_batch_wait_seconds",
+            "Time a request waited in its endpoint's batch queue",
+            labels,
+            buckets=BUCKETS,
+            registry=r,
+        )
         self._bound: dict[str, tuple[Any, ...]] = {}
+
+    def observe_batch(self, endpoint: str, docs: int, requests: int) -> None:
+        """Record one call of a batching endpoint."""
+        endpoint = self.endpoint(endpoint)
+        self.batch_size.labels(self.deployment, endpoint).observe(docs)
+        self.batch_requests.labels(self.deployment, endpoint).observe(requests)
+
+    def observe_batch_wait(self, endpoint: str, seconds: float) -> None:
+        """Record how long one request waited for its batch."""
+        self.batch_wait.labels(self.deployment, self.endpoint(endpoint)).observe(seconds)
 
     def observe(
         self,

@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from meshflow.errors import ConfigError
 from meshflow.spec.admission import AdmissionPolicy
 from meshflow.spec.auth import JWTAuth
+from meshflow.spec.batching import DynamicBatching, batching_by_endpoint
 from meshflow.spec.limits import GraphQLLimits
 from meshflow.spec.persisted import PersistedQueries, read_manifest
 from meshflow.spec.policy import (
@@ -120,6 +121,14 @@ def _save_polling(polling: Mapping[str, Polling]) -> Any:
     return dict(polling) if set(polling) != {"*"} else polling["*"]
 
 
+def _batching(value: Any) -> dict[str, DynamicBatching]:
+    return batching_by_endpoint(value, where="uses_dynamic_batching")
+
+
+def _save_batching(value: Mapping[str, DynamicBatching]) -> dict[str, Any]:
+    return {endpoint: options.to_dict() for endpoint, options in value.items()}
+
+
 @dataclass(frozen=True)
 class DeploymentSpec:
     """One deployment of a Flow: an Executor with its replicas, shards, needs, polling and
@@ -141,6 +150,14 @@ class DeploymentSpec:
     health_check: HealthCheck = field(default_factory=HealthCheck)
     outlier_detection: OutlierDetection = field(default_factory=OutlierDetection)
     circuit_breaker: CircuitBreaker = field(default_factory=CircuitBreaker)
+    uses_dynamic_batching: Mapping[str, DynamicBatching] = field(
+        default_factory=dict, metadata=meta(coerce=_batching, save=_save_batching)
+    )
+    """Dynamic batching per endpoint, over the methods' own ``@dynamic_batching``."""
+    gpus: int = 0
+    """Accelerators per replica (see :mod:`meshflow.spec.devices`)."""
+    devices: tuple[str, ...] = ()
+    """Device ids the replicas take in turn; empty: the Flow's ``CUDA_VISIBLE_DEVICES``."""
     ref: str | None = field(default=None, metadata=meta(yaml=False))
     """How a fresh interpreter imports the class (``'pkg.module:Class'``), or None when it
     must be shipped pickled (a class defined in a script)."""

@@ -21,6 +21,7 @@ from typing import Any, TypeVar
 from meshflow.errors import ConfigError
 from meshflow.spec.admission import AdmissionPolicy
 from meshflow.spec.auth import JWTAuth
+from meshflow.spec.batching import DynamicBatching, batching_by_endpoint
 from meshflow.spec.flow import DeploymentSpec, FlowSpec
 from meshflow.spec.limits import GraphQLLimits
 from meshflow.spec.persisted import PersistedQueries
@@ -135,6 +136,7 @@ class ExecutorLaunch(Observability):
     ready_file: str | None = None
     gateway_key: str | None = None
     gateway_key_file: str | None = None
+    dynamic_batching: Mapping[str, DynamicBatching] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if (self.uses is None) == (self.uses_pickle is None):
@@ -164,6 +166,9 @@ class ExecutorLaunch(Observability):
         argv += ["--gateway-key", self.gateway_key] if self.gateway_key is not None else []
         if self.gateway_key_file is not None:
             argv += ["--gateway-key-file", self.gateway_key_file]
+        if self.dynamic_batching:
+            batching = {k: v.to_dict() for k, v in self.dynamic_batching.items()}
+            argv += ["--dynamic-batching", _json(batching)]
         return argv
 
     @classmethod
@@ -179,6 +184,7 @@ class ExecutorLaunch(Observability):
             shard_id=shard,
             replicas=dep.replicas,
             shards=dep.shards,
+            dynamic_batching=dict(dep.uses_dynamic_batching),
             **place,
         )
 
@@ -212,6 +218,12 @@ class ExecutorLaunch(Observability):
             help="the gateway's public key (PEM): accept only identities it vouched for",
         )
         gateway_key.add_argument("--gateway-key-file", help="file holding the gateway's public key")
+        parser.add_argument(
+            "--dynamic-batching",
+            default="{}",
+            help="dynamic batching per endpoint as JSON, e.g. "
+            '\'{"/encode": {"preferred_batch_size": 16, "timeout": 5}}\'',
+        )
         Observability.add_observability_arguments(parser, sampling)
 
     @classmethod
@@ -235,6 +247,10 @@ class ExecutorLaunch(Observability):
             ready_file=args.ready_file,
             gateway_key=args.gateway_key,
             gateway_key_file=args.gateway_key_file,
+            dynamic_batching=batching_by_endpoint(
+                _json_object(args.dynamic_batching, "--dynamic-batching"),
+                where="--dynamic-batching",
+            ),
             **cls._observability_of(args),
         )
 

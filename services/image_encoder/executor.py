@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from meshflow import Document, DocumentArray, Executor, requests
+from meshflow import Document, DocumentArray, Executor, dynamic_batching, requests
 from services.modality import put_embedding
 
 # EfficientNet-Lite was trained on inputs scaled to [-1, 1): (x - 127) / 128.
@@ -145,6 +145,7 @@ class ImageEncoder(Executor):
         return vectors / np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
 
     @requests(on=["/index", "/update"])
+    @dynamic_batching(preferred_batch_size=16, timeout="auto")
     def encode(self, docs: DocumentArray, **kwargs: Any) -> None:
         """Embed every document that has an image."""
         found = [(doc, load_image(doc)) for doc in docs]
@@ -156,6 +157,7 @@ class ImageEncoder(Executor):
             put_embedding(doc, vector, self.modality, self.space_tag)
 
     @requests(on="/search", read_only=True)
+    @dynamic_batching(preferred_batch_size=8, timeout="auto")
     def encode_queries(self, docs: DocumentArray, **kwargs: Any) -> None:
         """Embed the query documents that have an image."""
         self.encode(docs)

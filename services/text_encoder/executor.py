@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from meshflow import DocumentArray, Executor, requests
+from meshflow import DocumentArray, Executor, dynamic_batching, requests
 from services.modality import put_embedding
 
 
@@ -71,6 +71,7 @@ class TextEncoder(Executor):
         return np.asarray(vectors, dtype=np.float32)
 
     @requests(on=["/index", "/update"])
+    @dynamic_batching(preferred_batch_size=32, timeout="auto")
     def encode(self, docs: DocumentArray, **kwargs: Any) -> None:
         """Embed every document that has text."""
         with_text = [doc for doc in docs if doc.text.strip()]
@@ -81,6 +82,7 @@ class TextEncoder(Executor):
             put_embedding(doc, vector, self.modality, self.space_tag)
 
     @requests(on="/search", read_only=True)
+    @dynamic_batching(preferred_batch_size=32, timeout="auto")
     def encode_queries(self, docs: DocumentArray, **kwargs: Any) -> None:
         """Embed the query documents that have text."""
         self.encode(docs)

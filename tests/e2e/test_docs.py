@@ -48,6 +48,11 @@ CHECKED: dict[tuple[str, int], str] = {
     ("docs/auth.md", 5): "run: test_auth_page",
     ("docs/auth.md", 6): "run: test_auth_page",
     ("docs/auth.md", 7): "run: test_auth_page",
+    ("docs/batching.md", 0): "run: test_batching_page (the executor, in a Flow)",
+    ("docs/batching.md", 1): "run: test_batching_page (f serves concurrent requests)",
+    ("docs/batching.md", 2): "run: test_batching_page (loaded as a Flow YAML)",
+    ("docs/batching.md", 3): "run: test_batching_page (built; no GPU here)",
+    ("docs/batching.md", 4): "run: test_batching_page (loaded as a Flow YAML)",
     ("docs/flow.md", 0): "run: test_flow_page_shards_and_reduce",
     ("docs/flow.md", 1): "run: test_flow_page_shards_and_reduce",
     ("docs/flow.md", 2): "run: test_flow_page_yaml_serves",
@@ -237,6 +242,58 @@ def test_every_block_is_run_or_checked() -> None:
     assert not missing, missing
     stale = [key for key in CHECKED if key[1] >= len(fenced(key[0]))]
     assert not stale, stale
+
+
+# --- docs/batching.md --------------------------------------------------------------------
+
+BATCHING_CHECK = """
+import asyncio
+
+from meshflow import AsyncClient, Document
+
+assert f.deployment("executor0").uses_dynamic_batching["/encode"].timeout == 5
+assert g.deployment("executor0").uses_dynamic_batching["/encode"].preferred_batch_size == 16
+
+
+async def send(port):
+    async with AsyncClient(port=port, timeout=60) as client:
+        return await asyncio.gather(
+            *(client.post("/encode", [Document(text="x" * i)] * i) for i in range(1, 9))
+        )
+
+
+with f:
+    answers = asyncio.run(send(f.port))
+for i, docs in enumerate(answers, 1):
+    assert len(docs) == i and all(d.embedding[0] == i for d in docs), (i, docs)
+print("served", len(answers))
+"""
+
+BATCHING_YAML_CHECK = """
+from meshflow import Flow
+
+batched = Flow.load_config("batched.yml").deployment("encoder")
+assert batched.uses_dynamic_batching["/encode"].preferred_batch_size == 16
+assert batched.uses_dynamic_batching["/encode"].timeout == 5
+assert Flow.load_config("gpus.yml").deployment("encoder").gpus == 1
+assert (a.deployments[0].gpus, b.deployments[0].devices) == (1, ("0", "1", "2", "3"))
+assert c.deployments[0].env == {"CUDA_VISIBLE_DEVICES": "RR"}
+print("checked")
+"""
+
+
+def test_batching_page(project: Path) -> None:
+    page = "docs/batching.md"
+    encoder = block(page, 0, "python")
+    (project / "my_pkg" / "encoder.py").write_text(encoder)
+    for index, name in ((2, "batched"), (4, "gpus")):
+        data = {"jtype": "Flow", **yaml.safe_load(block(page, index, "yaml"))}
+        (project / f"{name}.yml").write_text(yaml.safe_dump(data))
+    done = python(project, encoder + block(page, 1, "python") + BATCHING_CHECK, timeout=120)
+    assert "served 8" in done.stdout
+    devices = block(page, 3, "python")
+    done = python(project, encoder + devices + BATCHING_YAML_CHECK)
+    assert "checked" in done.stdout
 
 
 # --- docs/auth.md ------------------------------------------------------------------------

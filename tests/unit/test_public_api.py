@@ -20,6 +20,7 @@ def test_exported_names() -> None:
             "DeadlineExceeded",
             "Document",
             "DocumentArray",
+            "DynamicBatching",
             "Executor",
             "ExecutorError",
             "Flow",
@@ -41,6 +42,7 @@ def test_exported_names() -> None:
             "UnauthenticatedError",
             "UnavailableError",
             "__version__",
+            "dynamic_batching",
             "mint_token",
             "requests",
         ]

@@ -12,6 +12,7 @@ from meshflow import (
     AdmissionPolicy,
     CircuitBreaker,
     ConfigError,
+    DynamicBatching,
     Flow,
     GraphQLLimits,
     HealthCheck,
@@ -86,6 +87,9 @@ DEPLOYMENT_VALUES: dict[str, Any] = {
     "health_check": HealthCheck(interval=0.5),
     "outlier_detection": OutlierDetection(consecutive_failures=9),
     "circuit_breaker": CircuitBreaker(max_requests=10),
+    "uses_dynamic_batching": {"/default": DynamicBatching(preferred_batch_size=8, timeout=2.5)},
+    "gpus": 1,
+    "devices": ("0", "3"),
 }
 
 

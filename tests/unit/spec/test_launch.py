@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from meshflow import AdmissionPolicy, GraphQLLimits, JWTAuth, PersistedQueries
+from meshflow import AdmissionPolicy, DynamicBatching, GraphQLLimits, JWTAuth, PersistedQueries
 from meshflow.cli import make_parser
 from meshflow.errors import ConfigError
 from meshflow.spec.launch import ExecutorLaunch, GatewayLaunch
@@ -38,6 +38,10 @@ EXECUTOR_VALUES: dict[str, Any] = {
     "metrics_host": "0.0.0.0",
     "tracing": True,
     "trace_sampling": "20/s",
+    "dynamic_batching": {
+        "/encode": DynamicBatching(preferred_batch_size=8, timeout=2.5),
+        "/search": DynamicBatching(preferred_batch_size=32),
+    },
 }
 # Fields that exclude another one: set together with the other unset.
 EXCLUSIVE = {"uses_pickle": {"uses": None}, "port": {"address": None}}

@@ -1,0 +1,198 @@
+"""Dynamic batching, measured on the app's own Flow (issue 17).
+
+1. **Ceiling.** The app's TextEncoder in this process, no framework: texts/s at one text per
+   call and at ``--preferred`` texts per call.
+2. **The Flow, batched and not, side by side.** The app's Flow (``services/shop_the_look/
+   flow.yml``: Envoy mesh, JWT on the gateway, encoders in parallel, the indexer in 2 shards,
+   the ranker) as shipped (encoders batch, ``timeout: auto``), then the same Flow whose
+   encoders do not batch (subclasses in ``_unbatched.py``, the same code without
+   ``@dynamic_batching``). The catalog (256 products) is indexed first. Text queries over
+   GraphQL from a separate client process (``_http_load.py``): p50 at concurrency 1, and
+   queries/s at 16 and 32; photo queries: p50 at concurrency 1 and queries/s at 8.
+
+Prints one JSON report; figures go to ``benchmarks/RESULTS.md`` by hand::
+
+    .venv/bin/python benchmarks/batching_bench.py [--duration 10] [--mesh envoy]
+
+Run it on an otherwise idle machine: every figure is a throughput or a latency of processes
+that share its cores.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import json
+import os
+import platform
+import shutil
+import sys
+import tempfile
+import time
+from typing import Any
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+sys.path[:0] = [ROOT, HERE]
+
+import yaml  # noqa: E402
+from _http_load import measure_http_case  # noqa: E402
+
+from meshflow import Flow  # noqa: E402
+from services.shop_the_look import app, catalog  # noqa: E402
+
+TEXT_QUERY = "red striped dress"
+
+
+def ceiling(preferred: int, seconds: float) -> dict[str, float]:
+    """Texts/s of the TextEncoder alone, one text per call and ``preferred`` per call."""
+    from services.text_encoder import TextEncoder
+
+    encoder = TextEncoder(modality="text")
+    out = {}
+    for size in (1, preferred):
+        texts = [f"{TEXT_QUERY} {i}" for i in range(size)]
+        encoder.embed(texts)  # warm-up
+        done = 0
+        started = time.perf_counter()
+        while time.perf_counter() - started < seconds:
+            encoder.embed(texts)
+            done += size
+        out[f"texts_s_at_{size}"] = round(done / (time.perf_counter() - started), 1)
+    return out
+
+
+def flow_config(workspace: str, batched: bool) -> str:
+    """The app's flow.yml, or the same with encoders that do not batch."""
+    with open(app.FLOW_YML, encoding="utf-8") as fh:
+        data = yaml.safe_load(fh)
+    unbatched = os.path.join(HERE, "_unbatched.py")
+    for executor in data["executors"]:
+        if executor["name"] in ("text_encoder", "image_encoder") and not batched:
+            cls = "TextEncoder" if executor["name"] == "text_encoder" else "ImageEncoder"
+            executor["uses"] = f"{unbatched}:{cls}"
+            executor.pop("uses_dynamic_batching", None)
+    data["with"].pop("static", None)
+    path = os.path.join(workspace, f"flow-{'batched' if batched else 'unbatched'}.yml")
+    with open(path, "w", encoding="utf-8") as fh:
+        yaml.safe_dump(data, fh)
+    return path
+
+
+def body(path: str, doc: dict[str, Any]) -> str:
+    with open(path, "w", encoding="utf-8") as fh:
+        json.dump({"query": app.SEARCH, "variables": {"docs": [doc], "limit": 10}}, fh)
+    return path
+
+
+def server_pids(flow: Flow) -> dict[str, int]:
+    runtime: Any = flow._runtime  # the bench reads the processes' CPU
+    pids = {}
+    for replica in runtime.replicas:
+        pids[f"{replica.deployment}-s{replica.shard}-r{replica.replica}"] = replica.executor.pid
+        if replica.sidecar is not None:
+            pids[f"envoy-s{replica.deployment}{replica.shard}"] = replica.sidecar.pid
+    pids["gateway"] = runtime.gateway.process.pid
+    if runtime.gateway.sidecar is not None:
+        pids["envoy-sgateway"] = runtime.gateway.sidecar.pid
+    return {k: v for k, v in pids.items() if v}
+
+
+def cpu_by_component(by_process: dict[str, float]) -> dict[str, float]:
+    """CPU ms per request summed by deployment (replicas and shards together)."""
+    out: dict[str, float] = {}
+    for name, ms in by_process.items():
+        key = name.split("-s")[0]
+        out[key] = round(out.get(key, 0.0) + ms, 2)
+    return out
+
+
+def measure_flow(
+    root: str, folder: str, items: Any, *, batched: bool, mesh: str, args: argparse.Namespace
+) -> dict[str, Any]:
+    workspace = os.path.join(root, "batched" if batched else "unbatched")
+    os.makedirs(workspace)
+    flow = app.build_flow(
+        workspace,
+        catalog_dir=folder,
+        graphql_port=None,
+        mesh=mesh,
+        config=flow_config(workspace, batched),
+    ).start()
+    try:
+        for start in range(0, len(items), 16):
+            app.index(flow, items[start : start + 16], batch=16)
+        headers = {"authorization": f"Bearer {app.token()}"}
+        text = body(os.path.join(workspace, "text.json"), {"text": TEXT_QUERY})
+        photo_bytes = app.image_bytes(catalog.render(catalog.queries(1, seed=3)[0]))
+        photo = body(
+            os.path.join(workspace, "photo.json"),
+            {"blob": base64.b64encode(photo_bytes).decode()},
+        )
+        pids = server_pids(flow)
+        out: dict[str, Any] = {}
+        cases = [("text", text, (1, 16, 32)), ("photo", photo, (1, 8))]
+        for kind, path, levels in cases[:1] if args.text_only else cases:
+            for concurrency in levels:
+                row = measure_http_case(
+                    bench="batching",
+                    case=f"{kind} c{concurrency}",
+                    docs_per_req=1,
+                    url=flow.graphql_url,
+                    body_path=path,
+                    concurrency=concurrency,
+                    duration=args.duration,
+                    warmup=args.warmup,
+                    server_pids=pids,
+                    headers=headers,
+                )
+                keys = ("rps", "p50_ms", "p99_ms", "errors", "server_cpu_ms_per_req")
+                out[f"{kind} c{concurrency}"] = {k: row[k] for k in keys if k in row}
+                out[f"{kind} c{concurrency}"]["cpu_ms_per_req"] = cpu_by_component(
+                    row["cpu_ms_per_req_by_process"]
+                )
+                print(f"  {'batched' if batched else 'unbatched'} {kind} c{concurrency}: "
+                      f"{out[f'{kind} c{concurrency}']}", file=sys.stderr, flush=True)  # fmt: skip
+        return out
+    finally:
+        flow.close()
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--duration", type=float, default=10.0, help="seconds per load case")
+    p.add_argument("--warmup", type=float, default=2.0)
+    p.add_argument("--preferred", type=int, default=32, help="the ceiling's batch size")
+    p.add_argument("--mesh", choices=("envoy", "direct"), default="envoy")
+    p.add_argument("--skip-ceiling", action="store_true")
+    p.add_argument("--text-only", action="store_true", help="skip the photo queries")
+    args = p.parse_args()
+    os.environ.setdefault(app.SECRET_ENV, "bench-" + "s" * 40)
+    report: dict[str, Any] = {
+        "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores",
+        "python": platform.python_version(),
+        "mesh": args.mesh,
+    }
+    if not args.skip_ceiling:
+        report["ceiling"] = ceiling(args.preferred, args.duration)
+        print(json.dumps(report["ceiling"]), file=sys.stderr, flush=True)
+    root = tempfile.mkdtemp(prefix="meshflow-batching-bench-")
+    try:
+        folder = os.path.join(root, "catalog")
+        products = catalog.products()
+        catalog.write(products, folder)
+        items = app.catalog_documents(products, folder)
+        for batched in (True, False):
+            report["batched" if batched else "unbatched"] = measure_flow(
+                root, folder, items, batched=batched, mesh=args.mesh, args=args
+            )
+        for case in report["batched"]:
+            b, u = report["batched"][case], report["unbatched"][case]
+            report.setdefault("speedup_rps", {})[case] = round(b["rps"] / max(u["rps"], 1e-9), 2)
+        print(json.dumps(report, indent=1), flush=True)
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,484 @@
+"""Dynamic batching in the executor runtime: concurrent requests share one method call, and
+each gets back exactly its own documents."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Coroutine
+from typing import Any, TypeVar
+
+import pytest
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+from meshflow import (
+    ConfigError,
+    DocumentArray,
+    DynamicBatching,
+    Executor,
+    Flow,
+    dynamic_batching,
+    requests,
+)
+from meshflow.executor.batching import Batcher, CallCost
+from meshflow.executor.runtime import ExecutorRuntime
+from meshflow.observability.metrics import ExecutorMetrics
+from meshflow.proto.v1 import data_request_pb2
+
+T = TypeVar("T")
+
+
+def run(coro: Coroutine[Any, Any, T]) -> T:
+    async def bounded() -> T:
+        return await asyncio.wait_for(coro, 10)
+
+    return asyncio.run(bounded())
+
+
+async def until(condition: Callable[[], bool]) -> None:
+    """Yield to the loop until ``condition`` holds (the test's own timeout bounds it)."""
+    while not condition():
+        await asyncio.sleep(0.001)
+
+
+class Recorder(Executor):
+    """Records each call's texts and parameters; its first call waits for ``gate``, so that
+    the requests sent meanwhile queue up."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.calls: list[tuple[list[str], dict[str, Any]]] = []
+        self.gate: asyncio.Event | None = None
+
+    @requests(on="/encode")
+    @dynamic_batching(preferred_batch_size=100, timeout="auto")
+    async def encode(self, docs: DocumentArray, parameters: dict[str, Any]) -> None:
+        self.calls.append(([d.text for d in docs], dict(parameters)))
+        if len(self.calls) == 1 and self.gate is not None:
+            await self.gate.wait()
+        if any(d.text == "boom" for d in docs):
+            raise ValueError("the model choked on 'boom'")
+        for doc in docs:
+            doc.text = doc.text.upper()
+
+    @requests(on="/plain")
+    async def plain(self, docs: DocumentArray) -> None:
+        self.calls.append(([d.text for d in docs], {}))
+
+
+def request(
+    rid: str, *texts: str, endpoint: str = "/encode", parameters: dict[str, Any] | None = None
+) -> bytes:
+    message = data_request_pb2.DataRequest(
+        header=data_request_pb2.Header(request_id=rid, endpoint=endpoint)
+    )
+    if parameters:
+        message.parameters.update(parameters)
+    for i, text in enumerate(texts):
+        message.docs.add(id=f"{rid}-{i}", text=text)
+    return message.SerializeToString()
+
+
+def answer_of(raw: bytes) -> data_request_pb2.DataRequest:
+    return data_request_pb2.DataRequest.FromString(raw)
+
+
+async def gated(
+    runtime: ExecutorRuntime, executor: Recorder, queued: list[bytes], endpoint: str = "/encode"
+) -> tuple[data_request_pb2.DataRequest, list[data_request_pb2.DataRequest]]:
+    """A first request holds the method; ``queued`` arrive meanwhile, then it is let go."""
+    executor.gate = asyncio.Event()
+    first = asyncio.ensure_future(runtime.process(request("first", "f")))
+    await until(lambda: len(executor.calls) == 1)
+    rest = [asyncio.ensure_future(runtime.process(data)) for data in queued]
+    batcher = runtime.batcher(endpoint)
+    assert batcher is not None
+    await until(lambda: batcher.waiting == len(queued))
+    executor.gate.set()
+    answers = await asyncio.gather(first, *rest)
+    return answer_of(answers[0]), [answer_of(a) for a in answers[1:]]
+
+
+def test_requests_of_different_sizes_are_merged_and_split_back_in_order() -> None:
+    async def main() -> None:
+        executor = Recorder()
+        runtime = ExecutorRuntime(executor, name="enc")
+        try:
+            first, answers = await gated(
+                runtime,
+                executor,
+                [request("a", "a0", "a1"), request("b", "b0", "b1", "b2"), request("c", "c0")],
+            )
+        finally:
+            runtime.close()
+        assert [texts for texts, _ in executor.calls] == [
+            ["f"],
+            ["a0", "a1", "b0", "b1", "b2", "c0"],
+        ]
+        assert [d.text for d in first.docs] == ["F"]
+        for answer, rid, n in zip(answers, "abc", (2, 3, 1), strict=True):
+            assert answer.status.code == data_request_pb2.Status.OK
+            assert answer.header.request_id == rid
+            assert [d.id for d in answer.docs] == [f"{rid}-{i}" for i in range(n)]
+            assert [d.text for d in answer.docs] == [f"{rid.upper()}{i}" for i in range(n)]
+
+    run(main())
+
+
+def test_requests_with_different_parameters_are_never_merged() -> None:
+    async def main() -> None:
+        executor = Recorder()
+        runtime = ExecutorRuntime(executor, name="enc")
+        try:
+            _, answers = await gated(
+                runtime,
+                executor,
+                [
+                    request("a", "a0", parameters={"lang": "en"}),
+                    request("b", "b0", parameters={"lang": "de"}),
+                    request("c", "c0", parameters={"lang": "en"}),
+                    request("d", "d0"),
+                ],
+            )
+        finally:
+            runtime.close()
+        assert executor.calls[1:] == [
+            (["a0", "c0"], {"lang": "en"}),
+            (["b0"], {"lang": "de"}),
+            (["d0"], {}),
+        ]
+        assert [[d.text for d in a.docs] for a in answers] == [["A0"], ["B0"], ["C0"], ["D0"]]
+
+    run(main())
+
+
+def test_a_request_larger_than_the_preferred_batch_runs_alone() -> None:
+    async def main() -> None:
+        executor = Recorder()
+        options = {"/encode": DynamicBatching(preferred_batch_size=3)}
+        runtime = ExecutorRuntime(executor, name="enc", batching=options)
+        try:
+            _, answers = await gated(
+                runtime,
+                executor,
+                [
+                    request("a", "a0"),
+                    request("b", "b0", "b1", "b2", "b3"),
+                    request("c", "c0"),
+                    request("d", "d0", "d1"),
+                ],
+            )
+        finally:
+            runtime.close()
+        assert [texts for texts, _ in executor.calls[1:]] == [
+            ["a0"],
+            ["b0", "b1", "b2", "b3"],
+            ["c0", "d0", "d1"],
+        ]
+        assert [len(a.docs) for a in answers] == [1, 4, 1, 2]
+
+    run(main())
+
+
+def test_a_failing_batch_fails_only_its_own_requests() -> None:
+    async def main() -> None:
+        executor = Recorder()
+        runtime = ExecutorRuntime(executor, name="enc")
+        try:
+            first, answers = await gated(
+                runtime,
+                executor,
+                [
+                    request("a", "fine", parameters={"k": 1}),
+                    request("b", "boom", parameters={"k": 1}),
+                    request("c", "fine", parameters={"k": 2}),
+                ],
+            )
+        finally:
+            runtime.close()
+        assert len(executor.calls) == 3  # first, then {a, b}, then {c}
+        assert first.status.code == data_request_pb2.Status.OK
+        for failed in answers[:2]:
+            assert failed.status.code == data_request_pb2.Status.ERROR
+            assert failed.status.executor == "enc"
+            assert failed.status.exception_type == "ValueError"
+            assert "choked" in failed.status.message
+        assert answers[2].status.code == data_request_pb2.Status.OK
+        assert [d.text for d in answers[2].docs] == ["FINE"]
+
+    run(main())
+
+
+def test_a_cancelled_request_leaves_the_queue_and_is_not_run() -> None:
+    async def main() -> None:
+        executor = Recorder()
+        executor.gate = asyncio.Event()
+        runtime = ExecutorRuntime(executor, name="enc")
+        batcher = runtime.batcher("/encode")
+        assert batcher is not None
+        try:
+            first = asyncio.ensure_future(runtime.process(request("first", "f")))
+            await until(lambda: len(executor.calls) == 1)
+            gone = asyncio.ensure_future(runtime.process(request("gone", "never")))
+            kept = asyncio.ensure_future(runtime.process(request("kept", "k")))
+            await until(lambda: batcher.waiting == 2)
+            gone.cancel()
+            await until(lambda: batcher.waiting == 1)
+            executor.gate.set()
+            await asyncio.gather(first, kept)
+            with pytest.raises(asyncio.CancelledError):
+                await gone
+        finally:
+            runtime.close()
+        assert [texts for texts, _ in executor.calls] == [["f"], ["k"]]
+
+    run(main())
+
+
+def test_a_request_whose_deadline_passes_while_waiting_is_not_run() -> None:
+    async def main() -> None:
+        executor = Recorder()
+        executor.gate = asyncio.Event()
+        runtime = ExecutorRuntime(executor, name="enc")
+        batcher = runtime.batcher("/encode")
+        assert batcher is not None
+        try:
+            first = asyncio.ensure_future(runtime.process(request("first", "f")))
+            await until(lambda: len(executor.calls) == 1)
+            late = await runtime.process(request("late", "never"), lambda: 0.05)
+            assert batcher.waiting == 0
+            executor.gate.set()
+            await first
+        finally:
+            runtime.close()
+        answer = answer_of(late)
+        assert answer.status.code == data_request_pb2.Status.ERROR
+        assert answer.status.exception_type == "DeadlineExceeded"
+        assert [texts for texts, _ in executor.calls] == [["f"]]
+
+    run(main())
+
+
+def test_adaptive_mode_never_holds_a_lone_request() -> None:
+    async def main() -> None:
+        calls: list[int] = []
+
+        async def call(docs: DocumentArray, kwargs: dict[str, Any]) -> tuple[Any, float, float]:
+            calls.append(len(docs))
+            return None, 0.0, 0.001
+
+        batcher = Batcher(DynamicBatching(preferred_batch_size=64, timeout="auto"), call)
+        for i in range(5):  # one client, one request at a time
+            pending = asyncio.ensure_future(
+                batcher.submit(DocumentArray.empty(1), key="k", kwargs={})
+            )
+            await asyncio.sleep(0)  # submit runs up to its wait: the call is under way
+            assert batcher.running == 1 and batcher.waiting == 0, i
+            await pending
+        assert calls == [1] * 5
+
+    run(main())
+
+
+def test_a_fixed_timeout_waits_for_the_preferred_size() -> None:
+    async def main() -> None:
+        calls: list[int] = []
+
+        async def call(docs: DocumentArray, kwargs: dict[str, Any]) -> tuple[Any, float, float]:
+            calls.append(len(docs))
+            return None, 0.0, 0.0
+
+        batcher = Batcher(DynamicBatching(preferred_batch_size=3, timeout=60_000), call)
+        pending = [
+            asyncio.ensure_future(batcher.submit(DocumentArray.empty(1), key="k", kwargs={}))
+            for _ in range(2)
+        ]
+        await asyncio.sleep(0.01)
+        assert batcher.waiting == 2 and calls == []  # not full, the timeout far away
+        pending.append(
+            asyncio.ensure_future(batcher.submit(DocumentArray.empty(1), key="k", kwargs={}))
+        )
+        await asyncio.gather(*pending)
+        assert calls == [3]
+
+    run(main())
+
+
+def test_a_fixed_timeout_runs_what_has_gathered_when_it_expires() -> None:
+    async def main() -> None:
+        calls: list[int] = []
+
+        async def call(docs: DocumentArray, kwargs: dict[str, Any]) -> tuple[Any, float, float]:
+            calls.append(len(docs))
+            return None, 0.0, 0.0
+
+        batcher = Batcher(DynamicBatching(preferred_batch_size=100, timeout=20), call)
+        served = await batcher.submit(DocumentArray.empty(2), key="k", kwargs={})
+        assert calls == [2] and served.batch_requests == 1
+
+    run(main())
+
+
+def test_a_dict_result_goes_to_every_request_and_a_short_answer_fails_the_batch() -> None:
+    async def main() -> None:
+        async def count(docs: DocumentArray, kwargs: dict[str, Any]) -> tuple[Any, float, float]:
+            return {"n": len(docs)}, 0.0, 0.0
+
+        batcher = Batcher(DynamicBatching(preferred_batch_size=2, timeout=60_000), count)
+        a, b = await asyncio.gather(
+            batcher.submit(DocumentArray.empty(1), key="k", kwargs={}),
+            batcher.submit(DocumentArray.empty(1), key="k", kwargs={}),
+        )
+        assert a.result == b.result == {"n": 2}
+
+        async def short(docs: DocumentArray, kwargs: dict[str, Any]) -> tuple[Any, float, float]:
+            return DocumentArray(docs[:1]), 0.0, 0.0
+
+        batcher = Batcher(DynamicBatching(preferred_batch_size=2, timeout=60_000), short)
+        results = await asyncio.gather(
+            batcher.submit(DocumentArray.empty(1), key="k", kwargs={}),
+            batcher.submit(DocumentArray.empty(1), key="k", kwargs={}),
+            return_exceptions=True,
+        )
+        assert all(isinstance(r, ValueError) for r in results)
+        assert "must answer every document" in str(results[0])
+
+    run(main())
+
+
+def test_endpoints_without_batching_keep_the_direct_path() -> None:
+    runtime = ExecutorRuntime(Recorder(), name="enc")
+    try:
+        assert runtime.batcher("/plain") is None
+        assert runtime.batcher("/encode") is not None
+    finally:
+        runtime.close()
+
+
+def test_call_cost_holds_a_lone_request_only_when_company_is_due_sooner_than_it_saves() -> None:
+    cost = CallCost()
+    assert cost.idle_hold() == 0.0  # nothing measured
+    for _ in range(5):
+        for docs in (1, 8, 32):
+            cost.observe(docs, 0.010 + 0.001 * docs)
+    assert cost.fixed == pytest.approx(0.010, rel=0.01)
+    for t in range(5):
+        cost.arrived(float(t))  # one request a second
+    assert cost.idle_hold() == 0.0
+    busy = CallCost()
+    for _ in range(5):
+        for docs in (1, 8, 32):
+            busy.observe(docs, 0.010 + 0.001 * docs)
+    for t in range(50):
+        busy.arrived(t * 0.002)  # one every 2 ms, sooner than the 10 ms a call costs anyway
+    assert busy.idle_hold() == pytest.approx(0.002, rel=0.01)
+    flat = CallCost()
+    for _ in range(5):
+        for docs in (1, 8, 32):
+            flat.observe(docs, 0.005 * docs)  # all per document: nothing to save by waiting
+    for t in range(50):
+        flat.arrived(t * 0.001)
+    assert flat.idle_hold() == 0.0
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"preferred_batch_size": 0}, "preferred_batch_size must be a whole number >= 1"),
+        ({"preferred_batch_size": True}, "preferred_batch_size must be a whole number"),
+        ({"timeout": -1}, "timeout must be milliseconds >= 0 or 'auto'"),
+        ({"timeout": "soon"}, "timeout must be milliseconds >= 0 or 'auto'"),
+    ],
+)
+def test_bad_options_are_refused_at_construction(options: dict[str, Any], message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        DynamicBatching(**options)
+    with pytest.raises(ConfigError, match=message):
+        dynamic_batching(**options)
+
+
+def test_the_deployment_option_names_endpoints_the_executor_serves() -> None:
+    flow = Flow().add(
+        uses=Recorder, name="enc", uses_dynamic_batching={"plain": {"preferred_batch_size": 4}}
+    )
+    assert flow.deployment("enc").uses_dynamic_batching == {
+        "/plain": DynamicBatching(preferred_batch_size=4)
+    }
+    with pytest.raises(ConfigError, match="does not serve; its endpoints: /encode, /plain"):
+        Flow().add(uses=Recorder, uses_dynamic_batching={"/search": {}})
+    with pytest.raises(ConfigError, match="unknown field"):
+        Flow().add(uses=Recorder, uses_dynamic_batching={"/encode": {"size": 4}})
+    with pytest.raises(ConfigError, match="must map endpoints"):
+        Flow().add(uses=Recorder, uses_dynamic_batching=[16])  # type: ignore[arg-type]
+
+
+def test_the_deployment_option_wins_over_the_decorator() -> None:
+    options = {"/encode": DynamicBatching(preferred_batch_size=2, timeout=5)}
+    runtime = ExecutorRuntime(Recorder(), name="enc", batching=options)
+    try:
+        batcher = runtime.batcher("/encode")
+        assert batcher is not None and batcher.options == options["/encode"]
+    finally:
+        runtime.close()
+    with pytest.raises(ConfigError, match="does not serve"):
+        ExecutorRuntime(Recorder(), name="enc", batching={"/nope": DynamicBatching()})
+
+
+def test_the_batched_call_is_one_span_linked_to_the_requests_it_served() -> None:
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    tracer = provider.get_tracer("test")
+
+    async def traced(runtime: ExecutorRuntime, rid: str, *texts: str) -> bytes:
+        with tracer.start_as_current_span(f"request {rid}"):
+            return await runtime.process(request(rid, *texts))
+
+    async def main() -> None:
+        executor = Recorder()
+        executor.gate = asyncio.Event()
+        runtime = ExecutorRuntime(executor, name="enc", tracer=tracer)
+        batcher = runtime.batcher("/encode")
+        assert batcher is not None
+        try:
+            first = asyncio.ensure_future(traced(runtime, "first", "f"))
+            await until(lambda: len(executor.calls) == 1)
+            rest = [asyncio.ensure_future(traced(runtime, r, r + "0")) for r in "abc"]
+            await until(lambda: batcher.waiting == 3)
+            executor.gate.set()
+            await asyncio.gather(first, *rest)
+        finally:
+            runtime.close()
+
+    run(main())
+    finished = exporter.get_finished_spans()
+    spans = {s.name: s for s in finished}
+    batches = [s for s in finished if s.name == "enc /encode batch"]
+    assert len(batches) == 2  # the first request alone, then a, b and c together
+    shared = next(s for s in batches if s.attributes["meshflow.batch.requests"] == 3)
+    served = [spans[f"request {r}"].context.span_id for r in "abc"]
+    assert [link.context.span_id for link in shared.links] == served
+    assert shared.parent is not None and shared.parent.span_id == served[0]
+    assert shared.attributes["meshflow.batch.docs"] == 3
+    assert spans["request b"].attributes["meshflow.batch.requests"] == 3
+
+
+def test_batch_sizes_and_waits_are_in_the_executor_metrics() -> None:
+    metrics = ExecutorMetrics("enc")
+
+    async def main() -> None:
+        executor = Recorder()
+        runtime = ExecutorRuntime(executor, name="enc", metrics=metrics)
+        try:
+            await gated(runtime, executor, [request(r, r + "0", r + "1") for r in "abc"])
+        finally:
+            runtime.close()
+
+    run(main())
+    text = metrics.exposition().decode()
+    labels = '{deployment="enc",endpoint="/encode"}'
+    assert f"meshflow_executor_batch_size_count{labels} 2.0" in text
+    assert f"meshflow_executor_batch_size_sum{labels} 7.0" in text  # 1, then 3 x 2
+    assert f"meshflow_executor_batch_requests_sum{labels} 4.0" in text
+    assert f"meshflow_executor_batch_wait_seconds_count{labels} 4.0" in text
