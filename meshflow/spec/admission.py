@@ -32,7 +32,7 @@ class AdmissionPolicy:
         adaptive: follow measured latency (True) or hold ``max_in_flight`` slots (False).
         min_in_flight: the fewest slots the adaptive limit keeps.
         latency_buffer: how much slower than the unloaded latency requests may run before
-            the limit shrinks (1.0: twice as slow).
+            the limit shrinks (2.0: three times as slow).
         update_interval: seconds between two updates of the adaptive limit.
         probe_interval: seconds between two measures of the unloaded latency.
         max_queue: requests that may wait for a slot; past it, refused at once.
@@ -43,11 +43,11 @@ class AdmissionPolicy:
 
     adaptive: bool = True
     min_in_flight: int = 4
-    latency_buffer: float = 1.0
+    latency_buffer: float = 2.0
     update_interval: float = 0.1
     probe_interval: float = 30.0
     max_queue: int = 2048
-    max_queue_wait: float = 0.25
+    max_queue_wait: float = 0.1
     caller_share: float = 0.5
 
     def __post_init__(self) -> None:
