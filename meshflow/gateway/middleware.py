@@ -18,7 +18,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from meshflow.errors import OverloadedError, UnauthenticatedError
 from meshflow.gateway.rest import coded, error_response
-from meshflow.gateway.server import ADMITTED, Gateway
+from meshflow.gateway.server import Gateway
 from meshflow.gateway.tarpit import HELD, Tarpit
 from meshflow.wire import TIMEOUT_HEADER
 
@@ -118,16 +118,15 @@ class AdmissionGate:
         except OverloadedError as exc:
             await error_response(exc)(scope, receive, send)
             return
-        token = ADMITTED.set(True)
-        try:
+        with self.gateway.holding(ticket):
             await self.app(scope, receive, send)
-        finally:
-            ADMITTED.reset(token)
-            self.gateway.admission.release(ticket)
+
+
+_TIMEOUT = TIMEOUT_HEADER.encode()
 
 
 def _deadline(scope: Scope) -> float | None:
-    value = header(scope, TIMEOUT_HEADER.encode())
+    value = header(scope, _TIMEOUT)
     if value is None or not value.isdigit() or len(value) > 9:
         return None
     return time.monotonic() + int(value) / 1000

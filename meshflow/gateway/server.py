@@ -22,7 +22,7 @@ import logging
 import math
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from typing import TYPE_CHECKING, Any, TypeAlias
 
 import grpc
@@ -164,6 +164,12 @@ class Gateway:
     ) -> AsyncIterator[None]:
         """Hold a slot for the body of the ``with`` (:meth:`run` inside takes none)."""
         ticket = await self.admit(identity, deadline, door, patient=patient)
+        with self.holding(ticket):
+            yield
+
+    @contextlib.contextmanager
+    def holding(self, ticket: Ticket) -> Iterator[None]:
+        """The body of the ``with`` runs in the slot of ``ticket``, given back at its end."""
         token = ADMITTED.set(True)
         try:
             yield

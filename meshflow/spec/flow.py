@@ -232,27 +232,27 @@ def check_static(static: Mapping[str, str] | None) -> dict[str, str]:
 
 
 def _limits(value: Any) -> GraphQLLimits:
-    return _typed(value, GraphQLLimits, "graphql_limits")
+    return typed_options(value, GraphQLLimits, "graphql_limits")
 
 
 def _admission(value: Any) -> AdmissionPolicy:
-    return _typed(value, AdmissionPolicy, "admission")
+    return typed_options(value, AdmissionPolicy, "admission")
 
 
 def _persisted(value: Any) -> PersistedQueries:
     """The persisted queries option, its manifest's path made absolute (from the working
     folder; a Flow YAML's is relative to the file) and its manifest read once to check it."""
-    options = _typed(value, PersistedQueries, "persisted_queries")
+    options = typed_options(value, PersistedQueries, "persisted_queries")
     if options.manifest is None:
         return options
     read_manifest(options.manifest)
     return dataclasses.replace(options, manifest=os.path.abspath(options.manifest))
 
 
-_Options = TypeVar("_Options", GraphQLLimits, AdmissionPolicy, PersistedQueries)
+Options = TypeVar("Options", GraphQLLimits, AdmissionPolicy, PersistedQueries)
 
 
-def _typed(value: Any, cls: type[_Options], name: str) -> _Options:
+def typed_options(value: Any, cls: type[Options], name: str) -> Options:
     """An options object from itself, a mapping of its fields, or None (its defaults)."""
     if isinstance(value, Mapping):
         try:

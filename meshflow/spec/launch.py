@@ -16,20 +16,18 @@ import dataclasses
 import json
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import Any
 
 from meshflow.errors import ConfigError
 from meshflow.spec.admission import AdmissionPolicy
 from meshflow.spec.auth import JWTAuth
 from meshflow.spec.batching import DynamicBatching, batching_by_endpoint
-from meshflow.spec.flow import DeploymentSpec, FlowSpec
+from meshflow.spec.flow import DeploymentSpec, FlowSpec, Options, typed_options
 from meshflow.spec.limits import GraphQLLimits
 from meshflow.spec.persisted import PersistedQueries
 from meshflow.types import DEFAULT_MAX_REQUEST_BYTES
 
 LOCALHOST = "127.0.0.1"
-
-_Options = TypeVar("_Options", GraphQLLimits, AdmissionPolicy, PersistedQueries)
 
 
 def _json(value: Any) -> str:
@@ -347,9 +345,9 @@ class GatewayLaunch(Observability):
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> GatewayLaunch:
         """What :meth:`add_arguments`' flags parsed into; ConfigError for bad JSON."""
-        graphql_limits = _options(GraphQLLimits, args.graphql_limits, "--graphql-limits")
-        admission = _options(AdmissionPolicy, args.admission, "--admission")
-        persisted = _options(PersistedQueries, args.persisted_queries, "--persisted-queries")
+        graphql_limits = _options(args.graphql_limits, GraphQLLimits, "--graphql-limits")
+        admission = _options(args.admission, AdmissionPolicy, "--admission")
+        persisted = _options(args.persisted_queries, PersistedQueries, "--persisted-queries")
         auth = JWTAuth.from_dict(_json_object(args.auth, "--auth")) if args.auth else None
         return cls(
             topology=args.topology,
@@ -373,9 +371,6 @@ class GatewayLaunch(Observability):
         )
 
 
-def _options(cls: type[_Options], text: str, flag: str) -> _Options:
+def _options(text: str, cls: type[Options], flag: str) -> Options:
     """An options object from a flag's JSON (its fields); ConfigError for a bad one."""
-    try:
-        return cls(**_json_object(text, flag))
-    except TypeError as exc:
-        raise ConfigError(f"{flag}: {exc}") from None
+    return typed_options(_json_object(text, flag), cls, flag)
