@@ -20,13 +20,14 @@ from meshflow.errors import (
     UnauthenticatedError,
     UnavailableError,
 )
-from meshflow.executor import Executor, RuntimeArgs, dynamic_batching, requests
+from meshflow.executor import Executor, RuntimeArgs, doc_field, dynamic_batching, requests
 from meshflow.flow import Flow
 from meshflow.gateway.auth import mint as mint_token
 from meshflow.identity import Identity
 from meshflow.spec.admission import AdmissionPolicy
 from meshflow.spec.auth import JWTAuth
 from meshflow.spec.batching import DynamicBatching
+from meshflow.spec.federation import Federation
 from meshflow.spec.limits import GraphQLLimits
 from meshflow.spec.persisted import PersistedQueries
 from meshflow.spec.policy import CircuitBreaker, HealthCheck, OutlierDetection, RetryPolicy
@@ -46,6 +47,7 @@ __all__ = [
     "DynamicBatching",
     "Executor",
     "ExecutorError",
+    "Federation",
     "Flow",
     "FlowStartError",
     "ForbiddenError",
@@ -65,6 +67,7 @@ __all__ = [
     "UnauthenticatedError",
     "UnavailableError",
     "__version__",
+    "doc_field",
     "dynamic_batching",
     "mint_token",
     "requests",

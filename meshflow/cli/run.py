@@ -273,6 +273,7 @@ def _gateway(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
             graphql=None if launch.graphql_port is None else (launch.host, launch.graphql_port),
             limits=launch.graphql_limits,
             persisted=launch.persisted_queries,
+            federation=launch.federation,
             auth=launch.auth,
             signer=signer,
             static=launch.static,

@@ -24,6 +24,7 @@ from meshflow.gateway.topology import Node, Topology, check_spec
 from meshflow.mesh.config import Admin
 from meshflow.observability.tracing import sampling_arg
 from meshflow.spec.auth import JWTAuth
+from meshflow.spec.federation import Federation
 from meshflow.spec.flow import DeploymentSpec, FlowSpec
 from meshflow.spec.launch import ExecutorLaunch, GatewayLaunch, Observability
 from meshflow.spec.limits import GraphQLLimits
@@ -153,6 +154,7 @@ def gateway_command(
         graphql_port=HTTP_PORT if flow.graphql else None,
         graphql_limits=flow.graphql_limits if flow.graphql else GraphQLLimits(),
         persisted_queries=persisted if flow.graphql else PersistedQueries(),
+        federation=flow.federation if flow.graphql else Federation(),
         cors=flow.cors if flow.graphql else (),
         static=static,
         auth=flow.auth,

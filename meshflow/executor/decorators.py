@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Literal, TypeVar, overload
 
+from meshflow.executor.doctypes import check_doc_type
 from meshflow.spec.batching import AUTO, DynamicBatching
 from meshflow.types import DEFAULT_ENDPOINT, REDUCE_RULES
 
@@ -14,6 +15,7 @@ ENDPOINTS_ATTR = "__meshflow_endpoints__"
 READ_ONLY_ATTR = "__meshflow_read_only__"
 REDUCE_ATTR = "__meshflow_reduce__"
 BATCHING_ATTR = "__meshflow_batching__"
+DOC_TYPES_ATTR = "__meshflow_doc_types__"
 
 
 def _normalise(on: str) -> str:
@@ -50,6 +52,8 @@ def requests(
     on: str | Sequence[str] | None = None,
     read_only: bool = False,
     reduce: Mapping[str, str] | None = None,
+    doc: type | None = None,
+    returns: type | None = None,
 ) -> Callable[[F], F]: ...
 
 
@@ -59,6 +63,8 @@ def requests(
     on: str | Sequence[str] | None = None,
     read_only: bool = False,
     reduce: Mapping[str, str] | None = None,
+    doc: type | None = None,
+    returns: type | None = None,
 ) -> F | Callable[[F], F]:
     """Bind an Executor method to one or more endpoints.
 
@@ -87,8 +93,21 @@ def requests(
             @requests(on='/count', read_only=True, reduce={'count': 'sum'})
             def count(self, **kwargs):
                 return {'count': len(self.store)}
+
+    ``doc`` and ``returns`` are dataclasses that type the documents the endpoint takes and
+    answers with (see :mod:`meshflow.executor.doctypes`): the gateway builds named GraphQL
+    types from them and checks inputs before any executor runs::
+
+            @requests(on='/search', read_only=True, doc=ProductQuery, returns=Look)
+            def search(self, docs, parameters: SearchParams, **kwargs):
+                ...
     """
     rules = _check_reduce(reduce)
+    typed = {
+        key: check_doc_type(cls, what=f"@requests({key}=...)")
+        for key, cls in (("doc", doc), ("returns", returns))
+        if cls is not None
+    }
     if on is None:
         names = [DEFAULT_ENDPOINT]
     elif isinstance(on, str):
@@ -110,6 +129,10 @@ def requests(
             declared: dict[str, dict[str, str]] = dict(getattr(fn, REDUCE_ATTR, {}))
             declared.update(dict.fromkeys(names, rules))
             setattr(fn, REDUCE_ATTR, declared)
+        if typed:
+            doc_types: dict[str, dict[str, type]] = dict(getattr(fn, DOC_TYPES_ATTR, {}))
+            doc_types.update(dict.fromkeys(names, typed))
+            setattr(fn, DOC_TYPES_ATTR, doc_types)
         return fn
 
     if func is not None:

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 from meshflow.errors import ConfigError
 from meshflow.executor.decorators import (
     BATCHING_ATTR,
+    DOC_TYPES_ATTR,
     ENDPOINTS_ATTR,
     READ_ONLY_ATTR,
     REDUCE_ATTR,
@@ -53,6 +54,10 @@ class EndpointMethod:
     """How several shards' results combine, per results key (``@requests(reduce=...)``)."""
     batching: DynamicBatching | None = None
     """``@dynamic_batching`` of the method, if it has one."""
+    doc: type | None = None
+    """The dataclass typing the documents it takes (``@requests(doc=...)``), if any."""
+    returns: type | None = None
+    """The dataclass typing the documents it answers with (``@requests(returns=...)``)."""
 
 
 class Executor:
@@ -104,7 +109,9 @@ class Executor:
                 typed = params_type(value)
                 reduce = getattr(value, REDUCE_ATTR, {})
                 batching = getattr(value, BATCHING_ATTR, None)
+                doc_types = getattr(value, DOC_TYPES_ATTR, {})
                 for endpoint in names:
+                    typed_docs = doc_types.get(endpoint, {})
                     found[endpoint] = EndpointMethod(
                         endpoint,
                         attr,
@@ -113,6 +120,8 @@ class Executor:
                         params=typed,
                         reduce=reduce.get(endpoint, {}),
                         batching=batching,
+                        doc=typed_docs.get("doc"),
+                        returns=typed_docs.get("returns"),
                     )
         cls.endpoints = found
 

@@ -18,6 +18,7 @@ from meshflow.flow.deployment import make_deployment
 from meshflow.flow.local import LocalRuntime
 from meshflow.flow.status import scrape_targets, snapshot, with_health
 from meshflow.gateway.auth import Authenticator
+from meshflow.gateway.doctypes import check_flow as check_typed_documents
 from meshflow.gateway.topology import GATEWAY, check_spec
 from meshflow.observability.tracing import (
     parse_sampling,
@@ -233,8 +234,10 @@ class Flow(Posting):
         return f"http://{self._spec.host}:{self.graphql_port}/graphql"
 
     def check(self) -> None:
-        """Validate the graph (unknown needs, cycles) without starting anything."""
+        """Validate the graph (unknown needs, cycles) and the executors' typed documents
+        (one shape per type name) without starting anything."""
         check_spec(self._spec)
+        check_typed_documents(self._spec)
 
     # -- running ------------------------------------------------------------------------
 

@@ -309,6 +309,7 @@ class LocalRuntime:
             graphql_port=(spec.graphql_port or 0) if spec.graphql else None,
             graphql_limits=spec.graphql_limits,
             persisted_queries=spec.persisted_queries,
+            federation=spec.federation,
             cors=spec.cors if spec.graphql else (),
             static=dict(spec.static) if spec.static else None,
             auth=spec.auth,

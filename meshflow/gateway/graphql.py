@@ -537,8 +537,11 @@ def _resolver(endpoint: str, params: dict[str, services_pb2.Parameter]) -> Any:
     return resolve
 
 
-def query_type(endpoints: dict[str, dict[str, services_pb2.Parameter]]) -> type:
-    """``Query`` with one field per read-only endpoint, besides ``flow``."""
+def query_type(
+    endpoints: dict[str, dict[str, services_pb2.Parameter]], extra: dict[str, Any] | None = None
+) -> type:
+    """``Query`` with one field per read-only endpoint, besides ``flow``; ``extra`` fields
+    (typed endpoints', from ``gateway/typed.py``) replace the generic ones of their name."""
     fields: dict[str, Any] = {}
     for endpoint, params in sorted(endpoints.items()):
         name = field_name(endpoint)
@@ -548,5 +551,6 @@ def query_type(endpoints: dict[str, dict[str, services_pb2.Parameter]]) -> type:
             resolver=_resolver(endpoint, params),
             description=f"Runs the read-only endpoint {endpoint} of the Flow.",
         )
+    fields.update(extra or {})
     cls = type("Query", (Query,), fields)
     return strawberry.type(cls, name="Query")

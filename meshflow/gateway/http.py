@@ -65,13 +65,13 @@ from strawberry.types.execution import PreExecutionError
 
 from meshflow.errors import BadRequestError, ForbiddenError, RequestError, UnauthenticatedError
 from meshflow.gateway.discovery import EndpointCatalog
+from meshflow.gateway.doctypes import TypedDocuments
+from meshflow.gateway.federation import FederatedSchema
 from meshflow.gateway.graphql import (
     SCALARS,
     Mutation,
     Query,
     Subscription,
-    query_type,
-    read_only_endpoints,
     request_error,
 )
 from meshflow.gateway.guards import QueryCache, QueryGuard
@@ -96,8 +96,10 @@ from meshflow.gateway.persisted import PersistedOperations
 from meshflow.gateway.rest import coded, decode_json, post_route
 from meshflow.gateway.server import Gateway
 from meshflow.gateway.tarpit import Tarpit
+from meshflow.gateway.typed import TypeRegistry, schema_key, typed_schema_types
 from meshflow.observability.tracing import current_trace_id
 from meshflow.proto.v1 import services_pb2
+from meshflow.spec.federation import Federation
 from meshflow.spec.limits import GraphQLLimits
 from meshflow.spec.persisted import PersistedQueries
 
@@ -169,6 +171,10 @@ def make_schema(
     query: type = Query,
     tarpit: Tarpit | None = None,
     persisted: PersistedOperations | None = None,
+    *,
+    mutation: type = Mutation,
+    registry: TypeRegistry | None = None,
+    federation: Federation | None = None,
 ) -> strawberry.Schema:
     # The guard parses, measures and validates each distinct query text once (cached), before
     # any resolver runs; one cache per schema, as validation depends on the schema. The
@@ -183,12 +189,51 @@ def make_schema(
             persisted=persisted,
         )
     ]
+    types = list(registry.objects.values()) if registry is not None else []
+    if federation is not None and federation.enabled:  # typed documents: gateway/typed.py
+        return _FederatedSchema(
+            query=query,
+            mutation=mutation,
+            subscription=Subscription,
+            extensions=extensions,
+            types=types,
+            config=StrawberryConfig(scalar_map=SCALARS),
+            entities=federation.entities,
+            registry=registry,
+        )
     return _Schema(
         query=query,
-        mutation=Mutation,
+        mutation=mutation,
         subscription=Subscription,
         extensions=extensions,
+        types=types,
         config=StrawberryConfig(scalar_map=SCALARS),
+    )
+
+
+class _FederatedSchema(_Schema, FederatedSchema):
+    """The gateway's schema as an Apollo Federation 2 subgraph (``gateway/federation.py``)."""
+
+
+def typed_schema(
+    limits: GraphQLLimits,
+    key: tuple[dict[str, dict[str, services_pb2.Parameter]], TypedDocuments],
+    tarpit: Tarpit | None = None,
+    persisted: PersistedOperations | None = None,
+    federation: Federation | None = None,
+) -> strawberry.Schema:
+    """The schema for the endpoints of :func:`~meshflow.gateway.typed.schema_key`: query
+    fields for read-only endpoints, named types and fields for typed ones."""
+    entities = federation.entities if federation is not None and federation.enabled else {}
+    query, mutation, registry = typed_schema_types(*key, entities=entities)
+    return make_schema(
+        limits,
+        query,
+        tarpit,
+        persisted,
+        mutation=mutation,
+        registry=registry,
+        federation=federation,
     )
 
 
@@ -301,6 +346,7 @@ class _GraphQLApp(GraphQL[dict[str, Any], None]):
         allowed_origins: tuple[str, ...] = (),
         tarpit: Tarpit | None = None,
         persisted: PersistedOperations | None = None,
+        federation: Federation | None = None,
     ) -> None:
         # graphql-transport-ws only: the legacy graphql-ws protocol has no auth step.
         # A browser page on another origin may open a WebSocket only when CORS allows it.
@@ -315,17 +361,21 @@ class _GraphQLApp(GraphQL[dict[str, Any], None]):
         self.limits = limits
         self.tarpit = tarpit
         self.persisted = persisted
-        self._fields: dict[str, Any] = {}
+        self.federation = federation
+        self._fields: Any = ({}, TypedDocuments())
         self.catalog = EndpointCatalog(
             gateway.traversal.topology, gateway.traversal.transport, self._new_endpoints
         )
 
     def _new_endpoints(self, answers: list[services_pb2.EndpointsResponse]) -> None:
-        """Read-only endpoints become query fields as soon as their executors tell of them."""
-        fields = read_only_endpoints(answers)
-        if fields != self._fields:
-            self._fields = fields
-            self.schema = make_schema(self.limits, query_type(fields), self.tarpit, self.persisted)
+        """Read-only endpoints become query fields, typed endpoints typed fields, as soon as
+        their executors tell of them."""
+        key = schema_key(answers)
+        if key != self._fields:
+            self._fields = key
+            self.schema = typed_schema(
+                self.limits, key, self.tarpit, self.persisted, self.federation
+            )
 
     async def execute_single(self, *args: Any, **kwargs: Any) -> ExecutionResult:
         result = await super().execute_single(*args, **kwargs)
@@ -442,6 +492,7 @@ def make_app(
     static: Mapping[str, str] | None = None,
     cors: tuple[str, ...] = (),
     persisted: PersistedQueries | None = None,
+    federation: Federation | None = None,
 ) -> ASGIApp:
     """The ASGI app of the HTTP door; ``static`` mounts folders of files (no token needed,
     no dotfiles); ``cors`` lists the origins whose pages may call it (none by default);
@@ -449,12 +500,13 @@ def make_app(
     tarpit = Tarpit(rate=limits.refusals_per_second, burst=limits.refusal_burst)
     operations = PersistedOperations(persisted or PersistedQueries(), limits)
     graphql_app = _GraphQLApp(
-        make_schema(limits, tarpit=tarpit, persisted=operations),
+        typed_schema(limits, ({}, TypedDocuments()), tarpit, operations, federation),
         gateway,
         limits,
         allowed_origins=cors,
         tarpit=tarpit,
         persisted=operations,
+        federation=federation,
     )
 
     async def ide(request: Request) -> Response:

@@ -19,6 +19,7 @@ from meshflow.observability.metrics import GatewayMetrics
 from meshflow.observability.tracing import shutdown_tracing
 from meshflow.spec.admission import AdmissionPolicy
 from meshflow.spec.auth import JWTAuth
+from meshflow.spec.federation import Federation
 from meshflow.spec.limits import GraphQLLimits
 from meshflow.spec.names import cluster_name
 from meshflow.spec.persisted import PersistedQueries
@@ -87,6 +88,7 @@ def _http_door(
     static: Mapping[str, str] | None,
     cors: tuple[str, ...],
     persisted: PersistedQueries | None = None,
+    federation: Federation | None = None,
 ) -> HttpDoor:
     """The GraphQL (HTTP and WebSocket) door of ``gateway`` on ``address`` (host, port)."""
     # lazy: Strawberry and uvicorn (~200 ms) load only when the GraphQL door is on
@@ -95,7 +97,7 @@ def _http_door(
 
     limits = limits or GraphQLLimits()
     return HttpDoor(
-        make_app(gateway, limits, static, cors, persisted),
+        make_app(gateway, limits, static, cors, persisted, federation),
         *address,
         max_header_bytes=limits.max_header_bytes,
         max_message_bytes=limits.max_body_bytes,
@@ -116,6 +118,7 @@ async def serve_gateway(
     graphql: tuple[str, int] | None = None,
     limits: GraphQLLimits | None = None,
     persisted: PersistedQueries | None = None,
+    federation: Federation | None = None,
     auth: JWTAuth | None = None,
     signer: Signer | None = None,
     static: Mapping[str, str] | None = None,
@@ -129,7 +132,8 @@ async def serve_gateway(
     identity to the executors; with ``metrics`` (host, port), Prometheus ``/metrics``
     there and on the HTTP door; with ``static`` (URL prefix -> folder), static files on the
     HTTP door; browser pages of the ``cors`` origins may call it; ``persisted``: the
-    door's persisted queries (automatic by default); with ``tracing`` (set up by the
+    door's persisted queries (automatic by default); ``federation``: serve as an Apollo
+    Federation 2 subgraph; with ``tracing`` (set up by the
     caller), spans per request and per traversal step."""
     gateway, transport, exporter = _make_gateway(
         topology,
@@ -144,7 +148,7 @@ async def serve_gateway(
     )
     door = None
     if graphql is not None:
-        door = _http_door(gateway, graphql, limits, static, cors, persisted)
+        door = _http_door(gateway, graphql, limits, static, cors, persisted, federation)
 
     def register(server: grpc.aio.Server) -> None:
         server.add_generic_rpc_handlers((gateway.handler(),))

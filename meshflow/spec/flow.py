@@ -23,6 +23,7 @@ from meshflow.errors import ConfigError
 from meshflow.spec.admission import AdmissionPolicy
 from meshflow.spec.auth import JWTAuth
 from meshflow.spec.batching import DynamicBatching, batching_by_endpoint
+from meshflow.spec.federation import Federation
 from meshflow.spec.limits import GraphQLLimits
 from meshflow.spec.persisted import PersistedQueries, read_manifest
 from meshflow.spec.policy import (
@@ -249,7 +250,13 @@ def _persisted(value: Any) -> PersistedQueries:
     return dataclasses.replace(options, manifest=os.path.abspath(options.manifest))
 
 
-Options = TypeVar("Options", GraphQLLimits, AdmissionPolicy, PersistedQueries)
+def _federation(value: Any) -> Federation:
+    if isinstance(value, bool):  # `federation: true` in a YAML file
+        return Federation(enabled=value)
+    return typed_options(value, Federation, "federation")
+
+
+Options = TypeVar("Options", GraphQLLimits, AdmissionPolicy, PersistedQueries, Federation)
 
 
 def typed_options(value: Any, cls: type[Options], name: str) -> Options:
@@ -317,6 +324,7 @@ class FlowSpec:
     persisted_queries: PersistedQueries = field(
         default_factory=PersistedQueries, metadata=meta(coerce=_persisted)
     )
+    federation: Federation = field(default_factory=Federation, metadata=meta(coerce=_federation))
     envoy_concurrency: int = 1
     auth: JWTAuth | None = field(default=None, metadata=meta(coerce=_auth, save=_save_auth))
     metrics: bool = False

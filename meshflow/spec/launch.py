@@ -22,6 +22,7 @@ from meshflow.errors import ConfigError
 from meshflow.spec.admission import AdmissionPolicy
 from meshflow.spec.auth import JWTAuth
 from meshflow.spec.batching import DynamicBatching, batching_by_endpoint
+from meshflow.spec.federation import Federation
 from meshflow.spec.flow import DeploymentSpec, FlowSpec, Options, typed_options
 from meshflow.spec.limits import GraphQLLimits
 from meshflow.spec.persisted import PersistedQueries
@@ -274,6 +275,7 @@ class GatewayLaunch(Observability):
     graphql_port: int | None = None
     graphql_limits: GraphQLLimits = field(default_factory=GraphQLLimits)
     persisted_queries: PersistedQueries = field(default_factory=PersistedQueries)
+    federation: Federation = field(default_factory=Federation)
     cors: tuple[str, ...] = ()
     static: Mapping[str, str] | None = None
     auth: JWTAuth | None = None
@@ -295,6 +297,8 @@ class GatewayLaunch(Observability):
             argv += ["--graphql-limits", _json(dataclasses.asdict(self.graphql_limits))]
         if self.persisted_queries != PersistedQueries():
             argv += ["--persisted-queries", _json(dataclasses.asdict(self.persisted_queries))]
+        if self.federation != Federation():
+            argv += ["--federation", _json(self.federation.to_dict())]
         for origin in self.cors:
             argv += ["--cors", origin]
         argv += ["--static", _json(dict(self.static))] if self.static is not None else []
@@ -329,6 +333,11 @@ class GatewayLaunch(Observability):
             default="{}",
             help="PersistedQueries fields as JSON (the manifest is a path the gateway reads)",
         )
+        parser.add_argument(
+            "--federation",
+            default="{}",
+            help="Federation fields as JSON: serve as an Apollo Federation 2 subgraph",
+        )
         parser.add_argument("--auth", help="JWTAuth options as JSON (secrets stay in env/files)")
         parser.add_argument(
             "--signing-key-file",
@@ -348,6 +357,7 @@ class GatewayLaunch(Observability):
         graphql_limits = _options(args.graphql_limits, GraphQLLimits, "--graphql-limits")
         admission = _options(args.admission, AdmissionPolicy, "--admission")
         persisted = _options(args.persisted_queries, PersistedQueries, "--persisted-queries")
+        federation = _options(args.federation, Federation, "--federation")
         auth = JWTAuth.from_dict(_json_object(args.auth, "--auth")) if args.auth else None
         return cls(
             topology=args.topology,
@@ -362,6 +372,7 @@ class GatewayLaunch(Observability):
             graphql_port=args.graphql_port,
             graphql_limits=graphql_limits,
             persisted_queries=persisted,
+            federation=federation,
             cors=tuple(args.cors),
             static=_json_object(args.static, "--static") if args.static else None,
             auth=auth,

@@ -13,16 +13,52 @@ class EndpointsRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class Endpoint(_message.Message):
-    __slots__ = ("name", "method", "read_only", "parameters")
+    __slots__ = ("name", "method", "read_only", "parameters", "doc", "returns")
     NAME_FIELD_NUMBER: _ClassVar[int]
     METHOD_FIELD_NUMBER: _ClassVar[int]
     READ_ONLY_FIELD_NUMBER: _ClassVar[int]
     PARAMETERS_FIELD_NUMBER: _ClassVar[int]
+    DOC_FIELD_NUMBER: _ClassVar[int]
+    RETURNS_FIELD_NUMBER: _ClassVar[int]
     name: str
     method: str
     read_only: bool
     parameters: _containers.RepeatedCompositeFieldContainer[Parameter]
-    def __init__(self, name: _Optional[str] = ..., method: _Optional[str] = ..., read_only: bool = ..., parameters: _Optional[_Iterable[_Union[Parameter, _Mapping]]] = ...) -> None: ...
+    doc: DocType
+    returns: DocType
+    def __init__(self, name: _Optional[str] = ..., method: _Optional[str] = ..., read_only: bool = ..., parameters: _Optional[_Iterable[_Union[Parameter, _Mapping]]] = ..., doc: _Optional[_Union[DocType, _Mapping]] = ..., returns: _Optional[_Union[DocType, _Mapping]] = ...) -> None: ...
+
+class DocType(_message.Message):
+    __slots__ = ("name", "description", "fields")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    DESCRIPTION_FIELD_NUMBER: _ClassVar[int]
+    FIELDS_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    description: str
+    fields: _containers.RepeatedCompositeFieldContainer[DocField]
+    def __init__(self, name: _Optional[str] = ..., description: _Optional[str] = ..., fields: _Optional[_Iterable[_Union[DocField, _Mapping]]] = ...) -> None: ...
+
+class DocField(_message.Message):
+    __slots__ = ("name", "type", "list", "required", "source", "description", "doc", "default_json", "nullable")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    TYPE_FIELD_NUMBER: _ClassVar[int]
+    LIST_FIELD_NUMBER: _ClassVar[int]
+    REQUIRED_FIELD_NUMBER: _ClassVar[int]
+    SOURCE_FIELD_NUMBER: _ClassVar[int]
+    DESCRIPTION_FIELD_NUMBER: _ClassVar[int]
+    DOC_FIELD_NUMBER: _ClassVar[int]
+    DEFAULT_JSON_FIELD_NUMBER: _ClassVar[int]
+    NULLABLE_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    type: str
+    list: bool
+    required: bool
+    source: str
+    description: str
+    doc: DocType
+    default_json: str
+    nullable: bool
+    def __init__(self, name: _Optional[str] = ..., type: _Optional[str] = ..., list: bool = ..., required: bool = ..., source: _Optional[str] = ..., description: _Optional[str] = ..., doc: _Optional[_Union[DocType, _Mapping]] = ..., default_json: _Optional[str] = ..., nullable: bool = ...) -> None: ...
 
 class Parameter(_message.Message):
     __slots__ = ("name", "type", "list", "required", "default_json")

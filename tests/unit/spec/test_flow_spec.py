@@ -21,6 +21,7 @@ from meshflow import (
     RetryPolicy,
 )
 from meshflow.flow.config import load_flow, save_flow
+from meshflow.spec.federation import Federation
 from meshflow.spec.flow import EXECUTOR_KEYS, WITH_KEYS, DeploymentSpec, FlowSpec
 from meshflow.spec.persisted import PersistedQueries, sha256_hex
 
@@ -53,6 +54,7 @@ def flow_values(tmp_path: str) -> dict[str, Any]:
         "persisted_queries": PersistedQueries(
             mode="safelist", manifest=manifest, max_entries=5, cache_control="public, max-age=5"
         ),
+        "federation": Federation(enabled=True, entities={"Product": "/products"}),
         "envoy_concurrency": 2,
         "auth": JWTAuth(
             issuer="https://id.example",

@@ -7,7 +7,14 @@ from typing import Any
 
 import pytest
 
-from meshflow import AdmissionPolicy, DynamicBatching, GraphQLLimits, JWTAuth, PersistedQueries
+from meshflow import (
+    AdmissionPolicy,
+    DynamicBatching,
+    Federation,
+    GraphQLLimits,
+    JWTAuth,
+    PersistedQueries,
+)
 from meshflow.cli import make_parser
 from meshflow.errors import ConfigError
 from meshflow.spec.launch import ExecutorLaunch, GatewayLaunch
@@ -61,6 +68,7 @@ GATEWAY_VALUES: dict[str, Any] = {
     "persisted_queries": PersistedQueries(
         mode="safelist", manifest="/app/pq.json", max_bytes=1000, cache_control="max-age=9"
     ),
+    "federation": Federation(enabled=True, entities={"Product": "/products"}),
     "cors": ("https://shop.example", "http://localhost:3000"),
     "static": {"/ui": "/app/web"},
     "auth": JWTAuth(issuer="i", audience="a", secret_env="SECRET", scopes={"/x": "x:r"}),
