@@ -378,6 +378,9 @@ class _GraphQLApp(GraphQL[dict[str, Any], None]):
             )
 
     async def execute_single(self, *args: Any, **kwargs: Any) -> ExecutionResult:
+        if self.federation is not None and self.federation.enabled:
+            # a router reads `_service { sdl }` once: it must see every deployment's types
+            await self.catalog.refresh_missing()
         result = await super().execute_single(*args, **kwargs)
         if not self.catalog.complete and _names_unknown_field(result):
             # A field of a deployment that has not answered yet: ask it once before

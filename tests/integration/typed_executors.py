@@ -83,14 +83,11 @@ class Shop(Executor):
             doc.matches = found[: parameters.limit]
 
     @requests(on="/products", read_only=True, returns=Product)
-    def products(self, docs: DocumentArray, **kwargs: Any) -> None:
-        """The products of the ids asked (the entity resolver of federation)."""
-        for doc in docs:
-            item = self.catalog.get(doc.id)
-            if item is not None:
-                filled = _document(doc.id, item)
-                doc.text = filled.text
-                doc.tags = filled.tags
+    def products(self, docs: DocumentArray, **kwargs: Any) -> DocumentArray:
+        """The products of the ids asked that exist (the entity resolver of federation)."""
+        return DocumentArray(
+            _document(doc.id, self.catalog[doc.id]) for doc in docs if doc.id in self.catalog
+        )
 
     @requests(on="/add", doc=NewProduct, returns=Product)
     def add(self, docs: DocumentArray, **kwargs: Any) -> None:
