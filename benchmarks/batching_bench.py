@@ -127,7 +127,7 @@ def measure_flow(
         photo_bytes = app.image_bytes(catalog.render(catalog.queries(1, seed=3)[0]))
         photo = body(
             os.path.join(workspace, "photo.json"),
-            {"blob": base64.b64encode(photo_bytes).decode()},
+            {"image": base64.b64encode(photo_bytes).decode()},
         )
         pids = server_pids(flow)
         out: dict[str, Any] = {}

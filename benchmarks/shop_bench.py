@@ -99,7 +99,7 @@ def quality(flow: Flow, n: int) -> dict[str, Any]:
             matches = app.search(url, reader, image=photo, text=text, limit=10)
             for key in hits:
                 hits[key].append(
-                    sum(m["tags"][key] == getattr(q, key) for m in matches) / max(len(matches), 1)
+                    sum(m[key] == getattr(q, key) for m in matches) / max(len(matches), 1)
                 )
         out[kind] = {f"p@10 {k}": round(statistics.mean(v), 3) for k, v in hits.items()}
     return out

@@ -27,12 +27,15 @@ READ = ("catalog:read",)
 WRITE = ("catalog:read", "catalog:write")
 
 SEARCH = """
-query Search($docs: [DocumentInput!], $limit: Int, $filter: JSON) {
-  search(docs: $docs, limit: $limit, filter: $filter) {
-    docs { matches { id text tags scores } }
+query Search(
+  $docs: [LookQueryInput!], $limit: Int, $category: String, $colour: String, $filter: JSON
+) {
+  search(docs: $docs, limit: $limit, category: $category, colour: $colour, filter: $filter) {
+    matches { id title category colour pattern imageUrl score imageScore textScore }
   }
 }
 """
+"""The typed search (``services/shop_the_look/executors.py`` declares its types)."""
 
 
 def build_flow(
@@ -138,21 +141,31 @@ def search(
     text: str | None = None,
     image: bytes | None = None,
     limit: int = 10,
+    category: str | None = None,
+    colour: str | None = None,
     filter: dict[str, Any] | None = None,
     timeout: float = 60.0,
     client: httpx.Client | None = None,
 ) -> list[dict[str, Any]]:
-    """Search over GraphQL (``url``: the gateway's ``/graphql``) by words, a photo or both;
-    the best matches first, each ``{id, text, tags, scores}``. Pass a ``client`` to reuse
-    its connection (a new ``httpx.Client`` costs milliseconds: it loads CA certificates)."""
+    """Search over GraphQL (``url``: the gateway's ``/graphql``) by words, a photo or both,
+    optionally only a ``category`` or ``colour`` (or any tags in ``filter``); the best
+    matches first, each a ``Product`` (``{id, title, category, colour, pattern, imageUrl,
+    score, imageScore, textScore}``). Pass a ``client`` to reuse its connection (a new
+    ``httpx.Client`` costs milliseconds: it loads CA certificates)."""
     doc: dict[str, Any] = {}
     if text:
         doc["text"] = text
     if image:
-        doc["blob"] = base64.b64encode(image).decode()
+        doc["image"] = base64.b64encode(image).decode()
     if not doc:
         raise ValueError("search by text, by image, or both")
-    variables = {"docs": [doc], "limit": limit, "filter": filter or None}
+    variables = {
+        "docs": [doc],
+        "limit": limit,
+        "category": category,
+        "colour": colour,
+        "filter": filter or None,
+    }
     request = {
         "json": {"query": SEARCH, "variables": variables},
         "headers": {"authorization": f"Bearer {bearer}"},
@@ -168,7 +181,7 @@ def search(
         error = body["errors"][0]
         code = (error.get("extensions") or {}).get("code", "ERROR")
         raise RuntimeError(f"{code}: {error.get('message')}")
-    matches: list[dict[str, Any]] = body["data"]["search"]["docs"][0]["matches"]
+    matches: list[dict[str, Any]] = body["data"]["search"][0]["matches"]
     return matches
 
 
@@ -176,9 +189,8 @@ def table(title: str, matches: Sequence[dict[str, Any]]) -> str:
     """The matches as a text table."""
     lines = [title, f"{'#':>2}  {'fused':>6}  {'image':>6}  {'text':>6}  item", "-" * 72]
     for rank, match in enumerate(matches, 1):
-        scores = match.get("scores") or {}
-        cells = "  ".join(_cell(scores.get(name)) for name in ("fused", "image", "text"))
-        lines.append(f"{rank:>2}  {cells}  {match['id']}: {match.get('text', '')}"[:110])
+        cells = "  ".join(_cell(match.get(name)) for name in ("score", "imageScore", "textScore"))
+        lines.append(f"{rank:>2}  {cells}  {match['id']}: {match.get('title', '')}"[:110])
     return "\n".join(lines)
 
 

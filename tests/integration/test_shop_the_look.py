@@ -88,28 +88,52 @@ def test_photo_queries_find_their_category(shop: Shop) -> None:
         photo = app.image_bytes(catalog.render(query))
         matches = app.search(shop.url, shop.reader, image=photo, limit=5)
         assert len(matches) == 5
-        assert all(set(m["scores"]) == {"fused", "image"} for m in matches)
-        precisions.append(sum(m["tags"]["category"] == category for m in matches) / 5)
+        assert all(m["imageScore"] is not None and m["textScore"] is None for m in matches)
+        precisions.append(sum(m["category"] == category for m in matches) / 5)
     # 8 products per category are indexed, and chance is 1/8
     assert sum(precisions) / len(precisions) >= 0.7, precisions
 
 
 def test_text_and_combined_queries(shop: Shop) -> None:
     matches = app.search(shop.url, shop.reader, text="red striped t-shirt", limit=5)
-    assert matches[0]["tags"]["category"] == "t-shirt"
+    assert matches[0]["category"] == "t-shirt"
     assert "t-shirt-red-striped-0" in [m["id"] for m in matches]
-    assert all(set(m["scores"]) == {"fused", "text"} for m in matches)
+    assert all(m["textScore"] is not None and m["imageScore"] is None for m in matches)
 
     photo = app.image_bytes(catalog.render(held_out("dress", "blue", "plain", 99)))
     matches = app.search(shop.url, shop.reader, image=photo, text="blue dress", limit=5)
     top = matches[0]
-    assert top["tags"]["category"] == "dress" and top["tags"]["colour"] == "blue"
-    assert {"fused", "image", "text"} <= set(top["scores"])
-    fused = [m["scores"]["fused"] for m in matches]
+    assert top["category"] == "dress" and top["colour"] == "blue"
+    assert None not in (top["score"], top["imageScore"], top["textScore"])
+    assert top["imageUrl"].startswith("/catalog/")
+    fused = [m["score"] for m in matches]
     assert fused == sorted(fused, reverse=True)
 
-    hats = app.search(shop.url, shop.reader, text="something to wear", filter={"category": "hat"})
-    assert hats and {m["tags"]["category"] for m in hats} == {"hat"}
+    # typed filters, and the generic tag filter beside them
+    hats = app.search(shop.url, shop.reader, text="something to wear", category="hat")
+    assert hats and {m["category"] for m in hats} == {"hat"}
+    red = app.search(shop.url, shop.reader, text="something to wear", colour="red", limit=20)
+    assert red and {m["colour"] for m in red} == {"red"}
+    plain = app.search(shop.url, shop.reader, text="wear", filter={"pattern": "plain"}, limit=20)
+    assert plain and {m["pattern"] for m in plain} == {"plain"}
+
+
+def test_the_typed_search_refuses_wrong_types_before_searching(shop: Shop) -> None:
+    answer = httpx.post(
+        shop.url,
+        json={"query": app.SEARCH, "variables": {"docs": [{"text": "red"}], "limit": "ten"}},
+        headers={"authorization": f"Bearer {shop.reader}"},
+        timeout=30,
+    ).json()
+    assert answer["data"] is None
+    assert answer["errors"][0]["extensions"]["code"] == "BAD_USER_INPUT"
+    unknown = httpx.post(
+        shop.url,
+        json={"query": app.SEARCH, "variables": {"docs": [{"blob": "eA=="}]}},
+        headers={"authorization": f"Bearer {shop.reader}"},
+        timeout=30,
+    ).json()
+    assert unknown["errors"][0]["extensions"]["code"] == "BAD_USER_INPUT"
 
 
 def test_refusals_and_bad_photos_are_clear_errors(shop: Shop) -> None:

@@ -2,8 +2,12 @@
 // The token comes from the URL fragment (#token=..., never sent to a server) or the token box.
 "use strict";
 
-const SEARCH = `query Search($docs: [DocumentInput!], $limit: Int) {
-  search(docs: $docs, limit: $limit) { docs { matches { id text tags scores } } }
+// The typed search: LookQueryInput, Look and Product are the app's typed documents
+// (services/shop_the_look/executors.py); `meshflow graphql schema flow.yml` prints them.
+const SEARCH = `query Search($docs: [LookQueryInput!], $limit: Int, $category: String) {
+  search(docs: $docs, limit: $limit, category: $category) {
+    matches { id title category imageUrl score imageScore textScore }
+  }
 }`;
 const MAX_SIDE = 384; // photos are scaled down in the browser before they are sent
 
@@ -75,25 +79,23 @@ function show(matches) {
   const list = $("results");
   list.replaceChildren();
   for (const match of matches) {
-    const tags = match.tags || {};
-    const scores = match.scores || {};
     const item = document.createElement("li");
     item.dataset.id = match.id;
-    item.dataset.category = tags.category || "";
+    item.dataset.category = match.category || "";
     const img = document.createElement("img");
-    img.src = tags.image_url || "";
-    img.alt = match.text || match.id;
+    img.src = match.imageUrl || "";
+    img.alt = match.title || match.id;
     img.loading = "lazy";
     const meta = document.createElement("div");
     meta.className = "meta";
     const name = document.createElement("div");
     name.className = "name";
-    name.textContent = match.text || match.id;
+    name.textContent = match.title || match.id;
     const detail = document.createElement("div");
     detail.className = "scores";
-    const parts = [`score ${fmt(scores.fused ?? scores.cosine)}`];
-    if ("image" in scores) parts.push(`image ${fmt(scores.image)}`);
-    if ("text" in scores) parts.push(`text ${fmt(scores.text)}`);
+    const parts = [`score ${fmt(match.score)}`];
+    if (match.imageScore !== null) parts.push(`image ${fmt(match.imageScore)}`);
+    if (match.textScore !== null) parts.push(`text ${fmt(match.textScore)}`);
     detail.textContent = parts.join(" · ");
     meta.append(name, detail);
     item.append(img, meta);
@@ -115,14 +117,15 @@ $("search").addEventListener("submit", async (event) => {
   }
   const doc = {};
   if (text) doc.text = text;
-  if (photo) doc.blob = photo;
+  if (photo) doc.image = photo;
+  const category = $("category").value.trim() || null;
   status("Searching...");
   const started = performance.now();
   try {
     const answer = await fetch("/graphql", {
       method: "POST",
       headers: { "content-type": "application/json", authorization: `Bearer ${token}` },
-      body: JSON.stringify({ query: SEARCH, variables: { docs: [doc], limit: 12 } }),
+      body: JSON.stringify({ query: SEARCH, variables: { docs: [doc], limit: 12, category } }),
     });
     const body = await answer.json();
     if (body.errors && body.errors.length) {
@@ -131,7 +134,7 @@ $("search").addEventListener("submit", async (event) => {
       status(`${code}: ${error.message}`, true);
       return;
     }
-    const matches = body.data.search.docs[0].matches;
+    const matches = body.data.search[0].matches;
     show(matches);
     const ms = Math.round(performance.now() - started);
     status(`${matches.length} results in ${ms} ms`);
