@@ -94,9 +94,17 @@ def check_doc_type(cls: Any, *, what: str) -> type:
     return typing.cast(type, cls)
 
 
-def describe_doc_type(cls: Any, *, what: str = "") -> services_pb2.DocType:
+def describe_doc_type(
+    cls: Any, *, what: str = "", _within: tuple[type, ...] = ()
+) -> services_pb2.DocType:
     """The ``DocType`` message of the dataclass ``cls`` (what the Endpoints RPC tells)."""
-    where = what or getattr(cls, "__qualname__", repr(cls))
+    qualname = getattr(cls, "__qualname__", repr(cls))
+    where = f"{what}: {qualname}" if what else qualname
+    if cls in _within:
+        raise TypeError(
+            f"{where}: {cls.__name__} nests itself; typed matches and chunks must be "
+            "another dataclass (GraphQL types are finite)"
+        )
     if not (isinstance(cls, type) and dataclasses.is_dataclass(cls)):
         raise TypeError(f"{where}: typed documents are dataclasses, got {cls!r}")
     try:
@@ -107,7 +115,7 @@ def describe_doc_type(cls: Any, *, what: str = "") -> services_pb2.DocType:
         ) from None
     out = services_pb2.DocType(name=cls.__name__, description=_doc(cls))
     for f in dataclasses.fields(cls):
-        out.fields.append(_field(cls, f, hints[f.name], where))
+        out.fields.append(_field(f, hints[f.name], where, (*_within, cls)))
     return out
 
 
@@ -117,7 +125,9 @@ def _doc(cls: type) -> str:
     return "" if doc.startswith(cls.__name__ + "(") else doc.strip()
 
 
-def _field(cls: type, f: dataclasses.Field[Any], hint: Any, where: str) -> services_pb2.DocField:
+def _field(
+    f: dataclasses.Field[Any], hint: Any, where: str, within: tuple[type, ...]
+) -> services_pb2.DocField:
     name = f"{where}.{f.name}"
     if not f.name.isidentifier() or f.name.startswith("_"):
         raise TypeError(f"{name}: a typed field needs a public name")
@@ -130,6 +140,15 @@ def _field(cls: type, f: dataclasses.Field[Any], hint: Any, where: str) -> servi
     elif f.default_factory is not dataclasses.MISSING:
         default = f.default_factory()
     kind, is_list, nested = _kind(hint)
+    if kind is None and nested is None:
+        raise TypeError(
+            f"{name}: {hint!r} is not a typed field type; use str, int, float, bool, a list "
+            "of them, or dict/Any for JSON"
+        )
+    try:
+        default_json = "" if required or nested is not None else json.dumps(default)
+    except (TypeError, ValueError):
+        raise TypeError(f"{name}: its default {default!r} is not JSON") from None
     out = services_pb2.DocField(
         nullable=_nullable(hint),
         name=f.name,
@@ -137,7 +156,7 @@ def _field(cls: type, f: dataclasses.Field[Any], hint: Any, where: str) -> servi
         required=required,
         source=source,
         description=str(f.metadata.get("description", "")),
-        default_json="" if required else json.dumps(default),
+        default_json=default_json,
     )
     if nested is not None:
         if source not in NESTED:
@@ -146,15 +165,10 @@ def _field(cls: type, f: dataclasses.Field[Any], hint: Any, where: str) -> servi
                 f"name the field so, or type it dict/Any (JSON)"
             )
         out.type = "doc"
-        out.doc.CopyFrom(describe_doc_type(nested, what=f"{where}.{f.name}"))
+        out.doc.CopyFrom(describe_doc_type(nested, what=name, _within=within))
         return out
     if source in NESTED:
         raise TypeError(f"{name}: {source} holds typed documents: type it list[SomeDataclass]")
-    if kind is None:
-        raise TypeError(
-            f"{name}: {hint!r} is not a typed field type; use str, int, float, bool, a list "
-            "of them, or dict/Any for JSON"
-        )
     if source in DOC_FIELDS and (kind != "str" or is_list):
         raise TypeError(f"{name}: travels as the Document's {source}, a string: type it str")
     if source.startswith("scores.") and (kind != "float" or is_list):

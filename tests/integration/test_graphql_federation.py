@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 from graphql import build_schema
 from systemtools import system_tool
@@ -142,8 +143,6 @@ def test_entities_unknown_to_the_endpoint_are_null_and_federation_off_has_no_ser
     node: Node, start_flow: StartFlow
 ) -> None:
     f = start_flow(Flow(federation=FEDERATION).add(uses="typed_executors:Shop", name="shop"))
-    import httpx
-
     entities = """query($r: [_Any!]!) { _entities(representations: $r) {
       ... on Product { id title stock } } }"""
     refs = [{"__typename": "Product", "id": "p2"}, {"__typename": "Product", "id": "nope"}]

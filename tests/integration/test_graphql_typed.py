@@ -3,13 +3,28 @@ typed query and mutation fields, inputs checked (with codes) before any executor
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
+from graphql import (
+    build_client_schema,
+    build_schema,
+    get_introspection_query,
+    lexicographic_sort_schema,
+    print_schema,
+)
 
 from meshflow import ConfigError, Flow
+from meshflow.gateway.sdl import schema_sdl
+
+ROOT = Path(__file__).resolve().parents[2]
+HERE = Path(__file__).resolve().parent
 
 StartFlow = Callable[[Flow], Flow]
 
@@ -142,3 +157,40 @@ def test_conflicting_type_names_refuse_the_flow_before_it_starts() -> None:
     assert "two typed documents are named 'Product'" in message
     assert "'shop'" in message and "'other'" in message
     assert f.pids == {}
+
+
+@pytest.mark.mesh("direct")
+def test_the_offline_sdl_is_the_typed_schema_the_gateway_serves(start_flow: StartFlow) -> None:
+    f = shop(start_flow)
+    assert "errors" not in gql(f, SEARCH, docs=[{"text": "red"}])  # every executor answered
+    introspection = gql(f, get_introspection_query(descriptions=True, specified_by_url=True))
+    served = lexicographic_sort_schema(build_client_schema(introspection["data"]))
+    offline = lexicographic_sort_schema(build_schema(schema_sdl(f.spec)))
+    assert print_schema(offline) == print_schema(served)
+
+
+def test_the_schema_command_prints_the_typed_documents_and_refuses_conflicts(
+    tmp_path: Path,
+) -> None:
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), str(HERE)])}
+
+    def schema(yaml: str) -> subprocess.CompletedProcess[str]:
+        (tmp_path / "flow.yml").write_text(yaml)
+        argv = [sys.executable, "-m", "meshflow", "graphql", "schema", "flow.yml"]
+        return subprocess.run(
+            argv, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60
+        )
+
+    done = schema("jtype: Flow\nexecutors:\n  - uses: typed_executors:Shop\n    name: shop\n")
+    assert done.returncode == 0, done.stderr
+    sdl = build_schema(done.stdout)
+    look = sdl.get_type("Look")
+    assert look is not None and str(look.fields["matches"].type) == "[Product!]!"  # type: ignore[attr-defined]
+    assert {"ProductQueryInput", "NewProductInput", "Product"} <= set(sdl.type_map)
+    both = schema(
+        "jtype: Flow\nexecutors:\n  - uses: typed_executors:Shop\n    name: shop\n"
+        "  - uses: typed_executors:OtherShop\n    name: other\n"
+    )
+    assert both.returncode == 2 and both.stdout == ""
+    assert "two typed documents are named 'Product'" in both.stderr
+    assert "Traceback" not in both.stderr
