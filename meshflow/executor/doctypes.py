@@ -175,7 +175,7 @@ def _field(
         raise TypeError(f"{name}: a score is a number: type it float")
     if source == "scores" and kind != "json":
         raise TypeError(f"{name}: all scores are a JSON object: type it dict[str, float]")
-    out.type = "id" if source == "id" else kind
+    out.type = "id" if source == "id" else str(kind)
     return out
 
 
