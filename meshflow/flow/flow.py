@@ -66,6 +66,9 @@ class Flow(Posting):
         persisted_queries: :class:`~meshflow.PersistedQueries`: Apollo's automatic persisted
             queries (the default), a safelist of a manifest's operations for production, or
             off; and the ``Cache-Control`` of persisted queries sent with GET.
+        federation: :class:`~meshflow.Federation`: serve the GraphQL door as an Apollo
+            Federation 2 subgraph, typed documents as entities resolved by id through
+            read-only endpoints (see ``docs/graphql.md``).
         envoy_concurrency: worker threads of each Envoy sidecar (``--concurrency``).
         auth: :class:`~meshflow.JWTAuth`: every door of the gateway checks a JWT and the
             endpoint's scope (see ``docs/auth.md``); ``f.token`` is what ``f.post`` sends.

@@ -12,11 +12,15 @@ one type, whichever executor fills it.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from meshflow.errors import ConfigError
 from meshflow.proto.v1 import services_pb2
+
+if TYPE_CHECKING:
+    from meshflow.spec.flow import FlowSpec
 
 RESERVED_NAMES = frozenset(
     {
@@ -198,16 +202,43 @@ def _outputs(doc_type: services_pb2.DocType, found: set[str]) -> None:
             _outputs(f.doc, found)
 
 
-def check_flow(spec: object) -> None:
+def check_flow(spec: FlowSpec) -> None:
     """Refuse a Flow whose executors' typed documents conflict, before it starts: the
     classes its builder imported are described as their ``Endpoints`` RPC would."""
     from meshflow.executor.describe import describe_endpoints
 
     answers = []
-    for dep in getattr(spec, "deployments", ()):
+    for dep in spec.deployments:
         try:
             cls = dep.executor_class
         except ConfigError:  # not imported here (another environment): the gateway checks
             continue
         answers.append(describe_endpoints(dep.name, cls.endpoints))
-    typed_documents(answers)
+    typed = typed_documents(answers)
+    if spec.federation.enabled and len(answers) == len(spec.deployments):
+        check_entities(typed, spec.federation.entities)
+
+
+def check_entities(typed: TypedDocuments, entities: Mapping[str, str]) -> None:
+    """Each federated entity is a typed document with an ``id``, resolved by a read-only
+    endpoint that returns it."""
+    for name, endpoint in entities.items():
+        doc_type = typed.types.get(name)
+        if doc_type is None or name not in typed.outputs:
+            known = ", ".join(sorted(typed.outputs)) or "none"
+            raise ConfigError(
+                f"federation.entities names {name!r}, which no executor returns as a typed "
+                f"document (returned: {known})"
+            )
+        if not any(f.source == "id" for f in doc_type.fields):
+            raise ConfigError(
+                f"federation.entities: {name} has no id field; an entity's key is its id: "
+                "add `id: str` to the dataclass"
+            )
+        served = typed.endpoints.get(endpoint)
+        if served is None or not served.read_only or served.returns != name:
+            raise ConfigError(
+                f"federation.entities: {name!r} -> {endpoint!r}: the endpoint must be "
+                f"read-only and return {name} (@requests(on={endpoint!r}, read_only=True, "
+                f"returns={name}))"
+            )

@@ -10,7 +10,7 @@ named types of typed documents, and the federation directives when federation is
 from __future__ import annotations
 
 from meshflow.executor.describe import describe_endpoints
-from meshflow.gateway.doctypes import typed_documents
+from meshflow.gateway.doctypes import check_entities, typed_documents
 from meshflow.gateway.graphql import read_only_endpoints
 from meshflow.gateway.http import typed_schema
 from meshflow.spec.flow import FlowSpec
@@ -22,5 +22,7 @@ def schema_sdl(spec: FlowSpec) -> str:
     answers = [describe_endpoints(d.name, d.executor_class.endpoints) for d in spec.deployments]
     # typed documents that conflict are a ConfigError here, as when the Flow starts
     key = (read_only_endpoints(answers), typed_documents(answers))
+    if spec.federation.enabled:
+        check_entities(key[1], spec.federation.entities)
     schema = typed_schema(spec.graphql_limits, key, federation=spec.federation)
     return schema.as_str() + "\n"

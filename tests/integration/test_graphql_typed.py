@@ -194,3 +194,20 @@ def test_the_schema_command_prints_the_typed_documents_and_refuses_conflicts(
     assert both.returncode == 2 and both.stdout == ""
     assert "two typed documents are named 'Product'" in both.stderr
     assert "Traceback" not in both.stderr
+
+
+@pytest.mark.parametrize(
+    ("entities", "message"),
+    [
+        ({"Nope": "/products"}, "names 'Nope', which no executor returns"),
+        ({"Product": "/search"}, "the endpoint must be read-only and return Product"),
+        ({"Product": "/add"}, "the endpoint must be read-only and return Product"),
+    ],
+)
+def test_federation_entities_must_be_typed_documents_of_read_only_endpoints(
+    entities: dict[str, str], message: str
+) -> None:
+    f = Flow(federation={"enabled": True, "entities": entities})
+    f = f.add(uses="typed_executors:Shop", name="shop")
+    with pytest.raises(ConfigError, match=message):
+        f.check()
