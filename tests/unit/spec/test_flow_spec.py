@@ -54,7 +54,7 @@ def flow_values(tmp_path: str) -> dict[str, Any]:
         "persisted_queries": PersistedQueries(
             mode="safelist", manifest=manifest, max_entries=5, cache_control="public, max-age=5"
         ),
-        "federation": Federation(enabled=True, entities={"Product": "/products"}),
+        "federation": Federation(enabled=True),  # entities are checked against executors
         "envoy_concurrency": 2,
         "auth": JWTAuth(
             issuer="https://id.example",
