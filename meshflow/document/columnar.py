@@ -1,0 +1,378 @@
+"""The columnar wire layout: the documents of a request field by field (``DocumentColumns``).
+
+In the row layout (``DataRequest.docs``) every document is a message of its own, so every hop
+builds and encodes a Python object per document. In the columnar layout
+(``DataRequest.columns``) a request holds one list per string field and **one buffer per
+array field** (``embeddings``, ``tensors``: shape ``(n, ...)``, C order), so
+
+- a hop reads all embeddings with one ``numpy.frombuffer``: ``docs.embeddings`` is a 2-D
+  **read-only** view of the received bytes, no copy; assign to change it
+  (``docs.embeddings = docs.embeddings + 1``), as for a single document's embedding;
+- :class:`Document` objects are built only when an executor iterates or indexes ``docs``
+  (``len(docs)`` and the bulk attributes do not build them);
+- columns nobody changed are copied to the answer as they came, without decoding.
+
+Arrays that cannot share one buffer (some documents without an embedding, or embeddings of
+different dtypes or shapes in one request) are **not refused**: that field then travels per
+document in ``rest``, in the row layout, as do tags, scores, matches and chunks. See
+``docs/wire.md``.
+"""
+
+from __future__ import annotations
+
+import operator
+import uuid
+from typing import Any, Final
+
+import numpy as np
+import numpy.typing as npt
+
+from meshflow.document.array import DocumentArray
+from meshflow.document.document import Document
+from meshflow.document.proto import (
+    _array_from_proto,
+    _array_to_proto,
+    _dtype,
+    _prune,
+    _struct_from_proto,
+    _struct_to_proto,
+    documents_from_proto,
+    documents_to_proto,
+)
+from meshflow.proto.v1 import data_request_pb2, document_pb2
+
+__all__ = [
+    "Columns",
+    "columns_from_proto",
+    "columns_to_proto",
+    "documents_from_request",
+    "documents_to_request",
+    "prune_columns",
+    "to_rows",
+    "unchanged_columns",
+]
+
+#: (Document attribute, DocumentColumns field) of the string and bytes columns.
+STRING_COLUMNS: Final[tuple[tuple[str, str], ...]] = (
+    ("id", "ids"),
+    ("parent_id", "parent_ids"),
+    ("text", "texts"),
+    ("blob", "blobs"),
+    ("uri", "uris"),
+    ("mime_type", "mime_types"),
+)
+#: (Document attribute, DocumentColumns field) of the array columns.
+ARRAY_COLUMNS: Final[tuple[tuple[str, str], ...]] = (
+    ("_embedding", "embeddings"),
+    ("_tensor", "tensors"),
+)
+_EMPTY: Final[dict[str, Any]] = {"ids": "", "parent_ids": "", "texts": "", "blobs": b""}
+_EMPTY.update(uris="", mime_types="")
+_NESTED = ("tags", "scores", "matches", "chunks")
+
+
+class Columns:
+    """The documents of one ``DocumentColumns`` message, decoded on demand.
+
+    A lazy :class:`DocumentArray` holds one; it reads a column the first time it is asked
+    for, and keeps what was handed out (lists, row views) so that the answer can tell which
+    columns are still exactly what came in.
+
+    Raises:
+        ValueError: (on construction) a column's length is not the number of ids, or an
+            array column's dtype, shape and buffer disagree.
+    """
+
+    __slots__ = ("_arrays", "_lists", "_rows", "_used", "changed", "n", "pb")
+
+    def __init__(self, pb: document_pb2.DocumentColumns) -> None:
+        self.pb = pb
+        self.n = n = len(pb.ids)
+        for _, name in STRING_COLUMNS[1:]:
+            got = len(getattr(pb, name))
+            if got and got != n:
+                raise ValueError(f"column {name} holds {got} values for {n} documents")
+        if pb.rest and len(pb.rest) != n:
+            raise ValueError(f"column rest holds {len(pb.rest)} values for {n} documents")
+        self._lists: dict[str, list[Any]] = {}
+        self._arrays: dict[str, npt.NDArray[Any] | None] = {}
+        for _, name in ARRAY_COLUMNS:
+            if pb.HasField(name):
+                self._arrays[name] = _matrix(getattr(pb, name), n, name)
+        # What the Documents were built from, by column (to tell unchanged fields).
+        self._used: dict[str, list[Any]] = {}
+        self._rows: dict[str, list[Any]] = {}
+        self.changed: set[str] = set()
+        """Columns set through the bulk attributes before any Document was built."""
+
+    @property
+    def has_rest(self) -> bool:
+        """Whether some field travels per document (then bulk setters build Documents)."""
+        return bool(self.pb.rest)
+
+    def strings(self, name: str) -> list[Any]:
+        """One value per document of a string/bytes column (a new list)."""
+        return list(self._strings(name))
+
+    def _strings(self, name: str) -> list[Any]:
+        values = self._lists.get(name)
+        if values is None:
+            values = list(getattr(self.pb, name)) or [_EMPTY[name]] * self.n
+            self._lists[name] = values
+        return values
+
+    def set_strings(self, name: str, values: list[Any]) -> None:
+        self._lists[name] = values
+        self.changed.add(name)
+
+    def array(self, name: str) -> npt.NDArray[Any] | None:
+        """The ``(n, ...)`` array of an array column, or None when it has no column."""
+        return self._arrays.get(name)
+
+    def set_array(self, name: str, value: npt.NDArray[Any] | None) -> None:
+        self._arrays[name] = value
+        self.changed.add(name)
+
+    def materialize(self) -> list[Document]:
+        """Build the Documents (each array field a row view of its column)."""
+        n = self.n
+        lists = [self._strings(name) for _, name in STRING_COLUMNS]
+        self._used = {name: values for (_, name), values in zip(STRING_COLUMNS, lists, strict=True)}
+        rows = {name: _split(self._arrays.get(name), n) for _, name in ARRAY_COLUMNS}
+        self._rows = rows
+        embeddings, tensors = rows["embeddings"], rows["tensors"]
+        rest = self.pb.rest
+        docs = []
+        new = Document.__new__
+        for i, (id, parent_id, text, blob, uri, mime_type) in enumerate(zip(*lists, strict=True)):
+            doc = new(Document)
+            doc.id = id or uuid.uuid4().hex
+            doc.parent_id = parent_id
+            doc.text = text
+            doc.blob = blob
+            doc.uri = uri
+            doc.mime_type = mime_type
+            doc.tags = {}
+            doc.scores = {}
+            doc._embedding = embeddings[i]
+            doc._tensor = tensors[i]
+            doc._matches = None
+            doc._chunks = None
+            doc._wire = None
+            if rest:
+                _read_rest(doc, rest[i])
+            docs.append(doc)
+        return docs
+
+
+def columns_from_proto(pb: document_pb2.DocumentColumns) -> DocumentArray:
+    """A lazy DocumentArray over ``pb`` (see the module docstring).
+
+    Raises:
+        ValueError: the columns do not fit together (see :class:`Columns`).
+    """
+    return DocumentArray._lazy(Columns(pb))
+
+
+def unchanged_columns(docs: DocumentArray, source: Columns) -> bool:
+    """True when ``docs`` hold, in order, exactly what ``source`` decoded: every field the
+    very object handed out, no tags, scores, matches or chunks (they are mutable)."""
+    if docs._columns is source and docs._items is None:
+        return not source.changed
+    if source.pb.rest or source.changed or len(docs) != source.n:
+        return False
+    items = docs._docs
+    if not source._used:
+        return False
+    for (attr, _name), used in zip(STRING_COLUMNS, source._used.values(), strict=True):
+        if not all(map(operator.is_, map(operator.attrgetter(attr), items), used)):
+            return False
+    for attr, name in ARRAY_COLUMNS:
+        if not all(map(operator.is_, map(operator.attrgetter(attr), items), source._rows[name])):
+            return False
+    return not any(doc.tags or doc.scores or doc._matches or doc._chunks for doc in items)
+
+
+def columns_to_proto(
+    docs: DocumentArray, pb: document_pb2.DocumentColumns, source: Columns | None = None
+) -> None:
+    """Write ``docs`` into the (empty) message ``pb``; columns still as ``source`` decoded
+    them are copied from its message without encoding.
+
+    Raises:
+        ValueError: an array has an object or structured dtype.
+        TypeError: a tag is not JSON-like.
+    """
+    columns = docs._columns
+    if columns is not None and docs._items is None:
+        _unbuilt_to_proto(columns, pb)
+        return
+    items = docs._docs
+    n = len(items)
+    same_source = source is not None and source.n == n and bool(source._used)
+    for attr, name in STRING_COLUMNS:
+        values = list(map(operator.attrgetter(attr), items))
+        if attr == "id" or any(values):
+            getattr(pb, name).extend(values)
+    fallback: dict[str, list[Any]] = {}
+    for attr, name in ARRAY_COLUMNS:
+        arrays = list(map(operator.attrgetter(attr), items))
+        if same_source and all(map(operator.is_, arrays, source._rows[name])):  # type: ignore[union-attr]
+            matrix = source._arrays.get(name)  # type: ignore[union-attr]
+            if matrix is not None:
+                _write_matrix(matrix, source, name, pb)  # type: ignore[arg-type]
+            continue
+        if all(a is None for a in arrays):
+            continue
+        first = arrays[0]
+        if first is not None and all(
+            a is not None and a.shape == first.shape and a.dtype == first.dtype for a in arrays
+        ):
+            _array_to_proto(np.stack(arrays), getattr(pb, name), items[0], name)
+        else:
+            fallback[attr] = arrays
+    if fallback or any(doc.tags or doc.scores or doc._matches or doc._chunks for doc in items):
+        for i, doc in enumerate(items):
+            _write_rest(doc, pb.rest.add(), fallback, i)
+
+
+def _unbuilt_to_proto(columns: Columns, pb: document_pb2.DocumentColumns) -> None:
+    """No Document was built: copy the message, then write what the bulk setters changed."""
+    pb.CopyFrom(columns.pb)
+    for name in columns.changed:
+        pb.ClearField(name)
+        if name in columns._lists:
+            values = columns._lists[name]
+            if name == "ids" or any(values):
+                getattr(pb, name).extend(values)
+        else:
+            matrix = columns._arrays.get(name)
+            if matrix is not None:
+                _array_to_proto(np.ascontiguousarray(matrix), getattr(pb, name), _NOBODY, name)
+
+
+def _write_matrix(
+    matrix: npt.NDArray[Any], source: Columns, name: str, pb: document_pb2.DocumentColumns
+) -> None:
+    if name not in source.changed:  # the received column: its bytes as they came
+        getattr(pb, name).CopyFrom(getattr(source.pb, name))
+    else:
+        _array_to_proto(matrix, getattr(pb, name), _NOBODY, name)
+
+
+def _write_rest(
+    doc: Document, pb: document_pb2.Document, fallback: dict[str, list[Any]], i: int
+) -> None:
+    if doc.tags:
+        _struct_to_proto(doc.tags, pb.tags, "tags")
+    if doc.scores:
+        pb.scores.update(doc.scores)
+    if doc._matches:
+        documents_to_proto(doc._matches, pb.matches)
+    if doc._chunks:
+        documents_to_proto(doc._chunks, pb.chunks)
+    embeddings = fallback.get("_embedding")
+    if embeddings is not None and embeddings[i] is not None:
+        _array_to_proto(embeddings[i], pb.embedding, doc, "embedding")
+    tensors = fallback.get("_tensor")
+    if tensors is not None and tensors[i] is not None:
+        _array_to_proto(tensors[i], pb.tensor, doc, "tensor")
+
+
+def _read_rest(doc: Document, pb: document_pb2.Document) -> None:
+    if pb.HasField("tags"):
+        doc.tags = _struct_from_proto(pb.tags)
+    if pb.scores:
+        doc.scores = dict(pb.scores)
+    if pb.matches:
+        doc._matches = documents_from_proto(pb.matches)
+    if pb.chunks:
+        doc._chunks = documents_from_proto(pb.chunks)
+    if pb.HasField("embedding"):
+        doc._embedding = _array_from_proto(pb.embedding, doc.id, "embedding")
+    if pb.HasField("tensor"):
+        doc._tensor = _array_from_proto(pb.tensor, doc.id, "tensor")
+
+
+def _matrix(pb: document_pb2.NdArray, n: int, name: str) -> npt.NDArray[Any]:
+    shape = list(pb.shape)
+    if not shape or shape[0] != n:
+        raise ValueError(
+            f"column {name} has shape {tuple(shape)}; its first dimension must be the number "
+            f"of documents, {n}"
+        )
+    try:
+        # A read-only view of the received bytes: no copy.
+        return np.frombuffer(pb.buffer, dtype=_dtype(pb.dtype)).reshape(shape)
+    except (TypeError, ValueError) as exc:
+        raise ValueError(
+            f"cannot read column {name} (dtype {pb.dtype!r}, shape {tuple(shape)}, "
+            f"{len(pb.buffer)} bytes): {exc}"
+        ) from None
+
+
+def _split(matrix: npt.NDArray[Any] | None, n: int) -> list[npt.NDArray[Any] | None]:
+    if matrix is None:
+        return [None] * n
+    if matrix.ndim == 1:  # rows of a 1-d column are 0-d arrays, not numpy scalars
+        return [matrix[i, ...] for i in range(n)]
+    return list(matrix)
+
+
+_NOBODY = Document(id="(column)")  # names the owner in _array_to_proto's errors
+
+
+# -- requests -------------------------------------------------------------------------------
+
+
+def documents_from_request(request: data_request_pb2.DataRequest) -> DocumentArray:
+    """The documents of ``request``, whichever layout it uses (lazy for the columnar one).
+
+    Raises:
+        ValueError: the request holds documents in both layouts, or its arrays or columns
+            do not fit together.
+    """
+    if request.HasField("columns"):
+        if request.docs:
+            raise ValueError(
+                "the request holds documents in both layouts (docs and columns); "
+                "send them in one of them"
+            )
+        return columns_from_proto(request.columns)
+    return documents_from_proto(request.docs)
+
+
+def documents_to_request(
+    docs: DocumentArray, request: data_request_pb2.DataRequest, *, columnar: bool = True
+) -> None:
+    """Write ``docs`` into the request (whose document fields are empty), in the columnar
+    layout or, with ``columnar=False``, the row layout."""
+    if columnar:
+        request.columns.SetInParent()  # a request of no documents still says its layout
+        columns_to_proto(docs, request.columns)
+    else:
+        documents_to_proto(docs, request.docs)
+
+
+def to_rows(request: data_request_pb2.DataRequest) -> None:
+    """Move the columnar documents of ``request`` into the row layout, in place (for the
+    gateway's merges and shard splits, which work document by document)."""
+    if not request.HasField("columns"):
+        return
+    docs = columns_from_proto(request.columns)
+    del request.docs[:]
+    documents_to_proto(docs, request.docs)
+    request.ClearField("columns")
+
+
+def prune_columns(pb: document_pb2.DocumentColumns, fields: frozenset[str] | set[str]) -> None:
+    """Clear, in place, every column not named in ``fields`` (paths as for
+    :func:`~meshflow.document.proto.prune`); ``ids`` always stay."""
+    fields = frozenset(fields)
+    for attr, name in (*STRING_COLUMNS[1:], *ARRAY_COLUMNS):
+        if attr.lstrip("_") not in fields:
+            pb.ClearField(name)
+    if pb.rest:
+        _prune(pb.rest, fields, "")
+        if not any(r.ListFields() for r in pb.rest):
+            pb.ClearField("rest")
