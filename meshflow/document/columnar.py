@@ -20,6 +20,7 @@ document in ``rest``, in the row layout, as do tags, scores, matches and chunks.
 
 from __future__ import annotations
 
+import itertools
 import operator
 import uuid
 from typing import Any, Final
@@ -228,18 +229,32 @@ def columns_to_proto(
             if matrix is not None:
                 _write_matrix(matrix, source, name, pb)  # type: ignore[arg-type]
             continue
-        if all(a is None for a in arrays):
+        missing = sum(map(operator.is_, arrays, itertools.repeat(None, n)))
+        if missing == n:
             continue
-        first = arrays[0]
-        if first is not None and all(
-            a is not None and a.shape == first.shape and a.dtype == first.dtype for a in arrays
+        if (
+            not missing
+            and len(set(map(_SHAPE, arrays))) == 1
+            and len(set(map(_DTYPE, arrays))) == 1
         ):
-            _array_to_proto(np.stack(arrays), getattr(pb, name), items[0], name)
+            _array_to_proto(_stacked(arrays), getattr(pb, name), items[0], name)
         else:
             fallback[attr] = arrays
     if fallback or any(doc.tags or doc.scores or doc._matches or doc._chunks for doc in items):
         for i, doc in enumerate(items):
             _write_rest(doc, pb.rest.add(), fallback, i)
+
+
+_SHAPE = operator.attrgetter("shape")
+_DTYPE = operator.attrgetter("dtype")
+
+
+def _stacked(arrays: list[npt.NDArray[Any]]) -> npt.NDArray[Any]:
+    """``numpy.stack`` of arrays of one shape and dtype, without its per-array calls."""
+    first = arrays[0]
+    if first.ndim == 0:
+        return np.stack(arrays)
+    return np.concatenate(arrays).reshape(len(arrays), *first.shape)
 
 
 def _unbuilt_to_proto(columns: Columns, pb: document_pb2.DocumentColumns) -> None:
