@@ -13,7 +13,7 @@ from meshflow.document import Document, DocumentArray
 from meshflow.document.columnar import (
     COLUMNAR_MIN_DOCS,
     documents_from_request,
-    documents_to_request,
+    request_bytes,
 )
 from meshflow.document.proto import dict_to_struct, struct_to_dict
 from meshflow.errors import (
@@ -98,8 +98,7 @@ def build_request(
         docs = DocumentArray._wrap(list(docs))
     if columnar is None:
         columnar = len(docs) >= COLUMNAR_MIN_DOCS
-    documents_to_request(docs, request, columnar=columnar)
-    return request_id, request.SerializeToString()
+    return request_id, request_bytes(docs, request, columnar=columnar)
 
 
 # A failure of the gateway itself (not of an executor) on a stream, by class name: a refusal,

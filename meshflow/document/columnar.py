@@ -45,11 +45,14 @@ from meshflow.proto.v1 import data_request_pb2, document_pb2
 __all__ = [
     "COLUMNAR_MIN_DOCS",
     "Columns",
+    "columns_field",
     "columns_from_proto",
+    "columns_to_bytes",
     "columns_to_proto",
     "documents_from_request",
     "documents_to_request",
     "prune_columns",
+    "request_bytes",
     "to_rows",
     "unchanged_columns",
 ]
@@ -90,7 +93,7 @@ class Columns:
             array column's dtype, shape and buffer disagree.
     """
 
-    __slots__ = ("_arrays", "_lists", "_rows", "_set", "_used", "changed", "n", "pb")
+    __slots__ = ("_arrays", "_buffers", "_lists", "_rows", "_set", "_used", "changed", "n", "pb")
 
     def __init__(self, pb: document_pb2.DocumentColumns) -> None:
         self.pb = pb
@@ -99,9 +102,11 @@ class Columns:
         ids = self._set.get("ids")
         self.n = n = len(ids) if ids is not None else 0
         self._arrays: dict[str, npt.NDArray[Any] | None] = {}
+        self._buffers: dict[str, bytes] = {}  # the array columns' bytes, as received
         for name, value in self._set.items():
             if name in _ARRAY_NAMES:
-                self._arrays[name] = _matrix(value, n, name)
+                self._buffers[name] = buffer = value.buffer
+                self._arrays[name] = _matrix(value, buffer, n, name)
             elif len(value) != n:
                 raise ValueError(f"column {name} holds {len(value)} values for {n} documents")
         self._lists: dict[str, list[Any]] = {}
@@ -203,8 +208,17 @@ def unchanged_columns(docs: DocumentArray, source: Columns) -> bool:
 def columns_to_proto(
     docs: DocumentArray, pb: document_pb2.DocumentColumns, source: Columns | None = None
 ) -> None:
-    """Write ``docs`` into the (empty) message ``pb``; columns still as ``source`` decoded
-    them are copied from its message without encoding.
+    """Write ``docs`` into the (empty) message ``pb`` (see :func:`columns_to_bytes`)."""
+    pb.MergeFromString(columns_to_bytes(docs, source))
+
+
+def columns_to_bytes(docs: DocumentArray, source: Columns | None = None) -> bytes:
+    """Serialize ``docs`` as a ``DocumentColumns`` message; array columns still as ``source``
+    (or a lazy ``docs``) decoded them are written from the received bytes, without encoding.
+
+    The array columns are appended to the serialized message by hand (protobuf merges
+    concatenated fields): putting a large buffer into a protobuf message first costs more
+    than the rest of the encoding.
 
     Raises:
         ValueError: an array has an object or structured dtype.
@@ -212,22 +226,23 @@ def columns_to_proto(
     """
     columns = docs._columns
     if columns is not None and docs._items is None:
-        _unbuilt_to_proto(columns, pb)
-        return
+        return _unbuilt_to_bytes(columns)
     items = docs._docs
     n = len(items)
+    pb = document_pb2.DocumentColumns()
     same_source = source is not None and source.n == n and bool(source._used)
     for attr, name in STRING_COLUMNS:
         values = list(map(operator.attrgetter(attr), items))
         if attr == "id" or any(values):
             getattr(pb, name).extend(values)
     fallback: dict[str, list[Any]] = {}
+    fields = []
     for attr, name in ARRAY_COLUMNS:
         arrays = list(map(operator.attrgetter(attr), items))
         if same_source and all(map(operator.is_, arrays, source._rows[name])):  # type: ignore[union-attr]
             matrix = source._arrays.get(name)  # type: ignore[union-attr]
             if matrix is not None:
-                _write_matrix(matrix, source, name, pb)  # type: ignore[arg-type]
+                fields.append(_column_field(name, source, matrix))  # type: ignore[arg-type]
             continue
         missing = sum(map(operator.is_, arrays, itertools.repeat(None, n)))
         if missing == n:
@@ -237,12 +252,13 @@ def columns_to_proto(
             and len(set(map(_SHAPE, arrays))) == 1
             and len(set(map(_DTYPE, arrays))) == 1
         ):
-            _array_to_proto(_stacked(arrays), getattr(pb, name), items[0], name)
+            fields.append(_array_field(name, _stacked(arrays)))
         else:
             fallback[attr] = arrays
     if fallback or any(doc.tags or doc.scores or doc._matches or doc._chunks for doc in items):
         for i, doc in enumerate(items):
             _write_rest(doc, pb.rest.add(), fallback, i)
+    return b"".join((pb.SerializeToString(), *fields))
 
 
 _SHAPE = operator.attrgetter("shape")
@@ -257,28 +273,80 @@ def _stacked(arrays: list[npt.NDArray[Any]]) -> npt.NDArray[Any]:
     return np.concatenate(arrays).reshape(len(arrays), *first.shape)
 
 
-def _unbuilt_to_proto(columns: Columns, pb: document_pb2.DocumentColumns) -> None:
-    """No Document was built: copy the message, then write what the bulk setters changed."""
-    pb.CopyFrom(columns.pb)
+def _unbuilt_to_bytes(columns: Columns) -> bytes:
+    """No Document was built: the received columns, but for what the bulk setters changed."""
+    pb = document_pb2.DocumentColumns()
+    fields = []
+    for name, value in columns._set.items():
+        if name in _ARRAY_NAMES or name in columns.changed:
+            continue
+        getattr(pb, name).extend(value)
     for name in columns.changed:
-        pb.ClearField(name)
         if name in columns._lists:
             values = columns._lists[name]
             if name == "ids" or any(values):
                 getattr(pb, name).extend(values)
-        else:
-            matrix = columns._arrays.get(name)
-            if matrix is not None:
-                _array_to_proto(np.ascontiguousarray(matrix), getattr(pb, name), _NOBODY, name)
+    for _, name in ARRAY_COLUMNS:
+        matrix = columns._arrays.get(name)
+        if matrix is not None:
+            fields.append(_column_field(name, columns, matrix))
+    return b"".join((pb.SerializeToString(), *fields))
 
 
-def _write_matrix(
-    matrix: npt.NDArray[Any], source: Columns, name: str, pb: document_pb2.DocumentColumns
-) -> None:
-    if name not in source.changed:  # the received column: its bytes as they came
-        getattr(pb, name).CopyFrom(getattr(source.pb, name))
-    else:
-        _array_to_proto(matrix, getattr(pb, name), _NOBODY, name)
+def _column_field(name: str, source: Columns, matrix: npt.NDArray[Any]) -> bytes:
+    if name in source.changed:
+        return _array_field(name, matrix)
+    received = getattr(source.pb, name)  # as it came: its own bytes, no copy of the array
+    return _ndarray_field(
+        _FIELD_NUMBERS[name], source._buffers[name], received.dtype, received.shape
+    )
+
+
+def _array_field(name: str, array: npt.NDArray[Any]) -> bytes:
+    dtype = array.dtype
+    if dtype.hasobject or dtype.fields is not None:
+        raise ValueError(
+            f"cannot serialize the {name} column: dtype {dtype} is not supported; use a "
+            f"numeric, bool, bytes or str dtype without fields"
+        )
+    # A C-contiguous array is joined as it is (its buffer), without tobytes().
+    return _ndarray_field(_FIELD_NUMBERS[name], np.ascontiguousarray(array), dtype.str, array.shape)
+
+
+def _ndarray_field(number: int, buffer: Any, dtype: str, shape: Any) -> bytes:
+    """The encoding of field ``number`` holding an NdArray (``buffer`` is bytes-like)."""
+    meta = document_pb2.NdArray(dtype=dtype, shape=shape).SerializeToString()
+    size = memoryview(buffer).nbytes
+    head = _varint(size)
+    return b"".join(
+        (_tag(number), _varint(1 + len(head) + size + len(meta)), b"\x0a", head, buffer, meta)
+    )
+
+
+_FIELD_NUMBERS: Final[dict[str, int]] = {
+    name: document_pb2.DocumentColumns.DESCRIPTOR.fields_by_name[name].number
+    for _, name in ARRAY_COLUMNS
+}
+COLUMNS_FIELD: Final = data_request_pb2.DataRequest.DESCRIPTOR.fields_by_name["columns"].number
+
+
+def columns_field(encoded: bytes) -> bytes:
+    """``DataRequest.columns`` holding the serialized ``DocumentColumns`` ``encoded``: append
+    it to a serialized DataRequest without columns to give it those."""
+    return b"".join((_tag(COLUMNS_FIELD), _varint(len(encoded)), encoded))
+
+
+def _tag(number: int) -> bytes:
+    return _varint(number << 3 | 2)  # wire type 2: length-delimited
+
+
+def _varint(value: int) -> bytes:
+    out = bytearray()
+    while value > 0x7F:
+        out.append(value & 0x7F | 0x80)
+        value >>= 7
+    out.append(value)
+    return bytes(out)
 
 
 def _write_rest(
@@ -315,7 +383,7 @@ def _read_rest(doc: Document, pb: document_pb2.Document) -> None:
         doc._tensor = _array_from_proto(pb.tensor, doc.id, "tensor")
 
 
-def _matrix(pb: document_pb2.NdArray, n: int, name: str) -> npt.NDArray[Any]:
+def _matrix(pb: document_pb2.NdArray, buffer: bytes, n: int, name: str) -> npt.NDArray[Any]:
     shape = list(pb.shape)
     if not shape or shape[0] != n:
         raise ValueError(
@@ -324,11 +392,11 @@ def _matrix(pb: document_pb2.NdArray, n: int, name: str) -> npt.NDArray[Any]:
         )
     try:
         # A read-only view of the received bytes: no copy.
-        return np.frombuffer(pb.buffer, dtype=_dtype(pb.dtype)).reshape(shape)
+        return np.frombuffer(buffer, dtype=_dtype(pb.dtype)).reshape(shape)
     except (TypeError, ValueError) as exc:
         raise ValueError(
             f"cannot read column {name} (dtype {pb.dtype!r}, shape {tuple(shape)}, "
-            f"{len(pb.buffer)} bytes): {exc}"
+            f"{len(buffer)} bytes): {exc}"
         ) from None
 
 
@@ -338,9 +406,6 @@ def _split(matrix: npt.NDArray[Any] | None, n: int) -> list[npt.NDArray[Any] | N
     if matrix.ndim == 1:  # rows of a 1-d column are 0-d arrays, not numpy scalars
         return [matrix[i, ...] for i in range(n)]
     return list(matrix)
-
-
-_NOBODY = Document(id="(column)")  # names the owner in _array_to_proto's errors
 
 
 # -- requests -------------------------------------------------------------------------------
@@ -373,6 +438,18 @@ def documents_to_request(
         columns_to_proto(docs, request.columns)
     else:
         documents_to_proto(docs, request.docs)
+
+
+def request_bytes(
+    docs: DocumentArray, request: data_request_pb2.DataRequest, *, columnar: bool = True
+) -> bytes:
+    """The serialized ``request`` (whose document fields are empty) holding ``docs``: the
+    same as :func:`documents_to_request` then ``SerializeToString``, without putting the
+    columns into the message first."""
+    if columnar:
+        return request.SerializeToString() + columns_field(columns_to_bytes(docs))
+    documents_to_proto(docs, request.docs)
+    return request.SerializeToString()
 
 
 def to_rows(request: data_request_pb2.DataRequest) -> None:

@@ -24,7 +24,8 @@ from opentelemetry.trace import SpanKind
 
 from meshflow.document import DocumentArray
 from meshflow.document.columnar import (
-    columns_to_proto,
+    columns_field,
+    columns_to_bytes,
     documents_from_request,
     prune_columns,
     unchanged_columns,
@@ -45,7 +46,7 @@ from meshflow.executor.parameters import for_executor
 from meshflow.grpc_lifecycle import serve_forever
 from meshflow.observability.metrics import ExecutorMetrics
 from meshflow.observability.tracing import shutdown_tracing
-from meshflow.proto.v1 import data_request_pb2, document_pb2, services_pb2
+from meshflow.proto.v1 import data_request_pb2, services_pb2
 from meshflow.spec.batching import DynamicBatching
 from meshflow.types import DEFAULT_ENDPOINT
 from meshflow.voucher import Verifier, identity_of
@@ -370,13 +371,9 @@ class ExecutorRuntime:
         if source is not None:
             if unchanged_columns(docs, source):
                 return data + results  # as below
-            columns = document_pb2.DocumentColumns()
-            columns_to_proto(docs, columns, source)
+            encoded = columns_field(columns_to_bytes(docs, source))
             request.ClearField("columns")
-            encoded = columns.SerializeToString()
-            return b"".join(
-                (request.SerializeToString(), _COLUMNS_TAG, _varint(len(encoded)), encoded, results)
-            )
+            return b"".join((request.SerializeToString(), encoded, results))
         if len(docs) == len(request.docs) and unchanged_on_wire(docs):
             # The documents are what came in: answer with the request's own bytes. Appending
             # a serialized message merges it, which adds the results.
@@ -388,20 +385,6 @@ class ExecutorRuntime:
     def describe(self) -> services_pb2.EndpointsResponse:
         """The endpoints this executor serves, with their read-only flag and parameters."""
         return describe_endpoints(self.name, self._endpoints)
-
-
-# DataRequest.columns (field 10, length-delimited): the answer's columns are appended to the
-# rest of the request as encoded, rather than copied into it first.
-_COLUMNS_TAG = bytes([10 << 3 | 2])
-
-
-def _varint(value: int) -> bytes:
-    out = bytearray()
-    while value > 0x7F:
-        out.append(value & 0x7F | 0x80)
-        value >>= 7
-    out.append(value)
-    return bytes(out)
 
 
 def _failure(request: data_request_pb2.DataRequest, executor: str, exc: Exception) -> bytes:

@@ -7,10 +7,12 @@ import pytest
 
 from meshflow import Document, DocumentArray
 from meshflow.document.columnar import (
+    columns_to_bytes,
     columns_to_proto,
     documents_from_request,
     documents_to_request,
     prune_columns,
+    request_bytes,
     to_rows,
     unchanged_columns,
 )
@@ -286,3 +288,23 @@ def test_prune_keeps_ids_and_the_fields_asked_for() -> None:
 def test_the_row_layout_is_still_written_on_request() -> None:
     docs = DocumentArray(full_document(i) for i in range(2))
     assert wire(docs, columnar=False) == docs
+
+
+def test_request_bytes_are_the_serialized_request_with_its_columns() -> None:
+    docs = DocumentArray(full_document(i) for i in range(3))
+    header = data_request_pb2.Header(endpoint="/x")
+    data = request_bytes(docs, data_request_pb2.DataRequest(header=header))
+    message = data_request_pb2.DataRequest(header=header)
+    documents_to_request(docs, message)
+    assert data_request_pb2.DataRequest.FromString(data) == message
+    assert documents_from_request(data_request_pb2.DataRequest.FromString(data)) == docs
+
+
+def test_a_lazy_array_is_forwarded_from_its_received_bytes() -> None:
+    request = data_request_pb2.DataRequest()
+    documents_to_request(
+        DocumentArray(Document(embedding=np.ones((2, 3))) for _ in range(4)), request
+    )
+    docs = documents_from_request(request)
+    out = document_pb2.DocumentColumns.FromString(columns_to_bytes(docs))
+    assert out == request.columns and docs._items is None
