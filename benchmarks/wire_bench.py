@@ -234,6 +234,9 @@ def table(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     for (setup, case, layout, conc), m in medians.items():
         ceiling = medians.get(("raw echo", case, "-", conc))
         share = 100.0 * m["docs_s"] / ceiling["docs_s"] if ceiling else float("nan")
+        # Server CPU of the ceiling over this setup's, per request: steadier than docs/s
+        # on a shared machine.
+        cpu_share = 100.0 * ceiling["cpu"] / m["cpu"] if ceiling and m["cpu"] else float("nan")
         out.append(
             {
                 "setup": setup,
@@ -242,6 +245,7 @@ def table(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
                 "concurrency": conc,
                 **m,
                 "share_pct": round(share, 1),
+                "cpu_share_pct": round(cpu_share, 1),
             }
         )
     return out
@@ -287,13 +291,14 @@ def main() -> None:
     )
     print(
         "| setup | case | layout | conc | docs/s | share of ceiling | p50 ms | srv CPU ms/req "
-        "| docs/s per round | foreign CPU % |"
+        "| ceiling's srv CPU / this | docs/s per round | foreign CPU % |"
     )
-    print("|---|---|---|---:|---:|---:|---:|---:|---|---:|")
+    print("|---|---|---|---:|---:|---:|---:|---:|---:|---|---:|")
     for r in rows:
         print(
             f"| {r['setup']} | {r['case']} | {r['layout']} | {r['concurrency']} | "
             f"{r['docs_s']:,.0f} | {r['share_pct']:.1f}% | {r['p50_ms']:.1f} | {r['cpu']:.2f} | "
+            f"{r['cpu_share_pct']:.0f}% | "
             f"{r['runs']} | {r['foreign']:.0f} |"
             + (f" errors: {r['errors']}" if r["errors"] else "")
         )
