@@ -64,9 +64,11 @@ CHECKED: dict[tuple[str, int], str] = {
     ("docs/graphql.md", 4): "run: test_graphql_page (over the WebSocket)",
     ("docs/graphql.md", 5): "run: test_graphql_page (the typed executor)",
     ("docs/graphql.md", 6): "run: test_graphql_page",
-    ("docs/graphql.md", 7): "run: test_graphql_page",
-    ("docs/graphql.md", 8): "run: test_graphql_page_persisted_queries (the options build)",
-    ("docs/graphql.md", 9): "static: test_graphql_page_persisted_queries (the manifest's keys)",
+    ("docs/graphql.md", 7): "run: test_graphql_page_typed_documents (the typed executor)",
+    ("docs/graphql.md", 8): "static: test_graphql_page_typed_documents (its types and fields)",
+    ("docs/graphql.md", 9): "run: test_graphql_page",
+    ("docs/graphql.md", 10): "run: test_graphql_page_persisted_queries (the options build)",
+    ("docs/graphql.md", 11): "static: test_graphql_page_persisted_queries (the manifest's keys)",
     ("docs/mesh.md", 0): "text: the topology drawing",
     ("docs/mesh.md", 1): "run: test_mesh_page_traffic_options (and its defaults)",
     ("docs/mesh.md", 2): "run: test_mesh_page_yaml_and_status",
@@ -594,13 +596,13 @@ def test_graphql_page_persisted_queries(project: Path) -> None:
     to them), and its manifest has the keys of Apollo's format."""
     from meshflow.spec.persisted import MANIFEST_FORMAT, sha256_hex
 
-    manifest = json.loads(block(GRAPHQL, 9, "json"))
+    manifest = json.loads(block(GRAPHQL, 11, "json"))
     assert manifest["format"] == MANIFEST_FORMAT and manifest["version"] == 1
     assert set(manifest["operations"][0]) == {"id", "name", "type", "body"}
     body = "query Coats { flow { healthy } }"
     manifest["operations"][0].update(id=sha256_hex(body), body=body)
     (project / "persisted-queries.json").write_text(json.dumps(manifest))
-    snippet = block(GRAPHQL, 8, "python") + "\nprint('built')\n"
+    snippet = block(GRAPHQL, 10, "python") + "\nprint('built')\n"
     done = subprocess.run(
         [sys.executable, "-c", snippet],
         cwd=project,
@@ -610,6 +612,28 @@ def test_graphql_page_persisted_queries(project: Path) -> None:
         timeout=60,
     )
     assert done.returncode == 0 and done.stdout == "built\n", done.stderr
+
+
+def test_graphql_page_typed_documents(project: Path) -> None:
+    """The page's typed executor makes the types, fields and arguments the page shows (the
+    offline SDL, which tests/integration/test_graphql_typed.py compares with the served
+    schema)."""
+    (project / "my_pkg" / "typed.py").write_text(block(GRAPHQL, 7, "python"))
+    code = """
+from meshflow import Flow
+from meshflow.gateway.sdl import schema_sdl
+print(schema_sdl(Flow().add(uses='my_pkg.typed:Shop', name='shop').spec))
+"""
+    sdl = python(project, code).stdout
+    real = sdl_fields(sdl)
+    for name, fields in sdl_fields(block(GRAPHQL, 8, "graphql")).items():
+        assert name in real, name
+        for field, args in fields.items():
+            assert field in real[name], (name, field, sorted(real[name]))
+            assert args == real[name][field], (name, field, args, real[name][field])
+    shown = re.sub(r"\s+", " ", block(GRAPHQL, 8, "graphql"))
+    assert "type Product { id: ID! title: String! category: String! price: Float" in shown
+    assert re.search(r"type Product \{\s*id: ID!\s*title: String!\s*category: String!", sdl)
 
 
 def test_graphql_page(project: Path) -> None:
@@ -622,7 +646,7 @@ def test_graphql_page(project: Path) -> None:
     given = [
         [block(GRAPHQL, i, "graphql") for i in (1, 2, 3, 6)],
         block(GRAPHQL, 4, "graphql"),
-        block(GRAPHQL, 7, "bash"),
+        block(GRAPHQL, 9, "bash"),
     ]
     done = subprocess.run(
         [sys.executable, "snippet.py", json.dumps(given)],
@@ -1017,10 +1041,16 @@ with f:
     [query] = f.post('/search', DocumentArray([item(9, [1, 0, 0, 0], [0, 1, 0, 0])]))
     assert query.matches[0].id == 'item0', [(m.id, m.scores) for m in query.matches]
     assert set(query.matches[0].scores) >= {{'fused', 'image', 'text'}}
+
+# the app's typed search: its indexer and ranker declare the types the query uses
+g = (Flow().add(uses='services.shop_the_look.executors:ShopIndexer', name='indexer',
+                uses_with={{'spaces': {{'image': 4, 'text': 4}}}})
+     .add(uses='services.shop_the_look.executors:ShopRanker', name='ranker'))
+with g:
     body = json.dumps({{'query': {block(SHOP, 2, "graphql")!r},
                        'variables': {{'docs': [{{'text': 'red striped t-shirt'}}], 'limit': 5,
                                      'filter': {{'category': 'bag'}}}}}}).encode()
-    request = urllib.request.Request(f.graphql_url, data=body,
+    request = urllib.request.Request(g.graphql_url, data=body,
                                      headers={{'content-type': 'application/json'}})
     answer = json.loads(urllib.request.urlopen(request, timeout=30).read())
     # valid against the schema; a text query needs the app's encoders to have vectors
