@@ -301,6 +301,23 @@ def report(
                 f"{case:12} {CASES[case][2]:4d} {sizes[case]:10,d} {s.name:8} {rps:8.1f} "
                 f"{p50:8.1f} {gw:18.2f} {first / gw:7.2f}x {foreign:9.1f}"
             )
+    print(f"\n{base} / tree, gateway CPU per request, round by round (each round loads both):")
+    for case in cases:
+        for s in servers[1:]:
+            ratios = [
+                _gateway_ms(rows, case, base, rnd) / _gateway_ms(rows, case, s.name, rnd)
+                for rnd in range(1, args.repeat + 1)
+            ]
+            print(
+                f"{case:12} {s.name:8} "
+                + " ".join(f"{r:5.2f}" for r in ratios)
+                + f"   median {statistics.median(ratios):.2f}, min {min(ratios):.2f}"
+            )
+
+
+def _gateway_ms(rows: list[dict[str, Any]], case: str, tree: str, rnd: int) -> float:
+    [row] = [r for r in rows if (r["case"], r["tree"], r["round"]) == (case, tree, rnd)]
+    return float(row["gateway_cpu_ms_per_req"])
 
 
 if __name__ == "__main__":
