@@ -266,6 +266,7 @@ def test_arrays_keep_their_float64_values() -> None:
 def test_the_encoder_falls_back_for_what_orjson_refuses() -> None:
     assert encode_answer({"big": 2**70}) == b'{"big":1180591620717411303424}'
     assert encode_answer({1: "a"}) == b'{"1":"a"}'
+    assert encode_answer({"x": float("nan")}) == b'{"x":null}'  # json.dumps: NaN, not JSON
     assert json.loads(encode_answer({"t": "é", "f": 1.5e-05})) == {"t": "é", "f": 1.5e-05}
 
 
