@@ -15,7 +15,7 @@ import contextlib
 import inspect
 import keyword
 import logging
-from collections.abc import AsyncGenerator, Awaitable, Iterable
+from collections.abc import AsyncGenerator, Awaitable, Iterable, Mapping
 from typing import Any, NewType, cast
 
 import strawberry
@@ -23,7 +23,7 @@ from graphql import GraphQLError
 from opentelemetry import trace
 from opentelemetry.trace import Status, StatusCode
 from strawberry.scalars import JSON
-from strawberry.types import Info
+from strawberry.types import Info, get_object_definition
 from strawberry.types.nodes import FragmentSpread, InlineFragment, SelectedField, Selection
 
 from meshflow.document.proto import struct_to_dict
@@ -176,6 +176,37 @@ class DocumentInput:
     tags: JSON | None = None
     tensor: NdArrayInput | None = None
     embedding: NdArrayInput | None = None
+
+
+def _document_input(cls: type, value: Mapping[str, Any], context: Any) -> Any:
+    """A ``DocumentInput`` from its GraphQL value, which graphql-core has already coerced
+    (every field checked, defaults filled in): the same instance as Strawberry's generic
+    conversion builds, without resolving each field's type again for each document."""
+    return cls(
+        id=value.get("id"),
+        parent_id=value.get("parentId"),
+        text=value.get("text"),
+        blob=value.get("blob"),
+        uri=value.get("uri"),
+        mime_type=value.get("mimeType"),
+        tags=value.get("tags"),
+        tensor=_array_input(value.get("tensor")),
+        embedding=_array_input(value.get("embedding")),
+    )
+
+
+def _array_input(value: Mapping[str, Any] | None) -> NdArrayInput | None:
+    if value is None:
+        return None
+    shape = value.get("shape")
+    return NdArrayInput(
+        data=list(value["data"]),  # copied, as Strawberry does for a list argument
+        shape=None if shape is None else list(shape),
+        dtype=value.get("dtype", "float32"),
+    )
+
+
+get_object_definition(DocumentInput, strict=True).from_input = _document_input
 
 
 @strawberry.type
