@@ -15,7 +15,7 @@ import contextlib
 import inspect
 import keyword
 import logging
-from collections.abc import AsyncGenerator, Awaitable, Iterable, Mapping
+from collections.abc import AsyncGenerator, Awaitable, Iterable, Mapping, Sequence
 from typing import Any, NewType, cast
 
 import strawberry
@@ -296,6 +296,13 @@ def _docs_selection(info: Info[Any, Any]) -> set[str] | None:
     return None
 
 
+def _pushdown(info: Info[Any, Any]) -> Sequence[str]:
+    """The document fields the last executors keep: those selected under ``docs``, or only
+    ``id`` when the query selects none (its answer shows no document field, so nothing else
+    needs to travel back)."""
+    return sorted(_docs_selection(info) or ()) or ("id",)
+
+
 def _find_docs(sel: Selection) -> set[str] | None:
     if isinstance(sel, FragmentSpread | InlineFragment):
         for inner in sel.selections:
@@ -381,7 +388,7 @@ class Mutation:
                 docs=docs or [],
                 parameters=parameters,
                 target_executor=target_executor,
-                fields=_docs_selection(info) or (),
+                fields=_pushdown(info),
                 max_docs=info.context["max_docs"],
                 **_caller(info),
             )
@@ -408,7 +415,7 @@ class Subscription:
         gateway = _gateway(info)
         if gateway.auth is not None:  # refuse before the first batch is sent
             _require(info, gateway.auth.config.scope_for(on), on)
-        fields = _docs_selection(info) or ()
+        fields = _pushdown(info)
         slots = asyncio.Semaphore(max_in_flight)
         span = _subscription_span(on) if gateway.tracing else None
 
@@ -525,7 +532,7 @@ def _resolver(endpoint: str, params: dict[str, services_pb2.Parameter]) -> Any:
                 docs=docs,
                 parameters=parameters or None,
                 target_executor=target,
-                fields=_docs_selection(info) or (),
+                fields=_pushdown(info),
                 max_docs=info.context["max_docs"],
                 **_caller(info),
             )
