@@ -199,6 +199,7 @@ def make_schema(
             extensions=extensions,
             types=types,
             config=StrawberryConfig(scalar_map=SCALARS),
+            execution_context_class=AnswerExecutionContext,
             entities=federation.entities,
             registry=registry,
         )
