@@ -18,6 +18,7 @@ from importlib.metadata import PackageNotFoundError, version
 from typing import Any, NoReturn
 
 from meshflow.cli.graphql import _graphql, add_graphql_parser
+from meshflow.cli.hub import _hub_command, add_hub_parser
 from meshflow.cli.run import _executor, _flow, _gateway, _ping, _status
 from meshflow.cli.tools import _certs, _export, _token
 from meshflow.errors import ConfigError, MeshflowError
@@ -102,6 +103,7 @@ def make_parser() -> argparse.ArgumentParser:
 
     _add_token_parser(sub)
     add_graphql_parser(sub)
+    add_hub_parser(sub)
 
     ping = sub.add_parser("ping", help="exit 0 when HOST:PORT serves gRPC health, 1 when not")
     ping.add_argument("target", help="HOST:PORT")
@@ -175,6 +177,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _export(args)
         if args.command == "graphql":
             return _graphql(args)
+        if args.command == "hub":
+            return _hub_command(args)
         _die_with_parent()
         if args.command == "executor":
             return _executor(args, parser)

@@ -1,0 +1,112 @@
+"""The hub in a folder: push -> list -> show -> Flows that run hub executors, each in a
+virtual environment of its own (real uv builds, real executor processes)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+
+import pytest
+from hubkit import HubSetup, hub_environ, make_executor, populate
+
+from meshflow import Document, Flow
+from meshflow.hub.project import build
+
+pytestmark = pytest.mark.timeout(300)
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory: pytest.TempPathFactory) -> Iterator[HubSetup]:
+    root = str(tmp_path_factory.mktemp("hubfolder"))
+    hub = populate(root)
+    with hub_environ(hub.hub.location, hub.cache, os.path.join(root, "uv")):
+        yield hub
+
+
+def meshflow_cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "meshflow", *args],
+        capture_output=True,
+        text=True,
+        timeout=240,
+        check=False,
+    )
+
+
+def test_push_list_show_through_the_cli(setup: HubSetup, tmp_path: str) -> None:
+    project = make_executor(str(tmp_path), "cli-echo", "0.3.0", models={"w.bin": b"weights"})
+    pushed = meshflow_cli("hub", "push", project)
+    assert pushed.returncode == 0, pushed.stderr
+    assert "pushed cli-echo 0.3.0" in pushed.stdout
+
+    listed = meshflow_cli("hub", "list")
+    assert listed.returncode == 0, listed.stderr
+    rows = {line.split()[0]: line for line in listed.stdout.splitlines()[1:]}
+    assert "cli-echo" in rows and "0.3.0" in rows["cli-echo"]
+    assert "2.0.0, 1.0.0" in rows["version-echo"]
+    assert "tinylib" not in rows  # a library, not an executor
+
+    shown = meshflow_cli("hub", "show", "cli-echo", "--json")
+    assert shown.returncode == 0, shown.stderr
+    info = json.loads(shown.stdout)
+    assert info["version"] == "0.3.0"
+    assert info["executor"] == "cli_echo.executor:CliEcho"
+    assert [e["name"] for e in info["endpoints"]] == ["/default"]
+    import hashlib
+
+    assert info["models"] == [
+        {"path": "cli_echo/models/w.bin", "sha256": hashlib.sha256(b"weights").hexdigest()}
+    ]
+    assert "building the environment of cli-echo 0.3.0" in shown.stderr  # progress shown
+
+
+def test_flow_runs_a_hub_executor_on_its_own_interpreter(setup: HubSetup) -> None:
+    with Flow(mesh="direct").add(name="echo", uses="hub://version-echo@1.0.0") as f:
+        docs = f.post("/", inputs=[Document(text="hi")])
+        hub = f.describe()["deployments"][0]["hub"]
+    assert docs[0].tags["version-echo"] == "1.0.0"
+    python = docs[0].tags["version-echo:python"]
+    assert python.startswith(os.path.join(setup.cache, "envs"))
+    assert python != sys.executable
+    assert hub["name"] == "version-echo" and hub["version"] == "1.0.0"
+    assert python.startswith(os.path.join(setup.cache, "envs", hub["environment"]))
+
+
+def test_two_versions_of_one_executor_each_answer_as_their_version(setup: HubSetup) -> None:
+    f = (
+        Flow(mesh="direct")
+        .add(name="old", uses="hub://version-echo@1.0.0")
+        .add(name="new", uses="hub://version-echo>=1.5,<3", needs="gateway")
+    )
+    with f:
+        old = f.post("/", inputs=[Document(text="a")], target_executor="old")
+        new = f.post("/", inputs=[Document(text="b")], target_executor="new")
+        versions = {d["name"]: d["hub"]["version"] for d in f.describe()["deployments"]}
+    assert old[0].tags["version-echo"] == "1.0.0"
+    assert new[0].tags["version-echo"] == "2.0.0"
+    assert versions == {"old": "1.0.0", "new": "2.0.0"}
+
+
+def test_incompatible_pins_of_one_library_run_side_by_side(setup: HubSetup) -> None:
+    f = (
+        Flow(mesh="envoy")
+        .add(name="one", uses="hub://tiny-one@1.0.0")
+        .add(name="two", uses="hub://tiny-two")
+    )
+    with f:
+        docs = f.post("/", inputs=[Document(text="x")])
+    assert docs[0].tags["tiny-one:tinylib"] == "1.0.0"
+    assert docs[0].tags["tiny-two:tinylib"] == "2.0.0"
+    # the Flow's own environment has neither
+    with pytest.raises(ImportError):
+        __import__("tinylib")
+
+
+def test_a_new_version_pushed_is_taken_by_the_next_start(setup: HubSetup, tmp_path: str) -> None:
+    wheel = build(make_executor(str(tmp_path), "version-echo", "2.1.0"), str(tmp_path))
+    setup.hub.push(wheel)
+    with Flow(mesh="direct").add(name="e", uses="hub://version-echo>=2,<3") as f:
+        assert f.post("/", inputs=[Document()])[0].tags["version-echo"] == "2.1.0"
