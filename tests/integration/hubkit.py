@@ -119,10 +119,20 @@ def populate(root: str) -> HubSetup:
     """A folder hub holding tinylib 1.0.0 and 2.0.0, ``version-echo`` 1.0.0 and 2.0.0, and
     ``tiny-one`` / ``tiny-two`` (pinning tinylib 1 and 2)."""
     hub = FolderHub(os.path.join(root, "hub"))
+    wheels = build_wheels(root)
+    for key, wheel in wheels.items():
+        if key.startswith("tinylib"):
+            hub.add(wheel)
+        else:
+            hub.push(wheel)
+    return HubSetup(hub, os.path.join(root, "cache"), wheels)
+
+
+def build_wheels(root: str) -> dict[str, str]:
+    """The wheels :func:`populate` publishes, by ``name==version``."""
     wheels: dict[str, str] = {}
     for v in ("1.0.0", "2.0.0"):
         wheels[f"tinylib=={v}"] = make_library(root, v)
-        hub.add(wheels[f"tinylib=={v}"])
     for name, version, reqs in (
         ("version-echo", "1.0.0", ()),
         ("version-echo", "2.0.0", ()),
@@ -131,19 +141,20 @@ def populate(root: str) -> HubSetup:
     ):
         wheel = build(make_executor(root, name, version, reqs), os.path.join(root, "wheels"))
         wheels[f"{name}=={version}"] = wheel
-        hub.push(wheel)
-    return HubSetup(hub, os.path.join(root, "cache"), wheels)
+    return wheels
 
 
 @contextmanager
-def hub_environ(hub_location: str, cache: str, uv_cache: str) -> Iterator[None]:
+def hub_environ(
+    hub_location: str, cache: str, uv_cache: str, default_index: str | None = None
+) -> Iterator[None]:
     """MESHFLOW_HUB and MESHFLOW_HUB_CACHE for the Flows a test starts; uv's cache and its
     default index kept in the test's folders (nothing is fetched from elsewhere)."""
     values = {
         "MESHFLOW_HUB": hub_location,
         "MESHFLOW_HUB_CACHE": cache,
         "UV_CACHE_DIR": uv_cache,
-        "UV_DEFAULT_INDEX": FolderHub(os.path.join(os.path.dirname(cache), "hub")).index_url,
+        "UV_DEFAULT_INDEX": default_index or FolderHub(hub_location).index_url,
     }
     old = {k: os.environ.get(k) for k in values}
     os.environ.update(values)
