@@ -10,6 +10,7 @@ import sys
 from collections.abc import Iterator
 
 import pytest
+import yaml
 from hubkit import HubSetup, hub_environ, make_executor, populate
 
 from meshflow import Document, Flow
@@ -110,3 +111,30 @@ def test_a_new_version_pushed_is_taken_by_the_next_start(setup: HubSetup, tmp_pa
     setup.hub.push(wheel)
     with Flow(mesh="direct").add(name="e", uses="hub://version-echo>=2,<3") as f:
         assert f.post("/", inputs=[Document()])[0].tags["version-echo"] == "2.1.0"
+
+
+def test_lock_pins_the_versions_later_starts_use(setup: HubSetup, tmp_path: str) -> None:
+    flow_yml = os.path.join(str(tmp_path), "flow.yml")
+    with open(flow_yml, "w") as fh:
+        fh.write(
+            "jtype: Flow\nwith:\n  mesh: direct\nexecutors:\n"
+            "  - name: echo\n    uses: hub://version-echo>=1,<2.5\n"
+        )
+    locked = meshflow_cli("hub", "lock", flow_yml)
+    assert locked.returncode == 0, locked.stderr
+    lock_file = os.path.join(str(tmp_path), "flow.hub.lock")
+    assert os.path.exists(lock_file)
+    with open(lock_file) as fh:
+        pins = yaml.safe_load(fh)["executors"]
+    pinned_version = pins["hub://version-echo>=1,<2.5"]["version"]
+    assert pinned_version in ("2.0.0", "2.1.0")  # the newest allowed when it was locked
+    assert f"version-echo {pinned_version}" in locked.stdout
+    # a newer version that the specifier allows appears: the lock keeps the pinned one
+    wheel = build(make_executor(str(tmp_path), "version-echo", "2.4.0"), str(tmp_path))
+    setup.hub.push(wheel)
+    with Flow.load_config(flow_yml) as f:
+        assert f.post("/", inputs=[Document()])[0].tags["version-echo"] == pinned_version
+        assert f.describe()["deployments"][0]["hub"]["version"] == pinned_version
+    os.unlink(lock_file)
+    with Flow.load_config(flow_yml) as f:  # unlocked: the newest that matches
+        assert f.post("/", inputs=[Document()])[0].tags["version-echo"] == "2.4.0"
