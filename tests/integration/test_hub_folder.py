@@ -9,6 +9,7 @@ import subprocess
 import sys
 from collections.abc import Iterator
 
+import httpx
 import pytest
 import yaml
 from hubkit import HubSetup, hub_environ, make_executor, populate
@@ -76,19 +77,37 @@ def test_flow_runs_a_hub_executor_on_its_own_interpreter(setup: HubSetup) -> Non
     assert python.startswith(os.path.join(setup.cache, "envs", hub["environment"]))
 
 
-def test_two_versions_of_one_executor_each_answer_as_their_version(setup: HubSetup) -> None:
+def test_two_versions_of_one_executor_each_answer_as_their_version(
+    setup: HubSetup, tmp_path: str
+) -> None:
     f = (
-        Flow(mesh="direct")
+        Flow(name="versions", mesh="direct", workspace=str(tmp_path))
         .add(name="old", uses="hub://version-echo@1.0.0")
         .add(name="new", uses="hub://version-echo>=1.5,<3", needs="gateway")
     )
     with f:
         old = f.post("/", inputs=[Document(text="a")], target_executor="old")
         new = f.post("/", inputs=[Document(text="b")], target_executor="new")
-        versions = {d["name"]: d["hub"]["version"] for d in f.describe()["deployments"]}
+        described = {d["name"]: d["hub"] for d in f.describe()["deployments"]}
+        answer = httpx.post(
+            f.graphql_url,
+            json={"query": "{ flow { deployments { name hub { name version environment } } } }"},
+            timeout=30,
+        ).json()
+        status = meshflow_cli("status", "--name", "versions", "--workspace", str(tmp_path))
     assert old[0].tags["version-echo"] == "1.0.0"
-    assert new[0].tags["version-echo"] == "2.0.0"
-    assert versions == {"old": "1.0.0", "new": "2.0.0"}
+    assert new[0].tags["version-echo"].startswith("2.")
+    assert described["old"]["version"] == "1.0.0"
+    assert described["new"]["version"] == new[0].tags["version-echo"]
+    assert described["old"]["environment"] != described["new"]["environment"]
+    graphql = {d["name"]: d["hub"] for d in answer["data"]["flow"]["deployments"]}
+    assert graphql == {
+        name: {"name": "version-echo", "version": d["version"], "environment": d["environment"]}
+        for name, d in described.items()
+    }
+    assert status.returncode == 0, status.stderr
+    rows = [line.split() for line in status.stdout.splitlines()]
+    assert ["old", "version-echo", "1.0.0", described["old"]["environment"]] in rows
 
 
 def test_incompatible_pins_of_one_library_run_side_by_side(setup: HubSetup) -> None:
