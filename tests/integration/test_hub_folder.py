@@ -157,3 +157,55 @@ def test_lock_pins_the_versions_later_starts_use(setup: HubSetup, tmp_path: str)
     os.unlink(lock_file)
     with Flow.load_config(flow_yml) as f:  # unlocked: the newest that matches
         assert f.post("/", inputs=[Document()])[0].tags["version-echo"] == "2.4.0"
+
+
+def test_exports_give_each_hub_executor_its_own_image(setup: HubSetup, tmp_path: str) -> None:
+    from meshflow.deploy.compose import export_compose
+    from meshflow.deploy.kubernetes import export_kubernetes
+
+    flow = (
+        Flow(name="conflict")
+        .add(name="one", uses="hub://tiny-one@1.0.0")
+        .add(name="two", uses="hub://tiny-two")
+    )
+    out = os.path.join(str(tmp_path), "out")
+    os.makedirs(out)
+    export_compose(flow, os.path.join(out, "docker-compose.yml"), context=str(tmp_path))
+    with open(os.path.join(out, "docker-compose.yml")) as fh:
+        services = yaml.safe_load(fh)["services"]
+    one, two, gateway = services["one-s0-r0"], services["two-s0-r0"], services["gateway"]
+    assert one["image"] == "meshflow-hub-tiny-one:1.0.0"
+    assert two["image"] == "meshflow-hub-tiny-two:1.0.0"
+    assert gateway["image"].startswith("meshflow-conflict:")
+    assert one["build"]["dockerfile"] == "out/hub/tiny-one-1.0.0/Dockerfile"
+    assert one["command"][one["command"].index("--uses") + 1] == "tiny_one.executor:TinyOne"
+
+    folder = os.path.join(out, "hub", "tiny-one-1.0.0")
+    with open(os.path.join(folder, "constraints.txt")) as fh:
+        assert "tinylib==1.0.0" in fh.read().split()
+    with open(os.path.join(os.path.join(out, "hub", "tiny-two-1.0.0"), "constraints.txt")) as fh:
+        assert "tinylib==2.0.0" in fh.read().split()
+    assert sorted(f for f in os.listdir(folder) if f.endswith(".whl")) == [
+        "tiny_one-1.0.0-py3-none-any.whl",
+        "tinylib-1.0.0-py3-none-any.whl",
+    ]
+    with open(os.path.join(folder, "Dockerfile")) as fh:
+        dockerfile = fh.read()
+    assert "--constraint /src/hub/constraints.txt /src/hub/tiny_one-1.0.0-py3-none-any.whl" in (
+        dockerfile
+    )
+    assert 'org.opencontainers.image.version="1.0.0"' in dockerfile
+    assert "COPY . /app" not in dockerfile  # the project (other executors) stays out
+
+    k8s = os.path.join(str(tmp_path), "k8s")
+    os.makedirs(k8s)
+    export_kubernetes(flow, k8s, context=str(tmp_path))
+    images = set()
+    for name in os.listdir(k8s):
+        if name.endswith(".yaml"):
+            with open(os.path.join(k8s, name)) as fh:
+                for doc in yaml.safe_load_all(fh):
+                    if doc and doc.get("kind") == "Deployment":
+                        for c in doc["spec"]["template"]["spec"]["containers"]:
+                            images.add(c["image"])
+    assert {"meshflow-hub-tiny-one:1.0.0", "meshflow-hub-tiny-two:1.0.0"} < images
