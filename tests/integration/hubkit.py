@@ -144,12 +144,16 @@ def build_wheels(root: str) -> dict[str, str]:
     return wheels
 
 
+UV_DEFAULT = "uv-default"
+
+
 @contextmanager
 def hub_environ(
     hub_location: str, cache: str, uv_cache: str, default_index: str | None = None
 ) -> Iterator[None]:
     """MESHFLOW_HUB and MESHFLOW_HUB_CACHE for the Flows a test starts; uv's cache and its
-    default index kept in the test's folders (nothing is fetched from elsewhere)."""
+    default index kept in the test's folders (nothing is fetched from elsewhere), unless
+    ``default_index`` is ``UV_DEFAULT`` (uv's own default index)."""
     values = {
         "MESHFLOW_HUB": hub_location,
         "MESHFLOW_HUB_CACHE": cache,
@@ -157,6 +161,9 @@ def hub_environ(
         "UV_DEFAULT_INDEX": default_index or FolderHub(hub_location).index_url,
     }
     old = {k: os.environ.get(k) for k in values}
+    if default_index == UV_DEFAULT:
+        del values["UV_DEFAULT_INDEX"]
+        os.environ.pop("UV_DEFAULT_INDEX", None)
     os.environ.update(values)
     try:
         yield
