@@ -140,6 +140,8 @@ def _batching(cls: type[Executor], value: Any, *, deployment: str) -> dict[str, 
     """``uses_dynamic_batching`` checked: typed options, for endpoints ``cls`` serves."""
     where = f"deployment {deployment!r}: uses_dynamic_batching"
     batching = batching_by_endpoint(value, where=where)
+    if getattr(cls, "hub_ref", None):  # a hub executor: its endpoints are known once it runs
+        return batching
     endpoints = getattr(cls, "endpoints", {})
     unknown = sorted(set(batching) - set(endpoints))
     if unknown:

@@ -17,3 +17,10 @@ def test_a_hub_reference_is_checked_when_added_and_resolved_at_start() -> None:
 def test_a_bad_hub_reference_fails_when_added() -> None:
     with pytest.raises(ConfigError, match="not a version specifier"):
         Flow().add(name="enc", uses="hub://image-encoder=>1")
+
+
+def test_dynamic_batching_of_a_hub_executor_is_taken_as_given() -> None:
+    f = Flow().add(
+        name="enc", uses="hub://enc@1.0.0", uses_dynamic_batching={"/encode": {"timeout": 5}}
+    )
+    assert set(f._spec.deployment("enc").uses_dynamic_batching) == {"/encode"}
