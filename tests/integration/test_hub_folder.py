@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 
 import httpx
@@ -209,3 +211,21 @@ def test_exports_give_each_hub_executor_its_own_image(setup: HubSetup, tmp_path:
                         for c in doc["spec"]["template"]["spec"]["containers"]:
                             images.add(c["image"])
     assert {"meshflow-hub-tiny-one:1.0.0", "meshflow-hub-tiny-two:1.0.0"} < images
+
+
+def test_a_killed_hub_executor_comes_back_on_its_own_interpreter(setup: HubSetup) -> None:
+    with Flow(mesh="direct").add(name="one", uses="hub://tiny-one@1.0.0") as f:
+        [replica] = f.describe()["deployments"][0]["replicas"]
+        victim = replica["executor"]["pid"]
+        os.kill(victim, signal.SIGKILL)
+        deadline = time.monotonic() + 30
+        while True:
+            [replica] = f.describe()["deployments"][0]["replicas"]
+            if replica["executor"]["pid"] != victim and replica["healthy"]:
+                break
+            assert time.monotonic() < deadline, "the executor did not come back"
+            time.sleep(0.1)
+        docs = f.post("/", inputs=[Document()])
+    assert replica["executor"]["restarts"] == 1
+    assert docs[0].tags["tiny-one:tinylib"] == "1.0.0"
+    assert docs[0].tags["tiny-one:python"].startswith(os.path.join(setup.cache, "envs"))
