@@ -116,10 +116,7 @@ def _push(args: argparse.Namespace, hub: Any) -> int:
         from meshflow.errors import ConfigError
 
         raise ConfigError(f"{args.path}: no such project folder or wheel")
-    if args.library:
-        pushed = hub.add(wheel) if hasattr(hub, "add") else hub.upload(wheel)
-    else:
-        pushed = hub.push(wheel)
+    pushed = hub.add(wheel) if args.library else hub.push(wheel)
     print(f"pushed {pushed.project} {pushed.version} to {hub.location}")
     return 0
 

@@ -96,8 +96,7 @@ def hub_images(
         dockerfile = os.path.join(folder, "Dockerfile")
         copies, vendored = meshflow_sources(context, dockerfile)
         inside = context.inside(folder, f"the image of hub executor {hub.name}")
-        index = hub.resolved.file.url if hub.resolved.file.url.startswith("http") else None
-        index_url = _index_of(index) if index else None
+        index_url = hub.index_url if hub.index_url.startswith(("http://", "https://")) else None
         text = _dockerfile(
             hub.name,
             hub.version,
@@ -147,12 +146,6 @@ def _requirement_wheels(wheel: str, freeze: list[str], out: str) -> list[str]:
                 if str(v) == version.strip():
                     copied.append(_copy(os.path.join(project, filename), out))
     return copied
-
-
-def _index_of(url: str) -> str:
-    """The simple index a file URL of an index came from (``.../simple/``), best effort."""
-    marker = "/simple/"
-    return url[: url.index(marker) + len(marker)] if marker in url else url.rsplit("/", 2)[0]
 
 
 def _dockerfile(

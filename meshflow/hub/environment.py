@@ -20,6 +20,7 @@ import os
 import shutil
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -208,15 +209,20 @@ def _run(command: list[str], progress: Progress | None, what: str) -> str:
     except OSError as exc:
         raise EnvironmentBuildError(f"cannot run {command[0]}: {exc}") from None
     lines: list[str] = []
-    with proc:
-        assert proc.stdout is not None
-        deadline = time.monotonic() + BUILD_TIMEOUT
-        for line in proc.stdout:
-            lines.append(line)
-            if progress is not None and line.strip():
-                progress(f"hub: {what}: {line.rstrip()}")
-        err = proc.stderr.read() if proc.stderr is not None else ""
-        code = proc.wait(timeout=max(1.0, deadline - time.monotonic()))
+    watchdog = threading.Timer(BUILD_TIMEOUT, proc.kill)  # a hung installer ends the build
+    watchdog.daemon = True
+    watchdog.start()
+    try:
+        with proc:
+            assert proc.stdout is not None
+            for line in proc.stdout:
+                lines.append(line)
+                if progress is not None and line.strip():
+                    progress(f"hub: {what}: {line.rstrip()}")
+            err = proc.stderr.read() if proc.stderr is not None else ""
+            code = proc.wait()
+    finally:
+        watchdog.cancel()
     if code != 0:
         reason = ("".join(lines) + err).strip()
         raise EnvironmentBuildError(

@@ -65,7 +65,13 @@ class Hub(Protocol):
 
     def files(self, project: str) -> list[DistFile]: ...
 
-    def push(self, wheel: str) -> DistFile: ...
+    def push(self, wheel: str) -> DistFile:
+        """Publish an executor's wheel (refused without executor metadata)."""
+        ...
+
+    def add(self, wheel: str) -> DistFile:
+        """Publish any wheel (a library that executors' requirements need)."""
+        ...
 
 
 def open_hub(location: str | None = None) -> Hub:
@@ -272,9 +278,9 @@ class RemoteHub:
 
     def push(self, wheel: str) -> DistFile:
         meta = read_wheel(wheel)
-        return self.upload(wheel, project=canonicalize_name(meta.name))
+        return self.add(wheel, project=canonicalize_name(meta.name))
 
-    def upload(self, wheel: str, *, project: str | None = None) -> DistFile:
+    def add(self, wheel: str, *, project: str | None = None) -> DistFile:
         """Upload any wheel with twine."""
         env = dict(os.environ)
         # pypiserver started without authentication still wants a user name from twine

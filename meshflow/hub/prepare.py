@@ -34,6 +34,8 @@ class HubExecutor:
     resolved: Resolved
     environment: Environment
     runtime_path: str
+    index_url: str = ""
+    """The hub's index (what an exported image's installer may reach, when it is a URL)."""
 
     @property
     def name(self) -> str:
@@ -103,5 +105,5 @@ def prepare(
     for deployment, text in refs.items():
         resolved = resolve(HubRef.parse(text), hub, cache_dir)
         env = ensure_environment(resolved, hub, cache_dir, progress)
-        out[deployment] = HubExecutor(deployment, text, resolved, env, layer)
+        out[deployment] = HubExecutor(deployment, text, resolved, env, layer, hub.index_url)
     return out

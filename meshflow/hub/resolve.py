@@ -22,7 +22,7 @@ from meshflow.hub.errors import (
     VersionNotFoundError,
 )
 from meshflow.hub.index import DistFile, Hub, cached_files, fetch, remember
-from meshflow.hub.metadata import ExecutorMetadata, read_wheel
+from meshflow.hub.metadata import ExecutorMetadata, read_wheel, sha256_file
 from meshflow.hub.reference import HubRef
 
 log = logging.getLogger("meshflow.hub")
@@ -84,8 +84,6 @@ def resolve(ref: HubRef, hub: Hub, cache_dir: str) -> Resolved:
         file = dataclasses.replace(file, sha256=ref.sha256)
     path = fetch(file, cache_dir)
     if file.sha256 is None:
-        from meshflow.hub.metadata import sha256_file
-
         file = dataclasses.replace(file, sha256=sha256_file(path))
     if path.startswith(hub.location):
         remember(path, file, cache_dir)
