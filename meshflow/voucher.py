@@ -20,15 +20,22 @@ its standard input; exports keep it in a volume or Secret mounted only into the 
 from __future__ import annotations
 
 import time
+from typing import TYPE_CHECKING
 
-from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from google.protobuf.message import DecodeError
 
 from meshflow.errors import ConfigError, UnverifiedIdentityError
 from meshflow.identity import Identity
 from meshflow.proto.v1 import data_request_pb2
+
+if TYPE_CHECKING:
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import (
+        Ed25519PrivateKey,
+        Ed25519PublicKey,
+    )
+
+# cryptography (about 7 MB of a process's memory) is imported by the code that signs or
+# verifies: an executor of a Flow without auth never loads it.
 
 VOUCHER_TTL = 300.0
 """Seconds a voucher stays valid: long enough for a request's whole traversal."""
@@ -49,11 +56,16 @@ class Signer:
     @classmethod
     def generate(cls, *, ttl: float = VOUCHER_TTL) -> Signer:
         """A new random key (a local Flow makes one at each start)."""
+        from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
         return cls(Ed25519PrivateKey.generate(), ttl=ttl)
 
     @classmethod
     def from_pem(cls, pem: bytes, *, ttl: float = VOUCHER_TTL) -> Signer:
         """The key of an unencrypted PEM (PKCS#8) Ed25519 private key."""
+        from cryptography.hazmat.primitives import serialization
+        from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
         try:
             key = serialization.load_pem_private_key(pem, password=None)
         except (ValueError, TypeError) as exc:
@@ -64,6 +76,8 @@ class Signer:
 
     @property
     def private_pem(self) -> bytes:
+        from cryptography.hazmat.primitives import serialization
+
         return self._key.private_bytes(
             serialization.Encoding.PEM,
             serialization.PrivateFormat.PKCS8,
@@ -73,6 +87,8 @@ class Signer:
     @property
     def public_pem(self) -> bytes:
         """What executors get: it checks signatures, it cannot make them."""
+        from cryptography.hazmat.primitives import serialization
+
         return self._key.public_key().public_bytes(
             serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
         )
@@ -99,8 +115,11 @@ class Verifier:
     """What an executor checks vouchers with: the gateway's public key (PEM)."""
 
     def __init__(self, public_pem: bytes) -> None:
+        from cryptography.exceptions import InvalidSignature
+
         self.public_pem = public_pem
         self._key = _public_key(public_pem)
+        self._invalid = InvalidSignature
 
     def verify(
         self, voucher: data_request_pb2.Voucher, request_id: str, *, now: float | None = None
@@ -110,7 +129,7 @@ class Verifier:
         does not hold."""
         try:
             self._key.verify(voucher.signature, voucher.vouched)
-        except InvalidSignature:
+        except self._invalid:
             raise UnverifiedIdentityError(
                 "the request's identity is not signed by the gateway's key"
             ) from None
@@ -128,6 +147,9 @@ class Verifier:
 
 
 def _public_key(pem: bytes) -> Ed25519PublicKey:
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
     try:
         key = serialization.load_pem_public_key(pem)
     except (ValueError, TypeError) as exc:

@@ -17,10 +17,8 @@ from collections.abc import Sequence
 from importlib.metadata import PackageNotFoundError, version
 from typing import Any, NoReturn
 
-from meshflow.cli.graphql import _graphql, add_graphql_parser
-from meshflow.cli.hub import _hub_command, add_hub_parser
-from meshflow.cli.run import _executor, _flow, _gateway, _ping, _status
-from meshflow.cli.tools import _certs, _export, _token
+from meshflow.cli.graphql import add_graphql_parser
+from meshflow.cli.hub import add_hub_parser
 from meshflow.errors import ConfigError, MeshflowError
 from meshflow.grpc_lifecycle import write_ready_file
 from meshflow.observability.logs import configure_logging
@@ -162,26 +160,41 @@ def main(argv: Sequence[str] | None = None) -> int:
         sys.path.insert(0, os.getcwd())
 
     configure_logging()
+    # Each command imports what it runs: an executor's process loads no Flow, gateway, JWT
+    # or certificate code (tens of MB of memory per process).
     try:
         if args.command == "ping":
+            from meshflow.cli.run import _ping
+
             return _ping(args.target, args.timeout, parser, wait=args.wait)
         if args.command == "flow":
+            from meshflow.cli.run import _flow
+
             return _flow(args)
         if args.command == "status":
+            from meshflow.cli.run import _status
+
             return _status(args, parser)
-        if args.command == "token":
-            return _token(args)
-        if args.command == "certs":
-            return _certs(args)
-        if args.command == "export":
-            return _export(args)
+        if args.command in ("token", "certs", "export"):
+            from meshflow.cli import tools
+
+            command = {"token": tools._token, "certs": tools._certs, "export": tools._export}
+            return command[args.command](args)
         if args.command == "graphql":
+            from meshflow.cli.graphql import _graphql
+
             return _graphql(args)
         if args.command == "hub":
+            from meshflow.cli.hub import _hub_command
+
             return _hub_command(args)
         _die_with_parent()
         if args.command == "executor":
+            from meshflow.cli.run import _executor
+
             return _executor(args, parser)
+        from meshflow.cli.run import _gateway
+
         return _gateway(args, parser)
     except ConfigError as exc:
         _report(args, exc, "ConfigError")

@@ -13,20 +13,14 @@ import threading
 import time
 from typing import Any
 
-import cloudpickle
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from meshflow.errors import ConfigError, FlowStartError
 from meshflow.executor.executor import RuntimeArgs, check_replicas, instantiate
 from meshflow.executor.loader import check_executor_class, load_class, read_executor_yaml
-from meshflow.flow.config import read_flow_header
-from meshflow.flow.flow import Flow
-from meshflow.flow.status import format_status, read_state, with_health
-from meshflow.gateway.topology import Topology
 from meshflow.observability.tracing import setup_tracing, tracing_requested
 from meshflow.spec.launch import ExecutorLaunch, GatewayLaunch, Observability
-from meshflow.spec.names import state_file
 from meshflow.voucher import Signer, Verifier
 
 log = logging.getLogger("meshflow.cli")
@@ -59,6 +53,8 @@ def _ping(
 
 
 def _flow(args: argparse.Namespace) -> int:
+    from meshflow.flow.flow import Flow
+
     flow = Flow.load_config(args.config, port=args.port)
     if flow.log_dir is None:  # kept after exit, unlike a library Flow's temporary folder
         flow.log_dir = os.path.join(flow.workspace, ".meshflow", "logs", flow.name)
@@ -126,6 +122,10 @@ def _follow_logs(folder: str, stop: threading.Event) -> None:
 
 
 def _status(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    from meshflow.flow.config import read_flow_header
+    from meshflow.flow.status import format_status, read_state, with_health
+    from meshflow.spec.names import state_file
+
     if args.config:
         header = read_flow_header(args.config)
         name, workspace = header.name, header.workspace
@@ -153,6 +153,8 @@ def _executor(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         parser.error(str(exc))
     uses_with = dict(launch.uses_with)
     if launch.uses_pickle:
+        import cloudpickle
+
         with open(launch.uses_pickle, "rb") as fh:
             cls = check_executor_class(cloudpickle.load(fh), launch.uses_pickle)
     else:
@@ -239,6 +241,7 @@ def _start_tracing(
 def _gateway(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     # lazy: the gateway's servers (gRPC doors, Strawberry/uvicorn behind them) load only to serve
     from meshflow.gateway.process import serve_gateway
+    from meshflow.gateway.topology import Topology
 
     try:
         launch = GatewayLaunch.from_args(args)

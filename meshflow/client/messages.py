@@ -10,12 +10,12 @@ from typing import Any
 import grpc
 
 from meshflow.document import Document, DocumentArray
-from meshflow.document.proto import (
-    dict_to_struct,
-    documents_from_proto,
-    documents_to_proto,
-    struct_to_dict,
+from meshflow.document.columnar import (
+    COLUMNAR_MIN_DOCS,
+    documents_from_request,
+    request_bytes,
 )
+from meshflow.document.proto import dict_to_struct, struct_to_dict
 from meshflow.errors import (
     REFUSALS,
     BadRequestError,
@@ -75,8 +75,17 @@ def build_request(
     parameters: Mapping[str, Any] | None = None,
     target_executor: str | None = None,
     request_id: str | None = None,
+    columnar: bool | None = None,
 ) -> tuple[str, bytes]:
-    """Serialize one DataRequest; returns its request id and bytes."""
+    """Serialize one DataRequest; returns its request id and bytes.
+
+    ``columnar``: the layout of the documents (see ``docs/wire.md``): True, the columnar
+    layout (``DataRequest.columns``); False, the row layout (``DataRequest.docs``) that
+    clients before it sent; None (default), columns for requests of
+    :data:`~meshflow.document.columnar.COLUMNAR_MIN_DOCS` documents or more, rows for fewer
+    (a lone document decodes faster from its own message). Executors answer in the layout
+    they were sent.
+    """
     request_id = request_id or uuid.uuid4().hex
     request = data_request_pb2.DataRequest(
         header=data_request_pb2.Header(
@@ -85,8 +94,11 @@ def build_request(
     )
     if parameters:
         request.parameters.CopyFrom(dict_to_struct(dict(parameters)))
-    documents_to_proto(docs, request.docs)
-    return request_id, request.SerializeToString()
+    if not isinstance(docs, DocumentArray):
+        docs = DocumentArray._wrap(list(docs))
+    if columnar is None:
+        columnar = len(docs) >= COLUMNAR_MIN_DOCS
+    return request_id, request_bytes(docs, request, columnar=columnar)
 
 
 # A failure of the gateway itself (not of an executor) on a stream, by class name: a refusal,
@@ -116,7 +128,7 @@ def read_response(data: bytes) -> Response:
         )
     return Response(
         request_id=answer.header.request_id,
-        docs=documents_from_proto(answer.docs),
+        docs=documents_from_request(answer),
         results={k: struct_to_dict(v) for k, v in answer.results.items()},
     )
 

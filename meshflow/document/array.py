@@ -4,13 +4,17 @@ from __future__ import annotations
 
 import operator
 from collections.abc import Iterable, Iterator, MutableSequence, Sequence, Sized
-from typing import Any, Final, Literal, overload
+from typing import TYPE_CHECKING, Any, Final, Literal, overload
 
 import numpy as np
 import numpy.typing as npt
 
 from meshflow.document.document import Document
 from meshflow.proto.v1 import document_pb2
+
+if TYPE_CHECKING:
+    # lazy: columnar.py imports this module (it builds lazy DocumentArrays)
+    from meshflow.document.columnar import Columns
 
 Metric = Literal["cosine", "euclidean", "dot"]
 
@@ -56,20 +60,25 @@ class DocumentArray(MutableSequence[Document]):
         da.match(index, metric="cosine", limit=5)
     """
 
-    __slots__ = ("_docs", "_positions")
+    __slots__ = ("_columns", "_items", "_positions")
 
-    _docs: list[Document]
+    # The Documents; None while a lazy array (see :meth:`_lazy`) has not built them.
+    _items: list[Document] | None
     # id -> position, built on the first lookup by id. Ids can change behind our back
     # (``doc.id = ...``), so every hit is verified and a miss rebuilds the map.
     _positions: dict[str, int] | None
+    # Where a lazy array's Documents come from (a request's columnar documents): they are
+    # built on first use; until then the bulk attributes read and write the columns.
+    _columns: Columns | None
 
     def __init__(self, docs: Iterable[Document] | Document | None = None) -> None:
+        self._columns = None
         if docs is None:
-            self._docs = []
+            self._items = []
         elif isinstance(docs, Document):
-            self._docs = [docs]
+            self._items = [docs]
         else:
-            self._docs = [_checked(doc) for doc in docs]
+            self._items = [_checked(doc) for doc in docs]
         self._positions = None
 
     @classmethod
@@ -81,13 +90,38 @@ class DocumentArray(MutableSequence[Document]):
     def _wrap(cls, docs: list[Document]) -> DocumentArray:
         # Takes ownership of ``docs`` without checking its items.
         new = cls.__new__(cls)
-        new._docs = docs
+        new._items = docs
         new._positions = None
+        new._columns = None
         return new
+
+    @classmethod
+    def _lazy(cls, columns: Columns) -> DocumentArray:
+        # Documents built from ``columns`` on first use (meshflow.document.columnar).
+        new = cls.__new__(cls)
+        new._items = None
+        new._positions = None
+        new._columns = columns
+        return new
+
+    @property
+    def _docs(self) -> list[Document]:
+        items = self._items
+        if items is None:
+            assert self._columns is not None
+            items = self._items = self._columns.materialize()
+        return items
+
+    @property
+    def _unbuilt(self) -> Columns | None:
+        """The columns of a lazy array whose Documents are not built yet, else None."""
+        return self._columns if self._items is None else None
 
     # -- sequence protocol ------------------------------------------------------------------
 
     def __len__(self) -> int:
+        if self._items is None and self._columns is not None:
+            return self._columns.n
         return len(self._docs)
 
     def __iter__(self) -> Iterator[Document]:
@@ -215,27 +249,46 @@ class DocumentArray(MutableSequence[Document]):
     @property
     def ids(self) -> list[str]:
         """The ``id`` of every Document."""
+        columns = self._unbuilt
+        if columns is not None:
+            ids = columns.strings("ids")
+            if all(ids):  # an empty id gets a fresh one when its Document is built
+                return ids
         return [doc.id for doc in self._docs]
 
     @property
     def texts(self) -> list[str]:
         """The ``text`` of every Document; set it from a list of the same length."""
+        columns = self._unbuilt
+        if columns is not None:
+            return columns.strings("texts")
         return [doc.text for doc in self._docs]
 
     @texts.setter
     def texts(self, values: Sequence[str]) -> None:
         self._check_length(values, "texts")
+        columns = self._unbuilt
+        if columns is not None:
+            columns.set_strings("texts", list(values))
+            return
         for doc, text in zip(self._docs, values, strict=True):
             doc.text = text
 
     @property
     def blobs(self) -> list[bytes]:
         """The ``blob`` of every Document; set it from a list of the same length."""
+        columns = self._unbuilt
+        if columns is not None:
+            return columns.strings("blobs")
         return [doc.blob for doc in self._docs]
 
     @blobs.setter
     def blobs(self, values: Sequence[bytes]) -> None:
         self._check_length(values, "blobs")
+        columns = self._unbuilt
+        if columns is not None:
+            columns.set_strings("blobs", list(values))
+            return
         for doc, blob in zip(self._docs, values, strict=True):
             doc.blob = blob
 
@@ -246,11 +299,20 @@ class DocumentArray(MutableSequence[Document]):
         Reading raises ValueError when only some Documents have an embedding, or when their
         shapes differ. Setting takes an array of shape ``(n, ...)``: row ``i`` becomes the
         embedding of Document ``i`` (a view, not a copy). Setting None clears them all.
+
+        For documents received in the columnar layout (see ``docs/wire.md``), reading gives
+        the received column itself: a **read-only** view of the request's bytes, no copy
+        (``docs.embeddings += 1`` raises; ``docs.embeddings = docs.embeddings + 1`` works).
         """
+        column = self._column("embeddings", "_embedding")
+        if column is not None:
+            return column
         return self._stack("embedding", [doc._embedding for doc in self._docs])
 
     @embeddings.setter
     def embeddings(self, value: npt.ArrayLike | None) -> None:
+        if self._set_column("embeddings", value):
+            return
         for doc, row in zip(self._docs, self._rows(value, "embeddings"), strict=True):
             doc._embedding = row
 
@@ -260,17 +322,56 @@ class DocumentArray(MutableSequence[Document]):
 
         Same rules as :attr:`embeddings`.
         """
+        column = self._column("tensors", "_tensor")
+        if column is not None:
+            return column
         return self._stack("tensor", [doc._tensor for doc in self._docs])
 
     @tensors.setter
     def tensors(self, value: npt.ArrayLike | None) -> None:
+        if self._set_column("tensors", value):
+            return
         for doc, row in zip(self._docs, self._rows(value, "tensors"), strict=True):
             doc._tensor = row
 
+    def _column(self, name: str, attr: str) -> npt.NDArray[Any] | None:
+        """The received column ``name``, when every Document still holds its row."""
+        columns = self._columns
+        if columns is None:
+            return None
+        matrix = columns.array(name)
+        if matrix is None:
+            return None
+        if self._items is None:
+            return matrix
+        rows = columns._rows.get(name)
+        items = self._items
+        if rows is None or len(rows) != len(items):
+            return None
+        for doc, row in zip(items, rows, strict=True):
+            if getattr(doc, attr) is not row:
+                return None
+        return matrix
+
+    def _set_column(self, name: str, value: npt.ArrayLike | None) -> bool:
+        """Set the column ``name`` of a lazy array without building Documents, if it can."""
+        columns = self._unbuilt
+        if columns is None or columns.has_rest:
+            return False
+        if value is None:
+            columns.set_array(name, None)
+            return True
+        array = np.asarray(value)
+        if array.ndim == 0:
+            raise ValueError(f"cannot set {name} from a 0-d array; give shape (n, ...)")
+        self._check_length(array, name)
+        columns.set_array(name, array)
+        return True
+
     def _check_length(self, values: Sized, name: str) -> None:
-        if len(values) != len(self._docs):
+        if len(values) != len(self):
             raise ValueError(
-                f"cannot set {name} of {len(self._docs)} Documents from {len(values)} values; "
+                f"cannot set {name} of {len(self)} Documents from {len(values)} values; "
                 f"give exactly one per Document"
             )
 

@@ -23,9 +23,15 @@ from opentelemetry import propagate, trace
 from opentelemetry.trace import SpanKind
 
 from meshflow.document import DocumentArray
+from meshflow.document.columnar import (
+    columns_field,
+    columns_to_bytes,
+    documents_from_request,
+    prune_columns,
+    unchanged_columns,
+)
 from meshflow.document.proto import (
     dict_to_struct,
-    documents_from_proto,
     documents_to_proto,
     prune,
     struct_to_dict,
@@ -146,7 +152,10 @@ class ExecutorRuntime:
         answer = await self._process(data, head, time_remaining)
         if head.header.last_hop and head.header.fields:
             pruned = data_request_pb2.DataRequest.FromString(answer)
-            prune(pruned.docs, head.header.fields)
+            if pruned.HasField("columns"):
+                prune_columns(pruned.columns, set(head.header.fields))
+            else:
+                prune(pruned.docs, head.header.fields)
             return pruned.SerializeToString()
         return answer
 
@@ -169,9 +178,11 @@ class ExecutorRuntime:
         request = data_request_pb2.DataRequest.FromString(data)
         started = time.perf_counter()
         try:
-            docs = documents_from_proto(request.docs)
+            received = documents_from_request(request)
         except ValueError as exc:  # an array whose bytes, dtype and shape disagree
             raise BadRequestError(f"executor {self.name!r}: {exc}") from None
+        docs = received
+        n_docs = len(received)
         raw_parameters = for_executor(struct_to_dict(request.parameters), self.name)
         parameters: Any = raw_parameters
         if spec.params is not None:
@@ -203,13 +214,13 @@ class ExecutorRuntime:
                         batcher, spec, docs, kwargs, raw_parameters, timing, time_remaining
                     )
                 elif self.tracer is not None and _in_trace():
-                    result = await self._traced(spec, method, kwargs, timing, len(request.docs))
+                    result = await self._traced(spec, method, kwargs, timing, n_docs)
                 else:
                     result = await self._invoke(spec, method, kwargs, timing)
             finally:
                 if self.metrics is not None:
                     self.metrics.in_flight.dec()
-            answer = self._answer(data, request, docs, result, spec)
+            answer = self._answer(data, request, received, docs, result, spec)
         except Exception as exc:
             error = type(exc).__name__
             log.exception(
@@ -226,14 +237,14 @@ class ExecutorRuntime:
                 total=time.perf_counter() - started,
                 queue=timing[0] - started,
                 processing=timing[1] - timing[0],
-                docs=len(request.docs),
+                docs=n_docs,
                 error=error,
             )
         log.debug(
             "request %s %s: %d docs in %.2f ms",
             request.header.request_id,
             spec.name,
-            len(request.docs),
+            n_docs,
             (time.perf_counter() - started) * 1e3,
         )
         return answer
@@ -334,11 +345,14 @@ class ExecutorRuntime:
         self,
         data: bytes,
         request: data_request_pb2.DataRequest,
+        received: DocumentArray,
         docs: DocumentArray,
         result: Any,
         spec: EndpointMethod,
     ) -> bytes:
-        """The serialized answer: the request with the endpoint's documents and results."""
+        """The serialized answer: the request with the endpoint's documents and results, in
+        the layout the request came in (columns the endpoint left alone are copied as they
+        came)."""
         results = b""
         if isinstance(result, dict):
             answer = data_request_pb2.DataRequest(results={self.name: dict_to_struct(result)})
@@ -354,6 +368,13 @@ class ExecutorRuntime:
                 f"endpoint {spec.name} ({spec.method}) returned {type(result).__name__}; "
                 "return None (docs changed in place), a DocumentArray or a dict"
             )
+        source = received._columns
+        if source is not None:
+            if unchanged_columns(docs, source):
+                return data + results  # as below
+            encoded = columns_field(columns_to_bytes(docs, source))
+            request.ClearField("columns")
+            return b"".join((request.SerializeToString(), encoded, results))
         if len(docs) == len(request.docs) and unchanged_on_wire(docs):
             # The documents are what came in: answer with the request's own bytes. Appending
             # a serialized message merges it, which adds the results.

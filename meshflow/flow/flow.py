@@ -17,7 +17,6 @@ from meshflow.executor.executor import check_replicas
 from meshflow.flow.deployment import make_deployment
 from meshflow.flow.local import LocalRuntime
 from meshflow.flow.status import scrape_targets, snapshot, with_health
-from meshflow.gateway.auth import Authenticator
 from meshflow.gateway.topology import GATEWAY, check_spec
 from meshflow.observability.tracing import (
     parse_sampling,
@@ -249,6 +248,8 @@ class Flow(Posting):
         self.check()
         spec = self._spec
         if spec.auth is not None:
+            from meshflow.gateway.auth import Authenticator
+
             Authenticator(spec.auth)  # a missing secret or a bad key file fails here, at once
         for label, fixed in (
             ("port", spec.port),

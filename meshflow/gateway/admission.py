@@ -36,6 +36,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from meshflow.errors import OverloadedError, ShareExceededError
+from meshflow.gateway.pacing import Pacer
 from meshflow.spec.admission import AdmissionPolicy
 
 _PROBE_SAMPLES = 20
@@ -76,6 +77,8 @@ class Admission:
         fair: one queue per caller, served fairly, each caller bounded to its share of the
             queue (the gateway turns it on with auth).
         clock: seconds, monotonic (tests pass their own).
+        cpu: seconds of CPU of the event loop's thread, for the :class:`Pacer` (tests pass
+            their own).
     """
 
     def __init__(
@@ -85,6 +88,7 @@ class Admission:
         *,
         fair: bool = False,
         clock: Callable[[], float] = time.monotonic,
+        cpu: Callable[[], float] = time.thread_time,
     ) -> None:
         self.policy = policy
         self.max_in_flight = max_in_flight
@@ -98,6 +102,11 @@ class Admission:
         self._grants = 0
         self._waiting: dict[str, deque[_Waiter]] = {}
         self._share = max(1, math.ceil(policy.max_queue * policy.caller_share))
+        self.pacer = (
+            Pacer(policy.fair_utilization, policy.update_interval, clock=clock, cpu=cpu)
+            if fair
+            else None
+        )
         now = clock()
         # The rate slots free up (per second), for the waits a refused request is told.
         self._rate = 0.0
@@ -126,6 +135,8 @@ class Admission:
         give it back with :meth:`release`. ``deadline`` is on the clock; ``patient`` (a
         stream's next message) waits until its deadline whatever the queue holds."""
         subject = subject if self.fair else ""
+        if self.pacer is not None:
+            deadline = await self._pace(subject, deadline, patient)
         if self.in_flight < self.limit and not self.queued:
             self._take(subject)
             return Ticket(subject, self._probe_epoch, self.clock())
@@ -152,6 +163,26 @@ class Admission:
                 self._forget(waiter)
             raise
         return Ticket(subject, self._probe_epoch, self.clock())
+
+    async def _pace(self, subject: str, deadline: float | None, patient: bool) -> float | None:
+        """Wait for the caller's token when it is paced (see :mod:`~meshflow.gateway.pacing`);
+        return the deadline left for the queue (a paced wait counts against max_queue_wait)."""
+        assert self.pacer is not None
+        now = self.clock()
+        budget = math.inf if deadline is None else deadline - now
+        if not patient:
+            budget = min(budget, self.policy.max_queue_wait)
+        wait = self.pacer.admit(subject, budget)
+        if wait <= 0:
+            return deadline
+        try:
+            await asyncio.sleep(wait)
+        except BaseException:
+            self.pacer.give_back(subject)
+            raise
+        if deadline is None and not patient:
+            return now + self.policy.max_queue_wait  # what is left of the wait it may do
+        return deadline
 
     def release(self, ticket: Ticket) -> None:
         """Give a slot back; the time it was held feeds the adaptive limit."""

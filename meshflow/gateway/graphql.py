@@ -15,7 +15,7 @@ import contextlib
 import inspect
 import keyword
 import logging
-from collections.abc import AsyncGenerator, Awaitable, Iterable
+from collections.abc import AsyncGenerator, Awaitable, Iterable, Mapping, Sequence
 from typing import Any, NewType, cast
 
 import strawberry
@@ -23,7 +23,7 @@ from graphql import GraphQLError
 from opentelemetry import trace
 from opentelemetry.trace import Status, StatusCode
 from strawberry.scalars import JSON
-from strawberry.types import Info
+from strawberry.types import Info, get_object_definition
 from strawberry.types.nodes import FragmentSpread, InlineFragment, SelectedField, Selection
 
 from meshflow.document.proto import struct_to_dict
@@ -178,6 +178,37 @@ class DocumentInput:
     embedding: NdArrayInput | None = None
 
 
+def _document_input(cls: type, value: Mapping[str, Any], context: Any) -> Any:
+    """A ``DocumentInput`` from its GraphQL value, which graphql-core has already coerced
+    (every field checked, defaults filled in): the same instance as Strawberry's generic
+    conversion builds, without resolving each field's type again for each document."""
+    return cls(
+        id=value.get("id"),
+        parent_id=value.get("parentId"),
+        text=value.get("text"),
+        blob=value.get("blob"),
+        uri=value.get("uri"),
+        mime_type=value.get("mimeType"),
+        tags=value.get("tags"),
+        tensor=_array_input(value.get("tensor")),
+        embedding=_array_input(value.get("embedding")),
+    )
+
+
+def _array_input(value: Mapping[str, Any] | None) -> NdArrayInput | None:
+    if value is None:
+        return None
+    shape = value.get("shape")
+    return NdArrayInput(
+        data=list(value["data"]),  # copied, as Strawberry does for a list argument
+        shape=None if shape is None else list(shape),
+        dtype=value.get("dtype", "float32"),
+    )
+
+
+get_object_definition(DocumentInput, strict=True).from_input = _document_input
+
+
 @strawberry.type(description="A hub executor (uses: hub://...): which version, which environment.")
 class HubExecutorInfo:
     name: str
@@ -271,6 +302,13 @@ def _docs_selection(info: Info[Any, Any]) -> set[str] | None:
             if found is not None:
                 return found
     return None
+
+
+def _pushdown(info: Info[Any, Any]) -> Sequence[str]:
+    """The document fields the last executors keep: those selected under ``docs``, or only
+    ``id`` when the query selects none (its answer shows no document field, so nothing else
+    needs to travel back)."""
+    return sorted(_docs_selection(info) or ()) or ("id",)
 
 
 def _find_docs(sel: Selection) -> set[str] | None:
@@ -369,7 +407,7 @@ class Mutation:
                 docs=docs or [],
                 parameters=parameters,
                 target_executor=target_executor,
-                fields=_docs_selection(info) or (),
+                fields=_pushdown(info),
                 max_docs=info.context["max_docs"],
                 **_caller(info),
             )
@@ -396,7 +434,7 @@ class Subscription:
         gateway = _gateway(info)
         if gateway.auth is not None:  # refuse before the first batch is sent
             _require(info, gateway.auth.config.scope_for(on), on)
-        fields = _docs_selection(info) or ()
+        fields = _pushdown(info)
         slots = asyncio.Semaphore(max_in_flight)
         span = _subscription_span(on) if gateway.tracing else None
 
@@ -513,7 +551,7 @@ def _resolver(endpoint: str, params: dict[str, services_pb2.Parameter]) -> Any:
                 docs=docs,
                 parameters=parameters or None,
                 target_executor=target,
-                fields=_docs_selection(info) or (),
+                fields=_pushdown(info),
                 max_docs=info.context["max_docs"],
                 **_caller(info),
             )

@@ -64,6 +64,7 @@ from strawberry.types import ExecutionResult
 from strawberry.types.execution import PreExecutionError
 
 from meshflow.errors import BadRequestError, ForbiddenError, RequestError, UnauthenticatedError
+from meshflow.gateway.answers import AnswerExecutionContext, encode_answer
 from meshflow.gateway.discovery import EndpointCatalog
 from meshflow.gateway.graphql import (
     SCALARS,
@@ -189,6 +190,7 @@ def make_schema(
         subscription=Subscription,
         extensions=extensions,
         config=StrawberryConfig(scalar_map=SCALARS),
+        execution_context_class=AnswerExecutionContext,  # Documents by projection
     )
 
 
@@ -392,6 +394,22 @@ class _GraphQLApp(GraphQL[dict[str, Any], None]):
     def decode_json(self, data: str | bytes) -> object:
         """JSON from the network: UTF-8 only, nesting bounded (WebSocket messages too)."""
         return decode_json(data)
+
+    def encode_json(self, data: object) -> str:
+        """WebSocket messages (text frames: a str) with orjson (``gateway/answers.py``)."""
+        return encode_answer(data).decode()
+
+    def create_response(
+        self, response_data: GraphQLHTTPResponse | list[GraphQLHTTPResponse], sub_response: Any
+    ) -> Response:
+        """An HTTP answer: its orjson bytes as they are (Strawberry's, without a str between)."""
+        response = Response(encode_answer(response_data), media_type="application/json")
+        response.headers.raw.extend(sub_response.headers.raw)
+        if sub_response.background:
+            response.background = sub_response.background
+        if sub_response.status_code:
+            response.status_code = sub_response.status_code
+        return response
 
     async def get_context(self, request: Any, response: Any) -> dict[str, Any]:
         # The first GraphQL request starts the background refresh (never waits on it): by

@@ -9,7 +9,6 @@ import grpc
 from opentelemetry import trace
 
 from meshflow.errors import ConfigError
-from meshflow.gateway.auth import Authenticator
 from meshflow.gateway.server import Gateway
 from meshflow.gateway.topology import Topology
 from meshflow.gateway.transport import DirectTransport, EnvoyTransport, Transport
@@ -58,7 +57,11 @@ def _make_gateway(
     tracing: bool,
 ) -> tuple[Gateway, Transport, GatewayMetrics | None]:
     """The gateway of ``topology``, its transport to the executors and its metrics."""
-    authenticator = Authenticator(auth) if auth is not None else None  # bad keys fail here
+    authenticator = None
+    if auth is not None:  # lazy: a gateway without auth loads no JWT library (~8 MB)
+        from meshflow.gateway.auth import Authenticator
+
+        authenticator = Authenticator(auth)  # bad keys fail here
     if authenticator is not None and signer is None:
         raise ConfigError(
             "serve_gateway(auth=...) needs signer=: the key it vouches for identities with"

@@ -37,7 +37,6 @@ from meshflow.errors import (
     RequestError,
 )
 from meshflow.gateway.admission import Admission, Ticket
-from meshflow.gateway.auth import Authenticator
 from meshflow.gateway.fanout import fan_out
 from meshflow.gateway.traversal import Traversal, internal_error
 from meshflow.identity import Identity
@@ -53,6 +52,7 @@ from meshflow.wire import (
 )
 
 if TYPE_CHECKING:
+    from meshflow.gateway.auth import Authenticator
     from meshflow.observability.metrics import GatewayMetrics
     from meshflow.voucher import Signer
 

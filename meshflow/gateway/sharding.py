@@ -22,6 +22,7 @@ import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from meshflow.document.columnar import to_rows
 from meshflow.gateway.merge import merge_results
 from meshflow.proto.v1 import data_request_pb2
 
@@ -63,7 +64,12 @@ class Part:
 
 def split(data: bytes, shards: int) -> list[Part] | None:
     """Split the serialized request ``data`` by the shard owning each document; None when it
-    holds no documents (it then goes to every shard). Shards owning none are left out."""
+    holds no documents (it then goes to every shard). Shards owning none are left out.
+
+    Columnar documents are moved into the row layout first (the parts and the answers are
+    then in the row layout)."""
+    if data_request_pb2.DataRequestParts.FromString(data).columns:
+        data = as_rows(data)
     ids = data_request_pb2.DocumentIds.FromString(data).docs
     if not ids:
         return None
@@ -77,6 +83,13 @@ def split(data: bytes, shards: int) -> list[Part] | None:
         request.docs.extend(raw[i] for i in positions)
         parts.append(Part(shard, positions, request.SerializeToString()))
     return parts
+
+
+def as_rows(data: bytes) -> bytes:
+    """The serialized request ``data`` with its documents in the row layout."""
+    request = data_request_pb2.DataRequest.FromString(data)
+    to_rows(request)
+    return request.SerializeToString()
 
 
 def reassemble(parts: Sequence[Part], answers: Sequence[bytes], deployment: str) -> bytes:

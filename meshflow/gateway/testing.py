@@ -28,6 +28,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import TypeAlias
 
+from meshflow.document.columnar import to_rows
 from meshflow.errors import DeadlineExceeded
 from meshflow.gateway.transport import Metadata
 from meshflow.proto.v1 import data_request_pb2, services_pb2
@@ -45,8 +46,11 @@ class Call:
 
     @property
     def request(self) -> data_request_pb2.DataRequest:
-        """The DataRequest the call carried, decoded."""
-        return data_request_pb2.DataRequest.FromString(self.data)
+        """The DataRequest the call carried, decoded, its documents in the row layout (``docs``)
+        whichever layout it came in, so that handlers can read and edit them."""
+        request = data_request_pb2.DataRequest.FromString(self.data)
+        to_rows(request)
+        return request
 
 
 Handler: TypeAlias = Callable[[Call], bytes | Awaitable[bytes]]

@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING
 from opentelemetry import propagate, trace
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
+from meshflow.document.columnar import to_rows
 from meshflow.document.proto import struct_to_dict
 from meshflow.errors import BadRequestError, DeadlineExceeded, RequestError
 from meshflow.gateway.merge import merge_requests, reduce_shards
@@ -167,7 +168,7 @@ class Traversal:
             if _failed(answer):
                 return answer
         with _step(node.name, endpoint, "reducing the shards' answers"):
-            decoded = [data_request_pb2.DataRequest.FromString(a) for a in answers]
+            decoded = [_rows(a) for a in answers]
             parameters = struct_to_dict(decoded[0].parameters)
             reduced = reduce_shards(decoded, parameters, deployment=node.name)
             return reduced.SerializeToString()
@@ -256,8 +257,14 @@ def _failed(data: bytes) -> bool:
 
 
 def _merge(outputs: list[bytes]) -> bytes:
-    decoded = [data_request_pb2.DataRequest.FromString(o) for o in outputs]
-    return merge_requests(decoded).SerializeToString()
+    return merge_requests([_rows(o) for o in outputs]).SerializeToString()
+
+
+def _rows(data: bytes) -> data_request_pb2.DataRequest:
+    """Decode an answer for a merge, which works on documents in the row layout."""
+    request = data_request_pb2.DataRequest.FromString(data)
+    to_rows(request)
+    return request
 
 
 def _error_answer(data: bytes, executor: str, endpoint: str, exc: RequestError) -> bytes:

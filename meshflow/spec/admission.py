@@ -39,6 +39,12 @@ class AdmissionPolicy:
         max_queue_wait: seconds a request without a deadline may wait for a slot.
         caller_share: with auth on, the part of ``max_queue`` one token subject may fill
             (its requests past that are refused with 429).
+        fair_utilization: with auth on, while two or more token subjects send requests, the
+            share of the time the gateway's event loop may be busy: above it, the subjects
+            sending more than an equal share are held to a rate (their requests past it
+            wait for a token within ``max_queue_wait``, else are refused with 429), so that
+            the others' requests find the loop free (see :mod:`meshflow.gateway.pacing`).
+            1.0 turns this off.
     """
 
     adaptive: bool = True
@@ -49,6 +55,7 @@ class AdmissionPolicy:
     max_queue: int = 2048
     max_queue_wait: float = 0.1
     caller_share: float = 0.5
+    fair_utilization: float = 0.5
 
     def __post_init__(self) -> None:
         if not isinstance(self.adaptive, bool):
@@ -65,6 +72,7 @@ class AdmissionPolicy:
             ("probe_interval", 1.0, 3600.0),
             ("max_queue_wait", 0.0, 300.0),
             ("caller_share", 0.01, 1.0),
+            ("fair_utilization", 0.05, 1.0),
         ):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, float)):

@@ -215,3 +215,64 @@ def test_one_tokens_flood_leaves_room_for_another_token(shared: Flow, keys: Keys
     waited = time.monotonic() - started
     hold.join()
     assert waited < 2.0, "served after the first flood request, not after all three"
+
+
+@pytest.mark.mesh("direct")
+def test_a_flood_next_to_a_steady_caller_is_paced_and_the_steady_caller_never_refused(
+    keys: Keys, tmp_path: Any
+) -> None:
+    """With ``fair_utilization`` at its floor any flood counts as too busy: the token sending
+    far more than an equal share gets a rate and 429s past it; the steady one goes through."""
+    paths = keys.write(str(tmp_path))
+    flow = Flow(
+        mesh="direct",
+        workspace=os.path.join(str(tmp_path), "ws"),
+        admission=AdmissionPolicy(fair_utilization=0.05),
+        auth=JWTAuth(
+            issuer=ISSUER, audience=AUDIENCE, jwks_file=paths["jwks"], default_scope="use"
+        ),
+    ).add(uses="executors:Append")
+    flood = keys.token(scope="use", sub="flood")
+    steady = keys.token(scope="use", sub="steady")
+    body = {"query": POST.replace("parameters: {seconds: 0}", ""), "variables": {"on": "/"}}
+    refusals: list[httpx.Response] = []
+    answered = {"flood": 0, "steady": 0}
+    steady_failures: list[Any] = []
+    stop = threading.Event()
+
+    def flooder() -> None:
+        headers = {"authorization": f"Bearer {flood}"}
+        with httpx.Client(timeout=10) as http:
+            while not stop.is_set():
+                answer = http.post(flow.graphql_url, json=body, headers=headers)
+                if answer.status_code == 200:
+                    answered["flood"] += 1
+                else:
+                    refusals.append(answer)
+
+    with flow:
+        threads = [threading.Thread(target=flooder, daemon=True) for _ in range(6)]
+        for thread in threads:
+            thread.start()
+        try:
+            headers = {"authorization": f"Bearer {steady}"}
+            with httpx.Client(timeout=10) as http:
+                deadline = time.monotonic() + 4.0
+                while time.monotonic() < deadline:
+                    answer = http.post(flow.graphql_url, json=body, headers=headers)
+                    if answer.status_code == 200 and "errors" not in answer.json():
+                        answered["steady"] += 1
+                    else:
+                        steady_failures.append((answer.status_code, answer.text[:200]))
+                    time.sleep(0.05)
+        finally:
+            stop.set()
+            for thread in threads:
+                thread.join(15)
+    assert steady_failures == [], answered
+    assert answered["steady"] >= 5, answered
+    assert refusals, f"the flood was never paced ({answered['flood']} answered)"
+    for answer in refusals:
+        assert answer.status_code == 429 and int(answer.headers["retry-after"]) >= 1
+        assert answer.json()["errors"][0]["extensions"]["code"] == "TOO_MANY_REQUESTS"
+    assert answered["flood"] > 0

@@ -27,7 +27,7 @@ from google.protobuf import struct_pb2 as google_dot_protobuf_dot_struct__pb2
 from meshflow.proto.v1 import document_pb2 as meshflow_dot_v1_dot_document__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1emeshflow/v1/data_request.proto\x12\x0bmeshflow.v1\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1ameshflow/v1/document.proto\"\x9c\x01\n\x06Header\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x10\n\x08\x65ndpoint\x18\x02 \x01(\t\x12\x17\n\x0ftarget_executor\x18\x03 \x01(\t\x12\x0e\n\x06\x66ields\x18\x04 \x03(\t\x12\x10\n\x08last_hop\x18\x05 \x01(\x08\x12%\n\x07voucher\x18\x08 \x01(\x0b\x32\x14.meshflow.v1.VoucherJ\x04\x08\x06\x10\x07R\x04\x61uth\"-\n\x07Voucher\x12\x0f\n\x07vouched\x18\x01 \x01(\x0c\x12\x11\n\tsignature\x18\x02 \x01(\x0c\"R\n\x07Vouched\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x1f\n\x04\x61uth\x18\x02 \x01(\x0b\x32\x11.meshflow.v1.Auth\x12\x12\n\nexpires_at\x18\x03 \x01(\x01\"`\n\x04\x41uth\x12\x0f\n\x07subject\x18\x01 \x01(\t\x12\x0e\n\x06scopes\x18\x02 \x03(\t\x12\x0e\n\x06issuer\x18\x03 \x01(\t\x12\'\n\x06\x63laims\x18\x04 \x01(\x0b\x32\x17.google.protobuf.Struct\"\x98\x01\n\x06Status\x12&\n\x04\x63ode\x18\x01 \x01(\x0e\x32\x18.meshflow.v1.Status.Code\x12\x0f\n\x07message\x18\x02 \x01(\t\x12\x10\n\x08\x65xecutor\x18\x03 \x01(\t\x12\x10\n\x08\x65ndpoint\x18\x04 \x01(\t\x12\x16\n\x0e\x65xception_type\x18\x05 \x01(\t\"\x19\n\x04\x43ode\x12\x06\n\x02OK\x10\x00\x12\t\n\x05\x45RROR\x10\x01\"\xa9\x03\n\x0b\x44\x61taRequest\x12#\n\x06header\x18\x01 \x01(\x0b\x32\x13.meshflow.v1.Header\x12+\n\nparameters\x18\x02 \x01(\x0b\x32\x17.google.protobuf.Struct\x12#\n\x04\x64ocs\x18\x03 \x03(\x0b\x32\x15.meshflow.v1.Document\x12#\n\x06status\x18\x04 \x01(\x0b\x32\x13.meshflow.v1.Status\x12\x36\n\x07results\x18\x05 \x03(\x0b\x32%.meshflow.v1.DataRequest.ResultsEntry\x12\x34\n\x06reduce\x18\x06 \x03(\x0b\x32$.meshflow.v1.DataRequest.ReduceEntry\x1aG\n\x0cResultsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12&\n\x05value\x18\x02 \x01(\x0b\x32\x17.google.protobuf.Struct:\x02\x38\x01\x1aG\n\x0bReduceEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\'\n\x05value\x18\x02 \x01(\x0b\x32\x18.meshflow.v1.ReduceRules:\x02\x38\x01\"o\n\x0bReduceRules\x12\x32\n\x05rules\x18\x01 \x03(\x0b\x32#.meshflow.v1.ReduceRules.RulesEntry\x1a,\n\nRulesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"[\n\x0f\x44\x61taRequestHead\x12#\n\x06header\x18\x01 \x01(\x0b\x32\x13.meshflow.v1.Header\x12#\n\x06status\x18\x04 \x01(\x0b\x32\x13.meshflow.v1.Status\"\xa1\x03\n\x10\x44\x61taRequestParts\x12#\n\x06header\x18\x01 \x01(\x0b\x32\x13.meshflow.v1.Header\x12+\n\nparameters\x18\x02 \x01(\x0b\x32\x17.google.protobuf.Struct\x12\x0c\n\x04\x64ocs\x18\x03 \x03(\x0c\x12#\n\x06status\x18\x04 \x01(\x0b\x32\x13.meshflow.v1.Status\x12;\n\x07results\x18\x05 \x03(\x0b\x32*.meshflow.v1.DataRequestParts.ResultsEntry\x12\x39\n\x06reduce\x18\x06 \x03(\x0b\x32).meshflow.v1.DataRequestParts.ReduceEntry\x1aG\n\x0cResultsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12&\n\x05value\x18\x02 \x01(\x0b\x32\x17.google.protobuf.Struct:\x02\x38\x01\x1aG\n\x0bReduceEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\'\n\x05value\x18\x02 \x01(\x0b\x32\x18.meshflow.v1.ReduceRules:\x02\x38\x01\"J\n\x0b\x44ocumentIds\x12)\n\x04\x64ocs\x18\x03 \x03(\x0b\x32\x1b.meshflow.v1.DocumentIds.Id\x1a\x10\n\x02Id\x12\n\n\x02id\x18\x01 \x01(\tb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1emeshflow/v1/data_request.proto\x12\x0bmeshflow.v1\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1ameshflow/v1/document.proto\"\x9c\x01\n\x06Header\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x10\n\x08\x65ndpoint\x18\x02 \x01(\t\x12\x17\n\x0ftarget_executor\x18\x03 \x01(\t\x12\x0e\n\x06\x66ields\x18\x04 \x03(\t\x12\x10\n\x08last_hop\x18\x05 \x01(\x08\x12%\n\x07voucher\x18\x08 \x01(\x0b\x32\x14.meshflow.v1.VoucherJ\x04\x08\x06\x10\x07R\x04\x61uth\"-\n\x07Voucher\x12\x0f\n\x07vouched\x18\x01 \x01(\x0c\x12\x11\n\tsignature\x18\x02 \x01(\x0c\"R\n\x07Vouched\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x1f\n\x04\x61uth\x18\x02 \x01(\x0b\x32\x11.meshflow.v1.Auth\x12\x12\n\nexpires_at\x18\x03 \x01(\x01\"`\n\x04\x41uth\x12\x0f\n\x07subject\x18\x01 \x01(\t\x12\x0e\n\x06scopes\x18\x02 \x03(\t\x12\x0e\n\x06issuer\x18\x03 \x01(\t\x12\'\n\x06\x63laims\x18\x04 \x01(\x0b\x32\x17.google.protobuf.Struct\"\x98\x01\n\x06Status\x12&\n\x04\x63ode\x18\x01 \x01(\x0e\x32\x18.meshflow.v1.Status.Code\x12\x0f\n\x07message\x18\x02 \x01(\t\x12\x10\n\x08\x65xecutor\x18\x03 \x01(\t\x12\x10\n\x08\x65ndpoint\x18\x04 \x01(\t\x12\x16\n\x0e\x65xception_type\x18\x05 \x01(\t\"\x19\n\x04\x43ode\x12\x06\n\x02OK\x10\x00\x12\t\n\x05\x45RROR\x10\x01\"\xd8\x03\n\x0b\x44\x61taRequest\x12#\n\x06header\x18\x01 \x01(\x0b\x32\x13.meshflow.v1.Header\x12+\n\nparameters\x18\x02 \x01(\x0b\x32\x17.google.protobuf.Struct\x12#\n\x04\x64ocs\x18\x03 \x03(\x0b\x32\x15.meshflow.v1.Document\x12#\n\x06status\x18\x04 \x01(\x0b\x32\x13.meshflow.v1.Status\x12\x36\n\x07results\x18\x05 \x03(\x0b\x32%.meshflow.v1.DataRequest.ResultsEntry\x12\x34\n\x06reduce\x18\x06 \x03(\x0b\x32$.meshflow.v1.DataRequest.ReduceEntry\x12-\n\x07\x63olumns\x18\n \x01(\x0b\x32\x1c.meshflow.v1.DocumentColumns\x1aG\n\x0cResultsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12&\n\x05value\x18\x02 \x01(\x0b\x32\x17.google.protobuf.Struct:\x02\x38\x01\x1aG\n\x0bReduceEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\'\n\x05value\x18\x02 \x01(\x0b\x32\x18.meshflow.v1.ReduceRules:\x02\x38\x01\"o\n\x0bReduceRules\x12\x32\n\x05rules\x18\x01 \x03(\x0b\x32#.meshflow.v1.ReduceRules.RulesEntry\x1a,\n\nRulesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"[\n\x0f\x44\x61taRequestHead\x12#\n\x06header\x18\x01 \x01(\x0b\x32\x13.meshflow.v1.Header\x12#\n\x06status\x18\x04 \x01(\x0b\x32\x13.meshflow.v1.Status\"\xb2\x03\n\x10\x44\x61taRequestParts\x12#\n\x06header\x18\x01 \x01(\x0b\x32\x13.meshflow.v1.Header\x12+\n\nparameters\x18\x02 \x01(\x0b\x32\x17.google.protobuf.Struct\x12\x0c\n\x04\x64ocs\x18\x03 \x03(\x0c\x12#\n\x06status\x18\x04 \x01(\x0b\x32\x13.meshflow.v1.Status\x12;\n\x07results\x18\x05 \x03(\x0b\x32*.meshflow.v1.DataRequestParts.ResultsEntry\x12\x39\n\x06reduce\x18\x06 \x03(\x0b\x32).meshflow.v1.DataRequestParts.ReduceEntry\x12\x0f\n\x07\x63olumns\x18\n \x01(\x0c\x1aG\n\x0cResultsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12&\n\x05value\x18\x02 \x01(\x0b\x32\x17.google.protobuf.Struct:\x02\x38\x01\x1aG\n\x0bReduceEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\'\n\x05value\x18\x02 \x01(\x0b\x32\x18.meshflow.v1.ReduceRules:\x02\x38\x01\"J\n\x0b\x44ocumentIds\x12)\n\x04\x64ocs\x18\x03 \x03(\x0b\x32\x1b.meshflow.v1.DocumentIds.Id\x1a\x10\n\x02Id\x12\n\n\x02id\x18\x01 \x01(\tb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -57,25 +57,25 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_STATUS_CODE']._serialized_start=621
   _globals['_STATUS_CODE']._serialized_end=646
   _globals['_DATAREQUEST']._serialized_start=649
-  _globals['_DATAREQUEST']._serialized_end=1074
-  _globals['_DATAREQUEST_RESULTSENTRY']._serialized_start=930
-  _globals['_DATAREQUEST_RESULTSENTRY']._serialized_end=1001
-  _globals['_DATAREQUEST_REDUCEENTRY']._serialized_start=1003
-  _globals['_DATAREQUEST_REDUCEENTRY']._serialized_end=1074
-  _globals['_REDUCERULES']._serialized_start=1076
-  _globals['_REDUCERULES']._serialized_end=1187
-  _globals['_REDUCERULES_RULESENTRY']._serialized_start=1143
-  _globals['_REDUCERULES_RULESENTRY']._serialized_end=1187
-  _globals['_DATAREQUESTHEAD']._serialized_start=1189
-  _globals['_DATAREQUESTHEAD']._serialized_end=1280
-  _globals['_DATAREQUESTPARTS']._serialized_start=1283
-  _globals['_DATAREQUESTPARTS']._serialized_end=1700
-  _globals['_DATAREQUESTPARTS_RESULTSENTRY']._serialized_start=930
-  _globals['_DATAREQUESTPARTS_RESULTSENTRY']._serialized_end=1001
-  _globals['_DATAREQUESTPARTS_REDUCEENTRY']._serialized_start=1003
-  _globals['_DATAREQUESTPARTS_REDUCEENTRY']._serialized_end=1074
-  _globals['_DOCUMENTIDS']._serialized_start=1702
-  _globals['_DOCUMENTIDS']._serialized_end=1776
-  _globals['_DOCUMENTIDS_ID']._serialized_start=1760
-  _globals['_DOCUMENTIDS_ID']._serialized_end=1776
+  _globals['_DATAREQUEST']._serialized_end=1121
+  _globals['_DATAREQUEST_RESULTSENTRY']._serialized_start=977
+  _globals['_DATAREQUEST_RESULTSENTRY']._serialized_end=1048
+  _globals['_DATAREQUEST_REDUCEENTRY']._serialized_start=1050
+  _globals['_DATAREQUEST_REDUCEENTRY']._serialized_end=1121
+  _globals['_REDUCERULES']._serialized_start=1123
+  _globals['_REDUCERULES']._serialized_end=1234
+  _globals['_REDUCERULES_RULESENTRY']._serialized_start=1190
+  _globals['_REDUCERULES_RULESENTRY']._serialized_end=1234
+  _globals['_DATAREQUESTHEAD']._serialized_start=1236
+  _globals['_DATAREQUESTHEAD']._serialized_end=1327
+  _globals['_DATAREQUESTPARTS']._serialized_start=1330
+  _globals['_DATAREQUESTPARTS']._serialized_end=1764
+  _globals['_DATAREQUESTPARTS_RESULTSENTRY']._serialized_start=977
+  _globals['_DATAREQUESTPARTS_RESULTSENTRY']._serialized_end=1048
+  _globals['_DATAREQUESTPARTS_REDUCEENTRY']._serialized_start=1050
+  _globals['_DATAREQUESTPARTS_REDUCEENTRY']._serialized_end=1121
+  _globals['_DOCUMENTIDS']._serialized_start=1766
+  _globals['_DOCUMENTIDS']._serialized_end=1840
+  _globals['_DOCUMENTIDS_ID']._serialized_start=1824
+  _globals['_DOCUMENTIDS_ID']._serialized_end=1840
 # @@protoc_insertion_point(module_scope)

@@ -77,7 +77,7 @@ class Status(_message.Message):
     def __init__(self, code: _Optional[_Union[Status.Code, str]] = ..., message: _Optional[str] = ..., executor: _Optional[str] = ..., endpoint: _Optional[str] = ..., exception_type: _Optional[str] = ...) -> None: ...
 
 class DataRequest(_message.Message):
-    __slots__ = ("header", "parameters", "docs", "status", "results", "reduce")
+    __slots__ = ("header", "parameters", "docs", "status", "results", "reduce", "columns")
     class ResultsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -98,13 +98,15 @@ class DataRequest(_message.Message):
     STATUS_FIELD_NUMBER: _ClassVar[int]
     RESULTS_FIELD_NUMBER: _ClassVar[int]
     REDUCE_FIELD_NUMBER: _ClassVar[int]
+    COLUMNS_FIELD_NUMBER: _ClassVar[int]
     header: Header
     parameters: _struct_pb2.Struct
     docs: _containers.RepeatedCompositeFieldContainer[_document_pb2.Document]
     status: Status
     results: _containers.MessageMap[str, _struct_pb2.Struct]
     reduce: _containers.MessageMap[str, ReduceRules]
-    def __init__(self, header: _Optional[_Union[Header, _Mapping]] = ..., parameters: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., docs: _Optional[_Iterable[_Union[_document_pb2.Document, _Mapping]]] = ..., status: _Optional[_Union[Status, _Mapping]] = ..., results: _Optional[_Mapping[str, _struct_pb2.Struct]] = ..., reduce: _Optional[_Mapping[str, ReduceRules]] = ...) -> None: ...
+    columns: _document_pb2.DocumentColumns
+    def __init__(self, header: _Optional[_Union[Header, _Mapping]] = ..., parameters: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., docs: _Optional[_Iterable[_Union[_document_pb2.Document, _Mapping]]] = ..., status: _Optional[_Union[Status, _Mapping]] = ..., results: _Optional[_Mapping[str, _struct_pb2.Struct]] = ..., reduce: _Optional[_Mapping[str, ReduceRules]] = ..., columns: _Optional[_Union[_document_pb2.DocumentColumns, _Mapping]] = ...) -> None: ...
 
 class ReduceRules(_message.Message):
     __slots__ = ("rules",)
@@ -128,7 +130,7 @@ class DataRequestHead(_message.Message):
     def __init__(self, header: _Optional[_Union[Header, _Mapping]] = ..., status: _Optional[_Union[Status, _Mapping]] = ...) -> None: ...
 
 class DataRequestParts(_message.Message):
-    __slots__ = ("header", "parameters", "docs", "status", "results", "reduce")
+    __slots__ = ("header", "parameters", "docs", "status", "results", "reduce", "columns")
     class ResultsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -149,13 +151,15 @@ class DataRequestParts(_message.Message):
     STATUS_FIELD_NUMBER: _ClassVar[int]
     RESULTS_FIELD_NUMBER: _ClassVar[int]
     REDUCE_FIELD_NUMBER: _ClassVar[int]
+    COLUMNS_FIELD_NUMBER: _ClassVar[int]
     header: Header
     parameters: _struct_pb2.Struct
     docs: _containers.RepeatedScalarFieldContainer[bytes]
     status: Status
     results: _containers.MessageMap[str, _struct_pb2.Struct]
     reduce: _containers.MessageMap[str, ReduceRules]
-    def __init__(self, header: _Optional[_Union[Header, _Mapping]] = ..., parameters: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., docs: _Optional[_Iterable[bytes]] = ..., status: _Optional[_Union[Status, _Mapping]] = ..., results: _Optional[_Mapping[str, _struct_pb2.Struct]] = ..., reduce: _Optional[_Mapping[str, ReduceRules]] = ...) -> None: ...
+    columns: bytes
+    def __init__(self, header: _Optional[_Union[Header, _Mapping]] = ..., parameters: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., docs: _Optional[_Iterable[bytes]] = ..., status: _Optional[_Union[Status, _Mapping]] = ..., results: _Optional[_Mapping[str, _struct_pb2.Struct]] = ..., reduce: _Optional[_Mapping[str, ReduceRules]] = ..., columns: _Optional[bytes] = ...) -> None: ...
 
 class DocumentIds(_message.Message):
     __slots__ = ("docs",)

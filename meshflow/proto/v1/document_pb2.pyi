@@ -58,3 +58,25 @@ class DocumentList(_message.Message):
     DOCS_FIELD_NUMBER: _ClassVar[int]
     docs: _containers.RepeatedCompositeFieldContainer[Document]
     def __init__(self, docs: _Optional[_Iterable[_Union[Document, _Mapping]]] = ...) -> None: ...
+
+class DocumentColumns(_message.Message):
+    __slots__ = ("ids", "parent_ids", "texts", "blobs", "uris", "mime_types", "embeddings", "tensors", "rest")
+    IDS_FIELD_NUMBER: _ClassVar[int]
+    PARENT_IDS_FIELD_NUMBER: _ClassVar[int]
+    TEXTS_FIELD_NUMBER: _ClassVar[int]
+    BLOBS_FIELD_NUMBER: _ClassVar[int]
+    URIS_FIELD_NUMBER: _ClassVar[int]
+    MIME_TYPES_FIELD_NUMBER: _ClassVar[int]
+    EMBEDDINGS_FIELD_NUMBER: _ClassVar[int]
+    TENSORS_FIELD_NUMBER: _ClassVar[int]
+    REST_FIELD_NUMBER: _ClassVar[int]
+    ids: _containers.RepeatedScalarFieldContainer[str]
+    parent_ids: _containers.RepeatedScalarFieldContainer[str]
+    texts: _containers.RepeatedScalarFieldContainer[str]
+    blobs: _containers.RepeatedScalarFieldContainer[bytes]
+    uris: _containers.RepeatedScalarFieldContainer[str]
+    mime_types: _containers.RepeatedScalarFieldContainer[str]
+    embeddings: NdArray
+    tensors: NdArray
+    rest: _containers.RepeatedCompositeFieldContainer[Document]
+    def __init__(self, ids: _Optional[_Iterable[str]] = ..., parent_ids: _Optional[_Iterable[str]] = ..., texts: _Optional[_Iterable[str]] = ..., blobs: _Optional[_Iterable[bytes]] = ..., uris: _Optional[_Iterable[str]] = ..., mime_types: _Optional[_Iterable[str]] = ..., embeddings: _Optional[_Union[NdArray, _Mapping]] = ..., tensors: _Optional[_Union[NdArray, _Mapping]] = ..., rest: _Optional[_Iterable[_Union[Document, _Mapping]]] = ...) -> None: ...

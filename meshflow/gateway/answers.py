@@ -1,0 +1,186 @@
+"""Fast answers: Documents projected straight from the answer's protobuf, written with orjson.
+
+graphql-core completes a value field by field: for each field of each object it builds a
+resolve info, calls Strawberry's resolver wrapper, awaits-or-not the result and completes it
+by its type. A search answer of 10 queries x 50 matches is ~1,000 such fields, about 10 ms
+of the gateway's CPU for 23 kB of JSON. Yet a ``Document`` is a plain read of a protobuf
+message: its fields take no arguments, have no resolver of their own beyond the read, and
+cannot fail.
+
+:class:`AnswerExecutionContext` therefore completes a ``Document`` (and its ``NdArray``s,
+its ``matches`` and ``chunks``, recursively) by a *projection*: graphql-core's own
+``collect_subfields`` turns the already validated selection into response keys (aliases,
+fragments, ``@include``/``@skip`` applied; ``__typename`` honoured), and each key reads its
+field from the message as the resolvers of :mod:`meshflow.gateway.graphql` would, in the same
+order, to the same values. Anything else takes graphql-core's generic path, which then
+answers exactly as before: another type, a ``Document`` not read from an answer, ``@defer``,
+a field the projection does not know, or any exception while projecting (the generic path
+then raises the error a resolver would have, with its path).
+
+:func:`encode_answer` writes the answer with orjson (arrays of floats are one C loop, not
+Python's ``json`` float by float). The JSON holds the same values as ``json.dumps`` wrote
+(floats are written in their shortest round-trip form either way, some spelled differently:
+``1.5e-05`` becomes ``0.000015``; non-ASCII text is UTF-8 rather than ``\\u`` escapes). A
+non-finite float becomes ``null`` (``json.dumps`` wrote ``NaN``, which is not JSON). Values
+orjson refuses (integers beyond 64 bits, non-string keys) fall back to ``json.dumps``.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import operator
+from collections.abc import Callable
+from typing import Any
+
+import orjson
+from graphql import GraphQLObjectType, GraphQLScalarType
+from graphql.execution.collect_fields import FieldDetailsList
+from strawberry.schema.schema import StrawberryGraphQLCoreExecutionContext
+
+from meshflow.document.proto import struct_to_dict
+from meshflow.gateway.graphql import DocumentType
+from meshflow.gateway.post import array_values
+
+Read = Callable[[Any], Any]
+"""Reads one field of a protobuf message, as its resolver would; a plan is compiled into one
+:data:`Read` per level that reads a message into its completed value (a dict)."""
+
+
+def _scores(pb: Any) -> dict[str, float]:
+    # As dict(pb.scores), in the same order: a comprehension is 3x faster on a protobuf map.
+    scores = pb.scores
+    return {name: scores[name] for name in scores}
+
+
+_DOCUMENT: dict[str, Read] = {
+    "id": operator.attrgetter("id"),
+    "parentId": operator.attrgetter("parent_id"),
+    "text": operator.attrgetter("text"),
+    "blob": lambda pb: base64.b64encode(pb.blob).decode("ascii"),
+    "uri": operator.attrgetter("uri"),
+    "mimeType": operator.attrgetter("mime_type"),
+    "tags": lambda pb: struct_to_dict(pb.tags) if pb.HasField("tags") else {},
+    "scores": _scores,
+}
+_DOCUMENTS = {"matches": "matches", "chunks": "chunks"}  # GraphQL name -> proto field
+_ARRAYS = {"tensor": "tensor", "embedding": "embedding"}
+
+
+def _object(steps: list[tuple[str, Read]]) -> Read:
+    """Reads a message into the dict of its response keys, in order."""
+
+    def project(pb: Any) -> dict[str, Any]:
+        out = {}
+        for key, read in steps:
+            out[key] = read(pb)
+        return out
+
+    return project
+
+
+def _list(field: str, project: Read) -> Read:
+    """Reads a repeated message field (``matches``, ``chunks``), each item by ``project``."""
+    items = operator.attrgetter(field)
+    return lambda pb: [project(item) for item in items(pb)]
+
+
+def _optional(field: str, project: Read) -> Read:
+    """Reads a message field (``tensor``, ``embedding``): null when absent, as its resolver."""
+    return lambda pb: project(getattr(pb, field)) if pb.HasField(field) else None
+
+
+class _Unknown(Exception):
+    """A selection the projection does not cover: the generic path completes it."""
+
+
+class AnswerExecutionContext(StrawberryGraphQLCoreExecutionContext):
+    """graphql-core's execution, with each ``Document`` of an answer completed by projection
+    (see the module's docstring)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        # Per execution: the Documents of one list share their field group (graphql-core
+        # passes the same list object for each item), so each level is planned once.
+        self._plans: dict[tuple[str, int], Read | None] = {}
+
+    def complete_object_value(
+        self,
+        return_type: GraphQLObjectType,
+        field_details_list: FieldDetailsList,
+        info: Any,
+        path: Any,
+        result: Any,
+        position_context: Any,
+    ) -> Any:
+        if return_type.name == "Document" and isinstance(result, DocumentType):
+            plan = self._plan(return_type, field_details_list)
+            if plan is not None:
+                try:
+                    return plan(result._pb)
+                except Exception:  # the generic path raises it again, with its path
+                    pass
+        return super().complete_object_value(
+            return_type, field_details_list, info, path, result, position_context
+        )
+
+    def _plan(self, object_type: GraphQLObjectType, fields: FieldDetailsList) -> Read | None:
+        key = (object_type.name, id(fields))
+        if key not in self._plans:
+            try:
+                self._plans[key] = self._compile(object_type, fields)
+            except _Unknown:
+                self._plans[key] = None
+        return self._plans[key]
+
+    def _compile(self, object_type: GraphQLObjectType, fields: FieldDetailsList) -> Read:
+        # graphql-core's memoized collection: the same keys, in the same order, with the same
+        # directives and fragments applied as its generic completion would use.
+        collected = self.collect_subfields(object_type, fields)
+        if collected.new_defer_usages or collected.forbidden_directive_instances:
+            raise _Unknown
+        steps: list[tuple[str, Read]] = []
+        for key, group in collected.grouped_field_set.items():
+            if any(d.defer_usage is not None or d.fragment_variable_values for d in group):
+                raise _Unknown
+            name = group[0].node.name.value
+            steps.append((key, self._read(object_type, name, group)))
+        return _object(steps)
+
+    def _read(self, object_type: GraphQLObjectType, name: str, group: FieldDetailsList) -> Read:
+        """How field ``name`` of ``object_type`` is read, as its resolver reads it."""
+        if name == "__typename":
+            type_name = object_type.name
+            return lambda pb: type_name
+        type_map = self.schema.type_map
+        if object_type.name == "Document":
+            if name in _DOCUMENT:
+                return _DOCUMENT[name]
+            if name in _DOCUMENTS:
+                document = type_map["Document"]
+                assert isinstance(document, GraphQLObjectType)
+                return _list(_DOCUMENTS[name], self._compile(document, group))
+            if name in _ARRAYS:
+                array = type_map["NdArray"]
+                assert isinstance(array, GraphQLObjectType)
+                return _optional(_ARRAYS[name], self._compile(array, group))
+        elif object_type.name == "NdArray":
+            if name == "shape":
+                integer = type_map["Int"]
+                assert isinstance(integer, GraphQLScalarType)
+                serialize_int = integer.serialize
+                return lambda pb: [serialize_int(v) for v in pb.shape]
+            if name == "dtype":
+                return operator.attrgetter("dtype")
+            if name == "data":
+                return array_values
+        raise _Unknown
+
+
+def encode_answer(data: object) -> bytes:
+    """The JSON of an answer (see the module's docstring for how it differs from
+    ``json.dumps``'s)."""
+    try:
+        return orjson.dumps(data)
+    except orjson.JSONEncodeError:
+        return json.dumps(data, separators=(",", ":")).encode()
