@@ -79,6 +79,7 @@ CHECKED: dict[tuple[str, int], str] = {
     ("docs/mesh.md", 4): "output: test_mesh_page_yaml_and_status",
     ("docs/deploy.md", 0): "run + static: test_deploy_page_compose (the export runs; docker)",
     ("docs/deploy.md", 1): "run + static: test_deploy_page_kubernetes (the export runs; kubectl)",
+    ("docs/wire.md", 0): "text: the fields of DocumentColumns (proto/meshflow/v1/document.proto)",
     ("docs/observability.md", 0): "run: test_observability_page",
     ("docs/observability.md", 1): "run: test_observability_page",
     ("docs/observability.md", 2): "static: test_observability_stack_files (needs docker)",
