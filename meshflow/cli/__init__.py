@@ -18,6 +18,7 @@ from importlib.metadata import PackageNotFoundError, version
 from typing import Any, NoReturn
 
 from meshflow.cli.graphql import add_graphql_parser
+from meshflow.cli.hub import add_hub_parser
 from meshflow.errors import ConfigError, MeshflowError
 from meshflow.grpc_lifecycle import write_ready_file
 from meshflow.observability.logs import configure_logging
@@ -100,6 +101,7 @@ def make_parser() -> argparse.ArgumentParser:
 
     _add_token_parser(sub)
     add_graphql_parser(sub)
+    add_hub_parser(sub)
 
     ping = sub.add_parser("ping", help="exit 0 when HOST:PORT serves gRPC health, 1 when not")
     ping.add_argument("target", help="HOST:PORT")
@@ -182,6 +184,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             from meshflow.cli.graphql import _graphql
 
             return _graphql(args)
+        if args.command == "hub":
+            from meshflow.cli.hub import _hub_command
+
+            return _hub_command(args)
         _die_with_parent()
         if args.command == "executor":
             from meshflow.cli.run import _executor

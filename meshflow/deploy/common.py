@@ -62,7 +62,8 @@ def image_context(spec: FlowSpec, folder: str | None) -> BuildContext:
     against it before anything is written."""
     context = BuildContext.at(folder)
     for dep in spec.deployments:
-        context.uses(ref(dep), dep.name)
+        if not ref(dep).startswith("hub://"):  # a hub executor has an image of its own
+            context.uses(ref(dep), dep.name)
     for prefix, static in (spec.static or {}).items():
         context.inside(static, f"static[{prefix!r}]")
     if spec.persisted_queries.manifest is not None:
@@ -92,14 +93,18 @@ def executor_command(
     replica: int | None = None,
     *,
     context: BuildContext | None = None,
+    uses: str | None = None,
 ) -> list[str]:
     """``meshflow executor ...`` for one replica (``replica`` None: any pod of the shard);
-    with ``context``, ``uses`` as the image finds it."""
+    with ``context``, ``uses`` as the image finds it; ``uses`` given: that class (a hub
+    executor's, inside its own image)."""
+    if uses is None:
+        uses = ref(dep) if context is None else context.uses(ref(dep), dep.name)
     launch = ExecutorLaunch.of(
         dep,
         shard,
         replica,
-        uses=ref(dep) if context is None else context.uses(ref(dep), dep.name),
+        uses=uses,
         address=f"127.0.0.1:{EXECUTOR_PORT}",
         workspace="/workspace",
         gateway_key_file=GATEWAY_PUBLIC_KEY if flow.auth is not None else None,

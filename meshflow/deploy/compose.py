@@ -44,6 +44,7 @@ from meshflow.deploy.common import (
     key_variables,
     node,
 )
+from meshflow.deploy.hub_images import HubImage, hub_images
 from meshflow.deploy.images import (
     ENVOY_IMAGE,
     EXECUTOR_PORT,
@@ -119,6 +120,8 @@ def export_compose(
     dockerfile = os.path.abspath(dockerfile or os.path.join(out_dir, "Dockerfile"))
     export = _Export(spec, out_dir, build_context)
     export.written += write_image(build_context, dockerfile, extras)
+    export.hub, hub_files = hub_images(spec, build_context, out_dir)
+    export.written += hub_files
     export.build = {
         "image": image or image_name(spec.name),
         "build": {
@@ -151,6 +154,8 @@ class _Export:
                 os.unlink(path_old)
         self.written: list[str] = []
         self.build: dict[str, Any] = {}
+        self.hub: dict[str, HubImage] = {}
+        """Hub deployments: each has an image of its own."""
         self.services: dict[str, Any] = {}
         self.volumes: dict[str, Any] = {"pki": {}, "ca": {}, "gateway-run": {}}
         self.scrape: list[str] = []
@@ -208,11 +213,14 @@ class _Export:
     def add_replica(self, dep: DeploymentSpec, shard: int, replica: int, volume: str) -> str:
         spec = self.spec
         label = _label(dep, shard, replica)
-        command = executor_command(spec, dep, shard, replica, context=self.context)
+        hub = self.hub.get(dep.name)
+        command = executor_command(
+            spec, dep, shard, replica, context=self.context, uses=hub.uses if hub else None
+        )
         if spec.metrics:
             self.scrape.append(f"{label}:{METRICS_PORT}")
         self.services[label] = {
-            **self.build,
+            **(hub.compose_build(self.out_dir) if hub is not None else self.build),
             "user": USER,
             "command": command,
             "environment": {**self.common_env, **without_round_robin(dep.env)},

@@ -145,24 +145,7 @@ def write_image(context: BuildContext, dockerfile: str, extras: tuple[str, ...] 
     when the context holds no meshflow checkout, the copy of meshflow next to it (which must
     then be inside the context); return the files written."""
     dockerfile = os.path.abspath(dockerfile)
-    checkout = _checkout_root()
-    if checkout is not None and _within(checkout, context.root):
-        source = os.path.relpath(checkout, context.root)
-        copies = [
-            f"COPY {_join(source, 'pyproject.toml')} {_join(source, 'README.md')} /src/meshflow/",
-            f"COPY {_join(source, 'meshflow')} /src/meshflow/meshflow",
-        ]
-        for folder in ("services", "observability"):  # packages and data of the wheel
-            if os.path.isdir(os.path.join(checkout, folder)):
-                copies.append(f"COPY {_join(source, folder)} /src/meshflow/{folder}")
-        written: list[str] = []
-    else:
-        # Not a checkout in the context: the image installs a copy of this meshflow, which
-        # must be in the context too.
-        dist = os.path.join(os.path.dirname(dockerfile), DIST)
-        inside = context.inside(dist, "meshflow's copy for the image (next to the Dockerfile)")
-        written = _vendor(dist)
-        copies = [f"COPY {inside.removeprefix(APP + '/')} /src/meshflow"]
+    copies, written = meshflow_sources(context, dockerfile)
     requirements = os.path.join(context.root, "requirements.txt")
     text = _dockerfile(copies, extras, os.path.exists(requirements))
     os.makedirs(os.path.dirname(dockerfile), exist_ok=True)
@@ -175,8 +158,35 @@ def write_image(context: BuildContext, dockerfile: str, extras: tuple[str, ...] 
     return [*written, dockerfile, ignore]
 
 
+def meshflow_sources(context: BuildContext, dockerfile: str) -> tuple[list[str], list[str]]:
+    """The ``COPY`` lines that bring meshflow's source to ``/src/meshflow`` in the build
+    stage of an image whose Dockerfile is ``dockerfile``, and the files written for them."""
+    checkout = _checkout_root()
+    if checkout is not None and _within(checkout, context.root):
+        source = os.path.relpath(checkout, context.root)
+        copies = [
+            f"COPY {_join(source, 'pyproject.toml')} {_join(source, 'README.md')} /src/meshflow/",
+            f"COPY {_join(source, 'meshflow')} /src/meshflow/meshflow",
+        ]
+        for folder in ("services", "observability"):  # packages and data of the wheel
+            if os.path.isdir(os.path.join(checkout, folder)):
+                copies.append(f"COPY {_join(source, folder)} /src/meshflow/{folder}")
+        return copies, []
+    # Not a checkout in the context: the image installs a copy of this meshflow, which
+    # must be in the context too.
+    dist = os.path.join(os.path.dirname(dockerfile), DIST)
+    inside = context.inside(dist, "meshflow's copy for the image (next to the Dockerfile)")
+    written = _vendor(dist)
+    return [f"COPY {inside.removeprefix(APP + '/')} /src/meshflow"], written
+
+
+def pinned_runtime() -> str:
+    """The grpcio and protobuf versions of this machine, as pip arguments."""
+    return " ".join(f"{name}=={metadata.version(name)}" for name in _PINNED if _installed(name))
+
+
 def _dockerfile(copies: list[str], extras: tuple[str, ...], requirements: bool) -> str:
-    pins = " ".join(f"{name}=={metadata.version(name)}" for name in _PINNED if _installed(name))
+    pins = pinned_runtime()
     installs = []
     if "models" in extras and _installed("torch"):
         # torch first: point PIP_EXTRA_INDEX_URL at a CPU wheel index for its CPU build.

@@ -25,8 +25,8 @@ lists every manifest.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
 import yaml
@@ -46,6 +46,7 @@ from meshflow.deploy.common import (
     key_variables,
     node,
 )
+from meshflow.deploy.hub_images import HubImage, hub_images
 from meshflow.deploy.images import (
     ENVOY_IMAGE,
     EXECUTOR_PORT,
@@ -141,7 +142,8 @@ def export_kubernetes(
     if cert_manager:
         docs["certificates.yaml"] = certificates(flow.name, workloads, meta)
     gateway_id = spiffe_id(flow.name, "gateway")
-    site = _Site(flow, meta, image, common_env, otlp_endpoint, build_context, hpa)
+    hub, hub_files = hub_images(flow, build_context, out_dir)
+    site = _Site(flow, meta, image, common_env, otlp_endpoint, build_context, hpa, hub)
     nodes: list[Node] = []
     specs: list[ClusterSpec] = []
     for dep in flow.deployments:
@@ -164,6 +166,7 @@ def export_kubernetes(
     )  # fmt: skip
     written = [write_secrets(flow, os.path.join(out_dir, "pki"), ns)]
     written += write_image(build_context, dockerfile or os.path.join(out_dir, "Dockerfile"), extras)
+    written += hub_files
     path = _write_manifests(out_dir, flow.name, ns, app, docs, written)
     return [path, *written[1:], written[0]]
 
@@ -208,6 +211,8 @@ class _Site:
     otlp_endpoint: str
     build_context: BuildContext
     hpa: bool
+    hub: Mapping[str, HubImage] = field(default_factory=dict)
+    """Hub deployments: each runs its own image (``meshflow-hub-NAME:VERSION``)."""
 
 
 def _shard(
@@ -228,7 +233,10 @@ def _shard(
         admin=SIDECAR_ADMIN,
         tracing=Tracing(f"sidecar {name}", site.otlp_endpoint) if flow.tracing else None,
     )
-    command = executor_command(flow, dep, shard, context=site.build_context)
+    hub = site.hub.get(dep.name)
+    command = executor_command(
+        flow, dep, shard, context=site.build_context, uses=hub.uses if hub else None
+    )
     ports = [{"name": "mesh", "containerPort": INGRESS_PORT}]
     executor, pod_volumes, pod_annotations = _executor_pod(site, dep, name, command)
     manifests: list[dict[str, Any]] = [
@@ -273,6 +281,8 @@ def _executor_pod(
 ) -> tuple[dict[str, Any], list[dict[str, Any]], dict[str, str]]:
     """The executor container of a shard's pods, their volumes and annotations."""
     flow, image, common_env = site.flow, site.image, site.common_env
+    if dep.name in site.hub:
+        image = site.hub[dep.name].tag
     executor = _container(
         "executor",
         image,

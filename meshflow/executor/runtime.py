@@ -43,6 +43,7 @@ from meshflow.executor.describe import describe_endpoints
 from meshflow.executor.executor import EndpointMethod, Executor
 from meshflow.executor.parameters import build as build_params
 from meshflow.executor.parameters import for_executor
+from meshflow.executor.provenance import hub_provenance
 from meshflow.grpc_lifecycle import serve_forever
 from meshflow.observability.metrics import ExecutorMetrics
 from meshflow.observability.tracing import shutdown_tracing
@@ -384,7 +385,11 @@ class ExecutorRuntime:
 
     def describe(self) -> services_pb2.EndpointsResponse:
         """The endpoints this executor serves, with their read-only flag and parameters."""
-        return describe_endpoints(self.name, self._endpoints)
+        answer = describe_endpoints(self.name, self._endpoints)
+        hub = hub_provenance(type(self.executor))
+        if hub is not None:
+            answer.hub_name, answer.hub_version, answer.hub_environment = hub
+        return answer
 
 
 def _failure(request: data_request_pb2.DataRequest, executor: str, exc: Exception) -> bytes:

@@ -212,6 +212,7 @@ def load_flow(
     if not isinstance(executors, list) or not executors:
         raise loc.error("executors", "must be a non-empty list of executors")
     base = os.path.dirname(os.path.abspath(path))
+    pins = _hub_pins(path, executors)
     for i, spec in enumerate(executors):
         key = f"executors[{i}]"
         if not isinstance(spec, dict):
@@ -226,7 +227,7 @@ def load_flow(
         spec = dict(spec)
         uses = spec.pop("uses")
         if isinstance(uses, str):
-            uses = _relative(uses, base)
+            uses = pins.get(uses) or _relative(uses, base)
         try:
             flow.add(uses, **spec)
         except ConfigError as exc:
@@ -238,6 +239,17 @@ def load_flow(
     except ConfigError as exc:
         raise loc.error("executors", str(exc)) from None
     return flow
+
+
+def _hub_pins(path: str, executors: Any) -> dict[str, str]:
+    """The Flow's ``hub://`` references pinned by its lock file (``meshflow hub lock``)."""
+    if not any(
+        isinstance(e, dict) and str(e.get("uses", "")).startswith("hub://") for e in executors or ()
+    ):
+        return {}
+    from meshflow.hub.lock import read_lock  # lazy: only Flows that use the hub
+
+    return read_lock(path)
 
 
 def _relative(uses: str, base: str) -> str:

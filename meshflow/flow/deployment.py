@@ -69,7 +69,10 @@ def make_deployment(
     if uses_with is not None and not isinstance(uses_with, Mapping):
         raise ConfigError(f"deployment {name!r}: uses_with must be a mapping of arguments")
     merged_with = dict(uses_with or {})
-    if isinstance(uses, str):
+    hub_cls = _hub_class(uses)
+    if hub_cls is not None:
+        check_replicas(hub_cls, replicas, deployment=name)
+    elif isinstance(uses, str):
         if uses.endswith((".yml", ".yaml")):
             uses, from_yaml = read_executor_yaml(uses)
             merged_with = {**from_yaml, **merged_with}
@@ -84,7 +87,7 @@ def make_deployment(
             f"'path/file.py:Class' or 'executor.yml', got {uses!r}"
         )
     polled = normalise_polling(polling, deployment=name)
-    cls = load_class(uses) if isinstance(uses, str) else uses
+    cls = hub_cls or (load_class(uses) if isinstance(uses, str) else uses)
     if shards > 1:
         _warn_writes_to_any_shard(cls, polled, deployment=name)
     batching = _batching(cls, uses_dynamic_batching, deployment=name)
@@ -121,10 +124,24 @@ def make_deployment(
     )
 
 
+def _hub_class(uses: Any) -> type[Executor] | None:
+    """The stand-in class of a ``hub://`` reference (syntax checked now; the version is
+    chosen and the environment built when the Flow starts), or None for other ``uses``."""
+    if not (isinstance(uses, str) and uses.startswith("hub://")):
+        return None
+    # lazy: the hub (packaging, index client) loads only for Flows that use it
+    from meshflow.hub.prepare import hub_placeholder
+    from meshflow.hub.reference import HubRef
+
+    return hub_placeholder(HubRef.parse(uses))
+
+
 def _batching(cls: type[Executor], value: Any, *, deployment: str) -> dict[str, DynamicBatching]:
     """``uses_dynamic_batching`` checked: typed options, for endpoints ``cls`` serves."""
     where = f"deployment {deployment!r}: uses_dynamic_batching"
     batching = batching_by_endpoint(value, where=where)
+    if getattr(cls, "hub_ref", None):  # a hub executor: its endpoints are known once it runs
+        return batching
     endpoints = getattr(cls, "endpoints", {})
     unknown = sorted(set(batching) - set(endpoints))
     if unknown:

@@ -40,6 +40,7 @@ from meshflow.spec.launch import ExecutorLaunch, GatewayLaunch, Observability
 from meshflow.spec.names import state_file, targets_file
 
 if TYPE_CHECKING:
+    from meshflow.hub.prepare import HubExecutor
     from meshflow.mesh.sidecar import EnvoyProcess
 
 log = logging.getLogger("meshflow.flow")
@@ -92,6 +93,8 @@ class LocalRuntime:
     _gateway_key_file: str | None = None
     _supervisor: Supervisor | None = None
     _state_lock: threading.Lock = field(default_factory=threading.Lock)
+    hub: dict[str, HubExecutor] = field(default_factory=dict)
+    """The hub deployments (``uses='hub://...'``): version and environment of each."""
 
     # -- start and stop ---------------------------------------------------------------------
 
@@ -115,6 +118,7 @@ class LocalRuntime:
             os.chmod(self.run_dir, 0o700)
             if self.spec.auth is not None:
                 self._prepare_signing()
+            self.hub = self._prepare_hub()
             self.mesh = local_mesh(self.spec, self.run_dir, self.log_dir)
             self.mesh.prepare()
             for dep in self.spec.deployments:
@@ -188,7 +192,23 @@ class LocalRuntime:
     def _label(self, dep: DeploymentSpec, shard: int, replica: int) -> str:
         return f"{dep.name}-s{shard}-r{replica}"
 
+    def _prepare_hub(self) -> dict[str, HubExecutor]:
+        """Resolve every ``hub://`` deployment to one version and build (or find) its
+        environment, before any process starts."""
+        from meshflow.hub.prepare import hub_deployments, prepare  # lazy: only for hub Flows
+
+        refs = hub_deployments(self.spec)
+        return prepare(refs) if refs else {}
+
+    def _command(self, dep_name: str, argv: list[str]) -> list[str]:
+        """The command line of an executor: a hub executor runs on its environment's
+        interpreter, any other on this one."""
+        hub = self.hub.get(dep_name)
+        return hub.command(argv) if hub is not None else meshflow_command(*argv)
+
     def _uses(self, dep: DeploymentSpec) -> dict[str, Any]:
+        if dep.name in self.hub:
+            return {"uses": self.hub[dep.name].executor}
         if dep.ref is not None:
             return {"uses": dep.ref}
         # A class defined in a script (or a function body): ship it by value.
@@ -215,11 +235,12 @@ class LocalRuntime:
         )
         executor = ManagedProcess(
             name=f"executor {dep.name!r} (shard {shard}, replica {replica})",
-            command=meshflow_command(*launch.to_argv()),
+            command=self._command(dep.name, launch.to_argv()),
             log_path=os.path.join(self.log_dir, f"{label}.log"),
             ready_file=ready,
             env={
                 **self._observability_env(),
+                **(self.hub[dep.name].env() if dep.name in self.hub else {}),
                 **dep.env,
                 **replica_devices(
                     gpus=dep.gpus,
@@ -243,7 +264,7 @@ class LocalRuntime:
         for r in replicas:
             port = _metrics_port(r.executor, r.launch)
             r.launch = dataclasses.replace(r.launch, metrics_port=port)
-            r.executor.command = meshflow_command(*r.launch.to_argv())
+            r.executor.command = self._command(r.deployment, r.launch.to_argv())
 
     def _prepare_signing(self) -> None:
         """A new key pair the gateway vouches for identities with: executors get the public

@@ -92,7 +92,11 @@ def snapshot(runtime: LocalRuntime) -> dict[str, Any]:
                     "metrics": _sidecar_metrics(sidecar),
                 }
             replicas.append(entry)
-        deployments.append({"name": dep.name, "shards": dep.shards, "replicas": replicas})
+        entry_dep: dict[str, Any] = {"name": dep.name, "shards": dep.shards, "replicas": replicas}
+        hub = runtime.hub.get(dep.name)
+        if hub is not None:  # which executor version, in which environment
+            entry_dep["hub"] = hub.to_dict()
+        deployments.append(entry_dep)
     return {
         "name": flow.name,
         "mesh": flow.mesh,
@@ -269,5 +273,12 @@ def format_status(data: dict[str, Any]) -> str:
                 f"{r['executor']['pid']!s:>12} "
                 f"{side.get('pid', '-')!s:>11}  {side.get('listener', '-')!s:<21} "
                 f"{side.get('admin', '-')!s:<21} {health}"
+            )
+    hubs = [(d["name"], d["hub"]) for d in data["deployments"] if d.get("hub")]
+    if hubs:
+        lines.append(f"  {'deployment':<16} {'hub executor':<24} {'version':<12} environment")
+        for name, hub in hubs:
+            lines.append(
+                f"  {name:<16} {hub['name']:<24} {hub['version']:<12} {hub['environment']}"
             )
     return "\n".join(lines)

@@ -209,6 +209,13 @@ def _array_input(value: Mapping[str, Any] | None) -> NdArrayInput | None:
 get_object_definition(DocumentInput, strict=True).from_input = _document_input
 
 
+@strawberry.type(description="A hub executor (uses: hub://...): which version, which environment.")
+class HubExecutorInfo:
+    name: str
+    version: str
+    environment: str
+
+
 @strawberry.type
 class DeploymentInfo:
     name: str
@@ -218,6 +225,7 @@ class DeploymentInfo:
     polling: JSON
     endpoints: list[str]
     healthy: bool
+    hub: HubExecutorInfo | None = None
 
 
 @strawberry.type
@@ -348,6 +356,16 @@ class Query:
         for node in nodes:
             probes = [next(answers) for _ in node.shards]
             endpoints = sorted({e.name for p in probes if p is not None for e in p.endpoints})
+            hub = next(
+                (
+                    HubExecutorInfo(
+                        name=p.hub_name, version=p.hub_version, environment=p.hub_environment
+                    )
+                    for p in probes
+                    if p is not None and p.hub_name
+                ),
+                None,
+            )
             deployments.append(
                 DeploymentInfo(
                     name=node.name,
@@ -357,6 +375,7 @@ class Query:
                     polling=cast(JSON, dict(node.polling)),
                     endpoints=endpoints,
                     healthy=all(p is not None for p in probes),
+                    hub=hub,
                 )
             )
         edges = [

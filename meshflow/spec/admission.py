@@ -55,7 +55,7 @@ class AdmissionPolicy:
     max_queue: int = 2048
     max_queue_wait: float = 0.1
     caller_share: float = 0.5
-    fair_utilization: float = 0.5
+    fair_utilization: float = 0.3
 
     def __post_init__(self) -> None:
         if not isinstance(self.adaptive, bool):

@@ -57,6 +57,11 @@ CHECKED: dict[tuple[str, int], str] = {
     ("docs/flow.md", 1): "run: test_flow_page_shards_and_reduce",
     ("docs/flow.md", 2): "run: test_flow_page_yaml_serves",
     ("docs/flow.md", 3): "run: test_flow_page_admission_policy",
+    ("docs/hub.md", 0): "run: test_hub_page (new, push, list, show, pull, lock)",
+    ("docs/hub.md", 1): "run: test_hub_page (both versions answer; 0.2.0 pushed first)",
+    ("docs/hub.md", 2): "static: test_hub_page (the scaffold has these files)",
+    ("docs/hub.md", 3): "static: test_hub_page (the pushed metadata has these keys)",
+    ("docs/hub.md", 4): "run: test_hub_page (the flow query on the running Flow)",
     ("docs/graphql.md", 0): "static: test_graphql_page (the schema's types, fields and arguments)",
     ("docs/graphql.md", 1): "run: test_graphql_page",
     ("docs/graphql.md", 2): "run: test_graphql_page",
@@ -76,6 +81,7 @@ CHECKED: dict[tuple[str, int], str] = {
     ("docs/mesh.md", 4): "output: test_mesh_page_yaml_and_status",
     ("docs/deploy.md", 0): "run + static: test_deploy_page_compose (the export runs; docker)",
     ("docs/deploy.md", 1): "run + static: test_deploy_page_kubernetes (the export runs; kubectl)",
+    ("docs/wire.md", 0): "text: the fields of DocumentColumns (proto/meshflow/v1/document.proto)",
     ("docs/observability.md", 0): "run: test_observability_page",
     ("docs/observability.md", 1): "run: test_observability_page",
     ("docs/observability.md", 2): "static: test_observability_stack_files (needs docker)",
@@ -296,6 +302,64 @@ def test_batching_page(project: Path) -> None:
     devices = block(page, 3, "python")
     done = python(project, encoder + devices + BATCHING_YAML_CHECK)
     assert "checked" in done.stdout
+
+
+# --- docs/hub.md -------------------------------------------------------------------------
+
+HUB = "docs/hub.md"
+HUB_FLOW = """
+jtype: Flow
+executors:
+  - name: encoder
+    uses: hub://image-encoder>=0.1
+"""
+HUB_CHECK = """
+import json
+
+import httpx
+
+from meshflow import Document
+
+with f:
+    assert f.post("/", inputs=[Document()], target_executor="old")[0].tags["ImageEncoder"]
+    versions = {d["name"]: d["hub"]["version"] for d in f.describe()["deployments"]}
+    answer = httpx.post(f.graphql_url, json={"query": QUERY}, timeout=30).json()
+assert versions == {"old": "0.1.0", "new": "0.2.0"}, versions
+shown = {d["name"]: d["hub"]["version"] for d in answer["data"]["flow"]["deployments"]}
+assert shown == versions, answer
+print("versions", json.dumps(versions, sort_keys=True))
+"""
+
+
+def test_hub_page(project: Path) -> None:
+    hub = project.parent / "hub"
+    env = {
+        "MESHFLOW_HUB": str(hub),
+        "MESHFLOW_HUB_CACHE": str(project.parent / "hub-cache"),
+        "UV_CACHE_DIR": str(project.parent / "uv-cache"),
+        "UV_DEFAULT_INDEX": f"file://{hub}/simple",  # nothing from elsewhere
+    }
+    (project / "flow.yml").write_text(HUB_FLOW)
+    out = shell(project, block(HUB, 0, "bash"), timeout=300, **env)
+    assert "pushed image-encoder 0.1.0" in out
+    assert re.search(r"^image-encoder\s+0\.1\.0\s", out, re.M), out
+    assert "endpoint:     /default()" in out  # show imports the class in its environment
+    assert (project / "flow.hub.lock").exists()
+
+    scaffold = project / "image-encoder"
+    for line in block(HUB, 2, "").splitlines()[1:]:
+        assert (scaffold / line.split()[0]).exists(), line
+    documented = json.loads(block(HUB, 3, "json"))
+    written = json.loads((scaffold / "image_encoder" / "meshflow-executor.json").read_text())
+    assert set(written) == set(documented), written
+
+    pyproject = scaffold / "pyproject.toml"
+    pyproject.write_text(pyproject.read_text().replace('version = "0.1.0"', 'version = "0.2.0"'))
+    shell(project, "meshflow hub push image-encoder", timeout=120, **env)
+    query = block(HUB, 4, "graphql")
+    source = block(HUB, 1, "python") + f"QUERY = {query!r}\n" + HUB_CHECK
+    done = python(project, source, timeout=180, **env)
+    assert 'versions {"new": "0.2.0", "old": "0.1.0"}' in done.stdout
 
 
 # --- docs/auth.md ------------------------------------------------------------------------

@@ -26,7 +26,7 @@ _sym_db = _symbol_database.Default()
 from meshflow.proto.v1 import data_request_pb2 as meshflow_dot_v1_dot_data__request__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1ameshflow/v1/services.proto\x12\x0bmeshflow.v1\x1a\x1emeshflow/v1/data_request.proto\"\x12\n\x10\x45ndpointsRequest\"\xb1\x01\n\x08\x45ndpoint\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0e\n\x06method\x18\x02 \x01(\t\x12\x11\n\tread_only\x18\x03 \x01(\x08\x12*\n\nparameters\x18\x04 \x03(\x0b\x32\x16.meshflow.v1.Parameter\x12!\n\x03\x64oc\x18\x05 \x01(\x0b\x32\x14.meshflow.v1.DocType\x12%\n\x07returns\x18\x06 \x01(\x0b\x32\x14.meshflow.v1.DocType\"S\n\x07\x44ocType\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x02 \x01(\t\x12%\n\x06\x66ields\x18\x03 \x03(\x0b\x32\x15.meshflow.v1.DocField\"\xb6\x01\n\x08\x44ocField\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0c\n\x04type\x18\x02 \x01(\t\x12\x0c\n\x04list\x18\x03 \x01(\x08\x12\x10\n\x08required\x18\x04 \x01(\x08\x12\x0e\n\x06source\x18\x05 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x06 \x01(\t\x12!\n\x03\x64oc\x18\x07 \x01(\x0b\x32\x14.meshflow.v1.DocType\x12\x14\n\x0c\x64\x65\x66\x61ult_json\x18\x08 \x01(\t\x12\x10\n\x08nullable\x18\t \x01(\x08\"]\n\tParameter\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0c\n\x04type\x18\x02 \x01(\t\x12\x0c\n\x04list\x18\x03 \x01(\x08\x12\x10\n\x08required\x18\x04 \x01(\x08\x12\x14\n\x0c\x64\x65\x66\x61ult_json\x18\x05 \x01(\t\"O\n\x11\x45ndpointsResponse\x12\x10\n\x08\x65xecutor\x18\x01 \x01(\t\x12(\n\tendpoints\x18\x02 \x03(\x0b\x32\x15.meshflow.v1.Endpoint2\x9c\x01\n\x0f\x45xecutorService\x12=\n\x07Process\x12\x18.meshflow.v1.DataRequest\x1a\x18.meshflow.v1.DataRequest\x12J\n\tEndpoints\x12\x1d.meshflow.v1.EndpointsRequest\x1a\x1e.meshflow.v1.EndpointsResponse2\x8e\x01\n\x0eGatewayService\x12:\n\x04Post\x12\x18.meshflow.v1.DataRequest\x1a\x18.meshflow.v1.DataRequest\x12@\n\x06Stream\x12\x18.meshflow.v1.DataRequest\x1a\x18.meshflow.v1.DataRequest(\x01\x30\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1ameshflow/v1/services.proto\x12\x0bmeshflow.v1\x1a\x1emeshflow/v1/data_request.proto\"\x12\n\x10\x45ndpointsRequest\"\xb1\x01\n\x08\x45ndpoint\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0e\n\x06method\x18\x02 \x01(\t\x12\x11\n\tread_only\x18\x03 \x01(\x08\x12*\n\nparameters\x18\x04 \x03(\x0b\x32\x16.meshflow.v1.Parameter\x12!\n\x03\x64oc\x18\x05 \x01(\x0b\x32\x14.meshflow.v1.DocType\x12%\n\x07returns\x18\x06 \x01(\x0b\x32\x14.meshflow.v1.DocType\"S\n\x07\x44ocType\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x02 \x01(\t\x12%\n\x06\x66ields\x18\x03 \x03(\x0b\x32\x15.meshflow.v1.DocField\"\xb6\x01\n\x08\x44ocField\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0c\n\x04type\x18\x02 \x01(\t\x12\x0c\n\x04list\x18\x03 \x01(\x08\x12\x10\n\x08required\x18\x04 \x01(\x08\x12\x0e\n\x06source\x18\x05 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x06 \x01(\t\x12!\n\x03\x64oc\x18\x07 \x01(\x0b\x32\x14.meshflow.v1.DocType\x12\x14\n\x0c\x64\x65\x66\x61ult_json\x18\x08 \x01(\t\x12\x10\n\x08nullable\x18\t \x01(\x08\"]\n\tParameter\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0c\n\x04type\x18\x02 \x01(\t\x12\x0c\n\x04list\x18\x03 \x01(\x08\x12\x10\n\x08required\x18\x04 \x01(\x08\x12\x14\n\x0c\x64\x65\x66\x61ult_json\x18\x05 \x01(\t\"\x8f\x01\n\x11\x45ndpointsResponse\x12\x10\n\x08\x65xecutor\x18\x01 \x01(\t\x12(\n\tendpoints\x18\x02 \x03(\x0b\x32\x15.meshflow.v1.Endpoint\x12\x10\n\x08hub_name\x18\x03 \x01(\t\x12\x13\n\x0bhub_version\x18\x04 \x01(\t\x12\x17\n\x0fhub_environment\x18\x05 \x01(\t2\x9c\x01\n\x0f\x45xecutorService\x12=\n\x07Process\x12\x18.meshflow.v1.DataRequest\x1a\x18.meshflow.v1.DataRequest\x12J\n\tEndpoints\x12\x1d.meshflow.v1.EndpointsRequest\x1a\x1e.meshflow.v1.EndpointsResponse2\x8e\x01\n\x0eGatewayService\x12:\n\x04Post\x12\x18.meshflow.v1.DataRequest\x1a\x18.meshflow.v1.DataRequest\x12@\n\x06Stream\x12\x18.meshflow.v1.DataRequest\x1a\x18.meshflow.v1.DataRequest(\x01\x30\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -43,10 +43,10 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_DOCFIELD']._serialized_end=543
   _globals['_PARAMETER']._serialized_start=545
   _globals['_PARAMETER']._serialized_end=638
-  _globals['_ENDPOINTSRESPONSE']._serialized_start=640
-  _globals['_ENDPOINTSRESPONSE']._serialized_end=719
-  _globals['_EXECUTORSERVICE']._serialized_start=722
-  _globals['_EXECUTORSERVICE']._serialized_end=878
-  _globals['_GATEWAYSERVICE']._serialized_start=881
-  _globals['_GATEWAYSERVICE']._serialized_end=1023
+  _globals['_ENDPOINTSRESPONSE']._serialized_start=641
+  _globals['_ENDPOINTSRESPONSE']._serialized_end=784
+  _globals['_EXECUTORSERVICE']._serialized_start=787
+  _globals['_EXECUTORSERVICE']._serialized_end=943
+  _globals['_GATEWAYSERVICE']._serialized_start=946
+  _globals['_GATEWAYSERVICE']._serialized_end=1088
 # @@protoc_insertion_point(module_scope)

@@ -75,9 +75,15 @@ class Parameter(_message.Message):
     def __init__(self, name: _Optional[str] = ..., type: _Optional[str] = ..., list: bool = ..., required: bool = ..., default_json: _Optional[str] = ...) -> None: ...
 
 class EndpointsResponse(_message.Message):
-    __slots__ = ("executor", "endpoints")
+    __slots__ = ("executor", "endpoints", "hub_name", "hub_version", "hub_environment")
     EXECUTOR_FIELD_NUMBER: _ClassVar[int]
     ENDPOINTS_FIELD_NUMBER: _ClassVar[int]
+    HUB_NAME_FIELD_NUMBER: _ClassVar[int]
+    HUB_VERSION_FIELD_NUMBER: _ClassVar[int]
+    HUB_ENVIRONMENT_FIELD_NUMBER: _ClassVar[int]
     executor: str
     endpoints: _containers.RepeatedCompositeFieldContainer[Endpoint]
-    def __init__(self, executor: _Optional[str] = ..., endpoints: _Optional[_Iterable[_Union[Endpoint, _Mapping]]] = ...) -> None: ...
+    hub_name: str
+    hub_version: str
+    hub_environment: str
+    def __init__(self, executor: _Optional[str] = ..., endpoints: _Optional[_Iterable[_Union[Endpoint, _Mapping]]] = ..., hub_name: _Optional[str] = ..., hub_version: _Optional[str] = ..., hub_environment: _Optional[str] = ...) -> None: ...
