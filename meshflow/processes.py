@@ -106,7 +106,7 @@ class ManagedProcess:
 
     def check_ready(self) -> dict[str, Any] | None:
         """What the child reported once ready, or None while it is not (yet)."""
-        info = _read_json(self.ready_file)
+        info = read_json_object(self.ready_file)
         return info if info is not None and "error" not in info else None
 
     def poll_ready(self) -> bool:
@@ -123,7 +123,7 @@ class ManagedProcess:
 
     def start_error(self) -> Exception:
         assert self.popen is not None
-        info = _read_json(self.ready_file)
+        info = read_json_object(self.ready_file)
         if info is not None and info.get("kind") == "ConfigError":
             return ConfigError(str(info["error"]))
         code = self.popen.returncode
@@ -159,7 +159,8 @@ class ManagedProcess:
             self.popen.wait()
 
 
-def _read_json(path: str) -> dict[str, Any] | None:
+def read_json_object(path: str) -> dict[str, Any] | None:
+    """The JSON object in ``path``; None when it is missing, unreadable or not an object."""
     try:
         with open(path, encoding="utf-8") as fh:
             data = json.load(fh)

@@ -26,6 +26,7 @@ from packaging.utils import canonicalize_name, parse_wheel_filename
 from meshflow.deploy.images import (
     APP,
     PYTHON_IMAGE,
+    RUNTIME_STAGE,
     UID,
     BuildContext,
     meshflow_sources,
@@ -177,13 +178,7 @@ def _dockerfile(
         f"RUN /opt/meshflow/bin/pip install {find}{extra} \\",
         f"    --constraint /src/hub/constraints.txt /src/hub/{wheels[0]}",
         "",
-        "FROM ${PYTHON_IMAGE}",
-        f"RUN groupadd --gid {UID} meshflow \\",
-        f"    && useradd --uid {UID} --gid {UID} --no-create-home --shell /usr/sbin/nologin "
-        "meshflow \\",
-        "    && mkdir -p /workspace /pki /run/meshflow \\",
-        f"    && chown {UID}:{UID} /workspace /pki /run/meshflow",
-        "COPY --from=build /opt/meshflow /opt/meshflow",
+        *RUNTIME_STAGE,
         f'LABEL org.opencontainers.image.title="{name}" \\',
         f'      org.opencontainers.image.version="{version}" \\',
         f'      io.meshflow.hub.sha256="{sha256}"',

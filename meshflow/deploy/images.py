@@ -140,6 +140,19 @@ def metadata_version() -> str:
         return meshflow.__version__
 
 
+RUNTIME_STAGE = (
+    "FROM ${PYTHON_IMAGE}",
+    f"RUN groupadd --gid {UID} meshflow \\",
+    f"    && useradd --uid {UID} --gid {UID} --no-create-home --shell /usr/sbin/nologin "
+    "meshflow \\",
+    "    && mkdir -p /workspace /pki /run/meshflow \\",
+    f"    && chown {UID}:{UID} /workspace /pki /run/meshflow",
+    "COPY --from=build /opt/meshflow /opt/meshflow",
+)
+"""The first lines of an image's runtime stage: the unprivileged user, its folders, the venv
+built in the build stage."""
+
+
 def write_image(context: BuildContext, dockerfile: str, extras: tuple[str, ...] = ()) -> list[str]:
     """Write ``dockerfile`` (anywhere: ``docker build -f`` names it) and its ignore file, and,
     when the context holds no meshflow checkout, the copy of meshflow next to it (which must
@@ -216,13 +229,7 @@ def _dockerfile(copies: list[str], extras: tuple[str, ...], requirements: bool) 
         ]
     lines += [
         "",
-        "FROM ${PYTHON_IMAGE}",
-        f"RUN groupadd --gid {UID} meshflow \\",
-        f"    && useradd --uid {UID} --gid {UID} --no-create-home --shell /usr/sbin/nologin "
-        "meshflow \\",
-        "    && mkdir -p /workspace /pki /run/meshflow \\",
-        f"    && chown {UID}:{UID} /workspace /pki /run/meshflow",
-        "COPY --from=build /opt/meshflow /opt/meshflow",
+        *RUNTIME_STAGE,
         f"COPY . {APP}",
         "ENV PATH=/opt/meshflow/bin:$PATH \\",
         f"    PYTHONPATH={APP} \\",

@@ -36,9 +36,9 @@ from meshflow.document.proto import (
     _dtype,
     _prune,
     _struct_from_proto,
-    _struct_to_proto,
     documents_from_proto,
     documents_to_proto,
+    nested_to_proto,
 )
 from meshflow.proto.v1 import data_request_pb2, document_pb2
 
@@ -352,14 +352,7 @@ def _varint(value: int) -> bytes:
 def _write_rest(
     doc: Document, pb: document_pb2.Document, fallback: dict[str, list[Any]], i: int
 ) -> None:
-    if doc.tags:
-        _struct_to_proto(doc.tags, pb.tags, "tags")
-    if doc.scores:
-        pb.scores.update(doc.scores)
-    if doc._matches:
-        documents_to_proto(doc._matches, pb.matches)
-    if doc._chunks:
-        documents_to_proto(doc._chunks, pb.chunks)
+    nested_to_proto(doc, pb)
     embeddings = fallback.get("_embedding")
     if embeddings is not None and embeddings[i] is not None:
         _array_to_proto(embeddings[i], pb.embedding, doc, "embedding")

@@ -76,6 +76,11 @@ def document_to_proto(doc: Document, pb: document_pb2.Document) -> None:
         _array_to_proto(doc._tensor, pb.tensor, doc, "tensor")
     if doc._embedding is not None:
         _array_to_proto(doc._embedding, pb.embedding, doc, "embedding")
+    nested_to_proto(doc, pb)
+
+
+def nested_to_proto(doc: Document, pb: document_pb2.Document) -> None:
+    """Write ``doc``'s tags, scores, matches and chunks into ``pb``."""
     if doc.tags:
         _struct_to_proto(doc.tags, pb.tags, "tags")
     if doc.scores:

@@ -6,22 +6,13 @@ so that the gateway's ``flow`` query shows which version each deployment runs.""
 from __future__ import annotations
 
 import functools
-import json
 import os
 import sys
-from typing import Any
+
+from meshflow.processes import read_json_object
 
 METADATA_FILE = "meshflow-executor.json"
 ENV_MARKER = "meshflow-env.json"
-
-
-def _read(path: str) -> dict[str, Any] | None:
-    try:
-        with open(path, encoding="utf-8") as fh:
-            data = json.load(fh)
-    except (OSError, ValueError):
-        return None
-    return data if isinstance(data, dict) else None
 
 
 def hub_provenance(cls: type) -> tuple[str, str, str] | None:
@@ -36,8 +27,8 @@ def _of_module(module: str) -> tuple[str, str, str] | None:
     package_file = getattr(package, "__file__", None)
     if not package_file:
         return None
-    meta = _read(os.path.join(os.path.dirname(package_file), METADATA_FILE))
+    meta = read_json_object(os.path.join(os.path.dirname(package_file), METADATA_FILE))
     if meta is None or "name" not in meta or "version" not in meta:
         return None
-    env = _read(os.path.join(sys.prefix, ENV_MARKER)) or {}
+    env = read_json_object(os.path.join(sys.prefix, ENV_MARKER)) or {}
     return str(meta["name"]), str(meta["version"]), str(env.get("key", ""))[:12]

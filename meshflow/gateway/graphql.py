@@ -15,7 +15,7 @@ import contextlib
 import inspect
 import keyword
 import logging
-from collections.abc import AsyncGenerator, Awaitable, Iterable, Mapping, Sequence
+from collections.abc import AsyncGenerator, Awaitable, Callable, Iterable, Mapping, Sequence
 from typing import Any, NewType, cast
 
 import strawberry
@@ -557,13 +557,30 @@ def _resolver(endpoint: str, params: dict[str, services_pb2.Parameter]) -> Any:
             )
         )
 
+    return endpoint_resolver(
+        resolve, endpoint, params.values(), docs=list[DocumentInput], returns=ResponseType
+    )
+
+
+def endpoint_resolver(
+    resolve: Callable[..., Any],
+    endpoint: str,
+    params: Iterable[services_pb2.Parameter],
+    *,
+    docs: Any,
+    returns: Any,
+) -> Callable[..., Any]:
+    """Give ``resolve`` (``(self, info, **kwargs)``) the signature Strawberry reads an
+    endpoint field's arguments from: ``docs`` (a list type, optional), ``targetExecutor``, and
+    one optional argument per typed parameter of the endpoint (the executor's dataclass has
+    the defaults)."""
     annotations: dict[str, Any] = {
         "info": Info[Any, Any],
-        "docs": list[DocumentInput] | None,
+        "docs": docs | None,
         "target_executor": str | None,
-        "return": ResponseType,
+        "return": returns,
     }
-    positional = [
+    signature = [
         inspect.Parameter("self", inspect.Parameter.POSITIONAL_OR_KEYWORD),
         inspect.Parameter("info", inspect.Parameter.KEYWORD_ONLY, annotation=Info[Any, Any]),
         inspect.Parameter(
@@ -576,19 +593,18 @@ def _resolver(endpoint: str, params: dict[str, services_pb2.Parameter]) -> Any:
             annotation=str | None,
         ),
     ]
-    for p in params.values():
+    for p in params:
         if not p.name.isidentifier() or p.name in annotations:
             continue
         kind = _ARG_TYPES.get(p.type, JSON)
         annotation = list[kind] if p.list else kind  # type: ignore[valid-type]
-        annotation = annotation | None  # optional: the executor's dataclass has the default
-        annotations[p.name] = annotation
-        positional.append(
+        annotations[p.name] = annotation | None
+        signature.append(
             inspect.Parameter(
-                p.name, inspect.Parameter.KEYWORD_ONLY, default=None, annotation=annotation
+                p.name, inspect.Parameter.KEYWORD_ONLY, default=None, annotation=annotation | None
             )
         )
-    resolve.__signature__ = inspect.Signature(positional, return_annotation=ResponseType)  # type: ignore[attr-defined]
+    resolve.__signature__ = inspect.Signature(signature, return_annotation=returns)  # type: ignore[attr-defined]
     resolve.__annotations__ = annotations
     resolve.__name__ = f"resolve_{field_name(endpoint)}"
     return resolve

@@ -18,7 +18,6 @@ and only the Document fields the query selects travel back from the executors.
 from __future__ import annotations
 
 import base64
-import inspect
 import json
 import logging
 from collections.abc import Iterable
@@ -35,17 +34,17 @@ from strawberry.types.nodes import FragmentSpread, InlineFragment, SelectedField
 from meshflow.errors import ConfigError, ExecutorError, RequestError
 from meshflow.gateway.doctypes import TypedDocuments, TypedEndpoint, typed_documents
 from meshflow.gateway.graphql import (
-    _ARG_TYPES,
+    DocumentInput as GenericInput,
+)
+from meshflow.gateway.graphql import (
     Mutation,
     _caller,
     _gateway,
+    endpoint_resolver,
     field_name,
     query_type,
     read_only_endpoints,
     request_error,
-)
-from meshflow.gateway.graphql import (
-    DocumentInput as GenericInput,
 )
 from meshflow.gateway.post import DocumentInput, run_post
 from meshflow.proto.v1 import document_pb2, services_pb2
@@ -238,42 +237,13 @@ class TypeRegistry:
             return [out_cls(_pb=d) for d in answer.docs]
 
         docs_type: Any = list[in_cls] if in_cls is not None else list[GenericInput]  # type: ignore[valid-type]
-        annotations: dict[str, Any] = {
-            "info": Info[Any, Any],
-            "docs": docs_type | None,
-            "target_executor": str | None,
-            "return": list[out_cls],  # type: ignore[valid-type]
-        }
-        params = [
-            inspect.Parameter("self", inspect.Parameter.POSITIONAL_OR_KEYWORD),
-            inspect.Parameter("info", inspect.Parameter.KEYWORD_ONLY, annotation=Info[Any, Any]),
-            inspect.Parameter(
-                "docs", inspect.Parameter.KEYWORD_ONLY, default=None, annotation=annotations["docs"]
-            ),
-            inspect.Parameter(
-                "target_executor",
-                inspect.Parameter.KEYWORD_ONLY,
-                default=None,
-                annotation=str | None,
-            ),
-        ]
-        for p in endpoint.parameters:
-            if not p.name.isidentifier() or p.name in annotations:
-                continue
-            scalar = _ARG_TYPES.get(p.type, JSON)
-            annotation: Any = list[scalar] if p.list else scalar  # type: ignore[valid-type]
-            annotations[p.name] = annotation | None
-            params.append(
-                inspect.Parameter(
-                    p.name,
-                    inspect.Parameter.KEYWORD_ONLY,
-                    default=None,
-                    annotation=annotation | None,
-                )
-            )
-        resolve.__signature__ = inspect.Signature(params, return_annotation=annotations["return"])  # type: ignore[attr-defined]
-        resolve.__annotations__ = annotations
-        resolve.__name__ = f"resolve_{field_name(endpoint.name)}"
+        endpoint_resolver(
+            resolve,
+            endpoint.name,
+            endpoint.parameters,
+            docs=docs_type,
+            returns=list[out_cls],  # type: ignore[valid-type]
+        )
         description = f"Runs the typed {kind} endpoint {endpoint.name} of the Flow."
         if endpoint.read_only:
             return strawberry.field(resolver=resolve, description=description)

@@ -12,18 +12,14 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import subprocess
-import tempfile
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 from graphql import build_schema
-from systemtools import system_tool
+from systemtools import NodeProject, node_project
 
 from meshflow import Flow
 from meshflow.gateway.sdl import schema_sdl
@@ -35,61 +31,13 @@ SCRIPTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "node_federat
 FEDERATION = {"enabled": True, "entities": {"Product": "/products"}}
 
 
-@dataclass(frozen=True)
-class Node:
-    node: str
-    folder: str
-
-    def run(self, script: str, *args: str) -> str:
-        argv = [self.node, os.path.join(self.folder, script), *args]
-        try:
-            done = subprocess.run(
-                argv, cwd=self.folder, capture_output=True, text=True, timeout=120
-            )
-        except subprocess.TimeoutExpired as exc:
-            pytest.fail(f"node {script} did not end within 120 s: {exc.stderr!r}")
-        assert done.returncode == 0, f"node {script} failed:\n{done.stderr}"
-        return done.stdout
-
-
-def _required(message: str) -> None:
-    if os.environ.get("MESHFLOW_REQUIRE_SYSTEM_TOOLS"):
-        pytest.fail(message)
-    pytest.skip(message)
-
-
 @pytest.fixture(scope="session")
-def node() -> Iterator[Node]:
-    node_bin = system_tool("node", "nodejs")
-    npm = system_tool("npm", "npm")
-    folder = tempfile.mkdtemp(prefix="meshflow-federation-")
-    try:
-        for name in os.listdir(SCRIPTS):
-            shutil.copy(os.path.join(SCRIPTS, name), folder)
-        env = {
-            **os.environ,
-            "npm_config_fetch_retries": "1",
-            "npm_config_fetch_timeout": "60000",
-            "npm_config_update_notifier": "false",
-        }
-        argv = [npm, "install", "--no-audit", "--no-fund", "--ignore-scripts", "--no-save"]
-        try:
-            done = subprocess.run(
-                argv, cwd=folder, env=env, capture_output=True, text=True, timeout=300
-            )
-        except subprocess.TimeoutExpired:
-            _required("npm install of @apollo/gateway and @graphql-codegen took over 300 s")
-        if done.returncode != 0:
-            _required(
-                "npm install of @apollo/gateway and @graphql-codegen failed (is the npm "
-                f"registry reachable?):\n{done.stderr[-2000:]}"
-            )
-        yield Node(node_bin, folder)
-    finally:
-        shutil.rmtree(folder, ignore_errors=True)
+def node() -> Iterator[NodeProject]:
+    with node_project(SCRIPTS, "@apollo/gateway and @graphql-codegen", 300) as project:
+        yield project
 
 
-def federate(node: Node, flow: Flow, query: str, **variables: Any) -> dict[str, Any]:
+def federate(node: NodeProject, flow: Flow, query: str, **variables: Any) -> dict[str, Any]:
     """``query`` through an Apollo Gateway composing ``flow`` with the reviews subgraph."""
     answer: dict[str, Any] = json.loads(
         node.run("federate.mjs", flow.graphql_url, query, json.dumps(variables))
@@ -99,7 +47,7 @@ def federate(node: Node, flow: Flow, query: str, **variables: Any) -> dict[str, 
 
 @pytest.mark.mesh("direct")
 def test_apollo_gateway_composes_meshflow_with_another_subgraph(
-    node: Node, start_flow: StartFlow
+    node: NodeProject, start_flow: StartFlow
 ) -> None:
     f = start_flow(
         Flow(federation=FEDERATION).add(uses="typed_executors:Shop", name="shop", replicas=2)
@@ -140,7 +88,7 @@ def test_apollo_gateway_composes_meshflow_with_another_subgraph(
 
 @pytest.mark.mesh("direct")
 def test_entities_unknown_to_the_endpoint_are_null_and_federation_off_has_no_service(
-    node: Node, start_flow: StartFlow
+    node: NodeProject, start_flow: StartFlow
 ) -> None:
     f = start_flow(Flow(federation=FEDERATION).add(uses="typed_executors:Shop", name="shop"))
     entities = """query($r: [_Any!]!) { _entities(representations: $r) {
@@ -158,7 +106,7 @@ def test_entities_unknown_to_the_endpoint_are_null_and_federation_off_has_no_ser
 
 
 def test_the_offline_sdl_has_the_typed_documents_and_codegen_accepts_it(
-    node: Node, tmp_path: Path
+    node: NodeProject, tmp_path: Path
 ) -> None:
     flow = Flow().add(uses="typed_executors:Shop", name="shop")
     sdl = schema_sdl(flow.spec)

@@ -8,19 +8,17 @@ MESHFLOW_REQUIRE_SYSTEM_TOOLS is set, as in CI, and so does a failed npm install
 from __future__ import annotations
 
 import collections
+import dataclasses
 import json
 import os
-import shutil
 import subprocess
-import tempfile
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from typing import Any
 
 import httpx
 import pytest
 from authkeys import AUDIENCE, ISSUER, Keys
-from systemtools import system_tool
+from systemtools import NodeProject, node_project, required
 
 from meshflow import Flow, JWTAuth
 
@@ -32,81 +30,28 @@ SCRIPTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "node")
 LEVELS = ("MUST", "SHOULD", "MAY")
 
 
-@dataclass(frozen=True)
-class Node:
-    """Node with the pinned packages installed in ``folder``."""
-
-    node: str
-    folder: str
-    websocket_flags: tuple[str, ...]
-    """What makes Node's own WebSocket global (a flag on Node 20, nothing from Node 22)."""
-
-    def run(self, script: str, *args: str, token: str | None = None) -> str:
-        env = {**os.environ, "MESHFLOW_TOKEN": token or ""}
-        argv = [self.node, *self.websocket_flags, os.path.join(self.folder, script), *args]
-        try:
-            done = subprocess.run(
-                argv, cwd=self.folder, env=env, capture_output=True, text=True, timeout=120
-            )
-        except subprocess.TimeoutExpired as exc:
-            pytest.fail(f"node {script} did not end within 120 s: {exc.stderr!r}")
-        assert done.returncode == 0, f"node {script} failed:\n{done.stderr}"
-        return done.stdout
-
-
-def _required(message: str) -> None:
-    """Fail where the tools are required (CI), skip elsewhere."""
-    if os.environ.get("MESHFLOW_REQUIRE_SYSTEM_TOOLS"):
-        pytest.fail(message)
-    pytest.skip(message)
-
-
 @pytest.fixture(scope="session")
-def node() -> Iterator[Node]:
-    node_bin = system_tool("node", "nodejs")
-    npm = system_tool("npm", "npm")
-    folder = tempfile.mkdtemp(prefix="meshflow-node-")
-    try:
-        for name in os.listdir(SCRIPTS):
-            shutil.copy(os.path.join(SCRIPTS, name), folder)
-        # npm talks to the registry npm is configured with; bounded retries and time, so that
-        # a machine without one fails here with npm's words instead of hanging.
-        env = {
-            **os.environ,
-            "npm_config_fetch_retries": "1",
-            "npm_config_fetch_timeout": "60000",
-            "npm_config_update_notifier": "false",
-        }
-        argv = [npm, "install", "--no-audit", "--no-fund", "--ignore-scripts", "--no-save"]
-        try:
-            done = subprocess.run(
-                argv, cwd=folder, env=env, capture_output=True, text=True, timeout=240
-            )
-        except subprocess.TimeoutExpired:
-            _required("npm install of graphql-http and graphql-ws took over 240 s")
-        if done.returncode != 0:
-            _required(
-                "npm install of graphql-http and graphql-ws failed (is the npm registry "
-                f"reachable?):\n{done.stderr[-2000:]}"
-            )
-        probe = [node_bin, "-e", "process.exit(typeof WebSocket === 'function' ? 0 : 1)"]
-        flags: tuple[str, ...] = ()
-        if subprocess.run(probe, timeout=30).returncode != 0:
-            flags = ("--experimental-websocket",)  # Node 20
-            if subprocess.run([node_bin, *flags, *probe[1:]], timeout=30).returncode != 0:
-                _required("this Node has no WebSocket of its own (Node 20.10 or later has)")
-        yield Node(node_bin, folder, flags)
-    finally:
-        shutil.rmtree(folder, ignore_errors=True)
+def node() -> Iterator[NodeProject]:
+    with node_project(SCRIPTS, "graphql-http and graphql-ws", 240) as project:
+        # What makes Node's own WebSocket global: a flag on Node 20, nothing from Node 22.
+        probe = [project.node, "-e", "process.exit(typeof WebSocket === 'function' ? 0 : 1)"]
+        if subprocess.run(probe, timeout=30).returncode == 0:
+            yield project
+            return
+        flags = ("--experimental-websocket",)  # Node 20
+        if subprocess.run([project.node, *flags, *probe[1:]], timeout=30).returncode != 0:
+            required("this Node has no WebSocket of its own (Node 20.10 or later has)")
+        yield dataclasses.replace(project, flags=flags)
 
 
-# -- the audit --------------------------------------------------------------------------------
+def _run(node: NodeProject, script: str, *args: str, token: str | None = None) -> str:
+    return node.run(script, *args, env={"MESHFLOW_TOKEN": token or ""})
 
 
-def audit(node: Node, url: str, token: str | None = None) -> dict[str, tuple[int, int]]:
+def audit(node: NodeProject, url: str, token: str | None = None) -> dict[str, tuple[int, int]]:
     """Run ``auditServer`` against ``url``; fail on any MUST or SHOULD that is not ok.
     Returns ``{level: (ok, total)}``."""
-    report: list[dict[str, Any]] = json.loads(node.run("audit.mjs", url, token=token))
+    report: list[dict[str, Any]] = json.loads(_run(node, "audit.mjs", url, token=token))
     counts: dict[str, collections.Counter[str]] = {level: collections.Counter() for level in LEVELS}
     for item in report:
         counts[item["name"].split()[0]][item["status"]] += 1
@@ -127,7 +72,7 @@ def audit(node: Node, url: str, token: str | None = None) -> dict[str, tuple[int
 
 
 def test_the_graphql_over_http_audit_passes_every_must_and_should(
-    node: Node, start_flow: StartFlow
+    node: NodeProject, start_flow: StartFlow
 ) -> None:
     flow = start_flow(Flow().add(uses="executors:Append"))
     assert flow.graphql_url is not None
@@ -163,7 +108,7 @@ def secured(keys: Keys, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fl
 
 
 def test_the_audit_passes_with_auth_on_and_a_valid_token(
-    node: Node, secured: Flow, keys: Keys
+    node: NodeProject, secured: Flow, keys: Keys
 ) -> None:
     assert secured.graphql_url is not None
     summary = audit(node, secured.graphql_url, token=keys.token(scope="default:use"))
@@ -205,10 +150,10 @@ BATCHES = [
 ]
 
 
-def subscribe(node: Node, flow: Flow, token: str | None = None) -> list[dict[str, Any]]:
+def subscribe(node: NodeProject, flow: Flow, token: str | None = None) -> list[dict[str, Any]]:
     assert flow.graphql_url is not None
     url = flow.graphql_url.replace("http://", "ws://")
-    out = node.run("subscribe.mjs", url, STREAM, json.dumps({"batches": BATCHES}), token=token)
+    out = _run(node, "subscribe.mjs", url, STREAM, json.dumps({"batches": BATCHES}), token=token)
     return [json.loads(line) for line in out.splitlines() if line.strip()]
 
 
@@ -222,7 +167,7 @@ READY_ORDER = [(1, "served a"), (2, "served b"), (0, "served c")]
 
 
 def test_a_graphql_ws_subscription_receives_every_answer_in_order_of_readiness(
-    node: Node, start_flow: StartFlow
+    node: NodeProject, start_flow: StartFlow
 ) -> None:
     flow = start_flow(Flow().add(uses="executors:Ordered"))
     events = subscribe(node, flow)
@@ -232,7 +177,7 @@ def test_a_graphql_ws_subscription_receives_every_answer_in_order_of_readiness(
 
 
 def test_graphql_ws_with_auth_passes_a_valid_token_and_closes_on_a_refused_one(
-    node: Node, secured: Flow, keys: Keys
+    node: NodeProject, secured: Flow, keys: Keys
 ) -> None:
     assert _answers(subscribe(node, secured, token=keys.token(scope="default:use"))) == (
         READY_ORDER
