@@ -227,7 +227,8 @@ def test_a_flood_next_to_a_steady_caller_is_paced_and_the_steady_caller_never_re
     flow = Flow(
         mesh="direct",
         workspace=os.path.join(str(tmp_path), "ws"),
-        admission=AdmissionPolicy(fair_utilization=0.05),
+        # A fixed limit (no adaptive probe of 4 slots at start): only pacing refuses here.
+        admission=AdmissionPolicy(adaptive=False, fair_utilization=0.05),
         auth=JWTAuth(
             issuer=ISSUER, audience=AUDIENCE, jwks_file=paths["jwks"], default_scope="use"
         ),
