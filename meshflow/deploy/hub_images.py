@@ -25,6 +25,7 @@ from packaging.utils import canonicalize_name, parse_wheel_filename
 
 from meshflow.deploy.images import (
     APP,
+    BUILD_STAGE,
     PYTHON_IMAGE,
     RUNTIME_STAGE,
     UID,
@@ -168,10 +169,7 @@ def _dockerfile(
         "",
         f"ARG PYTHON_IMAGE={PYTHON_IMAGE}",
         "",
-        "FROM ${PYTHON_IMAGE} AS build",
-        'ARG PIP_EXTRA_INDEX_URL=""',
-        "ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1",
-        "RUN python -m venv /opt/meshflow",
+        *BUILD_STAGE,
         *copies,
         f"RUN /opt/meshflow/bin/pip install /src/meshflow {pinned_runtime()}".rstrip(),
         f"COPY {folder}/ /src/hub/",

@@ -140,6 +140,14 @@ def metadata_version() -> str:
         return meshflow.__version__
 
 
+BUILD_STAGE = (
+    "FROM ${PYTHON_IMAGE} AS build",
+    'ARG PIP_EXTRA_INDEX_URL=""',
+    "ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1",
+    "RUN python -m venv /opt/meshflow",
+)
+"""The first lines of an image's build stage: a venv at /opt/meshflow, pip without cache."""
+
 RUNTIME_STAGE = (
     "FROM ${PYTHON_IMAGE}",
     f"RUN groupadd --gid {UID} meshflow \\",
@@ -215,10 +223,7 @@ def _dockerfile(copies: list[str], extras: tuple[str, ...], requirements: bool) 
         "",
         f"ARG PYTHON_IMAGE={PYTHON_IMAGE}",
         "",
-        "FROM ${PYTHON_IMAGE} AS build",
-        'ARG PIP_EXTRA_INDEX_URL=""',
-        "ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1",
-        "RUN python -m venv /opt/meshflow",
+        *BUILD_STAGE,
         *copies,
         f"RUN {install}",
     ]

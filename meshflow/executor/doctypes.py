@@ -51,6 +51,7 @@ import types
 import typing
 from typing import Any
 
+from meshflow.executor.parameters import field_default
 from meshflow.proto.v1 import services_pb2
 
 DOC_FIELDS = ("id", "parent_id", "text", "uri", "mime_type", "blob")
@@ -133,12 +134,7 @@ def _field(
         raise TypeError(f"{name}: a typed field needs a public name")
     source = f.metadata.get(WIRE_KEY) or (f.name if f.name in (*DOC_FIELDS, *NESTED) else "")
     source = source or f"tags.{f.name}"
-    required = f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
-    default: Any = None
-    if f.default is not dataclasses.MISSING:
-        default = f.default
-    elif f.default_factory is not dataclasses.MISSING:
-        default = f.default_factory()
+    required, default = field_default(f)
     kind, is_list, nested = _kind(hint)
     if kind is None and nested is None:
         raise TypeError(

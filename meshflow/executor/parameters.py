@@ -50,18 +50,23 @@ def params_type(fn: Callable[..., Any]) -> type | None:
     return None
 
 
+def field_default(f: dataclasses.Field[Any]) -> tuple[bool, Any]:
+    """``(required, default)`` of a dataclass field: required when it has no default nor
+    default factory, else the value it gets when not given (None when required)."""
+    if f.default is not dataclasses.MISSING:
+        return False, f.default
+    if f.default_factory is not dataclasses.MISSING:
+        return False, f.default_factory()
+    return True, None
+
+
 def describe(cls: type) -> list[dict[str, Any]]:
     """Each field of the dataclass ``cls``: name, type, list, required, default_json."""
     hints = typing.get_type_hints(cls)
     out = []
     for f in dataclasses.fields(cls):
         kind, is_list = _kind(hints[f.name])
-        required = f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
-        default: Any = None
-        if f.default is not dataclasses.MISSING:
-            default = f.default
-        elif f.default_factory is not dataclasses.MISSING:
-            default = f.default_factory()
+        required, default = field_default(f)
         out.append(
             {
                 "name": f.name,

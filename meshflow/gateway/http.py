@@ -191,27 +191,18 @@ def make_schema(
         )
     ]
     types = list(registry.objects.values()) if registry is not None else []
+    common: dict[str, Any] = {
+        "query": query,
+        "mutation": mutation,
+        "subscription": Subscription,
+        "extensions": extensions,
+        "types": types,
+        "config": StrawberryConfig(scalar_map=SCALARS),
+        "execution_context_class": AnswerExecutionContext,  # Documents by projection
+    }
     if federation is not None and federation.enabled:  # typed documents: gateway/typed.py
-        return _FederatedSchema(
-            query=query,
-            mutation=mutation,
-            subscription=Subscription,
-            extensions=extensions,
-            types=types,
-            config=StrawberryConfig(scalar_map=SCALARS),
-            execution_context_class=AnswerExecutionContext,
-            entities=federation.entities,
-            registry=registry,
-        )
-    return _Schema(
-        query=query,
-        mutation=mutation,
-        subscription=Subscription,
-        extensions=extensions,
-        types=types,
-        config=StrawberryConfig(scalar_map=SCALARS),
-        execution_context_class=AnswerExecutionContext,  # Documents by projection
-    )
+        return _FederatedSchema(**common, entities=federation.entities, registry=registry)
+    return _Schema(**common)
 
 
 class _FederatedSchema(_Schema, FederatedSchema):
