@@ -127,13 +127,7 @@ def typed_documents(answers: Iterable[services_pb2.EndpointsResponse]) -> TypedD
             if endpoint.name not in declared:
                 continue
             read_only[endpoint.name] = read_only.get(endpoint.name, False) or endpoint.read_only
-            merged = params.setdefault(endpoint.name, {})
-            for p in endpoint.parameters:
-                known_p = merged.get(p.name)
-                if known_p is not None and (known_p.type, known_p.list) != (p.type, p.list):
-                    merged[p.name] = services_pb2.Parameter(name=p.name, type="json")
-                else:
-                    merged[p.name] = p
+            merge_parameters(params.setdefault(endpoint.name, {}), endpoint.parameters)
     for name, roles in sorted(declared.items()):
         doc = roles["doc"][0] if "doc" in roles else None
         returns = roles["returns"][0] if "returns" in roles else doc
@@ -242,3 +236,16 @@ def check_entities(typed: TypedDocuments, entities: Mapping[str, str]) -> None:
                 f"read-only and return {name} (@requests(on={endpoint!r}, read_only=True, "
                 f"returns={name}))"
             )
+
+
+def merge_parameters(
+    merged: dict[str, services_pb2.Parameter], parameters: Iterable[services_pb2.Parameter]
+) -> None:
+    """Add one deployment's parameters of an endpoint to ``merged``; a parameter another
+    deployment types differently becomes ``json``."""
+    for p in parameters:
+        known = merged.get(p.name)
+        if known is not None and (known.type, known.list) != (p.type, p.list):
+            merged[p.name] = services_pb2.Parameter(name=p.name, type="json")
+        else:
+            merged[p.name] = p

@@ -28,6 +28,7 @@ from strawberry.types.nodes import FragmentSpread, InlineFragment, SelectedField
 
 from meshflow.document.proto import struct_to_dict
 from meshflow.errors import BadRequestError, RequestError
+from meshflow.gateway.doctypes import merge_parameters
 from meshflow.gateway.fanout import fan_out
 from meshflow.gateway.post import array_values, run_post
 from meshflow.gateway.server import Gateway
@@ -529,13 +530,7 @@ def read_only_endpoints(
         for endpoint in answer.endpoints:
             if not endpoint.read_only:
                 continue
-            params = found.setdefault(endpoint.name, {})
-            for p in endpoint.parameters:
-                known = params.get(p.name)
-                if known is not None and (known.type, known.list) != (p.type, p.list):
-                    params[p.name] = services_pb2.Parameter(name=p.name, type="json")
-                else:
-                    params[p.name] = p
+            merge_parameters(found.setdefault(endpoint.name, {}), endpoint.parameters)
     return found
 
 
