@@ -3,9 +3,10 @@ content.
 
 The key is the sha256 of (the wheel's sha256, its requirements, the Python it runs on): two
 Flows using the same executor version share one environment; a new version, a changed
-requirement or another interpreter gets a new one. uv builds it (``uv venv`` then
-``uv pip install WHEEL`` against the hub's index first); pip is the fallback when uv is
-missing (``MESHFLOW_HUB_INSTALLER=pip`` forces it). The installer's output is the progress
+requirement, other ``MESHFLOW_HUB_CONSTRAINT`` files or another interpreter get a new one.
+uv builds it (``uv venv`` then ``uv pip install WHEEL`` against the hub's index first, then
+the sources pip is configured with: :mod:`meshflow.hub.sources`); pip is the fallback when uv
+is missing (``MESHFLOW_HUB_INSTALLER=pip`` forces it). The installer's output is the progress
 shown while building. An environment is usable once ``meshflow-env.json`` is written into
 it, last; a half-built one is removed and built again.
 """
@@ -31,6 +32,7 @@ from meshflow.hub.index import Hub
 from meshflow.hub.layer import PTH_LINE, PTH_NAME
 from meshflow.hub.metadata import sha256_file
 from meshflow.hub.resolve import Resolved
+from meshflow.hub.sources import constraints_digest, meshflow_constraints, pip_sources
 
 MARKER = "meshflow-env.json"
 LAYOUT = 1
@@ -77,11 +79,20 @@ class Environment:
         return data
 
 
-def environment_key(wheel_sha256: str, requirements: tuple[str, ...]) -> str:
+def environment_key(wheel_sha256: str, requirements: tuple[str, ...], constraints: str = "") -> str:
+    """``constraints``: :func:`~meshflow.hub.sources.constraints_digest` of the constraint
+    files the build is given."""
     python = f"{sys.implementation.name}-{sys.version_info[0]}.{sys.version_info[1]}"
     python += f".{sys.version_info[2]}-{sys.platform}"
-    blob = json.dumps([LAYOUT, wheel_sha256, sorted(requirements), python, sys.base_prefix])
-    return hashlib.sha256(blob.encode()).hexdigest()
+    parts: list[Any] = [LAYOUT, wheel_sha256, sorted(requirements), python, sys.base_prefix]
+    if constraints:
+        parts.append(constraints)
+    return hashlib.sha256(json.dumps(parts).encode()).hexdigest()
+
+
+def _key(resolved: Resolved) -> str:
+    digest = constraints_digest(meshflow_constraints())
+    return environment_key(resolved.sha256, resolved.metadata.requirements, digest)
 
 
 def installer() -> str:
@@ -103,7 +114,7 @@ def _uv_bin() -> str | None:
 
 def cached_environment(resolved: Resolved, cache_dir: str) -> Environment | None:
     """The environment of ``resolved`` when it is built already, else None."""
-    key = environment_key(resolved.sha256, resolved.metadata.requirements)
+    key = _key(resolved)
     path = os.path.join(cache_dir, "envs", key[:24])
     if os.path.exists(os.path.join(path, MARKER)):
         m = resolved.metadata
@@ -118,7 +129,7 @@ def ensure_environment(
     found = cached_environment(resolved, cache_dir)
     if found is not None:
         return found
-    key = environment_key(resolved.sha256, resolved.metadata.requirements)
+    key = _key(resolved)
     envs = os.path.join(cache_dir, "envs")
     os.makedirs(envs, exist_ok=True)
     path = os.path.join(envs, key[:24])
@@ -174,12 +185,19 @@ def _site_packages(path: str) -> str:
 
 def _build(path: str, resolved: Resolved, hub: Hub, progress: Progress, what: str) -> list[str]:
     python = os.path.join(path, "bin", "python")
+    constraints = meshflow_constraints()
     uv = _uv_bin() if installer() == "uv" else None
     if uv is not None:
         _run([uv, "venv", "--quiet", "--python", sys.executable, path], progress, what)
-        # The hub first; uv's default index (PyPI, or UV_DEFAULT_INDEX) for what it lacks.
+        # The hub first, then pip's configured sources (uv does not read pip's
+        # configuration), then uv's default index (PyPI, UV_DEFAULT_INDEX or pip's index-url).
+        sources = pip_sources()
+        default_set = any(os.environ.get(v) for v in ("UV_DEFAULT_INDEX", "UV_INDEX_URL"))
         _run(
-            [uv, "pip", "install", "--python", python, "--index", hub.index_url, resolved.wheel],
+            [uv, "pip", "install", "--python", python, "--index", hub.index_url]
+            + sources.uv_args(default_index_set=default_set)
+            + [arg for c in constraints for arg in ("--constraint", c)]
+            + [resolved.wheel],
             progress,
             what,
         )
@@ -187,7 +205,14 @@ def _build(path: str, resolved: Resolved, hub: Hub, progress: Progress, what: st
     else:
         _run([sys.executable, "-m", "venv", "--without-pip", path], progress, what)
         pip = [sys.executable, "-m", "pip", "--python", python]
-        _run([*pip, "install", "--extra-index-url", hub.index_url, resolved.wheel], progress, what)
+        # pip reads its own configuration; the hub is one more index.
+        _run(
+            [*pip, "install", "--extra-index-url", hub.index_url]
+            + [arg for c in constraints for arg in ("--constraint", c)]
+            + [resolved.wheel],
+            progress,
+            what,
+        )
         frozen = _run([*pip, "freeze"], None, what)
     with open(os.path.join(_site_packages(path), PTH_NAME), "w", encoding="utf-8") as fh:
         fh.write(PTH_LINE)
