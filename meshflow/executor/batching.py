@@ -14,6 +14,13 @@ merged. A queue's waiting requests go as one batch when
 A batch takes the queue's requests in arrival order, up to ``preferred_batch_size`` documents;
 a request with more runs alone. A request cancelled, or whose deadline passes, while waiting
 leaves the queue and is not run.
+
+For a sync method (``ahead``), a *full* batch is also taken while every worker thread is busy,
+and handed to the thread pool, where it waits for the call before it: the worker that ends a
+call goes straight on to the next, holding the GIL it already has. Otherwise the next call
+could start only after the event loop thread let go of the GIL, and that thread is then busy
+answering the requests of the batch that just ended (2-3 ms for 16 answers, 10% of a 24 ms
+call of the app's TextEncoder).
 """
 
 from __future__ import annotations
@@ -131,6 +138,8 @@ class Batcher:
         call: runs the method (see :data:`Call`).
         concurrency: batch calls of this endpoint at once (the executor's worker threads for
             a sync method, 1 for an async one).
+        ahead: take one more full batch while ``concurrency`` calls run (a sync method's
+            thread pool queues it for the next free worker).
         name: the deployment, endpoint: for messages and spans.
     """
 
@@ -140,6 +149,7 @@ class Batcher:
         call: Call,
         *,
         concurrency: int = 1,
+        ahead: bool = False,
         deployment: str = "",
         endpoint: str = "",
         tracer: Tracer | None = None,
@@ -149,6 +159,7 @@ class Batcher:
         self.cost = CallCost()
         self._call = call
         self._concurrency = max(1, concurrency)
+        self._limit = self._concurrency + (1 if ahead else 0)
         self._deployment = deployment
         self._endpoint = endpoint
         self._tracer = tracer
@@ -223,9 +234,12 @@ class Batcher:
 
     # -- forming batches --------------------------------------------------------------------
 
+    def _full(self, queue: deque[_Waiting]) -> bool:
+        return sum(len(e.docs) for e in queue) >= self.options.preferred_batch_size
+
     def _ready_at(self, queue: deque[_Waiting]) -> float:
         """When ``queue`` may go as a batch (loop time; 0: now)."""
-        if sum(len(e.docs) for e in queue) >= self.options.preferred_batch_size:
+        if self._full(queue):
             return 0.0
         head = queue[0].enqueued
         if self._timeout is not None:
@@ -234,11 +248,13 @@ class Batcher:
 
     def _dispatch(self) -> None:
         loop = asyncio.get_running_loop()
-        while self._running < self._concurrency and self._queues:
+        while self._running < self._limit and self._queues:
             now = loop.time()
+            busy = self._running >= self._concurrency  # only a full batch may go ahead
             chosen = None
             for key, queue in self._queues.items():  # oldest queues first
-                if self._ready_at(queue) <= now and (
+                ready = self._full(queue) if busy else self._ready_at(queue) <= now
+                if ready and (
                     chosen is None or queue[0].enqueued < self._queues[chosen][0].enqueued
                 ):
                     chosen = key
@@ -301,6 +317,9 @@ class Batcher:
         merged = DocumentArray([doc for entry in batch for doc in entry.docs])
         total = len(merged)
         started = ended = time.perf_counter()
+        result: Any = None
+        parts: list[DocumentArray] = []
+        error: Exception | None = None
         try:
             spans = [e.span for e in batch if e.span is not None]
             if self._tracer is not None and spans:
@@ -309,29 +328,33 @@ class Batcher:
                 result, started, ended = await self._call(merged, batch[0].kwargs)
             parts = self._split(result, merged, batch)
         except Exception as exc:
-            for entry in batch:
-                if not entry.future.done():
-                    entry.future.set_exception(exc)
-        else:
-            for entry, part in zip(batch, parts, strict=True):
-                if not entry.future.done():
-                    entry.future.set_result(
-                        Served(
-                            docs=part,
-                            result=result if isinstance(result, dict) else part,
-                            waited=taken - entry.enqueued,
-                            started=started,
-                            ended=ended,
-                            batch_docs=total,
-                            batch_requests=len(batch),
-                        )
-                    )
+            error = exc
         finally:
             self._running -= 1
             self.cost.observe(total, ended - started)
             if self._on_batch is not None:
                 self._on_batch(total, len(batch))
+            # The next batch is taken before this one's requests resume: its call starts
+            # (the loop runs tasks in the order they were woken) while they write their
+            # answers, so the method does not wait for them.
             self._dispatch()
+        for i, entry in enumerate(batch):
+            if entry.future.done():
+                continue
+            if error is not None:
+                entry.future.set_exception(error)
+                continue
+            entry.future.set_result(
+                Served(
+                    docs=parts[i],
+                    result=result if isinstance(result, dict) else parts[i],
+                    waited=taken - entry.enqueued,
+                    started=started,
+                    ended=ended,
+                    batch_docs=total,
+                    batch_requests=len(batch),
+                )
+            )
 
     async def _traced(
         self, merged: DocumentArray, batch: list[_Waiting], spans: list[SpanContext]

@@ -118,6 +118,7 @@ class ExecutorRuntime:
                 options,
                 functools.partial(self._batch_call, spec),
                 concurrency=1 if spec.is_async else sync_workers,
+                ahead=not spec.is_async,
                 deployment=self.name,
                 endpoint=name,
                 tracer=self.tracer,

@@ -4,6 +4,7 @@ each gets back exactly its own documents."""
 from __future__ import annotations
 
 import asyncio
+import threading
 from collections.abc import Callable, Coroutine
 from typing import Any, TypeVar
 
@@ -214,7 +215,8 @@ def test_a_cancelled_request_leaves_the_queue_and_is_not_run() -> None:
     async def main() -> None:
         executor = Recorder()
         executor.gate = asyncio.Event()
-        runtime = ExecutorRuntime(executor, name="enc")
+        full_at_two = {"/encode": DynamicBatching(preferred_batch_size=2, timeout="auto")}
+        runtime = ExecutorRuntime(executor, name="enc", batching=full_at_two)
         batcher = runtime.batcher("/encode")
         assert batcher is not None
         try:
@@ -240,7 +242,8 @@ def test_a_request_whose_deadline_passes_while_waiting_is_not_run() -> None:
     async def main() -> None:
         executor = Recorder()
         executor.gate = asyncio.Event()
-        runtime = ExecutorRuntime(executor, name="enc")
+        full_at_two = {"/encode": DynamicBatching(preferred_batch_size=2, timeout="auto")}
+        runtime = ExecutorRuntime(executor, name="enc", batching=full_at_two)
         batcher = runtime.batcher("/encode")
         assert batcher is not None
         try:
@@ -277,6 +280,79 @@ def test_adaptive_mode_never_holds_a_lone_request() -> None:
             assert batcher.running == 1 and batcher.waiting == 0, i
             await pending
         assert calls == [1] * 5
+
+    run(main())
+
+
+class SyncRecorder(Executor):
+    """A sync method (run in the worker thread): its first call waits for ``gate``."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.calls: list[list[str]] = []
+        self.gate = threading.Event()
+
+    @requests(on="/encode")
+    @dynamic_batching(preferred_batch_size=2, timeout="auto")
+    def encode(self, docs: DocumentArray, **kwargs: Any) -> None:
+        self.calls.append([d.text for d in docs])
+        if len(self.calls) == 1:
+            self.gate.wait(5)
+        for doc in docs:
+            doc.text = doc.text.upper()
+
+
+def test_a_full_batch_is_handed_to_a_busy_worker_ahead_and_a_partial_one_waits() -> None:
+    """A sync method: while its worker thread runs a call, the next *full* batch is taken and
+    queued in the thread pool (the worker goes straight on to it); a batch that is not full
+    stays in the queue, where later requests can still join it."""
+
+    async def main() -> None:
+        executor = SyncRecorder()
+        runtime = ExecutorRuntime(executor, name="enc")
+        batcher = runtime.batcher("/encode")
+        assert batcher is not None
+        try:
+            first = asyncio.ensure_future(runtime.process(request("first", "f")))
+            await until(lambda: len(executor.calls) == 1)
+            rest = [
+                asyncio.ensure_future(runtime.process(request(rid, rid))) for rid in ("a", "b", "c")
+            ]
+            await until(lambda: batcher.running == 2)
+            await asyncio.sleep(0.02)
+            assert batcher.running == 2 and batcher.waiting == 1  # [a, b] ahead; c waits
+            assert len(executor.calls) == 1  # one worker: [a, b] has not started
+            executor.gate.set()
+            answers = [answer_of(a) for a in await asyncio.gather(first, *rest)]
+        finally:
+            executor.gate.set()
+            runtime.close()
+        assert executor.calls == [["f"], ["a", "b"], ["c"]]
+        assert [[d.text for d in a.docs] for a in answers] == [["F"], ["A"], ["B"], ["C"]]
+
+    run(main())
+
+
+def test_an_async_method_never_takes_a_batch_ahead() -> None:
+    async def main() -> None:
+        executor = Recorder()
+        executor.gate = asyncio.Event()
+        full_at_two = {"/encode": DynamicBatching(preferred_batch_size=2, timeout="auto")}
+        runtime = ExecutorRuntime(executor, name="enc", batching=full_at_two)
+        batcher = runtime.batcher("/encode")
+        assert batcher is not None
+        try:
+            first = asyncio.ensure_future(runtime.process(request("first", "f")))
+            await until(lambda: len(executor.calls) == 1)
+            rest = [asyncio.ensure_future(runtime.process(request(r, r))) for r in "ab"]
+            await until(lambda: batcher.waiting == 2)
+            await asyncio.sleep(0.02)
+            assert batcher.running == 1  # the loop runs one call of the endpoint at a time
+            executor.gate.set()
+            await asyncio.gather(first, *rest)
+        finally:
+            runtime.close()
+        assert [texts for texts, _ in executor.calls] == [["f"], ["a", "b"]]
 
     run(main())
 
