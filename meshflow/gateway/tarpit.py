@@ -15,6 +15,7 @@ host usually holds), and the number of clients remembered is bounded.
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import time
 from collections import OrderedDict
@@ -75,6 +76,7 @@ class Tarpit:
         return wait
 
 
+@functools.lru_cache(maxsize=4096)  # asked on every request; bounded against address churn
 def client_key(host: str) -> str:
     """The address a client is counted by: itself, or its /64 network for IPv6."""
     try:
