@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import logging
 import os
-import time
 
 from pythonjsonlogger.json import JsonFormatter
 
@@ -31,20 +30,6 @@ class _TraceIds(logging.Filter):
 
 class _Text(logging.Formatter):
     """The text format, with `` trace=<id>`` at the end of lines logged inside a trace."""
-
-    _second = -1
-    _stamp = ""
-
-    def formatTime(self, record: logging.LogRecord, datefmt: str | None = None) -> str:
-        """logging's own format (``2026-12-05 20:15:24,123``), the seconds part written once
-        per second: the gateway logs a line per request."""
-        if datefmt is not None or self.default_msec_format is None:
-            return super().formatTime(record, datefmt)
-        second = int(record.created)
-        if second != self._second:
-            self._stamp = time.strftime(self.default_time_format, self.converter(second))
-            self._second = second
-        return self.default_msec_format % (self._stamp, record.msecs)
 
     def format(self, record: logging.LogRecord) -> str:
         line = super().format(record)
