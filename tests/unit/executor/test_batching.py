@@ -101,6 +101,17 @@ async def gated(
     return answer_of(answers[0]), [answer_of(a) for a in answers[1:]]
 
 
+def gated_recorder(preferred: int) -> tuple[Recorder, ExecutorRuntime, Batcher]:
+    """A Recorder whose first call waits for its gate, its batches full at ``preferred``."""
+    executor = Recorder()
+    executor.gate = asyncio.Event()
+    options = {"/encode": DynamicBatching(preferred_batch_size=preferred, timeout="auto")}
+    runtime = ExecutorRuntime(executor, name="enc", batching=options)
+    batcher = runtime.batcher("/encode")
+    assert batcher is not None
+    return executor, runtime, batcher
+
+
 def test_requests_of_different_sizes_are_merged_and_split_back_in_order() -> None:
     async def main() -> None:
         executor = Recorder()
@@ -213,12 +224,7 @@ def test_a_failing_batch_fails_only_its_own_requests() -> None:
 
 def test_a_cancelled_request_leaves_the_queue_and_is_not_run() -> None:
     async def main() -> None:
-        executor = Recorder()
-        executor.gate = asyncio.Event()
-        full_at_two = {"/encode": DynamicBatching(preferred_batch_size=2, timeout="auto")}
-        runtime = ExecutorRuntime(executor, name="enc", batching=full_at_two)
-        batcher = runtime.batcher("/encode")
-        assert batcher is not None
+        executor, runtime, batcher = gated_recorder(preferred=2)
         try:
             first = asyncio.ensure_future(runtime.process(request("first", "f")))
             await until(lambda: len(executor.calls) == 1)
@@ -240,12 +246,7 @@ def test_a_cancelled_request_leaves_the_queue_and_is_not_run() -> None:
 
 def test_a_request_whose_deadline_passes_while_waiting_is_not_run() -> None:
     async def main() -> None:
-        executor = Recorder()
-        executor.gate = asyncio.Event()
-        full_at_two = {"/encode": DynamicBatching(preferred_batch_size=2, timeout="auto")}
-        runtime = ExecutorRuntime(executor, name="enc", batching=full_at_two)
-        batcher = runtime.batcher("/encode")
-        assert batcher is not None
+        executor, runtime, batcher = gated_recorder(preferred=2)
         try:
             first = asyncio.ensure_future(runtime.process(request("first", "f")))
             await until(lambda: len(executor.calls) == 1)
@@ -335,12 +336,7 @@ def test_a_full_batch_is_handed_to_a_busy_worker_ahead_and_a_partial_one_waits()
 
 def test_an_async_method_never_takes_a_batch_ahead() -> None:
     async def main() -> None:
-        executor = Recorder()
-        executor.gate = asyncio.Event()
-        full_at_two = {"/encode": DynamicBatching(preferred_batch_size=2, timeout="auto")}
-        runtime = ExecutorRuntime(executor, name="enc", batching=full_at_two)
-        batcher = runtime.batcher("/encode")
-        assert batcher is not None
+        executor, runtime, batcher = gated_recorder(preferred=2)
         try:
             first = asyncio.ensure_future(runtime.process(request("first", "f")))
             await until(lambda: len(executor.calls) == 1)
