@@ -61,7 +61,8 @@ CHECKED: dict[tuple[str, int], str] = {
     ("docs/hub.md", 1): "run: test_hub_page (both versions answer; 0.2.0 pushed first)",
     ("docs/hub.md", 2): "static: test_hub_page (the scaffold has these files)",
     ("docs/hub.md", 3): "static: test_hub_page (the pushed metadata has these keys)",
-    ("docs/hub.md", 4): "run: test_hub_page (the flow query on the running Flow)",
+    ("docs/hub.md", 4): "run: test_hub_page (meshflow reads the constraints file it names)",
+    ("docs/hub.md", 5): "run: test_hub_page (the flow query on the running Flow)",
     ("docs/graphql.md", 0): "static: test_graphql_page (the schema's types, fields and arguments)",
     ("docs/graphql.md", 1): "run: test_graphql_page",
     ("docs/graphql.md", 2): "run: test_graphql_page",
@@ -353,10 +354,16 @@ def test_hub_page(project: Path) -> None:
     written = json.loads((scaffold / "image_encoder" / "meshflow-executor.json").read_text())
     assert set(written) == set(documented), written
 
+    read = "python -c 'from meshflow.hub import sources; print(sources.meshflow_constraints())'"
+    pinned = shell(project, block(HUB, 4, "bash") + "\n" + read, **env)
+    assert f"('{project / 'constraints.txt'}',)" in pinned, pinned
+    assert (project / "constraints.txt").read_text() == "torch==2.13.0+cpu\n"
+    (project / "constraints.txt").unlink()  # the page's Flow below runs without it
+
     pyproject = scaffold / "pyproject.toml"
     pyproject.write_text(pyproject.read_text().replace('version = "0.1.0"', 'version = "0.2.0"'))
     shell(project, "meshflow hub push image-encoder", timeout=120, **env)
-    query = block(HUB, 4, "graphql")
+    query = block(HUB, 5, "graphql")
     source = block(HUB, 1, "python") + f"QUERY = {query!r}\n" + HUB_CHECK
     done = python(project, source, timeout=180, **env)
     assert 'versions {"new": "0.2.0", "old": "0.1.0"}' in done.stdout
