@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import socket
 import sys
 from collections.abc import Iterator
 
@@ -13,13 +12,12 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 # Executor processes import tests' executors by reference ('executors:Append').
 sys.path.insert(0, os.path.join(HERE, "integration"))
 
+from netports import free_tcp_port  # noqa: E402
+
 
 @pytest.fixture
 def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-    return port
+    return free_tcp_port()
 
 
 @pytest.fixture

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -15,6 +14,7 @@ from collections.abc import Iterator
 
 import pytest
 from hubkit import build_wheels, hub_environ
+from netports import free_tcp_port
 
 from meshflow import Document, Flow
 from meshflow.errors import ConfigError
@@ -28,9 +28,7 @@ PYPI_SERVER = os.path.join(os.path.dirname(sys.executable), "pypi-server")
 
 class IndexServer:
     def __init__(self, packages: str) -> None:
-        with socket.socket() as sock:
-            sock.bind(("127.0.0.1", 0))
-            self.port = sock.getsockname()[1]
+        self.port = free_tcp_port()
         self.packages = packages
         self.url = f"http://127.0.0.1:{self.port}/simple/"
         self.proc: subprocess.Popen[bytes] | None = None
