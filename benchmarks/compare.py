@@ -117,7 +117,7 @@ def collect_http(args: argparse.Namespace, common: list[str], tmp: str) -> dict[
     subprocess.run([*cmd, "--json-out", path], check=True, stdout=subprocess.DEVNULL)
     with open(path, encoding="utf-8") as fh:
         rows = [json.loads(line) for line in fh]
-    for mesh in ("direct", "envoy"):
+    for mesh in MESHES:
         out[mesh] = {
             "medians": {
                 (r["case"], r["concurrency"]): r
@@ -200,7 +200,7 @@ def report_http(args: argparse.Namespace, http: dict[str, Any]) -> None:
         )
 
 
-MESHES = ("direct", "envoy")
+MESHES = ("direct", "envoy", "envoy-host")  # envoy-host: envoy_proxy="host"
 
 
 def report(args: argparse.Namespace, results: list[dict[str, Any]]) -> None:

@@ -1,6 +1,7 @@
 """meshflow's HTTP door: GraphQL on the seed Flow shape, and a search answer with pushdown.
 
-For each mesh (``direct``, ``envoy``), started in this process:
+For each mesh (``direct``, ``envoy``, and ``envoy-host``: the Envoy mesh with one Envoy for
+the Flow, ``envoy_proxy='host'``), started in this process:
 
 * ``Flow(mesh=M).add(uses=Noop).add(uses=Noop)``, loaded through ``flow.graphql_url`` with
   the mutation ``post(on: "/", docs: $docs) { docs { id text } }`` carrying 1 document
@@ -117,15 +118,26 @@ def validate_search(answer: dict[str, Any], with_embeddings: bool) -> None:
             assert set(m) == {"id", "scores"}, m
 
 
+MESHES = ["direct", "envoy", "envoy-host"]
+
+
+def mesh_options(mesh: str) -> dict[str, Any]:
+    """The Flow options of a mesh name of this script."""
+    if mesh == "envoy-host":
+        return {"mesh": "envoy", "envoy_proxy": "host"}
+    return {"mesh": mesh}
+
+
 def bench_mesh(args: argparse.Namespace, mesh: str, tmpdir: str) -> dict[str, Any]:
     """Both Flows of one mesh, every case, ``args.repeat`` rounds (rounds outermost)."""
     cases: list[dict[str, Any]] = []  # name, flow, url, body path, concurrencies, docs, reject
     t0 = time.perf_counter()
-    echo = Flow(name="http-bench", workspace=tmpdir, mesh=mesh).add(uses=Noop).add(uses=Noop)
+    options = mesh_options(mesh)
+    echo = Flow(name="http-bench", workspace=tmpdir, **options).add(uses=Noop).add(uses=Noop)
     search = None
     if not args.skip_search:
         search = (
-            Flow(name="search-bench", workspace=tmpdir, mesh=mesh).add(uses=Noop).add(uses=Searcher)
+            Flow(name="search-bench", workspace=tmpdir, **options).add(uses=Noop).add(uses=Searcher)
         )
     flows = [f for f in (echo, search) if f is not None]
     started: list[Flow] = []
@@ -282,7 +294,7 @@ def print_report(args: argparse.Namespace, runs: list[dict[str, Any]]) -> None:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--mesh", choices=["direct", "envoy"], nargs="+", default=["direct", "envoy"])
+    p.add_argument("--mesh", choices=MESHES, nargs="+", default=MESHES)
     p.add_argument("--duration", type=float, default=5.0)
     p.add_argument("--warmup", type=float, default=1.0)
     p.add_argument("--concurrency", type=int, nargs="+", default=CONCURRENCIES)

@@ -3,7 +3,8 @@
 Issue 18 asks for the Envoy mesh's summed peak RSS and PSS to be no higher than Jina's. One
 run measures, side by side:
 
-- ``Flow(mesh=M).add(uses=Noop).add(uses=Noop)`` for M in direct and envoy, after 1-doc
+- ``Flow(mesh=M).add(uses=Noop).add(uses=Noop)`` for M in direct and envoy, and the Envoy
+  mesh with one Envoy for the Flow (``envoy-host``: ``envoy_proxy='host'``), after 1-doc
   requests (over gRPC at concurrency 1 and 32, from a separate client process): each
   process's peak RSS (VmHWM), RSS split into anonymous and file-backed pages, and PSS
   (shared pages divided among the processes that map them), and the sums;
@@ -35,6 +36,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 
 import _load  # noqa: E402
+from http_bench import MESHES, mesh_options  # noqa: E402
 
 from meshflow import Document, DocumentArray, Executor, Flow, requests  # noqa: E402
 from meshflow.client.messages import build_request  # noqa: E402
@@ -71,7 +73,8 @@ def measure_meshflow(mesh: str, args: argparse.Namespace, tmp: str) -> dict[str,
     payload = os.path.join(tmp, "1-doc.bin")
     with open(payload, "wb") as fh:
         fh.write(build_request("/", DocumentArray([Document(text="hello world")]))[1])
-    flow = Flow(workspace=os.path.join(tmp, mesh), mesh=mesh).add(uses=Noop).add(uses=Noop)
+    options = mesh_options(mesh)
+    flow = Flow(workspace=os.path.join(tmp, mesh), **options).add(uses=Noop).add(uses=Noop)
     started = time.perf_counter()
     with flow:
         startup = time.perf_counter() - started
@@ -157,7 +160,7 @@ def main() -> None:
             "loadavg": os.getloadavg(),
             "empty_envoy": empty_envoy(tmp),
         }
-        for mesh in ("direct", "envoy"):
+        for mesh in MESHES:
             report[mesh] = measure_meshflow(mesh, args, tmp)
         if not args.skip_jina:
             report["jina"] = measure_jina(args)

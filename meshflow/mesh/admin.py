@@ -116,7 +116,11 @@ def healthy_hosts(admin: str) -> dict[str, list[str]]:
                 continue
             if any(v for k, v in flags.items() if k != "eds_health_status"):
                 continue
-            sock = host.get("address", {}).get("socket_address", {})
+            address = host.get("address", {})
+            if "pipe" in address:  # a unix socket (envoy_proxy='host')
+                hosts.append(address["pipe"].get("path", ""))
+                continue
+            sock = address.get("socket_address", {})
             hosts.append(f"{sock.get('address')}:{sock.get('port_value')}")
         out[cluster["name"]] = hosts
     return out

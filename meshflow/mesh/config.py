@@ -476,32 +476,90 @@ def replica_sidecar(
         "static_resources": {
             "listeners": [
                 _ingress_listener(
-                    listen_host, listen_port, routes, identity, allowed_peers, tracing
+                    {"socket_address": {"address": listen_host, "port_value": listen_port}},
+                    routes,
+                    identity,
+                    allowed_peers,
+                    tracing,
                 ),
                 _stats_listener(admin),
             ],
-            "clusters": [
-                _admin_cluster(admin),
-                {
-                    "name": "executor",
-                    "type": "STATIC",
-                    "connect_timeout": "1s",
-                    "typed_extension_protocol_options": _http2_options(),
-                    "load_assignment": {
-                        "cluster_name": "executor",
-                        "endpoints": [{"lb_endpoints": [executor]}],
-                    },
-                },
-            ]
+            "clusters": [_admin_cluster(admin), _executor_cluster("executor", executor)]
             + ([_collector(tracing)] if tracing is not None else []),
         },
     }
 
 
-def _ingress_routes(node: str, tracing: Tracing | None) -> list[dict[str, Any]]:
-    """Every call to the executor, its health checks left out of traces."""
+def _executor_cluster(name: str, endpoint: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "name": name,
+        "type": "STATIC",
+        "connect_timeout": "1s",
+        "typed_extension_protocol_options": _http2_options(),
+        "load_assignment": {"cluster_name": name, "endpoints": [{"lb_endpoints": [endpoint]}]},
+    }
+
+
+@dataclass(frozen=True)
+class HostReplica:
+    """One replica as the Flow's single Envoy serves it (``envoy_proxy='host'``)."""
+
+    label: str
+    listen_socket: str
+    """Its mTLS ingress listener: a unix socket (what the gateway's clusters list)."""
+    executor_socket: str
+    identity: WorkloadCert
+    allowed_peers: tuple[str, ...]
+
+
+def host_envoy(
+    *,
+    node: str,
+    listen_socket: str,
+    identity: WorkloadCert,
+    clusters: Sequence[ClusterSpec],
+    replicas: Sequence[HostReplica],
+    admin: Admin,
+    tracing: Tracing | None = None,
+) -> dict[str, Any]:
+    """Bootstrap of a local Flow's one Envoy: the gateway's egress listener and clusters, as
+    :func:`gateway_sidecar` writes them, and every replica's ingress listener, as
+    :func:`replica_sidecar` writes it, each on a unix socket of its own with the replica's
+    certificate, forwarding to its executor's cluster. A call crosses the same listeners,
+    filters and mTLS as with a sidecar per replica, in one process."""
+    config = gateway_sidecar(
+        node=node,
+        listen_socket=listen_socket,
+        identity=identity,
+        clusters=clusters,
+        admin=admin,
+        tracing=tracing,
+    )
+    listeners = config["static_resources"]["listeners"]
+    upstreams = config["static_resources"]["clusters"]
+    for replica in replicas:
+        cluster = f"executor {replica.label}"
+        listeners.append(
+            _ingress_listener(
+                {"pipe": {"path": replica.listen_socket, "mode": 0o600}},
+                _ingress_routes(replica.label, tracing, cluster),
+                replica.identity,
+                replica.allowed_peers,
+                tracing,
+                name=f"ingress {replica.label}",
+            )
+        )
+        executor = {"endpoint": {"address": {"pipe": {"path": replica.executor_socket}}}}
+        upstreams.append(_executor_cluster(cluster, executor))
+    return config
+
+
+def _ingress_routes(
+    node: str, tracing: Tracing | None, cluster: str = "executor"
+) -> list[dict[str, Any]]:
+    """Every call to the executor (``cluster``), its health checks left out of traces."""
     to_executor = {
-        "cluster": "executor",
+        "cluster": cluster,
         "timeout": "0s",
         "max_stream_duration": {"grpc_timeout_header_max": "0s"},
     }
@@ -531,22 +589,22 @@ def _ingress_routes(node: str, tracing: Tracing | None) -> list[dict[str, Any]]:
 
 
 def _ingress_listener(
-    host: str,
-    port: int,
+    address: dict[str, Any],
     routes: list[dict[str, Any]],
     identity: WorkloadCert,
     allowed_peers: Sequence[str],
     tracing: Tracing | None,
+    name: str = "ingress",
 ) -> dict[str, Any]:
-    """mTLS on ``host:port``, only ``allowed_peers`` admitted."""
+    """mTLS on ``address`` (an Envoy address), only ``allowed_peers`` admitted."""
     return {
-        "name": "ingress",
-        "address": {"socket_address": {"address": host, "port_value": port}},
+        "name": name,
+        "address": address,
         "filter_chains": [
             {
                 "filters": [
                     _hcm(
-                        "ingress",
+                        name,
                         [{"name": "executor", "domains": ["*"], "routes": routes}],
                         tracing,
                     )
@@ -564,8 +622,11 @@ def _ingress_listener(
     }
 
 
-def endpoints(cluster: str, addresses: Sequence[tuple[str, int]], version: int) -> dict[str, Any]:
-    """An EDS file: the replicas (their sidecars' listeners) of one cluster."""
+def endpoints(
+    cluster: str, addresses: Sequence[tuple[str, int] | str], version: int
+) -> dict[str, Any]:
+    """An EDS file: the replicas (their sidecars' listeners: ``(host, port)``, or a unix
+    socket's path) of one cluster."""
     return {
         "version_info": str(version),
         "resources": [
@@ -575,20 +636,20 @@ def endpoints(cluster: str, addresses: Sequence[tuple[str, int]], version: int) 
                 "endpoints": [
                     {
                         "lb_endpoints": [
-                            {
-                                "endpoint": {
-                                    "address": {
-                                        "socket_address": {"address": host, "port_value": port}
-                                    }
-                                }
-                            }
-                            for host, port in addresses
+                            {"endpoint": {"address": _address(address)}} for address in addresses
                         ]
                     }
                 ],
             }
         ],
     }
+
+
+def _address(address: tuple[str, int] | str) -> dict[str, Any]:
+    if isinstance(address, str):
+        return {"pipe": {"path": address}}
+    host, port = address
+    return {"socket_address": {"address": host, "port_value": port}}
 
 
 def write_yaml(path: str, document: Mapping[str, Any]) -> None:

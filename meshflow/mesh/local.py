@@ -11,6 +11,8 @@ and leave while the Flow runs.
   (mTLS, loopback TCP) in front of each replica and an egress Envoy beside the gateway, holds
   the Flow's ephemeral CA, writes the endpoint (EDS) files, and is ready when the gateway's
   sidecar sees every replica healthy.
+- :class:`~meshflow.mesh.local_envoy.HostEnvoyMesh` (``envoy_proxy='host'``) runs the same
+  listeners and clusters in one Envoy for the whole Flow.
 """
 
 from __future__ import annotations
@@ -26,18 +28,21 @@ if TYPE_CHECKING:
 
 @dataclass
 class Ingress:
-    """A replica's door into the mesh: its sidecar and the port that sidecar bound."""
+    """A replica's door into the mesh: its sidecar and the port that sidecar bound, or (one
+    Envoy for the Flow) the unix socket of its listener in that Envoy."""
 
     deployment: str
     shard: int
-    sidecar: EnvoyProcess
+    sidecar: EnvoyProcess | None
     port: int | None = None
     """Bound by Envoy itself (port 0, no race with other programs), learnt from its admin once
     it is ready; the sidecar pins it in its config so that a restart comes back on it."""
+    socket: str | None = None
+    """The listener's unix socket in the Flow's one Envoy (``envoy_proxy='host'``)."""
 
     @property
     def address(self) -> str:
-        return f"127.0.0.1:{self.port}"
+        return self.socket if self.socket is not None else f"127.0.0.1:{self.port}"
 
 
 class LocalMesh(Protocol):
@@ -101,6 +106,8 @@ def local_mesh(spec: FlowSpec, run_dir: str, log_dir: str) -> LocalMesh:
     if spec.mesh == "direct":
         return DirectMesh()
     # lazy: keeps `import meshflow` cheap (~10 ms of Envoy config and certs)
-    from meshflow.mesh.local_envoy import EnvoyMesh
+    from meshflow.mesh.local_envoy import EnvoyMesh, HostEnvoyMesh
 
+    if spec.envoy_proxy == "host":
+        return HostEnvoyMesh(spec, run_dir, log_dir)
     return EnvoyMesh(spec, run_dir, log_dir)

@@ -300,6 +300,10 @@ def _whole(value: Any, low: int) -> bool:
     return not isinstance(value, bool) and isinstance(value, int) and value >= low
 
 
+ENVOY_PROXIES = ("sidecar", "host")
+"""``mesh='envoy'``: an Envoy per replica plus the gateway's, or one Envoy for the Flow."""
+
+
 @dataclass(frozen=True, kw_only=True)
 class FlowSpec:
     """A Flow's options and deployments (see :class:`meshflow.Flow` for what each means)."""
@@ -326,6 +330,7 @@ class FlowSpec:
     )
     federation: Federation = field(default_factory=Federation, metadata=meta(coerce=_federation))
     envoy_concurrency: int = 1
+    envoy_proxy: str = "sidecar"
     auth: JWTAuth | None = field(default=None, metadata=meta(coerce=_auth, save=_save_auth))
     metrics: bool = False
     tracing: bool | float | str = False
@@ -346,6 +351,10 @@ class FlowSpec:
             raise ConfigError("max_in_flight must be >= 1 and max_request_bytes >= 1024")
         if not _whole(self.envoy_concurrency, 1):
             raise ConfigError("envoy_concurrency must be a whole number >= 1")
+        if self.envoy_proxy not in ENVOY_PROXIES:
+            raise ConfigError(
+                f"envoy_proxy must be one of {ENVOY_PROXIES}, got {self.envoy_proxy!r}"
+            )
         if self.log_format not in LOG_FORMATS:
             raise ConfigError(f"log_format must be 'text' or 'json', got {self.log_format!r}")
         if not isinstance(self.metrics, bool):

@@ -76,10 +76,11 @@ CHECKED: dict[tuple[str, int], str] = {
     ("docs/graphql.md", 10): "run: test_graphql_page_persisted_queries (the options build)",
     ("docs/graphql.md", 11): "static: test_graphql_page_persisted_queries (the manifest's keys)",
     ("docs/mesh.md", 0): "text: the topology drawing",
-    ("docs/mesh.md", 1): "run: test_mesh_page_traffic_options (and its defaults)",
-    ("docs/mesh.md", 2): "run: test_mesh_page_yaml_and_status",
-    ("docs/mesh.md", 3): "run: test_mesh_page_traffic_options",
-    ("docs/mesh.md", 4): "output: test_mesh_page_yaml_and_status",
+    ("docs/mesh.md", 1): "text: the drawing of one Envoy for the Flow",
+    ("docs/mesh.md", 2): "run: test_mesh_page_traffic_options (and its defaults)",
+    ("docs/mesh.md", 3): "run: test_mesh_page_yaml_and_status",
+    ("docs/mesh.md", 4): "run: test_mesh_page_traffic_options",
+    ("docs/mesh.md", 5): "output: test_mesh_page_yaml_and_status",
     ("docs/deploy.md", 0): "run + static: test_deploy_page_compose (the export runs; docker)",
     ("docs/deploy.md", 1): "run + static: test_deploy_page_kubernetes (the export runs; kubectl)",
     ("docs/wire.md", 0): "text: the fields of DocumentColumns (proto/meshflow/v1/document.proto)",
@@ -766,7 +767,7 @@ def test_mesh_page_traffic_options(project: Path) -> None:
     and Envoy's stats answer on the admin socket with curl."""
     import meshflow
 
-    snippet = block(MESH, 1, "python")
+    snippet = block(MESH, 2, "python")
     names = ("RetryPolicy", "HealthCheck", "OutlierDetection", "CircuitBreaker")
     calls = [
         (node.func.id, node)
@@ -783,7 +784,7 @@ from meshflow import Document, DocumentArray
 {snippet}
 with f:
     assert f.post('/', DocumentArray([Document(text='a')]))[0].embedding.shape == (16,)
-{indent(block(MESH, 3, "python"))}
+{indent(block(MESH, 4, "python"))}
     described = f.describe()
     admin = described['gateway']['sidecar']['admin']
     stats = subprocess.run(['curl', '-s', '--unix-socket', admin, 'http://x/stats'],
@@ -809,8 +810,8 @@ def status_pattern(shown: str) -> re.Pattern[str]:
 def test_mesh_page_yaml_and_status(project: Path) -> None:
     """The page's YAML serves with `meshflow flow`; `meshflow status --name shop` and, from
     another folder, `meshflow status flow.yml` print what the page shows."""
-    (project / "flow.yml").write_text(block(MESH, 2, "yaml"))
-    shown = block(MESH, 4, "").splitlines()
+    (project / "flow.yml").write_text(block(MESH, 3, "yaml"))
+    shown = block(MESH, 5, "").splitlines()
     assert shown[0].startswith("$ meshflow status --name shop ")
     patterns = [status_pattern(line) for line in shown[1:]]
     with meshflow_flow("flow.yml", "--quiet", cwd=project, env=base_env()) as (proc, lines):

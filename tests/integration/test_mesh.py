@@ -274,16 +274,23 @@ def guarded(start_flow: StartFlow, workspace: str, tmp_path: object) -> Iterator
 
 
 def h2_exchange(listener: str, cert: str | None, key: str | None) -> bytes:
-    """TLS to the sidecar (not checking its certificate: the server's side is under test),
-    then the HTTP/2 preface; returns what the server sends back (b'' if it hangs up)."""
-    host, port = listener.rsplit(":", 1)
+    """TLS to the sidecar's ``host:port`` or unix socket (not checking its certificate: the
+    server's side is under test), then the HTTP/2 preface; returns what the server sends back
+    (b'' if it hangs up)."""
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
     context.check_hostname = False
     context.verify_mode = ssl.CERT_NONE
     context.set_alpn_protocols(["h2"])
     if cert and key:
         context.load_cert_chain(cert, key)
-    with socket.create_connection((host, int(port)), timeout=5) as raw:
+    if listener.startswith("/"):  # a listener of the Flow's one Envoy (envoy_proxy='host')
+        raw = socket.socket(socket.AF_UNIX)
+        raw.settimeout(5)
+        raw.connect(listener)
+    else:
+        host, port = listener.rsplit(":", 1)
+        raw = socket.create_connection((host, int(port)), timeout=5)
+    with raw:
         try:
             with context.wrap_socket(raw) as tls:
                 tls.sendall(
@@ -475,3 +482,83 @@ def test_new_replicas_take_traffic_as_soon_as_scale_returns(start_flow: StartFlo
     # No sleep: scale() returns once the gateway's sidecar routes to every new replica.
     answered = {int(f.post("/", Document(text="a"))[0].tags["replica"]) for _ in range(60)}
     assert answered == {0, 1, 2}
+
+
+# -- one Envoy for the Flow (envoy_proxy='host') -----------------------------------------------
+
+
+def hosted(**options: object) -> Flow:
+    return Flow(name="hosted", envoy_proxy="host", **options)
+
+
+def test_one_envoy_serves_every_replica_and_shard(start_flow: StartFlow) -> None:
+    f = start_flow(
+        hosted(metrics=True)
+        .add(uses="executors:Work", name="w", replicas=2)
+        .add(uses="executors:Append", name="b", shards=2)
+    )
+    assert [name for name in f.pids if "Envoy" in name or "sidecar" in name] == ["the Flow's Envoy"]
+    with Traffic(f) as traffic:
+        wait_for(lambda: set(replica_pids(f)) <= set(traffic.pids))
+    assert traffic.errors == []
+    described = f.describe()
+    host = described["gateway"]["sidecar"]
+    validate(host["config"])
+    for dep in described["deployments"]:
+        for r in dep["replicas"]:
+            assert r["healthy"], r
+            assert r["sidecar"]["shared"] and r["sidecar"]["pid"] == host["pid"]
+            assert stat.S_IMODE(os.stat(r["sidecar"]["listener"]).st_mode) == 0o600
+    envoy_targets = [t for t in described["scrape_targets"] if t["component"] == "sidecar"]
+    assert [t["deployment"] for t in envoy_targets] == ["gateway"]  # the one Envoy, once
+
+
+def test_one_envoy_keeps_mtls_on_every_replica_listener(start_flow: StartFlow) -> None:
+    f = start_flow(
+        hosted().add(uses="executors:Append", name="a").add(uses="executors:Append", name="b")
+    )
+    described = f.describe()
+    listener = described["deployments"][0]["replicas"][0]["sidecar"]["listener"]
+    admin = described["gateway"]["sidecar"]["admin"]
+    pki = os.path.join(os.path.dirname(described["gateway"]["sidecar"]["config"]), "pki")
+    gateway = os.path.join(pki, "gateway.crt"), os.path.join(pki, "gateway.key")
+    intruder = os.path.join(pki, "b.crt"), os.path.join(pki, "b.key")  # b's identity, not a's
+    assert h2_exchange(listener, *gateway)[3:4] == b"\x04"  # the server's SETTINGS frame
+    assert h2_exchange(listener, None, None) == b""
+    assert h2_exchange(listener, *intruder) == b""
+    assert stat_value(admin, "ssl.fail_verify_no_cert") >= 1
+    assert stat_value(admin, "ssl.fail_verify_san") >= 1
+
+
+def test_the_flows_envoy_killed_is_restarted_on_the_same_sockets(start_flow: StartFlow) -> None:
+    f = start_flow(hosted().add(uses="executors:Work", name="w", replicas=2))
+    before = f.describe()
+    victim = before["gateway"]["sidecar"]["pid"]
+    os.kill(victim, signal.SIGKILL)
+    wait_for(
+        lambda: (
+            f.describe()["gateway"]["sidecar"]["pid"] != victim
+            and all(r["healthy"] for r in f.describe()["deployments"][0]["replicas"])
+        )
+    )
+    with Traffic(f) as traffic:
+        wait_for(lambda: set(replica_pids(f)) <= set(traffic.pids))
+    assert traffic.errors == []
+    after = f.describe()
+    assert after["gateway"]["sidecar"]["restarts"] == 1
+    listeners = [
+        [r["sidecar"]["listener"] for r in d["deployments"][0]["replicas"]] for d in (before, after)
+    ]
+    assert listeners[0] == listeners[1]
+
+
+def test_scale_needs_a_sidecar_per_replica(start_flow: StartFlow) -> None:
+    f = start_flow(hosted().add(uses="executors:Work", name="w"))
+    with pytest.raises(ConfigError, match="envoy_proxy='sidecar'"):
+        f.scale("w", replicas=2)
+    assert len(replica_pids(f)) == 1
+
+
+def test_envoy_proxy_is_checked() -> None:
+    with pytest.raises(ConfigError, match="envoy_proxy must be one of"):
+        Flow(envoy_proxy="node")
