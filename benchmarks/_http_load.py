@@ -265,12 +265,13 @@ def listening_ports(pids: list[int]) -> dict[int, list[int]]:
 
 
 def group_cpu(by_process: Mapping[str, float]) -> dict[str, float]:
-    """Per-request CPU summed by role: gateway, executors, sidecars (from process names)."""
+    """Per-request CPU summed by role: gateway, executors, sidecars (from process names; the
+    Flow's one Envoy of ``envoy_proxy='host'`` counts as the sidecars)."""
     out = {"gateway": 0.0, "executors": 0.0, "sidecars": 0.0}
     for name, ms in by_process.items():
         role = (
             "sidecars"
-            if name.startswith("sidecar")
+            if name.startswith("sidecar") or name == "the Flow's Envoy"
             else "gateway"
             if name.startswith("gateway")
             else "executors"
