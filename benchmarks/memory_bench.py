@@ -168,10 +168,10 @@ def main() -> None:
         shutil.rmtree(tmp, ignore_errors=True)
     print(json.dumps(report, indent=1))
     print()
-    rows = [(m, report[m]) for m in ("direct", "envoy", "jina") if m in report]
-    print(f"{'':8} {'peak RSS sum':>13} {'PSS sum':>9}")
+    rows = [(m, report[m]) for m in (*MESHES, "jina") if m in report]
+    print(f"{'':11} {'peak RSS sum':>13} {'PSS sum':>9}")
     for name, data in rows:
-        print(f"{name:8} {data['hwm_sum_mb']:>10} MB {data['pss_sum_mb']:>6} MB")
+        print(f"{name:11} {data['hwm_sum_mb']:>10} MB {data['pss_sum_mb']:>6} MB")
 
 
 if __name__ == "__main__":
