@@ -355,6 +355,10 @@ class FlowSpec:
             raise ConfigError(
                 f"envoy_proxy must be one of {ENVOY_PROXIES}, got {self.envoy_proxy!r}"
             )
+        if self.envoy_proxy == "host" and self.mesh != "envoy":
+            raise ConfigError(
+                f"envoy_proxy='host' needs mesh='envoy' (mesh={self.mesh!r} has no Envoy)"
+            )
         if self.log_format not in LOG_FORMATS:
             raise ConfigError(f"log_format must be 'text' or 'json', got {self.log_format!r}")
         if not isinstance(self.metrics, bool):

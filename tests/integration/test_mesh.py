@@ -562,3 +562,5 @@ def test_scale_needs_a_sidecar_per_replica(start_flow: StartFlow) -> None:
 def test_envoy_proxy_is_checked() -> None:
     with pytest.raises(ConfigError, match="envoy_proxy must be one of"):
         Flow(envoy_proxy="node")
+    with pytest.raises(ConfigError, match="envoy_proxy='host' needs mesh='envoy'"):
+        Flow(mesh="direct", envoy_proxy="host")

@@ -56,6 +56,7 @@ def flow_values(tmp_path: str) -> dict[str, Any]:
         ),
         "federation": Federation(enabled=True),  # entities are checked against executors
         "envoy_concurrency": 2,
+        "envoy_proxy": "host",
         "auth": JWTAuth(
             issuer="https://id.example",
             audience="shop",
@@ -137,7 +138,9 @@ def test_each_deployment_option_survives_save_and_load(key: str, tmp_path: Any) 
 
 def test_every_option_at_once_survives_save_and_load(tmp_path: Any) -> None:
     dep = Flow().add(**DEPLOYMENT_VALUES).deployments[0]
-    spec = FlowSpec(name="shop", deployments=(dep,), **flow_values(str(tmp_path)))
+    values = flow_values(str(tmp_path))
+    values["envoy_proxy"] = "sidecar"  # 'host' needs mesh='envoy'; saved alone above
+    spec = FlowSpec(name="shop", deployments=(dep,), **values)
     again = round_trip(spec, str(tmp_path))
     assert again == spec
     for f in dataclasses.fields(FlowSpec):  # field by field, for a readable failure
