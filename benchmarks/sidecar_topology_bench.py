@@ -1,24 +1,18 @@
-"""What the Envoy mesh's two proxies per call cost, and what one Envoy per host would cost.
+"""What the Envoy mesh's two proxies per call cost, against one Envoy for the Flow.
 
-Every call from the gateway to an executor crosses two Envoys today: the gateway's egress
-sidecar (routing, retries, load balancing, mTLS origination) and the replica's ingress sidecar
-(mTLS termination), two processes. Istio's ambient mode and Linkerd's per-node proxies run one
-proxy per machine instead. This script measures both on the same executor, side by side:
-
-* **split**: a real ``Flow(mesh='envoy')`` with one no-op executor; calls go to the gateway
-  sidecar's egress socket with the shard's cluster as authority, exactly as the gateway
-  sends them, then through the replica's sidecar to the executor;
-* **one Envoy**: the same two configurations as meshflow wrote them (read from the Flow's run
-  folder: the egress listener, its cluster with its health checks, outlier detection,
-  retries and mTLS, the replica's ingress listener with its certificate and allowed peer,
-  and its executor cluster) merged into one Envoy bootstrap, run with ``--concurrency 1``
-  as the sidecars are; calls go to its egress socket, cross loopback TCP with mTLS into its
-  own ingress listener, and reach the same executor process.
+Every call from the gateway to an executor crosses two Envoys with a sidecar per replica
+(``envoy_proxy='sidecar'``, the default): the gateway's egress sidecar (routing, retries, load
+balancing, mTLS origination) and the replica's ingress sidecar (mTLS termination), two
+processes. ``envoy_proxy='host'`` runs the same listeners, clusters and mTLS in one Envoy for
+the whole Flow, as Istio's ambient mode runs one proxy per node. This script measures both
+on the same shape, side by side: a ``Flow(mesh='envoy', envoy_proxy=P)`` with one no-op
+executor, loaded at the gateway's egress listener with the shard's cluster as authority,
+exactly as the gateway sends its calls (so the gateway's own cost is left out).
 
 The load is one process of ``--concurrency`` grpc.aio callers sending the executor's own
-1-document ``Process`` request, closed loop, ``--duration`` seconds per round, the two
-setups alternating. Reports calls/s and the CPU per call of each Envoy process and of the
-executor (``/proc`` utime + stime)::
+1-document ``Process`` request, closed loop, ``--duration`` seconds per round, the two Flows
+alternating. Reports calls/s and the CPU per call of each Envoy process and of the executor
+(``/proc`` utime + stime)::
 
     .venv/bin/python benchmarks/sidecar_topology_bench.py [--rounds 3] [--duration 8]
 """
@@ -27,20 +21,16 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import copy
 import json
 import os
 import shutil
-import socket
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
 from typing import Any
 
 import grpc
-import yaml
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
@@ -48,7 +38,6 @@ sys.path.insert(0, HERE)
 from http_bench import Noop  # noqa: E402
 
 from meshflow import Flow  # noqa: E402
-from meshflow.mesh.sidecar import envoy_binary  # noqa: E402
 from meshflow.proto.v1 import data_request_pb2  # noqa: E402
 from meshflow.wire import EXECUTOR_PROCESS  # noqa: E402
 
@@ -59,53 +48,6 @@ def cpu_seconds(pid: int) -> float:
     with open(f"/proc/{pid}/stat", encoding="ascii") as fh:
         fields = fh.read().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / TICK
-
-
-def merged_bootstrap(
-    gateway_config: str, replica_config: str, folder: str
-) -> tuple[dict[str, Any], str]:
-    """The gateway sidecar's and a replica sidecar's configurations (as meshflow wrote them)
-    as one Envoy; returns it and its egress socket."""
-    with open(gateway_config, encoding="utf-8") as fh:
-        gateway = yaml.safe_load(fh)
-    with open(replica_config, encoding="utf-8") as fh:
-        replica = yaml.safe_load(fh)
-    label = replica["node"]["id"]
-
-    def named(section: str, config: dict[str, Any], name: str) -> dict[str, Any]:
-        found = [x for x in config["static_resources"][section] if x["name"] == name]
-        return copy.deepcopy(found[0])
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    egress_socket = os.path.join(folder, "egress.sock")
-    egress = named("listeners", gateway, "egress")
-    egress["address"]["pipe"]["path"] = egress_socket
-    ingress = named("listeners", replica, "ingress")
-    ingress["address"]["socket_address"] = {"address": "127.0.0.1", "port_value": port}
-    routes = ingress["filter_chains"][0]["filters"][0]["typed_config"]["route_config"]
-    for host in routes["virtual_hosts"]:
-        for route in host["routes"]:
-            route["route"]["cluster"] = f"executor {label}"
-    shard = copy.deepcopy(
-        next(c for c in gateway["static_resources"]["clusters"] if c.get("type") == "EDS")
-    )
-    del shard["eds_cluster_config"]
-    shard["type"] = "STATIC"
-    address = {"socket_address": {"address": "127.0.0.1", "port_value": port}}
-    shard["load_assignment"] = {
-        "cluster_name": shard["name"],
-        "endpoints": [{"lb_endpoints": [{"endpoint": {"address": address}}]}],
-    }
-    executor = named("clusters", replica, "executor")
-    executor["name"] = executor["load_assignment"]["cluster_name"] = f"executor {label}"
-    bootstrap = {
-        "node": {"id": "host", "cluster": "meshflow"},
-        "admin": {"address": {"pipe": {"path": os.path.join(folder, "admin.sock")}}},
-        "static_resources": {"listeners": [egress, ingress], "clusters": [shard, executor]},
-    }
-    return bootstrap, egress_socket
 
 
 async def _load(target: str, authority: str, duration: float, concurrency: int) -> int:
@@ -151,65 +93,45 @@ def main() -> None:
     p.add_argument("--json-out", help="also write the rounds to this file")
     args = p.parse_args()
     folder = tempfile.mkdtemp(prefix="meshflow-topology-")
-    host_envoy: subprocess.Popen[bytes] | None = None
-    flow = Flow(mesh="envoy", workspace=os.path.join(folder, "ws")).add(uses=Noop, name="e0")
+    flows = {
+        proxy: Flow(mesh="envoy", envoy_proxy=proxy, workspace=os.path.join(folder, proxy)).add(
+            uses=Noop, name="e0"
+        )
+        for proxy in ("sidecar", "host")
+    }
     rows: list[dict[str, Any]] = []
     try:
-        flow.start()
-        described = flow.describe()
-        gateway_sidecar = described["gateway"]["sidecar"]
-        replica = described["deployments"][0]["replicas"][0]
-        bootstrap, egress = merged_bootstrap(
-            gateway_sidecar["config"], replica["sidecar"]["config"], folder
-        )
-        config = os.path.join(folder, "host.envoy.yaml")
-        with open(config, "w", encoding="utf-8") as fh:
-            yaml.safe_dump(bootstrap, fh)
-        host_envoy = subprocess.Popen(
-            [
-                envoy_binary(),
-                "-c",
-                config,
-                "--concurrency",
-                "1",
-                "--disable-hot-restart",
-                "-l",
-                "error",
-            ],
-            stdout=subprocess.DEVNULL,
-            stderr=open(os.path.join(folder, "host.envoy.log"), "wb"),  # noqa: SIM115
-        )
-        deadline = time.monotonic() + 30
-        while not os.path.exists(egress):
-            if host_envoy.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"the merged Envoy did not start; see {folder}")
-            time.sleep(0.05)
-        executor = replica["executor"]["pid"]
-        split = {
-            "gateway sidecar": gateway_sidecar["pid"],
-            "replica sidecar": replica["sidecar"]["pid"],
-            "executor": executor,
-        }
-        merged = {"one Envoy": host_envoy.pid, "executor": executor}
-        authority = replica["cluster"]
-        gateway_egress = gateway_sidecar["listener"]
+        setups = {}
+        for proxy, flow in flows.items():
+            flow.start()
+            described = flow.describe()
+            replica = described["deployments"][0]["replicas"][0]
+            gateway_envoy = described["gateway"]["sidecar"]["pid"]
+            if proxy == "sidecar":
+                envoys = {
+                    "gateway sidecar": gateway_envoy,
+                    "replica sidecar": replica["sidecar"]["pid"],
+                }
+            else:
+                envoys = {"one Envoy": gateway_envoy}  # the replica's listener is in it
+            watched = {**envoys, "executor": replica["executor"]["pid"]}
+            setups[proxy] = (
+                described["gateway"]["sidecar"]["listener"],
+                replica["cluster"],
+                watched,
+            )
         for rnd in range(1, args.rounds + 1):
-            for setup, target, watched in (
-                ("split", gateway_egress, split),
-                ("one Envoy", f"unix:{egress}", merged),
-            ):
-                row = {"setup": setup, "round": rnd, **measure(target, authority, watched, args)}
+            for proxy, (target, authority, watched) in setups.items():
+                row = {"setup": proxy, "round": rnd, **measure(target, authority, watched, args)}
                 print(json.dumps(row), flush=True)
                 rows.append(row)
     finally:
-        if host_envoy is not None:
-            host_envoy.terminate()
-            host_envoy.wait(10)
-        flow.close()
+        for flow in flows.values():
+            flow.close()
         shutil.rmtree(folder, ignore_errors=True)
     print(f"\n1-doc executor calls, c={args.concurrency}, median of {args.rounds} rounds:")
-    for setup in ("split", "one Envoy"):
-        mine = [r for r in rows if r["setup"] == setup]
+    for proxy in ("sidecar", "host"):
+        mine = [r for r in rows if r["setup"] == proxy]
         names = list(mine[0]["cpu_us_per_call"])
         cells = ", ".join(
             f"{n} {statistics.median(r['cpu_us_per_call'][n] for r in mine):.0f} us" for n in names
@@ -218,7 +140,10 @@ def main() -> None:
             sum(v for n, v in r["cpu_us_per_call"].items() if n != "executor") for r in mine
         )
         rate = statistics.median(r["calls_s"] for r in mine)
-        print(f"  {setup:10} {rate:7.0f} calls/s; Envoy CPU per call {envoys:.0f} us ({cells})")
+        print(
+            f"  envoy_proxy={proxy!r:10} {rate:7.0f} calls/s; "
+            f"Envoy CPU per call {envoys:.0f} us ({cells})"
+        )
     if args.json_out:
         with open(args.json_out, "w", encoding="utf-8") as fh:
             for row in rows:
