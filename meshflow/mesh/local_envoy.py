@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Callable, Sequence
+from typing import Any
 
 from meshflow.errors import ConfigError
 from meshflow.mesh.admin import admin_get, healthy_hosts
@@ -87,36 +88,40 @@ class EnvoyMesh:
         self.members.append(member)
         return member
 
+    # The gateway's Envoy: its name among the Flow's processes, its label (config and log
+    # files), and its bootstrap (HostEnvoyMesh: the Flow's one Envoy).
+    egress_name = "sidecar of the gateway"
+    egress_label = "gateway"
+
     def gateway_sidecar(self) -> tuple[str, EnvoyProcess]:
+        egress_sock = os.path.join(self.run_dir, "gateway-egress.sock")
+        config_path = os.path.join(self.run_dir, f"{self.egress_label}.envoy.yaml")
+        admin = self._admin("gateway")
+        write_yaml(config_path, self._egress_bootstrap(egress_sock, admin))
+        self.gateway = EnvoyProcess(
+            name=self.egress_name,
+            config_path=config_path,
+            log_path=os.path.join(self.log_dir, f"{self.egress_label}.envoy.log"),
+            admin_socket=admin.socket,
+            label=self.egress_label,
+            concurrency=self.spec.envoy_concurrency,
+        )
+        return f"unix:{egress_sock}", self.gateway
+
+    def _egress_bootstrap(self, egress_sock: str, admin: Admin) -> dict[str, Any]:
         assert self.ca is not None
         # Empty at first: a replica joins once it serves, so that the first health check of
         # the gateway's sidecar finds it up (a host that fails that check reaches the
         # sidecar's worker threads only a check interval later).
         self._write_endpoints(published=[])
-        egress_sock = os.path.join(self.run_dir, "gateway-egress.sock")
-        clusters = self._clusters()
-        config_path = os.path.join(self.run_dir, "gateway.envoy.yaml")
-        admin = self._admin("gateway")
-        write_yaml(
-            config_path,
-            gateway_sidecar(
-                node="gateway",
-                listen_socket=egress_sock,
-                identity=self.ca.identity("gateway"),
-                clusters=clusters,
-                admin=admin,
-                tracing=self._tracing("sidecar gateway"),
-            ),
+        return gateway_sidecar(
+            node="gateway",
+            listen_socket=egress_sock,
+            identity=self.ca.identity("gateway"),
+            clusters=self._clusters(),
+            admin=admin,
+            tracing=self._tracing("sidecar gateway"),
         )
-        self.gateway = EnvoyProcess(
-            name="sidecar of the gateway",
-            config_path=config_path,
-            log_path=os.path.join(self.log_dir, "gateway.envoy.log"),
-            admin_socket=admin.socket,
-            label="gateway",
-            concurrency=self.spec.envoy_concurrency,
-        )
-        return f"unix:{egress_sock}", self.gateway
 
     def ready(self) -> bool:
         if not self._published:
@@ -250,33 +255,21 @@ class HostEnvoyMesh(EnvoyMesh):
         self.members.append(member)
         return member
 
-    def gateway_sidecar(self) -> tuple[str, EnvoyProcess]:
+    egress_name = "the Flow's Envoy"
+    egress_label = "host"
+
+    def _egress_bootstrap(self, egress_sock: str, admin: Admin) -> dict[str, Any]:
         assert self.ca is not None
         self._write_endpoints()  # the listeners' sockets are known: every replica at once
-        egress_sock = os.path.join(self.run_dir, "gateway-egress.sock")
-        config_path = os.path.join(self.run_dir, "host.envoy.yaml")
-        admin = self._admin("gateway")
-        write_yaml(
-            config_path,
-            host_envoy(
-                node="host",
-                listen_socket=egress_sock,
-                identity=self.ca.identity("gateway"),
-                clusters=self._clusters(),
-                replicas=self._replicas,
-                admin=admin,
-                tracing=self._tracing("envoy"),
-            ),
+        return host_envoy(
+            node="host",
+            listen_socket=egress_sock,
+            identity=self.ca.identity("gateway"),
+            clusters=self._clusters(),
+            replicas=self._replicas,
+            admin=admin,
+            tracing=self._tracing("envoy"),
         )
-        self.gateway = EnvoyProcess(
-            name="the Flow's Envoy",
-            config_path=config_path,
-            log_path=os.path.join(self.log_dir, "host.envoy.log"),
-            admin_socket=admin.socket,
-            label="host",
-            concurrency=self.spec.envoy_concurrency,
-        )
-        return f"unix:{egress_sock}", self.gateway
 
     def ready(self) -> bool:
         return self._routed(self.members)
