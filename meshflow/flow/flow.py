@@ -72,8 +72,8 @@ class Flow(Posting):
         envoy_proxy: with ``mesh='envoy'``: ``'sidecar'`` (the default) runs an Envoy beside
             each replica and one beside the gateway; ``'host'`` runs one Envoy for the whole
             local Flow with the same listeners, clusters and mTLS (Istio's ambient mode, one
-            proxy per node): less CPU per call and less memory, but replicas are fixed at
-            start (no ``f.scale()``) and one Envoy's restart pauses every call.
+            proxy per node): less CPU per call and less memory, but one Envoy's restart
+            pauses every call (see ``docs/mesh.md``).
         auth: :class:`~meshflow.JWTAuth`: every door of the gateway checks a JWT and the
             endpoint's scope (see ``docs/auth.md``); ``f.token`` is what ``f.post`` sends.
         metrics: Prometheus ``/metrics`` on the gateway and every executor; sidecars serve

@@ -354,10 +354,7 @@ class LocalRuntime:
         """Start or stop replicas of ``name``; the gateway's sidecar follows without restart."""
         assert self.mesh is not None and self._supervisor is not None
         if not self.mesh.scalable:
-            raise ConfigError(
-                "f.scale() needs mesh='envoy' with a sidecar per replica (envoy_proxy="
-                "'sidecar', the default): the gateway's sidecar balances"
-            )
+            raise ConfigError("f.scale() needs mesh='envoy' (the gateway's sidecar balances)")
         dep = self.spec.deployment(name)
         current = [r for r in self.replicas if r.deployment == name]
         have = max((r.replica for r in current), default=-1) + 1

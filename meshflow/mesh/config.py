@@ -51,6 +51,8 @@ _PREVIOUS_HOSTS = (
     "type.googleapis.com/envoy.extensions.retry.host.previous_hosts.v3.PreviousHostsPredicate"
 )
 _ASSIGNMENT = "type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment"
+_LISTENER = "type.googleapis.com/envoy.config.listener.v3.Listener"
+_CLUSTER = "type.googleapis.com/envoy.config.cluster.v3.Cluster"
 _LB = {"least_request": "LEAST_REQUEST", "round_robin": "ROUND_ROBIN", "random": "RANDOM"}
 
 
@@ -518,15 +520,16 @@ def host_envoy(
     listen_socket: str,
     identity: WorkloadCert,
     clusters: Sequence[ClusterSpec],
-    replicas: Sequence[HostReplica],
     admin: Admin,
+    lds_path: str,
+    cds_path: str,
     tracing: Tracing | None = None,
 ) -> dict[str, Any]:
     """Bootstrap of a local Flow's one Envoy: the gateway's egress listener and clusters, as
-    :func:`gateway_sidecar` writes them, and every replica's ingress listener, as
-    :func:`replica_sidecar` writes it, each on a unix socket of its own with the replica's
-    certificate, forwarding to its executor's cluster. A call crosses the same listeners,
-    filters and mTLS as with a sidecar per replica, in one process."""
+    :func:`gateway_sidecar` writes them, and the replicas' listeners and executor clusters
+    from the files ``lds_path`` and ``cds_path`` (:func:`host_listeners`,
+    :func:`host_clusters`), which Envoy watches: rewriting them adds and removes replicas
+    without a restart, as the endpoint files do."""
     config = gateway_sidecar(
         node=node,
         listen_socket=listen_socket,
@@ -535,23 +538,49 @@ def host_envoy(
         admin=admin,
         tracing=tracing,
     )
-    listeners = config["static_resources"]["listeners"]
-    upstreams = config["static_resources"]["clusters"]
-    for replica in replicas:
-        cluster = f"executor {replica.label}"
-        listeners.append(
-            _ingress_listener(
+    config["dynamic_resources"] = {
+        "lds_config": {"path_config_source": {"path": lds_path}, "resource_api_version": "V3"},
+        "cds_config": {"path_config_source": {"path": cds_path}, "resource_api_version": "V3"},
+    }
+    return config
+
+
+def host_listeners(
+    replicas: Sequence[HostReplica], version: int, tracing: Tracing | None = None
+) -> dict[str, Any]:
+    """The LDS file of the Flow's one Envoy: every replica's ingress listener, as
+    :func:`replica_sidecar` writes it, on its own unix socket with the replica's certificate,
+    to its executor's cluster (``executor <label>``)."""
+    listeners = [
+        {
+            "@type": _LISTENER,
+            **_ingress_listener(
                 {"pipe": {"path": replica.listen_socket, "mode": 0o600}},
-                _ingress_routes(replica.label, tracing, cluster),
+                _ingress_routes(replica.label, tracing, f"executor {replica.label}"),
                 replica.identity,
                 replica.allowed_peers,
                 tracing,
                 name=f"ingress {replica.label}",
-            )
-        )
-        executor = {"endpoint": {"address": {"pipe": {"path": replica.executor_socket}}}}
-        upstreams.append(_executor_cluster(cluster, executor))
-    return config
+            ),
+        }
+        for replica in replicas
+    ]
+    return {"version_info": str(version), "resources": listeners}
+
+
+def host_clusters(replicas: Sequence[HostReplica], version: int) -> dict[str, Any]:
+    """The CDS file of the Flow's one Envoy: each replica's executor, on its unix socket."""
+    clusters = [
+        {
+            "@type": _CLUSTER,
+            **_executor_cluster(
+                f"executor {replica.label}",
+                {"endpoint": {"address": {"pipe": {"path": replica.executor_socket}}}},
+            ),
+        }
+        for replica in replicas
+    ]
+    return {"version_info": str(version), "resources": clusters}
 
 
 def _ingress_routes(

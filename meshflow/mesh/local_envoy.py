@@ -10,6 +10,7 @@ the workspace executors are handed.
 
 from __future__ import annotations
 
+import json
 import os
 import time
 from collections.abc import Callable, Sequence
@@ -25,7 +26,9 @@ from meshflow.mesh.config import (
     Tracing,
     endpoints,
     gateway_sidecar,
+    host_clusters,
     host_envoy,
+    host_listeners,
     replica_sidecar,
     shard_cluster,
     write_yaml,
@@ -227,49 +230,95 @@ class HostEnvoyMesh(EnvoyMesh):
     and TLS as with sidecars, in one process: about 40% less Envoy CPU per call and one Envoy's
     memory instead of one per replica plus one (``benchmarks/sidecar_topology_bench.py``).
 
-    The replicas are fixed when the Flow starts: listeners are part of the Envoy's static
-    configuration, so ``f.scale()`` needs the sidecar per replica. A restarted Envoy comes
-    back on the same sockets.
+    The replicas' listeners and executor clusters come from files the Envoy watches (LDS and
+    CDS, as the endpoints come from EDS files): a scaled-up replica's listener and cluster are
+    written first, then it joins the endpoints; a leaving one leaves the endpoints first. A
+    restarted Envoy comes back on the same sockets.
     """
 
-    scalable = False
     waiting_for = "the Flow's Envoy (waiting for every replica to pass health checks)"
+    egress_name = "the Flow's Envoy"
+    egress_label = "host"
 
     def __init__(self, spec: FlowSpec, run_dir: str, log_dir: str) -> None:
         super().__init__(spec, run_dir, log_dir)
-        self._replicas: list[HostReplica] = []
+        self._replicas: dict[str, HostReplica] = {}
+        """By listener socket (the members' ``Ingress.socket``)."""
+        self._resources_version = 0
+        self._joins = 0
 
     def join(self, dep: DeploymentSpec, shard: int, label: str, where: str, socket: str) -> Ingress:
         assert self.ca is not None
-        listen = os.path.join(self.run_dir, f"{label}.mtls.sock")
-        self._replicas.append(
-            HostReplica(
-                label=label,
-                listen_socket=listen,
-                executor_socket=socket,
-                identity=self.ca.identity(dep.name),
-                allowed_peers=(self.ca.identity("gateway").spiffe_id,),
-            )
+        # A listener removed by a scale-down drains before it lets go of its socket: a
+        # replica joining later under the same label gets a socket of its own.
+        self._joins += 1
+        listen = os.path.join(self.run_dir, f"{label}.{self._joins}.mtls.sock")
+        self._replicas[listen] = HostReplica(
+            label=label,
+            listen_socket=listen,
+            executor_socket=socket,
+            identity=self.ca.identity(dep.name),
+            allowed_peers=(self.ca.identity("gateway").spiffe_id,),
         )
         member = Ingress(dep.name, shard, None, socket=listen)
         self.members.append(member)
         return member
 
-    egress_name = "the Flow's Envoy"
-    egress_label = "host"
-
     def _egress_bootstrap(self, egress_sock: str, admin: Admin) -> dict[str, Any]:
         assert self.ca is not None
+        self._write_resources()
         self._write_endpoints()  # the listeners' sockets are known: every replica at once
         return host_envoy(
             node="host",
             listen_socket=egress_sock,
             identity=self.ca.identity("gateway"),
             clusters=self._clusters(),
-            replicas=self._replicas,
             admin=admin,
+            lds_path=self._resource_path("listeners"),
+            cds_path=self._resource_path("clusters"),
             tracing=self._tracing("envoy"),
         )
 
     def ready(self) -> bool:
         return self._routed(self.members)
+
+    def admit(self, members: Sequence[Ingress]) -> None:
+        self._write_resources()
+        self._wait(lambda: self._listening(members), "the Flow's Envoy to open new listeners")
+        self._write_endpoints()
+        self._wait(lambda: self._routed(members), "new replicas to pass health checks")
+
+    def retire(self, members: Sequence[Ingress]) -> None:
+        super().retire(members)  # out of the endpoints first: no new call goes to them
+        for m in members:
+            if m.socket is not None:
+                self._replicas.pop(m.socket, None)
+        # Removed listeners drain: calls already under way finish.
+        self._write_resources()
+
+    def _resource_path(self, kind: str) -> str:
+        return os.path.join(self.run_dir, "eds", f"host-{kind}.yaml")
+
+    def _write_resources(self) -> None:
+        """(Re)write the replicas' clusters, then their listeners (a listener's route names
+        its cluster)."""
+        self._resources_version += 1
+        replicas = list(self._replicas.values())
+        version = self._resources_version
+        write_yaml(self._resource_path("clusters"), host_clusters(replicas, version))
+        tracing = self._tracing("envoy")
+        write_yaml(self._resource_path("listeners"), host_listeners(replicas, version, tracing))
+
+    def _listening(self, members: Sequence[Ingress]) -> bool:
+        address = self.gateway.admin_address if self.gateway is not None else None
+        if address is None:
+            return False
+        status, body = admin_get(address, "/listeners?format=json")
+        if status != 200:
+            return False
+        names = {found.get("name") for found in json.loads(body).get("listener_statuses", [])}
+        return all(
+            f"ingress {self._replicas[m.socket].label}" in names
+            for m in members
+            if m.socket is not None
+        )

@@ -552,11 +552,30 @@ def test_the_flows_envoy_killed_is_restarted_on_the_same_sockets(start_flow: Sta
     assert listeners[0] == listeners[1]
 
 
-def test_scale_needs_a_sidecar_per_replica(start_flow: StartFlow) -> None:
+def test_one_envoy_scales_up_and_down_and_fails_no_request(start_flow: StartFlow) -> None:
     f = start_flow(hosted().add(uses="executors:Work", name="w"))
-    with pytest.raises(ConfigError, match="envoy_proxy='sidecar'"):
-        f.scale("w", replicas=2)
-    assert len(replica_pids(f)) == 1
+    envoy = f.describe()["gateway"]["sidecar"]["pid"]
+    with Traffic(f) as traffic:
+        wait_for(lambda: len(traffic.pids) > 10)
+        f.scale("w", replicas=3)
+        assert len(replica_pids(f)) == 3
+        wait_for(lambda: set(replica_pids(f)) <= set(traffic.pids))
+        f.scale("w", replicas=1)
+        remaining = replica_pids(f)
+        count = len(traffic.pids)
+        wait_for(lambda: len(traffic.pids) > count + 20)
+        assert set(traffic.pids[count:]) == set(remaining)
+    assert traffic.errors == []
+    described = f.describe()
+    assert described["gateway"]["sidecar"]["pid"] == envoy  # listeners came and went live
+    [replica] = described["deployments"][0]["replicas"]
+    assert replica["healthy"]
+    admin = described["gateway"]["sidecar"]["admin"]
+    listeners = {line.split("::")[0] for line in admin_get(admin, "/listeners")[1].splitlines()}
+    assert listeners == {"egress", "stats", "ingress w-s0-r0"}  # the others' listeners went
+    f.scale("w", replicas=2)  # a replica label comes back while its old listener drains
+    assert all(r["healthy"] for r in f.describe()["deployments"][0]["replicas"])
+    assert len(f.post("/", DocumentArray.empty(4))) == 4
 
 
 def test_envoy_proxy_is_checked() -> None:
