@@ -82,26 +82,18 @@ def snapshot(runtime: LocalRuntime) -> dict[str, Any]:
                 },
                 "sidecar": None,
             }
-            if r.ingress is not None and r.ingress.sidecar is not None:
-                sidecar = r.ingress.sidecar
+            # envoy_proxy='host': no sidecar of its own; the Flow's one Envoy (the gateway's)
+            # holds the replica's listener, and its metrics are listed once, with the gateway's
+            own = r.ingress.sidecar if r.ingress is not None else None
+            sidecar = own or gateway.sidecar
+            if r.ingress is not None and sidecar is not None:
                 entry["sidecar"] = {
                     **_process(sidecar),
                     "listener": r.ingress.address,
                     "admin": sidecar.admin_socket,
                     "config": sidecar.config_path,
-                    "metrics": _sidecar_metrics(sidecar),
-                }
-            elif r.ingress is not None and gateway.sidecar is not None:
-                # envoy_proxy='host': the Flow's one Envoy holds this replica's listener (its
-                # metrics are listed once, with the gateway's)
-                host = gateway.sidecar
-                entry["sidecar"] = {
-                    **_process(host),
-                    "listener": r.ingress.address,
-                    "admin": host.admin_socket,
-                    "config": host.config_path,
-                    "metrics": None,
-                    "shared": True,
+                    "metrics": _sidecar_metrics(sidecar) if own is not None else None,
+                    **({} if own is not None else {"shared": True}),
                 }
             replicas.append(entry)
         entry_dep: dict[str, Any] = {"name": dep.name, "shards": dep.shards, "replicas": replicas}

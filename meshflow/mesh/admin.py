@@ -97,6 +97,14 @@ def listener_ports(admin: str) -> dict[str, int]:
     return out
 
 
+def listener_names(admin: str) -> set[str]:
+    """The names of the listeners the Envoy has open (none when its admin does not answer)."""
+    status, body = admin_get(admin, "/listeners?format=json")
+    if status != 200:
+        return set()
+    return {str(found.get("name")) for found in json.loads(body).get("listener_statuses", [])}
+
+
 def listener_port(admin: str, listener: str) -> int | None:
     """The port the sidecar bound for ``listener`` (configured with port 0)."""
     return listener_ports(admin).get(listener)

@@ -10,14 +10,13 @@ the workspace executors are handed.
 
 from __future__ import annotations
 
-import json
 import os
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
 from meshflow.errors import ConfigError
-from meshflow.mesh.admin import admin_get, healthy_hosts
+from meshflow.mesh.admin import admin_get, healthy_hosts, listener_names
 from meshflow.mesh.certs import FlowCA
 from meshflow.mesh.config import (
     Admin,
@@ -313,10 +312,7 @@ class HostEnvoyMesh(EnvoyMesh):
         address = self.gateway.admin_address if self.gateway is not None else None
         if address is None:
             return False
-        status, body = admin_get(address, "/listeners?format=json")
-        if status != 200:
-            return False
-        names = {found.get("name") for found in json.loads(body).get("listener_statuses", [])}
+        names = listener_names(address)
         return all(
             f"ingress {self._replicas[m.socket].label}" in names
             for m in members

@@ -425,9 +425,9 @@ def test_replica_sidecar_killed_is_restarted_and_no_request_fails(start_flow: St
     assert f.describe()["deployments"][0]["replicas"][0]["sidecar"]["restarts"] == 1
 
 
-def test_scaling_up_and_down_fails_no_request(start_flow: StartFlow) -> None:
-    f = start_flow(Flow().add(uses="executors:Work", name="w"))
-    gateway_sidecar = f.describe()["gateway"]["sidecar"]["pid"]
+def scale_up_and_down_under_traffic(f: Flow) -> None:
+    """Deployment ``w`` scaled 1 -> 3 -> 1 while requests flow: the new replicas take calls,
+    only the remaining one does after, and no request fails."""
     with Traffic(f) as traffic:
         wait_for(lambda: len(traffic.pids) > 10)
         f.scale("w", replicas=3)
@@ -439,6 +439,12 @@ def test_scaling_up_and_down_fails_no_request(start_flow: StartFlow) -> None:
         wait_for(lambda: len(traffic.pids) > count + 20)
         assert set(traffic.pids[count:]) == set(remaining)
     assert traffic.errors == []
+
+
+def test_scaling_up_and_down_fails_no_request(start_flow: StartFlow) -> None:
+    f = start_flow(Flow().add(uses="executors:Work", name="w"))
+    gateway_sidecar = f.describe()["gateway"]["sidecar"]["pid"]
+    scale_up_and_down_under_traffic(f)
     assert f.deployment("w").replicas == 1
     assert f.describe()["gateway"]["sidecar"]["pid"] == gateway_sidecar  # never restarted
 
@@ -555,17 +561,7 @@ def test_the_flows_envoy_killed_is_restarted_on_the_same_sockets(start_flow: Sta
 def test_one_envoy_scales_up_and_down_and_fails_no_request(start_flow: StartFlow) -> None:
     f = start_flow(hosted().add(uses="executors:Work", name="w"))
     envoy = f.describe()["gateway"]["sidecar"]["pid"]
-    with Traffic(f) as traffic:
-        wait_for(lambda: len(traffic.pids) > 10)
-        f.scale("w", replicas=3)
-        assert len(replica_pids(f)) == 3
-        wait_for(lambda: set(replica_pids(f)) <= set(traffic.pids))
-        f.scale("w", replicas=1)
-        remaining = replica_pids(f)
-        count = len(traffic.pids)
-        wait_for(lambda: len(traffic.pids) > count + 20)
-        assert set(traffic.pids[count:]) == set(remaining)
-    assert traffic.errors == []
+    scale_up_and_down_under_traffic(f)
     described = f.describe()
     assert described["gateway"]["sidecar"]["pid"] == envoy  # listeners came and went live
     [replica] = described["deployments"][0]["replicas"]
