@@ -12,10 +12,12 @@ interpreter (another grpcio), to choose the version by measurement.
 
 ``--http`` adds the HTTP doors: ``http_bench.py`` (meshflow's GraphQL, both meshes, and the
 search answer with and without embeddings) and ``run_jina_flow.sh --protocol http`` (Jina's
-REST door, loaded by the same httpx client run with this interpreter inside Jina's network
-namespace); ``--http-only`` runs just those::
+REST door, loaded by the same client run with this interpreter inside Jina's network
+namespace); ``--http-only`` runs just those. ``--http-client raw`` loads both sides with
+plain asyncio streams instead of httpx (a fifth of httpx's CPU per request, so on a small
+machine more of it goes to the servers being compared)::
 
-    .venv/bin/python benchmarks/compare.py --http-only
+    .venv/bin/python benchmarks/compare.py --http-only [--http-client raw]
 """
 
 from __future__ import annotations
@@ -53,6 +55,12 @@ def main() -> None:
     p.add_argument("--http", action="store_true", help="also compare the HTTP doors")
     p.add_argument("--http-only", action="store_true", help="only the HTTP doors")
     p.add_argument("--json-dir", help="keep every contender's JSON lines in this folder")
+    p.add_argument(
+        "--http-client",
+        choices=["httpx", "raw"],
+        default="httpx",
+        help="the HTTP load client of both sides (httpx, or raw asyncio streams)",
+    )
     args = p.parse_args()
     args.http = args.http or args.http_only
     common = [
@@ -112,7 +120,8 @@ def collect_http(args: argparse.Namespace, common: list[str], tmp: str) -> dict[
     """meshflow's GraphQL door (both meshes, one run) and, unless skipped, Jina's REST door."""
     out: dict[str, Any] = {}
     path = os.path.join(tmp, "meshflow-http.jsonl")
-    cmd = [sys.executable, os.path.join(HERE, "http_bench.py"), *common]
+    client = ["--http-client", args.http_client]
+    cmd = [sys.executable, os.path.join(HERE, "http_bench.py"), *common, *client]
     print(f"== meshflow http: {' '.join(cmd)}", flush=True)
     subprocess.run([*cmd, "--json-out", path], check=True, stdout=subprocess.DEVNULL)
     with open(path, encoding="utf-8") as fh:
@@ -130,7 +139,7 @@ def collect_http(args: argparse.Namespace, common: list[str], tmp: str) -> dict[
         jina_cmd = ["bash", os.path.join(HERE, "run_jina_flow.sh"), "--protocol", "http"]
         out["jina"] = run(
             "jina http",
-            [*jina_cmd, "--client-python", sys.executable, *common],
+            [*jina_cmd, "--client-python", sys.executable, *common, *client],
             os.path.join(tmp, "jina-http.jsonl"),
         )
     return out
@@ -146,7 +155,8 @@ def report_http(args: argparse.Namespace, http: dict[str, Any]) -> None:
     jina = http.get("jina")
     print()
     print(
-        f"HTTP doors, 1 doc per request (httpx client, keep-alive, one connection per worker); "
+        f"HTTP doors, 1 doc per request ({args.http_client} client, keep-alive, one connection "
+        f"per worker); "
         f"median of {args.repeat} rounds of {args.duration:g} s"
     )
     print(f"{'':34}" + "".join(f"c={n:<3}".rjust(28) for n in HTTP_CONCURRENCIES))

@@ -13,9 +13,10 @@ the Flow, ``envoy_proxy='host'``), started in this process:
   ``embedding { data }``. The executors drop every field no query selects before replying
   (selection pushdown), so the first query never moves the 1 MB of embeddings.
 
-The load comes from a separate process (``_http_load.py``: httpx ``AsyncClient``, HTTP/1.1
-keep-alive, one connection per concurrent worker). Reports requests/s, p50/p99, response
-size and the server CPU per request, summed over the Flow's processes and per process::
+The load comes from a separate process (``_http_load.py``: httpx ``AsyncClient``, or with
+``--http-client raw`` plain asyncio streams; HTTP/1.1 keep-alive, one connection per
+concurrent worker). Reports requests/s, p50/p99, response size and the server CPU per
+request, summed over the Flow's processes and per process::
 
     .venv/bin/python benchmarks/http_bench.py [--mesh direct envoy] [--duration 5] [--repeat 3]
 """
@@ -200,7 +201,8 @@ def bench_mesh(args: argparse.Namespace, mesh: str, tmpdir: str) -> dict[str, An
                         warmup=args.warmup,
                         server_pids=c["flow"].pids,
                         quiet_wait=args.quiet_wait,
-                        extra={"round": rnd + 1, "mesh": mesh},
+                        client=args.http_client,
+                        extra={"round": rnd + 1, "mesh": mesh, "http_client": args.http_client},
                     )
                     results.append(row)
                     print(json.dumps(row), flush=True)
@@ -234,7 +236,9 @@ def print_report(args: argparse.Namespace, runs: list[dict[str, Any]]) -> None:
     print()
     print(
         f"meshflow {vers['meshflow']}, uvicorn {vers['uvicorn']}, strawberry "
-        f"{vers['strawberry-graphql']}, client httpx {vers['httpx']}, Python {vers['python']}, "
+        f"{vers['strawberry-graphql']}, client "
+        + (f"httpx {vers['httpx']}" if args.http_client == "httpx" else "raw asyncio streams")
+        + f", Python {vers['python']}, "
         f"{os.cpu_count()} CPUs"
     )
     print(
@@ -304,6 +308,12 @@ def main() -> None:
     p.add_argument("--rest", action="store_true", help="also load meshflow's POST /post")
     p.add_argument("--skip-search", action="store_true", help="no search-answer cases")
     p.add_argument("--json-out", help="also write all result lines to this file")
+    p.add_argument(
+        "--http-client",
+        choices=sorted(_http_load.CLIENTS),
+        default="httpx",
+        help="the HTTP load client (_http_load.py --client): httpx, or raw asyncio streams",
+    )
     args = p.parse_args()
 
     tmpdir = tempfile.mkdtemp(prefix="meshflow-http-bench-")

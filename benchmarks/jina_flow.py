@@ -94,7 +94,7 @@ def process_names(pids: list[int], gateway_port: int) -> dict[str, int]:
 def http_cases(
     args: argparse.Namespace, port: int, flow_pids: list[int], tmpdir: str, vers: dict[str, str]
 ) -> list[dict[str, object]]:
-    """The REST door's load: 1 doc per request on POST /default, from an httpx client."""
+    """The REST door's load: 1 doc per request on POST /default, from ``--http-client``."""
     import urllib.request
 
     url = f"http://127.0.0.1:{port}{HTTP_ROUTE}"
@@ -129,7 +129,13 @@ def http_cases(
                     python=args.client_python,
                     reject=[],  # errors come back as HTTP 5xx
                     quiet_wait=args.quiet_wait,
-                    extra={"round": rnd + 1, "jina": vers["jina"], "route": HTTP_ROUTE},
+                    client=args.http_client,
+                    extra={
+                        "round": rnd + 1,
+                        "jina": vers["jina"],
+                        "route": HTTP_ROUTE,
+                        "http_client": args.http_client,
+                    },
                 )
                 results.append(row)
                 print(json.dumps(row), flush=True)
@@ -172,6 +178,12 @@ def main() -> None:
     p.add_argument(
         "--client-python",
         help="interpreter of the HTTP load client (needs httpx); default this one",
+    )
+    p.add_argument(
+        "--http-client",
+        choices=["httpx", "raw"],
+        default="httpx",
+        help="the HTTP load client (_http_load.py --client)",
     )
     args = p.parse_args()
 
