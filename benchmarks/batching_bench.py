@@ -9,6 +9,10 @@
    ``@dynamic_batching``). The catalog (256 products) is indexed first. Text queries over
    GraphQL from a separate client process (``_http_load.py``): p50 at concurrency 1, and
    queries/s at 16 and 32; photo queries: p50 at concurrency 1 and queries/s at 8.
+3. **The bound.** With every core busy, queries/s is the machine's CPU over the CPU a query
+   costs in all the Flow's processes. Batching shrinks only the text encoder's share, so the
+   largest batched / unbatched ratio this machine allows is the unbatched CPU per query over
+   the batched one with the encoder at the ceiling's CPU per text (``speedup_bound``).
 
 Prints one JSON report; figures go to ``benchmarks/RESULTS.md`` by hand::
 
@@ -54,12 +58,35 @@ def ceiling(preferred: int, seconds: float) -> dict[str, float]:
         texts = [f"{TEXT_QUERY} {i}" for i in range(size)]
         encoder.embed(texts)  # warm-up
         done = 0
-        started = time.perf_counter()
+        started, cpu = time.perf_counter(), time.process_time()
         while time.perf_counter() - started < seconds:
             encoder.embed(texts)
             done += size
         out[f"texts_s_at_{size}"] = round(done / (time.perf_counter() - started), 1)
+        # all of its threads: what one text costs the machine, the Flow's other processes aside
+        out[f"cpu_ms_per_text_at_{size}"] = round(1000 * (time.process_time() - cpu) / done, 2)
     return out
+
+
+def bound(report: dict[str, Any], case: str, preferred: int) -> dict[str, float] | None:
+    """The largest queries/s ratio (batched / unbatched) the machine allows on ``case`` when
+    every core is busy: the unbatched Flow's CPU per query against the batched Flow's with its
+    text encoder at the ceiling's cost per text (``preferred`` per call) and every other
+    process as measured. Batching only shrinks the encoder's share."""
+    ceil = report.get("ceiling")
+    batched, unbatched = report["batched"].get(case), report["unbatched"].get(case)
+    if not ceil or not batched or not unbatched:
+        return None
+    encoder = batched["cpu_ms_per_req"].get("text_encoder", 0.0)
+    others = batched["server_cpu_ms_per_req"] - encoder
+    best = others + ceil[f"cpu_ms_per_text_at_{preferred}"]
+    return {
+        "unbatched_cpu_ms": unbatched["server_cpu_ms_per_req"],
+        "batched_cpu_ms": batched["server_cpu_ms_per_req"],
+        "batched_encoder_cpu_ms": encoder,
+        "batched_other_cpu_ms": round(others, 2),
+        "max_ratio": round(unbatched["server_cpu_ms_per_req"] / best, 2),
+    }
 
 
 def flow_config(workspace: str, batched: bool) -> str:
@@ -145,8 +172,9 @@ def measure_flow(
                     warmup=args.warmup,
                     server_pids=pids,
                     headers=headers,
+                    client=args.http_client,
                 )
-                keys = ("rps", "p50_ms", "p99_ms", "errors", "server_cpu_ms_per_req")
+                keys = ("rps", "p50_ms", "p99_ms", "errors", "first_error", "server_cpu_ms_per_req")
                 out[f"{kind} c{concurrency}"] = {k: row[k] for k in keys if k in row}
                 out[f"{kind} c{concurrency}"]["cpu_ms_per_req"] = cpu_by_component(
                     row["cpu_ms_per_req_by_process"]
@@ -166,6 +194,12 @@ def main() -> None:
     p.add_argument("--mesh", choices=("envoy", "direct"), default="envoy")
     p.add_argument("--skip-ceiling", action="store_true")
     p.add_argument("--text-only", action="store_true", help="skip the photo queries")
+    p.add_argument(
+        "--http-client",
+        choices=("httpx", "raw"),
+        default="httpx",
+        help="the load client (_http_load.py --client)",
+    )
     args = p.parse_args()
     os.environ.setdefault(app.SECRET_ENV, "bench-" + "s" * 40)
     report: dict[str, Any] = {
@@ -189,6 +223,10 @@ def main() -> None:
         for case in report["batched"]:
             b, u = report["batched"][case], report["unbatched"][case]
             report.setdefault("speedup_rps", {})[case] = round(b["rps"] / max(u["rps"], 1e-9), 2)
+        for case in ("text c16", "text c32"):
+            found = bound(report, case, args.preferred)
+            if found is not None:
+                report.setdefault("speedup_bound", {})[case] = found
         print(json.dumps(report, indent=1), flush=True)
     finally:
         shutil.rmtree(root, ignore_errors=True)
