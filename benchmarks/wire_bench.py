@@ -3,13 +3,13 @@
 Gateway + 2 chained executors; each executor appends a character to every text and adds 1.0
 to every embedding, one document at a time (``for doc in docs``), as real executors do (the
 ``-bulk`` setups do it through ``docs.texts`` and ``docs.embeddings`` instead). For each
-setup (``direct`` and ``envoy`` (mTLS) meshes, ``async`` and ``sync`` executor methods)
-and each case (64 docs x 512-d float32 with text, and 1 doc with text), the same load is sent
-in both wire layouts of the documents: ``rows`` (``DataRequest.docs``, one message per
-document: what clients sent before) and ``columns`` (``DataRequest.columns``, see
-``docs/wire.md``). The ceiling is the raw bytes-only grpc.aio echo of ``raw_echo.py``
-(gateway + 2 echo processes) loaded with payloads of the same sizes. Prints docs/s and the
-share of the ceiling::
+setup (the ``direct`` and ``envoy`` (mTLS) meshes, and ``host``: the Envoy mesh with one
+Envoy for the Flow; ``async`` and ``sync`` executor methods) and each case (64 docs x 512-d
+float32 with text, and 1 doc with text), the same load is sent in both wire layouts of the
+documents: ``rows`` (``DataRequest.docs``, one message per document: what clients sent
+before) and ``columns`` (``DataRequest.columns``, see ``docs/wire.md``). The ceiling is the
+raw bytes-only grpc.aio echo of ``raw_echo.py`` (gateway + 2 echo processes) loaded with
+payloads of the same sizes. Prints docs/s and the share of the ceiling::
 
     .venv/bin/python benchmarks/wire_bench.py [--duration 5] [--repeat 3]
         [--setups direct-async direct-sync envoy-async envoy-sync] [--concurrency 32]
@@ -47,7 +47,15 @@ SETUPS = (
     "envoy-sync",
     "direct-async-bulk",
     "envoy-async-bulk",
+    "host-async",  # the Envoy mesh with one Envoy for the Flow (envoy_proxy='host')
+    "host-sync",
+    "host-async-bulk",
 )
+MESHES = {
+    "direct": {"mesh": "direct"},
+    "envoy": {"mesh": "envoy"},
+    "host": {"mesh": "envoy", "envoy_proxy": "host"},
+}
 
 
 class TouchAsync(Executor):
@@ -186,7 +194,7 @@ def run_setup(
     workspace = tempfile.mkdtemp(prefix="meshflow-wire-")
     rows: list[dict[str, Any]] = []
     try:
-        with Flow(workspace=workspace, mesh=mesh).add(uses=uses).add(uses=uses) as flow:
+        with Flow(workspace=workspace, **MESHES[mesh]).add(uses=uses).add(uses=uses) as flow:
             target = f"127.0.0.1:{flow.port}"
             pids = list(flow.pids.values())
             for name, n_docs, _dim in CASES:
