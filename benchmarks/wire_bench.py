@@ -50,6 +50,9 @@ SETUPS = (
     "host-async",  # the Envoy mesh with one Envoy for the Flow (envoy_proxy='host')
     "host-sync",
     "host-async-bulk",
+    "direct-sync-bulk",
+    "envoy-sync-bulk",
+    "host-sync-bulk",
 )
 MESHES = {
     "direct": {"mesh": "direct"},
@@ -86,6 +89,17 @@ class TouchBulk(Executor):
 
     @requests
     async def touch(self, docs: DocumentArray, **kwargs: Any) -> None:
+        docs.texts = [text + "x" for text in docs.texts]
+        embeddings = docs.embeddings
+        if embeddings is not None:
+            docs.embeddings = embeddings + 1.0
+
+
+class TouchSyncBulk(Executor):
+    """The bulk work in a sync method (run in the executor's thread pool)."""
+
+    @requests
+    def touch(self, docs: DocumentArray, **kwargs: Any) -> None:
         docs.texts = [text + "x" for text in docs.texts]
         embeddings = docs.embeddings
         if embeddings is not None:
@@ -190,7 +204,10 @@ def run_setup(
     import grpc
 
     mesh, kind, *bulk = setup.split("-")
-    uses = TouchBulk if bulk else TouchAsync if kind == "async" else TouchSync
+    if bulk:
+        uses: type[Executor] = TouchBulk if kind == "async" else TouchSyncBulk
+    else:
+        uses = TouchAsync if kind == "async" else TouchSync
     workspace = tempfile.mkdtemp(prefix="meshflow-wire-")
     rows: list[dict[str, Any]] = []
     try:
