@@ -73,20 +73,37 @@ async def _http_client(args: argparse.Namespace) -> _load.LoadStats:
             response = await client.post(args.url, content=body, headers=headers)
         finally:
             idle.append(client)
-        content = response.content
-        if response.status_code != 200:
-            raise RuntimeError(f"HTTP {response.status_code}: {content[:300]!r}")
-        for bad in reject:
-            if bad in content:
-                raise RuntimeError(f"answer holds {bad!r}: {content[:300]!r}")
-        return content
+        return _checked(response.status_code, response.content, reject)
 
-    make: Callable[[], Awaitable[Any]] = one
+    async def close() -> None:
+        for client in clients:
+            await client.aclose()
+
+    return await _drive(one, close, args, body)
+
+
+def _checked(status: int, content: bytes, reject: list[bytes]) -> bytes:
+    """The answer's body, or an error when it is not a 200 or holds a ``--reject`` string."""
+    if status != 200:
+        raise RuntimeError(f"HTTP {status}: {content[:300]!r}")
+    for bad in reject:
+        if bad in content:
+            raise RuntimeError(f"answer holds {bad!r}: {content[:300]!r}")
+    return content
+
+
+async def _drive(
+    one: Callable[[], Awaitable[bytes]],
+    close: Callable[[], Awaitable[None]],
+    args: argparse.Namespace,
+    body: bytes,
+) -> _load.LoadStats:
+    """Check one answer, then load with ``one`` as told; ``close`` the connections after."""
     try:
         first = await one()  # the answer is right (status, no error) before we load it
         cpu0 = time.process_time()
         stats = await _load.run_load(
-            make,
+            one,
             concurrency=args.concurrency,
             duration=args.duration,
             warmup=args.warmup,
@@ -94,8 +111,7 @@ async def _http_client(args: argparse.Namespace) -> _load.LoadStats:
         )
         load_cpu = time.process_time() - cpu0
     finally:
-        for client in clients:
-            await client.aclose()
+        await close()
     stats.extra.update(
         request_bytes=len(body), response_bytes=len(first), load_cpu_s=round(load_cpu, 3)
     )
@@ -169,32 +185,14 @@ async def _raw_client(args: argparse.Namespace) -> _load.LoadStats:
             connection[1].close()
             connection = None
         idle.append(connection)
-        if status != 200:
-            raise RuntimeError(f"HTTP {status}: {content[:300]!r}")
-        for bad in reject:
-            if bad in content:
-                raise RuntimeError(f"answer holds {bad!r}: {content[:300]!r}")
-        return content
+        return _checked(status, content, reject)
 
-    try:
-        first = await one()  # the answer is right (status, no error) before we load it
-        cpu0 = time.process_time()
-        stats = await _load.run_load(
-            one,
-            concurrency=args.concurrency,
-            duration=args.duration,
-            warmup=args.warmup,
-            max_requests=args.max_requests,
-        )
-        load_cpu = time.process_time() - cpu0
-    finally:
+    async def close() -> None:
         for connection in idle:
             if connection is not None:
                 connection[1].close()
-    stats.extra.update(
-        request_bytes=len(body), response_bytes=len(first), load_cpu_s=round(load_cpu, 3)
-    )
-    return stats
+
+    return await _drive(one, close, args, body)
 
 
 CLIENTS = {"httpx": _http_client, "raw": _raw_client}
