@@ -40,7 +40,7 @@ ROOT = os.path.dirname(HERE)
 sys.path[:0] = [ROOT, HERE]
 
 import yaml  # noqa: E402
-from _http_load import measure_http_case  # noqa: E402
+from _http_load import CLIENTS, measure_http_case  # noqa: E402
 
 from meshflow import Flow  # noqa: E402
 from services.shop_the_look import app, catalog  # noqa: E402
@@ -196,7 +196,7 @@ def main() -> None:
     p.add_argument("--text-only", action="store_true", help="skip the photo queries")
     p.add_argument(
         "--http-client",
-        choices=("httpx", "raw"),
+        choices=sorted(CLIENTS),
         default="httpx",
         help="the load client (_http_load.py --client)",
     )

@@ -181,7 +181,7 @@ def main() -> None:
     )
     p.add_argument(
         "--http-client",
-        choices=["httpx", "raw"],
+        choices=sorted(_http_load.CLIENTS),
         default="httpx",
         help="the HTTP load client (_http_load.py --client)",
     )

@@ -33,6 +33,7 @@ sys.path.insert(0, HERE)
 import _load  # noqa: E402
 import numpy as np  # noqa: E402
 import raw_echo  # noqa: E402
+from http_bench import mesh_options  # noqa: E402
 
 from meshflow import Document, DocumentArray, Executor, Flow, requests  # noqa: E402
 from meshflow.client.messages import build_request, read_response  # noqa: E402
@@ -54,11 +55,7 @@ SETUPS = (
     "envoy-sync-bulk",
     "host-sync-bulk",
 )
-MESHES = {
-    "direct": {"mesh": "direct"},
-    "envoy": {"mesh": "envoy"},
-    "host": {"mesh": "envoy", "envoy_proxy": "host"},
-}
+HOST = "envoy-host"  # http_bench's name for the ``host`` setups' mesh
 
 
 class TouchAsync(Executor):
@@ -211,7 +208,8 @@ def run_setup(
     workspace = tempfile.mkdtemp(prefix="meshflow-wire-")
     rows: list[dict[str, Any]] = []
     try:
-        with Flow(workspace=workspace, **MESHES[mesh]).add(uses=uses).add(uses=uses) as flow:
+        options = mesh_options(HOST if mesh == "host" else mesh)
+        with Flow(workspace=workspace, **options).add(uses=uses).add(uses=uses) as flow:
             target = f"127.0.0.1:{flow.port}"
             pids = list(flow.pids.values())
             for name, n_docs, _dim in CASES:

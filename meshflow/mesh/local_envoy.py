@@ -127,7 +127,7 @@ class EnvoyMesh:
 
     def ready(self) -> bool:
         if not self._published:
-            if not all(m.sidecar is not None and m.sidecar.info for m in self.members):
+            if not all(m.sidecar is not None and m.sidecar.info is not None for m in self.members):
                 return False
             self._learn_ports(self.members)
             self._write_endpoints()
