@@ -6,9 +6,9 @@
   replicas change, so scaling never restarts Envoy. Clusters speak HTTP/2 with mTLS to the
   replica sidecars and carry the deployment's load balancing, retries (on another host),
   timeouts, active gRPC health checks, outlier detection and circuit breakers.
-- Each **replica sidecar** (ingress) listens on loopback TCP, requires a client certificate
-  of the Flow's CA whose SPIFFE id is the gateway's, and forwards to its executor's unix
-  socket.
+- Each **replica sidecar** (ingress) listens on a unix socket (a local Flow) or on its
+  container's TCP port (the exports), requires a client certificate of the Flow's CA whose
+  SPIFFE id is the gateway's, and forwards to its executor.
 
 Admin interfaces listen only on a unix socket of mode 0600 (:mod:`meshflow.mesh.admin`);
 each sidecar has a ``stats`` listener that serves ``GET /stats/prometheus`` and ``GET /ready``
@@ -452,7 +452,7 @@ def gateway_sidecar(
 def replica_sidecar(
     *,
     node: str,
-    listen_port: int,
+    listen_port: int | None,
     executor_socket: str | None,
     identity: WorkloadCert,
     allowed_peers: Sequence[str],
@@ -460,16 +460,24 @@ def replica_sidecar(
     tracing: Tracing | None = None,
     listen_host: str = "127.0.0.1",
     executor_port: int | None = None,
+    listen_socket: str | None = None,
 ) -> dict[str, Any]:
-    """Bootstrap of one replica's ingress sidecar: mTLS on ``listen_host:listen_port``, to
-    the executor on ``executor_socket`` (a unix socket) or on ``127.0.0.1:executor_port``
-    (a container sharing the sidecar's network namespace)."""
+    """Bootstrap of one replica's ingress sidecar: mTLS on ``listen_socket`` (a unix socket,
+    mode 0600: a local Flow) or on ``listen_host:listen_port`` (a container's port), to the
+    executor on ``executor_socket`` (a unix socket) or on ``127.0.0.1:executor_port`` (a
+    container sharing the sidecar's network namespace)."""
     if executor_socket:
         executor: dict[str, Any] = {"endpoint": {"address": {"pipe": {"path": executor_socket}}}}
     elif executor_port:
         executor = _endpoint("127.0.0.1", executor_port)
     else:
         raise ValueError("replica_sidecar needs executor_socket or executor_port")
+    if listen_socket:
+        listen: dict[str, Any] = {"pipe": {"path": listen_socket, "mode": 0o600}}
+    elif listen_port is not None:
+        listen = {"socket_address": {"address": listen_host, "port_value": listen_port}}
+    else:
+        raise ValueError("replica_sidecar needs listen_socket or listen_port")
     routes = _ingress_routes(node, tracing)
     return {
         "node": {"id": node, "cluster": "meshflow"},
@@ -478,7 +486,7 @@ def replica_sidecar(
         "static_resources": {
             "listeners": [
                 _ingress_listener(
-                    {"socket_address": {"address": listen_host, "port_value": listen_port}},
+                    listen,
                     routes,
                     identity,
                     allowed_peers,

@@ -8,8 +8,8 @@ and leave while the Flow runs.
 - :class:`DirectMesh` (``mesh='direct'``) adds nothing: the gateway calls the executors'
   sockets itself, and the Flow is ready when its processes are.
 - :class:`~meshflow.mesh.local_envoy.EnvoyMesh` (``mesh='envoy'``) puts an ingress Envoy
-  (mTLS, loopback TCP) in front of each replica and an egress Envoy beside the gateway, holds
-  the Flow's ephemeral CA, writes the endpoint (EDS) files, and is ready when the gateway's
+  (mTLS on a unix socket) in front of each replica and an egress Envoy beside the gateway,
+  holds the Flow's ephemeral CA, writes the endpoint (EDS) files, and is ready when the gateway's
   sidecar sees every replica healthy.
 - :class:`~meshflow.mesh.local_envoy.HostEnvoyMesh` (``envoy_proxy='host'``) runs the same
   listeners and clusters in one Envoy for the whole Flow.
@@ -28,21 +28,17 @@ if TYPE_CHECKING:
 
 @dataclass
 class Ingress:
-    """A replica's door into the mesh: its sidecar and the port that sidecar bound, or (one
-    Envoy for the Flow) the unix socket of its listener in that Envoy."""
+    """A replica's door into the mesh: the unix socket of its mTLS listener, in its own
+    sidecar or (``envoy_proxy='host'``, ``sidecar`` None) in the Flow's one Envoy."""
 
     deployment: str
     shard: int
     sidecar: EnvoyProcess | None
-    port: int | None = None
-    """Bound by Envoy itself (port 0, no race with other programs), learnt from its admin once
-    it is ready; the sidecar pins it in its config so that a restart comes back on it."""
-    socket: str | None = None
-    """The listener's unix socket in the Flow's one Envoy (``envoy_proxy='host'``)."""
+    socket: str
 
     @property
     def address(self) -> str:
-        return self.socket if self.socket is not None else f"127.0.0.1:{self.port}"
+        return self.socket
 
 
 class LocalMesh(Protocol):

@@ -123,13 +123,16 @@ def test_a_voucher_of_another_request_is_refused(vouched: Flow) -> None:
 
 
 def _tls_hello(listener: str, cert: str, key: str) -> bytes:
-    host, port = listener.rsplit(":", 1)
+    """The first TLS record of a sidecar's mTLS listener (a unix socket) after the client's
+    HTTP/2 preface, or b"" when it refuses ``cert``."""
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
     context.check_hostname = False
     context.verify_mode = ssl.CERT_NONE
     context.set_alpn_protocols(["h2"])
     context.load_cert_chain(cert, key)
-    with socket.create_connection((host, int(port)), timeout=5) as raw:
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as raw:
+        raw.settimeout(5)
+        raw.connect(listener)
         try:
             with context.wrap_socket(raw) as tls:
                 tls.sendall(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + b"\x00\x00\x00\x04" + bytes(5))
