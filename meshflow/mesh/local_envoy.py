@@ -95,9 +95,9 @@ class EnvoyMesh:
 
     def _listen_socket(self, label: str) -> str:
         """A replica's mTLS listener. A unix socket rather than loopback TCP: a call crosses
-        one less TCP stack on each side (sidecar_topology_bench.py: 13% more calls/s), and
-        only the Flow's user can connect at all. A replica joining later under the same label
-        (scale down, then up) gets a socket of its own while the old listener drains."""
+        no TCP stack (sidecar_topology_bench.py: 5-14% more calls/s), and only the Flow's
+        user can connect at all. A replica joining later under the same label (scale down,
+        then up) gets a socket of its own while the old listener drains."""
         self._joins += 1
         return os.path.join(self.run_dir, f"{label}.{self._joins}.mtls.sock")
 
