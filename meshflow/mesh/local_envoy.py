@@ -38,6 +38,9 @@ from meshflow.observability.tracing import otlp_endpoint
 from meshflow.spec.flow import DeploymentSpec, FlowSpec
 from meshflow.spec.names import cluster_name
 
+MAX_SOCKET_PATH = 107
+"""Bytes of a unix socket's path (``sun_path`` holds 108 with the terminating NUL)."""
+
 
 class EnvoyMesh:
     """The sidecars of one local Flow and the files they read."""
@@ -97,9 +100,13 @@ class EnvoyMesh:
         """A replica's mTLS listener. A unix socket rather than loopback TCP: a call crosses
         no TCP stack (sidecar_topology_bench.py: 5-14% more calls/s), and only the Flow's
         user can connect at all. A replica joining later under the same label (scale down,
-        then up) gets a socket of its own while the old listener drains."""
+        then up) gets a socket of its own while the old listener drains. The label is left
+        out of a path longer than a unix socket's 107 bytes."""
         self._joins += 1
-        return os.path.join(self.run_dir, f"{label}.{self._joins}.mtls.sock")
+        path = os.path.join(self.run_dir, f"{label}.{self._joins}.mtls.sock")
+        if len(os.fsencode(path)) > MAX_SOCKET_PATH:
+            path = os.path.join(self.run_dir, f"mtls-{self._joins}.sock")
+        return path
 
     # The gateway's Envoy: its name among the Flow's processes, its label (config and log
     # files), and its bootstrap (HostEnvoyMesh: the Flow's one Envoy).
