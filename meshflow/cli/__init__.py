@@ -14,7 +14,6 @@ import sys
 import threading
 import time
 from collections.abc import Sequence
-from importlib.metadata import PackageNotFoundError, version
 from typing import Any, NoReturn
 
 from meshflow.cli.graphql import add_graphql_parser
@@ -145,6 +144,9 @@ def _sampling(text: str) -> str:
 
 
 def _version() -> str:
+    # lazy: importlib.metadata (with zipfile and csv) is 1.5 MB in every executor otherwise
+    from importlib.metadata import PackageNotFoundError, version
+
     try:
         return version("meshflow")
     except PackageNotFoundError:

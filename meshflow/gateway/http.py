@@ -39,7 +39,6 @@ from cross_web import HTTPException  # what Strawberry's views raise for a bad r
 from graphql import GraphQLError, VariableDefinitionNode
 from opentelemetry import trace
 from opentelemetry.trace import Status, StatusCode
-from prometheus_client import CONTENT_TYPE_LATEST
 from starlette.applications import Starlette
 from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import Request
@@ -531,6 +530,9 @@ def make_app(
     async def metrics(request: Request) -> Response:
         if gateway.metrics is None:
             return coded(404, "metrics are off: Flow(metrics=True) serves them", "NOT_FOUND")
+        # lazy: prometheus_client only where metrics are on (it is, once here)
+        from prometheus_client import CONTENT_TYPE_LATEST
+
         return Response(gateway.metrics.exposition(), media_type=CONTENT_TYPE_LATEST)
 
     app = Starlette(

@@ -14,7 +14,6 @@ from meshflow.gateway.topology import Topology
 from meshflow.gateway.transport import DirectTransport, EnvoyTransport, Transport
 from meshflow.gateway.traversal import Traversal
 from meshflow.grpc_lifecycle import serve_forever
-from meshflow.observability.metrics import GatewayMetrics
 from meshflow.observability.tracing import shutdown_tracing
 from meshflow.spec.admission import AdmissionPolicy
 from meshflow.spec.auth import JWTAuth
@@ -27,6 +26,7 @@ from meshflow.voucher import Signer
 
 if TYPE_CHECKING:
     from meshflow.gateway.httpserver import HttpDoor
+    from meshflow.observability.metrics import GatewayMetrics
 
 
 def make_transport(topology: Topology, mesh: str, egress: str | None = None) -> Transport:
@@ -67,7 +67,11 @@ def _make_gateway(
         raise ConfigError(
             "serve_gateway(auth=...) needs signer=: the key it vouches for identities with"
         )
-    exporter = GatewayMetrics() if metrics else None
+    exporter = None
+    if metrics:  # lazy: prometheus_client (3.4 MB of imports) only where metrics are on
+        from meshflow.observability.metrics import GatewayMetrics
+
+        exporter = GatewayMetrics()
     tracer = trace.get_tracer("meshflow.gateway") if tracing else None
     transport = make_transport(topology, mesh, egress)
     if tracing and isinstance(transport, DirectTransport):

@@ -10,8 +10,6 @@ from __future__ import annotations
 import logging
 import os
 
-from pythonjsonlogger.json import JsonFormatter
-
 from meshflow.observability.tracing import current_trace_id
 
 TEXT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
@@ -43,6 +41,8 @@ def configure_logging(level: str | None = None, fmt: str | None = None) -> None:
     fmt = fmt or os.environ.get("MESHFLOW_LOG_FORMAT") or "text"
     handler = logging.StreamHandler()
     if fmt == "json":
+        from pythonjsonlogger.json import JsonFormatter  # lazy: only for JSON logs
+
         handler.setFormatter(
             JsonFormatter(
                 "%(asctime)s %(levelname)s %(name)s %(message)s",
