@@ -23,7 +23,7 @@ from __future__ import annotations
 import itertools
 import operator
 import uuid
-from typing import Any, Final
+from typing import Any, Final, TypeAlias
 
 import numpy as np
 import numpy.typing as npt
@@ -58,6 +58,10 @@ __all__ = [
 ]
 
 COLUMNAR_MIN_DOCS: Final = 2
+
+Buffer: TypeAlias = "bytes | memoryview"
+"""A piece of an encoded message: bytes, or an array's buffer (joined without a copy of
+its own)."""
 """Clients send requests of this many documents or more in columns, fewer in rows: a lone
 document has no column to share, and its own message decodes faster (about 10 against
 20 microseconds per hop)."""
@@ -224,9 +228,16 @@ def columns_to_bytes(docs: DocumentArray, source: Columns | None = None) -> byte
         ValueError: an array has an object or structured dtype.
         TypeError: a tag is not JSON-like.
     """
+    return b"".join(columns_pieces(docs, source))
+
+
+def columns_pieces(docs: DocumentArray, source: Columns | None = None) -> list[Buffer]:
+    """:func:`columns_to_bytes` as the pieces to join: a caller that wraps them (in a
+    ``DataRequest``, :func:`columns_field_pieces`) joins once, so that a large array is
+    copied once, not once per level of nesting."""
     columns = docs._columns
     if columns is not None and docs._items is None:
-        return _unbuilt_to_bytes(columns)
+        return _unbuilt_pieces(columns)
     items = docs._docs
     n = len(items)
     pb = document_pb2.DocumentColumns()
@@ -236,13 +247,13 @@ def columns_to_bytes(docs: DocumentArray, source: Columns | None = None) -> byte
         if attr == "id" or any(values):
             getattr(pb, name).extend(values)
     fallback: dict[str, list[Any]] = {}
-    fields = []
+    fields: list[Buffer] = []
     for attr, name in ARRAY_COLUMNS:
         arrays = list(map(operator.attrgetter(attr), items))
         if same_source and all(map(operator.is_, arrays, source._rows[name])):  # type: ignore[union-attr]
             matrix = source._arrays.get(name)  # type: ignore[union-attr]
             if matrix is not None:
-                fields.append(_column_field(name, source, matrix))  # type: ignore[arg-type]
+                fields += _column_field(name, source, matrix)  # type: ignore[arg-type]
             continue
         missing = sum(map(operator.is_, arrays, itertools.repeat(None, n)))
         if missing == n:
@@ -252,13 +263,13 @@ def columns_to_bytes(docs: DocumentArray, source: Columns | None = None) -> byte
             and len(set(map(_SHAPE, arrays))) == 1
             and len(set(map(_DTYPE, arrays))) == 1
         ):
-            fields.append(_array_field(name, _stacked(arrays)))
+            fields += _array_field(name, _stacked(arrays))
         else:
             fallback[attr] = arrays
     if fallback or any(doc.tags or doc.scores or doc._matches or doc._chunks for doc in items):
         for i, doc in enumerate(items):
             _write_rest(doc, pb.rest.add(), fallback, i)
-    return b"".join((pb.SerializeToString(), *fields))
+    return [pb.SerializeToString(), *fields]
 
 
 _SHAPE = operator.attrgetter("shape")
@@ -273,10 +284,10 @@ def _stacked(arrays: list[npt.NDArray[Any]]) -> npt.NDArray[Any]:
     return np.concatenate(arrays).reshape(len(arrays), *first.shape)
 
 
-def _unbuilt_to_bytes(columns: Columns) -> bytes:
+def _unbuilt_pieces(columns: Columns) -> list[Buffer]:
     """No Document was built: the received columns, but for what the bulk setters changed."""
     pb = document_pb2.DocumentColumns()
-    fields = []
+    fields: list[Buffer] = []
     for name, value in columns._set.items():
         if name in _ARRAY_NAMES or name in columns.changed:
             continue
@@ -289,11 +300,11 @@ def _unbuilt_to_bytes(columns: Columns) -> bytes:
     for _, name in ARRAY_COLUMNS:
         matrix = columns._arrays.get(name)
         if matrix is not None:
-            fields.append(_column_field(name, columns, matrix))
-    return b"".join((pb.SerializeToString(), *fields))
+            fields += _column_field(name, columns, matrix)
+    return [pb.SerializeToString(), *fields]
 
 
-def _column_field(name: str, source: Columns, matrix: npt.NDArray[Any]) -> bytes:
+def _column_field(name: str, source: Columns, matrix: npt.NDArray[Any]) -> list[Buffer]:
     if name in source.changed:
         return _array_field(name, matrix)
     received = getattr(source.pb, name)  # as it came: its own bytes, no copy of the array
@@ -302,7 +313,7 @@ def _column_field(name: str, source: Columns, matrix: npt.NDArray[Any]) -> bytes
     )
 
 
-def _array_field(name: str, array: npt.NDArray[Any]) -> bytes:
+def _array_field(name: str, array: npt.NDArray[Any]) -> list[Buffer]:
     dtype = array.dtype
     if dtype.hasobject or dtype.fields is not None:
         raise ValueError(
@@ -310,17 +321,17 @@ def _array_field(name: str, array: npt.NDArray[Any]) -> bytes:
             f"numeric, bool, bytes or str dtype without fields"
         )
     # A C-contiguous array is joined as it is (its buffer), without tobytes().
-    return _ndarray_field(_FIELD_NUMBERS[name], np.ascontiguousarray(array), dtype.str, array.shape)
+    buffer = np.ascontiguousarray(array).data
+    return _ndarray_field(_FIELD_NUMBERS[name], buffer, dtype.str, array.shape)
 
 
-def _ndarray_field(number: int, buffer: Any, dtype: str, shape: Any) -> bytes:
-    """The encoding of field ``number`` holding an NdArray (``buffer`` is bytes-like)."""
+def _ndarray_field(number: int, buffer: Buffer, dtype: str, shape: Any) -> list[Buffer]:
+    """The pieces of field ``number`` holding an NdArray (``buffer`` is bytes-like, left as
+    it is: copied once, by the caller's join)."""
     meta = document_pb2.NdArray(dtype=dtype, shape=shape).SerializeToString()
-    size = memoryview(buffer).nbytes
+    size = _nbytes(buffer)
     head = _varint(size)
-    return b"".join(
-        (_tag(number), _varint(1 + len(head) + size + len(meta)), b"\x0a", head, buffer, meta)
-    )
+    return [_tag(number), _varint(1 + len(head) + size + len(meta)), b"\x0a", head, buffer, meta]
 
 
 _FIELD_NUMBERS: Final[dict[str, int]] = {
@@ -333,7 +344,18 @@ COLUMNS_FIELD: Final = data_request_pb2.DataRequest.DESCRIPTOR.fields_by_name["c
 def columns_field(encoded: bytes) -> bytes:
     """``DataRequest.columns`` holding the serialized ``DocumentColumns`` ``encoded``: append
     it to a serialized DataRequest without columns to give it those."""
-    return b"".join((_tag(COLUMNS_FIELD), _varint(len(encoded)), encoded))
+    return b"".join(columns_field_pieces([encoded]))
+
+
+def columns_field_pieces(pieces: list[Buffer]) -> list[Buffer]:
+    """:func:`columns_field` of the ``DocumentColumns`` that ``pieces`` (of
+    :func:`columns_pieces`) join into, as pieces still."""
+    size = sum(map(_nbytes, pieces))
+    return [_tag(COLUMNS_FIELD), _varint(size), *pieces]
+
+
+def _nbytes(piece: Buffer) -> int:
+    return piece.nbytes if isinstance(piece, memoryview) else len(piece)
 
 
 def _tag(number: int) -> bytes:
@@ -440,7 +462,8 @@ def request_bytes(
     same as :func:`documents_to_request` then ``SerializeToString``, without putting the
     columns into the message first."""
     if columnar:
-        return request.SerializeToString() + columns_field(columns_to_bytes(docs))
+        pieces = columns_field_pieces(columns_pieces(docs))
+        return b"".join((request.SerializeToString(), *pieces))
     documents_to_proto(docs, request.docs)
     return request.SerializeToString()
 
