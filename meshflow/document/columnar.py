@@ -45,8 +45,9 @@ from meshflow.proto.v1 import data_request_pb2, document_pb2
 __all__ = [
     "COLUMNAR_MIN_DOCS",
     "Columns",
-    "columns_field",
+    "columns_field_pieces",
     "columns_from_proto",
+    "columns_pieces",
     "columns_to_bytes",
     "columns_to_proto",
     "documents_from_request",
@@ -58,13 +59,13 @@ __all__ = [
 ]
 
 COLUMNAR_MIN_DOCS: Final = 2
+"""Clients send requests of this many documents or more in columns, fewer in rows: a lone
+document has no column to share, and its own message decodes faster (about 10 against
+20 microseconds per hop)."""
 
 Buffer: TypeAlias = "bytes | memoryview"
 """A piece of an encoded message: bytes, or an array's buffer (joined without a copy of
 its own)."""
-"""Clients send requests of this many documents or more in columns, fewer in rows: a lone
-document has no column to share, and its own message decodes faster (about 10 against
-20 microseconds per hop)."""
 
 #: (Document attribute, DocumentColumns field) of the string and bytes columns.
 STRING_COLUMNS: Final[tuple[tuple[str, str], ...]] = (
@@ -341,15 +342,10 @@ _FIELD_NUMBERS: Final[dict[str, int]] = {
 COLUMNS_FIELD: Final = data_request_pb2.DataRequest.DESCRIPTOR.fields_by_name["columns"].number
 
 
-def columns_field(encoded: bytes) -> bytes:
-    """``DataRequest.columns`` holding the serialized ``DocumentColumns`` ``encoded``: append
-    it to a serialized DataRequest without columns to give it those."""
-    return b"".join(columns_field_pieces([encoded]))
-
-
 def columns_field_pieces(pieces: list[Buffer]) -> list[Buffer]:
-    """:func:`columns_field` of the ``DocumentColumns`` that ``pieces`` (of
-    :func:`columns_pieces`) join into, as pieces still."""
+    """``DataRequest.columns`` holding the ``DocumentColumns`` that ``pieces`` (of
+    :func:`columns_pieces`) join into, as pieces still: appended to a serialized
+    DataRequest without columns, they give it those."""
     size = sum(map(_nbytes, pieces))
     return [_tag(COLUMNS_FIELD), _varint(size), *pieces]
 

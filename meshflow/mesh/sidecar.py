@@ -121,7 +121,8 @@ class EnvoyProcess(ManagedProcess):
 
     @property
     def ports(self) -> dict[str, int]:
-        """The TCP port of each listener (``ingress``, ``stats``), once ready."""
+        """The TCP port of each listener on one (``stats``), once ready; listeners on unix
+        sockets (a local replica's mTLS ``ingress``) are left out."""
         return dict((self.info or {}).get("ports", {}))
 
     def check_ready(self) -> dict[str, Any] | None:
