@@ -89,7 +89,7 @@ def snapshot(runtime: LocalRuntime) -> dict[str, Any]:
             if r.ingress is not None and sidecar is not None:
                 entry["sidecar"] = {
                     **_process(sidecar),
-                    "listener": r.ingress.address,
+                    "listener": r.ingress.socket,
                     "admin": sidecar.admin_socket,
                     "config": sidecar.config_path,
                     "metrics": _sidecar_metrics(sidecar) if own is not None else None,

@@ -659,11 +659,8 @@ def _ingress_listener(
     }
 
 
-def endpoints(
-    cluster: str, addresses: Sequence[tuple[str, int] | str], version: int
-) -> dict[str, Any]:
-    """An EDS file: the replicas (their sidecars' listeners: ``(host, port)``, or a unix
-    socket's path) of one cluster."""
+def endpoints(cluster: str, sockets: Sequence[str], version: int) -> dict[str, Any]:
+    """An EDS file: the replicas of one cluster (their mTLS listeners' unix sockets)."""
     return {
         "version_info": str(version),
         "resources": [
@@ -673,20 +670,13 @@ def endpoints(
                 "endpoints": [
                     {
                         "lb_endpoints": [
-                            {"endpoint": {"address": _address(address)}} for address in addresses
+                            {"endpoint": {"address": {"pipe": {"path": path}}}} for path in sockets
                         ]
                     }
                 ],
             }
         ],
     }
-
-
-def _address(address: tuple[str, int] | str) -> dict[str, Any]:
-    if isinstance(address, str):
-        return {"pipe": {"path": address}}
-    host, port = address
-    return {"socket_address": {"address": host, "port_value": port}}
 
 
 def write_yaml(path: str, document: Mapping[str, Any]) -> None:

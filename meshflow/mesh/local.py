@@ -36,10 +36,6 @@ class Ingress:
     sidecar: EnvoyProcess | None
     socket: str
 
-    @property
-    def address(self) -> str:
-        return self.socket
-
 
 class LocalMesh(Protocol):
     """What a local Flow's runtime asks of its mesh."""

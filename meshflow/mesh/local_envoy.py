@@ -196,9 +196,7 @@ class EnvoyMesh:
         for dep in self.spec.deployments:
             for shard in range(dep.shards):
                 cluster = cluster_name(dep.name, shard)
-                hosts: list[tuple[str, int] | str] = [
-                    m.socket for m in members if m.deployment == dep.name and m.shard == shard
-                ]
+                hosts = [m.socket for m in members if m.deployment == dep.name and m.shard == shard]
                 write_yaml(self._eds_path(cluster), endpoints(cluster, hosts, self._eds_version))
 
     def _routed(self, members: Sequence[Ingress]) -> bool:
@@ -207,12 +205,12 @@ class EnvoyMesh:
         if address is None:
             return False
         hosts = healthy_hosts(address)
-        return all(m.address in hosts.get(cluster_name(m.deployment, m.shard), []) for m in members)
+        return all(m.socket in hosts.get(cluster_name(m.deployment, m.shard), []) for m in members)
 
     def _gone(self, members: Sequence[Ingress]) -> bool:
         assert self.gateway is not None and self.gateway.admin_address is not None
         _, body = admin_get(self.gateway.admin_address, "/clusters")
-        return not any(f"{m.address}::" in body for m in members)
+        return not any(f"{m.socket}::" in body for m in members)
 
     def _wait(self, condition: Callable[[], bool], what: str) -> None:
         deadline = time.monotonic() + self.spec.timeout_ready
