@@ -18,6 +18,11 @@ StateScope: TypeAlias = Literal["none", "workspace", "process"]
 """Where an Executor keeps state (``Executor.state_scope``): nowhere, in its workspace (shared
 by the replicas of a shard), or in its process's memory (one replica per shard only)."""
 
+SyncCalls: TypeAlias = Literal["auto", "thread"]
+"""Where an executor runs its sync endpoint methods: ``auto`` (on the event loop while
+their calls stay short, else in the worker threads) or ``thread`` (always the threads)."""
+SYNC_CALLS: tuple[SyncCalls, ...] = ("auto", "thread")
+
 REDUCE_RULES: tuple[ReduceRule, ...] = ("sum", "min", "max", "first", "last", "concat", "merge")
 
 DEFAULT_MAX_DOCS = 1000

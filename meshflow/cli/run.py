@@ -213,6 +213,7 @@ def _executor(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
             ready_file=launch.ready_file,
             drain_timeout=launch.drain_timeout,
             sync_workers=launch.sync_workers,
+            sync_calls=launch.sync_calls,
             metrics=None
             if launch.metrics_port is None
             else (launch.metrics_host, launch.metrics_port),

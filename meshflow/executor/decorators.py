@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Literal, TypeVar, overload
 
@@ -16,6 +17,7 @@ READ_ONLY_ATTR = "__meshflow_read_only__"
 REDUCE_ATTR = "__meshflow_reduce__"
 BATCHING_ATTR = "__meshflow_batching__"
 DOC_TYPES_ATTR = "__meshflow_doc_types__"
+IN_THREAD_ATTR = "__meshflow_in_thread__"
 
 
 def _normalise(on: str) -> str:
@@ -54,6 +56,7 @@ def requests(
     reduce: Mapping[str, str] | None = None,
     doc: type | None = None,
     returns: type | None = None,
+    in_thread: bool = False,
 ) -> Callable[[F], F]: ...
 
 
@@ -65,6 +68,7 @@ def requests(
     reduce: Mapping[str, str] | None = None,
     doc: type | None = None,
     returns: type | None = None,
+    in_thread: bool = False,
 ) -> F | Callable[[F], F]:
     """Bind an Executor method to one or more endpoints.
 
@@ -101,6 +105,17 @@ def requests(
             @requests(on='/search', read_only=True, doc=ProductQuery, returns=Look)
             def search(self, docs, parameters: SearchParams, **kwargs):
                 ...
+
+    A sync method runs on the executor's event loop while its calls stay short (under 2 ms
+    each: handing a call to a thread costs more than that saves), and in the executor's worker
+    threads from its first longer call on. ``in_thread=True`` sends every call to the worker
+    threads from the start: for a method that may block (network or disk I/O, a lock, a first
+    call that loads a model) or that needs the same thread every time::
+
+            @requests(on='/fetch', in_thread=True)
+            def fetch(self, docs, **kwargs):
+                for doc in docs:
+                    doc.text = urllib.request.urlopen(doc.uri, timeout=5).read().decode()
     """
     rules = _check_reduce(reduce)
     typed = {
@@ -120,11 +135,19 @@ def requests(
     def mark(fn: F) -> F:
         if not callable(fn):
             raise TypeError(f"@requests decorates methods, got {fn!r}")
+        if in_thread and inspect.iscoroutinefunction(fn):
+            raise TypeError(
+                f"@requests(in_thread=True) on {getattr(fn, '__qualname__', fn)!r}: an async "
+                "method runs on the event loop; in_thread is for sync methods"
+            )
         existing: list[str] = list(getattr(fn, ENDPOINTS_ATTR, []))
         setattr(fn, ENDPOINTS_ATTR, existing + [n for n in names if n not in existing])
         if read_only:
             marked: list[str] = list(getattr(fn, READ_ONLY_ATTR, []))
             setattr(fn, READ_ONLY_ATTR, marked + names)
+        if in_thread:
+            threaded: list[str] = list(getattr(fn, IN_THREAD_ATTR, []))
+            setattr(fn, IN_THREAD_ATTR, threaded + names)
         if rules:
             declared: dict[str, dict[str, str]] = dict(getattr(fn, REDUCE_ATTR, {}))
             declared.update(dict.fromkeys(names, rules))

@@ -13,6 +13,7 @@ from meshflow.executor.decorators import (
     BATCHING_ATTR,
     DOC_TYPES_ATTR,
     ENDPOINTS_ATTR,
+    IN_THREAD_ATTR,
     READ_ONLY_ATTR,
     REDUCE_ATTR,
 )
@@ -58,6 +59,9 @@ class EndpointMethod:
     """The dataclass typing the documents it takes (``@requests(doc=...)``), if any."""
     returns: type | None = None
     """The dataclass typing the documents it answers with (``@requests(returns=...)``)."""
+    in_thread: bool = False
+    """``@requests(in_thread=True)``: a sync method whose calls always go to the worker
+    threads, never onto the event loop."""
 
 
 class Executor:
@@ -106,6 +110,7 @@ class Executor:
                     continue
                 spec = _describe(value)
                 read_only = set(getattr(value, READ_ONLY_ATTR, ()))
+                in_thread = set(getattr(value, IN_THREAD_ATTR, ()))
                 typed = params_type(value)
                 reduce = getattr(value, REDUCE_ATTR, {})
                 batching = getattr(value, BATCHING_ATTR, None)
@@ -122,6 +127,7 @@ class Executor:
                         batching=batching,
                         doc=typed_docs.get("doc"),
                         returns=typed_docs.get("returns"),
+                        in_thread=endpoint in in_thread,
                     )
         cls.endpoints = found
 

@@ -14,7 +14,7 @@ import json
 import logging
 import time
 from collections.abc import Callable, Hashable, Mapping
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
 
 import grpc
@@ -48,7 +48,7 @@ from meshflow.grpc_lifecycle import serve_forever
 from meshflow.observability.tracing import shutdown_tracing
 from meshflow.proto.v1 import data_request_pb2, services_pb2
 from meshflow.spec.batching import DynamicBatching
-from meshflow.types import DEFAULT_ENDPOINT
+from meshflow.types import DEFAULT_ENDPOINT, SYNC_CALLS, SyncCalls
 from meshflow.voucher import Verifier, identity_of
 from meshflow.wire import EXECUTOR_ENDPOINTS, EXECUTOR_PROCESS, grpc_status
 
@@ -63,13 +63,24 @@ _SERVICE = "meshflow.v1.ExecutorService"
 
 TimeRemaining = Callable[[], float | None]
 
+INLINE_CALL_LIMIT = 0.002
+"""Seconds a sync endpoint's call may take on the event loop: past it, the endpoint's calls go
+to the worker threads. Handing a call to a thread and back costs 0.1-0.3 ms of CPU on a
+2-core VM (two cross-CPU wake-ups), more than a short call itself."""
+
 
 class ExecutorRuntime:
     """Runs requests against one Executor instance.
 
-    Async endpoints run on the event loop; sync endpoints run in a thread pool of
+    Async endpoints run on the event loop. Sync endpoints run in a thread pool of
     ``sync_workers`` threads (one by default, so an Executor's state is never touched by two
-    threads at once), so that health checks keep answering while a sync model works.
+    threads at once), so that health checks keep answering while a sync model works; with
+    ``sync_calls='auto'`` (the default), a sync endpoint runs on the event loop instead until
+    one of its calls takes longer than :data:`INLINE_CALL_LIMIT`, then in the threads for good;
+    and while any call is in the threads, in the threads too (so with one worker thread, one
+    sync call runs at a time, as before).
+    Endpoints that batch, and methods marked ``@requests(in_thread=True)``, always use the
+    threads; ``sync_calls='thread'`` sends every sync endpoint there.
 
     Endpoints with dynamic batching (``@dynamic_batching`` on the method, or ``batching``, the
     deployment's ``uses_dynamic_batching``, which wins) go through a :class:`Batcher` each.
@@ -85,7 +96,10 @@ class ExecutorRuntime:
         tracer: Tracer | None = None,
         verifier: Verifier | None = None,
         batching: Mapping[str, DynamicBatching] | None = None,
+        sync_calls: SyncCalls = "auto",
     ) -> None:
+        if sync_calls not in SYNC_CALLS:
+            raise ConfigError(f"sync_calls is {sync_calls!r}; use one of {', '.join(SYNC_CALLS)}")
         self.executor = executor
         self.verifier = verifier
         """The gateway's public key: with it, every request needs the gateway's voucher;
@@ -96,6 +110,18 @@ class ExecutorRuntime:
         self._pool = ThreadPoolExecutor(max_workers=sync_workers, thread_name_prefix=name)
         self._endpoints = type(executor).endpoints
         self._batchers = self._make_batchers(batching or {}, sync_workers)
+        self._on_loop: set[str] = set()
+        """Sync endpoints whose calls run on the event loop (see :meth:`_invoke`)."""
+        self._in_pool: set[Future[Any]] = set()
+        """Calls submitted to the pool and not yet done: while there are any, sync calls go
+        there too, so that they keep their order and never wait on the loop for a lock that
+        a call in a thread holds."""
+        if sync_calls == "auto":
+            self._on_loop = {
+                name
+                for name, spec in self._endpoints.items()
+                if not (spec.is_async or spec.in_thread or name in self._batchers)
+            }
 
     def _make_batchers(
         self, overrides: Mapping[str, DynamicBatching], sync_workers: int
@@ -305,14 +331,17 @@ class ExecutorRuntime:
         kwargs: dict[str, Any],
         timing: list[float],
     ) -> Any:
-        """Call the endpoint method: awaited, or in the thread pool (in this context, so
-        that spans the method opens join the request's trace)."""
+        """Call the endpoint method: awaited, on the loop while its calls are short, or in the
+        thread pool (in a copy of this context, so that spans the method opens join the
+        request's trace)."""
         if spec.is_async:
             timing[0] = time.perf_counter()
             try:
                 return await method(**kwargs)
             finally:
                 timing[1] = time.perf_counter()
+        if spec.name in self._on_loop and not self._in_pool:
+            return self._on_loop_call(spec, method, kwargs, timing)
 
         def run() -> Any:
             timing[0] = time.perf_counter()
@@ -322,7 +351,43 @@ class ExecutorRuntime:
                 timing[1] = time.perf_counter()
 
         context = contextvars.copy_context()
-        return await asyncio.get_running_loop().run_in_executor(self._pool, context.run, run)
+        future = self._pool.submit(context.run, run)
+        self._in_pool.add(future)
+        future.add_done_callback(self._in_pool.discard)
+        return await asyncio.wrap_future(future)
+
+    def _on_loop_call(
+        self,
+        spec: EndpointMethod,
+        method: Callable[..., Any],
+        kwargs: dict[str, Any],
+        timing: list[float],
+    ) -> Any:
+        """A sync method's call on the event loop's thread, as the pool would make it: in a
+        copy of the context, with no running loop (so that ``asyncio.run`` and sync clients
+        built on it work inside); a call past :data:`INLINE_CALL_LIMIT` sends the endpoint's
+        later calls to the pool."""
+        loop = asyncio.get_running_loop()
+        context = contextvars.copy_context()
+        asyncio._set_running_loop(None)
+        timing[0] = time.perf_counter()
+        try:
+            return context.run(method, **kwargs)
+        finally:
+            timing[1] = time.perf_counter()
+            asyncio._set_running_loop(loop)
+            took = timing[1] - timing[0]
+            if took > INLINE_CALL_LIMIT and spec.name in self._on_loop:
+                self._on_loop.discard(spec.name)
+                log.info(
+                    "endpoint %s (%s.%s) of executor %r took %.1f ms on the event loop; its "
+                    "calls run in the worker threads from now on",
+                    spec.name,
+                    type(self.executor).__name__,
+                    spec.method,
+                    self.name,
+                    took * 1e3,
+                )
 
     async def _traced(
         self,
@@ -478,6 +543,7 @@ async def serve_executor(
     ready_file: str | None = None,
     drain_timeout: float = 10.0,
     sync_workers: int = 1,
+    sync_calls: SyncCalls = "auto",
     metrics: tuple[str, int] | None = None,
     tracing: bool = False,
     gateway_key: bytes | None = None,
@@ -488,7 +554,8 @@ async def serve_executor(
     for, on every request;
     with ``metrics`` (host, port), Prometheus ``/metrics`` too; with ``tracing`` (set up by
     the caller), a span per endpoint call; ``batching``: dynamic batching per endpoint, over
-    the methods' own ``@dynamic_batching``."""
+    the methods' own ``@dynamic_batching``; ``sync_calls``: where sync endpoint methods run
+    (see :class:`ExecutorRuntime`)."""
     exporter = None
     if metrics is not None:
         # lazy: prometheus_client (3.4 MB of imports) only where metrics are on
@@ -502,6 +569,7 @@ async def serve_executor(
         executor,
         name=name,
         sync_workers=sync_workers,
+        sync_calls=sync_calls,
         metrics=exporter,
         tracer=tracer,
         verifier=Verifier(gateway_key) if gateway_key else None,

@@ -26,7 +26,7 @@ from meshflow.spec.federation import Federation
 from meshflow.spec.flow import DeploymentSpec, FlowSpec, Options, typed_options
 from meshflow.spec.limits import GraphQLLimits
 from meshflow.spec.persisted import PersistedQueries
-from meshflow.types import DEFAULT_MAX_REQUEST_BYTES
+from meshflow.types import DEFAULT_MAX_REQUEST_BYTES, SYNC_CALLS, SyncCalls
 
 LOCALHOST = "127.0.0.1"
 
@@ -131,6 +131,7 @@ class ExecutorLaunch(Observability):
     shards: int = 1
     workspace: str = "workspace"
     sync_workers: int = 1
+    sync_calls: SyncCalls = "auto"
     drain_timeout: float = 10.0
     ready_file: str | None = None
     gateway_key: str | None = None
@@ -159,6 +160,7 @@ class ExecutorLaunch(Observability):
         argv += ["--shard-id", str(self.shard_id), "--replicas", str(self.replicas)]
         argv += ["--shards", str(self.shards), "--workspace", self.workspace]
         argv += ["--sync-workers", str(self.sync_workers)] if self.sync_workers != 1 else []
+        argv += ["--sync-calls", self.sync_calls] if self.sync_calls != "auto" else []
         argv += ["--drain-timeout", str(self.drain_timeout)] if self.drain_timeout != 10.0 else []
         argv += ["--ready-file", self.ready_file] if self.ready_file is not None else []
         argv += self._observability_argv()
@@ -208,7 +210,16 @@ class ExecutorLaunch(Observability):
         parser.add_argument("--replicas", type=int, default=1)
         parser.add_argument("--shards", type=int, default=1)
         parser.add_argument("--workspace", default="workspace")
-        parser.add_argument("--sync-workers", type=int, default=1)
+        parser.add_argument(
+            "--sync-workers", type=int, default=1, help="threads for sync endpoint methods"
+        )
+        parser.add_argument(
+            "--sync-calls",
+            choices=SYNC_CALLS,
+            default="auto",
+            help="where sync endpoint methods run: 'auto' (on the event loop while each call "
+            "takes under 2 ms, then in the threads) or 'thread' (always in the threads)",
+        )
         parser.add_argument("--drain-timeout", type=float, default=10.0)
         parser.add_argument("--ready-file", help=argparse.SUPPRESS)
         gateway_key = parser.add_mutually_exclusive_group()
@@ -242,6 +253,7 @@ class ExecutorLaunch(Observability):
             shards=args.shards,
             workspace=args.workspace,
             sync_workers=args.sync_workers,
+            sync_calls=args.sync_calls,
             drain_timeout=args.drain_timeout,
             ready_file=args.ready_file,
             gateway_key=args.gateway_key,

@@ -323,3 +323,30 @@ class Ordered(Executor):
                 await asyncio.sleep(0.3)
             d.text = f"served {d.id}"
             self._event(d.id).set()
+
+
+class Blocking(Executor):
+    """Sync endpoints: /where answers with its thread, /block sleeps ``seconds`` first; /ping
+    is async."""
+
+    @requests(on="/where")
+    def where(self, **kwargs: Any) -> dict[str, Any]:
+        return {"thread": threading.current_thread().name}
+
+    @requests(on="/block")
+    def block(self, parameters: dict[str, Any], **kwargs: Any) -> dict[str, Any]:
+        time.sleep(float(parameters.get("seconds", 0.1)))
+        return {"thread": threading.current_thread().name}
+
+    @requests(on="/ping")
+    async def ping(self, **kwargs: Any) -> dict[str, Any]:
+        return {"thread": threading.current_thread().name}
+
+
+class PinnedThread(Executor):
+    """A sync endpoint with ``in_thread=True``: tags ``pinned_thread`` with its thread."""
+
+    @requests(in_thread=True)
+    def pinned(self, docs: DocumentArray, **kwargs: Any) -> None:
+        for d in docs:
+            d.tags["pinned_thread"] = threading.current_thread().name

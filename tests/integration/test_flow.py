@@ -138,10 +138,14 @@ def test_replicas_share_the_load(start_flow: StartFlow) -> None:
     assert {d.tags["replica"] for d in docs} == {0.0, 1.0, 2.0}
 
 
-def test_sync_endpoints_run_off_the_event_loop(start_flow: StartFlow) -> None:
-    f = start_flow(Flow().add(uses="executors:Who", name="who"))
+def test_short_sync_endpoints_run_on_the_loop_and_in_thread_ones_off_it(
+    start_flow: StartFlow,
+) -> None:
+    flow = Flow().add(uses="executors:Who", name="who")
+    f = start_flow(flow.add(uses="executors:PinnedThread", name="pinned"))
     [doc] = f.post("/", DocumentArray.empty(1))
-    assert doc.tags["thread"].startswith("who")
+    assert doc.tags["thread"] == "MainThread"
+    assert doc.tags["pinned_thread"].startswith("pinned")
 
 
 def test_sharded_index_spreads_writes_and_searches_all_shards(start_flow: StartFlow) -> None:

@@ -4,7 +4,6 @@ server around it."""
 from __future__ import annotations
 
 import asyncio
-import threading
 from collections.abc import Coroutine
 from typing import Any, TypeVar
 
@@ -28,11 +27,8 @@ def run(coro: Coroutine[Any, Any, T]) -> T:
 class Shop(Executor):
     """One endpoint per way an endpoint can answer."""
 
-    threads: list[str] = []
-
     @requests(on="/upper")
     def upper(self, docs: DocumentArray, parameters: dict[str, Any]) -> None:
-        Shop.threads.append(threading.current_thread().name)
         for doc in docs:
             doc.text = doc.text.upper() + parameters.get("suffix", "")
 
@@ -196,10 +192,3 @@ def test_an_array_whose_bytes_and_shape_disagree_is_a_bad_request() -> None:
     )
     with pytest.raises(BadRequestError, match="'shop'"):
         process_raw(Shop(), message.SerializeToString())
-
-
-def test_sync_endpoints_run_in_the_runtimes_worker_thread() -> None:
-    Shop.threads.clear()
-    process(Shop(), request("/upper", "a"), name="worker-pool")
-    [thread] = Shop.threads
-    assert thread.startswith("worker-pool") and thread != threading.main_thread().name

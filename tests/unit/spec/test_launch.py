@@ -37,6 +37,7 @@ EXECUTOR_VALUES: dict[str, Any] = {
     "shards": 2,
     "workspace": "/data",
     "sync_workers": 4,
+    "sync_calls": "thread",
     "drain_timeout": 2.5,
     "ready_file": "/tmp/ready",
     "gateway_key": "-----BEGIN PUBLIC KEY-----",

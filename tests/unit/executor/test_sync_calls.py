@@ -1,0 +1,228 @@
+"""Where sync endpoint methods run: on the event loop while their calls are short, in the
+worker threads once one is long, always there with ``in_thread=True`` or
+``sync_calls='thread'``; and a call on the loop behaves as one in a thread would."""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import logging
+import threading
+import time
+from collections.abc import Coroutine
+from typing import Any, TypeVar
+
+import pytest
+
+from meshflow import DocumentArray, Executor, dynamic_batching, requests
+from meshflow.document.proto import struct_to_dict
+from meshflow.errors import ConfigError
+from meshflow.executor.runtime import INLINE_CALL_LIMIT, ExecutorRuntime
+from meshflow.proto.v1 import data_request_pb2
+
+T = TypeVar("T")
+
+FLAG: contextvars.ContextVar[str] = contextvars.ContextVar("flag", default="unset")
+
+
+def run(coro: Coroutine[Any, Any, T]) -> T:
+    async def bounded() -> T:
+        return await asyncio.wait_for(coro, 20)
+
+    return asyncio.run(bounded())
+
+
+class Where(Executor):
+    """Each endpoint answers with the thread it ran on."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.slow_calls = 0
+
+    @requests(on="/fast")
+    def fast(self, docs: DocumentArray, **kwargs: Any) -> dict[str, Any]:
+        return {"thread": threading.current_thread().name}
+
+    @requests(on="/pinned", in_thread=True)
+    def pinned(self, docs: DocumentArray, **kwargs: Any) -> dict[str, Any]:
+        return {"thread": threading.current_thread().name}
+
+    @requests(on="/slow")
+    def slow(self, docs: DocumentArray, **kwargs: Any) -> dict[str, Any]:
+        self.slow_calls += 1
+        time.sleep(INLINE_CALL_LIMIT * 3)
+        return {"thread": threading.current_thread().name}
+
+    @requests(on="/nested")
+    def nested(self, docs: DocumentArray, **kwargs: Any) -> dict[str, Any]:
+        async def inner() -> int:
+            await asyncio.sleep(0)
+            return 7
+
+        return {"thread": threading.current_thread().name, "inner": asyncio.run(inner())}
+
+    @requests(on="/flag")
+    def flag(self, docs: DocumentArray, **kwargs: Any) -> dict[str, Any]:
+        before = FLAG.get()
+        FLAG.set("set by the method")
+        return {"thread": threading.current_thread().name, "before": before}
+
+    @requests(on="/crash")
+    def crash(self, docs: DocumentArray, **kwargs: Any) -> None:
+        raise ValueError("no stock")
+
+    @requests(on="/batched")
+    @dynamic_batching(preferred_batch_size=4, timeout=1)
+    def batched(self, docs: DocumentArray, **kwargs: Any) -> dict[str, Any]:
+        return {"thread": threading.current_thread().name}
+
+
+def request(endpoint: str) -> bytes:
+    message = data_request_pb2.DataRequest(
+        header=data_request_pb2.Header(request_id="r1", endpoint=endpoint)
+    )
+    message.docs.add(id="d0", text="a")
+    return message.SerializeToString()
+
+
+def answers(
+    endpoints: list[str], *, sync_calls: Any = "auto", executor: Executor | None = None
+) -> list[dict[str, Any]]:
+    """The results of one request per endpoint, in turn, through one runtime."""
+
+    async def go() -> list[dict[str, Any]]:
+        runtime = ExecutorRuntime(executor or Where(), name="pool", sync_calls=sync_calls)
+        try:
+            out = []
+            for endpoint in endpoints:
+                answer = data_request_pb2.DataRequest.FromString(
+                    await runtime.process(request(endpoint))
+                )
+                assert answer.status.code == data_request_pb2.Status.OK, answer.status
+                out.append(struct_to_dict(answer.results["pool"]))
+            return out
+        finally:
+            runtime.close()
+
+    return run(go())
+
+
+def on_loop(answer: dict[str, Any]) -> bool:
+    return bool(answer["thread"] == threading.main_thread().name)
+
+
+def on_worker(answer: dict[str, Any]) -> bool:
+    return bool(answer["thread"].startswith("pool") and not on_loop(answer))
+
+
+def test_a_short_sync_call_runs_on_the_event_loop_by_default() -> None:
+    assert all(on_loop(a) for a in answers(["/fast"] * 3))
+
+
+def test_sync_calls_thread_sends_every_sync_call_to_the_worker_threads() -> None:
+    assert all(on_worker(a) for a in answers(["/fast"] * 3, sync_calls="thread"))
+
+
+def test_in_thread_methods_always_run_in_the_worker_threads() -> None:
+    assert all(on_worker(a) for a in answers(["/pinned"] * 3))
+
+
+def test_batched_sync_methods_run_in_the_worker_threads() -> None:
+    # while a batch runs in a thread, the loop gathers the next one
+    assert all(on_worker(a) for a in answers(["/batched"] * 2))
+
+
+def test_a_long_call_sends_the_endpoints_later_calls_to_the_threads_for_good(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    executor = Where()
+    with caplog.at_level(logging.INFO, logger="meshflow.executor"):
+        first, second, third, other = answers(
+            ["/slow", "/slow", "/slow", "/fast"], executor=executor
+        )
+    assert on_loop(first) and on_worker(second) and on_worker(third)
+    assert executor.slow_calls == 3
+    assert on_loop(other)  # only the slow endpoint moved
+    assert "/slow" in caplog.text and "worker threads from now on" in caplog.text
+
+
+def test_while_a_call_is_in_the_threads_short_calls_queue_behind_it() -> None:
+    async def go() -> list[dict[str, Any]]:
+        runtime = ExecutorRuntime(Where(), name="pool")
+        try:
+
+            async def ask(endpoint: str) -> dict[str, Any]:
+                answer = await runtime.process(request(endpoint))
+                return struct_to_dict(
+                    data_request_pb2.DataRequest.FromString(answer).results["pool"]
+                )
+
+            first = await ask("/slow")  # on the loop, too long: the threads from now on
+            slow = asyncio.ensure_future(ask("/slow"))
+            await asyncio.sleep(0)  # the slow call is in its thread
+            during = await ask("/fast")
+            assert slow.done()  # one worker thread: the fast call ran after it
+            after = await ask("/fast")
+            return [first, await slow, during, after]
+        finally:
+            runtime.close()
+
+    first, slow, during, after = run(go())
+    assert on_loop(first) and on_worker(slow)
+    assert on_worker(during)  # never on the loop while a thread holds the executor
+    assert on_loop(after)
+
+
+def test_asyncio_run_inside_a_sync_method_on_the_loop_works() -> None:
+    first, second = answers(["/nested", "/nested"])
+    assert on_loop(first) and first["inner"] == 7 and second["inner"] == 7
+
+
+def test_a_call_on_the_loop_keeps_its_context_changes_to_itself() -> None:
+    async def go() -> tuple[dict[str, Any], str]:
+        FLAG.set("the caller's")
+        runtime = ExecutorRuntime(Where(), name="pool")
+        try:
+            answer = data_request_pb2.DataRequest.FromString(
+                await runtime.process(request("/flag"))
+            )
+        finally:
+            runtime.close()
+        return struct_to_dict(answer.results["pool"]), FLAG.get()
+
+    results, after = run(go())
+    assert on_loop(results) and results["before"] == "the caller's"
+    assert after == "the caller's"
+
+
+def test_an_exception_on_the_loop_is_the_executors_error_status() -> None:
+    async def go() -> data_request_pb2.DataRequest:
+        runtime = ExecutorRuntime(Where(), name="pool")
+        try:
+            answer = await runtime.process(request("/crash"))
+            # the loop is still in order: the next call is served
+            ok = data_request_pb2.DataRequest.FromString(await runtime.process(request("/fast")))
+            assert ok.status.code == data_request_pb2.Status.OK
+            assert asyncio.get_running_loop() is asyncio.get_event_loop()
+            return data_request_pb2.DataRequest.FromString(answer)
+        finally:
+            runtime.close()
+
+    answer = run(go())
+    assert answer.status.code == data_request_pb2.Status.ERROR
+    assert answer.status.exception_type == "ValueError"
+    assert answer.status.executor == "pool" and "no stock" in answer.status.message
+
+
+def test_an_unknown_sync_calls_value_is_a_config_error() -> None:
+    with pytest.raises(ConfigError, match="sync_calls is 'inline'; use one of auto, thread"):
+        ExecutorRuntime(Where(), name="pool", sync_calls="inline")  # type: ignore[arg-type]
+
+
+def test_in_thread_on_an_async_method_is_refused() -> None:
+    with pytest.raises(TypeError, match="in_thread is for sync methods"):
+
+        class Wrong(Executor):
+            @requests(on="/x", in_thread=True)
+            async def x(self, docs: DocumentArray, **kwargs: Any) -> None:
+                pass
