@@ -12,6 +12,7 @@ import contextvars
 import functools
 import json
 import logging
+import resource
 import time
 from collections.abc import Callable, Hashable, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -63,10 +64,33 @@ _SERVICE = "meshflow.v1.ExecutorService"
 
 TimeRemaining = Callable[[], float | None]
 
+_RUSAGE_THREAD: int | None = getattr(resource, "RUSAGE_THREAD", None)
+
 INLINE_CALL_LIMIT = 0.002
 """Seconds a sync endpoint's call may take on the event loop: past it, the endpoint's calls go
 to the worker threads. Handing a call to a thread and back costs 0.1-0.3 ms of CPU on a
 2-core VM (two cross-CPU wake-ups), more than a short call itself."""
+
+
+def _thread_usage() -> tuple[float, int] | None:
+    """This thread's CPU seconds and voluntary context switches (None off Linux)."""
+    if _RUSAGE_THREAD is None:
+        return None
+    # thread_time is exact; getrusage's CPU times lag by up to a scheduler tick
+    return time.thread_time(), resource.getrusage(_RUSAGE_THREAD).ru_nvcsw
+
+
+def _too_long(before: tuple[float, int] | None, after: tuple[float, int] | None) -> str:
+    """Why a call on the loop that took longer than :data:`INLINE_CALL_LIMIT` should leave it:
+    it computed that long, or it blocked; '' when the thread was only preempted (the machine
+    was busy). Without per-thread usage, any long call leaves."""
+    if before is None or after is None:
+        return "took too long"
+    if after[0] - before[0] > INLINE_CALL_LIMIT:
+        return f"computed for {(after[0] - before[0]) * 1e3:.1f} ms"
+    if after[1] > before[1]:
+        return "blocked"
+    return ""
 
 
 class ExecutorRuntime:
@@ -76,7 +100,8 @@ class ExecutorRuntime:
     ``sync_workers`` threads (one by default, so an Executor's state is never touched by two
     threads at once), so that health checks keep answering while a sync model works; with
     ``sync_calls='auto'`` (the default), a sync endpoint runs on the event loop instead until
-    one of its calls takes longer than :data:`INLINE_CALL_LIMIT`, then in the threads for good;
+    one of its calls computes or blocks for longer than :data:`INLINE_CALL_LIMIT`, then in the
+    threads for good;
     and while any call is in the threads, in the threads too (so with one worker thread, one
     sync call runs at a time, as before).
     Endpoints that batch, and methods marked ``@requests(in_thread=True)``, always use the
@@ -365,10 +390,13 @@ class ExecutorRuntime:
     ) -> Any:
         """A sync method's call on the event loop's thread, as the pool would make it: in a
         copy of the context, with no running loop (so that ``asyncio.run`` and sync clients
-        built on it work inside); a call past :data:`INLINE_CALL_LIMIT` sends the endpoint's
-        later calls to the pool."""
+        built on it work inside). A call that computed for longer than
+        :data:`INLINE_CALL_LIMIT`, or that blocked (waited on I/O, a sleep or a lock) and took
+        longer, sends the endpoint's later calls to the pool; one that was only preempted by
+        other processes does not."""
         loop = asyncio.get_running_loop()
         context = contextvars.copy_context()
+        before = _thread_usage()
         asyncio._set_running_loop(None)
         timing[0] = time.perf_counter()
         try:
@@ -378,16 +406,19 @@ class ExecutorRuntime:
             asyncio._set_running_loop(loop)
             took = timing[1] - timing[0]
             if took > INLINE_CALL_LIMIT and spec.name in self._on_loop:
-                self._on_loop.discard(spec.name)
-                log.info(
-                    "endpoint %s (%s.%s) of executor %r took %.1f ms on the event loop; its "
-                    "calls run in the worker threads from now on",
-                    spec.name,
-                    type(self.executor).__name__,
-                    spec.method,
-                    self.name,
-                    took * 1e3,
-                )
+                why = _too_long(before, _thread_usage())
+                if why:
+                    self._on_loop.discard(spec.name)
+                    log.info(
+                        "endpoint %s (%s.%s) of executor %r %s on the event loop (%.1f ms in all); "
+                        "its calls run in the worker threads from now on",
+                        spec.name,
+                        type(self.executor).__name__,
+                        spec.method,
+                        self.name,
+                        why,
+                        took * 1e3,
+                    )
 
     async def _traced(
         self,

@@ -17,7 +17,7 @@ import pytest
 from meshflow import DocumentArray, Executor, dynamic_batching, requests
 from meshflow.document.proto import struct_to_dict
 from meshflow.errors import ConfigError
-from meshflow.executor.runtime import INLINE_CALL_LIMIT, ExecutorRuntime
+from meshflow.executor.runtime import INLINE_CALL_LIMIT, ExecutorRuntime, _too_long
 from meshflow.proto.v1 import data_request_pb2
 
 T = TypeVar("T")
@@ -51,6 +51,13 @@ class Where(Executor):
     def slow(self, docs: DocumentArray, **kwargs: Any) -> dict[str, Any]:
         self.slow_calls += 1
         time.sleep(INLINE_CALL_LIMIT * 3)
+        return {"thread": threading.current_thread().name}
+
+    @requests(on="/busy")
+    def busy(self, docs: DocumentArray, **kwargs: Any) -> dict[str, Any]:
+        end = time.thread_time() + INLINE_CALL_LIMIT * 3
+        while time.thread_time() < end:
+            pass
         return {"thread": threading.current_thread().name}
 
     @requests(on="/nested")
@@ -143,7 +150,22 @@ def test_a_long_call_sends_the_endpoints_later_calls_to_the_threads_for_good(
     assert on_loop(first) and on_worker(second) and on_worker(third)
     assert executor.slow_calls == 3
     assert on_loop(other)  # only the slow endpoint moved
-    assert "/slow" in caplog.text and "worker threads from now on" in caplog.text
+    assert "/slow" in caplog.text and "blocked on the event loop" in caplog.text
+    assert "worker threads from now on" in caplog.text
+
+
+def test_a_call_that_computes_too_long_leaves_the_loop_too() -> None:
+    first, second = answers(["/busy", "/busy"])
+    assert on_loop(first) and on_worker(second)
+
+
+def test_only_computing_or_blocking_past_the_limit_counts_not_being_preempted() -> None:
+    limit = INLINE_CALL_LIMIT
+    # (thread CPU seconds, voluntary context switches) before and after a long call
+    assert _too_long((1.0, 5), (1.0 + limit / 2, 5)) == ""  # preempted: the machine was busy
+    assert _too_long((1.0, 5), (1.0 + limit * 2, 5)).startswith("computed for 4.0 ms")
+    assert _too_long((1.0, 5), (1.0 + limit / 2, 6)) == "blocked"
+    assert _too_long(None, None) == "took too long"  # no per-thread usage: any long call
 
 
 def test_while_a_call_is_in_the_threads_short_calls_queue_behind_it() -> None:
