@@ -106,12 +106,12 @@ def requests(
             def search(self, docs, parameters: SearchParams, **kwargs):
                 ...
 
-    A sync method runs on the executor's event loop while its calls stay short (under 2 ms
-    each: handing a call to a thread costs more than that saves), and in the executor's worker
-    threads from its first call that computed or blocked for longer on. ``in_thread=True``
-    sends every call to the worker threads from the start: for a method that may block
-    (network or disk I/O, a lock, a first call that loads a model) or that needs the same
-    thread every time::
+    A sync method's first call runs in the executor's worker threads (it pays the one-time
+    costs); later calls run on the executor's event loop while they stay short (under 2 ms
+    each: handing a call to a thread costs more than that saves), and in the worker threads
+    from the first one that computed or blocked for longer on. ``in_thread=True`` sends every
+    call to the worker threads: for a method that may block now and then (network or disk
+    I/O, a lock) or that needs the same thread every time::
 
             @requests(on='/fetch', in_thread=True)
             def fetch(self, docs, **kwargs):

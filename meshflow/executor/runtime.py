@@ -99,9 +99,9 @@ class ExecutorRuntime:
     Async endpoints run on the event loop. Sync endpoints run in a thread pool of
     ``sync_workers`` threads (one by default, so an Executor's state is never touched by two
     threads at once), so that health checks keep answering while a sync model works; with
-    ``sync_calls='auto'`` (the default), a sync endpoint runs on the event loop instead until
-    one of its calls computes or blocks for longer than :data:`INLINE_CALL_LIMIT`, then in the
-    threads for good;
+    ``sync_calls='auto'`` (the default), a sync endpoint runs on the event loop instead, from
+    its second call until one computes or blocks for longer than :data:`INLINE_CALL_LIMIT`,
+    then in the threads for good;
     and while any call is in the threads, in the threads too (so with one worker thread, one
     sync call runs at a time, as before).
     Endpoints that batch, and methods marked ``@requests(in_thread=True)``, always use the
@@ -136,7 +136,9 @@ class ExecutorRuntime:
         self._endpoints = type(executor).endpoints
         self._batchers = self._make_batchers(batching or {}, sync_workers)
         self._on_loop: set[str] = set()
-        """Sync endpoints whose calls run on the event loop (see :meth:`_invoke`)."""
+        """Sync endpoints whose calls run on the event loop (see :meth:`_invoke`) once
+        ``_warm``: their first call ran in the pool."""
+        self._warm: set[str] = set()
         self._in_pool: set[Future[Any]] = set()
         """Calls submitted to the pool and not yet done: while there are any, sync calls go
         there too, so that they keep their order and never wait on the loop for a lock that
@@ -356,16 +358,18 @@ class ExecutorRuntime:
         kwargs: dict[str, Any],
         timing: list[float],
     ) -> Any:
-        """Call the endpoint method: awaited, on the loop while its calls are short, or in the
-        thread pool (in a copy of this context, so that spans the method opens join the
-        request's trace)."""
+        """Call the endpoint method: awaited, on the loop while its calls are short (after a
+        first call in the pool, which pays one-time costs: imports, caches, a model loaded on
+        first use), or in the thread pool (in a copy of this context, so that spans the
+        method opens join the request's trace)."""
         if spec.is_async:
             timing[0] = time.perf_counter()
             try:
                 return await method(**kwargs)
             finally:
                 timing[1] = time.perf_counter()
-        if spec.name in self._on_loop and not self._in_pool:
+        on_loop = spec.name in self._on_loop
+        if on_loop and spec.name in self._warm and not self._in_pool:
             return self._on_loop_call(spec, method, kwargs, timing)
 
         def run() -> Any:
@@ -379,7 +383,11 @@ class ExecutorRuntime:
         future = self._pool.submit(context.run, run)
         self._in_pool.add(future)
         future.add_done_callback(self._in_pool.discard)
-        return await asyncio.wrap_future(future)
+        try:
+            return await asyncio.wrap_future(future)
+        finally:
+            if on_loop:  # the first call, with its one-time costs, ran here
+                self._warm.add(spec.name)
 
     def _on_loop_call(
         self,

@@ -143,8 +143,11 @@ def test_short_sync_endpoints_run_on_the_loop_and_in_thread_ones_off_it(
 ) -> None:
     flow = Flow().add(uses="executors:Who", name="who")
     f = start_flow(flow.add(uses="executors:PinnedThread", name="pinned"))
+    [first] = f.post("/", DocumentArray.empty(1))
     [doc] = f.post("/", DocumentArray.empty(1))
+    assert first.tags["thread"].startswith("who")  # a first call, in the worker thread
     assert doc.tags["thread"] == "MainThread"
+    assert first.tags["pinned_thread"].startswith("pinned")
     assert doc.tags["pinned_thread"].startswith("pinned")
 
 
