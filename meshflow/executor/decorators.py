@@ -109,9 +109,9 @@ def requests(
     A sync method's first call runs in the executor's worker threads (it pays the one-time
     costs); later calls run on the executor's event loop while they stay short (under 2 ms
     each: handing a call to a thread costs more than that saves), and in the worker threads
-    from the first one that computed or blocked for longer on. ``in_thread=True`` sends every
-    call to the worker threads: for a method that may block now and then (network or disk
-    I/O, a lock) or that needs the same thread every time::
+    for good once they compute or block for longer (two calls within 100, or one past 20 ms).
+    ``in_thread=True`` sends every call to the worker threads: for a method that may block
+    now and then (network or disk I/O, a lock) or that needs the same thread every time::
 
             @requests(on='/fetch', in_thread=True)
             def fetch(self, docs, **kwargs):

@@ -12,7 +12,6 @@ import contextvars
 import functools
 import json
 import logging
-import resource
 import time
 from collections.abc import Callable, Hashable, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -40,6 +39,7 @@ from meshflow.document.proto import (
 )
 from meshflow.errors import BadRequestError, ConfigError, UnverifiedIdentityError
 from meshflow.executor.batching import Batcher
+from meshflow.executor.calltime import LoopCalls
 from meshflow.executor.describe import describe_endpoints
 from meshflow.executor.executor import EndpointMethod, Executor
 from meshflow.executor.parameters import build as build_params
@@ -64,33 +64,15 @@ _SERVICE = "meshflow.v1.ExecutorService"
 
 TimeRemaining = Callable[[], float | None]
 
-_RUSAGE_THREAD: int | None = getattr(resource, "RUSAGE_THREAD", None)
-
 INLINE_CALL_LIMIT = 0.002
 """Seconds a sync endpoint's call may take on the event loop: past it, the endpoint's calls go
 to the worker threads. Handing a call to a thread and back costs 0.1-0.3 ms of CPU on a
-2-core VM (two cross-CPU wake-ups), more than a short call itself."""
+2-core VM (two cross-CPU wake-ups), more than a short call itself. Two such calls within
+100 calls, or one past :data:`LONG_CALL`, and the endpoint leaves the loop."""
 
-
-def _thread_usage() -> tuple[float, int] | None:
-    """This thread's CPU seconds and voluntary context switches (None off Linux)."""
-    if _RUSAGE_THREAD is None:
-        return None
-    # thread_time is exact; getrusage's CPU times lag by up to a scheduler tick
-    return time.thread_time(), resource.getrusage(_RUSAGE_THREAD).ru_nvcsw
-
-
-def _too_long(before: tuple[float, int] | None, after: tuple[float, int] | None) -> str:
-    """Why a call on the loop that took longer than :data:`INLINE_CALL_LIMIT` should leave it:
-    it computed that long, or it blocked; '' when the thread was only preempted (the machine
-    was busy). Without per-thread usage, any long call leaves."""
-    if before is None or after is None:
-        return "took too long"
-    if after[0] - before[0] > INLINE_CALL_LIMIT:
-        return f"computed for {(after[0] - before[0]) * 1e3:.1f} ms"
-    if after[1] > before[1]:
-        return "blocked"
-    return ""
+LONG_CALL = 0.02
+"""Seconds past which one call on the event loop is enough to send its endpoint to the
+worker threads."""
 
 
 class ExecutorRuntime:
@@ -98,12 +80,11 @@ class ExecutorRuntime:
 
     Async endpoints run on the event loop. Sync endpoints run in a thread pool of
     ``sync_workers`` threads (one by default, so an Executor's state is never touched by two
-    threads at once), so that health checks keep answering while a sync model works; with
-    ``sync_calls='auto'`` (the default), a sync endpoint runs on the event loop instead, from
-    its second call until one computes or blocks for longer than :data:`INLINE_CALL_LIMIT`,
-    then in the threads for good;
-    and while any call is in the threads, in the threads too (so with one worker thread, one
-    sync call runs at a time, as before).
+    threads at once), so that health checks keep answering while a sync model works. With
+    ``sync_calls='auto'`` (the default), a sync endpoint's calls run on the event loop instead
+    from its second call on, until its calls compute or block for longer than
+    :data:`INLINE_CALL_LIMIT` (then in the threads for good), and never while another call is
+    in the threads (so with one worker thread, one sync call runs at a time, as before).
     Endpoints that batch, and methods marked ``@requests(in_thread=True)``, always use the
     threads; ``sync_calls='thread'`` sends every sync endpoint there.
 
@@ -135,20 +116,22 @@ class ExecutorRuntime:
         self._pool = ThreadPoolExecutor(max_workers=sync_workers, thread_name_prefix=name)
         self._endpoints = type(executor).endpoints
         self._batchers = self._make_batchers(batching or {}, sync_workers)
-        self._on_loop: set[str] = set()
-        """Sync endpoints whose calls run on the event loop (see :meth:`_invoke`) once
-        ``_warm``: their first call ran in the pool."""
-        self._warm: set[str] = set()
         self._in_pool: set[Future[Any]] = set()
         """Calls submitted to the pool and not yet done: while there are any, sync calls go
         there too, so that they keep their order and never wait on the loop for a lock that
         a call in a thread holds."""
-        if sync_calls == "auto":
-            self._on_loop = {
+        self._loop_calls = LoopCalls(
+            {
                 name
                 for name, spec in self._endpoints.items()
                 if not (spec.is_async or spec.in_thread or name in self._batchers)
             }
+            if sync_calls == "auto"
+            else set(),
+            limit=INLINE_CALL_LIMIT,
+            long_call=LONG_CALL,
+        )
+        """The sync endpoints whose calls run on the event loop (see :meth:`_invoke`)."""
 
     def _make_batchers(
         self, overrides: Mapping[str, DynamicBatching], sync_workers: int
@@ -188,6 +171,7 @@ class ExecutorRuntime:
         for batcher in self._batchers.values():
             batcher.close()
         self._pool.shutdown(wait=False, cancel_futures=True)
+        self._loop_calls.close()
 
     def endpoint_for(self, endpoint: str) -> EndpointMethod | None:
         """The method serving ``endpoint``, the default endpoint's, or None to pass through."""
@@ -368,8 +352,7 @@ class ExecutorRuntime:
                 return await method(**kwargs)
             finally:
                 timing[1] = time.perf_counter()
-        on_loop = spec.name in self._on_loop
-        if on_loop and spec.name in self._warm and not self._in_pool:
+        if self._loop_calls.runs(spec.name) and not self._in_pool:
             return self._on_loop_call(spec, method, kwargs, timing)
 
         def run() -> Any:
@@ -386,8 +369,7 @@ class ExecutorRuntime:
         try:
             return await asyncio.wrap_future(future)
         finally:
-            if on_loop:  # the first call, with its one-time costs, ran here
-                self._warm.add(spec.name)
+            self._loop_calls.warmed(spec.name)  # a first call, with its one-time costs
 
     def _on_loop_call(
         self,
@@ -398,13 +380,12 @@ class ExecutorRuntime:
     ) -> Any:
         """A sync method's call on the event loop's thread, as the pool would make it: in a
         copy of the context, with no running loop (so that ``asyncio.run`` and sync clients
-        built on it work inside). A call that computed for longer than
-        :data:`INLINE_CALL_LIMIT`, or that blocked (waited on I/O, a sleep or a lock) and took
-        longer, sends the endpoint's later calls to the pool; one that was only preempted by
-        other processes does not."""
+        built on it work inside). Calls that compute or are blocked (on I/O, a sleep or a
+        lock) for long send the endpoint's later calls to the pool; waiting for a CPU (a busy
+        machine) does not count (:class:`~meshflow.executor.calltime.LoopCalls`)."""
         loop = asyncio.get_running_loop()
         context = contextvars.copy_context()
-        before = _thread_usage()
+        before = self._loop_calls.usage()
         asyncio._set_running_loop(None)
         timing[0] = time.perf_counter()
         try:
@@ -412,21 +393,17 @@ class ExecutorRuntime:
         finally:
             timing[1] = time.perf_counter()
             asyncio._set_running_loop(loop)
-            took = timing[1] - timing[0]
-            if took > INLINE_CALL_LIMIT and spec.name in self._on_loop:
-                why = _too_long(before, _thread_usage())
-                if why:
-                    self._on_loop.discard(spec.name)
-                    log.info(
-                        "endpoint %s (%s.%s) of executor %r %s on the event loop (%.1f ms in all); "
-                        "its calls run in the worker threads from now on",
-                        spec.name,
-                        type(self.executor).__name__,
-                        spec.method,
-                        self.name,
-                        why,
-                        took * 1e3,
-                    )
+            why = self._loop_calls.judge(spec.name, before, timing[1] - timing[0])
+            if why:
+                log.info(
+                    "endpoint %s (%s.%s) of executor %r %s; its calls run in the worker "
+                    "threads from now on",
+                    spec.name,
+                    type(self.executor).__name__,
+                    spec.method,
+                    self.name,
+                    why,
+                )
 
     async def _traced(
         self,

@@ -217,8 +217,9 @@ class ExecutorLaunch(Observability):
             "--sync-calls",
             choices=SYNC_CALLS,
             default="auto",
-            help="where sync endpoint methods run: 'auto' (on the event loop while each call "
-            "takes under 2 ms, then in the threads) or 'thread' (always in the threads)",
+            help="where sync endpoint methods run: 'auto' (a first call in the threads, then "
+            "on the event loop until calls compute or block for over 2 ms, then in the threads "
+            "for good) or 'thread' (always in the threads)",
         )
         parser.add_argument("--drain-timeout", type=float, default=10.0)
         parser.add_argument("--ready-file", help=argparse.SUPPRESS)
