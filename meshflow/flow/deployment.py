@@ -6,7 +6,7 @@ from __future__ import annotations
 import logging
 import re
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, cast
 
 from meshflow.errors import ConfigError
 from meshflow.executor.executor import Executor, check_replicas
@@ -27,7 +27,7 @@ from meshflow.spec.policy import (
     RetryPolicy,
     check_lb,
 )
-from meshflow.types import Polling
+from meshflow.types import SYNC_CALLS, Polling, SyncCalls
 
 log = logging.getLogger("meshflow.flow")
 
@@ -53,19 +53,30 @@ def make_deployment(
     uses_dynamic_batching: Any = None,
     gpus: Any = 0,
     devices: Any = None,
+    sync_workers: Any = 1,
+    sync_calls: Any = "auto",
 ) -> DeploymentSpec:
     """Validate the arguments of ``Flow.add`` and build a :class:`DeploymentSpec`."""
     if not isinstance(name, str) or not _NAME.match(name):
         raise ConfigError(
             f"deployment name {name!r} is invalid: use a letter, then letters, digits, '_' or '-'"
         )
-    for label, value in (("replicas", replicas), ("shards", shards)):
+    for label, value in (
+        ("replicas", replicas),
+        ("shards", shards),
+        ("sync_workers", sync_workers),
+    ):
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise ConfigError(f"deployment {name!r}: {label} must be a whole number >= 1")
     if timeout is not None and (
         isinstance(timeout, bool) or not isinstance(timeout, int | float) or timeout <= 0
     ):
         raise ConfigError(f"deployment {name!r}: timeout must be a positive number of seconds")
+    if sync_calls not in SYNC_CALLS:
+        raise ConfigError(
+            f"deployment {name!r}: sync_calls is {sync_calls!r}; use one of "
+            f"{', '.join(map(repr, SYNC_CALLS))}"
+        )
     if uses_with is not None and not isinstance(uses_with, Mapping):
         raise ConfigError(f"deployment {name!r}: uses_with must be a mapping of arguments")
     merged_with = dict(uses_with or {})
@@ -121,6 +132,8 @@ def make_deployment(
         uses_dynamic_batching=batching,
         gpus=gpus,
         devices=devices,
+        sync_workers=sync_workers,
+        sync_calls=cast(SyncCalls, sync_calls),
     )
 
 

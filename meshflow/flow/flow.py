@@ -152,6 +152,8 @@ class Flow(Posting):
         uses_dynamic_batching: Mapping[str, DynamicBatching | Mapping[str, Any]] | None = None,
         gpus: int = 0,
         devices: Sequence[str] | None = None,
+        sync_workers: int = 1,
+        sync_calls: str = "auto",
     ) -> Flow:
         """Add a deployment of the Executor ``uses`` and return the Flow, to chain calls.
 
@@ -187,6 +189,11 @@ class Flow(Posting):
                 ``nvidia.com/gpu``. ``env={'CUDA_VISIBLE_DEVICES': 'RR'}`` (Jina's) is
                 ``gpus=1``.
             devices: device ids to spread the replicas over, e.g. ``['0', '1']``.
+            sync_workers: threads of each replica for its sync endpoint methods (one: the
+                executor's state is never touched by two threads at once).
+            sync_calls: where sync endpoint methods run: ``'auto'`` (a first call in a
+                worker thread, then on the event loop while calls stay short) or
+                ``'thread'`` (always the worker threads); see ``docs/wire.md``.
         """
         if self._runtime is not None:
             raise ConfigError("cannot add deployments to a running Flow; stop it first")
@@ -214,6 +221,8 @@ class Flow(Posting):
             uses_dynamic_batching=uses_dynamic_batching,
             gpus=gpus,
             devices=devices,
+            sync_workers=sync_workers,
+            sync_calls=sync_calls,
         )
         self._spec = self._spec.with_deployment(dep)
         return self

@@ -33,7 +33,7 @@ from meshflow.spec.policy import (
     OutlierDetection,
     RetryPolicy,
 )
-from meshflow.types import DEFAULT_MAX_REQUEST_BYTES, Polling
+from meshflow.types import DEFAULT_MAX_REQUEST_BYTES, Polling, SyncCalls
 
 if TYPE_CHECKING:
     from meshflow.executor.executor import Executor
@@ -159,6 +159,11 @@ class DeploymentSpec:
     """Accelerators per replica (see :mod:`meshflow.spec.devices`)."""
     devices: tuple[str, ...] = ()
     """Device ids the replicas take in turn; empty: the Flow's ``CUDA_VISIBLE_DEVICES``."""
+    sync_workers: int = 1
+    """Threads of each replica for its sync endpoint methods."""
+    sync_calls: SyncCalls = "auto"
+    """Where sync endpoint methods run: ``auto`` (short calls on the event loop) or
+    ``thread`` (always the worker threads); see ``docs/wire.md#sync-methods``."""
     ref: str | None = field(default=None, metadata=meta(yaml=False))
     """How a fresh interpreter imports the class (``'pkg.module:Class'``), or None when it
     must be shipped pickled (a class defined in a script)."""

@@ -186,6 +186,8 @@ class ExecutorLaunch(Observability):
             replicas=dep.replicas,
             shards=dep.shards,
             dynamic_batching=dict(dep.uses_dynamic_batching),
+            sync_workers=dep.sync_workers,
+            sync_calls=dep.sync_calls,
             **place,
         )
 

@@ -151,6 +151,14 @@ def test_short_sync_endpoints_run_on_the_loop_and_in_thread_ones_off_it(
     assert doc.tags["pinned_thread"].startswith("pinned")
 
 
+def test_sync_calls_thread_keeps_a_deployments_sync_methods_in_its_threads(
+    start_flow: StartFlow,
+) -> None:
+    f = start_flow(Flow().add(uses="executors:Who", name="who", sync_calls="thread"))
+    threads = [f.post("/", DocumentArray.empty(1))[0].tags["thread"] for _ in range(3)]
+    assert all(t.startswith("who") for t in threads), threads
+
+
 def test_sharded_index_spreads_writes_and_searches_all_shards(start_flow: StartFlow) -> None:
     f = start_flow(
         Flow().add(

@@ -44,6 +44,43 @@ executors:
     assert dict(index.polling) == {"/index": "ANY", "/search": "ALL", "*": "ANY"}
 
 
+def test_where_sync_methods_run_reaches_each_replicas_command_line(tmp_path: object) -> None:
+    from meshflow.spec.launch import ExecutorLaunch
+
+    path = write(
+        tmp_path,
+        """
+executors:
+  - name: fetch
+    uses: executors:Who
+    sync_workers: 4
+    sync_calls: thread
+  - name: rank
+    uses: executors:Who
+""",
+    )
+    fetch, rank = Flow.load_config(path).deployments
+    argv = ExecutorLaunch.of(fetch, 0, 0, uses="executors:Who", port=1).to_argv()
+    assert argv[argv.index("--sync-workers") + 1] == "4"
+    assert argv[argv.index("--sync-calls") + 1] == "thread"
+    plain = ExecutorLaunch.of(rank, 0, 0, uses="executors:Who", port=1).to_argv()
+    assert "--sync-workers" not in plain and "--sync-calls" not in plain  # the defaults
+
+
+@pytest.mark.parametrize(
+    ("line", "message"),
+    [
+        ("sync_calls: inline", "sync_calls is 'inline'; use one of 'auto', 'thread'"),
+        ("sync_workers: 0", "sync_workers must be a whole number >= 1"),
+        ("sync_workers: two", "sync_workers must be a whole number >= 1"),
+    ],
+)
+def test_bad_sync_options_name_the_executor(tmp_path: object, line: str, message: str) -> None:
+    path = write(tmp_path, f"executors:\n  - uses: executors:Who\n    {line}\n")
+    with pytest.raises(ConfigError, match=rf"executors\[0\]: .*{message}"):
+        Flow.load_config(path)
+
+
 def test_save_then_load_round_trips(tmp_path: object) -> None:
     f = (
         Flow(name="rt", port=34567)

@@ -93,6 +93,8 @@ DEPLOYMENT_VALUES: dict[str, Any] = {
     "uses_dynamic_batching": {"/default": DynamicBatching(preferred_batch_size=8, timeout=2.5)},
     "gpus": 1,
     "devices": ("0", "3"),
+    "sync_workers": 2,
+    "sync_calls": "thread",
 }
 
 
