@@ -55,23 +55,23 @@ class ThreadClock:
             self._fd = None
 
 
-def verdict(before: Usage, after: Usage, wall: float, limit: float) -> str:
-    """Why a call that took ``wall`` seconds should leave the loop, or '' if it should not: it
-    computed for longer than ``limit``, or it was blocked for longer (its wall time less its
-    CPU time and its wait for a CPU). Where the wait for a CPU is unknown, all of the time off
-    the CPU counts as blocked."""
+def verdict(before: Usage, after: Usage, wall: float, limit: float) -> tuple[float, str]:
+    """How long past ``limit`` a call that took ``wall`` seconds computed or was blocked, and
+    in words; ``(0.0, '')`` if it did neither. Blocked is its wall time less its CPU time and
+    its wait for a CPU; where the wait for a CPU is unknown, all of the time off the CPU
+    counts as blocked."""
     if after.full_collections != before.full_collections:
-        return ""
+        return 0.0, ""
     cpu = after.cpu - before.cpu
     if cpu > limit:
-        return f"computed for {cpu * 1e3:.1f} ms"
+        return cpu, f"computed for {cpu * 1e3:.1f} ms"
     waited = 0.0
     if before.waited is not None and after.waited is not None:
         waited = after.waited - before.waited
     blocked = wall - cpu - waited
     if blocked > limit:
-        return f"was blocked for {blocked * 1e3:.1f} ms"
-    return ""
+        return blocked, f"was blocked for {blocked * 1e3:.1f} ms"
+    return 0.0, ""
 
 
 class LoopCalls:
@@ -127,16 +127,17 @@ class LoopCalls:
         self._calls[endpoint] = calls
         if wall <= self.limit:
             return ""
-        why = verdict(before, self.usage(), wall, self.limit)
+        took, why = verdict(before, self.usage(), wall, self.limit)
         if not why:
             return ""
         struck = self._struck.get(endpoint)
         self._struck[endpoint] = calls
-        if wall <= self.long_call and (struck is None or calls - struck > self.window):
+        long_call = took > self.long_call
+        if not long_call and (struck is None or calls - struck > self.window):
             return ""
         self._warm.discard(endpoint)
         self._eligible.discard(endpoint)
-        if wall > self.long_call:
+        if long_call:
             return f"{why} on the event loop"
         return (
             f"{why} on the event loop, the second call past {self.limit * 1e3:g} ms within "

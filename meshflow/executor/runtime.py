@@ -75,6 +75,15 @@ LONG_CALL = 0.02
 worker threads."""
 
 
+def _timed(method: Callable[..., Any], kwargs: dict[str, Any], timing: list[float]) -> Any:
+    """``method(**kwargs)``, noting in ``timing`` when it started and ended."""
+    timing[0] = time.perf_counter()
+    try:
+        return method(**kwargs)
+    finally:
+        timing[1] = time.perf_counter()
+
+
 class ExecutorRuntime:
     """Runs requests against one Executor instance.
 
@@ -355,15 +364,8 @@ class ExecutorRuntime:
         if self._loop_calls.runs(spec.name) and not self._in_pool:
             return self._on_loop_call(spec, method, kwargs, timing)
 
-        def run() -> Any:
-            timing[0] = time.perf_counter()
-            try:
-                return method(**kwargs)
-            finally:
-                timing[1] = time.perf_counter()
-
         context = contextvars.copy_context()
-        future = self._pool.submit(context.run, run)
+        future = self._pool.submit(context.run, _timed, method, kwargs, timing)
         self._in_pool.add(future)
         future.add_done_callback(self._in_pool.discard)
         try:
@@ -387,11 +389,9 @@ class ExecutorRuntime:
         context = contextvars.copy_context()
         before = self._loop_calls.usage()
         asyncio._set_running_loop(None)
-        timing[0] = time.perf_counter()
         try:
-            return context.run(method, **kwargs)
+            return context.run(_timed, method, kwargs, timing)
         finally:
-            timing[1] = time.perf_counter()
             asyncio._set_running_loop(loop)
             why = self._loop_calls.judge(spec.name, before, timing[1] - timing[0])
             if why:

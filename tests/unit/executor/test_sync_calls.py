@@ -183,7 +183,7 @@ def test_only_computing_or_being_blocked_past_the_limit_counts() -> None:
 
     def judge(wall: float, cpu: float, waited: float | None, collections: int = 3) -> str:
         after = Usage(1.0 + cpu, None if waited is None else 5.0 + waited, collections)
-        return verdict(start, after, wall, limit)
+        return verdict(start, after, wall, limit)[1]
 
     # 5 ms, mostly waiting for a CPU: the machine was busy, not the call
     assert judge(wall=0.005, cpu=0.0005, waited=0.004) == ""
@@ -219,6 +219,26 @@ def test_hiccups_further_apart_than_the_window_never_add_up() -> None:
     assert call(0.005).startswith("computed for 5.0 ms on the event loop, the second call")
     assert not calls.runs("/x")
     calls.warmed("/x")  # a later call in the pool does not bring it back
+    assert not calls.runs("/x")
+
+
+def test_only_time_computing_or_blocked_makes_a_call_long_not_its_wait_for_a_cpu() -> None:
+    calls = LoopCalls({"/x"}, limit=0.002, long_call=0.02)
+    calls.warmed("/x")
+    now = [Usage(0.0, 0.0, 0)]
+    calls.usage = lambda: now[0]  # type: ignore[method-assign]
+
+    def call(wall: float, cpu: float, waited: float) -> str:
+        before = now[0]
+        assert before.waited is not None
+        now[0] = Usage(before.cpu + cpu, before.waited + waited, 0)
+        return calls.judge("/x", before, wall)
+
+    # 30 ms of wall time, 3 of them computing: a strike, not a long call
+    assert call(wall=0.03, cpu=0.003, waited=0.027) == ""
+    assert calls.runs("/x")
+    # 25 ms blocked: one is enough
+    assert call(wall=0.026, cpu=0.001, waited=0.0) == "was blocked for 25.0 ms on the event loop"
     assert not calls.runs("/x")
 
 
