@@ -145,6 +145,8 @@ class ExecutorLaunch(Observability):
             raise ConfigError("an executor launch needs exactly one of address and port")
         if self.gateway_key is not None and self.gateway_key_file is not None:
             raise ConfigError("an executor launch takes at most one of gateway_key(_file)")
+        if self.sync_workers < 1:
+            raise ConfigError(f"--sync-workers must be 1 or more, got {self.sync_workers}")
 
     def to_argv(self) -> list[str]:
         """The arguments of ``meshflow`` that start this executor."""

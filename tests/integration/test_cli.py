@@ -43,6 +43,7 @@ def meshflow(*args: str, timeout: float = 30) -> subprocess.CompletedProcess[str
         ["executor", "--uses", "executors:Append", "--port", "1", "--trace-sampling", "often"],
         ["executor", "--uses", "executors:Append", "--port", "1", "--trace-sampling", "0/s"],
         ["executor", "--uses", "executors:Append", "--port", "1", "--sync-calls", "inline"],
+        ["executor", "--uses", "executors:Append", "--port", "1", "--sync-workers", "0"],
     ],
 )
 def test_bad_arguments_exit_2_with_one_line(args: list[str]) -> None:
