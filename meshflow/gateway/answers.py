@@ -34,7 +34,7 @@ from collections.abc import Callable
 from typing import Any
 
 import orjson
-from graphql import GraphQLObjectType, GraphQLScalarType
+from graphql import GraphQLInt, GraphQLObjectType
 from graphql.execution.collect_fields import FieldDetailsList
 from strawberry.schema.schema import StrawberryGraphQLCoreExecutionContext
 
@@ -67,7 +67,7 @@ _DOCUMENTS = {"matches": "matches", "chunks": "chunks"}  # GraphQL name -> proto
 _ARRAYS = {"tensor": "tensor", "embedding": "embedding"}
 
 
-def _object(steps: list[tuple[str, Read]]) -> Read:
+def object_reader(steps: list[tuple[str, Read]]) -> Read:
     """Reads a message into the dict of its response keys, in order."""
 
     def project(pb: Any) -> dict[str, Any]:
@@ -90,7 +90,7 @@ def _optional(field: str, project: Read) -> Read:
     return lambda pb: project(getattr(pb, field)) if pb.HasField(field) else None
 
 
-class _Unknown(Exception):
+class NotPlanned(Exception):
     """A selection the projection does not cover: the generic path completes it."""
 
 
@@ -129,7 +129,7 @@ class AnswerExecutionContext(StrawberryGraphQLCoreExecutionContext):
         if key not in self._plans:
             try:
                 self._plans[key] = self._compile(object_type, fields)
-            except _Unknown:
+            except NotPlanned:
                 self._plans[key] = None
         return self._plans[key]
 
@@ -138,43 +138,51 @@ class AnswerExecutionContext(StrawberryGraphQLCoreExecutionContext):
         # directives and fragments applied as its generic completion would use.
         collected = self.collect_subfields(object_type, fields)
         if collected.new_defer_usages or collected.forbidden_directive_instances:
-            raise _Unknown
+            raise NotPlanned
         steps: list[tuple[str, Read]] = []
         for key, group in collected.grouped_field_set.items():
             if any(d.defer_usage is not None or d.fragment_variable_values for d in group):
-                raise _Unknown
+                raise NotPlanned
             name = group[0].node.name.value
             steps.append((key, self._read(object_type, name, group)))
-        return _object(steps)
+        return object_reader(steps)
 
     def _read(self, object_type: GraphQLObjectType, name: str, group: FieldDetailsList) -> Read:
         """How field ``name`` of ``object_type`` is read, as its resolver reads it."""
-        if name == "__typename":
-            type_name = object_type.name
-            return lambda pb: type_name
-        type_map = self.schema.type_map
-        if object_type.name == "Document":
-            if name in _DOCUMENT:
-                return _DOCUMENT[name]
-            if name in _DOCUMENTS:
-                document = type_map["Document"]
-                assert isinstance(document, GraphQLObjectType)
-                return _list(_DOCUMENTS[name], self._compile(document, group))
-            if name in _ARRAYS:
-                array = type_map["NdArray"]
-                assert isinstance(array, GraphQLObjectType)
-                return _optional(_ARRAYS[name], self._compile(array, group))
-        elif object_type.name == "NdArray":
-            if name == "shape":
-                integer = type_map["Int"]
-                assert isinstance(integer, GraphQLScalarType)
-                serialize_int = integer.serialize
-                return lambda pb: [serialize_int(v) for v in pb.shape]
-            if name == "dtype":
-                return operator.attrgetter("dtype")
-            if name == "data":
-                return array_values
-        raise _Unknown
+
+        def sub(type_name: str) -> Read:
+            inner = self.schema.type_map[type_name]
+            assert isinstance(inner, GraphQLObjectType)
+            return self._compile(inner, group)
+
+        return field_reader(object_type.name, name, sub)
+
+
+def field_reader(type_name: str, name: str, sub: Callable[[str], Read]) -> Read:
+    """How field ``name`` of a ``Document`` or ``NdArray`` is read, as its resolver reads it;
+    ``sub(type_name)`` plans the field's own selection (``matches``: a ``Document``).
+
+    Raises:
+        NotPlanned: a field the projection does not know.
+    """
+    if name == "__typename":
+        return lambda pb: type_name
+    if type_name == "Document":
+        if name in _DOCUMENT:
+            return _DOCUMENT[name]
+        if name in _DOCUMENTS:
+            return _list(_DOCUMENTS[name], sub("Document"))
+        if name in _ARRAYS:
+            return _optional(_ARRAYS[name], sub("NdArray"))
+    elif type_name == "NdArray":
+        if name == "shape":
+            serialize_int = GraphQLInt.serialize
+            return lambda pb: [serialize_int(v) for v in pb.shape]
+        if name == "dtype":
+            return operator.attrgetter("dtype")
+        if name == "data":
+            return array_values
+    raise NotPlanned
 
 
 def encode_answer(data: object) -> bytes:

@@ -19,7 +19,7 @@ from collections.abc import AsyncGenerator, Awaitable, Callable, Iterable, Mappi
 from typing import Any, NewType, cast
 
 import strawberry
-from graphql import GraphQLError
+from graphql import GraphQLError, OperationDefinitionNode
 from opentelemetry import trace
 from opentelemetry.trace import Status, StatusCode
 from strawberry.scalars import JSON
@@ -179,7 +179,7 @@ class DocumentInput:
     embedding: NdArrayInput | None = None
 
 
-def _document_input(cls: type, value: Mapping[str, Any], context: Any) -> Any:
+def document_input(cls: type, value: Mapping[str, Any], context: Any) -> Any:
     """A ``DocumentInput`` from its GraphQL value, which graphql-core has already coerced
     (every field checked, defaults filled in): the same instance as Strawberry's generic
     conversion builds, without resolving each field's type again for each document."""
@@ -207,7 +207,7 @@ def _array_input(value: Mapping[str, Any] | None) -> NdArrayInput | None:
     )
 
 
-get_object_definition(DocumentInput, strict=True).from_input = _document_input
+get_object_definition(DocumentInput, strict=True).from_input = document_input
 
 
 @strawberry.type(description="A hub executor (uses: hub://...): which version, which environment.")
@@ -261,12 +261,16 @@ def _caller(info: Info[Any, Any]) -> dict[str, Any]:
 
 
 def _name_span(info: Info[Any, Any]) -> None:
+    name_operation_span(info.operation, info.field_name)
+
+
+def name_operation_span(operation: OperationDefinitionNode, field_name: str) -> None:
     """Name the request's span after its GraphQL operation (``graphql mutation post``)."""
 
     span = trace.get_current_span()
     if span.is_recording():
-        kind = info.operation.operation.value
-        name = info.operation.name.value if info.operation.name else info.field_name
+        kind = operation.operation.value
+        name = operation.name.value if operation.name else field_name
         span.update_name(f"graphql {kind} {name}")
         span.set_attribute("graphql.operation.type", kind)
         span.set_attribute("graphql.operation.name", name)
@@ -390,6 +394,11 @@ class Query:
         )
 
 
+RAN = "meshflow.ran"
+"""Context key of the outcome of a ``post`` a compiled operation already ran: the resolver
+answers with it instead of running the Flow again (``gateway/compiled.py``)."""
+
+
 @strawberry.type
 class Mutation:
     @strawberry.mutation(description="Run the Flow for one endpoint on the given documents.")
@@ -401,6 +410,9 @@ class Mutation:
         parameters: JSON | None = None,
         target_executor: str | None = None,
     ) -> ResponseType:
+        ran = info.context.get(RAN)
+        if ran is not None:  # a compiled run's answer, completed here (gateway/compiled.py)
+            return await response(ran())
         return await response(
             run_post(
                 _gateway(info),

@@ -46,7 +46,7 @@ from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.routing import Mount, Route, WebSocketRoute
 from starlette.types import ASGIApp, Receive, Scope, Send
 from strawberry.asgi import GraphQL
-from strawberry.http import GraphQLHTTPResponse
+from strawberry.http import GraphQLHTTPResponse, GraphQLRequestData
 from strawberry.schema.config import StrawberryConfig
 from strawberry.subscriptions import GRAPHQL_TRANSPORT_WS_PROTOCOL
 from strawberry.subscriptions.protocols.graphql_transport_ws.handlers import (
@@ -64,10 +64,12 @@ from strawberry.types.execution import PreExecutionError
 
 from meshflow.errors import BadRequestError, ForbiddenError, RequestError, UnauthenticatedError
 from meshflow.gateway.answers import AnswerExecutionContext, encode_answer
+from meshflow.gateway.compiled import Fallback, PlanCache, run_plan
 from meshflow.gateway.discovery import EndpointCatalog
 from meshflow.gateway.doctypes import TypedDocuments
 from meshflow.gateway.federation import FederatedSchema
 from meshflow.gateway.graphql import (
+    RAN,
     SCALARS,
     Mutation,
     Query,
@@ -356,6 +358,7 @@ class _GraphQLApp(GraphQL[dict[str, Any], None]):
         self.persisted = persisted
         self.federation = federation
         self._fields: Any = ({}, TypedDocuments())
+        self._plans = PlanCache(schema)  # compiled operations (gateway/compiled.py)
         self.catalog = EndpointCatalog(
             gateway.traversal.topology, gateway.traversal.transport, self._new_endpoints
         )
@@ -374,7 +377,37 @@ class _GraphQLApp(GraphQL[dict[str, Any], None]):
         if self.federation is not None and self.federation.enabled:
             # a router reads `_service { sdl }` once: it must see every deployment's types
             await self.catalog.refresh_missing()
+        data: GraphQLRequestData | None = kwargs.get("request_data")
+        adapter = kwargs.get("request_adapter")
+        query = data.query if data is not None and isinstance(data.query, str) else None
+        if getattr(adapter, "method", None) != "POST":
+            query = None  # GET runs no mutation
+        elif data is not None and not isinstance(data.operation_name, str | None):
+            query = None  # Strawberry refuses it
+        if query is not None and data is not None and not data.extensions:
+            if self._plans.schema is not self.schema:
+                self._plans = PlanCache(self.schema)
+            plan = self._plans.get(query, data.operation_name)
+            if plan is not None:
+                try:
+                    answer = await run_plan(
+                        plan,
+                        self._plans.graphql_schema,
+                        data.variables,
+                        kwargs["context"],
+                        self.limits,
+                        _authorize_endpoints,
+                    )
+                    return ExecutionResult(data=answer, errors=None)
+                except Fallback as back:
+                    if back.ran is not None:  # the resolver completes what already ran
+                        kwargs["context"] = {**kwargs["context"], RAN: back.ran}
+                    query = None
+        else:
+            query = None
         result = await super().execute_single(*args, **kwargs)
+        if query is not None and data is not None and not result.errors:
+            self._plans.learn(query, data.operation_name)
         if not self.catalog.complete and _names_unknown_field(result):
             # A field of a deployment that has not answered yet: ask it once before
             # refusing (nothing ran, validation failed).

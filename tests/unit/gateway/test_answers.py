@@ -300,3 +300,204 @@ def test_document_inputs_are_read_as_strawberry_reads_them(
     assert len(a.docs) == len(INPUTS)
     assert list(a.docs) == list(b.docs)
     assert a.docs[3].tensor.dtype == "<i4" and list(a.docs[3].tensor.shape) == [2, 2]
+
+
+# Compiled operations (gateway/compiled.py): from its second request on, a plain ``post``
+# text runs without Strawberry's machinery, and answers what the generic path answers.
+
+
+async def _repeat(
+    gateway: Gateway,
+    query: str,
+    variables: list[dict[str, Any]],
+    limits: GraphQLLimits | None = None,
+) -> list[bytes]:
+    """The bodies of one ``post`` text sent once per ``variables``, in turn, to one app."""
+    app = make_app(gateway, limits or GraphQLLimits())
+    transport = httpx.ASGITransport(app=app)
+    bodies = []
+    async with httpx.AsyncClient(transport=transport, base_url="http://gateway") as http:
+        for values in variables:
+            response = await http.post(
+                "/graphql", json={"query": query, "variables": values}, timeout=20
+            )
+            assert response.status_code == 200, response.text
+            bodies.append(response.content)
+    return bodies
+
+
+@pytest.fixture
+def compiled_runs(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The outcome of each compiled run: "answered", or "generic" when it handed the request
+    to the generic path."""
+    from meshflow.gateway import compiled, http
+
+    outcomes: list[str] = []
+    run_plan = compiled.run_plan
+
+    async def counting(*args: Any, **kwargs: Any) -> Any:
+        try:
+            data = await run_plan(*args, **kwargs)
+        except compiled.Fallback:
+            outcomes.append("generic")
+            raise
+        outcomes.append("answered")
+        return data
+
+    monkeypatch.setattr(http, "run_plan", counting)
+    return outcomes
+
+
+COMPILED = [
+    name
+    for name in SELECTIONS
+    if not any(mark in SELECTIONS[name] for mark in ("@", "...", "matches { id } matches"))
+]
+
+
+@pytest.mark.parametrize("selection", list(SELECTIONS), ids=list(SELECTIONS))
+def test_a_compiled_post_answers_what_the_generic_path_answers(
+    compiled_runs: list[str], selection: str
+) -> None:
+    query = _query(SELECTIONS[selection])
+    first, second, third = run(_repeat(_Scripted(_answer), query, [{}, {}, {}]))
+    assert first == second == third
+    assert "errors" not in json.loads(first)
+    # fragments, directives and a key selected twice stay with the generic path
+    assert compiled_runs == (["answered"] * 2 if selection in COMPILED else [])
+
+
+def test_a_compiled_post_sends_what_the_generic_path_sends(compiled_runs: list[str]) -> None:
+    query = (
+        "mutation($on: String!, $docs: [DocumentInput!], $p: JSON, $t: String) "
+        "{ answer: post(on: $on, docs: $docs, parameters: $p, targetExecutor: $t) "
+        "{ docs { id matches { scores embedding { shape } } } } }"
+    )
+    gateway = _Scripted(_answer)
+    values = {"on": "/s", "docs": INPUTS, "p": {"k": 3, "f": [1.5]}, "t": "exec0"}
+    first, second = run(_repeat(gateway, query, [values, values]))
+    assert first == second and compiled_runs == ["answered"]
+    a, b = gateway.requests
+    assert a.header.request_id != b.header.request_id
+    for request in (a, b):
+        request.header.request_id = ""
+    assert a == b  # documents, parameters, target, the fields the executors keep
+    assert list(a.header.fields) == ["id", "matches", "matches.embedding", "matches.scores"]
+
+
+def test_a_compiled_post_refuses_what_the_generic_path_refuses(compiled_runs: list[str]) -> None:
+    """A request the compiled run would refuse, or whose variables do not coerce, goes to the
+    generic path before anything runs: the same coded errors, and no request sent."""
+    query = 'mutation($docs: [DocumentInput!]) { post(on: "/s", docs: $docs) { docs { id } } }'
+    gateway = _Scripted(_answer)
+    bad = [
+        {"docs": [{"id": str(i)} for i in range(3)]},  # over max_docs
+        {"docs": [{"id": 1, "nope": True}]},  # does not coerce
+        {"docs": [{"id": "x", "embedding": {"data": [1], "dtype": "object"}}]},  # refused dtype
+        {"docs": [{"id": "x", "blob": "not base64!"}]},
+    ]
+    limits = GraphQLLimits(max_docs=2)
+    bodies = run(_repeat(gateway, query, [{"docs": [{"id": "a"}]}, *bad, *bad], limits))
+    refusals = [json.loads(b) for b in bodies[1:]]
+    assert refusals[:4] == refusals[4:]  # the same answer each time
+    codes = [r["errors"][0]["extensions"]["code"] for r in refusals[:4]]
+    assert codes == ["TOO_MANY_DOCUMENTS", "BAD_USER_INPUT", "BAD_USER_INPUT", "BAD_USER_INPUT"]
+    assert all(r["data"] is None for r in refusals)
+    # each bad request, the second time too, is handed to the generic path; only the first
+    # (good) request reached the Flow
+    assert compiled_runs == ["generic"] * 8
+    assert len(gateway.requests) == 1
+
+
+def test_a_failure_after_the_run_is_answered_by_the_generic_path_without_running_again(
+    compiled_runs: list[str],
+) -> None:
+    answers = iter(["ok", "error", "wide"])
+
+    def answer(request: data_request_pb2.DataRequest) -> data_request_pb2.DataRequest:
+        out = _answer(request)
+        kind = next(answers)
+        if kind == "error":
+            out.status.code = data_request_pb2.Status.ERROR
+            out.status.message = "boom"
+            out.status.executor = "exec0"
+        elif kind == "wide":  # a shape beyond GraphQL's Int: the projection cannot write it
+            out.docs[0].matches[1].embedding.shape[:] = [2**40]
+        return out
+
+    query = _query("docs { id matches { id embedding { shape } } }")
+    gateway = _Scripted(answer)
+    ok, error, wide = (json.loads(b) for b in run(_repeat(gateway, query, [{}, {}, {}])))
+    assert compiled_runs == ["generic", "generic"] and len(gateway.requests) == 3
+    assert ok["data"]["post"]["docs"][0]["id"] == "full"
+    assert error["data"] is None and error["errors"][0]["extensions"]["executor"] == "exec0"
+    [field_error] = wide["errors"]
+    assert field_error["path"] == ["post", "docs", 0, "matches", 1, "embedding", "shape", 0]
+
+
+def test_concurrent_compiled_posts_each_get_their_own_answer(compiled_runs: list[str]) -> None:
+    def answer(request: data_request_pb2.DataRequest) -> data_request_pb2.DataRequest:
+        out = data_request_pb2.DataRequest()
+        out.docs.extend(request.docs)
+        return out
+
+    query = 'mutation($docs: [DocumentInput!]) { post(on: "/s", docs: $docs) { docs { id } } }'
+
+    async def many() -> list[bytes]:
+        app = make_app(_Scripted(answer), GraphQLLimits())
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://gateway") as http:
+
+            async def one(i: int) -> bytes:
+                body = {"query": query, "variables": {"docs": [{"id": f"d{i}"}]}}
+                return (await http.post("/graphql", json=body, timeout=20)).content
+
+            first = await one(-1)
+            return [first, *await asyncio.gather(*(one(i) for i in range(20)))]
+
+    bodies = [json.loads(b) for b in run(many())]
+    assert [b["data"]["post"]["docs"][0]["id"] for b in bodies] == [f"d{i}" for i in range(-1, 20)]
+    assert compiled_runs == ["answered"] * 20
+
+
+def test_compiled_texts_are_bounded_and_refreshed_per_schema() -> None:
+    from meshflow.gateway.compiled import PlanCache
+    from meshflow.gateway.http import make_schema
+
+    plans = PlanCache(make_schema(GraphQLLimits()), size=2)
+    texts = [_query(f"docs {{ id a{i}: text }}") for i in range(3)]
+    for text in texts:
+        plans.learn(text, None)
+    assert plans.get(texts[0], None) is None  # least recently used, out
+    assert plans.get(texts[1], None) is not None and plans.get(texts[2], None) is not None
+    assert plans.get(texts[2], "Other") is None  # another operation name: its own entry
+    plans.learn(_query("docs { id @include(if: $yes) }"), None)  # not compiled, remembered
+    assert len(plans._plans) == 2
+
+
+def test_a_malformed_request_of_a_compiled_text_is_refused_as_before(
+    compiled_runs: list[str],
+) -> None:
+    query = _query("docs { id }")
+
+    async def send() -> list[tuple[int, bytes]]:
+        app = make_app(_Scripted(_answer), GraphQLLimits())
+        transport = httpx.ASGITransport(app=app)
+        out = []
+        async with httpx.AsyncClient(transport=transport, base_url="http://gateway") as http:
+            for body in [
+                {"query": query},
+                {"query": query, "operationName": {"a": 1}},
+                {"query": query, "operationName": ["Search"]},
+                {"query": query, "variables": ["x"]},
+                {"query": query, "operationName": "Other"},
+            ]:
+                answer = await http.post("/graphql", json=body, timeout=20)
+                out.append((answer.status_code, answer.content))
+        return out
+
+    (ok, _), *refused = run(send())
+    assert ok == 200
+    assert [status for status, _ in refused] == [400] * 4
+    assert b"Other" in refused[3][1]  # no such operation: named in the refusal
+    assert compiled_runs == []  # the compiled text was never asked for with these
