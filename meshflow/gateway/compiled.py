@@ -18,14 +18,16 @@ The checks that depend only on the text (parsing, the size limits, validation ag
 schema, the operation's type) passed when it ran first, with the same schema and limits.
 
 Only a plain shape is compiled: one operation whose one top-level field is the generic
-``post``, over POST, with no directive and no fragment anywhere, each response key once; and
-only while the gateway has no persisted operations (their safelist and registrations stay
-with the guard). Anything else takes the generic path, as does any request the compiled run
-would refuse or cannot read (a guard's refusal, a variable that does not coerce): the generic
-path then answers it exactly as before. Once the Flow has run the request, a failure (an
-executor's error, a refusal of the Flow) or an answer the projection cannot write is handed
-to the generic path with the outcome: the ``post`` resolver completes it (``RAN``), so that
-errors, their paths and codes are those of the generic path, and nothing runs twice.
+``post``, over POST, with no directive and no fragment anywhere, each response key once. A
+persisted operation runs by its text once the gateway knows it (a hash whose text is
+registered or in the safelist); its registration and every refusal (unknown hash, a text not
+in the safelist) stay with the guard. Anything else takes the generic path, as does any
+request the compiled run would refuse or cannot read (a guard's refusal, a variable that does
+not coerce): the generic path then answers it exactly as before. Once the Flow has run the
+request, a failure (an executor's error, a refusal of the Flow) or an answer the projection
+cannot write is handed to the generic path with the outcome: the ``post`` resolver completes
+it (``RAN``), so that errors, their paths and codes are those of the generic path, and
+nothing runs twice.
 
 Plans are kept per schema (a new endpoint's typed schema starts afresh), at most
 :data:`MAX_PLANS` query texts, least recently used first out.

@@ -378,13 +378,8 @@ class _GraphQLApp(GraphQL[dict[str, Any], None]):
             # a router reads `_service { sdl }` once: it must see every deployment's types
             await self.catalog.refresh_missing()
         data: GraphQLRequestData | None = kwargs.get("request_data")
-        adapter = kwargs.get("request_adapter")
-        query = data.query if data is not None and isinstance(data.query, str) else None
-        if getattr(adapter, "method", None) != "POST":
-            query = None  # GET runs no mutation
-        elif data is not None and not isinstance(data.operation_name, str | None):
-            query = None  # Strawberry refuses it
-        if query is not None and data is not None and not data.extensions:
+        query = self._compiled_text(data, kwargs.get("request_adapter"))
+        if query is not None and data is not None:
             if self._plans.schema is not self.schema:
                 self._plans = PlanCache(self.schema)
             plan = self._plans.get(query, data.operation_name)
@@ -403,8 +398,6 @@ class _GraphQLApp(GraphQL[dict[str, Any], None]):
                     if back.ran is not None:  # the resolver completes what already ran
                         kwargs["context"] = {**kwargs["context"], RAN: back.ran}
                     query = None
-        else:
-            query = None
         result = await super().execute_single(*args, **kwargs)
         if query is not None and data is not None and not result.errors:
             self._plans.learn(query, data.operation_name)
@@ -416,6 +409,28 @@ class _GraphQLApp(GraphQL[dict[str, Any], None]):
             if self.schema is not schema:
                 result = await super().execute_single(*args, **kwargs)
         return result
+
+    def _compiled_text(self, data: GraphQLRequestData | None, adapter: Any) -> str | None:
+        """The text a request runs, when it may run compiled (``gateway/compiled.py``): sent
+        with POST and a string or no ``operationName``, with its own text or the known text
+        of a persisted operation (nothing to register)."""
+        if data is None or getattr(adapter, "method", None) != "POST":
+            return None  # GET runs no mutation
+        if not isinstance(data.operation_name, str | None):
+            return None  # Strawberry refuses it
+        query = data.query if isinstance(data.query, str) else None
+        extensions = data.extensions
+        if not extensions:
+            return query
+        if self.persisted is None or not isinstance(extensions, dict):
+            return None
+        if set(extensions) != {"persistedQuery"}:
+            return None
+        try:  # what the guard resolves, without its side effects (they come with refusals)
+            resolved = self.persisted.resolve(query, extensions)
+        except GraphQLError:
+            return None
+        return resolved.query if resolved.register is None else None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":

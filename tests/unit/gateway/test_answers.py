@@ -24,12 +24,14 @@ from meshflow.document.proto import dict_to_struct
 from meshflow.gateway.answers import AnswerExecutionContext, encode_answer
 from meshflow.gateway.graphql import DocumentInput
 from meshflow.gateway.http import make_app
+from meshflow.gateway.persisted import sha256_hex
 from meshflow.gateway.server import Gateway
 from meshflow.gateway.testing import Call, ScriptedTransport
 from meshflow.gateway.topology import Node, Topology
 from meshflow.gateway.traversal import Traversal
 from meshflow.proto.v1 import data_request_pb2, document_pb2
 from meshflow.spec.limits import GraphQLLimits
+from meshflow.spec.persisted import PersistedQueries
 
 
 def _array(pb: document_pb2.NdArray, values: np.ndarray[Any, Any]) -> None:
@@ -501,3 +503,63 @@ def test_a_malformed_request_of_a_compiled_text_is_refused_as_before(
     assert [status for status, _ in refused] == [400] * 4
     assert b"Other" in refused[3][1]  # no such operation: named in the refusal
     assert compiled_runs == []  # the compiled text was never asked for with these
+
+
+async def _send(
+    gateway: Gateway, bodies: list[dict[str, Any]], persisted: PersistedQueries | None = None
+) -> list[dict[str, Any]]:
+    """The answers to ``bodies``, posted in turn to one app."""
+    app = make_app(gateway, GraphQLLimits(), persisted=persisted)
+    transport = httpx.ASGITransport(app=app)
+    out = []
+    async with httpx.AsyncClient(transport=transport, base_url="http://gateway") as http:
+        for body in bodies:
+            response = await http.post("/graphql", json=body, timeout=20)
+            assert response.status_code == 200, response.text
+            out.append(response.json())
+    return out
+
+
+def test_persisted_operations_run_compiled_by_their_text(compiled_runs: list[str]) -> None:
+    query = _query("docs { id }")
+    apq = {"persistedQuery": {"version": 1, "sha256Hash": sha256_hex(query)}}
+    unknown = {"persistedQuery": {"version": 1, "sha256Hash": "0" * 64}}
+    gateway = _Scripted(_answer)
+    answers = run(
+        _send(
+            gateway,
+            [
+                {"query": query, "extensions": apq},  # registers it: the generic path
+                {"extensions": apq},  # by hash: its text's first run, generic
+                {"extensions": apq},  # compiled
+                {"query": query},  # the same text sent whole: the same plan
+                {"extensions": unknown},  # refused by the generic path
+                {"extensions": {**apq, "tracing": True}},  # another extension: generic
+            ],
+        )
+    )
+    assert answers[0] == answers[1] == answers[2] == answers[3] == answers[5]
+    assert answers[0]["data"]["post"]["docs"][0]["id"] == "full"
+    assert answers[4]["errors"][0]["extensions"]["code"] == "PERSISTED_QUERY_NOT_FOUND"
+    assert compiled_runs == ["answered", "answered"] and len(gateway.requests) == 5
+
+
+def test_a_safelist_still_refuses_what_it_does_not_list(
+    compiled_runs: list[str], tmp_path: Any
+) -> None:
+    listed, other = _query("docs { id }"), _query("docs { text }")
+    manifest = tmp_path / "manifest.json"
+    operations = [{"id": sha256_hex(listed), "body": listed, "name": "Search", "type": "mutation"}]
+    manifest.write_text(
+        json.dumps(
+            {"format": "apollo-persisted-query-manifest", "version": 1, "operations": operations}
+        )
+    )
+    gateway = _Scripted(_answer)
+    persisted = PersistedQueries(mode="safelist", manifest=str(manifest))
+    bodies = [{"query": listed}, {"query": other}] * 3
+    answers = run(_send(gateway, bodies, persisted))
+    assert answers[0] == answers[2] == answers[4] and "errors" not in answers[0]
+    for refused in answers[1::2]:
+        assert refused["errors"][0]["extensions"]["code"] == "PERSISTED_QUERY_NOT_IN_SAFELIST"
+    assert compiled_runs == ["answered", "answered"] and len(gateway.requests) == 3
