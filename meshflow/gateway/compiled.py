@@ -30,7 +30,8 @@ it (``RAN``), so that errors, their paths and codes are those of the generic pat
 nothing runs twice.
 
 Plans are kept per schema (a new endpoint's typed schema starts afresh), at most
-:data:`MAX_PLANS` query texts, least recently used first out.
+:data:`MAX_PLANS` query texts and :data:`MAX_PLAN_BYTES` of them, least recently used first
+out.
 """
 
 from __future__ import annotations
@@ -69,6 +70,9 @@ from meshflow.spec.limits import GraphQLLimits
 
 MAX_PLANS = 256
 """Compiled query texts kept per schema."""
+MAX_PLAN_BYTES = 1 << 20
+"""Their total size (plain ``post`` texts are small; distinct large ones cannot fill the
+memory)."""
 
 
 @dataclass(frozen=True)
@@ -220,12 +224,14 @@ def _object(type_name: str, selection_set: SelectionSetNode) -> Read:
 class PlanCache:
     """The compiled query texts of one schema, least recently used first out."""
 
-    def __init__(self, schema: Any, size: int = MAX_PLANS) -> None:
+    def __init__(self, schema: Any, size: int = MAX_PLANS, max_bytes: int = MAX_PLAN_BYTES) -> None:
         self.schema = schema
         """The Strawberry schema the plans were compiled for."""
         self.graphql_schema: GraphQLSchema = schema._schema
         self.size = size
+        self.max_bytes = max_bytes
         self._plans: OrderedDict[tuple[str, str | None], PostPlan | None] = OrderedDict()
+        self._bytes = 0
 
     def get(self, query: str, operation_name: str | None) -> PostPlan | None:
         key = (query, operation_name)
@@ -245,8 +251,10 @@ class PlanCache:
         except GraphQLError:
             plan = None
         self._plans[key] = plan
-        if len(self._plans) > self.size:
-            self._plans.popitem(last=False)
+        self._bytes += len(query)
+        while len(self._plans) > self.size or self._bytes > self.max_bytes:
+            (old, _), _ = self._plans.popitem(last=False)
+            self._bytes -= len(old)
 
 
 class Fallback(Exception):

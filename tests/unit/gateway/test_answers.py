@@ -475,6 +475,11 @@ def test_compiled_texts_are_bounded_and_refreshed_per_schema() -> None:
     assert plans.get(texts[2], "Other") is None  # another operation name: its own entry
     plans.learn(_query("docs { id @include(if: $yes) }"), None)  # not compiled, remembered
     assert len(plans._plans) == 2
+    small = PlanCache(make_schema(GraphQLLimits()), max_bytes=2 * len(texts[0]) + 5)
+    for text in texts:
+        small.learn(text, None)
+    assert small.get(texts[0], None) is None and small.get(texts[2], None) is not None
+    assert len(small._plans) == 2  # by their total size
 
 
 def test_a_malformed_request_of_a_compiled_text_is_refused_as_before(
