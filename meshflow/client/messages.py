@@ -15,7 +15,7 @@ from meshflow.document.columnar import (
     documents_from_request,
     request_bytes,
 )
-from meshflow.document.proto import dict_to_struct, struct_to_dict
+from meshflow.document.proto import dict_to_struct, results_to_dict, struct_to_dict
 from meshflow.errors import (
     REFUSALS,
     BadRequestError,
@@ -129,7 +129,7 @@ def read_response(data: bytes) -> Response:
     return Response(
         request_id=answer.header.request_id,
         docs=documents_from_request(answer),
-        results={k: struct_to_dict(v) for k, v in answer.results.items()},
+        results=results_to_dict(answer.results),
     )
 
 

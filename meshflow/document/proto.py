@@ -232,6 +232,11 @@ def struct_to_dict(struct: struct_pb2.Struct) -> dict[str, Any]:
     return _struct_from_proto(struct)
 
 
+def results_to_dict(results: Mapping[str, struct_pb2.Struct]) -> dict[str, dict[str, Any]]:
+    """An answer's ``results`` (what each executor returned, by executor) as plain dicts."""
+    return {name: _struct_from_proto(struct) for name, struct in results.items()}
+
+
 def _struct_to_proto(
     mapping: Mapping[str, Any], pb: struct_pb2.Struct, path: str, depth: int = 0
 ) -> None:

@@ -55,7 +55,7 @@ from graphql import (
 from graphql.execution.values import get_argument_values, get_variable_values
 from strawberry.types.nodes import SelectedField
 
-from meshflow.document.proto import struct_to_dict
+from meshflow.document.proto import results_to_dict
 from meshflow.gateway.answers import NotPlanned, Read, field_reader, object_reader
 from meshflow.gateway.graphql import (
     DocumentInput,
@@ -168,7 +168,7 @@ def _selected(node: FieldNode) -> SelectedField:
 
 
 def _results(answer: data_request_pb2.DataRequest) -> dict[str, Any]:
-    return {k: struct_to_dict(v) for k, v in answer.results.items()}
+    return results_to_dict(answer.results)
 
 
 def _response(selection_set: SelectionSetNode) -> Read:

@@ -26,7 +26,7 @@ from strawberry.scalars import JSON
 from strawberry.types import Info, get_object_definition
 from strawberry.types.nodes import FragmentSpread, InlineFragment, SelectedField, Selection
 
-from meshflow.document.proto import struct_to_dict
+from meshflow.document.proto import results_to_dict, struct_to_dict
 from meshflow.errors import BadRequestError, RequestError
 from meshflow.gateway.doctypes import merge_parameters
 from meshflow.gateway.fanout import fan_out
@@ -338,7 +338,7 @@ async def response(post: Awaitable[data_request_pb2.DataRequest]) -> ResponseTyp
     return ResponseType(
         request_id=answer.header.request_id,
         docs=[DocumentType(_pb=d) for d in answer.docs],
-        results=cast(JSON, {k: struct_to_dict(v) for k, v in answer.results.items()}),
+        results=cast(JSON, results_to_dict(answer.results)),
     )
 
 

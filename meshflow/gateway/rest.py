@@ -17,7 +17,7 @@ from typing import Any
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from meshflow.document.proto import struct_to_dict
+from meshflow.document.proto import results_to_dict, struct_to_dict
 from meshflow.errors import (
     BadRequestError,
     ForbiddenError,
@@ -73,7 +73,7 @@ def post_route(gateway: Gateway, limits: GraphQLLimits) -> Callable[[Request], A
             {
                 "requestId": answer.header.request_id,
                 "docs": [doc_json(d) for d in answer.docs],
-                "results": {k: struct_to_dict(v) for k, v in answer.results.items()},
+                "results": results_to_dict(answer.results),
             }
         )
 
