@@ -4,7 +4,9 @@ Issue 18 asks for the Envoy mesh's summed peak RSS and PSS to be no higher than 
 run measures, side by side:
 
 - ``Flow(mesh=M).add(uses=Noop).add(uses=Noop)`` for M in direct and envoy, and the Envoy
-  mesh with one Envoy for the Flow (``envoy-host``: ``envoy_proxy='host'``), after 1-doc
+  mesh with one Envoy for the Flow (``envoy-host``: ``envoy_proxy='host'``), each with its
+  Python processes forked from the fork server (the default) and started fresh
+  (``<mesh>/fresh``: ``fork_server=False``), after 1-doc
   requests (over gRPC at concurrency 1 and 32, from a separate client process): each
   process's peak RSS (VmHWM), RSS split into anonymous and file-backed pages, and PSS
   (shared pages divided among the processes that map them), and the sums;
@@ -69,12 +71,15 @@ def rollup(pid: int) -> dict[str, float]:
     return out
 
 
-def measure_meshflow(mesh: str, args: argparse.Namespace, tmp: str) -> dict[str, Any]:
+def measure_meshflow(
+    mesh: str, args: argparse.Namespace, tmp: str, fork_server: bool = True
+) -> dict[str, Any]:
     payload = os.path.join(tmp, "1-doc.bin")
     with open(payload, "wb") as fh:
         fh.write(build_request("/", DocumentArray([Document(text="hello world")]))[1])
     options = mesh_options(mesh)
-    flow = Flow(workspace=os.path.join(tmp, mesh), **options).add(uses=Noop).add(uses=Noop)
+    flow = Flow(workspace=os.path.join(tmp, mesh), fork_server=fork_server, **options)
+    flow.add(uses=Noop).add(uses=Noop)
     started = time.perf_counter()
     with flow:
         startup = time.perf_counter() - started
@@ -96,6 +101,7 @@ def measure_meshflow(mesh: str, args: argparse.Namespace, tmp: str) -> dict[str,
         per = {name: rollup(pid) for name, pid in pids.items()}
     return {
         "mesh": mesh,
+        "fork_server": fork_server,
         "startup_s": round(startup, 2),
         "processes": per,
         **{
@@ -152,7 +158,14 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--duration", type=float, default=3.0, help="seconds of load per case")
     p.add_argument("--skip-jina", action="store_true")
+    p.add_argument(
+        "--fork-server",
+        choices=("on", "off", "both"),
+        default="both",
+        help="processes forked from the fork server (the default), started fresh, or both",
+    )
     args = p.parse_args()
+    kinds = {"on": (True,), "off": (False,), "both": (True, False)}[args.fork_server]
     tmp = tempfile.mkdtemp(prefix="meshflow-memory-bench-")
     try:
         report: dict[str, Any] = {
@@ -161,17 +174,23 @@ def main() -> None:
             "empty_envoy": empty_envoy(tmp),
         }
         for mesh in MESHES:
-            report[mesh] = measure_meshflow(mesh, args, tmp)
+            for forked in kinds:
+                name = mesh if forked else f"{mesh}/fresh"
+                report[name] = measure_meshflow(mesh, args, tmp, fork_server=forked)
         if not args.skip_jina:
             report["jina"] = measure_jina(args)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     print(json.dumps(report, indent=1))
     print()
-    rows = [(m, report[m]) for m in (*MESHES, "jina") if m in report]
-    print(f"{'':11} {'peak RSS sum':>13} {'PSS sum':>9}")
+    names = [n for m in MESHES for n in (m, f"{m}/fresh")] + ["jina"]
+    rows = [(n, report[n]) for n in names if n in report]
+    print(f"{'':17} {'peak RSS sum':>13} {'PSS sum':>9} {'start-up':>9}")
     for name, data in rows:
-        print(f"{name:11} {data['hwm_sum_mb']:>10} MB {data['pss_sum_mb']:>6} MB")
+        print(
+            f"{name:17} {data['hwm_sum_mb']:>10} MB {data['pss_sum_mb']:>6} MB"
+            f" {data['startup_s']:>7} s"
+        )
 
 
 if __name__ == "__main__":

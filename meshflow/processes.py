@@ -24,6 +24,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from meshflow.errors import ConfigError, FlowStartError
+from meshflow.forkserver import ForkedChild, ForkServer, forkable
 
 log = logging.getLogger("meshflow.flow")
 
@@ -36,6 +37,15 @@ STABLE_AFTER = 30.0
 def meshflow_command(*args: str) -> list[str]:
     """The command line of a meshflow child process."""
     return [sys.executable, "-m", "meshflow", *args]
+
+
+def child_env(extra: dict[str, str]) -> dict[str, str]:
+    """The environment of a Flow's child: this process's, ``extra``, the import path (the
+    user's packages) and the Flow's pid (a child stops once the Flow is gone)."""
+    env = {**os.environ, **extra}
+    env["PYTHONPATH"] = os.pathsep.join(p or os.getcwd() for p in sys.path)
+    env["MESHFLOW_PARENT_PID"] = str(os.getpid())
+    return env
 
 
 class ManagedProcess:
@@ -62,7 +72,9 @@ class ManagedProcess:
         self.stdin = stdin
         """Written to the child's standard input at each (re)start, then closed: a secret
         handed over without a file or an environment variable other processes could read."""
-        self.popen: subprocess.Popen[bytes] | None = None
+        self.popen: subprocess.Popen[bytes] | ForkedChild | None = None
+        self.fork_server: ForkServer | None = None
+        """When set (while the Flow starts), the process is forked from it if it can be."""
         self.info: dict[str, Any] | None = None
         self.restarts = 0
         self.started_at = 0.0
@@ -73,9 +85,18 @@ class ManagedProcess:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(path)
         self.info = None
-        env = {**os.environ, **self.env}
-        env["PYTHONPATH"] = os.pathsep.join(p or os.getcwd() for p in sys.path)
-        env["MESHFLOW_PARENT_PID"] = str(os.getpid())
+        env = child_env(self.env)
+        server = self.fork_server
+        if server is not None and forkable(self.command, env, server.env):
+            try:
+                self.popen = server.fork(
+                    self.command, env=env, log_path=self.log_path, stdin=self.stdin
+                )
+            except OSError as exc:
+                log.warning("%s: %s; starting it fresh", self.name, exc)
+            else:
+                self.started_at = time.monotonic()
+                return
         with open(self.log_path, "ab") as log_file:
             self.popen = subprocess.Popen(
                 self.command,
@@ -86,7 +107,7 @@ class ManagedProcess:
                 close_fds=True,
             )
         if self.stdin is not None:
-            assert self.popen.stdin is not None
+            assert isinstance(self.popen, subprocess.Popen) and self.popen.stdin is not None
             try:  # a few hundred bytes: fits the pipe's buffer, never blocks
                 self.popen.stdin.write(self.stdin)
             except BrokenPipeError:

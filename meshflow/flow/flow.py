@@ -74,6 +74,10 @@ class Flow(Posting):
             local Flow with the same listeners, clusters and mTLS (Istio's ambient mode, one
             proxy per node): less CPU per call and less memory, but one Envoy's restart
             pauses every call (see ``docs/mesh.md``).
+        fork_server: start the gateway and the executors (those on this interpreter) by
+            forking them from one process that imported what they all load, so that they
+            share those pages (less memory, faster start); False starts each one fresh.
+            Linux only; a restarted process always starts fresh (see ``docs/flow.md``).
         auth: :class:`~meshflow.JWTAuth`: every door of the gateway checks a JWT and the
             endpoint's scope (see ``docs/auth.md``); ``f.token`` is what ``f.post`` sends.
         metrics: Prometheus ``/metrics`` on the gateway and every executor; sidecars serve

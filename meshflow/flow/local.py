@@ -17,11 +17,13 @@ import os
 import shutil
 import tempfile
 import threading
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import cloudpickle
 
+from meshflow import forkserver
 from meshflow.errors import ConfigError
 from meshflow.flow.status import file_sd, snapshot, write_state
 from meshflow.gateway.topology import Node, Topology
@@ -30,6 +32,7 @@ from meshflow.observability.tracing import otlp_endpoint, sampling_arg
 from meshflow.processes import (
     ManagedProcess,
     Supervisor,
+    child_env,
     meshflow_command,
     stop_all,
     wait_all_ready,
@@ -126,8 +129,9 @@ class LocalRuntime:
                     for replica in range(dep.replicas):
                         self.replicas.append(self._make_replica(dep, shard, replica))
             self.gateway = self._make_gateway()
-            for proc in self.processes():
-                proc.start()
+            with self._fork_server():
+                for proc in self.processes():
+                    proc.start()
             wait_all_ready(
                 self.processes(),
                 self.spec.timeout_ready,
@@ -156,6 +160,31 @@ class LocalRuntime:
         self._supervisor.start()
         self.save_state()
         return self.port
+
+    @contextlib.contextmanager
+    def _fork_server(self) -> Iterator[None]:
+        """While the Flow starts its processes: a fork server they are forked from when they
+        can be (``fork_server=True`` on Linux), closed once they are all forked."""
+        if not (self.spec.fork_server and forkserver.available()):
+            yield
+            return
+        procs = self.processes()
+        try:
+            server = forkserver.ForkServer.start(
+                log_path=os.path.join(self.log_dir, "forkserver.log"), env=child_env({})
+            )
+        except OSError as exc:
+            log.warning("no fork server (%s): every process starts fresh", exc)
+            yield
+            return
+        for proc in procs:
+            proc.fork_server = server
+        try:
+            yield
+        finally:
+            for proc in procs:
+                proc.fork_server = None
+            server.close()
 
     @property
     def state_path(self) -> str:

@@ -336,6 +336,7 @@ class FlowSpec:
     federation: Federation = field(default_factory=Federation, metadata=meta(coerce=_federation))
     envoy_concurrency: int = 1
     envoy_proxy: str = "sidecar"
+    fork_server: bool = True
     auth: JWTAuth | None = field(default=None, metadata=meta(coerce=_auth, save=_save_auth))
     metrics: bool = False
     tracing: bool | float | str = False
@@ -368,6 +369,8 @@ class FlowSpec:
             raise ConfigError(f"log_format must be 'text' or 'json', got {self.log_format!r}")
         if not isinstance(self.metrics, bool):
             raise ConfigError(f"metrics must be true or false, got {self.metrics!r}")
+        if not isinstance(self.fork_server, bool):
+            raise ConfigError(f"fork_server must be true or false, got {self.fork_server!r}")
 
     @classmethod
     def build(cls, **options: Any) -> FlowSpec:

@@ -350,3 +350,30 @@ class PinnedThread(Executor):
     def pinned(self, docs: DocumentArray, **kwargs: Any) -> None:
         for d in docs:
             d.tags["pinned_thread"] = threading.current_thread().name
+
+
+class ProcessFacts(Executor):
+    """Answers with facts about its own process (how it was started, what it sees) in
+    ``tags[<deployment name>]``."""
+
+    @requests
+    def facts(self, docs: DocumentArray, parameters: dict[str, Any], **kwargs: Any) -> None:
+        import gc
+        import sys
+
+        with open(f"/proc/{os.getpid()}/cmdline", "rb") as fh:
+            # as ps shows it: a retitled process has its title in one string
+            cmdline = fh.read().replace(b"\0", b" ").decode().split()
+        for d in docs:
+            d.tags[self.runtime_args.name] = dict(
+                replica=self.runtime_args.replica_id,
+                pid=os.getpid(),
+                ppid=os.getppid(),
+                # objects frozen out of the collector's reach: only a forked process has any
+                frozen=gc.get_freeze_count(),
+                random=int(np.random.randint(1 << 30)),
+                cwd=os.getcwd(),
+                argv0=sys.argv[0],
+                cmdline=cmdline[:4],
+                env={n: os.environ.get(n) for n in parameters.get("names", [])},
+            )

@@ -57,6 +57,7 @@ def flow_values(tmp_path: str) -> dict[str, Any]:
         "federation": Federation(enabled=True),  # entities are checked against executors
         "envoy_concurrency": 2,
         "envoy_proxy": "host",
+        "fork_server": False,
         "auth": JWTAuth(
             issuer="https://id.example",
             audience="shop",
