@@ -62,7 +62,7 @@ change it: a process that sets any of these differently is started fresh."""
 _MESSAGE = 1 << 16
 _PR_SET_CHILD_SUBREAPER = 36
 _PR_GET_CHILD_SUBREAPER = 37
-_READY_TIMEOUT = 60.0
+_READY_TIMEOUT = 30.0
 _REPLY_TIMEOUT = 30.0
 
 
@@ -273,7 +273,10 @@ class ForkServer:
         if not data:
             code = self._popen.poll()
             raise OSError(f"the fork server exited (status {code})")
-        reply = json.loads(data)
+        try:
+            reply = json.loads(data)
+        except ValueError:
+            raise OSError(f"the fork server answered {data[:80]!r}") from None
         return reply if isinstance(reply, dict) else {}
 
     def close(self) -> None:
