@@ -209,7 +209,8 @@ def run_setup(
     rows: list[dict[str, Any]] = []
     try:
         options = mesh_options(HOST if mesh == "host" else mesh)
-        with Flow(workspace=workspace, **options).add(uses=uses).add(uses=uses) as flow:
+        flow = Flow(workspace=workspace, fork_server=args.fork_server == "on", **options)
+        with flow.add(uses=uses).add(uses=uses):
             target = f"127.0.0.1:{flow.port}"
             pids = list(flow.pids.values())
             for name, n_docs, _dim in CASES:
@@ -283,6 +284,12 @@ def main() -> None:
     p.add_argument("--setups", nargs="+", choices=SETUPS, default=list(SETUPS))
     p.add_argument("--quiet-wait", type=float, default=0.0, metavar="S")
     p.add_argument("--json-out", help="also write all result lines to this file")
+    p.add_argument(
+        "--fork-server",
+        choices=("on", "off"),
+        default="on",
+        help="the Flow's processes forked from its fork server (the default) or started fresh",
+    )
     args = p.parse_args()
 
     vers = _load.versions("meshflow", "grpcio", "protobuf", "numpy")
