@@ -110,3 +110,21 @@ def test_a_process_that_is_not_forkable_is_refused(server: ForkServer, tmp_path:
     env = {**child_env({}), "PYTHONHASHSEED": "7"}
     with pytest.raises(ValueError, match="not forkable"):
         server.fork(meshflow_command("--version"), env=env, log_path=str(tmp_path) + "/x.log")
+
+
+def test_the_flow_option_is_checked_and_read_from_yaml(tmp_path: object) -> None:
+    from meshflow import Flow
+    from meshflow.errors import ConfigError
+
+    assert Flow().fork_server is True
+    with pytest.raises(ConfigError, match="fork_server must be true or false, got 'no'"):
+        Flow(fork_server="no")
+    path = os.path.join(str(tmp_path), "flow.yml")
+    flow_yaml = "jtype: Flow\nwith:\n  fork_server: {}\nexecutors:\n  - uses: meshflow:Executor\n"
+    with open(path, "w") as fh:
+        fh.write(flow_yaml.format("false"))
+    assert Flow.load_config(path).fork_server is False
+    with open(path, "w") as fh:
+        fh.write(flow_yaml.format("sometimes"))
+    with pytest.raises(ConfigError, match="fork_server must be true or false"):
+        Flow.load_config(path)
