@@ -124,3 +124,20 @@ def test_a_forked_process_that_cannot_start_says_why(start_flow: StartFlow) -> N
 
     with pytest.raises(ConfigError, match="NoSuchExecutor"):
         start_flow(Flow().add(uses="executors:NoSuchExecutor", name="missing"))
+
+
+@pytest.mark.mesh("direct")
+def test_without_a_fork_server_the_flow_starts_its_processes_fresh(
+    start_flow: StartFlow, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    from meshflow import forkserver
+
+    # a fork server that cannot start (it fails to import what it preloads)
+    monkeypatch.setattr(forkserver, "PRELOAD", (*forkserver.PRELOAD, "no_such_module_here"))
+    caplog.set_level("WARNING", logger="meshflow.flow")
+    f = start_flow(Flow().add(uses="executors:ProcessFacts", name="facts"))
+    [fact] = facts(f).values()
+    assert fact["frozen"] == 0
+    assert "no fork server" in caplog.text
+    assert "No module named 'no_such_module_here'" in caplog.text
+    assert subreaper() == 0
