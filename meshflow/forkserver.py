@@ -318,13 +318,17 @@ def _serve(sock: socket.socket) -> tuple[dict[str, Any], list[int]] | None:
         except Exception as exc:  # reported to the Flow, which raises it
             for fd in fds:
                 os.close(fd)
-            sock.send(json.dumps({"error": f"{type(exc).__name__}: {exc}"}).encode())
-            continue
-        if pid is None:
-            return request, fds
-        for fd in fds:
-            os.close(fd)
-        sock.send(json.dumps({"pid": pid}).encode())
+            reply: dict[str, Any] = {"error": f"{type(exc).__name__}: {exc}"}
+        else:
+            if pid is None:
+                return request, fds
+            for fd in fds:
+                os.close(fd)
+            reply = {"pid": pid}
+        try:
+            sock.send(json.dumps(reply).encode())
+        except OSError:  # the Flow is gone: so is the work
+            return None
 
 
 def _double_fork() -> int | None:
