@@ -28,6 +28,7 @@ import gc
 import importlib
 import json
 import os
+import runpy
 import shlex
 import signal
 import socket
@@ -383,12 +384,10 @@ def _run(request: dict[str, Any], fds: list[int]) -> int:
     os.chdir(request["cwd"])
     if "numpy" in sys.modules:  # its global generator is the fork server's: reseed
         sys.modules["numpy"].random.seed()
-    import meshflow
-    from meshflow.cli import main
-
-    sys.argv = [os.path.join(os.path.dirname(meshflow.__file__), "__main__.py"), *argv]
-
-    return main(argv)
+    # exactly what `python -m meshflow ARGV` runs (meshflow/__main__.py exits with its status)
+    sys.argv = ["-m", *argv]
+    runpy.run_module("meshflow", run_name="__main__", alter_sys=True)
+    return 0
 
 
 def _main(fd: int, preload: Sequence[str]) -> int:
