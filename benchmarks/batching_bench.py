@@ -89,8 +89,9 @@ def bound(report: dict[str, Any], case: str, preferred: int) -> dict[str, float]
     }
 
 
-def flow_config(workspace: str, batched: bool) -> str:
-    """The app's flow.yml, or the same with encoders that do not batch."""
+def flow_config(workspace: str, batched: bool, fork_server: bool = True) -> str:
+    """The app's flow.yml, or the same with encoders that do not batch (and, with
+    ``fork_server=False``, its processes started fresh)."""
     with open(app.FLOW_YML, encoding="utf-8") as fh:
         data = yaml.safe_load(fh)
     unbatched = os.path.join(HERE, "_unbatched.py")
@@ -100,6 +101,7 @@ def flow_config(workspace: str, batched: bool) -> str:
             executor["uses"] = f"{unbatched}:{cls}"
             executor.pop("uses_dynamic_batching", None)
     data["with"].pop("static", None)
+    data["with"]["fork_server"] = fork_server
     path = os.path.join(workspace, f"flow-{'batched' if batched else 'unbatched'}.yml")
     with open(path, "w", encoding="utf-8") as fh:
         yaml.safe_dump(data, fh)
@@ -144,7 +146,7 @@ def measure_flow(
         catalog_dir=folder,
         graphql_port=None,
         mesh=mesh,
-        config=flow_config(workspace, batched),
+        config=flow_config(workspace, batched, fork_server=args.fork_server == "on"),
     ).start()
     try:
         for start in range(0, len(items), 16):
@@ -193,6 +195,12 @@ def main() -> None:
     p.add_argument("--preferred", type=int, default=32, help="the ceiling's batch size")
     p.add_argument("--mesh", choices=("envoy", "direct"), default="envoy")
     p.add_argument("--skip-ceiling", action="store_true")
+    p.add_argument(
+        "--fork-server",
+        choices=("on", "off"),
+        default="on",
+        help="the Flows' processes forked from a fork server (the default) or started fresh",
+    )
     p.add_argument("--text-only", action="store_true", help="skip the photo queries")
     p.add_argument(
         "--http-client",
