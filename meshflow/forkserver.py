@@ -49,6 +49,12 @@ PRELOAD = (
     "meshflow.executor.loader",
     "meshflow.cli",
     "meshflow.cli.run",
+    # loaded by every process soon after it starts: OpenTelemetry's context finds its
+    # implementation through the installed packages' metadata; cloudpickle reads an
+    # executor defined in a script; setproctitle names the forked process
+    "importlib.metadata",
+    "cloudpickle",
+    "setproctitle",
 )
 """What every meshflow process imports; the gateway's own modules (Strawberry, uvicorn,
 JWT) are left to it, or every executor would carry their pages too."""
@@ -382,8 +388,8 @@ def _run(request: dict[str, Any], fds: list[int]) -> int:
     os.environ.clear()
     os.environ.update(request["env"])
     os.chdir(request["cwd"])
-    if "numpy" in sys.modules:  # its global generator is the fork server's: reseed
-        sys.modules["numpy"].random.seed()
+    if "numpy.random" in sys.modules:  # its global generator is the fork server's: reseed
+        sys.modules["numpy.random"].seed()
     # exactly what `python -m meshflow ARGV` runs (meshflow/__main__.py exits with its status)
     sys.argv = ["-m", *argv]
     runpy.run_module("meshflow", run_name="__main__", alter_sys=True)
