@@ -141,3 +141,17 @@ def test_without_a_fork_server_the_flow_starts_its_processes_fresh(
     assert "no fork server" in caplog.text
     assert "No module named 'no_such_module_here'" in caplog.text
     assert subreaper() == 0
+
+
+@pytest.mark.mesh("direct")
+def test_a_generator_the_fork_server_loaded_is_reseeded_in_each_process(
+    start_flow: StartFlow, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from meshflow import forkserver
+
+    # with numpy.random loaded before the fork, every process would draw the same numbers
+    monkeypatch.setattr(forkserver, "PRELOAD", (*forkserver.PRELOAD, "numpy.random"))
+    f = start_flow(Flow().add(uses="executors:ProcessFacts", name="facts", replicas=2))
+    seen = facts(f, 2)
+    assert all(fact["frozen"] > 1000 for fact in seen.values())
+    assert seen[0]["random"] != seen[1]["random"]
