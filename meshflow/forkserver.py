@@ -133,8 +133,6 @@ class ForkedChild:
     :class:`subprocess.Popen` a Flow uses (``pid``, ``poll``, ``wait``, ``send_signal``,
     ``kill``, ``returncode``)."""
 
-    stdin = None
-
     def __init__(self, pid: int, args: Sequence[str]) -> None:
         self.pid = pid
         self.args = list(args)
@@ -168,9 +166,6 @@ class ForkedChild:
         if self.poll() is None:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(self.pid, sig)
-
-    def terminate(self) -> None:
-        self.send_signal(signal.SIGTERM)
 
     def kill(self) -> None:
         self.send_signal(signal.SIGKILL)
@@ -237,10 +232,10 @@ class ForkServer:
         env: Mapping[str, str],
         log_path: str,
         stdin: bytes | None = None,
-        cwd: str | None = None,
     ) -> ForkedChild:
         """Fork ``python -m meshflow ARGS`` (``command``) with its own environment, log file
-        and standard input (``stdin`` is written to a pipe and closed, as a secret is)."""
+        and standard input (``stdin`` is written to a pipe and closed, as a secret is), in
+        this process's working folder."""
         if not forkable(command, env, self.env):
             raise ValueError(f"not forkable: {list(command[:3])}")
         read_fd, write_fd = os.pipe()
@@ -250,7 +245,7 @@ class ForkServer:
             os.close(write_fd)
             write_fd = -1
             with open(log_path, "ab") as log_file:
-                request = {"argv": list(command[3:]), "env": dict(env), "cwd": cwd or os.getcwd()}
+                request = {"argv": list(command[3:]), "env": dict(env), "cwd": os.getcwd()}
                 with self._lock:
                     if self._closed:
                         raise OSError("the fork server is closed")

@@ -73,23 +73,22 @@ class ManagedProcess:
         """Written to the child's standard input at each (re)start, then closed: a secret
         handed over without a file or an environment variable other processes could read."""
         self.popen: subprocess.Popen[bytes] | ForkedChild | None = None
-        self.fork_server: ForkServer | None = None
-        """When set (while the Flow starts), the process is forked from it if it can be."""
         self.info: dict[str, Any] | None = None
         self.restarts = 0
         self.started_at = 0.0
         self.stopping = False
 
-    def start(self) -> None:
+    def start(self, fork_server: ForkServer | None = None) -> None:
+        """Start the process: forked from ``fork_server`` when given and the process can be
+        (see :func:`~meshflow.forkserver.forkable`), else as a fresh one."""
         for path in [self.ready_file, *self.cleanup]:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(path)
         self.info = None
         env = child_env(self.env)
-        server = self.fork_server
-        if server is not None and forkable(self.command, env, server.env):
+        if fork_server is not None and forkable(self.command, env, fork_server.env):
             try:
-                self.popen = server.fork(
+                self.popen = fork_server.fork(
                     self.command, env=env, log_path=self.log_path, stdin=self.stdin
                 )
             except OSError as exc:

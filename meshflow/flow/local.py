@@ -129,9 +129,9 @@ class LocalRuntime:
                     for replica in range(dep.replicas):
                         self.replicas.append(self._make_replica(dep, shard, replica))
             self.gateway = self._make_gateway()
-            with self._fork_server():
+            with self._fork_server() as server:
                 for proc in self.processes():
-                    proc.start()
+                    proc.start(fork_server=server)
             wait_all_ready(
                 self.processes(),
                 self.spec.timeout_ready,
@@ -162,28 +162,24 @@ class LocalRuntime:
         return self.port
 
     @contextlib.contextmanager
-    def _fork_server(self) -> Iterator[None]:
-        """While the Flow starts its processes: a fork server they are forked from when they
-        can be (``fork_server=True`` on Linux), closed once they are all forked."""
+    def _fork_server(self) -> Iterator[forkserver.ForkServer | None]:
+        """While the Flow starts its processes: a fork server to fork them from
+        (``fork_server=True`` on Linux; None when there is none), closed once they are all
+        forked."""
         if not (self.spec.fork_server and forkserver.available()):
-            yield
+            yield None
             return
-        procs = self.processes()
         try:
             server = forkserver.ForkServer.start(
                 log_path=os.path.join(self.log_dir, "forkserver.log"), env=child_env({})
             )
         except OSError as exc:
             log.warning("no fork server (%s): every process starts fresh", exc)
-            yield
+            yield None
             return
-        for proc in procs:
-            proc.fork_server = server
         try:
-            yield
+            yield server
         finally:
-            for proc in procs:
-                proc.fork_server = None
             server.close()
 
     @property
