@@ -13,6 +13,11 @@
    costs in all the Flow's processes. Batching shrinks only the text encoder's share, so the
    largest batched / unbatched ratio this machine allows is the unbatched CPU per query over
    the batched one with the encoder at the ceiling's CPU per text (``speedup_bound``).
+4. **Queries grouped by the client** (``--queries-per-request K``): the same 16 text queries
+   in flight, K to a GraphQL request, so that every hop after the door is shared by K
+   queries. Against the unbatched Flow's one query a request at 16
+   (``grouped_over_unbatched_c16``): the most any batcher in front of the Flow could give, as
+   each query would still cost its own HTTP request, JWT and GraphQL operation.
 
 Prints one JSON report; figures go to ``benchmarks/RESULTS.md`` by hand::
 
@@ -108,9 +113,9 @@ def flow_config(workspace: str, batched: bool, fork_server: bool = True) -> str:
     return path
 
 
-def body(path: str, doc: dict[str, Any]) -> str:
+def body(path: str, *docs: dict[str, Any]) -> str:
     with open(path, "w", encoding="utf-8") as fh:
-        json.dump({"query": app.SEARCH, "variables": {"docs": [doc], "limit": 10}}, fh)
+        json.dump({"query": app.SEARCH, "variables": {"docs": list(docs), "limit": 10}}, fh)
     return path
 
 
@@ -160,13 +165,20 @@ def measure_flow(
         )
         pids = server_pids(flow)
         out: dict[str, Any] = {}
-        cases = [("text", text, (1, 16, 32)), ("photo", photo, (1, 8))]
-        for kind, path, levels in cases[:1] if args.text_only else cases:
+        cases = [("text", text, (1, 16, 32), 1)]
+        if args.queries_per_request > 1:  # the same 16 queries in flight, k to a request
+            k = args.queries_per_request
+            texts = [{"text": f"{TEXT_QUERY} {i}"} for i in range(k)]
+            grouped = body(os.path.join(workspace, "texts.json"), *texts)
+            cases.append((f"text x{k}", grouped, (max(1, 16 // k),), k))
+        if not args.text_only:
+            cases.append(("photo", photo, (1, 8), 1))
+        for kind, path, levels, per_request in cases:
             for concurrency in levels:
                 row = measure_http_case(
                     bench="batching",
                     case=f"{kind} c{concurrency}",
-                    docs_per_req=1,
+                    docs_per_req=per_request,
                     url=flow.graphql_url,
                     body_path=path,
                     concurrency=concurrency,
@@ -177,10 +189,11 @@ def measure_flow(
                     client=args.http_client,
                 )
                 keys = ("rps", "p50_ms", "p99_ms", "errors", "first_error", "server_cpu_ms_per_req")
-                out[f"{kind} c{concurrency}"] = {k: row[k] for k in keys if k in row}
-                out[f"{kind} c{concurrency}"]["cpu_ms_per_req"] = cpu_by_component(
-                    row["cpu_ms_per_req_by_process"]
-                )
+                case = out[f"{kind} c{concurrency}"] = {k: row[k] for k in keys if k in row}
+                case["cpu_ms_per_req"] = cpu_by_component(row["cpu_ms_per_req_by_process"])
+                if per_request > 1:
+                    case["queries_per_s"] = round(row["rps"] * per_request, 1)
+                    case["cpu_ms_per_query"] = round(row["server_cpu_ms_per_req"] / per_request, 2)
                 print(f"  {'batched' if batched else 'unbatched'} {kind} c{concurrency}: "
                       f"{out[f'{kind} c{concurrency}']}", file=sys.stderr, flush=True)  # fmt: skip
         return out
@@ -202,6 +215,15 @@ def main() -> None:
         help="the Flows' processes forked from a fork server (the default) or started fresh",
     )
     p.add_argument("--text-only", action="store_true", help="skip the photo queries")
+    p.add_argument(
+        "--queries-per-request",
+        type=int,
+        default=0,
+        metavar="K",
+        help="also send the 16 text queries in flight K to a GraphQL request (16/K requests at "
+        "once): what the Flow serves when its hops are shared by K queries, the most a "
+        "batcher in front of the Flow could give",
+    )
     p.add_argument(
         "--http-client",
         choices=sorted(CLIENTS),
@@ -235,6 +257,11 @@ def main() -> None:
             found = bound(report, case, args.preferred)
             if found is not None:
                 report.setdefault("speedup_bound", {})[case] = found
+        for case, row in report["batched"].items():
+            if "queries_per_s" in row:  # against the unbatched Flow's one query a request
+                unbatched = report["unbatched"]["text c16"]["rps"]
+                ratio = round(row["queries_per_s"] / max(unbatched, 1e-9), 2)
+                report.setdefault("grouped_over_unbatched_c16", {})[case] = ratio
         print(json.dumps(report, indent=1), flush=True)
     finally:
         shutil.rmtree(root, ignore_errors=True)

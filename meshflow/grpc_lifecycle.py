@@ -76,7 +76,10 @@ async def serve_forever(
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    log.info("%s serving on %s (pid %d)", what, address, os.getpid())
+    bound = address
+    if not address.startswith("unix:") and address.endswith(":0"):
+        bound = f"{address[: -len(':0')]}:{port}"  # the port the OS chose, not the one asked
+    log.info("%s serving on %s (pid %d)", what, bound, os.getpid())
     payload: dict[str, Any] = {"port": port, "pid": os.getpid()}
     if also_start is not None:
         # Other doors in the same loop (the gateway's HTTP server); their info joins the file.

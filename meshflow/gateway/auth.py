@@ -250,6 +250,16 @@ class Authenticator:
         """Refuse ``identity`` for ``endpoint`` unless it has the scope the endpoint needs."""
         self.require(identity, self.config.scope_for(endpoint), what=_endpoint(endpoint), door=door)
 
+    def permits(self, identity: Identity | None, endpoint: str) -> bool:
+        """Whether :meth:`authorize` would let ``identity`` call ``endpoint``, without logging
+        or counting a refusal (the caller refuses through :meth:`authorize`)."""
+        scope = self.config.scope_for(endpoint)
+        return (
+            identity is not None
+            and not identity.expired(self.config.leeway)
+            and (scope is None or identity.has_scope(scope))
+        )
+
     def require(
         self, identity: Identity | None, scope: str | None, *, what: str, door: str = ""
     ) -> None:

@@ -272,7 +272,7 @@ async def run_plan(
     variables: Mapping[str, Any] | None,
     context: dict[str, Any],
     limits: GraphQLLimits,
-    authorize: Callable[[Any, list[str]], GraphQLError | None],
+    permitted: Callable[[Any, list[str]], bool],
 ) -> dict[str, Any]:
     """The ``data`` of a compiled ``post``.
 
@@ -284,8 +284,8 @@ async def run_plan(
         raise Fallback
     if check_documents(*count_documents(plan.document, plan.operation_name, raw), limits):
         raise Fallback
-    if authorize(context, endpoints(plan.document, plan.operation_name, raw)) is not None:
-        raise Fallback
+    if not permitted(context, endpoints(plan.document, plan.operation_name, raw)):
+        raise Fallback  # the generic path refuses it, logged and counted once
     coerced = get_variable_values(schema, plan.operation.variable_definitions or [], raw)
     if isinstance(coerced, list):  # errors
         raise Fallback

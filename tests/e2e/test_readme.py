@@ -45,7 +45,7 @@ class ImageEncoder(Executor):
 class TextEncoder(ImageEncoder):
     pass
 """,
-    "index.py": """
+    "indexer.py": """
 from meshflow import DocumentArray, Executor, requests
 
 
@@ -60,7 +60,6 @@ class Indexer(Executor):
             doc.text += " (searched)"
 """,
 }
-MY_PKG["indexer.py"] = MY_PKG["index.py"]
 
 
 def sections() -> dict[str, list[tuple[str, str]]]:
@@ -208,7 +207,7 @@ import os, subprocess, sys
 from meshflow import Document, DocumentArray, Flow
 queries = DocumentArray([Document(text='red dress')])
 many_docs = DocumentArray(Document(text=str(i)) for i in range(100))
-f = Flow(port=50051).add(uses='my_pkg.index:Indexer')
+f = Flow(port=50051).add(uses='my_pkg.indexer:Indexer')
 with f:
     URL = f.graphql_url
 """

@@ -347,6 +347,25 @@ def test_refusals_log_one_line_without_the_token(secured: Flow, keys: Keys) -> N
     assert re.search(r"auth refused \(http\): wrong audience; subject 'mallory-log'", lines[0])
     assert token not in log
     assert "Traceback" not in log
+    # the port the OS chose (the Flow asked for none), not the ":0" asked for
+    assert f"gateway serving on 127.0.0.1:{secured.port} (pid" in log, log[:2000]
+
+
+def test_a_scope_refusal_is_logged_once_when_its_text_runs_compiled(
+    secured: Flow, keys: Keys
+) -> None:
+    """A ``post`` text the gateway has compiled (it answered it before) and a caller lacking
+    the scope of the endpoint it names this time: one log line a refusal (the metrics count
+    beside it), not one for the compiled run and one for the generic path."""
+    token = keys.token(scope="search:read", sub="erin-compiled")
+    send(secured, "graphql", token, on="/search")
+    send(secured, "graphql", token, on="/search")  # from here on the text runs compiled
+    for _ in range(2):
+        with pytest.raises(Refused) as refusal:
+            send(secured, "graphql", token, on="/index")
+        assert refusal.value.kind == "FORBIDDEN"
+    lines = [line for line in gateway_log(secured).splitlines() if "erin-compiled" in line]
+    assert len(lines) == 2, lines
 
 
 def test_the_gateway_keeps_serving_after_a_burst_of_bad_tokens(secured: Flow, keys: Keys) -> None:
