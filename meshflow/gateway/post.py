@@ -181,6 +181,7 @@ def _fill(pb: document_pb2.Document, doc: DocumentFields, i: int) -> None:
 
 
 _INPUT_KINDS = "biuf"  # bool, signed and unsigned integers, floats
+_MAX_DIMS = 32  # numpy's own limit before 2.0
 
 
 def _array(value: ArrayFields, where: str) -> np.ndarray[Any, Any]:
@@ -196,12 +197,22 @@ def _array(value: ArrayFields, where: str) -> np.ndarray[Any, Any]:
             "'float64', 'int64', 'uint8' or 'bool'"
         )
     if value.shape is not None:
-        size = 1
-        for dim in value.shape:
-            size *= dim
-        if any(dim < 0 for dim in value.shape) or size != len(value.data):
+        shape = value.shape
+        if len(shape) > _MAX_DIMS or not all(type(d) is int and d >= 0 for d in shape):
             raise BadRequestError(
-                f"{where}.shape {value.shape} does not hold the {len(value.data)} values given"
+                f"{where}.shape must be at most {_MAX_DIMS} sizes, each a whole number >= 0"
+            )
+        # checked as it grows: a long shape of large sizes would otherwise cost the event loop
+        # a multiplication of ever larger numbers per entry
+        size = 0 if 0 in shape else 1
+        for dim in shape if size else ():
+            size *= dim
+            if size > len(value.data):
+                break
+        if size != len(value.data):
+            shown = ", ".join(map(str, shape[:4])) + (", ..." if len(shape) > 4 else "")
+            raise BadRequestError(
+                f"{where}.shape [{shown}] does not hold the {len(value.data)} values given"
             )
     try:
         array = np.asarray(value.data, dtype=dtype)

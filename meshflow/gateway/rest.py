@@ -39,6 +39,7 @@ _POST_BODY = (
 _DOC_KEYS = frozenset(
     {"id", "parentId", "text", "blob", "uri", "mimeType", "tags", "tensor", "embedding"}
 )
+_DOC_STRINGS = ("id", "parentId", "text", "blob", "uri", "mimeType")
 
 
 def post_route(gateway: Gateway, limits: GraphQLLimits) -> Callable[[Request], Awaitable[Response]]:
@@ -100,11 +101,14 @@ def _post_arguments(
     if not isinstance(docs, list) or not isinstance(fields, list):
         raise BadRequestError('"docs" and "fields" must be lists')
     check_count(len(docs), max_docs)
+    target = body.get("targetExecutor")
+    if target is not None and not isinstance(target, str):
+        raise BadRequestError(f'"targetExecutor" must be a string; {_POST_BODY}')
     return {
         "on": on,
         "docs": [_doc_input(d, i) for i, d in enumerate(docs)],
         "parameters": body.get("parameters"),
-        "target_executor": body.get("targetExecutor"),
+        "target_executor": target,
         "fields": [str(f) for f in fields],
     }
 
@@ -115,6 +119,9 @@ def _doc_input(raw: Any, i: int) -> DocumentInput:
     unknown = set(raw) - _DOC_KEYS
     if unknown:
         raise BadRequestError(f"docs[{i}] has unknown field(s) {', '.join(sorted(unknown))}")
+    for key in _DOC_STRINGS:
+        if raw.get(key) is not None and not isinstance(raw[key], str):
+            raise BadRequestError(f"docs[{i}].{key} must be a string")
     arrays = {}
     for name in ("tensor", "embedding"):
         value = raw.get(name)
@@ -122,9 +129,15 @@ def _doc_input(raw: Any, i: int) -> DocumentInput:
             continue
         if isinstance(value, list):
             value = {"data": value}
-        if not isinstance(value, dict) or not isinstance(value.get("data"), list):
+        if (
+            not isinstance(value, dict)
+            or not isinstance(value.get("data"), list)
+            or not isinstance(value.get("shape", []), list | None)
+            or not isinstance(value.get("dtype", ""), str)
+        ):
             raise BadRequestError(
-                f"docs[{i}].{name} must be a list of numbers or {{data, shape, dtype}}"
+                f"docs[{i}].{name} must be a list of numbers or {{data, shape, dtype}} (a list"
+                " of numbers, a list of sizes, a string)"
             )
         arrays[name] = ArrayInput(
             data=value["data"], shape=value.get("shape"), dtype=value.get("dtype", "float32")
@@ -216,3 +229,7 @@ def decode_json(data: str | bytes) -> Any:
         return json.loads(data)
     except RecursionError:
         raise json.JSONDecodeError("nested too deeply", "", 0) from None
+    except json.JSONDecodeError:
+        raise
+    except ValueError as exc:  # an integer past Python's 4,300 digits
+        raise json.JSONDecodeError(str(exc), "", 0) from None

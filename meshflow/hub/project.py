@@ -73,18 +73,22 @@ def new_project(name: str, parent: str = ".", *, description: str = "") -> str:
     return root
 
 
-def _pyproject(root: str) -> dict[str, Any]:
+def _pyproject_data(root: str) -> dict[str, Any]:
     import tomllib
 
     path = os.path.join(root, "pyproject.toml")
     try:
         with open(path, "rb") as fh:
-            data = tomllib.load(fh)
+            return tomllib.load(fh)
     except OSError as exc:
         raise ConfigError(f"{root} is not an executor project: {path}: {exc.strerror}") from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path}: {exc}") from None
-    project = data.get("project")
+
+
+def _pyproject(root: str) -> dict[str, Any]:
+    path = os.path.join(root, "pyproject.toml")
+    project = _pyproject_data(root).get("project")
     if not isinstance(project, dict) or not project.get("name") or not project.get("version"):
         raise ConfigError(f"{path}: [project] needs a name and a static version")
     return project
@@ -146,6 +150,8 @@ def build(
     out_dir = out_dir or tempfile.mkdtemp(prefix="meshflow-wheel-")
     os.makedirs(out_dir, exist_ok=True)
     before = set(os.listdir(out_dir))
+    unmet = [] if isolated else unmet_build_requirements(root)
+    isolated = isolated or bool(unmet)  # the backend is not installed here: fetch it
     uv = _uv_bin() if installer() == "uv" else None
     if uv is not None:
         command = [uv, "build", "--wheel", "--python", sys.executable, "--out-dir", out_dir]
@@ -159,8 +165,15 @@ def build(
         command, capture_output=True, text=True, timeout=600, check=False, env=env
     )
     if done.returncode != 0:
+        why = (
+            f" (its build backend {', '.join(unmet)} is not installed in this environment, so"
+            " it was built in isolation, which fetches the backend from the package index;"
+            " install it here to build offline)"
+            if unmet
+            else ""
+        )
         raise EnvironmentBuildError(
-            f"building {root} failed:\n{(done.stdout + done.stderr).strip()[-4000:]}"
+            f"building {root} failed{why}:\n{(done.stdout + done.stderr).strip()[-4000:]}"
         )
     wheels = [f for f in set(os.listdir(out_dir)) - before if f.endswith(".whl")]
     if not wheels:  # the same wheel built again: the newest of the folder
@@ -173,9 +186,37 @@ def build(
     return os.path.join(out_dir, wheels[0])
 
 
+def unmet_build_requirements(root: str) -> list[str]:
+    """The project's ``[build-system] requires`` this environment does not satisfy (a build
+    without isolation would fail on them); a project without the table needs setuptools."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    from packaging.requirements import InvalidRequirement, Requirement
+
+    system = _pyproject_data(root).get("build-system")
+    listed = system.get("requires") if isinstance(system, dict) else None
+    unmet = []
+    for text in listed if isinstance(listed, list) else ["setuptools>=40.8"]:
+        try:
+            req = Requirement(str(text))
+        except InvalidRequirement:
+            unmet.append(str(text))  # the isolated build reports it
+            continue
+        if req.marker is not None and not req.marker.evaluate():
+            continue
+        try:
+            have = version(req.name)
+        except PackageNotFoundError:
+            unmet.append(str(text))
+            continue
+        if not req.specifier.contains(have, prereleases=True):
+            unmet.append(str(text))
+    return unmet
+
+
 _PYPROJECT = """\
 [build-system]
-requires = ["setuptools>=68"]
+requires = ["setuptools>=70.1"]
 build-backend = "setuptools.build_meta"
 
 [project]

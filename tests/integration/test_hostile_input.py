@@ -275,6 +275,7 @@ def test_a_stream_of_a_million_batches_is_refused(flow: Flow, batches: int, boun
         (b"[]", 400, "BAD_REQUEST"),
         (b"[" * 5000 + b"]" * 5000, 400, "BAD_REQUEST"),
         (b'{"query": 3}', 400, "BAD_REQUEST"),
+        (b'{"query": "{ __typename }", "x": ' + b"9" * 5000 + b"}", 400, "BAD_REQUEST"),
     ],
 )
 def test_malformed_graphql_bodies_get_a_coded_400(
@@ -286,6 +287,58 @@ def test_malformed_graphql_bodies_get_a_coded_400(
     assert response.status_code == status, response.text
     assert codes(response.json()) == [code]
     assert "Traceback" not in gateway_log(flow)
+
+
+@pytest.mark.mesh("direct")
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"on": "/", "docs": [{"text": "a"}], "targetExecutor": 5},
+        {"on": "/", "docs": [{"text": "a"}], "targetExecutor": {}},
+        {"on": "/", "docs": [{"text": 5}]},
+        {"on": "/", "docs": [{"id": ["x"]}]},
+        {"on": "/", "docs": [{"tensor": {"data": [1], "shape": 1}}]},
+        {"on": "/", "docs": [{"tensor": {"data": [1], "shape": "1"}}]},
+        {"on": "/", "docs": [{"tensor": {"data": [1], "dtype": 4}}]},
+        {"on": "/", "docs": [{"tensor": {"data": [1], "shape": [1.0]}}]},
+        {"on": "/", "docs": [{"tensor": {"data": [1], "shape": [True]}}]},
+        {"on": "/", "docs": [{"tensor": {"data": [1], "shape": [1] * 33}}]},
+        {"on": "/", "docs": [{"text": "a"}], "pad": 10**5000},
+    ],
+    ids=lambda body: json.dumps(body)[:60] if "pad" not in body else "a 5001-digit integer",
+)
+def test_post_bodies_of_the_wrong_types_get_a_coded_400(flow: Flow, body: dict[str, Any]) -> None:
+    url = flow.graphql_url.replace("/graphql", "/post")
+    import sys
+
+    sys.set_int_max_str_digits(0)  # to write the body; the gateway keeps Python's limit
+    raw = json.dumps(body)
+    response = httpx.post(url, content=raw, headers={"content-type": "application/json"})
+    assert response.status_code == 400, response.text
+    # a body that is not JSON Python reads, or arguments of the wrong type
+    assert codes(response.json()) == ["BAD_REQUEST" if "pad" in body else "BAD_USER_INPUT"]
+    assert "Traceback" not in gateway_log(flow)
+
+
+@pytest.mark.mesh("direct")
+def test_a_shape_of_a_hundred_thousand_sizes_is_refused_at_once(flow: Flow) -> None:
+    """Sizes multiplied one by one cost the event loop ever larger numbers: 300,000 of
+    them took minutes, every door stalled meanwhile. Refused before any multiplication."""
+    shape = [2**31 - 1] * 300_000
+    doc = {"tensor": {"data": [1], "shape": shape}}
+    post = flow.graphql_url.replace("/graphql", "/post")
+    with httpx.Client(timeout=20) as client:
+        answers = [
+            client.post(
+                flow.graphql_url, json={"query": POST, "variables": {"on": "/", "docs": [doc]}}
+            ),
+            client.post(post, json={"on": "/", "docs": [doc]}),
+        ]
+        assert client.get(flow.graphql_url.replace("/graphql", "/health")).status_code == 200
+    graphql, rest = (a.json() for a in answers)
+    assert codes(graphql) == codes(rest) == ["BAD_USER_INPUT"]
+    for body in (graphql, rest):
+        assert len(body["errors"][0]["message"]) < 200  # the shape is not echoed back
 
 
 @pytest.mark.mesh("direct")

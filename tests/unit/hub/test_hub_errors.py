@@ -119,3 +119,30 @@ def test_an_unresolvable_requirement_shows_the_installers_reason(
         f for f in os.listdir(os.path.join(cache, "envs")) if f.endswith(".lock")
     ]  # nothing half-built is left to be taken for a built environment
     shutil.rmtree(cache)
+
+
+def test_a_build_backend_missing_here_is_built_in_isolation_and_named(
+    setup: HubSetup, tmp_path: str
+) -> None:
+    """A project whose ``[build-system] requires`` this environment lacks is not built
+    against what happens to be installed: the installer fetches the backend (here it cannot:
+    no such version), and the error names the backend and how to build offline."""
+    from meshflow.hub.project import unmet_build_requirements
+
+    ready = make_executor(str(tmp_path), "ready", "1.0.0")
+    assert unmet_build_requirements(ready) == []  # the scaffold's backend is a dependency
+    needy = make_executor(str(tmp_path), "backend-less", "1.0.0")
+    path = os.path.join(needy, "pyproject.toml")
+    with open(path) as fh:
+        text = fh.read()
+    with open(path, "w") as fh:
+        fh.write(
+            text.replace(
+                'requires = ["setuptools>=70.1"]',
+                'requires = ["setuptools>=70.1", "no-such-backend-xyz>=1",'
+                " \"other-xyz; python_version < '3'\"]",
+            )
+        )
+    assert unmet_build_requirements(needy) == ["no-such-backend-xyz>=1"]
+    with pytest.raises(EnvironmentBuildError, match="no-such-backend-xyz>=1 is not installed"):
+        build(needy, str(tmp_path))
