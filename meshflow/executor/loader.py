@@ -82,7 +82,7 @@ def load_class(ref: str) -> type[Executor]:
             if exc.name and module_part.startswith(exc.name):
                 raise ConfigError(
                     f"uses={ref!r}: no module named {exc.name!r}; check the spelling and that "
-                    "its package is installed or on PYTHONPATH"
+                    f"its package is installed or on PYTHONPATH{_shadowed(module_part)}"
                 ) from None
             raise
     obj: Any = module
@@ -91,6 +91,25 @@ def load_class(ref: str) -> type[Executor]:
             raise ConfigError(f"uses={ref!r}: module {module_part!r} has no attribute {part!r}")
         obj = getattr(obj, part)
     return check_executor_class(obj, ref)
+
+
+def _shadowed(module_part: str) -> str:
+    """A hint when the top package of ``module_part`` was found somewhere else than in a
+    folder of that name in the working folder (an installed package of the same name, and a
+    folder without ``__init__.py``, which Python then never looks into)."""
+    top = module_part.split(".")[0]
+    folder = os.path.join(os.getcwd(), top)
+    found = sys.modules.get(top)
+    locations = list(getattr(found, "__path__", None) or ())
+    if "." not in module_part or not os.path.isdir(folder) or found is None:
+        return ""
+    if any(os.path.realpath(p) == os.path.realpath(folder) for p in locations):
+        return ""
+    where = locations[0] if locations else getattr(found, "__file__", "elsewhere")
+    return (
+        f"; the package {top!r} imported is {where}, which hides the folder {folder}: give "
+        "that folder an __init__.py (the working folder comes first then) or another name"
+    )
 
 
 def check_executor_class(obj: Any, ref: str) -> type[Executor]:

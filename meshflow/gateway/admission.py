@@ -164,6 +164,21 @@ class Admission:
             raise
         return Ticket(subject, self._probe_epoch, self.clock())
 
+    def refusal_now(
+        self, subject: str = "", deadline: float | None = None
+    ) -> OverloadedError | None:
+        """The refusal :meth:`acquire` would answer at once if called now (every slot taken and
+        the queue full, the caller's share waiting, or the wait past its time), taking and
+        queueing nothing: a door answers it before it reads a request's body."""
+        subject = subject if self.fair else ""
+        if self.in_flight < self.limit and not self.queued:
+            return None
+        try:
+            self._refuse_at_once(subject, None if deadline is None else deadline - self.clock())
+        except OverloadedError as exc:
+            return exc
+        return None
+
     async def _pace(self, subject: str, deadline: float | None, patient: bool) -> float | None:
         """Wait for the caller's token when it is paced (see :mod:`~meshflow.gateway.pacing`);
         return the deadline left for the queue (a paced wait counts against max_queue_wait)."""

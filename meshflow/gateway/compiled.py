@@ -63,7 +63,12 @@ from meshflow.gateway.graphql import (
     name_operation_span,
     wanted_fields,
 )
-from meshflow.gateway.guards import check_documents, count_documents, endpoints
+from meshflow.gateway.guards import (
+    check_documents,
+    check_variable_uses,
+    count_documents,
+    endpoints,
+)
 from meshflow.gateway.post import run_post
 from meshflow.proto.v1 import data_request_pb2
 from meshflow.spec.limits import GraphQLLimits
@@ -282,7 +287,9 @@ async def run_plan(
     raw = variables or {}
     if not isinstance(raw, dict):
         raise Fallback
-    if check_documents(*count_documents(plan.document, plan.operation_name, raw), limits):
+    if check_documents(
+        *count_documents(plan.document, plan.operation_name, raw), limits
+    ) or check_variable_uses(plan.document, plan.operation_name, raw):
         raise Fallback
     if not permitted(context, endpoints(plan.document, plan.operation_name, raw)):
         raise Fallback  # the generic path refuses it, logged and counted once
@@ -306,6 +313,7 @@ async def run_plan(
             target_executor=args.get("targetExecutor"),
             fields=plan.fields,
             max_docs=context["max_docs"],
+            max_answer_values=context.get("max_answer_values"),
             identity=context.get("identity"),
             door=context.get("door", ""),
         )

@@ -30,7 +30,7 @@ from meshflow.document.proto import results_to_dict, struct_to_dict
 from meshflow.errors import BadRequestError, RequestError
 from meshflow.gateway.doctypes import merge_parameters
 from meshflow.gateway.fanout import fan_out
-from meshflow.gateway.post import array_values, run_post
+from meshflow.gateway.post import array_values, limit_answer_values, run_post
 from meshflow.gateway.server import Gateway
 from meshflow.proto.v1 import data_request_pb2, document_pb2, services_pb2
 
@@ -422,6 +422,7 @@ class Mutation:
                 target_executor=target_executor,
                 fields=_pushdown(info),
                 max_docs=info.context["max_docs"],
+                max_answer_values=info.context.get("max_answer_values"),
                 **_caller(info),
             )
         )
@@ -462,6 +463,7 @@ class Subscription:
                     target_executor=target_executor,
                     fields=fields,
                     max_docs=info.context["max_docs"],
+                    max_answer_values=info.context.get("max_answer_values"),
                     **_caller(info),
                 )
             )
@@ -502,6 +504,8 @@ class Subscription:
                         if span is not None:
                             span.set_status(Status(StatusCode.ERROR, item.message))
                         raise item
+                    # each pushed answer is written here, in this task, within its own bound
+                    limit_answer_values(info.context.get("max_answer_values"))
                     yield item
         finally:
             if span is not None:
@@ -560,6 +564,7 @@ def _resolver(endpoint: str, params: dict[str, services_pb2.Parameter]) -> Any:
                 target_executor=target,
                 fields=_pushdown(info),
                 max_docs=info.context["max_docs"],
+                max_answer_values=info.context.get("max_answer_values"),
                 **_caller(info),
             )
         )

@@ -26,6 +26,7 @@ Each refusal but ``FORBIDDEN`` counts against the client's address in a
 from __future__ import annotations
 
 import asyncio
+import json
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from dataclasses import dataclass
@@ -39,6 +40,7 @@ from graphql import (
     GraphQLError,
     InlineFragmentNode,
     ListValueNode,
+    ObjectValueNode,
     OperationDefinitionNode,
     SelectionSetNode,
     StringValueNode,
@@ -273,6 +275,47 @@ def endpoints(
     return found
 
 
+_REUSE_ALLOWANCE = 64 * 1024
+
+
+def check_variable_uses(
+    document: DocumentNode, operation_name: str | None, variables: Mapping[str, Any] | None
+) -> GraphQLError | None:
+    """The refusal of an operation whose variables, each copied once per use in its
+    arguments (``docs: [{embedding: $e}, {embedding: $e}, ...]``), would make a request
+    larger than its text by more than 64 KiB, or None. Such copies are built whole, so a
+    small request could otherwise make the gateway build a huge one."""
+    operation = _operation(document, operation_name)
+    if operation is None or not variables:
+        return None
+    uses: dict[str, int] = {}
+    pending: list[Any] = [
+        argument.value
+        for field in _root_fields(document, operation)
+        for argument in field.arguments or ()
+    ]
+    while pending:
+        value = pending.pop()
+        if isinstance(value, VariableNode):
+            uses[value.name.value] = uses.get(value.name.value, 0) + 1
+        elif isinstance(value, ListValueNode):
+            pending.extend(value.values)
+        elif isinstance(value, ObjectValueNode):
+            pending.extend(f.value for f in value.fields)
+    extra = 0
+    for name, count in uses.items():
+        if count > 1 and name in variables:
+            extra += (count - 1) * len(json.dumps(variables[name], separators=(",", ":")))
+            if extra > _REUSE_ALLOWANCE:
+                return coded(
+                    f"variable ${name} is used {count} times: each use copies it, and the "
+                    f"copies would pass {_REUSE_ALLOWANCE // 1024} KiB; send the values once "
+                    "per use instead",
+                    "BAD_USER_INPUT",
+                )
+    return None
+
+
 def check_documents(docs: int, batches: int, limits: GraphQLLimits) -> GraphQLError | None:
     if batches > limits.max_batches:
         return coded(
@@ -474,7 +517,9 @@ class QueryGuard(SchemaExtension):
         refusal = check_cost(checked.cost, self.limits) or _unnamed_choice(context, document)
         if refusal is None:
             counted = count_documents(document, context.operation_name, context.variables)
-            refusal = check_documents(*counted, self.limits)
+            refusal = check_documents(*counted, self.limits) or check_variable_uses(
+                document, context.operation_name, context.variables
+            )
         if refusal is not None:
             self._strike()
         elif self.authorize is not None:

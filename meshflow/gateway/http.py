@@ -30,6 +30,7 @@ import contextlib
 import functools
 import json
 from collections.abc import AsyncIterator, Mapping
+from datetime import timedelta
 from http import HTTPStatus
 from importlib import resources
 from typing import Any
@@ -266,6 +267,16 @@ class _TransportWS(BaseGraphQLTransportWSHandler[dict[str, Any], None]):
     """graphql-transport-ws with the token checked at ``connection_init``, and the socket
     closed (4401 / 4403) when an operation on it is refused."""
 
+    async def handle_message(self, message: Any) -> None:
+        """A message of the protocol's shape goes on; anything else (not an object, an ``id``
+        that is not a string, a ``subscribe`` without a query text) closes the socket with
+        4400, as the protocol says, before Strawberry reads it."""
+        problem = _ws_message_problem(message)
+        if problem is not None:
+            await self.handle_invalid_message(problem)
+            return
+        await super().handle_message(message)
+
     async def handle_connection_init(self, message: ConnectionInitMessage) -> None:
         gateway: Gateway = self.context["gateway"]
         if gateway.auth is not None and not self.connection_init_received:
@@ -327,6 +338,28 @@ class _TransportWS(BaseGraphQLTransportWSHandler[dict[str, Any], None]):
                 return
 
 
+_WS_OPTIONAL = {"variables": dict, "operationName": str, "extensions": dict}
+
+
+def _ws_message_problem(message: Any) -> str | None:
+    """Why a graphql-transport-ws message is malformed, or None."""
+    if not isinstance(message, dict) or not isinstance(message.get("type"), str):
+        return "a message must be a JSON object with a string 'type'"
+    kind = message["type"]
+    if kind in ("subscribe", "complete", "next", "error") and not isinstance(
+        message.get("id"), str
+    ):
+        return f"a '{kind}' message needs a string 'id'"
+    if kind == "subscribe":
+        payload = message.get("payload")
+        if not isinstance(payload, dict) or not isinstance(payload.get("query", ""), str):
+            return "a 'subscribe' payload must be an object with a string 'query'"
+        for key, kind_of in _WS_OPTIONAL.items():
+            if payload.get(key) is not None and not isinstance(payload[key], kind_of):
+                return f"a 'subscribe' payload's '{key}' must be a {kind_of.__name__}"
+    return None
+
+
 def _ws_token(payload: dict[str, Any]) -> str | None:
     for key in ("authorization", "Authorization", "token"):
         value = payload.get(key)
@@ -360,6 +393,7 @@ class _GraphQLApp(GraphQL[dict[str, Any], None]):
             subscription_protocols=(GRAPHQL_TRANSPORT_WS_PROTOCOL,),
             allowed_origins=allowed_origins,
             max_subscriptions_per_connection=16,
+            connection_init_wait_timeout=timedelta(seconds=limits.max_head_seconds),
         )
         self.gateway = gateway
         self.limits = limits
@@ -520,6 +554,7 @@ class _GraphQLApp(GraphQL[dict[str, Any], None]):
         return {
             "gateway": self.gateway,
             "max_docs": self.limits.max_docs,
+            "max_answer_values": self.limits.max_answer_values,
             "request": request,
             "response": response,
             "identity": request.scope.get("state", {}).get("meshflow_identity"),
@@ -606,8 +641,20 @@ def make_app(
             ),
         ]
     )
-    # The body is read (up to its limit) only after the token is checked.
-    outer: ASGIApp = AdmissionGate(BodyLimit(app, limits.max_body_bytes), gateway, _ADMITTED)
+    # The body is read (up to its size and time limits) only after the token is checked, and
+    # before the request takes an admission slot: a slow sender must not hold one. An
+    # overloaded gateway refuses before reading the body all the same (early).
+    outer: ASGIApp = AdmissionGate(
+        BodyLimit(
+            AdmissionGate(app, gateway, _ADMITTED),
+            limits.max_body_bytes,
+            limits.max_body_seconds,
+            4 * limits.max_body_bytes,
+        ),
+        gateway,
+        _ADMITTED,
+        early=True,
+    )
     if gateway.auth is not None:
         outer = AuthGate(outer, gateway, ("/graphql", "/post"))
     outer = TarpitGate(outer, tarpit, "/graphql")

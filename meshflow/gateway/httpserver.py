@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import socket
+from http import HTTPStatus
 
 import uvicorn
 from starlette.types import ASGIApp
@@ -27,6 +28,7 @@ class HttpDoor:
         *,
         max_header_bytes: int,
         max_message_bytes: int,
+        max_head_seconds: float = 10.0,
     ) -> None:
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
         # IPPROTO_TCP, not 0: asyncio sets TCP_NODELAY on accepted connections only for
@@ -51,7 +53,7 @@ class HttpDoor:
             # A client's address is its socket's: X-Forwarded-For from anyone on loopback
             # (uvicorn's default trust) would let a client choose its own tarpit key.
             proxy_headers=False,
-            http=bounded_http_protocol(max_header_bytes),
+            http=bounded_http_protocol(max_header_bytes, max_head_seconds),
             h11_max_incomplete_event_size=max_header_bytes,
             ws_max_size=max_message_bytes,
         )
@@ -75,12 +77,15 @@ class HttpDoor:
         self.sock.close()
 
 
-def bounded_http_protocol(limit: int) -> type[asyncio.Protocol] | str:
-    """uvicorn's fast HTTP protocol (httptools) with a bound on request heads.
+def bounded_http_protocol(limit: int, seconds: float = 10.0) -> type[asyncio.Protocol] | str:
+    """uvicorn's fast HTTP protocol (httptools) with bounds on request heads.
 
     httptools buffers a header until it is complete, so the bound is kept on the bytes
     received while a request's head is being read: past ``limit`` the connection gets a 431
-    and is closed. Without httptools, uvicorn's h11 protocol bounds heads itself.
+    and is closed. A head must also be complete within ``seconds`` of its first byte (of the
+    connection's opening, for the first): past that the connection gets a 408 and is closed,
+    as uvicorn sets no such timer and an idle or trickling connection would hold its socket
+    for ever. Without httptools, uvicorn's h11 protocol bounds head sizes itself.
     """
     try:
         # lazy: optional: httptools may be absent (then uvicorn's h11 bounds heads)
@@ -91,29 +96,56 @@ def bounded_http_protocol(limit: int) -> type[asyncio.Protocol] | str:
     class BoundedHeads(HttpToolsProtocol):
         head_bytes = 0
         in_head = True
+        head_timer: asyncio.TimerHandle | None = None
+
+        def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+            super().connection_made(transport)
+            self._arm()
+
+        def connection_lost(self, exc: Exception | None) -> None:
+            self._disarm()
+            super().connection_lost(exc)
 
         def data_received(self, data: bytes) -> None:
             if self.in_head:
+                if self.head_bytes == 0 and self.head_timer is None:
+                    self._arm()  # the next request's head starts on a kept-alive connection
                 end = data.find(b"\r\n\r\n")  # a body sent with the head is not head
                 self.head_bytes += len(data) if end < 0 else end + 4
                 if self.head_bytes > limit:
-                    self._refuse_head()
+                    self._refuse(431, f"request head larger than {limit} bytes")
                     return
             super().data_received(data)
 
         def on_headers_complete(self) -> None:
             self.in_head = False
+            self._disarm()
             super().on_headers_complete()
 
         def on_message_complete(self) -> None:
             super().on_message_complete()
             self.in_head, self.head_bytes = True, 0
 
-        def _refuse_head(self) -> None:
-            body = f"request head larger than {limit} bytes".encode()
+        def _arm(self) -> None:
+            self._disarm()
+            self.head_timer = self.loop.call_later(seconds, self._head_too_slow)
+
+        def _disarm(self) -> None:
+            if self.head_timer is not None:
+                self.head_timer.cancel()
+                self.head_timer = None
+
+        def _head_too_slow(self) -> None:
+            self.head_timer = None
+            if self.in_head and not self.transport.is_closing():
+                self._refuse(408, f"request head not sent within {seconds:g} s")
+
+        def _refuse(self, status: int, message: str) -> None:
+            self._disarm()
+            body = message.encode()
             self.transport.write(
-                b"HTTP/1.1 431 Request Header Fields Too Large\r\n"
-                b"content-type: text/plain; charset=utf-8\r\n"
+                f"HTTP/1.1 {status} {HTTPStatus(status).phrase}\r\n".encode()
+                + b"content-type: text/plain; charset=utf-8\r\n"
                 b"content-length: " + str(len(body)).encode() + b"\r\n"
                 b"connection: close\r\n\r\n" + body
             )

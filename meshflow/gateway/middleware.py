@@ -97,15 +97,23 @@ class AuthGate:
 
 
 class AdmissionGate:
-    """Takes a slot of the gateway's admission for each request to ``paths`` before its body
-    is read, and holds it until the answer is sent; a refused request is answered at once
-    (503, or 429 for a caller's share, with ``Retry-After`` and the code in the body), its
-    body never read or parsed."""
+    """Takes a slot of the gateway's admission for each request to ``paths`` and holds it
+    until the answer is sent; a refused request is answered at once (503, or 429 for a
+    caller's share, with ``Retry-After`` and the code in the body), its body never parsed.
 
-    def __init__(self, app: ASGIApp, gateway: Gateway, paths: tuple[str, ...]) -> None:
+    With ``early=True`` it takes no slot: it answers the refusal that taking one would get
+    right now, before the body is read, and lets the others on. The app's stack runs it so
+    in front of :class:`BodyLimit`, and again behind it to take the slot: an overloaded
+    gateway reads no body, and a slow sender holds no slot while its body trickles in.
+    """
+
+    def __init__(
+        self, app: ASGIApp, gateway: Gateway, paths: tuple[str, ...], *, early: bool = False
+    ) -> None:
         self.app = app
         self.gateway = gateway
         self.paths = paths
+        self.early = early
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope["path"] not in self.paths or wants_page(scope):
@@ -113,6 +121,15 @@ class AdmissionGate:
             return
         identity = scope.get("state", {}).get("meshflow_identity")
         door = "http" if scope["path"] == "/post" else "graphql"
+        if self.early:
+            refusal = self.gateway.refusal_now(identity, _deadline(scope), door)
+            if refusal is not None:
+                response = error_response(refusal)
+                response.headers["connection"] = "close"  # its body is not read
+                await response(scope, receive, send)
+                return
+            await self.app(scope, receive, send)
+            return
         try:
             ticket = await self.gateway.admit(identity, _deadline(scope), door)
         except OverloadedError as exc:
@@ -162,12 +179,18 @@ class TarpitGate:
 
 
 class BodyLimit:
-    """Reads a request's body, up to ``limit`` bytes, before the app runs: a larger body
-    (declared or sent chunked) is answered with 413 and never reaches the app."""
+    """Reads a request's body, up to ``limit`` bytes and within ``seconds``, before the app
+    runs: a larger body (declared or sent chunked) is answered with 413, a slower one with
+    408, and neither reaches the app. The bodies being read at once hold at most ``budget``
+    bytes: past it a request is answered 503 ``OVERLOADED`` (``Retry-After: 1``)."""
 
-    def __init__(self, app: ASGIApp, limit: int) -> None:
+    def __init__(self, app: ASGIApp, limit: int, seconds: float, budget: int) -> None:
         self.app = app
         self.limit = limit
+        self.seconds = seconds
+        self.budget = budget
+        self.reading = 0
+        """Bytes of the bodies being read now, over all requests."""
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope["method"] in ("GET", "HEAD", "OPTIONS"):
@@ -179,18 +202,41 @@ class BodyLimit:
             return
         chunks: list[bytes] = []
         size = 0
-        while True:
-            message = await receive()
-            if message["type"] == "http.disconnect":
-                return
-            chunk = message.get("body", b"")
-            size += len(chunk)
-            if size > self.limit:
-                await _too_large(self.limit)(scope, receive, send)
-                return
-            chunks.append(chunk)
-            if not message.get("more_body", False):
-                break
+        refusal: Response | None = None
+        deadline = time.monotonic() + self.seconds
+        try:
+            while True:
+                try:
+                    message = await asyncio.wait_for(receive(), deadline - time.monotonic())
+                except TimeoutError:
+                    refusal = coded(
+                        408, f"request body not sent within {self.seconds:g} s", "REQUEST_TIMEOUT"
+                    )
+                    break
+                if message["type"] == "http.disconnect":
+                    return
+                chunk = message.get("body", b"")
+                size += len(chunk)
+                if size > self.limit:
+                    refusal = _too_large(self.limit)
+                    break
+                if self.reading + len(chunk) > self.budget:
+                    refusal = coded(
+                        503, "the gateway is reading too many request bodies", "OVERLOADED"
+                    )
+                    refusal.headers["Retry-After"] = "1"
+                    break
+                self.reading += len(chunk)
+                chunks.append(chunk)
+                if not message.get("more_body", False):
+                    break
+        finally:
+            self.reading -= sum(map(len, chunks))
+        if refusal is not None:
+            del chunks
+            refusal.headers["connection"] = "close"  # the rest of the body is not read
+            await refusal(scope, receive, send)
+            return
         body = [{"type": "http.request", "body": b"".join(chunks), "more_body": False}]
         del chunks
 

@@ -14,10 +14,12 @@ import binascii
 import time
 import uuid
 from collections.abc import Iterable, Sequence
+from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 import numpy as np
+from graphql import GraphQLError
 
 from meshflow.document.proto import dict_to_struct
 from meshflow.errors import BadRequestError, ExecutorError, TooManyDocumentsError
@@ -100,11 +102,13 @@ async def run_post(
     timeout: float | None = None,
     identity: Identity | None = None,
     door: str = "",
+    max_answer_values: int | None = None,
 ) -> data_request_pb2.DataRequest:
     """Run one ``post`` through the Flow and return its answer.
 
     The caller's scope for ``on`` is checked before the request is built: a refused caller
-    costs no conversion of its documents.
+    costs no conversion of its documents. ``max_answer_values``: the array values the
+    caller's answer may be written with (:func:`limit_answer_values`, GraphQL's doors).
 
     Raises:
         RequestError: a subclass for each failure; :class:`ExecutorError` when an executor
@@ -125,6 +129,8 @@ async def run_post(
             endpoint=status.endpoint,
             exception_type=status.exception_type,
         )
+    if max_answer_values is not None:
+        limit_answer_values(max_answer_values)
     return answer
 
 
@@ -221,9 +227,49 @@ def _array(value: ArrayFields, where: str) -> np.ndarray[Any, Any]:
     return array if value.shape is None else array.reshape(value.shape)
 
 
+class _AnswerValues:
+    """What is left of one answer's array values, and the values already read (aliases of
+    one array share one list: only its JSON is written again)."""
+
+    def __init__(self, limit: int) -> None:
+        self.left = limit
+        self.read: dict[int, tuple[document_pb2.NdArray, list[float]]] = {}
+
+
+_ANSWER_VALUES: ContextVar[_AnswerValues | None] = ContextVar(
+    "meshflow_answer_values", default=None
+)
+
+
+def limit_answer_values(limit: int | None) -> None:
+    """Bound the array values written from here on in this task's answer (GraphQL's aliases
+    may select one array many times over: each selection writes all of it)."""
+    _ANSWER_VALUES.set(None if limit is None else _AnswerValues(limit))
+
+
 def array_values(pb: document_pb2.NdArray) -> list[float]:
-    """The values of an answer's array, in C order, as floats (how every door sends them)."""
+    """The values of an answer's array, in C order, as floats (how every door sends them).
+
+    Raises:
+        GraphQLError: ``ANSWER_TOO_LARGE``, past the bound of :func:`limit_answer_values`.
+    """
+    budget = _ANSWER_VALUES.get()
+    if budget is not None:
+        seen = budget.read.get(id(pb))  # the message is kept there: its id stays its own
+        count = len(seen[1]) if seen else len(pb.buffer) // max(np.dtype(pb.dtype).itemsize, 1)
+        budget.left -= count
+        if budget.left < 0:
+            raise GraphQLError(
+                "the answer would hold more array values than the gateway writes into one "
+                "(GraphQLLimits.max_answer_values): select the arrays fewer times, or ask "
+                "for fewer documents",
+                extensions={"code": "ANSWER_TOO_LARGE"},
+            )
+        if seen:
+            return seen[1]
     values: list[float] = (
         np.frombuffer(pb.buffer, dtype=np.dtype(pb.dtype)).astype(np.float64).ravel().tolist()
     )
+    if budget is not None:
+        budget.read[id(pb)] = (pb, values)
     return values

@@ -158,6 +158,17 @@ class Gateway:
                 self.metrics.observe(door, "-", exc.graphql_code.lower(), 0.0)
             raise
 
+    def refusal_now(
+        self, identity: Identity | None, deadline: float | None, door: str
+    ) -> OverloadedError | None:
+        """The overload refusal :meth:`admit` would raise at once now (counted in the
+        metrics), or None; takes no slot."""
+        subject = identity.subject if identity is not None else ""
+        refusal = self.admission.refusal_now(subject, deadline)
+        if refusal is not None and self.metrics is not None:
+            self.metrics.observe(door, "-", refusal.graphql_code.lower(), 0.0)
+        return refusal
+
     @contextlib.asynccontextmanager
     async def admitted(
         self, identity: Identity | None, deadline: float | None, door: str, *, patient: bool = False

@@ -230,6 +230,7 @@ class TypeRegistry:
                     target_executor=target,
                     fields=wanted,
                     max_docs=info.context["max_docs"],
+                    max_answer_values=info.context.get("max_answer_values"),
                     **_caller(info),
                 )
             except RequestError as exc:

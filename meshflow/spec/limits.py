@@ -30,6 +30,16 @@ class GraphQLLimits:
             a first ``refusal_burst``; past that its requests wait their turn (429 with
             ``Retry-After`` when the wait would pass 5 s). Clients never refused never wait.
         refusal_burst: refusals one client address may have at once.
+        max_answer_values: array values (``data`` of a ``tensor`` or ``embedding``) written
+            into the answer of one GraphQL ``post`` or query field, every alias and selection
+            of an array counted (each writes all of it): past it, ``ANSWER_TOO_LARGE``.
+        max_head_seconds: time to send an HTTP request's head from its first byte (or from
+            the connection's opening), or a WebSocket's ``connection_init``: past it the
+            connection is closed (408), so idle or trickling connections do not pile up.
+        max_body_seconds: time to send an HTTP request's body. Bodies are read before the
+            request takes a slot of the gateway's admission, and the bodies being read at
+            once hold at most 4 x ``max_body_bytes`` (past that: 503 ``OVERLOADED``), so a
+            slow sender holds neither a slot nor memory for long.
     """
 
     max_depth: int = 10
@@ -43,6 +53,9 @@ class GraphQLLimits:
     max_batches: int = DEFAULT_MAX_BATCHES
     refusals_per_second: int = 2
     refusal_burst: int = 20
+    max_answer_values: int = 1_000_000
+    max_head_seconds: int = 10
+    max_body_seconds: int = 30
 
     def __post_init__(self) -> None:
         for spec in fields(self):

@@ -4,6 +4,7 @@ the gateway keeps serving everybody else, and without the memory an attacker ask
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import signal
@@ -16,7 +17,7 @@ from typing import Any
 import grpc
 import httpx
 import pytest
-from websockets.exceptions import InvalidStatus
+from websockets.exceptions import ConnectionClosed, InvalidStatus
 from websockets.sync.client import connect
 from websockets.typing import Subprotocol
 
@@ -262,6 +263,89 @@ def test_a_stream_of_a_million_batches_is_refused(flow: Flow, batches: int, boun
     assert gql(flow, POST, on="/", docs=[{"text": "a"}])["data"]["post"]["docs"] == [{"text": "ax"}]
 
 
+@pytest.mark.mesh("direct")
+def test_a_variable_used_many_times_is_refused_before_it_is_copied(flow: Flow) -> None:
+    """One 10,000-value variable used 300 times: a 25 kB request that would build 3 million
+    values (the gateway grew by 1.8 GB). Used twice it is served."""
+    values = [0.5] * 10_000
+
+    def query(uses: int) -> str:
+        docs = ", ".join(["{embedding: $e}"] * uses)
+        return (
+            f'mutation($e: NdArrayInput) {{ post(on: "/", docs: [{docs}]) {{ docs {{ text }} }} }}'
+        )
+
+    before = peak_rss(flow)
+    refused = gql(flow, query(300), e={"data": values})
+    assert (
+        codes(refused) == ["BAD_USER_INPUT"] and "used 300 times" in refused["errors"][0]["message"]
+    )
+    assert peak_rss(flow) - before < 64 * ONE_MIB
+    served = gql(flow, query(2), e={"data": [0.5] * 100})
+    assert served["data"]["post"]["docs"] == [{"text": "x"}, {"text": "x"}]
+
+
+@pytest.mark.mesh("direct")
+def test_an_array_selected_15_times_costs_the_gateway_what_once_does(flow: Flow) -> None:
+    """A 1 MiB request whose half-million values come back under 15 aliases: the values are
+    read once for all of them, and past max_answer_values (a million) refused. It grew the
+    gateway by 290 MiB more than one selection did."""
+    values = [1] * (ONE_MIB // 2 - 500)
+
+    def selecting(times: int) -> dict[str, Any]:
+        picks = " ".join(f"a{i}: docs {{ embedding {{ data }} }}" for i in range(times))
+        query = f'mutation($docs: [DocumentInput!]) {{ post(on: "/", docs: $docs) {{ {picks} }} }}'
+        return {"query": query, "variables": {"docs": [{"embedding": {"data": values}}]}}
+
+    with httpx.Client(timeout=60) as client:
+        once = client.post(flow.graphql_url, json=selecting(1)).json()
+        assert len(once["data"]["post"]["a0"][0]["embedding"]["data"]) == len(values)
+        after_once = peak_rss(flow)
+        many = client.post(flow.graphql_url, json=selecting(15)).json()
+    assert set(codes(many)) == {"ANSWER_TOO_LARGE"}  # each selection past the bound
+    grown = peak_rss(flow) - after_once
+    assert grown < 16 * ONE_MIB, f"15 selections grew the gateway by {grown / ONE_MIB:.0f} MiB"
+
+
+@pytest.mark.mesh("direct")
+def test_an_answer_selecting_one_array_many_times_is_bounded(
+    start_flow: StartFlow, tmp_path: Any
+) -> None:
+    """Each alias of an array writes all of it: past max_answer_values the field is refused
+    (ANSWER_TOO_LARGE), the first time (generic path) as once the text is compiled."""
+    limits = GraphQLLimits(max_answer_values=1000)
+    flow = start_flow(
+        Flow(log_dir=str(tmp_path / "logs"), graphql_limits=limits).add(uses="executors:Append")
+    )
+    doc = {"text": "a", "embedding": {"data": [0.5] * 600}}
+
+    def selecting(times: int) -> str:
+        picks = " ".join(f"a{i}: docs {{ embedding {{ data }} }}" for i in range(times))
+        return f'mutation($docs: [DocumentInput!]) {{ post(on: "/", docs: $docs) {{ {picks} }} }}'
+
+    for _ in range(3):  # the generic path, then the compiled one
+        once = gql(flow, selecting(1), docs=[doc])
+        assert once["data"]["post"]["a0"][0]["embedding"]["data"] == [0.5] * 600, once
+        twice = gql(flow, selecting(2), docs=[doc])
+        assert codes(twice) == ["ANSWER_TOO_LARGE"], twice
+    stream = 'subscription($b: [[DocumentInput!]!]!) { stream(on: "/", batches: $b) { %s } }'
+    url = flow.graphql_url.replace("http://", "ws://")
+    with connect(url, subprotocols=[Subprotocol("graphql-transport-ws")]) as ws:
+        ws.send(json.dumps({"type": "connection_init"}))
+        assert json.loads(ws.recv(timeout=10))["type"] == "connection_ack"
+        for i, times in enumerate((1, 2)):
+            picks = " ".join(f"a{j}: docs {{ embedding {{ data }} }}" for j in range(times))
+            payload = {"query": stream % picks, "variables": {"b": [[doc], [doc]]}}
+            ws.send(json.dumps({"id": str(i), "type": "subscribe", "payload": payload}))
+            pushed = []
+            while (message := json.loads(ws.recv(timeout=20)))["type"] != "complete":
+                pushed.append(message)
+            if times == 1:  # each pushed answer has its own bound: two of 600 values pass
+                assert [m["type"] for m in pushed] == ["next", "next"], pushed
+            else:
+                assert codes(pushed[0]["payload"]) == ["ANSWER_TOO_LARGE"], pushed
+
+
 # -- malformed requests -----------------------------------------------------------------------
 
 
@@ -342,6 +426,36 @@ def test_a_shape_of_a_hundred_thousand_sizes_is_refused_at_once(flow: Flow) -> N
 
 
 @pytest.mark.mesh("direct")
+@pytest.mark.parametrize("init", [False, True], ids=["before init", "after init"])
+def test_malformed_websocket_messages_close_with_4400_without_a_traceback(
+    flow: Flow, init: bool
+) -> None:
+    url = flow.graphql_url.replace("http://", "ws://")
+    frames = [
+        "[]",
+        '"x"',
+        "9" * 5000,
+        '{"type": 5}',
+        '{"type": "subscribe", "id": {}, "payload": {"query": "{ __typename }"}}',
+        '{"type": "subscribe", "id": "1", "payload": "x"}',
+        '{"type": "subscribe", "id": "1", "payload": {"query": 5}}',
+        '{"type": "subscribe", "id": "1", "payload": {"query": "{ __typename }", "variables": 3}}',
+        '{"type": "complete", "id": 7}',
+    ]
+    for frame in frames:
+        with connect(url, subprotocols=[Subprotocol("graphql-transport-ws")]) as ws:
+            if init:
+                ws.send(json.dumps({"type": "connection_init"}))
+                assert json.loads(ws.recv(timeout=10))["type"] == "connection_ack"
+            ws.send(frame)
+            with pytest.raises(ConnectionClosed) as closed:
+                ws.recv(timeout=10)
+        assert closed.value.rcvd is not None and closed.value.rcvd.code == 4400, frame
+    assert "Traceback" not in gateway_log(flow)
+    assert gql(flow, POST, on="/", docs=[{"text": "a"}])["data"]["post"]["docs"] == [{"text": "ax"}]
+
+
+@pytest.mark.mesh("direct")
 def test_an_oversized_chunked_body_gets_413_without_a_traceback(
     start_flow: StartFlow, tmp_path: Any
 ) -> None:
@@ -413,6 +527,121 @@ def test_a_request_head_past_the_limit_gets_431(flow: Flow) -> None:
         answer = sock.recv(4096)
     assert answer.startswith(b"HTTP/1.1 431")
     assert httpx.get(flow.graphql_url.replace("/graphql", "/health")).status_code == 200
+
+
+def read_all(sock: socket.socket) -> bytes:
+    """What the server sends until it closes the connection (the socket's timeout bounds it)."""
+    parts = []
+    while chunk := sock.recv(65536):
+        parts.append(chunk)
+    return b"".join(parts)
+
+
+@pytest.fixture
+def strict(start_flow: StartFlow, tmp_path: Any) -> Flow:
+    """A Flow of two admission slots, heads and bodies given 1 and 2 s, bodies 100 kB."""
+    limits = GraphQLLimits(max_head_seconds=1, max_body_seconds=2, max_body_bytes=100_000)
+    flow = Flow(log_dir=str(tmp_path / "logs"), graphql_limits=limits, max_in_flight=2)
+    return start_flow(flow.add(uses="executors:Append"))
+
+
+def door(flow: Flow) -> tuple[str, int]:
+    return "127.0.0.1", int(flow.graphql_url.split(":")[2].split("/")[0])
+
+
+@pytest.mark.mesh("direct")
+def test_idle_and_trickling_heads_are_closed_with_408(strict: Flow) -> None:
+    with (
+        socket.create_connection(door(strict), timeout=15) as idle,
+        socket.create_connection(door(strict), timeout=15) as trickling,
+    ):
+        trickling.sendall(b"POST /graphql HTTP/1.1\r\nhost: x\r\n")
+        for _ in range(3):
+            time.sleep(0.4)
+            with contextlib.suppress(OSError):  # closed by now
+                trickling.sendall(b"x-pad: a\r\n")
+        for sock in (idle, trickling):
+            assert read_all(sock).startswith(b"HTTP/1.1 408"), sock
+    # a kept-alive connection's next head is timed from its first byte, not from the last answer
+    with socket.create_connection(door(strict), timeout=15) as sock:
+        for _ in range(2):
+            sock.sendall(b"GET /health HTTP/1.1\r\nhost: x\r\n\r\n")
+            answer = b""
+            while b"SERVING" not in answer:  # the head and the body may come apart
+                answer += sock.recv(4096) or pytest.fail(f"closed after {answer!r}")
+            assert answer.startswith(b"HTTP/1.1 200")
+            time.sleep(0.6)
+    assert httpx.get(strict.graphql_url.replace("/graphql", "/health")).status_code == 200
+    assert "Traceback" not in gateway_log(strict)
+
+
+@pytest.mark.mesh("direct")
+def test_slow_bodies_hold_no_admission_slot_and_get_408(strict: Flow) -> None:
+    """Five senders trickling bodies (the gateway has two slots): everybody else is served
+    meanwhile, and each trickler gets a 408 once its time is up."""
+    slow = []
+    try:
+        for _ in range(5):
+            sock = socket.create_connection(door(strict), timeout=15)
+            sock.sendall(
+                b"POST /graphql HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n"
+                b"content-length: 100\r\n\r\n{"
+            )
+            slow.append(sock)
+        time.sleep(0.3)
+        for _ in range(3):
+            answer = gql(strict, POST, on="/", docs=[{"text": "a"}])
+            assert answer["data"]["post"]["docs"] == [{"text": "ax"}], answer
+        for sock in slow:
+            answer = read_all(sock)
+            assert answer.startswith(b"HTTP/1.1 408"), answer[:200]
+            assert b"REQUEST_TIMEOUT" in answer
+    finally:
+        for sock in slow:
+            sock.close()
+    assert "Traceback" not in gateway_log(strict)
+
+
+@pytest.mark.mesh("direct")
+def test_bodies_being_read_hold_at_most_four_times_the_body_limit(strict: Flow) -> None:
+    """Senders holding 95 kB bodies short of their end: the fifth is refused (503), as the
+    bodies in the gateway's memory would pass 400 kB; once they go, bodies are read again."""
+    held = []
+    try:
+        for _ in range(4):
+            sock = socket.create_connection(door(strict), timeout=15)
+            sock.sendall(
+                b"POST /post HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n"
+                b"content-length: 99000\r\n\r\n" + b" " * 95_000
+            )
+            held.append(sock)
+        time.sleep(0.5)
+        with socket.create_connection(door(strict), timeout=15) as fifth:
+            fifth.sendall(
+                b"POST /post HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n"
+                b"content-length: 99000\r\n\r\n" + b" " * 95_000
+            )
+            answer = read_all(fifth)
+        assert answer.startswith(b"HTTP/1.1 503"), answer[:200]
+        assert b"OVERLOADED" in answer and b"retry-after: 1" in answer.lower()
+    finally:
+        for sock in held:
+            sock.close()
+    time.sleep(0.3)
+    body = {"on": "/", "docs": [{"text": "b" * 90_000}]}
+    response = httpx.post(strict.graphql_url.replace("/graphql", "/post"), json=body, timeout=15)
+    assert response.status_code == 200 and response.json()["docs"][0]["text"].endswith("bx")
+
+
+@pytest.mark.mesh("direct")
+def test_a_websocket_that_never_sends_connection_init_is_closed(strict: Flow) -> None:
+    url = strict.graphql_url.replace("http://", "ws://")
+    with (
+        connect(url, subprotocols=[Subprotocol("graphql-transport-ws")]) as ws,
+        pytest.raises(ConnectionClosed) as closed,
+    ):
+        ws.recv(timeout=10)
+    assert closed.value.rcvd is not None and closed.value.rcvd.code == 4408
 
 
 @pytest.mark.mesh("direct")
