@@ -38,7 +38,7 @@ from meshflow.document.proto import (
     unchanged_on_wire,
 )
 from meshflow.errors import BadRequestError, ConfigError, UnverifiedIdentityError
-from meshflow.executor.batching import Batcher
+from meshflow.executor.batching import Batcher, CallFailed, Timing
 from meshflow.executor.calltime import LoopCalls
 from meshflow.executor.describe import describe_endpoints
 from meshflow.executor.executor import EndpointMethod, Executor
@@ -316,21 +316,34 @@ class ExecutorRuntime:
         span = None
         if self.tracer is not None and _in_trace():
             span = trace.get_current_span().get_span_context()
-        served = await batcher.submit(
-            docs,
-            key=key,
-            kwargs=kwargs,
-            time_remaining=time_remaining() if time_remaining is not None else None,
-            span=span,
-        )
-        timing[0], timing[1] = served.started, served.ended
-        if self.metrics is not None:
-            self.metrics.observe_batch_wait(spec.name, served.waited)
+        progress = Timing()
+        try:
+            served = await batcher.submit(
+                docs,
+                key=key,
+                kwargs=kwargs,
+                time_remaining=time_remaining() if time_remaining is not None else None,
+                span=span,
+                timing=progress,
+            )
+        except Exception:  # failed and expired requests waited as really as served ones
+            self._batch_timing(spec, progress, timing)
+            raise
+        self._batch_timing(spec, progress, timing)
         if span is not None:
             current = trace.get_current_span()
             current.set_attribute("meshflow.batch.docs", served.batch_docs)
             current.set_attribute("meshflow.batch.requests", served.batch_requests)
         return served.docs, served.result
+
+    def _batch_timing(self, spec: EndpointMethod, progress: Timing, timing: list[float]) -> None:
+        """Record where a batched request's time went, whatever became of it."""
+        if progress.started is not None and progress.ended is not None:
+            timing[0], timing[1] = progress.started, progress.ended
+        else:  # it never ran (its deadline passed in the queue): all its time was waiting
+            timing[0] = timing[1] = time.perf_counter()
+        if self.metrics is not None and progress.waited is not None:
+            self.metrics.observe_batch_wait(spec.name, progress.waited)
 
     async def _batch_call(
         self, spec: EndpointMethod, docs: DocumentArray, kwargs: dict[str, Any]
@@ -340,8 +353,12 @@ class ExecutorRuntime:
         if spec.accepts is not None:
             kwargs = {k: v for k, v in kwargs.items() if k in spec.accepts}
         method: Callable[..., Any] = getattr(self.executor, spec.method)
-        timing = [0.0, 0.0]
-        result = await self._invoke(spec, method, kwargs, timing)
+        now = time.perf_counter()
+        timing = [now, now]  # as is, if the method never started
+        try:
+            result = await self._invoke(spec, method, kwargs, timing)
+        except Exception as exc:
+            raise CallFailed(exc, timing[0], timing[1]) from exc
         return result, timing[0], timing[1]
 
     async def _invoke(

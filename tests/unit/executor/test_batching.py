@@ -4,6 +4,7 @@ each gets back exactly its own documents."""
 from __future__ import annotations
 
 import asyncio
+import re
 import threading
 from collections.abc import Callable, Coroutine
 from typing import Any, TypeVar
@@ -22,7 +23,7 @@ from meshflow import (
     dynamic_batching,
     requests,
 )
-from meshflow.executor.batching import Batcher, CallCost
+from meshflow.executor.batching import Batcher, CallCost, CallFailed
 from meshflow.executor.runtime import ExecutorRuntime
 from meshflow.observability.metrics import ExecutorMetrics
 from meshflow.proto.v1 import data_request_pb2
@@ -554,3 +555,238 @@ def test_batch_sizes_and_waits_are_in_the_executor_metrics() -> None:
     assert f"meshflow_executor_batch_size_sum{labels} 7.0" in text  # 1, then 3 x 2
     assert f"meshflow_executor_batch_requests_sum{labels} 4.0" in text
     assert f"meshflow_executor_batch_wait_seconds_count{labels} 4.0" in text
+
+
+def sample(text: str, series: str) -> float:
+    """The value of one series of an exposition, e.g. ``name_sum{labels}``."""
+    match = re.search(rf"^{re.escape(series)} (\S+)$", text, re.MULTILINE)
+    assert match is not None, series
+    return float(match.group(1))
+
+
+class Stalled(Executor):
+    """A batched method whose backend times out."""
+
+    @requests(on="/encode")
+    @dynamic_batching(preferred_batch_size=4, timeout="auto")
+    async def encode(self, docs: DocumentArray) -> None:
+        raise TimeoutError("the model backend timed out after 3 s")
+
+
+def test_a_timeout_error_the_method_raises_is_its_own_not_a_deadline() -> None:
+    async def main() -> list[data_request_pb2.DataRequest]:
+        runtime = ExecutorRuntime(Stalled(), name="enc")
+        try:
+            return [
+                answer_of(await runtime.process(request("a", "x"), remaining))
+                for remaining in (None, lambda: 30.0)  # no deadline, and a far one
+            ]
+        finally:
+            runtime.close()
+
+    for answer in run(main()):
+        assert answer.status.code == data_request_pb2.Status.ERROR
+        assert answer.status.exception_type == "TimeoutError"
+        assert "backend timed out" in answer.status.message
+
+
+def test_failed_and_expired_requests_count_their_wait_in_the_metrics() -> None:
+    """A request whose batch failed waited for it like any other, and one whose deadline
+    passed in the queue spent all its time waiting: both are in the batch wait and queue
+    series, and the failed call's own time is its processing time."""
+    metrics = ExecutorMetrics("enc")
+
+    async def main() -> None:
+        executor = Recorder()
+        executor.gate = asyncio.Event()
+        options = {"/encode": DynamicBatching(preferred_batch_size=100, timeout="auto")}
+        runtime = ExecutorRuntime(executor, name="enc", batching=options, metrics=metrics)
+        try:
+            first = asyncio.ensure_future(runtime.process(request("first", "f")))
+            await until(lambda: len(executor.calls) == 1)
+            failing = [asyncio.ensure_future(runtime.process(request(r, "boom"))) for r in "ab"]
+            late = answer_of(await runtime.process(request("late", "never"), lambda: 0.05))
+            assert late.status.exception_type == "DeadlineExceeded"
+            executor.gate.set()
+            answers = [answer_of(a) for a in await asyncio.gather(first, *failing)]
+        finally:
+            runtime.close()
+        assert [a.status.exception_type for a in answers[1:]] == ["ValueError"] * 2
+        assert len(executor.calls) == 2  # first, then a and b together
+
+    run(main())
+    text = metrics.exposition().decode()
+    labels = '{deployment="enc",endpoint="/encode"}'
+    assert sample(text, f"meshflow_executor_batch_wait_seconds_count{labels}") == 4.0
+    # a, b and late each waited at least late's 50 ms deadline (the first one did not wait)
+    assert sample(text, f"meshflow_executor_batch_wait_seconds_sum{labels}") >= 0.14
+    assert sample(text, f"meshflow_executor_queue_seconds_count{labels}") == 4.0
+    assert sample(text, f"meshflow_executor_queue_seconds_sum{labels}") >= 0.14
+    assert sample(text, f"meshflow_executor_processing_seconds_sum{labels}") > 0.0
+
+
+def test_a_failed_call_is_not_taken_for_a_free_one_by_the_cost_model() -> None:
+    async def main() -> None:
+        failing = False
+
+        async def call(docs: DocumentArray, kwargs: dict[str, Any]) -> tuple[Any, float, float]:
+            if failing:  # as the runtime reports a method that raised at once
+                raise CallFailed(ValueError("the model choked"), 1.0, 1.0)
+            return None, 0.0, 0.010 + 0.001 * len(docs)
+
+        batcher = Batcher(DynamicBatching(preferred_batch_size=64, timeout="auto"), call)
+        for n in (1, 8, 32, 1, 8, 32):
+            await batcher.submit(DocumentArray.empty(n), key="k", kwargs={})
+        assert batcher.cost.fixed == pytest.approx(0.010, rel=0.01)
+        failing = True
+        for n in (1, 2, 3, 4):
+            with pytest.raises(ValueError, match="the model choked"):  # the method's own
+                await batcher.submit(DocumentArray.empty(n), key="k", kwargs={})
+        assert batcher.cost.fixed == pytest.approx(0.010, rel=0.01)
+
+    run(main())
+
+
+def test_a_lone_client_after_a_burst_is_not_held() -> None:
+    """After a burst the mean arrival gap is far below the fixed cost of a call, and stays
+    so for many requests; a client that sends one request at a time still runs at once."""
+
+    async def main() -> None:
+        async def call(docs: DocumentArray, kwargs: dict[str, Any]) -> tuple[Any, float, float]:
+            await asyncio.sleep(0.05)
+            # What the fit learns: 40 ms fixed, below the 50 ms the call really takes.
+            return None, 0.0, 0.040 + 0.0001 * len(docs)
+
+        batcher = Batcher(DynamicBatching(preferred_batch_size=64, timeout="auto"), call)
+        for n in (1, 4, 12, 2, 8, 16):  # requests every few ms: batches of several sizes
+            pending = []
+            for _ in range(n):
+                pending.append(
+                    asyncio.ensure_future(
+                        batcher.submit(DocumentArray.empty(1), key="k", kwargs={})
+                    )
+                )
+                await asyncio.sleep(0.003)
+            await asyncio.gather(*pending)
+        assert batcher.cost.fixed == pytest.approx(0.040, rel=0.01)
+        for i in range(5):  # now one client, one request at a time
+            pending_one = asyncio.ensure_future(
+                batcher.submit(DocumentArray.empty(1), key="k", kwargs={})
+            )
+            await asyncio.sleep(0)  # submit runs up to its wait
+            assert batcher.running == 1 and batcher.waiting == 0, i
+            served = await pending_one
+            assert served.waited < 0.005, i
+
+    run(main())
+
+
+def test_a_method_that_lets_a_cancellation_out_fails_its_batch_instead_of_hanging() -> None:
+    async def main() -> None:
+        async def call(docs: DocumentArray, kwargs: dict[str, Any]) -> tuple[Any, float, float]:
+            cancelled = asyncio.get_running_loop().create_future()
+            cancelled.cancel()  # e.g. a shared connection's task, cancelled by its owner
+            await cancelled
+            return None, 0.0, 0.0
+
+        batcher = Batcher(
+            DynamicBatching(preferred_batch_size=4, timeout="auto"), call, endpoint="/encode"
+        )
+        results = await asyncio.gather(
+            *(batcher.submit(DocumentArray.empty(1), key="k", kwargs={}) for _ in range(3)),
+            return_exceptions=True,
+        )
+        assert all(isinstance(r, RuntimeError) for r in results), results
+        assert "/encode" in str(results[0])
+        assert "raised asyncio.CancelledError" in str(results[0])
+        assert batcher.running == 0 and batcher.waiting == 0
+
+    run(main())
+
+
+def test_closing_the_batcher_cancels_the_requests_of_a_running_batch() -> None:
+    async def main() -> None:
+        async def call(docs: DocumentArray, kwargs: dict[str, Any]) -> tuple[Any, float, float]:
+            await asyncio.Event().wait()  # never ends
+            return None, 0.0, 0.0
+
+        batcher = Batcher(DynamicBatching(preferred_batch_size=4, timeout="auto"), call)
+        pending = asyncio.ensure_future(batcher.submit(DocumentArray.empty(1), key="k", kwargs={}))
+        await until(lambda: batcher.running == 1)
+        batcher.close()
+        # Not awaited bare: the test's own timeout would cancel that await too.
+        await asyncio.wait((pending,), timeout=5)
+        assert pending.cancelled()
+
+    run(main())
+
+
+class CountingDocs(DocumentArray):
+    """Counts how often a length is taken: each time a queue's documents are counted."""
+
+    counted = 0
+
+    def __len__(self) -> int:
+        CountingDocs.counted += 1
+        return super().__len__()
+
+
+@pytest.mark.parametrize(
+    ("distinct", "preferred"),
+    [(True, 64), (False, 100_000)],
+    ids=["a-queue-per-request", "one-long-queue"],
+)
+def test_queueing_work_per_request_does_not_grow_with_the_waiting_requests(
+    distinct: bool, preferred: int
+) -> None:
+    """Thousands of requests wait while a call runs, each in its own queue (parameters of its
+    own) or all in one that never fills: the documents are counted a constant number of times
+    per request, however many wait (not once per waiting request on every arrival)."""
+
+    async def per_request(n: int) -> float:
+        gate = asyncio.Event()
+
+        async def call(docs: DocumentArray, kwargs: dict[str, Any]) -> tuple[Any, float, float]:
+            await gate.wait()
+            return None, 0.0, 0.0
+
+        options = DynamicBatching(preferred_batch_size=preferred, timeout="auto")
+        batcher = Batcher(options, call, concurrency=1, ahead=True)
+        first = asyncio.ensure_future(batcher.submit(CountingDocs.empty(1), key=-1, kwargs={}))
+        await until(lambda: batcher.running == 1)
+        CountingDocs.counted = 0
+        rest = [
+            asyncio.ensure_future(
+                batcher.submit(CountingDocs.empty(1), key=i if distinct else 0, kwargs={})
+            )
+            for i in range(n)
+        ]
+        await until(lambda: batcher.waiting == n)
+        gate.set()
+        served = await asyncio.gather(first, *rest)
+        assert all(len(s.docs) == 1 for s in served[1:])  # counted too: once per request
+        return CountingDocs.counted / n
+
+    small, large = run(per_request(500)), run(per_request(4000))
+    assert small <= 4 and large <= 4, (small, large)
+
+
+def test_a_failed_batch_span_records_the_method_s_own_error() -> None:
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    tracer = provider.get_tracer("test")
+
+    async def main() -> data_request_pb2.DataRequest:
+        runtime = ExecutorRuntime(Recorder(), name="enc", tracer=tracer)
+        try:
+            with tracer.start_as_current_span("request a"):
+                return answer_of(await runtime.process(request("a", "boom")))
+        finally:
+            runtime.close()
+
+    assert run(main()).status.exception_type == "ValueError"
+    [batch] = [s for s in exporter.get_finished_spans() if s.name == "enc /encode batch"]
+    assert not batch.status.is_ok
+    assert batch.status.description == "ValueError: the model choked on 'boom'"
+    assert [e.attributes["exception.type"] for e in batch.events] == ["ValueError"]
