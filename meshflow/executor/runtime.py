@@ -265,6 +265,17 @@ class ExecutorRuntime:
                     result = await self._traced(spec, method, kwargs, timing, n_docs)
                 else:
                     result = await self._invoke(spec, method, kwargs, timing)
+            except asyncio.CancelledError:
+                task = asyncio.current_task()
+                if task is not None and task.cancelling():
+                    raise  # the call itself was cancelled (the caller went away)
+                # The method let out the cancellation of something it awaited: left to
+                # propagate, the call would end unanswered and its caller wait out its deadline.
+                raise RuntimeError(
+                    f"endpoint {spec.name} of executor {self.name!r} raised "
+                    "asyncio.CancelledError (a task or future it awaited was cancelled); catch "
+                    "it in the method, or raise another error"
+                ) from None
             finally:
                 if self.metrics is not None:
                     self.metrics.in_flight.dec()

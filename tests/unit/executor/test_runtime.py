@@ -168,6 +168,21 @@ def test_an_exception_in_the_endpoint_is_an_error_status_naming_the_executor() -
     assert [d.text for d in answer.docs] == ["a"]
 
 
+class LetsACancellationOut(Executor):
+    @requests(on="/cancelled")
+    async def cancelled(self, docs: DocumentArray) -> None:
+        future = asyncio.get_running_loop().create_future()
+        future.cancel()  # e.g. a shared connection's task, cancelled by its owner
+        await future
+
+
+def test_a_cancellation_the_method_lets_out_is_an_error_status_not_a_hang() -> None:
+    status = process(LetsACancellationOut(), request("/cancelled", "a")).status
+    assert status.code == data_request_pb2.Status.ERROR
+    assert status.exception_type == "RuntimeError"
+    assert "raised asyncio.CancelledError" in status.message and "/cancelled" in status.message
+
+
 def test_a_return_value_of_the_wrong_type_is_an_error_status_naming_the_endpoint() -> None:
     status = process(Shop(), request("/wrong", "a")).status
     assert status.exception_type == "TypeError"
