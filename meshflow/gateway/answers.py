@@ -38,9 +38,8 @@ from graphql import GraphQLInt, GraphQLObjectType
 from graphql.execution.collect_fields import FieldDetailsList
 from strawberry.schema.schema import StrawberryGraphQLCoreExecutionContext
 
-from meshflow.document.proto import struct_to_dict
 from meshflow.gateway.graphql import DocumentType
-from meshflow.gateway.post import array_values
+from meshflow.gateway.post import answer_string, answer_tags, array_values
 
 Read = Callable[[Any], Any]
 """Reads one field of a protobuf message, as its resolver would; a plan is compiled into one
@@ -54,13 +53,14 @@ def _scores(pb: Any) -> dict[str, float]:
 
 
 _DOCUMENT: dict[str, Read] = {
-    "id": operator.attrgetter("id"),
-    "parentId": operator.attrgetter("parent_id"),
-    "text": operator.attrgetter("text"),
-    "blob": lambda pb: base64.b64encode(pb.blob).decode("ascii"),
-    "uri": operator.attrgetter("uri"),
-    "mimeType": operator.attrgetter("mime_type"),
-    "tags": lambda pb: struct_to_dict(pb.tags) if pb.HasField("tags") else {},
+    # each counted against the answer's bound (post.limit_answer_bytes), as the resolvers do
+    "id": lambda pb: answer_string(pb.id),
+    "parentId": lambda pb: answer_string(pb.parent_id),
+    "text": lambda pb: answer_string(pb.text),
+    "blob": lambda pb: answer_string(base64.b64encode(pb.blob).decode("ascii")),
+    "uri": lambda pb: answer_string(pb.uri),
+    "mimeType": lambda pb: answer_string(pb.mime_type),
+    "tags": answer_tags,
     "scores": _scores,
 }
 _DOCUMENTS = {"matches": "matches", "chunks": "chunks"}  # GraphQL name -> proto field

@@ -313,7 +313,7 @@ async def run_plan(
             target_executor=args.get("targetExecutor"),
             fields=plan.fields,
             max_docs=context["max_docs"],
-            max_answer_values=context.get("max_answer_values"),
+            max_answer_bytes=context.get("max_answer_bytes"),
             identity=context.get("identity"),
             door=context.get("door", ""),
         )

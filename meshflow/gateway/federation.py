@@ -82,7 +82,7 @@ class FederatedSchema(strawberry.federation.Schema):
                 target_executor=None,
                 fields=(),
                 max_docs=info.context["max_docs"],
-                max_answer_values=info.context.get("max_answer_values"),
+                max_answer_bytes=info.context.get("max_answer_bytes"),
                 **_caller(info),
             )
         except RequestError as exc:

@@ -26,11 +26,17 @@ from strawberry.scalars import JSON
 from strawberry.types import Info, get_object_definition
 from strawberry.types.nodes import FragmentSpread, InlineFragment, SelectedField, Selection
 
-from meshflow.document.proto import results_to_dict, struct_to_dict
+from meshflow.document.proto import results_to_dict
 from meshflow.errors import BadRequestError, RequestError
 from meshflow.gateway.doctypes import merge_parameters
 from meshflow.gateway.fanout import fan_out
-from meshflow.gateway.post import array_values, limit_answer_values, run_post
+from meshflow.gateway.post import (
+    answer_string,
+    answer_tags,
+    array_values,
+    limit_answer_bytes,
+    run_post,
+)
 from meshflow.gateway.server import Gateway
 from meshflow.proto.v1 import data_request_pb2, document_pb2, services_pb2
 
@@ -102,27 +108,27 @@ class DocumentType:
 
     @strawberry.field
     def id(self) -> str:
-        return self._pb.id
+        return answer_string(self._pb.id)
 
     @strawberry.field
     def parent_id(self) -> str:
-        return self._pb.parent_id
+        return answer_string(self._pb.parent_id)
 
     @strawberry.field
     def text(self) -> str:
-        return self._pb.text
+        return answer_string(self._pb.text)
 
     @strawberry.field(description="Raw bytes, base64-encoded.")
     def blob(self) -> str:
-        return base64.b64encode(self._pb.blob).decode("ascii")
+        return answer_string(base64.b64encode(self._pb.blob).decode("ascii"))
 
     @strawberry.field
     def uri(self) -> str:
-        return self._pb.uri
+        return answer_string(self._pb.uri)
 
     @strawberry.field
     def mime_type(self) -> str:
-        return self._pb.mime_type
+        return answer_string(self._pb.mime_type)
 
     @strawberry.field
     def tensor(self) -> NdArrayType | None:
@@ -134,7 +140,7 @@ class DocumentType:
 
     @strawberry.field
     def tags(self) -> JSON:
-        return cast(JSON, struct_to_dict(self._pb.tags) if self._pb.HasField("tags") else {})
+        return cast(JSON, answer_tags(self._pb))
 
     @strawberry.field
     def scores(self) -> JSON:
@@ -422,7 +428,7 @@ class Mutation:
                 target_executor=target_executor,
                 fields=_pushdown(info),
                 max_docs=info.context["max_docs"],
-                max_answer_values=info.context.get("max_answer_values"),
+                max_answer_bytes=info.context.get("max_answer_bytes"),
                 **_caller(info),
             )
         )
@@ -463,7 +469,7 @@ class Subscription:
                     target_executor=target_executor,
                     fields=fields,
                     max_docs=info.context["max_docs"],
-                    max_answer_values=info.context.get("max_answer_values"),
+                    max_answer_bytes=info.context.get("max_answer_bytes"),
                     **_caller(info),
                 )
             )
@@ -505,7 +511,7 @@ class Subscription:
                             span.set_status(Status(StatusCode.ERROR, item.message))
                         raise item
                     # each pushed answer is written here, in this task, within its own bound
-                    limit_answer_values(info.context.get("max_answer_values"))
+                    limit_answer_bytes(info.context.get("max_answer_bytes"))
                     yield item
         finally:
             if span is not None:
@@ -564,7 +570,7 @@ def _resolver(endpoint: str, params: dict[str, services_pb2.Parameter]) -> Any:
                 target_executor=target,
                 fields=_pushdown(info),
                 max_docs=info.context["max_docs"],
-                max_answer_values=info.context.get("max_answer_values"),
+                max_answer_bytes=info.context.get("max_answer_bytes"),
                 **_caller(info),
             )
         )

@@ -286,8 +286,9 @@ def check_variable_uses(
     larger than its text by more than 64 KiB, or None. Such copies are built whole, so a
     small request could otherwise make the gateway build a huge one."""
     operation = _operation(document, operation_name)
-    if operation is None or not variables:
+    if operation is None or not operation.variable_definitions:
         return None
+    variables = variables or {}
     uses: dict[str, int] = {}
     pending: list[Any] = [
         argument.value
@@ -302,17 +303,30 @@ def check_variable_uses(
             pending.extend(value.values)
         elif isinstance(value, ObjectValueNode):
             pending.extend(f.value for f in value.fields)
+    defaults = {
+        d.variable.name.value: d.default_value
+        for d in operation.variable_definitions or ()
+        if d.default_value is not None
+    }
     extra = 0
     for name, count in uses.items():
-        if count > 1 and name in variables:
-            extra += (count - 1) * len(json.dumps(variables[name], separators=(",", ":")))
-            if extra > _REUSE_ALLOWANCE:
-                return coded(
-                    f"variable ${name} is used {count} times: each use copies it, and the "
-                    f"copies would pass {_REUSE_ALLOWANCE // 1024} KiB; send the values once "
-                    "per use instead",
-                    "BAD_USER_INPUT",
-                )
+        if count < 2:
+            continue
+        if name in variables:
+            size = len(json.dumps(variables[name], separators=(",", ":")))
+        elif name in defaults:  # its default, written in the query's text
+            loc = defaults[name].loc
+            size = loc.end - loc.start if loc is not None else 0
+        else:
+            continue
+        extra += (count - 1) * size
+        if extra > _REUSE_ALLOWANCE:
+            return coded(
+                f"variable ${name} is used {count} times: each use copies it, and the "
+                f"copies would pass {_REUSE_ALLOWANCE // 1024} KiB; send the values once "
+                "per use instead",
+                "BAD_USER_INPUT",
+            )
     return None
 
 

@@ -554,7 +554,7 @@ class _GraphQLApp(GraphQL[dict[str, Any], None]):
         return {
             "gateway": self.gateway,
             "max_docs": self.limits.max_docs,
-            "max_answer_values": self.limits.max_answer_values,
+            "max_answer_bytes": self.limits.max_answer_bytes,
             "request": request,
             "response": response,
             "identity": request.scope.get("state", {}).get("meshflow_identity"),
@@ -649,7 +649,8 @@ def make_app(
             AdmissionGate(app, gateway, _ADMITTED),
             limits.max_body_bytes,
             limits.max_body_seconds,
-            4 * limits.max_body_bytes,
+            budget=4 * limits.max_body_bytes,
+            share=2 * limits.max_body_bytes,
         ),
         gateway,
         _ADMITTED,

@@ -29,6 +29,7 @@ class HttpDoor:
         max_header_bytes: int,
         max_message_bytes: int,
         max_head_seconds: float = 10.0,
+        max_body_seconds: float = 30.0,
     ) -> None:
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
         # IPPROTO_TCP, not 0: asyncio sets TCP_NODELAY on accepted connections only for
@@ -53,7 +54,7 @@ class HttpDoor:
             # A client's address is its socket's: X-Forwarded-For from anyone on loopback
             # (uvicorn's default trust) would let a client choose its own tarpit key.
             proxy_headers=False,
-            http=bounded_http_protocol(max_header_bytes, max_head_seconds),
+            http=bounded_http_protocol(max_header_bytes, max_head_seconds, max_body_seconds),
             h11_max_incomplete_event_size=max_header_bytes,
             ws_max_size=max_message_bytes,
         )
@@ -77,7 +78,9 @@ class HttpDoor:
         self.sock.close()
 
 
-def bounded_http_protocol(limit: int, seconds: float = 10.0) -> type[asyncio.Protocol] | str:
+def bounded_http_protocol(
+    limit: int, seconds: float = 10.0, body_seconds: float = 30.0
+) -> type[asyncio.Protocol] | str:
     """uvicorn's fast HTTP protocol (httptools) with bounds on request heads.
 
     httptools buffers a header until it is complete, so the bound is kept on the bytes
@@ -85,7 +88,11 @@ def bounded_http_protocol(limit: int, seconds: float = 10.0) -> type[asyncio.Pro
     and is closed. A head must also be complete within ``seconds`` of its first byte (of the
     connection's opening, for the first): past that the connection gets a 408 and is closed,
     as uvicorn sets no such timer and an idle or trickling connection would hold its socket
-    for ever. Without httptools, uvicorn's h11 protocol bounds head sizes itself.
+    for ever. Likewise a body must be complete within ``body_seconds`` (and a second) of its
+    head, or the connection is closed: the app refuses a slow body itself at
+    ``body_seconds``, but a body the app never reads (its answer went out first: a 401, a
+    GET with a body) would otherwise keep the connection, as any byte cancels uvicorn's
+    keep-alive timer. Without httptools, uvicorn's h11 protocol bounds head sizes itself.
     """
     try:
         # lazy: optional: httptools may be absent (then uvicorn's h11 bounds heads)
@@ -97,6 +104,7 @@ def bounded_http_protocol(limit: int, seconds: float = 10.0) -> type[asyncio.Pro
         head_bytes = 0
         in_head = True
         head_timer: asyncio.TimerHandle | None = None
+        body_timer: asyncio.TimerHandle | None = None
 
         def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
             super().connection_made(transport)
@@ -104,6 +112,7 @@ def bounded_http_protocol(limit: int, seconds: float = 10.0) -> type[asyncio.Pro
 
         def connection_lost(self, exc: Exception | None) -> None:
             self._disarm()
+            self._body_done()
             super().connection_lost(exc)
 
         def data_received(self, data: bytes) -> None:
@@ -121,10 +130,27 @@ def bounded_http_protocol(limit: int, seconds: float = 10.0) -> type[asyncio.Pro
             self.in_head = False
             self._disarm()
             super().on_headers_complete()
+            if not self.parser.should_upgrade():
+                self.body_timer = self.loop.call_later(body_seconds + 1, self._body_too_slow)
 
         def on_message_complete(self) -> None:
+            self._body_done()
             super().on_message_complete()
             self.in_head, self.head_bytes = True, 0
+
+        def handle_websocket_upgrade(self) -> None:
+            self._body_done()  # the connection is the WebSocket's now
+            super().handle_websocket_upgrade()
+
+        def _body_done(self) -> None:
+            if self.body_timer is not None:
+                self.body_timer.cancel()
+                self.body_timer = None
+
+        def _body_too_slow(self) -> None:
+            self.body_timer = None
+            if not self.transport.is_closing():
+                self.transport.close()
 
         def _arm(self) -> None:
             self._disarm()

@@ -182,15 +182,19 @@ class BodyLimit:
     """Reads a request's body, up to ``limit`` bytes and within ``seconds``, before the app
     runs: a larger body (declared or sent chunked) is answered with 413, a slower one with
     408, and neither reaches the app. The bodies being read at once hold at most ``budget``
-    bytes: past it a request is answered 503 ``OVERLOADED`` (``Retry-After: 1``)."""
+    bytes, and those of one caller (its token's subject, else its address) at most
+    ``share``: past either, a request is answered 503 ``OVERLOADED`` (``Retry-After: 1``)."""
 
-    def __init__(self, app: ASGIApp, limit: int, seconds: float, budget: int) -> None:
+    def __init__(self, app: ASGIApp, limit: int, seconds: float, budget: int, share: int) -> None:
         self.app = app
         self.limit = limit
         self.seconds = seconds
         self.budget = budget
+        self.share = share
         self.reading = 0
         """Bytes of the bodies being read now, over all requests."""
+        self.reading_by: dict[str, int] = {}
+        """The same by caller (only callers reading a body now)."""
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope["method"] in ("GET", "HEAD", "OPTIONS"):
@@ -204,6 +208,7 @@ class BodyLimit:
         size = 0
         refusal: Response | None = None
         deadline = time.monotonic() + self.seconds
+        caller = _caller(scope)
         try:
             while True:
                 try:
@@ -220,18 +225,27 @@ class BodyLimit:
                 if size > self.limit:
                     refusal = _too_large(self.limit)
                     break
-                if self.reading + len(chunk) > self.budget:
+                mine = self.reading_by.get(caller, 0)
+                if self.reading + len(chunk) > self.budget or mine + len(chunk) > self.share:
+                    whose = "" if self.reading + len(chunk) > self.budget else " of this caller"
                     refusal = coded(
-                        503, "the gateway is reading too many request bodies", "OVERLOADED"
+                        503, f"the gateway is reading too many request bodies{whose}", "OVERLOADED"
                     )
                     refusal.headers["Retry-After"] = "1"
                     break
                 self.reading += len(chunk)
+                self.reading_by[caller] = mine + len(chunk)
                 chunks.append(chunk)
                 if not message.get("more_body", False):
                     break
         finally:
-            self.reading -= sum(map(len, chunks))
+            held = sum(map(len, chunks))
+            self.reading -= held
+            left = self.reading_by.get(caller, 0) - held
+            if left > 0:
+                self.reading_by[caller] = left
+            else:
+                self.reading_by.pop(caller, None)
         if refusal is not None:
             del chunks
             refusal.headers["connection"] = "close"  # the rest of the body is not read
@@ -244,6 +258,16 @@ class BodyLimit:
             return body.pop() if body else await receive()
 
         await self.app(scope, replay, send)
+
+
+def _caller(scope: Scope) -> str:
+    """Who sends a request, for its share of what the gateway holds: its token's subject,
+    else its address."""
+    identity = scope.get("state", {}).get("meshflow_identity")
+    if identity is not None:
+        return f"subject:{identity.subject}"
+    client = scope.get("client")
+    return f"address:{client[0]}" if client else "address:"
 
 
 def _too_large(limit: int) -> Response:

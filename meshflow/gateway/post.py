@@ -21,7 +21,7 @@ from typing import Any, Protocol
 import numpy as np
 from graphql import GraphQLError
 
-from meshflow.document.proto import dict_to_struct
+from meshflow.document.proto import dict_to_struct, struct_to_dict
 from meshflow.errors import BadRequestError, ExecutorError, TooManyDocumentsError
 from meshflow.gateway.server import Gateway
 from meshflow.identity import Identity
@@ -102,13 +102,13 @@ async def run_post(
     timeout: float | None = None,
     identity: Identity | None = None,
     door: str = "",
-    max_answer_values: int | None = None,
+    max_answer_bytes: int | None = None,
 ) -> data_request_pb2.DataRequest:
     """Run one ``post`` through the Flow and return its answer.
 
     The caller's scope for ``on`` is checked before the request is built: a refused caller
-    costs no conversion of its documents. ``max_answer_values``: the array values the
-    caller's answer may be written with (:func:`limit_answer_values`, GraphQL's doors).
+    costs no conversion of its documents. ``max_answer_bytes``: the array values the
+    caller's answer may be written with (:func:`limit_answer_bytes`, GraphQL's doors).
 
     Raises:
         RequestError: a subclass for each failure; :class:`ExecutorError` when an executor
@@ -129,8 +129,8 @@ async def run_post(
             endpoint=status.endpoint,
             exception_type=status.exception_type,
         )
-    if max_answer_values is not None:
-        limit_answer_values(max_answer_values)
+    if max_answer_bytes is not None:
+        limit_answer_bytes(max_answer_bytes)
     return answer
 
 
@@ -216,7 +216,7 @@ def _array(value: ArrayFields, where: str) -> np.ndarray[Any, Any]:
             if size > len(value.data):
                 break
         if size != len(value.data):
-            shown = ", ".join(map(str, shape[:4])) + (", ..." if len(shape) > 4 else "")
+            shown = ", ".join(str(d)[:12] for d in shape[:4]) + (", ..." if len(shape) > 4 else "")
             raise BadRequestError(
                 f"{where}.shape [{shown}] does not hold the {len(value.data)} values given"
             )
@@ -227,49 +227,85 @@ def _array(value: ArrayFields, where: str) -> np.ndarray[Any, Any]:
     return array if value.shape is None else array.reshape(value.shape)
 
 
-class _AnswerValues:
-    """What is left of one answer's array values, and the values already read (aliases of
-    one array share one list: only its JSON is written again)."""
+class _AnswerBudget:
+    """What is left of one answer's bytes, and the values read from its messages that cost
+    Python objects to build (tags, arrays): aliases of one field share them, only their JSON
+    is written again."""
 
     def __init__(self, limit: int) -> None:
         self.left = limit
-        self.read: dict[int, tuple[document_pb2.NdArray, list[float]]] = {}
+        self.read: dict[tuple[int, str], tuple[Any, Any]] = {}
+
+    def charge(self, size: int) -> None:
+        self.left -= size
+        if self.left < 0:
+            raise GraphQLError(
+                "the answer would be larger than the gateway writes "
+                "(GraphQLLimits.max_answer_bytes): select fewer fields or fewer aliases of "
+                "them, or ask for fewer documents",
+                extensions={"code": "ANSWER_TOO_LARGE"},
+            )
 
 
-_ANSWER_VALUES: ContextVar[_AnswerValues | None] = ContextVar(
-    "meshflow_answer_values", default=None
-)
+_ANSWER: ContextVar[_AnswerBudget | None] = ContextVar("meshflow_answer", default=None)
 
 
-def limit_answer_values(limit: int | None) -> None:
-    """Bound the array values written from here on in this task's answer (GraphQL's aliases
-    may select one array many times over: each selection writes all of it)."""
-    _ANSWER_VALUES.set(None if limit is None else _AnswerValues(limit))
+def limit_answer_bytes(limit: int | None) -> None:
+    """Bound the document fields written from here on in this task's answer: each alias and
+    selection of a field counts (GraphQL's aliases may select one field many times over, and
+    each writes all of it), strings by their length, arrays at 8 bytes a value, tags by their
+    encoded size."""
+    _ANSWER.set(None if limit is None else _AnswerBudget(limit))
+
+
+def charge_answer(size: int) -> None:
+    """Count ``size`` bytes of a field written into the answer against its bound."""
+    budget = _ANSWER.get()
+    if budget is not None:
+        budget.charge(size)
+
+
+def answer_string(value: str) -> str:
+    """A string field of an answer, counted against its bound."""
+    budget = _ANSWER.get()
+    if budget is not None and len(value) > 16:  # ids and names: not worth counting
+        budget.charge(len(value))
+    return value
+
+
+def answer_tags(pb: document_pb2.Document) -> dict[str, Any]:
+    """A Document's tags as a dict, counted against the answer's bound (read once for all
+    of its aliases)."""
+    if not pb.HasField("tags"):
+        return {}
+    budget = _ANSWER.get()
+    if budget is None:
+        return struct_to_dict(pb.tags)
+    budget.charge(pb.tags.ByteSize())
+    seen = budget.read.get((id(pb), "tags"))  # the message is kept there: its id stays its own
+    if seen is None:
+        seen = budget.read[(id(pb), "tags")] = (pb, struct_to_dict(pb.tags))
+    tags: dict[str, Any] = seen[1]
+    return tags
 
 
 def array_values(pb: document_pb2.NdArray) -> list[float]:
     """The values of an answer's array, in C order, as floats (how every door sends them).
 
     Raises:
-        GraphQLError: ``ANSWER_TOO_LARGE``, past the bound of :func:`limit_answer_values`.
+        GraphQLError: ``ANSWER_TOO_LARGE``, past the bound of :func:`limit_answer_bytes`.
     """
-    budget = _ANSWER_VALUES.get()
+    budget = _ANSWER.get()
     if budget is not None:
-        seen = budget.read.get(id(pb))  # the message is kept there: its id stays its own
+        seen = budget.read.get((id(pb), "data"))
         count = len(seen[1]) if seen else len(pb.buffer) // max(np.dtype(pb.dtype).itemsize, 1)
-        budget.left -= count
-        if budget.left < 0:
-            raise GraphQLError(
-                "the answer would hold more array values than the gateway writes into one "
-                "(GraphQLLimits.max_answer_values): select the arrays fewer times, or ask "
-                "for fewer documents",
-                extensions={"code": "ANSWER_TOO_LARGE"},
-            )
+        budget.charge(8 * count)
         if seen:
-            return seen[1]
+            values_seen: list[float] = seen[1]
+            return values_seen
     values: list[float] = (
         np.frombuffer(pb.buffer, dtype=np.dtype(pb.dtype)).astype(np.float64).ravel().tolist()
     )
     if budget is not None:
-        budget.read[id(pb)] = (pb, values)
+        budget.read[(id(pb), "data")] = (pb, values)
     return values

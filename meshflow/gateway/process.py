@@ -109,6 +109,7 @@ def _http_door(
         max_header_bytes=limits.max_header_bytes,
         max_message_bytes=limits.max_body_bytes,
         max_head_seconds=limits.max_head_seconds,
+        max_body_seconds=limits.max_body_seconds,
     )
 
 

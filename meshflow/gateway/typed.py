@@ -46,7 +46,7 @@ from meshflow.gateway.graphql import (
     read_only_endpoints,
     request_error,
 )
-from meshflow.gateway.post import DocumentInput, run_post
+from meshflow.gateway.post import DocumentInput, answer_string, charge_answer, run_post
 from meshflow.proto.v1 import document_pb2, services_pb2
 
 log = logging.getLogger("meshflow.gateway")
@@ -230,7 +230,7 @@ class TypeRegistry:
                     target_executor=target,
                     fields=wanted,
                     max_docs=info.context["max_docs"],
-                    max_answer_values=info.context.get("max_answer_values"),
+                    max_answer_bytes=info.context.get("max_answer_bytes"),
                     **_caller(info),
                 )
             except RequestError as exc:
@@ -260,14 +260,18 @@ def _value(pb: document_pb2.Document, source: str) -> Any:
     if head == "tags":
         if not pb.HasField("tags") or key not in pb.tags.fields:
             return None
-        return _plain(pb.tags.fields[key])
+        value = pb.tags.fields[key]
+        charge_answer(value.ByteSize())  # each alias writes it again
+        return _plain(value)
     if head == "scores":
         if not key:
             return dict(pb.scores)
         return pb.scores.get(key)
     if head == "blob":
-        return base64.b64encode(pb.blob).decode("ascii") if pb.blob else None
+        return answer_string(base64.b64encode(pb.blob).decode("ascii")) if pb.blob else None
     value = getattr(pb, head)
+    if isinstance(value, str):
+        answer_string(value)
     return value if value != "" or head == "id" else None
 
 

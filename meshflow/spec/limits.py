@@ -30,9 +30,11 @@ class GraphQLLimits:
             a first ``refusal_burst``; past that its requests wait their turn (429 with
             ``Retry-After`` when the wait would pass 5 s). Clients never refused never wait.
         refusal_burst: refusals one client address may have at once.
-        max_answer_values: array values (``data`` of a ``tensor`` or ``embedding``) written
-            into the answer of one GraphQL ``post`` or query field, every alias and selection
-            of an array counted (each writes all of it): past it, ``ANSWER_TOO_LARGE``.
+        max_answer_bytes: bytes of document fields written into the answer of one GraphQL
+            ``post`` or query field (each pushed ``stream`` answer on its own), every alias
+            and selection of a field counted, as each writes all of it: strings by their
+            length, arrays at 8 bytes a value, tags by their encoded size. Past it, the
+            field's error ``ANSWER_TOO_LARGE``.
         max_head_seconds: time to send an HTTP request's head from its first byte (or from
             the connection's opening), or a WebSocket's ``connection_init``: past it the
             connection is closed (408), so idle or trickling connections do not pile up.
@@ -53,7 +55,7 @@ class GraphQLLimits:
     max_batches: int = DEFAULT_MAX_BATCHES
     refusals_per_second: int = 2
     refusal_burst: int = 20
-    max_answer_values: int = 1_000_000
+    max_answer_bytes: int = 16 * 1024 * 1024
     max_head_seconds: int = 10
     max_body_seconds: int = 30
 

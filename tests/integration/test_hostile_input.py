@@ -275,6 +275,13 @@ def test_a_variable_used_many_times_is_refused_before_it_is_copied(flow: Flow) -
             f'mutation($e: NdArrayInput) {{ post(on: "/", docs: [{docs}]) {{ docs {{ text }} }} }}'
         )
 
+    default = "t" * 60_000  # a default is copied for each use as a variable's value is
+    text = ", ".join(["{text: $t}"] * 300)
+    by_default = gql(
+        flow,
+        f'mutation($t: String = "{default}") {{ post(on: "/", docs: [{text}]) {{ requestId }} }}',
+    )
+    assert codes(by_default) == ["BAD_USER_INPUT"], by_default
     before = peak_rss(flow)
     refused = gql(flow, query(300), e={"data": values})
     assert (
@@ -288,8 +295,9 @@ def test_a_variable_used_many_times_is_refused_before_it_is_copied(flow: Flow) -
 @pytest.mark.mesh("direct")
 def test_an_array_selected_15_times_costs_the_gateway_what_once_does(flow: Flow) -> None:
     """A 1 MiB request whose half-million values come back under 15 aliases: the values are
-    read once for all of them, and past max_answer_values (a million) refused. It grew the
-    gateway by 290 MiB more than one selection did."""
+    read once for all of them, and the answer is refused past max_answer_bytes (16 MiB, 8
+    bytes a value: the fourth selection). It grew the gateway by 290 MiB more than one
+    selection did."""
     values = [1] * (ONE_MIB // 2 - 500)
 
     def selecting(times: int) -> dict[str, Any]:
@@ -304,16 +312,17 @@ def test_an_array_selected_15_times_costs_the_gateway_what_once_does(flow: Flow)
         many = client.post(flow.graphql_url, json=selecting(15)).json()
     assert set(codes(many)) == {"ANSWER_TOO_LARGE"}  # each selection past the bound
     grown = peak_rss(flow) - after_once
-    assert grown < 16 * ONE_MIB, f"15 selections grew the gateway by {grown / ONE_MIB:.0f} MiB"
+    assert grown < 32 * ONE_MIB, f"15 selections grew the gateway by {grown / ONE_MIB:.0f} MiB"
 
 
 @pytest.mark.mesh("direct")
 def test_an_answer_selecting_one_array_many_times_is_bounded(
     start_flow: StartFlow, tmp_path: Any
 ) -> None:
-    """Each alias of an array writes all of it: past max_answer_values the field is refused
-    (ANSWER_TOO_LARGE), the first time (generic path) as once the text is compiled."""
-    limits = GraphQLLimits(max_answer_values=1000)
+    """Each alias of a field writes all of it: past max_answer_bytes the field is refused
+    (ANSWER_TOO_LARGE), the first time (generic path) as once the text is compiled; arrays,
+    tags and text alike."""
+    limits = GraphQLLimits(max_answer_bytes=8000)
     flow = start_flow(
         Flow(log_dir=str(tmp_path / "logs"), graphql_limits=limits).add(uses="executors:Append")
     )
@@ -328,6 +337,11 @@ def test_an_answer_selecting_one_array_many_times_is_bounded(
         assert once["data"]["post"]["a0"][0]["embedding"]["data"] == [0.5] * 600, once
         twice = gql(flow, selecting(2), docs=[doc])
         assert codes(twice) == ["ANSWER_TOO_LARGE"], twice
+    for field, big in (("tags", {"tags": {"a": [0] * 1000}}), ("text", {"text": "t" * 5000})):
+        picks = " ".join(f"a{i}: docs {{ {field} }}" for i in range(2))
+        query = f'mutation($docs: [DocumentInput!]) {{ post(on: "/", docs: $docs) {{ {picks} }} }}'
+        for _ in range(2):
+            assert codes(gql(flow, query, docs=[big])) == ["ANSWER_TOO_LARGE"], field
     stream = 'subscription($b: [[DocumentInput!]!]!) { stream(on: "/", batches: $b) { %s } }'
     url = flow.graphql_url.replace("http://", "ws://")
     with connect(url, subprotocols=[Subprotocol("graphql-transport-ws")]) as ws:
@@ -576,6 +590,24 @@ def test_idle_and_trickling_heads_are_closed_with_408(strict: Flow) -> None:
 
 
 @pytest.mark.mesh("direct")
+def test_a_body_the_app_never_reads_does_not_hold_the_connection(strict: Flow) -> None:
+    """A GET answered before its declared body came, then one byte of it and silence (any
+    byte stopped uvicorn's keep-alive timer): closed once the body's time is up."""
+    with socket.create_connection(door(strict), timeout=15) as sock:
+        sock.sendall(b"GET /health HTTP/1.1\r\nhost: x\r\ncontent-length: 10\r\n\r\n")
+        answer = b""
+        while b"SERVING" not in answer:
+            answer += sock.recv(4096) or pytest.fail(f"closed after {answer!r}")
+        sock.sendall(b"x")
+        started = time.monotonic()
+        assert read_all(sock) == b""  # closed, nothing more said
+        assert time.monotonic() - started < 10  # max_body_seconds is 2 here, not the 15 s
+    with socket.create_connection(door(strict), timeout=15) as sock:  # a 401 alike: no route
+        sock.sendall(b"POST /nope HTTP/1.1\r\nhost: x\r\ncontent-length: 10\r\n\r\nx")
+        assert read_all(sock).startswith(b"HTTP/1.1")
+
+
+@pytest.mark.mesh("direct")
 def test_slow_bodies_hold_no_admission_slot_and_get_408(strict: Flow) -> None:
     """Five senders trickling bodies (the gateway has two slots): everybody else is served
     meanwhile, and each trickler gets a 408 once its time is up."""
@@ -602,27 +634,34 @@ def test_slow_bodies_hold_no_admission_slot_and_get_408(strict: Flow) -> None:
     assert "Traceback" not in gateway_log(strict)
 
 
+def holding_body(flow: Flow, source: str) -> socket.socket:
+    """A connection from ``source`` (any 127.x address is this machine) holding a 95 kB body
+    short of its end."""
+    sock = socket.create_connection(door(flow), timeout=15, source_address=(source, 0))
+    sock.sendall(
+        b"POST /post HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n"
+        b"content-length: 99000\r\n\r\n" + b" " * 95_000
+    )
+    return sock
+
+
 @pytest.mark.mesh("direct")
-def test_bodies_being_read_hold_at_most_four_times_the_body_limit(strict: Flow) -> None:
-    """Senders holding 95 kB bodies short of their end: the fifth is refused (503), as the
-    bodies in the gateway's memory would pass 400 kB; once they go, bodies are read again."""
+def test_bodies_being_read_hold_at_most_their_share_and_budget(strict: Flow) -> None:
+    """Bodies short of their end hold at most 2 x max_body_bytes per caller (its address
+    here) and 4 x max_body_bytes in all: past either, 503; once they go, bodies are read
+    again."""
     held = []
     try:
-        for _ in range(4):
-            sock = socket.create_connection(door(strict), timeout=15)
-            sock.sendall(
-                b"POST /post HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n"
-                b"content-length: 99000\r\n\r\n" + b" " * 95_000
-            )
-            held.append(sock)
+        held += [holding_body(strict, "127.0.0.2"), holding_body(strict, "127.0.0.2")]
         time.sleep(0.5)
-        with socket.create_connection(door(strict), timeout=15) as fifth:
-            fifth.sendall(
-                b"POST /post HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n"
-                b"content-length: 99000\r\n\r\n" + b" " * 95_000
-            )
+        with holding_body(strict, "127.0.0.2") as third:  # past its caller's share
+            answer = read_all(third)
+        assert answer.startswith(b"HTTP/1.1 503") and b"of this caller" in answer, answer[:300]
+        held += [holding_body(strict, "127.0.0.3"), holding_body(strict, "127.0.0.4")]
+        time.sleep(0.5)
+        with holding_body(strict, "127.0.0.5") as fifth:  # past the gateway's budget
             answer = read_all(fifth)
-        assert answer.startswith(b"HTTP/1.1 503"), answer[:200]
+        assert answer.startswith(b"HTTP/1.1 503"), answer[:300]
         assert b"OVERLOADED" in answer and b"retry-after: 1" in answer.lower()
     finally:
         for sock in held:
