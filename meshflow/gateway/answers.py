@@ -33,13 +33,14 @@ import operator
 from collections.abc import Callable
 from typing import Any
 
+import numpy as np
 import orjson
 from graphql import GraphQLInt, GraphQLObjectType
 from graphql.execution.collect_fields import FieldDetailsList
 from strawberry.schema.schema import StrawberryGraphQLCoreExecutionContext
 
 from meshflow.gateway.graphql import DocumentType
-from meshflow.gateway.post import answer_string, answer_tags, array_values
+from meshflow.gateway.post import answer_array, answer_string, answer_tags
 
 Read = Callable[[Any], Any]
 """Reads one field of a protobuf message, as its resolver would; a plan is compiled into one
@@ -52,14 +53,26 @@ def _scores(pb: Any) -> dict[str, float]:
     return {name: scores[name] for name in scores}
 
 
+def _string(field: str) -> Read:
+    """Reads a string field, counted against the answer's bound (``post.answer_string``) when
+    long: one call per field, as this runs for every field of every Document."""
+    get = operator.attrgetter(field)
+
+    def read(pb: Any) -> Any:
+        value = get(pb)
+        return answer_string(value) if len(value) > 16 else value
+
+    return read
+
+
 _DOCUMENT: dict[str, Read] = {
     # each counted against the answer's bound (post.limit_answer_bytes), as the resolvers do
-    "id": lambda pb: answer_string(pb.id),
-    "parentId": lambda pb: answer_string(pb.parent_id),
-    "text": lambda pb: answer_string(pb.text),
+    "id": _string("id"),
+    "parentId": _string("parent_id"),
+    "text": _string("text"),
     "blob": lambda pb: answer_string(base64.b64encode(pb.blob).decode("ascii")),
-    "uri": lambda pb: answer_string(pb.uri),
-    "mimeType": lambda pb: answer_string(pb.mime_type),
+    "uri": _string("uri"),
+    "mimeType": _string("mime_type"),
     "tags": answer_tags,
     "scores": _scores,
 }
@@ -181,7 +194,7 @@ def field_reader(type_name: str, name: str, sub: Callable[[str], Read]) -> Read:
         if name == "dtype":
             return operator.attrgetter("dtype")
         if name == "data":
-            return array_values
+            return answer_array  # a float64 array: encode_answer writes it as a list
     raise NotPlanned
 
 
@@ -189,6 +202,13 @@ def encode_answer(data: object) -> bytes:
     """The JSON of an answer (see the module's docstring for how it differs from
     ``json.dumps``'s)."""
     try:
-        return orjson.dumps(data)
+        return orjson.dumps(data, option=orjson.OPT_SERIALIZE_NUMPY)
     except orjson.JSONEncodeError:
-        return json.dumps(data, separators=(",", ":")).encode()
+        return json.dumps(data, separators=(",", ":"), default=_listed).encode()
+
+
+def _listed(value: object) -> object:
+    """What ``json.dumps`` writes for a projected array (a float64 array): its list."""
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    raise TypeError(f"{type(value).__name__} is not JSON")

@@ -65,9 +65,9 @@ from meshflow.gateway.graphql import (
 )
 from meshflow.gateway.guards import (
     check_documents,
-    check_variable_uses,
     count_documents,
     endpoints,
+    variable_uses,
 )
 from meshflow.gateway.post import run_post
 from meshflow.proto.v1 import data_request_pb2
@@ -114,6 +114,8 @@ def compile_post(schema: GraphQLSchema, query: str, operation_name: str | None) 
         return None
     if any(v.directives for v in operation.variable_definitions or ()):
         return None
+    if any(count > 1 for count in variable_uses(document, operation).values()):
+        return None  # the guard weighs the copies of a variable used twice, on each request
     roots = operation.selection_set.selections
     if len(roots) != 1 or not isinstance(roots[0], FieldNode) or roots[0].name.value != "post":
         return None
@@ -287,9 +289,7 @@ async def run_plan(
     raw = variables or {}
     if not isinstance(raw, dict):
         raise Fallback
-    if check_documents(
-        *count_documents(plan.document, plan.operation_name, raw), limits
-    ) or check_variable_uses(plan.document, plan.operation_name, raw):
+    if check_documents(*count_documents(plan.document, plan.operation_name, raw), limits):
         raise Fallback
     if not permitted(context, endpoints(plan.document, plan.operation_name, raw)):
         raise Fallback  # the generic path refuses it, logged and counted once

@@ -278,17 +278,9 @@ def endpoints(
 _REUSE_ALLOWANCE = 64 * 1024
 
 
-def check_variable_uses(
-    document: DocumentNode, operation_name: str | None, variables: Mapping[str, Any] | None
-) -> GraphQLError | None:
-    """The refusal of an operation whose variables, each copied once per use in its
-    arguments (``docs: [{embedding: $e}, {embedding: $e}, ...]``), would make a request
-    larger than its text by more than 64 KiB, or None. Such copies are built whole, so a
-    small request could otherwise make the gateway build a huge one."""
-    operation = _operation(document, operation_name)
-    if operation is None or not operation.variable_definitions:
-        return None
-    variables = variables or {}
+def variable_uses(document: DocumentNode, operation: OperationDefinitionNode) -> dict[str, int]:
+    """How many times each variable is used in the arguments of the operation's top-level
+    fields."""
     uses: dict[str, int] = {}
     pending: list[Any] = [
         argument.value
@@ -303,6 +295,21 @@ def check_variable_uses(
             pending.extend(value.values)
         elif isinstance(value, ObjectValueNode):
             pending.extend(f.value for f in value.fields)
+    return uses
+
+
+def check_variable_uses(
+    document: DocumentNode, operation_name: str | None, variables: Mapping[str, Any] | None
+) -> GraphQLError | None:
+    """The refusal of an operation whose variables, each copied once per use in its
+    arguments (``docs: [{embedding: $e}, {embedding: $e}, ...]``), would make a request
+    larger than its text by more than 64 KiB, or None. Such copies are built whole, so a
+    small request could otherwise make the gateway build a huge one."""
+    operation = _operation(document, operation_name)
+    if operation is None or not operation.variable_definitions:
+        return None
+    variables = variables or {}
+    uses = variable_uses(document, operation)
     defaults = {
         d.variable.name.value: d.default_value
         for d in operation.variable_definitions or ()

@@ -648,7 +648,6 @@ def make_app(
         BodyLimit(
             AdmissionGate(app, gateway, _ADMITTED),
             limits.max_body_bytes,
-            limits.max_body_seconds,
             budget=4 * limits.max_body_bytes,
             share=2 * limits.max_body_bytes,
         ),

@@ -5,6 +5,7 @@ own event loop, with request heads bounded while they are read."""
 from __future__ import annotations
 
 import asyncio
+import json
 import socket
 from http import HTTPStatus
 
@@ -88,11 +89,12 @@ def bounded_http_protocol(
     and is closed. A head must also be complete within ``seconds`` of its first byte (of the
     connection's opening, for the first): past that the connection gets a 408 and is closed,
     as uvicorn sets no such timer and an idle or trickling connection would hold its socket
-    for ever. Likewise a body must be complete within ``body_seconds`` (and a second) of its
-    head, or the connection is closed: the app refuses a slow body itself at
-    ``body_seconds``, but a body the app never reads (its answer went out first: a 401, a
+    for ever. Likewise a body must be complete within ``body_seconds`` of its head, or the
+    connection is closed: a body the app never reads (its answer went out first: a 401, a
     GET with a body) would otherwise keep the connection, as any byte cancels uvicorn's
-    keep-alive timer. Without httptools, uvicorn's h11 protocol bounds head sizes itself.
+    keep-alive timer. A body still awaited by the app then gets a 408 (``REQUEST_TIMEOUT``)
+    first: timed here, per connection, the body costs no timer per message read. Without
+    httptools, uvicorn's h11 protocol bounds head sizes itself.
     """
     try:
         # lazy: optional: httptools may be absent (then uvicorn's h11 bounds heads)
@@ -131,7 +133,7 @@ def bounded_http_protocol(
             self._disarm()
             super().on_headers_complete()
             if not self.parser.should_upgrade():
-                self.body_timer = self.loop.call_later(body_seconds + 1, self._body_too_slow)
+                self.body_timer = self.loop.call_later(body_seconds, self._body_too_slow)
 
         def on_message_complete(self) -> None:
             self._body_done()
@@ -149,8 +151,22 @@ def bounded_http_protocol(
 
         def _body_too_slow(self) -> None:
             self.body_timer = None
-            if not self.transport.is_closing():
-                self.transport.close()
+            if self.transport.is_closing():
+                return
+            cycle = self.cycle
+            if cycle is not None and not cycle.response_started:  # the app still waits for it
+                cycle.response_started = True  # the app writes nothing more on this cycle
+                message = f"request body not sent within {body_seconds:g} s"
+                body = json.dumps(
+                    {"errors": [{"message": message, "extensions": {"code": "REQUEST_TIMEOUT"}}]}
+                ).encode()
+                self.transport.write(
+                    b"HTTP/1.1 408 Request Timeout\r\n"
+                    b"content-type: application/json\r\n"
+                    b"content-length: " + str(len(body)).encode() + b"\r\n"
+                    b"connection: close\r\n\r\n" + body
+                )
+            self.transport.close()  # the app's receive() then answers a disconnect
 
         def _arm(self) -> None:
             self._disarm()

@@ -179,16 +179,17 @@ class TarpitGate:
 
 
 class BodyLimit:
-    """Reads a request's body, up to ``limit`` bytes and within ``seconds``, before the app
-    runs: a larger body (declared or sent chunked) is answered with 413, a slower one with
-    408, and neither reaches the app. The bodies being read at once hold at most ``budget``
-    bytes, and those of one caller (its token's subject, else its address) at most
-    ``share``: past either, a request is answered 503 ``OVERLOADED`` (``Retry-After: 1``)."""
+    """Reads a request's body, up to ``limit`` bytes, before the app runs: a larger body
+    (declared or sent chunked) is answered with 413 and never reaches the app (one slower
+    than ``GraphQLLimits.max_body_seconds`` gets its 408 from the connection, timed once per
+    request there: :func:`~meshflow.gateway.httpserver.bounded_http_protocol`). The bodies
+    being read at once hold at most ``budget`` bytes, and those of one caller (its token's
+    subject, else its address) at most ``share``: past either, a request is answered 503
+    ``OVERLOADED`` (``Retry-After: 1``)."""
 
-    def __init__(self, app: ASGIApp, limit: int, seconds: float, budget: int, share: int) -> None:
+    def __init__(self, app: ASGIApp, limit: int, *, budget: int, share: int) -> None:
         self.app = app
         self.limit = limit
-        self.seconds = seconds
         self.budget = budget
         self.share = share
         self.reading = 0
@@ -207,17 +208,10 @@ class BodyLimit:
         chunks: list[bytes] = []
         size = 0
         refusal: Response | None = None
-        deadline = time.monotonic() + self.seconds
         caller = _caller(scope)
         try:
             while True:
-                try:
-                    message = await asyncio.wait_for(receive(), deadline - time.monotonic())
-                except TimeoutError:
-                    refusal = coded(
-                        408, f"request body not sent within {self.seconds:g} s", "REQUEST_TIMEOUT"
-                    )
-                    break
+                message = await receive()
                 if message["type"] == "http.disconnect":
                     return
                 chunk = message.get("body", b"")

@@ -228,13 +228,10 @@ def _array(value: ArrayFields, where: str) -> np.ndarray[Any, Any]:
 
 
 class _AnswerBudget:
-    """What is left of one answer's bytes, and the values read from its messages that cost
-    Python objects to build (tags, arrays): aliases of one field share them, only their JSON
-    is written again."""
+    """What is left of one answer's bytes."""
 
     def __init__(self, limit: int) -> None:
         self.left = limit
-        self.read: dict[tuple[int, str], tuple[Any, Any]] = {}
 
     def charge(self, size: int) -> None:
         self.left -= size
@@ -267,26 +264,33 @@ def charge_answer(size: int) -> None:
 
 def answer_string(value: str) -> str:
     """A string field of an answer, counted against its bound."""
-    budget = _ANSWER.get()
-    if budget is not None and len(value) > 16:  # ids and names: not worth counting
-        budget.charge(len(value))
+    if len(value) > 16:  # ids and names: not worth counting
+        budget = _ANSWER.get()
+        if budget is not None:
+            budget.charge(len(value))
     return value
 
 
 def answer_tags(pb: document_pb2.Document) -> dict[str, Any]:
-    """A Document's tags as a dict, counted against the answer's bound (read once for all
-    of its aliases)."""
+    """A Document's tags as a dict, counted against the answer's bound by their encoded
+    size."""
     if not pb.HasField("tags"):
         return {}
     budget = _ANSWER.get()
-    if budget is None:
-        return struct_to_dict(pb.tags)
-    budget.charge(pb.tags.ByteSize())
-    seen = budget.read.get((id(pb), "tags"))  # the message is kept there: its id stays its own
-    if seen is None:
-        seen = budget.read[(id(pb), "tags")] = (pb, struct_to_dict(pb.tags))
-    tags: dict[str, Any] = seen[1]
-    return tags
+    if budget is not None:
+        budget.charge(pb.tags.ByteSize())
+    return struct_to_dict(pb.tags)
+
+
+def answer_array(pb: document_pb2.NdArray) -> np.ndarray[Any, np.dtype[np.float64]]:
+    """The values of an answer's array, in C order, as one float64 array (orjson writes it
+    as a JSON list, as it writes a list of floats, without a Python float per value),
+    counted against the answer's bound at 8 bytes a value."""
+    dtype = np.dtype(pb.dtype)
+    budget = _ANSWER.get()
+    if budget is not None:  # before anything is read: the message's size tells the count
+        budget.charge(8 * (pb.ByteSize() // max(dtype.itemsize, 1)))
+    return np.frombuffer(pb.buffer, dtype=dtype).astype(np.float64).ravel()
 
 
 def array_values(pb: document_pb2.NdArray) -> list[float]:
@@ -295,17 +299,5 @@ def array_values(pb: document_pb2.NdArray) -> list[float]:
     Raises:
         GraphQLError: ``ANSWER_TOO_LARGE``, past the bound of :func:`limit_answer_bytes`.
     """
-    budget = _ANSWER.get()
-    if budget is not None:
-        seen = budget.read.get((id(pb), "data"))
-        count = len(seen[1]) if seen else len(pb.buffer) // max(np.dtype(pb.dtype).itemsize, 1)
-        budget.charge(8 * count)
-        if seen:
-            values_seen: list[float] = seen[1]
-            return values_seen
-    values: list[float] = (
-        np.frombuffer(pb.buffer, dtype=np.dtype(pb.dtype)).astype(np.float64).ravel().tolist()
-    )
-    if budget is not None:
-        budget.read[(id(pb), "data")] = (pb, values)
+    values: list[float] = answer_array(pb).tolist()
     return values
