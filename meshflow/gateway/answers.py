@@ -17,12 +17,13 @@ answers exactly as before: another type, a ``Document`` not read from an answer,
 a field the projection does not know, or any exception while projecting (the generic path
 then raises the error a resolver would have, with its path).
 
-:func:`encode_answer` writes the answer with orjson (arrays of floats are one C loop, not
-Python's ``json`` float by float). The JSON holds the same values as ``json.dumps`` wrote
-(floats are written in their shortest round-trip form either way, some spelled differently:
-``1.5e-05`` becomes ``0.000015``; non-ASCII text is UTF-8 rather than ``\\u`` escapes). A
-non-finite float becomes ``null`` (``json.dumps`` wrote ``NaN``, which is not JSON). Values
-orjson refuses (integers beyond 64 bits, non-string keys) fall back to ``json.dumps``.
+:func:`encode_answer` writes the answer with orjson (an array's values are projected as one
+float64 numpy array, which orjson writes in one C loop, with no Python float per value). The
+JSON holds the same values as ``json.dumps`` wrote (floats are written in their shortest
+round-trip form either way, some spelled differently: ``1.5e-05`` becomes ``0.000015``;
+non-ASCII text is UTF-8 rather than ``\\u`` escapes). A non-finite float becomes ``null``
+(``json.dumps`` wrote ``NaN``, which is not JSON). Values orjson refuses (integers beyond 64
+bits, non-string keys) fall back to ``json.dumps``.
 """
 
 from __future__ import annotations
