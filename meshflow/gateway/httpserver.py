@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import json
 import socket
+from collections.abc import Callable
 from http import HTTPStatus
 
 import uvicorn
@@ -105,90 +106,85 @@ def bounded_http_protocol(
     class BoundedHeads(HttpToolsProtocol):
         head_bytes = 0
         in_head = True
-        head_timer: asyncio.TimerHandle | None = None
-        body_timer: asyncio.TimerHandle | None = None
+        timers: dict[str, asyncio.TimerHandle]  # "head", "body": what is being waited for
 
         def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
             super().connection_made(transport)
-            self._arm()
+            self.timers = {}
+            self._start("head", seconds, self._head_too_slow)
 
         def connection_lost(self, exc: Exception | None) -> None:
-            self._disarm()
-            self._body_done()
+            self._stop("head", "body")
             super().connection_lost(exc)
 
         def data_received(self, data: bytes) -> None:
             if self.in_head:
-                if self.head_bytes == 0 and self.head_timer is None:
-                    self._arm()  # the next request's head starts on a kept-alive connection
+                if self.head_bytes == 0 and "head" not in self.timers:
+                    # the next request's head starts on a kept-alive connection
+                    self._start("head", seconds, self._head_too_slow)
                 end = data.find(b"\r\n\r\n")  # a body sent with the head is not head
                 self.head_bytes += len(data) if end < 0 else end + 4
                 if self.head_bytes > limit:
-                    self._refuse(431, f"request head larger than {limit} bytes")
+                    self._refuse(431, f"request head larger than {limit} bytes".encode())
                     return
             super().data_received(data)
 
         def on_headers_complete(self) -> None:
             self.in_head = False
-            self._disarm()
+            self._stop("head")
             super().on_headers_complete()
             if not self.parser.should_upgrade():
-                self.body_timer = self.loop.call_later(body_seconds, self._body_too_slow)
+                self._start("body", body_seconds, self._body_too_slow)
 
         def on_message_complete(self) -> None:
-            self._body_done()
+            self._stop("body")
             super().on_message_complete()
             self.in_head, self.head_bytes = True, 0
 
         def handle_websocket_upgrade(self) -> None:
-            self._body_done()  # the connection is the WebSocket's now
+            self._stop("body")  # the connection is the WebSocket's now
             super().handle_websocket_upgrade()
 
-        def _body_done(self) -> None:
-            if self.body_timer is not None:
-                self.body_timer.cancel()
-                self.body_timer = None
+        def _start(self, name: str, delay: float, callback: Callable[[], None]) -> None:
+            self._stop(name)
+            self.timers[name] = self.loop.call_later(delay, callback)
+
+        def _stop(self, *names: str) -> None:
+            for name in names:
+                timer = self.timers.pop(name, None)
+                if timer is not None:
+                    timer.cancel()
 
         def _body_too_slow(self) -> None:
-            self.body_timer = None
+            self.timers.pop("body", None)
             if self.transport.is_closing():
                 return
             cycle = self.cycle
-            if cycle is not None and not cycle.response_started:  # the app still waits for it
-                cycle.response_started = True  # the app writes nothing more on this cycle
-                message = f"request body not sent within {body_seconds:g} s"
-                body = json.dumps(
-                    {"errors": [{"message": message, "extensions": {"code": "REQUEST_TIMEOUT"}}]}
-                ).encode()
-                self.transport.write(
-                    b"HTTP/1.1 408 Request Timeout\r\n"
-                    b"content-type: application/json\r\n"
-                    b"content-length: " + str(len(body)).encode() + b"\r\n"
-                    b"connection: close\r\n\r\n" + body
-                )
-            self.transport.close()  # the app's receive() then answers a disconnect
-
-        def _arm(self) -> None:
-            self._disarm()
-            self.head_timer = self.loop.call_later(seconds, self._head_too_slow)
-
-        def _disarm(self) -> None:
-            if self.head_timer is not None:
-                self.head_timer.cancel()
-                self.head_timer = None
+            if cycle is None or cycle.response_started:  # its answer went before its body
+                self.transport.close()
+                return
+            cycle.response_started = True  # the app, still waiting for it, writes nothing more
+            message = f"request body not sent within {body_seconds:g} s"
+            error = {"message": message, "extensions": {"code": "REQUEST_TIMEOUT"}}
+            # the app's receive() then answers a disconnect
+            self._refuse(408, json.dumps({"errors": [error]}).encode(), "application/json")
 
         def _head_too_slow(self) -> None:
-            self.head_timer = None
+            self.timers.pop("head", None)
             if self.in_head and not self.transport.is_closing():
-                self._refuse(408, f"request head not sent within {seconds:g} s")
+                self._refuse(408, f"request head not sent within {seconds:g} s".encode())
 
-        def _refuse(self, status: int, message: str) -> None:
-            self._disarm()
-            body = message.encode()
+        def _refuse(
+            self, status: int, body: bytes, kind: str = "text/plain; charset=utf-8"
+        ) -> None:
+            """Answer ``status`` with ``body`` and close, before (or instead of) the app."""
+            self._stop("head", "body")
             self.transport.write(
                 f"HTTP/1.1 {status} {HTTPStatus(status).phrase}\r\n".encode()
-                + b"content-type: text/plain; charset=utf-8\r\n"
-                b"content-length: " + str(len(body)).encode() + b"\r\n"
+                + f"content-type: {kind}\r\n".encode()
+                + b"content-length: "
+                + str(len(body)).encode()
+                + b"\r\n"
                 b"connection: close\r\n\r\n" + body
             )
             self.transport.close()
