@@ -41,7 +41,7 @@ from graphql.execution.collect_fields import FieldDetailsList
 from strawberry.schema.schema import StrawberryGraphQLCoreExecutionContext
 
 from meshflow.gateway.graphql import DocumentType
-from meshflow.gateway.post import answer_array, answer_string, answer_tags
+from meshflow.gateway.post import SHORT_STRING, answer_array, answer_string, answer_tags
 
 Read = Callable[[Any], Any]
 """Reads one field of a protobuf message, as its resolver would; a plan is compiled into one
@@ -61,7 +61,7 @@ def _string(field: str) -> Read:
 
     def read(pb: Any) -> Any:
         value = get(pb)
-        return answer_string(value) if len(value) > 16 else value
+        return answer_string(value) if len(value) > SHORT_STRING else value
 
     return read
 

@@ -469,7 +469,6 @@ class Subscription:
                     target_executor=target_executor,
                     fields=fields,
                     max_docs=info.context["max_docs"],
-                    max_answer_bytes=info.context.get("max_answer_bytes"),
                     **_caller(info),
                 )
             )

@@ -220,8 +220,9 @@ class BodyLimit:
                     refusal = _too_large(self.limit)
                     break
                 mine = self.reading_by.get(caller, 0)
-                if self.reading + len(chunk) > self.budget or mine + len(chunk) > self.share:
-                    whose = "" if self.reading + len(chunk) > self.budget else " of this caller"
+                over_budget = self.reading + len(chunk) > self.budget
+                if over_budget or mine + len(chunk) > self.share:
+                    whose = "" if over_budget else " of this caller"
                     refusal = coded(
                         503, f"the gateway is reading too many request bodies{whose}", "OVERLOADED"
                     )

@@ -107,8 +107,8 @@ async def run_post(
     """Run one ``post`` through the Flow and return its answer.
 
     The caller's scope for ``on`` is checked before the request is built: a refused caller
-    costs no conversion of its documents. ``max_answer_bytes``: the array values the
-    caller's answer may be written with (:func:`limit_answer_bytes`, GraphQL's doors).
+    costs no conversion of its documents. ``max_answer_bytes``: the bound of the answer's
+    fields as the caller's task writes them (:func:`limit_answer_bytes`, GraphQL's doors).
 
     Raises:
         RequestError: a subclass for each failure; :class:`ExecutorError` when an executor
@@ -262,12 +262,14 @@ def charge_answer(size: int) -> None:
         budget.charge(size)
 
 
+SHORT_STRING = 16
+"""Strings up to this length (ids, names) are not worth counting against an answer's bound."""
+
+
 def answer_string(value: str) -> str:
     """A string field of an answer, counted against its bound."""
-    if len(value) > 16:  # ids and names: not worth counting
-        budget = _ANSWER.get()
-        if budget is not None:
-            budget.charge(len(value))
+    if len(value) > SHORT_STRING:
+        charge_answer(len(value))
     return value
 
 
